@@ -1,0 +1,187 @@
+"""Validated run configurations: YAML in, YAML out, command-line overrides.
+
+A run is described by a :class:`RunConfig` (data, model, training). Configs come from YAML files,
+are checked by pydantic (unknown keys are errors, so a typo never passes silently), and take
+``section.key=value`` overrides from the command line. Every run directory keeps its resolved config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from askexpert.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset, where it lives, and how the validation split is carved out of training data."""
+
+    name: str = Field("fashion-mnist", description="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
+    root: Path | None = Field(None, description="only directory searched for the files (default: usual places)")
+    download: bool = Field(True, description="download from the canonical source when the files are missing")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of training data held out, per class")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="imagefolder without test/: share held out")
+    split_seed: int = Field(0, description="seed of the validation (and image-folder test) split")
+    train_subset: int | None = Field(None, gt=0, description="stratified subset of the training split")
+    val_subset: int | None = Field(None, gt=0, description="stratified subset of the validation split")
+    test_subset: int | None = Field(None, gt=0, description="stratified subset of the test split")
+
+
+class ModelConfig(_Strict):
+    """A preset name (see ``askexpert models``) or any timm model name, with keyword overrides."""
+
+    name: str = "vit-edge-28"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to timm.create_model")
+    pretrained: bool | None = Field(None, description="load pretrained weights (default: the preset's)")
+
+
+class TrainConfig(_Strict):
+    """One training loop's settings: AdamW, linear warm-up then cosine decay, label smoothing."""
+
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(2e-3, gt=0.0, description="peak learning rate")
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="final lr as a share of the peak")
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    augment: Literal["auto", "none", "flip", "crop-flip", "rrc-flip"] = "auto"
+    amp: bool = Field(True, description="mixed precision (bfloat16) on CUDA; ignored on CPU")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice)")
+    seed: int = 0
+    num_workers: int = Field(0, ge=0, description="decoding workers for image folders")
+    eval_batch_size: int = Field(512, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda", "mps") and not v.startswith("cuda:"):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class RunConfig(_Strict):
+    """Everything needed to reproduce one training run."""
+
+    name: str = Field("generalist", pattern=r"^[A-Za-z0-9_.\-]+$")
+    output_dir: Path = Path("runs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming every invalid field, what is wrong with it and the value given."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        given = e.get("input")
+        shown = "" if isinstance(given, dict) or e["type"] == "missing" else f" (got {given!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=3`` -> ``(["train", "epochs"], 3)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"malformed override '{text}'", fix="write overrides as section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from err
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': {part} is not a section", fix="check the key path")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file by path, or by the name of one shipped with askexpert (``generalist-fmnist``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (PACKAGED_CONFIGS / path.name, PACKAGED_CONFIGS / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file {path} does not exist",
+                      fix=f"check the path, or name a shipped config: {shipped}")
+
+
+def read_yaml(path: Path) -> dict:
+    """The mapping in a YAML file, with a one-line error for a missing or malformed file."""
+    path = find_config(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}",
+                          fix="correct the YAML syntax") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}",
+                          fix="write it as key: value pairs")
+    return data
+
+
+def validate(model: type[BaseModel], data: dict, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source),
+                          fix="correct the listed keys (see configs/ for examples)") from err
+
+
+def load_run_config(path: Path | None = None, overrides: list[str] | None = None,
+                    base: dict | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from ``base`` defaults, a YAML file and overrides, in that order."""
+    data: dict = dict(base or {})
+    source = "(defaults)"
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+        source = str(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " with overrides " + " ".join(overrides)
+    return validate(RunConfig, data, source)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
