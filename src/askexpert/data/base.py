@@ -1,0 +1,160 @@
+"""Image splits and the bundle a dataset loader returns.
+
+Every split yields batches of ``uint8`` images shaped ``[N, C, H, W]`` plus ``int64`` labels; the
+conversion to float, augmentation, resizing and normalisation happen later, on the training device
+(see :mod:`askexpert.data.transforms`). Two kinds of split exist:
+
+* :class:`ArraySplit` keeps every image in memory (Fashion-MNIST, CIFAR): batches are slices.
+* :class:`FileSplit` decodes image files on demand (image folders), through a ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from askexpert.errors import DatasetError
+
+
+@dataclass
+class ArraySplit:
+    """Images held in memory as a ``uint8`` tensor ``[N, C, H, W]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    coarse_labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError("images must be a uint8 tensor [N, C, H, W]")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices) -> ArraySplit:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        coarse = self.coarse_labels[idx] if self.coarse_labels is not None else None
+        return ArraySplit(self.images[idx], self.labels[idx], coarse)
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
+
+
+@dataclass
+class FileSplit(torch.utils.data.Dataset):
+    """Image files decoded on demand, resized (shorter side) and centre-cropped to ``size``."""
+
+    paths: list[Path]
+    labels: torch.Tensor
+    size: int
+    channels: int = 3
+    coarse_labels: torch.Tensor | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"{len(self.paths)} files but {len(self.labels)} labels")
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, indices) -> FileSplit:
+        idx = [int(i) for i in np.asarray(indices)]
+        return FileSplit([self.paths[i] for i in idx], self.labels[idx], self.size, self.channels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                scale = self.size / min(img.size)
+                w, h = max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))
+                img = img.resize((w, h), Image.BILINEAR)
+                left, top = (w - self.size) // 2, (h - self.size) // 2
+                img = img.crop((left, top, left + self.size, top + self.size))
+                arr = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError) as err:
+            raise DatasetError(
+                f"cannot decode image {path}: {err}", fix="remove or replace the damaged file"
+            ) from err
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(arr)), int(self.labels[i])
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self[int(i)][0] for i in indices])
+
+
+ImageSplit = ArraySplit | FileSplit
+
+
+def iter_batches(
+    split: ImageSplit,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(uint8 images [B, C, H, W], int64 labels [B])`` over a split.
+
+    The order is a permutation drawn from ``generator`` when ``shuffle`` is set, else the split's order.
+    """
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    batches = [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+    if isinstance(split, ArraySplit) or num_workers == 0:
+        for idx in batches:
+            yield split.load(idx), split.labels[idx]
+        return
+    loader = torch.utils.data.DataLoader(split, batch_sampler=batches, num_workers=num_workers)
+    yield from loader
+
+
+@dataclass
+class DatasetBundle:
+    """Train / validation / test splits of one dataset, with what a model needs to know about it."""
+
+    name: str
+    class_names: list[str]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    coarse_names: list[str] | None = None
+    default_augment: str = "crop-flip"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> ImageSplit:
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"unknown split '{name}'", fix="use one of: train, val, test")
+        return getattr(self, name)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "classes": self.num_classes,
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+            "coarse_classes": len(self.coarse_names) if self.coarse_names else None,
+        }
