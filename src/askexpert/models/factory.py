@@ -1,0 +1,140 @@
+"""Model specs and construction. A :class:`ModelSpec` holds everything needed to rebuild a model
+(timm name, full keyword arguments, input spec), so a checkpoint alone can recreate its model."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from askexpert.config import ModelConfig
+from askexpert.data.transforms import InputSpec
+from askexpert.errors import ModelError
+from askexpert.models import vit as _registered_vits  # noqa: F401  (registers askexpert's timm models)
+from askexpert.models.presets import PRESETS
+
+
+class ModelSpec(BaseModel):
+    """A model, fully specified: ``timm.create_model(timm_name, **kwargs)`` rebuilds it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str  # what the user asked for: a preset or a timm model name
+    timm_name: str
+    kwargs: dict[str, Any]
+    input: InputSpec
+    pretrained_source: str | None = None  # where the starting weights came from, if pretrained
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.kwargs["num_classes"])
+
+
+def _unknown(name: str) -> ModelError:
+    choices = list(PRESETS) + timm.list_models()
+    close = difflib.get_close_matches(name, choices, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return ModelError(
+        f"unknown model '{name}'",
+        fix=f"{hint}use a preset ({', '.join(PRESETS)}) or a timm model name (askexpert models --timm)",
+    )
+
+
+def _create(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> torch.nn.Module:
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"model {timm_name} rejected its arguments {kwargs}: {err}",
+                         fix="remove or correct model.kwargs") from err
+    except Exception as err:
+        if not pretrained:
+            raise ModelError(f"cannot build {timm_name} with {kwargs}: {err}",
+                             fix="correct model.kwargs") from err
+        raise ModelError(
+            f"cannot fetch pretrained weights for {timm_name} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})",
+            fix="connect to the network, or fill the Hugging Face cache (HF_HOME) on a machine that has "
+            "one, or train from scratch with model.pretrained=false",
+        ) from err
+
+
+def resolve_spec(cfg: ModelConfig, *, num_classes: int, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> tuple[ModelSpec, bool]:
+    """Turn a config into a full :class:`ModelSpec` for a dataset; returns ``(spec, pretrained)``.
+
+    Normalisation comes from the model's pretrained config when it starts from pretrained weights,
+    and from the dataset's statistics (adapted to the model's channel count) otherwise. A dataset whose
+    channel count differs from the model's is adapted at input time (see ``data.transforms``).
+    """
+    preset = PRESETS.get(cfg.name)
+    if preset is not None:
+        timm_name, kwargs, pretrained = preset.timm_name, dict(preset.kwargs), preset.pretrained
+    elif timm.is_model(cfg.name):
+        timm_name, kwargs, pretrained = cfg.name, {}, False
+    else:
+        raise _unknown(cfg.name)
+    kwargs.update(cfg.kwargs)
+    kwargs["num_classes"] = num_classes
+    pretrained = cfg.pretrained if cfg.pretrained is not None else pretrained
+    pcfg = timm.get_pretrained_cfg(timm_name)
+    default_size = pcfg.input_size if pcfg is not None else (3, 224, 224)
+    in_chans = int(kwargs.get("in_chans", default_size[0]))
+    size = kwargs.get("img_size", default_size[-1])
+    size = int(size if isinstance(size, int) else size[0])
+    if pretrained and pcfg is not None:
+        mean_, std_ = tuple(pcfg.mean), tuple(pcfg.std)
+    else:
+        mean_, std_ = mean, std
+    if len(mean_) != in_chans:  # e.g. grayscale statistics for an RGB model: replicate or average
+        mean_ = tuple([sum(mean_) / len(mean_)] * in_chans)
+        std_ = tuple([sum(std_) / len(std_)] * in_chans)
+    source = f"timm:{timm_name}" + (f" ({pcfg.hf_hub_id or pcfg.url})" if pcfg is not None else "")
+    spec = ModelSpec(
+        name=cfg.name, timm_name=timm_name, kwargs=kwargs,
+        input=InputSpec(channels=in_chans, size=size, mean=mean_, std=std_),
+        pretrained_source=source if pretrained else None,
+    )
+    return spec, pretrained
+
+
+def build_model(spec: ModelSpec, *, pretrained: bool = False) -> torch.nn.Module:
+    """Create the model of ``spec``; with ``pretrained``, start from timm's published weights."""
+    if not timm.is_model(spec.timm_name):
+        raise _unknown(spec.timm_name)
+    return _create(spec.timm_name, pretrained, dict(spec.kwargs))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def flops_per_image(model: torch.nn.Module, spec: ModelSpec) -> int:
+    """Floating-point operations (2 per multiply-add) of one forward pass on one image.
+
+    Counted by ``torch.utils.flop_counter`` on the real model (matrix products and convolutions,
+    which dominate a ViT); element-wise operations are not counted. timm's fused attention kernels
+    are switched to their explicit form while counting, since the counter cannot see inside some
+    fused kernels (the CPU one among them); the arithmetic is the same.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, spec.input.channels, spec.input.size, spec.input.size, device=device)
+    counter = FlopCounterMode(display=False)
+    try:
+        for m, _ in fused:
+            m.fused_attn = False
+        with counter:
+            model(x)
+    finally:
+        for m, flag in fused:
+            m.fused_attn = flag
+        model.train(was_training)
+    return int(counter.get_total_flops())
