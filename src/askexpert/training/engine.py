@@ -1,0 +1,166 @@
+"""The one training loop: AdamW (timm's optimizer factory, no decay on norms/biases/embeddings),
+linear warm-up then cosine decay per step, label smoothing, clipping, bfloat16 autocast on CUDA,
+seeded per epoch, resumable at every epoch boundary, with a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+
+from askexpert.config import TrainConfig
+from askexpert.data import ImageSplit, InputSpec, iter_batches, to_model_input
+from askexpert.training.evaluate import predict_logits
+from askexpert.training.state import has_state, load_state, save_state
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one epoch's data order (stream 0) or augmentation (stream 1)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+def progress_bar(console: Console | None = None, transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=transient,
+    )
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        done = [h for h in self.history if h["epoch"] > self.resumed_from_epoch]
+        seconds = sum(h["train_seconds"] for h in done)
+        return sum(h["train_images"] for h in done) / seconds if seconds else 0.0
+
+
+def fit(model: torch.nn.Module, *, train: ImageSplit, val: ImageSplit | None, spec: InputSpec,
+        cfg: TrainConfig, augment: str, run_dir: Path | None = None, resume: bool = False,
+        loss_fn: LossFn | None = None, console: Console | None = None, log_name: str = "train") -> FitResult:
+    """Train ``model`` in place for ``cfg.epochs`` epochs.
+
+    With ``run_dir`` set, every epoch appends to ``metrics.jsonl`` and ``<log_name>.log`` and saves a
+    resumable state; with ``resume`` the loop continues after the last saved epoch.
+    ``loss_fn(logits, labels)`` defaults to cross-entropy with ``cfg.label_smoothing``.
+    """
+    console = console or Console(stderr=True)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
+    # foreach: one fused kernel per step for all parameters (torch only picks it by itself on CUDA)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.lr * cfg.min_lr_ratio,
+                                  warmup_t=warmup, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    result = FitResult()
+    step, start_epoch = 0, 1
+    if resume and run_dir is not None and has_state(run_dir):
+        meta = load_state(run_dir, model, optimizer)
+        step, start_epoch = meta["step"], meta["epoch"] + 1
+        result.history = meta["history"]
+        result.resumed_from_epoch = meta["epoch"]
+        console.log(f"resuming {run_dir} after epoch {meta['epoch']}/{cfg.epochs}")
+    log = (run_dir / f"{log_name}.log").open("a") if run_dir is not None else None
+    started = time.perf_counter()
+    try:
+        with progress_bar(console) as progress:
+            for epoch in range(start_epoch, cfg.epochs + 1):
+                torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout / drop-path of this epoch
+                order, aug = epoch_generator(cfg.seed, epoch, 0), epoch_generator(cfg.seed, epoch, 1)
+                task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, info="")
+                model.train()
+                loss_sum = correct = seen = 0.0
+                t0 = time.perf_counter()
+                for images, labels in iter_batches(train, cfg.batch_size, shuffle=True, generator=order,
+                                                   drop_last=len(train) >= cfg.batch_size,
+                                                   num_workers=cfg.num_workers):
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    x = to_model_input(images, spec, augment=augment, generator=aug)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = model(x)
+                        loss = loss_fn(logits.float(), labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step += 1
+                    scheduler.step_update(step)
+                    n = len(labels)
+                    loss_sum += float(loss.detach()) * n
+                    correct += float((logits.argmax(1) == labels).sum())
+                    seen += n
+                    info = f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:5.1f}%"
+                    progress.update(task, advance=1, info=info)
+                train_seconds = time.perf_counter() - t0
+                record = {
+                    "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
+                    "train_images": int(seen), "train_seconds": train_seconds,
+                    "images_per_s": seen / train_seconds if train_seconds else 0.0,
+                }
+                if val is not None and len(val):
+                    logits = predict_logits(model, val, spec, batch_size=cfg.eval_batch_size, device=device,
+                                            num_workers=cfg.num_workers)
+                    record["val_loss"] = float(F.cross_entropy(logits, val.labels))
+                    record["val_acc"] = 100 * float((logits.argmax(1) == val.labels).float().mean())
+                progress.update(task, info=_summary(record))
+                result.history.append(record)
+                if run_dir is not None:
+                    save_state(run_dir, model, optimizer, epoch=epoch, step=step, history=result.history)
+                    with (run_dir / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch}/{cfg.epochs} "
+                              f"{_summary(record)}\n")
+                    log.flush()
+    finally:
+        if log is not None:
+            log.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _summary(r: dict) -> str:
+    text = f"loss {r['train_loss']:.3f} acc {r['train_acc']:5.1f}%"
+    if "val_acc" in r:
+        text += f" | val loss {r['val_loss']:.3f} acc {r['val_acc']:5.2f}%"
+    return text + f" | {r['images_per_s']:.0f} img/s"

@@ -1,0 +1,150 @@
+"""Predictions and classification metrics over a split: top-1, top-5, per-class accuracy, confusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from askexpert.data import ImageSplit, InputSpec, iter_batches, to_model_input
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, split: ImageSplit, spec: InputSpec, *, batch_size: int = 512,
+                   device: torch.device | str = "cpu", num_workers: int = 0, progress=None) -> torch.Tensor:
+    """Float32 logits ``[N, num_outputs]`` of ``model`` on every image of ``split``, in order."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    out = []
+    task = progress.add_task("predict", total=len(split), info="") if progress is not None else None
+    for images, _ in iter_batches(split, batch_size, num_workers=num_workers):
+        x = to_model_input(images.to(device, non_blocking=True), spec)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        out.append(logits.float().cpu())
+        if task is not None:
+            progress.advance(task, len(images))
+    if task is not None:
+        progress.remove_task(task)
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """Top-1 / top-5 accuracy (%), mean NLL, per-class accuracy and the confusion matrix (rows: truth)."""
+    labels = labels.to(torch.int64)
+    n_cls = len(class_names)
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    pred = topk[:, 0]
+    confusion = torch.bincount(labels * n_cls + pred, minlength=n_cls * n_cls).reshape(n_cls, n_cls)
+    support = confusion.sum(1)
+    per_class = [
+        {"class": name, "accuracy": 100.0 * float(confusion[i, i]) / max(1, int(support[i])),
+         "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    ]
+    return {
+        "samples": len(labels),
+        "top1": 100.0 * float((pred == labels).float().mean()) if len(labels) else 0.0,
+        f"top{k}": 100.0 * float((topk == labels[:, None]).any(1).float().mean()) if len(labels) else 0.0,
+        "nll": float(F.cross_entropy(logits, labels)) if len(labels) else 0.0,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def save_confusion_plot(confusion: list[list[int]], class_names: list[str], path: Path, title: str) -> Path:
+    """A row-normalised confusion matrix as a PNG heat map, counts printed in each cell (<= 20 classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    side = max(5.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(metrics: dict, class_names: list[str], out_dir: Path, split: str, title: str) -> None:
+    """``out_dir/<split>.json`` with every metric, and ``out_dir/<split>-confusion.png``."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}.json").write_text(json.dumps(metrics, indent=1))
+    save_confusion_plot(metrics["confusion"], class_names, out_dir / f"{split}-confusion.png",
+                        f"{title} (top-1 {metrics['top1']:.2f}%)")
+
+
+class EvalReport:
+    """What ``evaluate_checkpoint`` measured and where it wrote it."""
+
+    def __init__(self, model_name: str, dataset: str, metrics: dict, out_dir: Path) -> None:
+        self.model_name, self.dataset, self.metrics, self.out_dir = model_name, dataset, metrics, out_dir
+
+    @property
+    def top5(self) -> float:
+        return next(v for k, v in self.metrics.items() if k.startswith("top") and k != "top1")
+
+
+def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = None, data_root=None,
+                        out_dir: Path | None = None, device: str = "auto", batch_size: int = 512,
+                        save_logits: bool = False, console=None) -> EvalReport:
+    """Evaluate a saved model on a split of its own dataset (or ``data``, with the same classes)."""
+    import safetensors.torch
+
+    from askexpert.config import DataConfig
+    from askexpert.data import load_dataset
+    from askexpert.errors import DatasetError
+    from askexpert.models import load_checkpoint
+    from askexpert.training.engine import progress_bar, resolve_device
+
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, device=dev)
+    meta = ckpt.meta
+    data_cfg = DataConfig(**meta.dataset.get("config", {}))
+    if data is not None:
+        data_cfg = data_cfg.model_copy(update={"name": data})
+    if data_root is not None:
+        data_cfg = data_cfg.model_copy(update={"root": data_root})
+    bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
+    if bundle.class_names != meta.class_names:
+        raise DatasetError(
+            f"{bundle.name} has classes {bundle.class_names[:4]}... but the model predicts "
+            f"{meta.class_names[:4]}...",
+            fix="evaluate on a dataset with the model's classes, in the same order",
+        )
+    target = bundle.split(split)
+    with progress_bar(console, transient=True) as progress:
+        logits = predict_logits(ckpt.model, target, meta.model.input, batch_size=batch_size, device=dev,
+                                progress=progress)
+    metrics = classification_metrics(logits, target.labels, meta.class_names)
+    out_dir = Path(out_dir) if out_dir is not None else ckpt.path.parent / "eval"
+    write_report(metrics, meta.class_names, out_dir, split, f"{meta.model.name} on {bundle.name} {split}")
+    if save_logits:
+        safetensors.torch.save_file({"logits": logits.contiguous(), "labels": target.labels.contiguous()},
+                                    str(out_dir / f"{split}-logits.safetensors"))
+    return EvalReport(meta.model.name, bundle.name, metrics, out_dir)

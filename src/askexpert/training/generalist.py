@@ -1,0 +1,106 @@
+"""Train a generalist: the small model that runs on the edge device over every input."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from askexpert.config import RunConfig
+from askexpert.data import DatasetBundle, load_dataset
+from askexpert.models import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    flops_per_image,
+    load_checkpoint,
+    resolve_spec,
+    save_checkpoint,
+)
+from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.training.engine import fit, resolve_device
+from askexpert.training.evaluate import classification_metrics, predict_logits, write_report
+from askexpert.training.rundir import prepare_run_dir
+
+
+@dataclass
+class TrainedModel:
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict
+
+
+def load_for_model(cfg: RunConfig) -> tuple[DatasetBundle, ModelSpec, bool]:
+    """The dataset and the full model spec of a run (an image folder is decoded at the model's size)."""
+    probe, _ = resolve_spec(cfg.model, num_classes=2, mean=(0.5,), std=(0.5,))
+    bundle = load_dataset(cfg.data, image_size=probe.input.size, channels=probe.input.channels)
+    spec, pretrained = resolve_spec(cfg.model, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
+    return bundle, spec, pretrained
+
+
+def dataset_record(cfg: RunConfig, bundle: DatasetBundle) -> dict:
+    return {**bundle.summary(), "config": cfg.data.model_dump(mode="json")}
+
+
+def evaluate_split(model: torch.nn.Module, spec: ModelSpec, bundle: DatasetBundle, split: str, *,
+                   class_names: list[str], device: torch.device, batch_size: int,
+                   out_dir: Path | None = None, title: str = "") -> dict:
+    """Metrics of ``model`` on one split; with ``out_dir``, also ``<split>.json`` and a confusion PNG."""
+    data = bundle.split(split)
+    logits = predict_logits(model, data, spec.input, batch_size=batch_size, device=device)
+    metrics = classification_metrics(logits, data.labels, class_names)
+    if out_dir is not None:
+        write_report(metrics, class_names, out_dir, split, f"{title} on {bundle.name} {split}")
+    return metrics
+
+
+def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                     console: Console | None = None) -> TrainedModel:
+    """Train the edge generalist of ``cfg`` into ``cfg.run_dir`` and report validation and test metrics.
+
+    The test split is evaluated once, after training, and only reported: no choice depends on it.
+    """
+    console = console or Console(stderr=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    stem = checkpoint_stem(run_dir)
+    if resume and stem.with_suffix(".json").is_file():
+        ckpt = load_checkpoint(stem)
+        console.log(f"{run_dir} is already complete: {ckpt.meta.metrics.get('test', {}).get('top1')}% test top-1")
+        return TrainedModel(run_dir, stem, ckpt.meta.metrics)
+
+    bundle, spec, pretrained = load_for_model(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(spec, pretrained=pretrained)
+    n_params, flops = count_parameters(model), flops_per_image(model, spec)
+    console.log(f"{bundle.name}: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test "
+                f"images from {bundle.source}")
+    console.log(f"model {spec.name} ({spec.timm_name}): {n_params / 1e6:.2f}M parameters, "
+                f"{flops / 1e6:.1f} MFLOPs per image, input {spec.input.channels}x{spec.input.size}^2")
+    augment = bundle.default_augment if cfg.train.augment == "auto" else cfg.train.augment
+    result = fit(model, train=bundle.train, val=bundle.val, spec=spec.input, cfg=cfg.train, augment=augment,
+                 run_dir=run_dir, resume=resume, console=console)
+
+    device = resolve_device(cfg.train.device)
+    metrics = {}
+    for split in ("val", "test"):
+        m = evaluate_split(model, spec, bundle, split, class_names=bundle.class_names, device=device,
+                           batch_size=cfg.train.eval_batch_size, out_dir=run_dir / "eval", title=spec.name)
+        metrics[split] = {k: v for k, v in m.items() if k not in ("per_class", "confusion")}
+    metrics["train"] = {
+        "epochs": cfg.train.epochs, "images_per_s": result.images_per_second, "seconds": result.seconds,
+        "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
+        "final_train_acc": result.history[-1]["train_acc"] if result.history else None,
+    }
+    metrics["model"] = {"parameters": n_params, "flops_per_image": flops}
+    save_checkpoint(stem, model, spec=spec, kind="generalist", class_names=bundle.class_names,
+                    dataset=dataset_record(cfg, bundle), training=cfg.model_dump(mode="json"), metrics=metrics)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    console.log(f"test top-1 {metrics['test']['top1']:.2f}% (val {metrics['val']['top1']:.2f}%); "
+                f"checkpoint {stem}.safetensors")
+    return TrainedModel(run_dir, stem, metrics)
