@@ -1,0 +1,255 @@
+"""The ``askexpert`` command line: parses arguments and calls the library; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import askexpert
+from askexpert.errors import AskExpertError
+
+EPILOG = """\
+examples:
+  askexpert demo                                    train (or reuse) and evaluate the demo models
+  askexpert train generalist --config configs/generalist-fmnist.yaml
+  askexpert train generalist --epochs 3 --set data.train_subset=5000 --name quick
+  askexpert eval runs/quick                          top-1/top-5, per-class accuracy, confusion matrix
+  askexpert models                                   presets with parameters and FLOPs
+  askexpert datasets                                 which datasets are available here
+
+Errors are one line naming the fix; the exit status is 2 for a user error.
+"""
+
+
+def _console() -> Console:
+    """Progress and logs go to stderr."""
+    return Console(stderr=True)
+
+
+def _out() -> Console:
+    """Tables go to stdout; piped into a file or another program, they keep their full width."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """Shortcut flags as ``section.key=value`` overrides, after the explicit ``--set`` ones."""
+    out = list(args.set or [])
+    for flag, key in (("name", "name"), ("output_dir", "output_dir"), ("data", "data.name"),
+                      ("data_root", "data.root"), ("model", "model.name"), ("epochs", "train.epochs"),
+                      ("batch_size", "train.batch_size"), ("lr", "train.lr"), ("device", "train.device"),
+                      ("seed", "train.seed"), ("threads", "train.threads")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML run config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=1e-3 (repeatable)")
+    p.add_argument("--name", help="run name: the run directory is OUTPUT_DIR/NAME")
+    p.add_argument("--output-dir", help="parent of run directories (default: runs)")
+    p.add_argument("--data", help="dataset: fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
+    p.add_argument("--data-root", help="directory holding the dataset files (only place searched)")
+    p.add_argument("--model", help="model preset or timm model name (see: askexpert models)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
+    group.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+
+
+def cmd_train_generalist(args: argparse.Namespace) -> int:
+    from askexpert.config import load_run_config
+    from askexpert.training import train_generalist
+
+    cfg = load_run_config(args.config, _run_overrides(args))
+    result = train_generalist(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
+    _print_metrics(result.metrics, f"{cfg.model.name} on {cfg.data.name}", result.checkpoint)
+    return 0
+
+
+def _print_metrics(metrics: dict, title: str, checkpoint: Path) -> None:
+    table = Table(title=title)
+    for col in ("split", "samples", "top-1 %", "top-5 %", "NLL"):
+        table.add_column(col, justify="right")
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if m:
+            top5 = next((v for k, v in m.items() if k.startswith("top") and k != "top1"), float("nan"))
+            table.add_row(split, str(m["samples"]), f"{m['top1']:.2f}", f"{top5:.2f}", f"{m['nll']:.3f}")
+    console = _out()
+    console.print(table)
+    train = metrics.get("train", {})
+    if train:
+        console.print(f"trained {train['epochs']} epochs at {train['images_per_s']:.0f} img/s on {train['device']} "
+                      f"({train['seconds'] / 60:.1f} min); checkpoint: {checkpoint}.safetensors")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from askexpert.training.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, data_root=args.data_root,
+                                 out_dir=args.out, device=args.device, batch_size=args.batch_size,
+                                 save_logits=args.save_logits, console=_console())
+    m = report.metrics
+    console = _out()
+    table = Table(title=f"{report.model_name} on {report.dataset} {args.split}: "
+                        f"top-1 {m['top1']:.2f}%, top-5 {report.top5:.2f}%, {m['samples']} images")
+    table.add_column("class")
+    table.add_column("accuracy %", justify="right")
+    table.add_column("support", justify="right")
+    for row in m["per_class"]:
+        table.add_row(row["class"], f"{row['accuracy']:.2f}", str(row["support"]))
+    console.print(table)
+    console.print(f"wrote {report.out_dir}/{args.split}.json, {args.split}-confusion.png"
+                  + (f", {args.split}-logits.safetensors" if args.save_logits else ""))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    console = _out()
+    if args.timm is not None:
+        import timm
+
+        names = timm.list_models(args.timm or "*")
+        console.print("\n".join(names) if names else f"no timm model matches {args.timm!r}")
+        return 0
+    from askexpert.models import PRESETS
+    from askexpert.models.info import describe_preset
+
+    table = Table(title="model presets (any timm model name works too: askexpert models --timm 'vit_*')")
+    for col in ("preset", "role", "timm model", "input", "params", "MFLOPs/img", "weights"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("params", "MFLOPs/img") else "left")
+    for preset in PRESETS.values():
+        info = describe_preset(preset, num_classes=args.classes)
+        table.add_row(preset.name, preset.role, preset.timm_name, info["input"], f"{info['parameters'] / 1e6:.2f}M",
+                      f"{info['flops'] / 1e6:.1f}", "ImageNet" if preset.pretrained else "scratch")
+    console.print(table)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from askexpert.config import DataConfig
+    from askexpert.data import DATASETS, load_dataset
+    from askexpert.data.registry import locate_dataset
+
+    console = _out()
+    if args.name:
+        bundle = load_dataset(DataConfig(name=args.name, root=args.data_root, download=not args.no_download))
+        console.print_json(json.dumps({**bundle.summary(), "class_names": bundle.class_names,
+                                       "coarse_names": bundle.coarse_names}))
+        return 0
+    table = Table(title="datasets (askexpert datasets NAME loads one and shows its splits)")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("available here")
+    for name, description in DATASETS.items():
+        where = "-"
+        if ":" not in name:
+            try:
+                where = str(locate_dataset(DataConfig(name=name, download=False)))
+            except AskExpertError:
+                where = "no (downloads on first use where a network exists)"
+        table.add_row(name, description, where)
+    console.print(table)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from askexpert.config import load_run_config
+    from askexpert.training import train_generalist
+
+    overrides = [f"output_dir={args.output_dir}"] + (args.set or [])
+    cfg = load_run_config(Path("demo"), overrides)
+    console = _console()
+    console.rule("askexpert demo: edge generalist on Fashion-MNIST (collaborative serving comes next)")
+    result = train_generalist(cfg, resume=not args.fresh, overwrite=args.fresh, console=console)
+    _print_metrics(result.metrics, f"demo generalist {cfg.model.name} on {cfg.data.name}", result.checkpoint)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="askexpert", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Collaborative ViT inference: an edge generalist asks near-edge experts when unsure.",
+    )
+    parser.add_argument("--version", action="version", version=f"askexpert {askexpert.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the end-to-end demo on offline Fashion-MNIST (reuses cached runs)",
+                       description="Train (or reuse) the demo generalist on Fashion-MNIST and report its "
+                       "accuracy. Budget: a few minutes on 2 CPU cores; a finished run is reused.")
+    p.add_argument("--output-dir", default="runs", help="where the demo run directory goes (default: runs)")
+    p.add_argument("--fresh", action="store_true", help="retrain instead of reusing a finished demo run")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of configs/demo.yaml")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train models (generalist)",
+                       description="Train a model into a run directory (resolved config, logs, metrics, "
+                       "checkpoint).")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    g = tsub.add_parser("generalist", help="train the edge generalist",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Train the small edge model on every class. Config: YAML file plus "
+                        "overrides; the run directory gets config.yaml, train.log, metrics.jsonl, "
+                        "model.safetensors + model.json and eval/ reports.",
+                        epilog="example: askexpert train generalist --config configs/generalist-fmnist.yaml")
+    _add_run_flags(g)
+    g.set_defaults(func=cmd_train_generalist)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix",
+                       description="Evaluate a checkpoint on a split of its dataset (or another dataset with "
+                       "the same classes). Writes SPLIT.json and SPLIT-confusion.png.")
+    p.add_argument("checkpoint", type=Path, help="run directory, or a checkpoint's .json / .safetensors file")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", help="dataset to evaluate on (default: the checkpoint's)")
+    p.add_argument("--data-root", type=Path, help="directory holding the dataset files")
+    p.add_argument("--out", type=Path, help="output directory (default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--save-logits", action="store_true", help="also save logits and labels (safetensors)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list model presets with parameter counts and FLOPs",
+                       description="List the presets (edge and expert sizes per input scale) with their "
+                       "parameter counts and FLOPs per image, or timm model names.")
+    p.add_argument("--classes", type=int, default=10, help="output classes assumed for the counts")
+    p.add_argument("--timm", nargs="?", const="", metavar="PATTERN", help="list timm model names instead")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list datasets and where they are found, or load one",
+                       description="Without NAME: the registered datasets and whether their files are "
+                       "here. With NAME: load it (downloading where allowed) and print its splits.")
+    p.add_argument("name", nargs="?", help="fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--no-download", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AskExpertError as err:
+        print(f"askexpert: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("askexpert: interrupted; a training run continues with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
