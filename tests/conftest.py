@@ -1,0 +1,122 @@
+"""Shared fixtures: the real Fashion-MNIST files, and writers of the exact on-disk dataset formats."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import pickle
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from askexpert.data import fashion_mnist
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    """The directory of the real Fashion-MNIST files (Debian's package, $ASKEXPERT_DATA or the cache)."""
+    return fashion_mnist.locate(None, allow_download=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Downloads and cache lookups go to a per-test directory, never to the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as an IDX file, gzipped when ``path`` ends in .gz."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_fmnist_subset(directory: Path, source: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    """Copy the first images of the real Fashion-MNIST into ``directory`` in the IDX format."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = fashion_mnist.load_split(source, split)
+        img_stem, lbl_stem = fashion_mnist.FILES[split]
+        write_idx(directory / f"{img_stem}.gz", images[:n, 0].numpy())
+        write_idx(directory / f"{lbl_stem}.gz", labels[:n].numpy().astype(np.uint8))
+    return directory
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    # Python 2 era pickles (protocol 2) with str keys, as in the published archives.
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    """A small dataset in the exact ``cifar-100-python`` layout: train, test, meta pickles."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        _pickle(folder / name, {
+            "filenames": [f"img_{i}.png" for i in range(n)],
+            "batch_label": f"{name}ing batch 1 of 1",
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        })
+    _pickle(folder / "meta", {
+        "fine_label_names": [f"fine_{i:02d}" for i in range(100)],
+        "coarse_label_names": [f"coarse_{i:02d}" for i in range(20)],
+    })
+    return folder
+
+
+def write_cifar10(root: Path, per_batch: int = 50, seed: int = 0) -> Path:
+    """A small dataset in the exact ``cifar-10-batches-py`` layout."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _pickle(folder / name, {
+            "batch_label": name,
+            "labels": rng.integers(0, 10, per_batch).tolist(),
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+        })
+    _pickle(folder / "batches.meta", {
+        "label_names": ["airplane", "automobile", "bird", "cat", "deer",
+                        "dog", "frog", "horse", "ship", "truck"],
+        "num_cases_per_batch": per_batch, "num_vis": 3072,
+    })
+    return folder
+
+
+def make_tar_gz(folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+@pytest.fixture
+def http_server():
+    """Serve a directory over real HTTP on a loopback port; yields a function dir -> base URL."""
+    servers = []
+
+    def serve(directory: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+        handler.log_message = lambda *a, **k: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

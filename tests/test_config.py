@@ -1,0 +1,50 @@
+"""Configs: YAML validated by pydantic, overrides, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from askexpert.config import load_run_config
+from askexpert.errors import ConfigError
+
+
+def test_shipped_configs_validate():
+    for name in ("demo", "generalist-fmnist", "generalist-cifar100", "generalist-deit-imagefolder"):
+        cfg = load_run_config(name)
+        assert cfg.train.epochs > 0
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 3\n  lr: 0.01\n")
+    cfg = load_run_config(path, ["train.epochs=5", "data.train_subset=100", "model.kwargs.depth=2"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.train_subset) == (5, 0.01, 100)
+    assert cfg.model.kwargs == {"depth": 2} and cfg.run_dir.name == "x"
+    again = tmp_path / "again.yaml"
+    again.write_text(cfg.to_yaml())
+    assert load_run_config(again) == cfg
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("train:\n  epochs: many\n", r"train\.epochs: .*integer.*\(got 'many'\)"),
+    ("train:\n  epocs: 3\n", r"train\.epocs: unknown key"),
+    ("train: [1, 2\n", r"not valid YAML at line"),
+    ("- a\n- b\n", r"must hold a mapping"),
+    ("train:\n  lr: -1\n", r"train\.lr: Input should be greater than 0"),
+    ("train:\n  device: gpu0\n", r"train\.device: .*auto, cpu, cuda"),
+])
+def test_malformed_config_is_one_clear_line(tmp_path, text, pattern):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern) as err:
+        load_run_config(path)
+    assert "\n" not in str(err.value) and "fix:" in str(err.value)
+
+
+def test_bad_overrides_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="malformed override"):
+        load_run_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs: .*integer"):
+        load_run_config(None, ["train.epochs=abc"])
+    with pytest.raises(ConfigError, match="does not exist.*shipped config: demo"):
+        load_run_config(tmp_path / "nope.yaml")
