@@ -1,0 +1,24 @@
+# The README's two commands: `make demo` (the main job) and `make test`. Both set up a fresh
+# machine first (virtual environment, dependencies, offline dataset) via scripts/bootstrap.sh.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench-generalist clean
+
+setup:
+	@VENV=$(VENV) scripts/bootstrap.sh
+
+demo: setup
+	$(BIN)/askexpert demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench-generalist: setup
+	$(BIN)/python benchmarks/train_generalist.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
