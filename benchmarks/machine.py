@@ -1,0 +1,34 @@
+"""What machine a benchmark ran on: every result file names its hardware."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+
+import torch
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def describe(info: dict) -> str:
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
+    return f"{info['cpu']} ({info['cpu_cores']} cores, torch {info['torch_threads']} threads){gpu}"
