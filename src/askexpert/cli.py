@@ -28,7 +28,9 @@ Errors are one line naming the fix; the exit status is 2 for a user error.
 
 def _console() -> Console:
     """Progress and logs go to stderr."""
-    return Console(stderr=True)
+    from askexpert.training.engine import stderr_console
+
+    return stderr_console()
 
 
 def _out() -> Console:
@@ -77,6 +79,103 @@ def cmd_train_generalist(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, _run_overrides(args))
     result = train_generalist(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
     _print_metrics(result.metrics, f"{cfg.model.name} on {cfg.data.name}", result.checkpoint)
+    return 0
+
+
+def cmd_train_experts(args: argparse.Namespace) -> int:
+    from askexpert.config import load_run_config
+    from askexpert.training.experts import train_experts
+
+    overrides = _run_overrides(args)
+    for flag, key in (("strategy", "experts.strategy"), ("partition", "experts.partition"), ("init", "experts.init"),
+                      ("passes", "experts.passes")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    base = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
+    cfg = load_run_config(args.config, overrides, base=base)
+    result = train_experts(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
+    if not result.experts:  # the general model
+        from askexpert.models import read_meta
+
+        meta = read_meta(result.run_dir)
+        _print_metrics(meta.metrics, f"general model {cfg.model.name} on {cfg.data.name}", result.run_dir / "model")
+        return 0
+    table = Table(title=f"{cfg.experts.strategy} experts in {result.run_dir}")
+    for col in ("expert", "classes", "val subset %", "test subset %", "test 'other' recall %", "images seen"):
+        table.add_column(col)
+    for m in result.experts:
+        other = m["test"]["other_recall"]
+        table.add_row(str(m["expert"]), ", ".join(m["names"]), f"{m['val']['subset_accuracy']:.2f}",
+                      f"{m['test']['subset_accuracy']:.2f}", "-" if other is None else f"{other:.1f}",
+                      str(m["images_seen"]))
+    _out().print(table)
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from askexpert.training.partition import make_partition
+
+    part = make_partition(args.generalist, args.experts, method=args.method, file=args.file,
+                          max_size=args.max_size, overlap=args.overlap, device=args.device)
+    out = args.out or (args.generalist if args.generalist.is_dir() else args.generalist.parent) / (
+        f"partition-{args.method}-{len(part.experts)}.json")
+    part.save(out)
+    table = Table(title=f"partition ({part.method}{', with overlap' if part.overlap else ''}): {out}")
+    table.add_column("expert")
+    table.add_column("size", justify="right")
+    table.add_column("classes")
+    for e, names in part.table():
+        table.add_row(str(e), str(len(part.experts[e])), names)
+    _out().print(table)
+    return 0
+
+
+def cmd_evaluate_system(args: argparse.Namespace) -> int:
+    from askexpert.bench.offline import evaluate_system
+
+    runs = {}
+    for item in args.experts:
+        label, sep, path = item.partition("=")
+        if not sep:
+            label, path = Path(item).name, item
+        runs[label] = Path(path)
+    report = evaluate_system(args.generalist, args.general, runs, ks=args.ks, rates=args.rates,
+                             headline_rate=args.offload, confidence=args.confidence, fallback=args.fallback,
+                             device=args.device)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    console = _out()
+    table = Table(title=f"test accuracy, tau chosen on validation for {100 * args.offload:.0f}% offload")
+    for col in ("system", "k", "overall %", "on offloaded %", "offload %", "hit rate %", "'other' %", "expert load"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    b = report["baselines"]
+    table.add_row("generalist alone", "-", f"{b['generalist']['accuracy']:.2f}",
+                  f"{b['generalist']['offloaded_accuracy']:.2f}", "0", "-", "-", "-")
+    table.add_row("general model alone (everything offloaded)", "-", f"{b['general']['accuracy']:.2f}",
+                  f"{b['general']['offloaded_accuracy']:.2f}", "100", "-", "-", "-")
+    for label, row in report["headline"].items():
+        t = row["test"]
+        table.add_row(f"collaborative: {label}", str(row["k"]), f"{t['accuracy']:.2f}",
+                      f"{t['offloaded_accuracy_system']:.2f}", f"{t['offload_rate']:.1f}",
+                      f"{t['routing_hit_rate']:.1f}", f"{t['expert_other_rate']:.1f}",
+                      " / ".join(map(str, t["expert_load"])))
+    console.print(table)
+    grid = Table(title="sweep on test (rows: system and k; columns: target offload rate; cells: overall accuracy %)")
+    grid.add_column("system")
+    grid.add_column("k")
+    for rate in args.rates:
+        grid.add_column(f"{100 * rate:.0f}%", justify="right")
+    systems = list(dict.fromkeys(r["system"] for r in report["grid"]))
+    for system in systems:
+        for k in args.ks:
+            cells = [next(r for r in report["grid"] if r["system"] == system and r["k"] == k
+                          and r["target_offload"] == rate)["test"]["accuracy"] for rate in args.rates]
+            grid.add_row(system, str(k), *(f"{c:.2f}" for c in cells))
+    console.print(grid)
+    if args.out:
+        console.print(f"full report: {args.out}")
     return 0
 
 
@@ -196,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of configs/demo.yaml")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train models (generalist)",
+    p = sub.add_parser("train", help="train models (generalist, general model, experts)",
                        description="Train a model into a run directory (resolved config, logs, metrics, "
                        "checkpoint).")
     tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -208,6 +307,56 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="example: askexpert train generalist --config configs/generalist-fmnist.yaml")
     _add_run_flags(g)
     g.set_defaults(func=cmd_train_generalist)
+
+    x = tsub.add_parser("experts", help="train the general model, or static / progressive experts",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="--strategy general trains the medium model on every class (the common "
+                        "starting point of the experts, and the everything-offloaded baseline). --strategy static "
+                        "or progressive trains one expert per partition subset, from --init (the general run), "
+                        "with the same image budget (--passes over each subset).",
+                        epilog="examples:\n"
+                        "  askexpert train experts --strategy general --name general --epochs 15\n"
+                        "  askexpert partition runs/generalist --experts 3\n"
+                        "  askexpert train experts --strategy progressive --init runs/general \\\n"
+                        "      --partition runs/generalist/partition-confusion-3.json --name progressive")
+    _add_run_flags(x)
+    x.add_argument("--strategy", choices=["general", "static", "progressive"])
+    x.add_argument("--partition", type=Path, help="partition file (askexpert partition)")
+    x.add_argument("--init", type=Path, help="run directory of the general model the experts start from")
+    x.add_argument("--passes", type=float, help="image budget per expert, in passes over its subset")
+    x.set_defaults(func=cmd_train_experts)
+
+    p = sub.add_parser("partition", help="group classes into expert subsets",
+                       description="Group the classes into expert subsets: from the generalist's confusion on the "
+                       "validation split (agglomerative, size-bounded), from coarse labels (CIFAR-100 "
+                       "superclasses) or from a YAML file of class lists.")
+    p.add_argument("generalist", type=Path, help="run directory (or checkpoint) of the generalist")
+    p.add_argument("--experts", type=int, default=3, help="number of experts (default 3)")
+    p.add_argument("--method", choices=["confusion", "coarse", "file"], default="confusion")
+    p.add_argument("--file", type=Path, help="with --method file: YAML with experts: [[class, ...], ...]")
+    p.add_argument("--max-size", type=int, help="most classes an expert may hold (default: 1.5 x the mean)")
+    p.add_argument("--overlap", type=float, metavar="THRESHOLD",
+                   help="a class also joins the other expert it is most confused with, above this affinity")
+    p.add_argument("--out", type=Path, help="output file (default: GENERALIST/partition-METHOD-E.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_partition)
+
+    p = sub.add_parser("evaluate-system", help="offline evaluation of the collaborative system over tau and k",
+                       description="From the saved models (logits cached next to each checkpoint): the generalist "
+                       "alone, the general model alone, and the collaborative system with each set of experts, for "
+                       "a grid of target offload rates (tau chosen on validation) and k. Reports on test.")
+    p.add_argument("--generalist", type=Path, required=True)
+    p.add_argument("--general", type=Path, required=True)
+    p.add_argument("--experts", action="append", required=True, metavar="LABEL=RUN_DIR",
+                   help="an expert run directory (repeatable), e.g. static=runs/static")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--offload", type=float, default=0.3, help="target offload rate of the headline table")
+    p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"], default="max-prob")
+    p.add_argument("--fallback", choices=["other", "other-or-less-confident"], default="other")
+    p.add_argument("--out", type=Path, help="write the full report (JSON) here")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate_system)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix",
                        description="Evaluate a checkpoint on a split of its dataset (or another dataset with "

@@ -69,6 +69,45 @@ class TrainConfig(_Strict):
         return v
 
 
+class StageConfig(_Strict):
+    """One stage of specialist training: how much of the budget it takes and what its batches hold."""
+
+    fraction: float = Field(gt=0.0, le=1.0, description="share of the expert's image budget spent here")
+    out_share: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch from outside the subset")
+    focus: float = Field(0.0, ge=0.0, le=1.0,
+                         description="0: in-subset images drawn uniformly; 1: in proportion to how hard the "
+                         "general model finds them")
+
+
+class ExpertsConfig(_Strict):
+    """How the experts of a run are trained. Strategies share the medium model and the image budget."""
+
+    strategy: Literal["general", "static", "progressive"] = "progressive"
+    partition: Path | None = Field(None, description="partition file (askexpert partition)")
+    init: Path | None = Field(None, description="the general model the experts start from (a run directory)")
+    passes: float = Field(6.0, gt=0.0, description="image budget per expert, in passes over its subset")
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [StageConfig(fraction=1 / 3, out_share=0.5), StageConfig(fraction=1 / 3, out_share=0.2),
+                                 StageConfig(fraction=1 / 3, out_share=0.05)],
+        description="progressive only; static is one stage of subset-only batches",
+    )
+    distill: float = Field(0.0, ge=0.0, le=1.0, description="weight of distillation from the general model")
+    distill_temperature: float = Field(2.0, gt=0.0)
+    hard_negatives: float = Field(0.0, ge=0.0, le=1.0,
+                                  description="0: out-of-subset images drawn uniformly; 1: in proportion to how "
+                                  "often the generalist confuses their class with the subset")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[StageConfig]) -> list[StageConfig]:
+        if not v:
+            raise ValueError("needs at least one stage")
+        total = sum(s.fraction for s in v)
+        if abs(total - 1.0) > 1e-3:
+            raise ValueError(f"stage fractions must sum to 1 (they sum to {total:.3f})")
+        return v
+
+
 class RunConfig(_Strict):
     """Everything needed to reproduce one training run."""
 
@@ -77,6 +116,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    experts: ExpertsConfig | None = None
 
     @property
     def run_dir(self) -> Path:

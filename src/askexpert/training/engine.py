@@ -25,11 +25,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from askexpert.config import TrainConfig
-from askexpert.data import ImageSplit, InputSpec, iter_batches, to_model_input
+from askexpert.data import ImageSplit, InputSpec, to_model_input
 from askexpert.training.evaluate import predict_logits
+from askexpert.training.plans import BatchPlan
 from askexpert.training.state import has_state, load_state, save_state
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, inputs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,6 +42,12 @@ def resolve_device(name: str) -> torch.device:
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one epoch's data order (stream 0) or augmentation (stream 1)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+def stderr_console() -> Console:
+    """Progress and logs on stderr; written to a file or a pipe they keep a readable width."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=150)
 
 
 def progress_bar(console: Console | None = None, transient: bool = False) -> Progress:
@@ -64,23 +71,24 @@ class FitResult:
         return sum(h["train_images"] for h in done) / seconds if seconds else 0.0
 
 
-def fit(model: torch.nn.Module, *, train: ImageSplit, val: ImageSplit | None, spec: InputSpec,
+def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec: InputSpec,
         cfg: TrainConfig, augment: str, run_dir: Path | None = None, resume: bool = False,
-        loss_fn: LossFn | None = None, console: Console | None = None, log_name: str = "train") -> FitResult:
-    """Train ``model`` in place for ``cfg.epochs`` epochs.
+        loss_fn: LossFn | None = None, console: Console | None = None, label: str = "train") -> FitResult:
+    """Train ``model`` in place over the ``plan.epochs`` epochs of ``plan``.
 
-    With ``run_dir`` set, every epoch appends to ``metrics.jsonl`` and ``<log_name>.log`` and saves a
-    resumable state; with ``resume`` the loop continues after the last saved epoch.
-    ``loss_fn(logits, labels)`` defaults to cross-entropy with ``cfg.label_smoothing``.
+    With ``run_dir`` set, every epoch appends to ``metrics.jsonl`` and ``train.log`` and saves a
+    resumable state; with ``resume`` the loop continues after the last saved epoch. ``val`` holds
+    images with the targets the model is trained to output. ``loss_fn(logits, targets, inputs)``
+    defaults to cross-entropy with ``cfg.label_smoothing``.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     device = resolve_device(cfg.device)
     model.to(device)
-    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
+    loss_fn = loss_fn or (lambda logits, y, _x: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
     # foreach: one fused kernel per step for all parameters (torch only picks it by itself on CUDA)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    steps_per_epoch = max(1, len(train) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    steps_per_epoch, epochs = plan.steps_per_epoch, plan.epochs
+    total = steps_per_epoch * epochs
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.lr * cfg.min_lr_ratio,
                                   warmup_t=warmup, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
@@ -95,27 +103,25 @@ def fit(model: torch.nn.Module, *, train: ImageSplit, val: ImageSplit | None, sp
         step, start_epoch = meta["step"], meta["epoch"] + 1
         result.history = meta["history"]
         result.resumed_from_epoch = meta["epoch"]
-        console.log(f"resuming {run_dir} after epoch {meta['epoch']}/{cfg.epochs}")
-    log = (run_dir / f"{log_name}.log").open("a") if run_dir is not None else None
+        console.log(f"resuming {run_dir} after epoch {meta['epoch']}/{epochs}")
+    log = (run_dir / "train.log").open("a") if run_dir is not None else None
     started = time.perf_counter()
     try:
         with progress_bar(console) as progress:
-            for epoch in range(start_epoch, cfg.epochs + 1):
+            for epoch in range(start_epoch, epochs + 1):
                 torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout / drop-path of this epoch
                 order, aug = epoch_generator(cfg.seed, epoch, 0), epoch_generator(cfg.seed, epoch, 1)
-                task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, info="")
+                task = progress.add_task(f"{label} epoch {epoch}/{epochs}", total=steps_per_epoch, info="")
                 model.train()
                 loss_sum = correct = seen = 0.0
                 t0 = time.perf_counter()
-                for images, labels in iter_batches(train, cfg.batch_size, shuffle=True, generator=order,
-                                                   drop_last=len(train) >= cfg.batch_size,
-                                                   num_workers=cfg.num_workers):
+                for images, labels in plan.batches(epoch, order):
                     images = images.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                     x = to_model_input(images, spec, augment=augment, generator=aug)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         logits = model(x)
-                        loss = loss_fn(logits.float(), labels)
+                        loss = loss_fn(logits.float(), labels, x)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if cfg.grad_clip:
@@ -133,7 +139,7 @@ def fit(model: torch.nn.Module, *, train: ImageSplit, val: ImageSplit | None, sp
                     progress.update(task, advance=1, info=info)
                 train_seconds = time.perf_counter() - t0
                 record = {
-                    "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                    "epoch": epoch, **plan.epoch_info(epoch), "step": step, "lr": optimizer.param_groups[0]["lr"],
                     "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
                     "train_images": int(seen), "train_seconds": train_seconds,
                     "images_per_s": seen / train_seconds if train_seconds else 0.0,
@@ -149,7 +155,7 @@ def fit(model: torch.nn.Module, *, train: ImageSplit, val: ImageSplit | None, sp
                     save_state(run_dir, model, optimizer, epoch=epoch, step=step, history=result.history)
                     with (run_dir / "metrics.jsonl").open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch}/{cfg.epochs} "
+                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch}/{epochs} "
                               f"{_summary(record)}\n")
                     log.flush()
     finally:

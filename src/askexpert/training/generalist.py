@@ -1,4 +1,5 @@
-"""Train a generalist: the small model that runs on the edge device over every input."""
+"""Train a classifier over every class of a dataset: the edge generalist (small model), or the
+general medium model that the experts start from (and the "everything offloaded" baseline)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from askexpert.models import (
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.training.engine import fit, resolve_device
+from askexpert.training.engine import fit, resolve_device, stderr_console
 from askexpert.training.evaluate import classification_metrics, predict_logits, write_report
+from askexpert.training.plans import SplitPlan
 from askexpert.training.rundir import prepare_run_dir
 
 
@@ -43,7 +45,7 @@ def load_for_model(cfg: RunConfig) -> tuple[DatasetBundle, ModelSpec, bool]:
 
 
 def dataset_record(cfg: RunConfig, bundle: DatasetBundle) -> dict:
-    return {**bundle.summary(), "config": cfg.data.model_dump(mode="json")}
+    return {**bundle.summary(), "class_names": bundle.class_names, "config": cfg.data.model_dump(mode="json")}
 
 
 def evaluate_split(model: torch.nn.Module, spec: ModelSpec, bundle: DatasetBundle, split: str, *,
@@ -59,12 +61,13 @@ def evaluate_split(model: torch.nn.Module, spec: ModelSpec, bundle: DatasetBundl
 
 
 def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-                     console: Console | None = None) -> TrainedModel:
-    """Train the edge generalist of ``cfg`` into ``cfg.run_dir`` and report validation and test metrics.
+                     console: Console | None = None, kind: str = "generalist") -> TrainedModel:
+    """Train the all-class model of ``cfg`` into ``cfg.run_dir`` and report validation and test metrics.
 
+    ``kind`` is recorded in the checkpoint: ``generalist`` (edge) or ``general`` (the medium model).
     The test split is evaluated once, after training, and only reported: no choice depends on it.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
@@ -83,8 +86,9 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
     console.log(f"model {spec.name} ({spec.timm_name}): {n_params / 1e6:.2f}M parameters, "
                 f"{flops / 1e6:.1f} MFLOPs per image, input {spec.input.channels}x{spec.input.size}^2")
     augment = bundle.default_augment if cfg.train.augment == "auto" else cfg.train.augment
-    result = fit(model, train=bundle.train, val=bundle.val, spec=spec.input, cfg=cfg.train, augment=augment,
-                 run_dir=run_dir, resume=resume, console=console)
+    plan = SplitPlan(bundle.train, cfg.train.batch_size, cfg.train.epochs, cfg.train.num_workers)
+    result = fit(model, plan=plan, val=bundle.val, spec=spec.input, cfg=cfg.train, augment=augment,
+                 run_dir=run_dir, resume=resume, console=console, label=kind)
 
     device = resolve_device(cfg.train.device)
     metrics = {}
@@ -98,7 +102,7 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
         "final_train_acc": result.history[-1]["train_acc"] if result.history else None,
     }
     metrics["model"] = {"parameters": n_params, "flops_per_image": flops}
-    save_checkpoint(stem, model, spec=spec, kind="generalist", class_names=bundle.class_names,
+    save_checkpoint(stem, model, spec=spec, kind=kind, class_names=bundle.class_names,
                     dataset=dataset_record(cfg, bundle), training=cfg.model_dump(mode="json"), metrics=metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     console.log(f"test top-1 {metrics['test']['top1']:.2f}% (val {metrics['val']['top1']:.2f}%); "
