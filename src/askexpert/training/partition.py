@@ -1,0 +1,243 @@
+"""Class partitions: which classes each expert specialises in.
+
+Three sources: the generalist's confusion on the validation split (classes it confuses go to the
+same expert), coarse labels (CIFAR-100's superclasses, grouped), or a hand-written YAML file. The
+grouping is agglomerative clustering with average linkage over a symmetric confusion affinity and
+a maximum group size, which keeps the experts balanced; it is deterministic (ties go to the pair
+with the lowest ids). Optionally a class also joins the other expert it is most confused with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from askexpert.config import read_yaml
+from askexpert.errors import ConfigError
+
+
+class Partition(BaseModel):
+    """Expert subsets over a dataset's classes (``experts[e]`` lists class ids, ascending)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    class_names: list[str]
+    experts: list[list[int]]
+    overlap: bool = False
+    details: dict = Field(default_factory=dict)
+
+    def names(self, e: int) -> list[str]:
+        return [self.class_names[c] for c in self.experts[e]]
+
+    def check(self) -> Partition:
+        """Every class covered, no empty expert, ids in range, no duplicates inside an expert."""
+        n = len(self.class_names)
+        covered = set()
+        for e, classes in enumerate(self.experts):
+            if not classes:
+                raise ConfigError(f"partition: expert {e} has no classes", fix="give every expert classes")
+            if len(set(classes)) != len(classes) or not all(0 <= c < n for c in classes):
+                raise ConfigError(f"partition: expert {e} lists invalid or repeated class ids {classes}",
+                                  fix=f"use class ids 0..{n - 1} (or class names), each once per expert")
+            covered |= set(classes)
+        missing = sorted(set(range(n)) - covered)
+        if missing:
+            raise ConfigError(f"partition leaves classes {[self.class_names[c] for c in missing]} to no expert",
+                              fix="assign every class to an expert")
+        return self
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.model_dump(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Partition:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"partition file {path} does not exist", fix="create one with: askexpert partition")
+        try:
+            return cls.model_validate(json.loads(path.read_text())).check()
+        except (json.JSONDecodeError, ValidationError) as err:
+            raise ConfigError(f"{path} is not a partition file ({str(err).splitlines()[0]})",
+                              fix="create one with: askexpert partition") from err
+
+    def table(self) -> list[tuple[int, str]]:
+        return [(e, ", ".join(self.names(e))) for e in range(len(self.experts))]
+
+
+def confusion_affinity(confusion: torch.Tensor) -> torch.Tensor:
+    """Symmetric affinity from a confusion matrix (rows: truth): mean of P(pred j | i) and P(pred i | j)."""
+    c = confusion.float()
+    p = c / c.sum(1, keepdim=True).clamp_min(1)
+    a = (p + p.t()) / 2
+    a.fill_diagonal_(0)
+    return a
+
+
+def default_max_size(n_items: int, n_groups: int) -> int:
+    return max(1, math.ceil(1.5 * n_items / n_groups))
+
+
+def _packable(sizes: list[int], n_groups: int, max_size: int) -> bool:
+    """Whether groups of these sizes can still be merged into ``n_groups`` of at most ``max_size``
+    (first-fit decreasing; it may miss a packing, never invents one)."""
+    bins: list[int] = []
+    for size in sorted(sizes, reverse=True):
+        for i, used in enumerate(bins):
+            if used + size <= max_size:
+                bins[i] += size
+                break
+        else:
+            bins.append(size)
+    return len(bins) <= n_groups
+
+
+def agglomerate(affinity: torch.Tensor, n_groups: int, max_size: int) -> list[list[int]]:
+    """Merge items into ``n_groups`` groups of at most ``max_size``: average linkage, deterministic.
+
+    Each step merges the pair with the highest mean affinity among the merges that keep the rest
+    packable into ``n_groups`` (so a greedy early merge never strands the last groups).
+    """
+    n = affinity.shape[0]
+    if not 1 <= n_groups <= n:
+        raise ConfigError(f"cannot split {n} classes into {n_groups} experts", fix=f"use 1 to {n} experts")
+    if n_groups * max_size < n:
+        raise ConfigError(f"{n_groups} experts of at most {max_size} classes cannot cover {n} classes",
+                          fix="raise the maximum expert size or the number of experts")
+    groups = [[i] for i in range(n)]
+    a = affinity.double()
+    while len(groups) > n_groups:
+        best, best_pair = -1.0, None
+        sizes = [len(g) for g in groups]
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                if sizes[i] + sizes[j] > max_size:
+                    continue
+                rest = [sz for t, sz in enumerate(sizes) if t not in (i, j)] + [sizes[i] + sizes[j]]
+                if not _packable(rest, n_groups, max_size):
+                    continue
+                score = float(a[groups[i]][:, groups[j]].mean())
+                if score > best + 1e-12:
+                    best, best_pair = score, (i, j)
+        if best_pair is None:
+            raise ConfigError(f"no merge keeps experts within {max_size} classes",
+                              fix="raise the maximum expert size")
+        i, j = best_pair
+        groups[i] = sorted(groups[i] + groups[j])
+        del groups[j]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def add_overlap(groups: list[list[int]], affinity: torch.Tensor, threshold: float) -> list[list[int]]:
+    """Each class also joins the other group it is most confused with, if that affinity >= threshold."""
+    out = [list(g) for g in groups]
+    for gi, group in enumerate(groups):
+        for c in group:
+            scores = [(float(affinity[c, other].max()) if hi != gi else -1.0, hi)
+                      for hi, other in enumerate(groups)]
+            score, hi = max(scores, key=lambda t: (t[0], -t[1]))
+            if hi != gi and score >= threshold and c not in out[hi]:
+                out[hi].append(c)
+    return [sorted(g) for g in out]
+
+
+def partition_from_confusion(confusion: torch.Tensor, class_names: list[str], n_experts: int, *,
+                             max_size: int | None = None, overlap: float | None = None) -> Partition:
+    aff = confusion_affinity(confusion)
+    max_size = max_size or default_max_size(len(class_names), n_experts)
+    groups = agglomerate(aff, n_experts, max_size)
+    if overlap is not None:
+        groups = add_overlap(groups, aff, overlap)
+    return Partition(method="confusion", class_names=class_names, experts=groups, overlap=overlap is not None,
+                     details={"max_size": max_size, "overlap_threshold": overlap}).check()
+
+
+def partition_from_coarse(coarse_of_class: list[int], coarse_names: list[str], class_names: list[str],
+                          n_experts: int, *, confusion: torch.Tensor | None = None, max_size: int | None = None,
+                          overlap: float | None = None) -> Partition:
+    """Group superclasses into experts: by confusion between superclasses when given, else in order."""
+    n_coarse = len(coarse_names)
+    members = [[c for c, s in enumerate(coarse_of_class) if s == k] for k in range(n_coarse)]
+    max_size = max_size or default_max_size(n_coarse, n_experts)
+    if confusion is not None:
+        fine_aff = confusion_affinity(confusion)
+        coarse_aff = torch.zeros(n_coarse, n_coarse)
+        for i in range(n_coarse):
+            for j in range(n_coarse):
+                if i != j:
+                    coarse_aff[i, j] = fine_aff[members[i]][:, members[j]].mean()
+        coarse_groups = agglomerate(coarse_aff, n_experts, max_size)
+    else:
+        per = math.ceil(n_coarse / n_experts)
+        coarse_groups = [list(range(k, min(k + per, n_coarse))) for k in range(0, n_coarse, per)]
+    groups = [sorted(c for k in g for c in members[k]) for g in coarse_groups]
+    if overlap is not None and confusion is not None:
+        groups = add_overlap(groups, confusion_affinity(confusion), overlap)
+    return Partition(method="coarse", class_names=class_names, experts=groups, overlap=overlap is not None,
+                     details={"superclasses": [[coarse_names[k] for k in g] for g in coarse_groups],
+                              "max_size": max_size}).check()
+
+
+def partition_from_file(path: Path, class_names: list[str]) -> Partition:
+    """A hand-written YAML file: ``experts:`` a list of lists of class names or ids."""
+    data = read_yaml(path)
+    experts = data.get("experts")
+    if not isinstance(experts, list) or not all(isinstance(e, list) for e in experts):
+        raise ConfigError(f"{path} needs 'experts:' as a list of class lists",
+                          fix="write experts: [[T-shirt/top, Shirt], [Trouser], ...]")
+    index = {name: i for i, name in enumerate(class_names)}
+    groups = []
+    for e, items in enumerate(experts):
+        ids = []
+        for item in items:
+            if isinstance(item, int):
+                ids.append(item)
+            elif str(item) in index:
+                ids.append(index[str(item)])
+            else:
+                raise ConfigError(f"{path}: expert {e} names unknown class {item!r}",
+                                  fix=f"use class ids or names among: {', '.join(class_names)}")
+        groups.append(sorted(ids))
+    overlap = len({c for g in groups for c in g}) < sum(len(g) for g in groups)
+    return Partition(method="file", class_names=class_names, experts=groups, overlap=overlap,
+                     details={"file": str(path)}).check()
+
+
+def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion", file: Path | None = None,
+                   max_size: int | None = None, overlap: float | None = None, device: str = "auto") -> Partition:
+    """A partition of the generalist's classes, from its validation confusion, coarse labels or a file."""
+    from askexpert.data import load_dataset
+    from askexpert.models import read_meta
+    from askexpert.training.logits import cached_logits, data_config_of
+
+    meta = read_meta(generalist)
+    names = meta.class_names
+    if method == "file":
+        if file is None:
+            raise ConfigError("--method file needs --file PATH", fix="pass the YAML file of expert class lists")
+        return partition_from_file(file, names)
+    logits, labels = cached_logits(generalist, "val", device=device)
+    n = len(names)
+    confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
+    if method == "confusion":
+        part = partition_from_confusion(confusion, names, n_experts, max_size=max_size, overlap=overlap)
+    elif method == "coarse":
+        bundle = load_dataset(data_config_of(generalist), image_size=meta.model.input.size,
+                              channels=meta.model.input.channels)
+        coarse = bundle.train.coarse_labels if bundle.coarse_names else None
+        if coarse is None:
+            raise ConfigError(f"{bundle.name} has no coarse labels", fix="use --method confusion or --method file")
+        coarse_of_class = [int(torch.mode(coarse[bundle.train.labels == c]).values) for c in range(n)]
+        part = partition_from_coarse(coarse_of_class, bundle.coarse_names, names, n_experts, confusion=confusion,
+                                     max_size=max_size, overlap=overlap)
+    else:
+        raise ConfigError(f"unknown partition method {method!r}", fix="use confusion, coarse or file")
+    part.details["generalist"] = str(generalist)
+    part.details["generalist_sha256"] = meta.weights_sha256
+    return part
