@@ -1,0 +1,60 @@
+"""Logits of a saved model on a split, cached next to the checkpoint.
+
+``<run>/logits/<stem>-<split>.safetensors`` holds the logits and labels; its metadata records the
+sha256 of the weights and the dataset config, so a retrained model or another dataset recomputes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from askexpert.config import DataConfig
+from askexpert.data import DatasetBundle, load_dataset
+from askexpert.errors import DatasetError
+from askexpert.models import load_checkpoint, read_meta
+from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.training.engine import resolve_device
+from askexpert.training.evaluate import predict_logits
+
+
+def data_config_of(checkpoint: Path) -> DataConfig:
+    """The dataset config a checkpoint was trained with."""
+    return DataConfig(**read_meta(checkpoint).dataset.get("config", {}))
+
+
+def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None = None,
+                  bundle: DatasetBundle | None = None, device: str = "auto",
+                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [N, outputs], labels [N])`` of ``checkpoint`` on ``split``.
+
+    The dataset is ``data_cfg`` (default: the checkpoint's own); ``bundle``, when given, must be that
+    dataset already loaded.
+    """
+    stem = checkpoint_stem(checkpoint)
+    meta = read_meta(stem)
+    data_cfg = data_cfg or data_config_of(stem)
+    key = {"weights_sha256": meta.weights_sha256, "data": json.dumps(data_cfg.model_dump(mode="json"),
+                                                                     sort_keys=True), "split": split}
+    cache = stem.parent / "logits" / f"{stem.name}-{split}.safetensors"
+    if cache.is_file():
+        with safetensors.safe_open(str(cache), "pt") as f:
+            if f.metadata() == key:
+                return f.get_tensor("logits"), f.get_tensor("labels")
+    if bundle is None:
+        bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
+    if bundle.class_names != meta.dataset.get("class_names", bundle.class_names):
+        raise DatasetError(f"{stem} was trained on other classes than {bundle.name} has",
+                           fix="evaluate it on the dataset it was trained on")
+    ckpt = load_checkpoint(stem, device=resolve_device(device))
+    data = bundle.split(split)
+    logits = predict_logits(ckpt.model, data, meta.model.input, batch_size=batch_size,
+                            device=resolve_device(device))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({"logits": logits.contiguous(), "labels": data.labels.contiguous()}, str(cache),
+                                metadata=key)
+    return logits, data.labels

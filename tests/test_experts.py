@@ -1,0 +1,163 @@
+"""Experts: head surgery, targets, batch mixtures, distillation targets, and the whole pipeline
+(generalist, general model, partition, static and progressive experts, offline system evaluation)
+on a small real Fashion-MNIST subset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from askexpert.cli import main
+from askexpert.config import ModelConfig, StageConfig
+from askexpert.data import ArraySplit
+from askexpert.models import build_model, resolve_spec
+from askexpert.training.experts import ExpertObjective, expert_from_general, subset_targets
+from askexpert.training.plans import MixturePlan
+
+
+def _general(num_classes=10):
+    spec, _ = resolve_spec(ModelConfig(name="vit-expert-28", kwargs={"depth": 1}), num_classes=num_classes,
+                           mean=(0.3,), std=(0.3,))
+    torch.manual_seed(0)
+    return build_model(spec).eval()
+
+
+def test_expert_starts_as_the_general_model_on_its_subset():
+    general = _general()
+    subset = [0, 2, 4, 6]
+    expert = expert_from_general(general, subset).eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        g, e = general(x), expert(x)
+    assert e.shape == (8, 5)
+    assert torch.allclose(e[:, :4], g[:, subset], atol=1e-5)
+    # "other" starts near logsumexp of the remaining logits (mean row + log count)
+    rest = g[:, [1, 3, 5, 7, 8, 9]]
+    assert (e[:, 4] - torch.logsumexp(rest, 1)).abs().mean() < 2.0
+    assert general.get_classifier().out_features == 10  # the general model is untouched
+
+
+def test_subset_targets():
+    labels = torch.tensor([0, 3, 5, 9, 3])
+    assert subset_targets(labels, [3, 9], 10).tolist() == [2, 0, 2, 1, 0]
+
+
+def test_distillation_target_collapses_the_teacher_exactly():
+    obj = ExpertObjective(subset=[1, 4], label_smoothing=0.0)
+    teacher = torch.randn(6, 10)
+    collapsed = torch.softmax(obj.collapse(teacher), 1)
+    p = torch.softmax(teacher, 1)
+    assert torch.allclose(collapsed[:, :2], p[:, [1, 4]], atol=1e-6)
+    assert torch.allclose(collapsed[:, 2], 1 - p[:, [1, 4]].sum(1), atol=1e-6)
+
+
+def test_distillation_loss_is_zero_when_the_student_matches_the_teacher():
+    general = _general()
+    subset = [2, 3]
+    x = torch.randn(4, 1, 28, 28)
+    obj = ExpertObjective(subset=subset, label_smoothing=0.0, teacher=general, distill=1.0, temperature=1.0)
+    with torch.no_grad():
+        teacher_view = obj.collapse(general(x))
+        loss = obj(teacher_view, torch.zeros(4, dtype=torch.int64), x)
+    assert float(loss) == pytest.approx(0.0, abs=1e-5)
+
+
+def _plan(stages, hard_negatives=0.0, negative_weight=None):
+    labels = torch.arange(10).repeat(100)  # 1000 images, 100 a class; each image's pixels hold its class
+    split = ArraySplit(labels.to(torch.uint8)[:, None, None, None].expand(1000, 1, 4, 4).contiguous(), labels)
+    subset = [0, 1]
+    targets = subset_targets(labels, subset, 10)
+    return MixturePlan(split=split, targets=targets, in_subset=torch.nonzero(targets < 2).flatten(),
+                       out_subset=torch.nonzero(targets == 2).flatten(), stages=stages, batch_size=20, epochs=3,
+                       negative_weight=negative_weight, hard_negatives=hard_negatives), labels
+
+
+def test_mixture_plan_follows_its_stages():
+    stages = [StageConfig(fraction=1 / 3, out_share=0.5), StageConfig(fraction=1 / 3, out_share=0.2),
+              StageConfig(fraction=1 / 3, out_share=0.0)]
+    plan, _ = _plan(stages)
+    assert plan.steps_per_epoch == 10 and [plan.epoch_info(e)["stage"] for e in (1, 2, 3)] == [1, 2, 3]
+    for epoch, share in ((1, 0.5), (2, 0.2), (3, 0.0)):
+        batches = list(plan.batches(epoch, torch.Generator().manual_seed(epoch)))
+        targets = torch.cat([t for _, t in batches])
+        assert len(batches) == 10 and len(targets) == 200
+        assert float((targets == 2).float().mean()) == pytest.approx(share)
+    # same generator seed, same batches
+    a = [t for _, t in plan.batches(1, torch.Generator().manual_seed(5))]
+    b = [t for _, t in plan.batches(1, torch.Generator().manual_seed(5))]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_hard_negatives_draw_from_confused_classes():
+    plan, labels = _plan([StageConfig(fraction=1.0, out_share=0.5)])
+    weight = (labels[plan.out_subset] == 7).float()  # class 7 is the one confused with the subset
+    plan, _ = _plan([StageConfig(fraction=1.0, out_share=0.5)], hard_negatives=0.8, negative_weight=weight)
+    drawn = torch.cat([images[targets == 2, 0, 0, 0] for images, targets in
+                       plan.batches(1, torch.Generator().manual_seed(0))])
+    assert len(drawn) == 100 and float((drawn == 7).float().mean()) > 0.65  # uniform would give 1/8
+    plain, _ = _plan([StageConfig(fraction=1.0, out_share=0.5)])
+    drawn = torch.cat([images[targets == 2, 0, 0, 0] for images, targets in
+                       plain.batches(1, torch.Generator().manual_seed(0))])
+    assert float((drawn == 7).float().mean()) < 0.3
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, fmnist_dir):
+    """Every step of issue 3 through the CLI, on 3,000 real images with one-block models (~1.5 min)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    common = ["--output-dir", str(out), "--set", "data.train_subset=3000", "--set", "data.val_subset=1000",
+              "--set", "data.test_subset=1000", "--set", "model.kwargs.depth=1", "--lr", "0.003"]
+    assert main(["train", "generalist", "--name", "gen", "--epochs", "3", *common]) == 0
+    assert main(["train", "experts", "--strategy", "general", "--name", "general", "--epochs", "3", *common]) == 0
+    assert main(["partition", str(out / "gen"), "--experts", "3", "--out", str(out / "partition.json")]) == 0
+    for strategy in ("static", "progressive"):
+        extra = ["--set", "experts.distill=0.5", "--set", "experts.hard_negatives=0.5"]
+        extra = extra if strategy == "progressive" else []
+        assert main(["train", "experts", "--strategy", strategy, "--init", str(out / "general"), "--partition",
+                     str(out / "partition.json"), "--name", strategy, "--passes", "3", *common, *extra]) == 0
+    report = out / "system.json"
+    assert main(["evaluate-system", "--generalist", str(out / "gen"), "--general", str(out / "general"),
+                 "--experts", f"static={out / 'static'}", "--experts", f"progressive={out / 'progressive'}",
+                 "--ks", "1", "3", "--rates", "0.2", "0.3", "--out", str(report)]) == 0
+    return out, json.loads(report.read_text())
+
+
+def test_experts_beat_chance_on_their_subsets(pipeline):
+    out, _ = pipeline
+    for strategy in ("static", "progressive"):
+        summary = json.loads((out / strategy / "experts.json").read_text())
+        assert len(summary["experts"]) == 3
+        covered = sorted(c for e in summary["experts"] for c in e["classes"])
+        assert covered == list(range(10))
+        for e in summary["experts"]:
+            chance = 100 / len(e["classes"])
+            assert e["test"]["subset_accuracy"] > min(chance + 15, 90), (strategy, e)
+            assert (out / strategy / f"expert-{e['expert']}" / "model.safetensors").is_file()
+        budgets = {e["expert"]: e["images_seen"] for e in summary["experts"]}
+        if strategy == "static":
+            static_budgets = budgets
+    progressive = {e["expert"]: e["images_seen"] for e in
+                   json.loads((out / "progressive" / "experts.json").read_text())["experts"]}
+    assert progressive == static_budgets  # the same image budget for both strategies
+
+
+def test_progressive_experts_learn_to_say_other(pipeline):
+    out, _ = pipeline
+    summary = json.loads((out / "progressive" / "experts.json").read_text())
+    recalls = [e["test"]["other_recall"] for e in summary["experts"]]
+    assert sum(recalls) / len(recalls) > 50  # out-of-subset images mostly rejected
+    static = json.loads((out / "static" / "experts.json").read_text())
+    assert sum(e["test"]["other_recall"] for e in static["experts"]) / 3 < sum(recalls) / 3
+
+
+def test_system_report(pipeline):
+    _, report = pipeline
+    assert set(report["headline"]) == {"static", "progressive", "general model as the expert"}
+    for row in report["headline"].values():
+        t = row["test"]
+        assert 20 <= t["offload_rate"] <= 40 and sum(t["expert_load"]) == t["offloaded"]
+        assert t["routing_hit_rate"] > 60
+    assert len(report["grid"]) == 3 * 2 * 2
+    assert report["baselines"]["generalist"]["accuracy"] > 50
