@@ -62,7 +62,7 @@ def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int 
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", n_train), ("test", n_test)):
-        fine = rng.integers(0, 100, n)
+        fine = rng.permutation(np.arange(n) % 100)  # every class present once n >= 100
         _pickle(folder / name, {
             "filenames": [f"img_{i}.png" for i in range(n)],
             "batch_label": f"{name}ing batch 1 of 1",
@@ -120,3 +120,25 @@ def http_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_system(tmp_path_factory, fmnist_dir):
+    """A real, quickly trained system on 2,000 Fashion-MNIST images: a one-block generalist, a one-block
+    general model, a 3-expert confusion partition and static experts (about 30 s on 2 cores)."""
+    from askexpert.config import load_run_config
+    from askexpert.training import train_generalist
+    from askexpert.training.experts import train_experts
+    from askexpert.training.partition import make_partition
+
+    out = tmp_path_factory.mktemp("system")
+    common = [f"output_dir={out}", "data.train_subset=2000", "data.val_subset=600", "data.test_subset=600",
+              "model.kwargs.depth=1", "train.epochs=2", "train.lr=0.003"]
+    gen = train_generalist(load_run_config(None, ["name=generalist", "model.name=vit-edge-28", *common]))
+    general = train_experts(load_run_config(None, ["name=general", "model.name=vit-expert-28",
+                                                   "experts.strategy=general", *common]))
+    partition = make_partition(gen.run_dir, 3).save(out / "partition.json")
+    experts = train_experts(load_run_config(None, [
+        "name=experts", "experts.strategy=static", f"experts.init={general.run_dir}",
+        f"experts.partition={partition}", "experts.passes=1", *common]))
+    return {"generalist": gen.run_dir, "general": general.run_dir, "experts": experts.run_dir, "root": out}

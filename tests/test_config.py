@@ -9,7 +9,11 @@ from askexpert.errors import ConfigError
 
 
 def test_shipped_configs_validate():
-    for name in ("demo", "generalist-fmnist", "generalist-cifar100", "generalist-deit-imagefolder"):
+    from askexpert.config import PACKAGED_CONFIGS
+
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    assert {"demo-generalist", "generalist-fmnist", "general-fmnist", "experts-progressive-fmnist"} <= set(names)
+    for name in names:
         cfg = load_run_config(name)
         assert cfg.train.epochs > 0
 
@@ -46,5 +50,5 @@ def test_bad_overrides_and_missing_file(tmp_path):
         load_run_config(None, ["train.epochs"])
     with pytest.raises(ConfigError, match="train.epochs: .*integer"):
         load_run_config(None, ["train.epochs=abc"])
-    with pytest.raises(ConfigError, match="does not exist.*shipped config: demo"):
+    with pytest.raises(ConfigError, match="does not exist.*shipped config: demo-experts"):
         load_run_config(tmp_path / "nope.yaml")

@@ -120,7 +120,7 @@ def pipeline(tmp_path_factory, fmnist_dir):
     report = out / "system.json"
     assert main(["evaluate-system", "--generalist", str(out / "gen"), "--general", str(out / "general"),
                  "--experts", f"static={out / 'static'}", "--experts", f"progressive={out / 'progressive'}",
-                 "--ks", "1", "3", "--rates", "0.2", "0.3", "--out", str(report)]) == 0
+                 "--ks", "1", "3", "--rates", "0.2", "0.3", "--target-accuracy", "60", "--out", str(report)]) == 0
     return out, json.loads(report.read_text())
 
 
@@ -159,5 +159,10 @@ def test_system_report(pipeline):
         t = row["test"]
         assert 20 <= t["offload_rate"] <= 40 and sum(t["expert_load"]) == t["offloaded"]
         assert t["routing_hit_rate"] > 60
-    assert len(report["grid"]) == 3 * 2 * 2
+    assert len(report["grid"]) == 3 * 2 * 3  # systems x k x (two offload targets + one accuracy target)
+    for row in (r for r in report["grid"] if "target_accuracy" in r):
+        offloaded_more = [r for r in report["grid"] if r["system"] == row["system"] and r["k"] == row["k"]
+                          and r.get("target_offload", 0) > row["val"]["offload_rate"] / 100 + 0.01]
+        # the accuracy target is reached on validation, or no offload rate reaches it
+        assert row["val"]["accuracy"] >= 60 or all(r["val"]["accuracy"] < 60 for r in offloaded_more)
     assert report["baselines"]["generalist"]["accuracy"] > 50

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import write_cifar100
 
+from askexpert.cli import main
 from askexpert.errors import ConfigError
 from askexpert.training.partition import (
     Partition,
@@ -112,3 +114,19 @@ def test_partition_roundtrip_and_bad_file(tmp_path):
 def test_affinity_is_symmetric_with_zero_diagonal():
     a = confusion_affinity(block_confusion([[0, 1]]))
     assert torch.allclose(a, a.t()) and float(a.diagonal().abs().sum()) == 0
+
+
+def test_coarse_partition_from_real_cifar100_files(tmp_path):
+    """A generalist trained on files in the cifar-100-python format, partitioned by superclass."""
+    write_cifar100(tmp_path / "data", n_train=400, n_test=100)
+    args = ["train", "generalist", "--data", "cifar100", "--data-root", str(tmp_path / "data"), "--model",
+            "vit-edge-32", "--epochs", "1", "--output-dir", str(tmp_path / "runs"), "--name", "c100",
+            "--set", "model.kwargs.depth=1", "--set", "model.kwargs.embed_dim=32", "--set", "model.kwargs.num_heads=2",
+            "--set", "data.val_fraction=0.5"]
+    assert main(args) == 0
+    assert main(["partition", str(tmp_path / "runs" / "c100"), "--method", "coarse", "--experts", "4"]) == 0
+    part = Partition.load(tmp_path / "runs" / "c100" / "partition-coarse-4.json")
+    assert part.method == "coarse" and len(part.experts) == 4
+    assert sorted(c for e in part.experts for c in e) == list(range(100))
+    for expert in part.experts:  # the fixture's superclass of fine class c is c // 5
+        assert len({c // 5 for c in expert}) * 5 == len(expert)

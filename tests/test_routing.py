@@ -49,10 +49,10 @@ def reference_route(logits, policy, subsets):
 
 @pytest.mark.parametrize("confidence", ["max-prob", "margin", "entropy"])
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
-def test_router_matches_the_slow_reference(confidence, k):
+@pytest.mark.parametrize("n_classes", [12, 100])
+def test_router_matches_the_slow_reference(confidence, k, n_classes):
     g = torch.Generator().manual_seed(k)
-    n_classes = 12
-    subsets = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10, 11], [3, 4]]  # with an overlap
+    subsets = [[0, 1, 2, 3], [4, 5, 6], list(range(7, n_classes)), [3, 4]]  # with an overlap
     logits = torch.randn(400, n_classes, generator=g) * 3
     membership = membership_matrix(subsets, n_classes)
     for tau in (0.2, 0.5, 0.8):

@@ -141,8 +141,8 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
             label, path = Path(item).name, item
         runs[label] = Path(path)
     report = evaluate_system(args.generalist, args.general, runs, ks=args.ks, rates=args.rates,
-                             headline_rate=args.offload, confidence=args.confidence, fallback=args.fallback,
-                             device=args.device)
+                             headline_rate=args.offload, target_accuracy=args.target_accuracy,
+                             confidence=args.confidence, fallback=args.fallback, device=args.device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
@@ -171,11 +171,105 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
     for system in systems:
         for k in args.ks:
             cells = [next(r for r in report["grid"] if r["system"] == system and r["k"] == k
-                          and r["target_offload"] == rate)["test"]["accuracy"] for rate in args.rates]
+                          and r.get("target_offload") == rate)["test"]["accuracy"] for rate in args.rates]
             grid.add_row(system, str(k), *(f"{c:.2f}" for c in cells))
     console.print(grid)
+    if args.target_accuracy is not None:
+        acc = Table(title=f"least offloading reaching {args.target_accuracy:.2f}% on validation (results on test)")
+        for col in ("system", "k", "tau", "offload % (val)", "val %", "offload % (test)", "test %"):
+            acc.add_column(col)
+        for r in report["grid"]:
+            if "target_accuracy" in r:
+                acc.add_row(r["system"], str(r["k"]), f"{r['tau']:.3f}", f"{r['val']['offload_rate']:.1f}",
+                            f"{r['val']['accuracy']:.2f}", f"{r['test']['offload_rate']:.1f}",
+                            f"{r['test']['accuracy']:.2f}")
+        console.print(acc)
     if args.out:
         console.print(f"full report: {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from askexpert.serving.app import create_app
+    from askexpert.serving.pool import ExpertPool
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    pool = ExpertPool(args.run_dir, device=args.device, include_general=not args.no_general)
+    app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.run_dir} on "
+                   f"http://{args.host}:{args.port} ({pool.device}); API docs at /docs")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from askexpert.runtime.link import parse_link
+    from askexpert.runtime.session import EdgeSettings, run_edge
+    from askexpert.training.engine import progress_bar
+
+    settings = EdgeSettings(
+        generalist=args.generalist, server=args.server, inputs=args.input, backend=args.backend, onnx=args.onnx,
+        link=parse_link(args.link), offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature,
+        k=args.k, batch_size=args.batch_size, limit=args.limit, threads=args.threads, timeout_s=args.timeout,
+        retries=args.retries, trace=args.trace,
+    )
+    if settings.backend == "onnx" and settings.onnx is None:
+        raise AskExpertError("--backend onnx needs --onnx FILE", fix="export one with: askexpert export-onnx CKPT")
+    with progress_bar(_console(), transient=True) as progress:
+        summary, traces, _ = run_edge(settings, progress=progress)
+    if args.predictions:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.predictions, "w") as f:
+            f.write("index,label,pred,local_pred,route,expert,degraded\n")
+            for t in traces:
+                f.write(f"{t.index},{'' if t.label is None else t.label},{t.pred},{t.local_pred},{t.route},"
+                        f"{t.expert or ''},{int(t.degraded)}\n")
+    if args.summary:
+        args.summary.write_text(json.dumps({**summary, "settings": {k: str(v) for k, v in asdict(settings).items()}},
+                                           indent=1))
+    _print_edge_summary(summary)
+    return 0
+
+
+def _print_edge_summary(summary: dict, title: str = "edge run") -> None:
+    table = Table(title=f"{title}: {summary['samples']} images from {summary['input']} ({summary['backend']}), "
+                        f"link {summary['link']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if "accuracy" in summary:
+        table.add_row("accuracy, collaborative %", f"{summary['accuracy']:.2f}")
+        table.add_row("accuracy, generalist alone %", f"{summary['generalist_accuracy']:.2f}")
+        if summary.get("offloaded_accuracy") is not None:
+            table.add_row("on offloaded: collaborative / generalist %",
+                          f"{summary['offloaded_accuracy']:.2f} / {summary['offloaded_generalist_accuracy']:.2f}")
+    table.add_row("offload rate %", f"{summary['offload_rate']:.1f} (tau {summary['tau']:.3f}, k {summary['k']})")
+    table.add_row("degraded (no expert answer)", str(summary["degraded"]))
+    lat = summary["latency_ms"]
+    table.add_row("latency p50 / p95 / mean ms", f"{lat['p50']:.2f} / {lat['p95']:.2f} / {lat['mean']:.2f}")
+    b = summary["breakdown_ms_offloaded"]
+    table.add_row("offloaded: edge / encode / network / link / queue / expert ms",
+                  " / ".join(f"{b[k]:.2f}" for k in ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms",
+                                                      "expert_ms")))
+    for row in summary.get("energy_rows", []):
+        table.add_row(*row)
+    _out().print(table)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from askexpert.models.checkpoint import checkpoint_stem
+    from askexpert.runtime.edge_models import export_onnx
+
+    out = args.out or checkpoint_stem(args.checkpoint).with_suffix(".onnx")
+    info = export_onnx(args.checkpoint, out, opset=args.opset)
+    _out().print(f"wrote {info['path']} (opset {info['opset']}, {info['export_seconds']:.1f} s); "
+                 f"largest difference from torch on 5 random images: {info['max_abs_diff']:.2e}")
     return 0
 
 
@@ -267,15 +361,20 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from askexpert.config import load_run_config
-    from askexpert.training import train_generalist
+    from askexpert.demo import run_demo
+    from askexpert.runtime.link import parse_link
 
-    overrides = [f"output_dir={args.output_dir}"] + (args.set or [])
-    cfg = load_run_config(Path("demo"), overrides)
     console = _console()
-    console.rule("askexpert demo: edge generalist on Fashion-MNIST (collaborative serving comes next)")
-    result = train_generalist(cfg, resume=not args.fresh, overwrite=args.fresh, console=console)
-    _print_metrics(result.metrics, f"demo generalist {cfg.model.name} on {cfg.data.name}", result.checkpoint)
+    console.rule("askexpert demo: collaborative inference on Fashion-MNIST, offline")
+    summary = run_demo(output_dir=Path(args.output_dir), fresh=args.fresh, limit=args.limit,
+                       link=parse_link(args.link), console=console)
+    e = summary["energy"]
+    summary["energy_rows"] = [
+        (f"edge energy per image ({e['kind']})",
+         f"{e['total_mj_per_image']:.2f} mJ (compute {e['edge_compute_mj_per_image']:.2f} + radio "
+         f"{e['radio_mj_per_image']:.3f})")]
+    _print_edge_summary(summary, title="askexpert demo")
+    _out().print(f"report: {Path(args.output_dir) / 'demo' / 'report' / 'report.md'} (energy: {e['device_profile']})")
     return 0
 
 
@@ -287,12 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"askexpert {askexpert.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the end-to-end demo on offline Fashion-MNIST (reuses cached runs)",
-                       description="Train (or reuse) the demo generalist on Fashion-MNIST and report its "
-                       "accuracy. Budget: a few minutes on 2 CPU cores; a finished run is reused.")
-    p.add_argument("--output-dir", default="runs", help="where the demo run directory goes (default: runs)")
-    p.add_argument("--fresh", action="store_true", help="retrain instead of reusing a finished demo run")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of configs/demo.yaml")
+    p = sub.add_parser("demo", help="the collaborative system end to end on offline Fashion-MNIST",
+                       description="Train (or reuse) a small generalist, general model and progressive experts on "
+                       "Fashion-MNIST (a few minutes on 2 CPU cores), start the expert server on a free loopback "
+                       "port, stream the test split through the edge runner over HTTP, print accuracy, offload "
+                       "rate, latency and modelled energy, write a report into OUTPUT_DIR/demo/report, stop the "
+                       "server.")
+    p.add_argument("--output-dir", default="runs", help="parent of the demo directory (default: runs)")
+    p.add_argument("--fresh", action="store_true", help="retrain instead of reusing the demo's models")
+    p.add_argument("--limit", type=int, default=2000, help="test images to stream (default 2000)")
+    p.add_argument("--link", help="emulate a link on every offload: wifi, lte, 5g or rtt=20ms,bw=20mbit")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train models (generalist, general model, experts)",
@@ -352,11 +455,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
     p.add_argument("--offload", type=float, default=0.3, help="target offload rate of the headline table")
+    p.add_argument("--target-accuracy", type=float, metavar="PERCENT",
+                   help="also choose tau as the least offloading reaching this validation accuracy")
     p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"], default="max-prob")
     p.add_argument("--fallback", choices=["other", "other-or-less-confident"], default="other")
     p.add_argument("--out", type=Path, help="write the full report (JSON) here")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate_system)
+
+    p = sub.add_parser("serve", help="serve the experts of a run over HTTP (FastAPI + uvicorn)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Load every expert of an expert run (and the general model it started from, "
+                       "as expert 'general') and serve them: GET /v1/health, GET /v1/experts, POST "
+                       "/v1/experts/{id}/infer, GET /metrics (Prometheus). Requests to one expert are batched "
+                       "dynamically. Wire format: docs/protocol.md; OpenAPI at /openapi.json.",
+                       epilog="example: askexpert serve runs/experts-progressive-fmnist --port 8000")
+    p.add_argument("run_dir", type=Path, help="an expert run directory (askexpert train experts)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batch", type=int, default=64, help="most images in one model batch")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits for more requests (0: run at once, batch what queued meanwhile)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--no-general", action="store_true", help="do not load the general model")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("edge", help="run the edge side: generalist, router, experts over HTTP",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run the generalist over the inputs, keep its confident answers, send the rest to "
+                       "the chosen expert on --server. Every input gets a prediction: when the server is down, slow "
+                       "or failing, the generalist's answer stands, flagged degraded. tau and the temperature are "
+                       "calibrated on the generalist's validation split unless given.",
+                       epilog="examples:\n"
+                       "  askexpert edge --generalist runs/generalist-fmnist --server http://127.0.0.1:8000\n"
+                       "  askexpert edge --generalist runs/g --server http://h:8000 --input photos/ --link lte\n"
+                       "  askexpert edge --generalist runs/g --backend onnx --onnx runs/g/model.onnx --server ...")
+    p.add_argument("--generalist", type=Path, required=True, help="the generalist's run directory or checkpoint")
+    p.add_argument("--server", help="expert server URL, e.g. http://127.0.0.1:8000 (none: generalist only)")
+    p.add_argument("--input", nargs="+", default=["split:test"],
+                   help="split:test|val|train of the generalist's dataset, an image folder, or image files")
+    p.add_argument("--limit", type=int, help="use at most this many inputs (a stratified subset of a split)")
+    p.add_argument("--batch-size", type=int, default=1, help="inputs processed together (1: a live stream)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--onnx", type=Path, help="ONNX file of the generalist (askexpert export-onnx)")
+    p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit")
+    p.add_argument("--offload-rate", type=float, default=0.3, help="target offload rate for tau (on validation)")
+    p.add_argument("--tau", type=float, help="confidence threshold (overrides --offload-rate)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: fitted on validation)")
+    p.add_argument("--k", type=int, default=3, help="Top-k classes that choose the expert")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds before a request counts as failed")
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--threads", type=int, help="CPU threads for the generalist")
+    p.add_argument("--trace", type=Path, help="write one JSON line per input (route and timings)")
+    p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction")
+    p.add_argument("--summary", type=Path, help="write the summary as JSON")
+    p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("export-onnx", help="export a generalist to ONNX for ONNX Runtime on the edge",
+                       description="Write an ONNX graph that takes uint8 images [N, C, H, W] (normalisation "
+                       "inside) with class names in its metadata; checked against torch before it is kept.")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, help="default: next to the checkpoint, model.onnx")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix",
                        description="Evaluate a checkpoint on a split of its dataset (or another dataset with "

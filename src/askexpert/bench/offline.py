@@ -22,11 +22,15 @@ from askexpert.routing import (
     ExpertAnswers,
     RoutingPolicy,
     confidence_scores,
+    finalize,
     fit_temperature,
     membership_matrix,
+    route,
     system_metrics,
+    tau_for_accuracy,
     tau_for_offload,
 )
+from askexpert.routing.thresholds import ALL
 from askexpert.training.experts import subset_targets
 from askexpert.training.logits import cached_logits
 from askexpert.training.partition import Partition
@@ -88,8 +92,13 @@ def general_as_expert(general: tuple[Split, Split], temperature: float, num_clas
 
 def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path], *,
                     ks=DEFAULT_KS, rates=DEFAULT_RATES, headline_rate: float = 0.3,
-                    confidence: str = "max-prob", fallback: str = "other", device: str = "auto") -> dict:
-    """Sweep (target offload rate, k) for every expert run; tau is always chosen on validation."""
+                    target_accuracy: float | None = None, confidence: str = "max-prob", fallback: str = "other",
+                    device: str = "auto") -> dict:
+    """Sweep (target offload rate, k) for every expert run; tau is always chosen on validation.
+
+    With ``target_accuracy``, also the least offloading that reaches that accuracy on validation,
+    for every system and k (rows with ``target_accuracy`` set).
+    """
     gen_meta = read_meta(generalist)
     classes = gen_meta.class_names
     n = len(classes)
@@ -126,11 +135,24 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                 test_m["offloaded_accuracy_general"] = acc(general_test.logits, general_test.labels, offloaded)
                 rows.append({"system": system.label, "k": k, "target_offload": rate, "tau": tau,
                              "val": val_m, "test": test_m})
+            if target_accuracy is not None:
+                # what each validation sample would get if offloaded: finalize with everything offloaded
+                everything = RoutingPolicy(tau=ALL, k=k, temperature=t_gen, confidence=confidence, fallback=fallback)
+                d = route(gen_val.logits, everything, membership)
+                final, _ = finalize(d, *system.val.for_route(d.expert), everything)
+                tau, val_acc = tau_for_accuracy(val_conf, d.local_pred == gen_val.labels, final == gen_val.labels,
+                                                target_accuracy)
+                policy = RoutingPolicy(tau=tau, k=k, temperature=t_gen, confidence=confidence, fallback=fallback)
+                rows.append({"system": system.label, "k": k, "target_accuracy": target_accuracy, "tau": tau,
+                             "val": system_metrics(gen_val.logits, gen_val.labels, membership, system.val, policy),
+                             "test": system_metrics(gen_test.logits, gen_test.labels, membership, system.test,
+                                                    policy)})
 
     # headline: per system, the k with the best validation accuracy at the headline offload rate
     headline = {}
     for system in systems:
-        cands = [r for r in rows if r["system"] == system.label and abs(r["target_offload"] - headline_rate) < 1e-9]
+        cands = [r for r in rows if r["system"] == system.label
+                 and abs(r.get("target_offload", -1) - headline_rate) < 1e-9]
         if cands:
             headline[system.label] = max(cands, key=lambda r: (r["val"]["accuracy"], -r["k"]))
     offloaded = None
@@ -152,5 +174,6 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
         "headline_offload": headline_rate,
         "headline": headline,
         "grid": rows,
-        "settings": {"confidence": confidence, "fallback": fallback, "ks": list(ks), "rates": list(rates)},
+        "settings": {"confidence": confidence, "fallback": fallback, "ks": list(ks), "rates": list(rates),
+                     "target_accuracy": target_accuracy},
     }

@@ -80,7 +80,7 @@ class FileSplit(torch.utils.data.Dataset):
                 img = img.resize((w, h), Image.BILINEAR)
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 img = img.crop((left, top, left + self.size, top + self.size))
-                arr = np.asarray(img, dtype=np.uint8)
+                arr = np.array(img, dtype=np.uint8)  # a writable copy
         except (OSError, ValueError) as err:
             raise DatasetError(
                 f"cannot decode image {path}: {err}", fix="remove or replace the damaged file"

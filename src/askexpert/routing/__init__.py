@@ -5,6 +5,7 @@ from askexpert.routing.calibration import expected_calibration_error, fit_temper
 from askexpert.routing.policy import (
     OTHER,
     RouteDecision,
+    Router,
     RoutingPolicy,
     confidence_scores,
     finalize,
@@ -15,7 +16,7 @@ from askexpert.routing.system import ExpertAnswers, system_metrics
 from askexpert.routing.thresholds import tau_for_accuracy, tau_for_offload
 
 __all__ = [
-    "expected_calibration_error", "fit_temperature", "OTHER", "RouteDecision", "RoutingPolicy",
+    "expected_calibration_error", "fit_temperature", "OTHER", "RouteDecision", "Router", "RoutingPolicy",
     "confidence_scores", "finalize", "membership_matrix", "route", "ExpertAnswers", "system_metrics",
     "tau_for_accuracy", "tau_for_offload",
 ]  # fmt: skip

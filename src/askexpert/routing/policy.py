@@ -6,6 +6,10 @@ Otherwise the generalist's Top-k classes vote with their probabilities for the e
 subset holds the largest share of that mass (ties go to the lowest expert id), and the sample is
 offloaded to that expert. When the expert answers, its answer stands unless it says "other" or,
 under the ``other-or-less-confident`` rule, it is less confident than the generalist.
+
+The arithmetic runs in NumPy on zero-copy views of the tensors: a router sees one sample at a
+time on an edge device, and a dozen NumPy operations on a 10-element row cost a fraction of the
+same dozen torch dispatches (BENCHMARKS.md, "Router cost").
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 Confidence = Literal["max-prob", "margin", "entropy"]
@@ -20,17 +25,23 @@ Fallback = Literal["other", "other-or-less-confident"]
 OTHER = -1  # an expert's "not one of my classes"
 
 
+def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "max-prob":
+        return top_p[:, 0]
+    if kind == "margin":
+        second = top_p[:, 1] if top_p.shape[1] > 1 else np.sort(p, 1)[:, -2]
+        return top_p[:, 0] - second
+    if kind == "entropy":
+        ent = -(p * np.log(np.maximum(p, 1e-12))).sum(1)
+        return 1.0 - ent / np.log(p.shape[1])
+    raise ValueError(f"unknown confidence {kind!r}: use max-prob, margin or entropy")
+
+
 def confidence_scores(probs: torch.Tensor, kind: Confidence = "max-prob") -> torch.Tensor:
     """Confidence in [0, 1] of each row of ``probs``: higher means more sure."""
-    if kind == "max-prob":
-        return probs.max(1).values
-    if kind == "margin":
-        top2 = probs.topk(2, dim=1).values
-        return top2[:, 0] - top2[:, 1]
-    if kind == "entropy":
-        ent = -(probs * probs.clamp_min(1e-12).log()).sum(1)
-        return 1.0 - ent / torch.log(torch.tensor(float(probs.shape[1])))
-    raise ValueError(f"unknown confidence {kind!r}: use max-prob, margin or entropy")
+    p = _np(probs.float())
+    top = -np.sort(-p, axis=1)[:, :2]
+    return torch.from_numpy(np.ascontiguousarray(_confidence(p, top, kind)))
 
 
 def membership_matrix(subsets: list[list[int]], num_classes: int) -> torch.Tensor:
@@ -61,19 +72,51 @@ class RouteDecision:
     probs: torch.Tensor  # [N, C] calibrated generalist probabilities
 
 
+def _top_classes(p: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` most probable classes of each row, by falling probability (ties: lower id)."""
+    if p.shape[1] <= 16:
+        return np.argsort(-p, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-p, k - 1, axis=1)[:, :k]  # the k largest, unordered
+    keys = np.take_along_axis(p, part, 1)
+    rank = np.lexsort((part, -keys), axis=1)  # by probability, then class id
+    return np.take_along_axis(part, rank, 1)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy only where dtype or device require one)."""
+    if t.device.type != "cpu" or t.requires_grad:
+        t = t.detach().cpu()
+    return t.numpy()
+
+
+class Router:
+    """A routing policy bound to an expert membership matrix, ready to route batch after batch."""
+
+    def __init__(self, policy: RoutingPolicy, membership: torch.Tensor) -> None:
+        self.policy = policy
+        self.member_t = np.ascontiguousarray(_np(membership.float()).T)  # [C, E]
+
+    def route(self, logits: torch.Tensor) -> RouteDecision:
+        """Keep or offload every row of the generalist's ``logits`` ``[N, C]``, and to which expert."""
+        policy = self.policy
+        z = _np(logits).astype(np.float32, copy=False) / policy.temperature
+        e = np.exp(z - z.max(1, keepdims=True))
+        p = e / e.sum(1, keepdims=True)
+        k = min(policy.k, p.shape[1])
+        order = _top_classes(p, min(max(k, 2), p.shape[1]))
+        top_p = np.take_along_axis(p, order, 1)
+        conf = _confidence(p, top_p, policy.confidence)
+        # mass[n, e] = the top-k probability held by expert e's classes; argmax takes the lowest id on a tie
+        mass = (top_p[:, :k, None] * self.member_t[order[:, :k]]).sum(1)
+        offload = conf < policy.tau
+        expert = np.where(offload, mass.argmax(1), -1)
+        t = torch.from_numpy
+        return RouteDecision(t(offload), t(expert), t(np.ascontiguousarray(conf)), t(order[:, 0].copy()), t(p))
+
+
 def route(logits: torch.Tensor, policy: RoutingPolicy, membership: torch.Tensor) -> RouteDecision:
     """Decide, for every row of the generalist's ``logits`` ``[N, C]``, keep or offload and to which expert."""
-    probs = torch.softmax(logits.float() / policy.temperature, dim=1)
-    conf = confidence_scores(probs, policy.confidence)
-    local_pred = probs.argmax(1)
-    k = min(policy.k, probs.shape[1])
-    top_p, top_i = probs.topk(k, dim=1)
-    # mass[n, e] = sum of the top-k probabilities whose class belongs to expert e
-    mass = (top_p.unsqueeze(2) * membership.t()[top_i]).sum(1)
-    expert = mass.argmax(1)  # first maximum: the lowest expert id wins a tie
-    offload = conf < policy.tau
-    expert = torch.where(offload, expert, torch.full_like(expert, -1))
-    return RouteDecision(offload, expert, conf, local_pred, probs)
+    return Router(policy, membership).route(logits)
 
 
 def finalize(decision: RouteDecision, expert_pred: torch.Tensor, expert_conf: torch.Tensor,
@@ -85,11 +128,11 @@ def finalize(decision: RouteDecision, expert_pred: torch.Tensor, expert_conf: to
     ``answered`` marks offloaded samples whose expert did answer (default: all of them); an
     unanswered one (dead server, error) keeps the generalist's answer.
     """
-    offload = decision.offload
-    answered = offload if answered is None else offload & answered
-    use_expert = answered & (expert_pred != OTHER)
+    offload = decision.offload.numpy()
+    pred = _np(expert_pred)
+    answered_np = offload if answered is None else offload & _np(answered)
+    use_expert = answered_np & (pred != OTHER)
     if policy.fallback == "other-or-less-confident":
-        use_expert &= expert_conf >= decision.confidence
-    final = torch.where(use_expert, expert_pred, decision.local_pred)
-    fell_back = offload & ~use_expert
-    return final, fell_back
+        use_expert &= _np(expert_conf) >= decision.confidence.numpy()
+    final = np.where(use_expert, pred, decision.local_pred.numpy())
+    return torch.from_numpy(final), torch.from_numpy(offload & ~use_expert)

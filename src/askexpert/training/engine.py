@@ -113,9 +113,12 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                 order, aug = epoch_generator(cfg.seed, epoch, 0), epoch_generator(cfg.seed, epoch, 1)
                 task = progress.add_task(f"{label} epoch {epoch}/{epochs}", total=steps_per_epoch, info="")
                 model.train()
-                loss_sum = correct = seen = 0.0
+                # running sums stay on the device; reading them (a sync on a GPU) happens every few steps
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device)
+                seen = 0
                 t0 = time.perf_counter()
-                for images, labels in plan.batches(epoch, order):
+                for i, (images, labels) in enumerate(plan.batches(epoch, order), start=1):
                     images = images.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                     x = to_model_input(images, spec, augment=augment, generator=aug)
@@ -132,15 +135,16 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                     step += 1
                     scheduler.step_update(step)
                     n = len(labels)
-                    loss_sum += float(loss.detach()) * n
-                    correct += float((logits.argmax(1) == labels).sum())
+                    loss_sum += loss.detach() * n
+                    correct += (logits.argmax(1) == labels).sum()
                     seen += n
-                    info = f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:5.1f}%"
-                    progress.update(task, advance=1, info=info)
+                    if i % 25 == 0 or i == steps_per_epoch:
+                        info = f"loss {float(loss_sum) / seen:.3f} acc {100 * float(correct) / seen:5.1f}%"
+                        progress.update(task, completed=i, info=info)
                 train_seconds = time.perf_counter() - t0
                 record = {
                     "epoch": epoch, **plan.epoch_info(epoch), "step": step, "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
+                    "train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100 * float(correct) / max(seen, 1),
                     "train_images": int(seen), "train_seconds": train_seconds,
                     "images_per_s": seen / train_seconds if train_seconds else 0.0,
                 }

@@ -230,10 +230,15 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
     elif method == "coarse":
         bundle = load_dataset(data_config_of(generalist), image_size=meta.model.input.size,
                               channels=meta.model.input.channels)
-        coarse = bundle.train.coarse_labels if bundle.coarse_names else None
-        if coarse is None:
+        if not bundle.coarse_names or bundle.train.coarse_labels is None:
             raise ConfigError(f"{bundle.name} has no coarse labels", fix="use --method confusion or --method file")
-        coarse_of_class = [int(torch.mode(coarse[bundle.train.labels == c]).values) for c in range(n)]
+        fine = torch.cat([s.labels for s in (bundle.train, bundle.val, bundle.test)])
+        coarse = torch.cat([s.coarse_labels for s in (bundle.train, bundle.val, bundle.test)])
+        absent = [names[c] for c in range(n) if not (fine == c).any()]
+        if absent:
+            raise ConfigError(f"classes {absent[:5]} have no images, so their superclass is unknown",
+                              fix="use the full dataset, or --method file")
+        coarse_of_class = [int(torch.mode(coarse[fine == c]).values) for c in range(n)]
         part = partition_from_coarse(coarse_of_class, bundle.coarse_names, names, n_experts, confusion=confusion,
                                      max_size=max_size, overlap=overlap)
     else:

@@ -1,0 +1,1 @@
+"""Costs: energy profiles (modelled, every figure with a public source)."""

@@ -1,0 +1,56 @@
+"""Device and network profiles (``profiles.yaml``) for modelled energy, each figure with its source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from askexpert.errors import ConfigError
+
+PROFILE_FILE = Path(__file__).with_name("profiles.yaml")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    idle_w: float
+    active_w: float
+    source: str
+
+    def energy_j(self, busy_s: float) -> float:
+        """Energy of ``busy_s`` seconds of compute at the active power (what the work costs the battery)."""
+        return self.active_w * busy_s
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    name: str
+    description: str
+    joules_per_bit: float
+    source: str
+
+    def energy_j(self, n_bytes: int) -> float:
+        return self.joules_per_bit * 8 * n_bytes
+
+
+@cache
+def _load() -> dict:
+    return yaml.safe_load(PROFILE_FILE.read_text())
+
+
+def device(name: str) -> DeviceProfile:
+    table = _load()["devices"]
+    if name not in table:
+        raise ConfigError(f"no device profile {name!r}", fix=f"choose one of: {', '.join(table)}")
+    return DeviceProfile(name=name, **table[name])
+
+
+def network(name: str) -> NetworkProfile:
+    table = _load()["networks"]
+    if name not in table:
+        raise ConfigError(f"no network profile {name!r}", fix=f"choose one of: {', '.join(table)}")
+    return NetworkProfile(name=name, **table[name])

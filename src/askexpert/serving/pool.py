@@ -1,0 +1,180 @@
+"""The experts a server holds, and how a batch of images becomes their answers. Knows nothing of HTTP.
+
+An :class:`ExpertPool` loads every expert of an expert run (``partition.json`` + ``expert-<e>/``)
+and, when the run names one, the general model it started from (served as expert ``general``,
+the everything-offloaded baseline). On a GPU the models run in half precision and, for the common
+batch sizes, as captured CUDA graphs (inputs padded up to the next captured size); everywhere they
+are warmed up before the first request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from askexpert.data import to_model_input
+from askexpert.errors import CheckpointError, ConfigError
+from askexpert.models import Checkpoint, ModelSpec, count_parameters, load_checkpoint
+from askexpert.runtime.protocol import ExpertInfo, ImageResult
+
+GENERAL = "general"
+OTHER_ID = -1
+
+
+@dataclass
+class ExpertOutput:
+    """Answers for a batch: probabilities over the expert's outputs and what they mean."""
+
+    probs: torch.Tensor  # [N, outputs] float32 on the CPU
+    output_ids: list[int]  # global class id of each output, -1 for "other"
+
+    def results(self, topk: int) -> list[ImageResult]:
+        k = min(topk, self.probs.shape[1])
+        top_p, top_i = self.probs.topk(k, dim=1)
+        ids = torch.tensor(self.output_ids)[top_i]
+        out = []
+        for p_row, id_row in zip(top_p.tolist(), ids.tolist(), strict=True):
+            out.append(ImageResult(pred=id_row[0], confidence=p_row[0], other=id_row[0] == OTHER_ID,
+                                   topk=id_row, probs=p_row))
+        return out
+
+    def slice(self, start: int, stop: int) -> ExpertOutput:
+        return ExpertOutput(self.probs[start:stop], self.output_ids)
+
+
+class _GraphRunner:
+    """CUDA-graph replay of a model at fixed batch sizes; other sizes are padded to the next one."""
+
+    def __init__(self, model: torch.nn.Module, shape: tuple[int, int, int], dtype: torch.dtype,
+                 device: torch.device, sizes: list[int]) -> None:
+        self.sizes = sorted(sizes)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        pool = None
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for size in reversed(self.sizes):  # the largest first, so the rest share its memory pool
+                static_in = torch.zeros(size, *shape, dtype=dtype, device=device)
+                for _ in range(3):
+                    model(static_in)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    static_out = model(static_in)
+                pool = graph.pool()
+                self.graphs[size] = (graph, static_in, static_out)
+        torch.cuda.current_stream(device).wait_stream(stream)
+
+    def fits(self, n: int) -> bool:
+        return n <= self.sizes[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        size = next(s for s in self.sizes if s >= n)
+        graph, static_in, static_out = self.graphs[size]
+        static_in[:n].copy_(x)
+        graph.replay()
+        return static_out[:n].clone()
+
+
+@dataclass
+class ServedModel:
+    key: str
+    checkpoint: Checkpoint
+    output_ids: list[int]
+    class_names: list[str]
+    graphs: _GraphRunner | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.checkpoint.meta.model
+
+    def info(self) -> ExpertInfo:
+        spec = self.spec
+        return ExpertInfo(
+            id=self.key, classes=[c for c in self.output_ids if c != OTHER_ID], class_names=self.class_names,
+            has_other=OTHER_ID in self.output_ids, model=spec.name, timm_name=spec.timm_name,
+            parameters=count_parameters(self.checkpoint.model),
+            input_shape=[spec.input.channels, spec.input.size, spec.input.size],
+        )
+
+
+class ExpertPool:
+    """Every expert of a run, loaded once, answering batches of ``uint8`` images."""
+
+    def __init__(self, run_dir: Path, *, device: str = "auto", include_general: bool = True,
+                 half: bool | None = None, cuda_graphs: bool | None = None,
+                 graph_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> None:
+        from askexpert.training.engine import resolve_device
+        from askexpert.training.partition import Partition
+
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(device)
+        cuda = self.device.type == "cuda"
+        self.half = cuda if half is None else half and cuda
+        self.dtype = torch.float16 if self.half else torch.float32
+        use_graphs = cuda if cuda_graphs is None else cuda_graphs and cuda
+        partition_file = self.run_dir / "partition.json"
+        if not partition_file.is_file():
+            raise ConfigError(f"{self.run_dir} is not an expert run (no partition.json)",
+                              fix="serve a directory made by: askexpert train experts --strategy static|progressive")
+        partition = Partition.load(partition_file)
+        self.class_names = partition.class_names
+        self.models: dict[str, ServedModel] = {}
+        for e, subset in enumerate(partition.experts):
+            ckpt = self._load(self.run_dir / f"expert-{e}")
+            self.models[str(e)] = ServedModel(str(e), ckpt, list(subset) + [OTHER_ID], partition.names(e))
+        summary = self.run_dir / "experts.json"
+        init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
+        if include_general and init:
+            ckpt = self._load(Path(init))
+            n = len(ckpt.meta.class_names)
+            self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
+        self.subsets = [list(s) for s in partition.experts]
+        for served in self.models.values():
+            if use_graphs:
+                shape = (served.spec.input.channels, served.spec.input.size, served.spec.input.size)
+                served.graphs = _GraphRunner(served.checkpoint.model, shape, self.dtype, self.device, list(graph_sizes))
+        self.warm_up()
+
+    def _load(self, path: Path) -> Checkpoint:
+        try:
+            ckpt = load_checkpoint(path, device=self.device)
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot serve {path}: {err.message}", fix=err.fix) from err
+        if self.half:
+            ckpt.model.half()
+        return ckpt
+
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+    def get(self, key: str) -> ServedModel:
+        served = self.models.get(key)
+        if served is None:
+            raise KeyError(key)
+        return served
+
+    def warm_up(self, sizes: tuple[int, ...] = (1, 8)) -> None:
+        for served in self.models.values():
+            c, s = served.spec.input.channels, served.spec.input.size
+            for n in sizes:
+                self.infer(served.key, np.zeros((n, c, s, s), dtype=np.uint8))
+
+    @torch.no_grad()
+    def infer(self, key: str, images: np.ndarray | torch.Tensor) -> ExpertOutput:
+        """Probabilities of expert ``key`` for a ``uint8 [N, C, H, W]`` batch."""
+        served = self.get(key)
+        x = torch.as_tensor(images).to(self.device, non_blocking=True)
+        x = to_model_input(x, served.spec.input).to(self.dtype)
+        with served.lock:  # one batch at a time per model (CUDA graphs reuse their buffers)
+            if served.graphs is not None and served.graphs.fits(len(x)):
+                logits = served.graphs(x)
+            else:
+                logits = served.checkpoint.model(x)
+        return ExpertOutput(torch.softmax(logits.float(), 1).cpu(), served.output_ids)

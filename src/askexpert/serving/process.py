@@ -1,0 +1,82 @@
+"""Run ``askexpert serve`` as a child process on a free loopback port, and stop it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from askexpert.errors import AskExpertError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``with ServerProcess(run_dir) as url:`` starts the expert server and waits until it answers."""
+
+    def __init__(self, run_dir: Path, *, port: int | None = None, host: str = "127.0.0.1", threads: int | None = 1,
+                 extra_args: list[str] | None = None, startup_timeout_s: float = 120.0,
+                 log_path: Path | None = None) -> None:
+        self.run_dir, self.host = Path(run_dir), host
+        self.port = port or free_port(host)
+        self.threads, self.extra_args = threads, extra_args or []
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> str:
+        args = [sys.executable, "-m", "askexpert.cli", "serve", str(self.run_dir), "--host", self.host,
+                "--port", str(self.port), *self.extra_args]
+        env = dict(os.environ)
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (kept open)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT if self.log_path else subprocess.PIPE,
+                                     env=env)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                last = (err.strip().splitlines() or ["(see the server log)"])[-1]
+                raise AskExpertError(f"the expert server exited with status {self.proc.returncode}: {last}",
+                                     fix=f"run it by hand to see why: askexpert serve {self.run_dir}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
+                    return self.url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AskExpertError(f"the expert server did not answer within {self.startup_timeout_s:.0f} s",
+                             fix=f"run it by hand to see why: askexpert serve {self.run_dir}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,233 @@
+"""The expert server under a real uvicorn process on loopback, real HTTP, real (tiny) checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InProcessExpertClient
+from askexpert.runtime.edge import EdgeRunner, summarize
+from askexpert.runtime.edge_models import TorchGeneralist
+from askexpert.runtime.inputs import open_input
+from askexpert.runtime.protocol import InferResponse, encode_images
+from askexpert.runtime.session import calibrate
+from askexpert.serving.batcher import DynamicBatcher
+from askexpert.serving.pool import ExpertOutput, ExpertPool
+from askexpert.serving.process import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tiny_system):
+    with ServerProcess(tiny_system["experts"], threads=1) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_system):
+    torch.set_num_threads(1)
+    return ExpertPool(tiny_system["experts"])
+
+
+def _test_images(tiny_system, n=64):
+    gen = TorchGeneralist(tiny_system["generalist"])
+    batches, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
+                               data=_data_cfg(tiny_system), batch_size=n, limit=n)
+    images, labels = next(batches)
+    return images, labels
+
+
+def _data_cfg(tiny_system):
+    from askexpert.training.logits import data_config_of
+
+    return data_config_of(tiny_system["generalist"])
+
+
+def test_health_experts_and_openapi(server, pool):
+    assert httpx.get(f"{server}/v1/health").json() == {"status": "ok", "experts": 4, "device": "cpu"}
+    experts = httpx.get(f"{server}/v1/experts").json()
+    assert [e["id"] for e in experts] == ["0", "1", "2", "general"]
+    assert sorted(c for e in experts[:3] for c in e["classes"]) == list(range(10))
+    assert all(e["has_other"] for e in experts[:3]) and not experts[3]["has_other"]
+    assert experts[0]["input_shape"] == [1, 28, 28]
+    spec = httpx.get(f"{server}/openapi.json").json()
+    body = spec["paths"]["/v1/experts/{expert_id}/infer"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/octet-stream", "application/x-npy"}
+
+
+def test_predictions_through_the_server_equal_in_process(server, pool, tiny_system):
+    images, _ = _test_images(tiny_system)
+    with HttpExpertClient(server) as client:
+        for key in pool.ids():
+            remote = client.infer(key, images)
+            local = pool.infer(key, images).results(3)
+            assert remote.pred.tolist() == [r.pred for r in local]
+            assert np.allclose(remote.confidence, [r.confidence for r in local], atol=1e-6)
+            assert remote.batch_size >= len(images) and remote.compute_ms > 0
+
+
+def test_edge_over_http_equals_edge_in_process(server, pool, tiny_system):
+    gen = TorchGeneralist(tiny_system["generalist"])
+    policy = calibrate(tiny_system["generalist"], offload_rate=0.3, k=3)
+    traces = {}
+    for name, client in (("http", HttpExpertClient(server)), ("local", InProcessExpertClient(pool))):
+        batches, n, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
+                                   data=_data_cfg(tiny_system), batch_size=1, limit=200)
+        traces[name] = list(EdgeRunner(gen, policy, client).run(batches))
+    assert [t.pred for t in traces["http"]] == [t.pred for t in traces["local"]]
+    summary = summarize(traces["http"])
+    assert summary["degraded"] == 0 and 15 < summary["offload_rate"] < 45
+    offloaded = [t for t in traces["http"] if t.route != "local"]
+    assert all(t.network_ms > 0 and t.expert_ms > 0 and t.total_ms >= t.edge_ms for t in offloaded)
+
+
+def test_eight_concurrent_clients_all_get_answers(server, tiny_system):
+    images, _ = _test_images(tiny_system, 32)
+    rng = np.random.default_rng(0)
+    jobs = [(str(rng.integers(0, 3)), int(rng.integers(1, 9))) for _ in range(8 * 12)]
+
+    def client_run(part):
+        got = []
+        with HttpExpertClient(server, timeout_s=30) as client:
+            for expert, n in part:
+                reply = client.infer(expert, images[:n])
+                got.append((len(reply.pred), n, reply.batch_size))
+        return got
+
+    with ThreadPoolExecutor(8) as pool_:
+        results = [r for part in pool_.map(client_run, [jobs[i::8] for i in range(8)]) for r in part]
+    assert len(results) == len(jobs) and all(got == n for got, n, _ in results)
+    metrics = httpx.get(f"{server}/metrics").text
+    assert "askexpert_batch_size_bucket" in metrics and 'askexpert_requests_total{expert="0"}' in metrics
+    assert max(b for _, _, b in results) > 8  # some requests shared a batch with others
+
+
+def test_malformed_requests_get_clear_errors(server, tiny_system):
+    url = f"{server}/v1/experts/0/infer"
+    images, _ = _test_images(tiny_system, 4)
+    body, headers = encode_images(images)
+    bad = httpx.post(url, content=body[:-3], headers=headers)
+    assert bad.status_code == 400 and "bytes" in bad.json()["detail"]
+    assert httpx.post(url, content=body, headers={"Content-Type": "image/png"}).status_code == 415
+    missing = httpx.post(url, content=body, headers={"Content-Type": "application/octet-stream"})
+    assert missing.status_code == 400 and "X-Shape" in missing.json()["detail"]
+    wrong_shape = np.zeros((2, 3, 28, 28), dtype=np.uint8)
+    body3, headers3 = encode_images(wrong_shape)
+    shaped = httpx.post(url, content=body3, headers=headers3)
+    assert shaped.status_code == 400 and "[1, 28, 28]" in shaped.json()["detail"]
+    nope = httpx.post(f"{server}/v1/experts/9/infer", content=body, headers=headers)
+    assert nope.status_code == 404 and "0, 1, 2, general" in nope.json()["detail"]
+    npy = io.BytesIO()
+    np.save(npy, images)
+    ok = httpx.post(url, content=npy.getvalue(), headers={"Content-Type": "application/x-npy"})
+    assert ok.status_code == 200 and len(InferResponse.model_validate(ok.json()).results) == 4
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    evil = httpx.post(url, content=pickled.getvalue(), headers={"Content-Type": "application/x-npy"})
+    assert evil.status_code == 400  # object arrays (pickles) are refused
+    assert 'askexpert_errors_total{expert="0",reason="bad_body"}' in httpx.get(f"{server}/metrics").text
+
+
+def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_system):
+    gen = TorchGeneralist(tiny_system["generalist"])
+    policy = calibrate(tiny_system["generalist"], offload_rate=0.4, k=3)
+    port = free_port()
+    server = ServerProcess(tiny_system["experts"], port=port, threads=1)
+    server.start()
+    client = HttpExpertClient(server.url, timeout_s=2.0, retries=1, down_for_s=0.3)
+    runner = EdgeRunner(gen, policy, client)
+    batches, n, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
+                               data=_data_cfg(tiny_system), batch_size=1, limit=300)
+    phases = []
+
+    def source():
+        for i, batch in enumerate(batches):
+            if i == 100:
+                server.stop(kill=True)  # the server dies in the middle of the run
+            if i == 200:
+                server.start()  # and comes back on the same port
+                time.sleep(0.4)  # the client's "down" period ends
+            phases.append(i // 100)
+            yield batch
+
+    try:
+        traces = list(runner.run(source()))
+    finally:
+        server.stop()
+        client.close()
+    assert len(traces) == n == 300 and all(t.pred >= 0 for t in traces)
+    by_phase = [[t for t in traces[p * 100:(p + 1) * 100] if t.route != "local"] for p in range(3)]
+    assert all(by_phase) and not any(t.degraded for t in by_phase[0])
+    assert all(t.degraded and t.pred == t.local_pred and t.error for t in by_phase[1])
+    assert not any(t.degraded for t in by_phase[2][1:])  # offloading resumed after the restart
+    assert summarize(traces)["degraded"] == len(by_phase[1]) + int(by_phase[2][0].degraded)
+
+
+def test_client_fails_fast_on_a_dead_port_and_marks_the_server_down():
+    client = HttpExpertClient(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=2, backoff_s=0.01,
+                              down_for_s=5.0)
+    t0 = time.perf_counter()
+    with pytest.raises(ExpertUnavailable, match="unreachable after 3 attempts"):
+        client.infer("0", np.zeros((1, 1, 28, 28), dtype=np.uint8))
+    with pytest.raises(ExpertUnavailable, match="marked down"):
+        client.infer("0", np.zeros((1, 1, 28, 28), dtype=np.uint8))
+    assert time.perf_counter() - t0 < 3.0
+    client.close()
+
+
+def test_dynamic_batcher_groups_concurrent_requests_and_slices_answers():
+    calls = []
+
+    def model(images):
+        calls.append(len(images))
+        time.sleep(0.05)
+        probs = torch.from_numpy(images[:, 0, 0, :2].astype(np.float32))
+        return ExpertOutput(probs, [7, -1])
+
+    async def main():
+        batcher = DynamicBatcher(model, executor=ThreadPoolExecutor(1), max_batch=64, max_wait_ms=0)
+        reqs = [np.full((n, 1, 1, 2), i, dtype=np.uint8) for i, n in enumerate([1, 2, 3, 4, 5, 6])]
+        first = asyncio.create_task(batcher.submit(reqs[0]))
+        await asyncio.sleep(0.01)  # the model is busy with the first request: the rest queue up
+        rest = await asyncio.gather(*(batcher.submit(r) for r in reqs[1:]))
+        out = [await first, *rest]
+        await batcher.stop()
+        return reqs, out
+
+    reqs, out = asyncio.run(main())
+    assert calls == [1, 20]  # one lone request, then one batch of everything that queued behind it
+    for req, (output, _) in zip(reqs, out, strict=True):
+        assert len(output.probs) == len(req) and torch.all(output.probs == float(req[0, 0, 0, 0]))
+    assert out[1][1].batch_size == 20 and out[1][1].queue_ms > 20
+
+
+def test_server_survives_a_request_flood_during_shutdown(tiny_system):
+    server = ServerProcess(tiny_system["experts"], threads=1)
+    url = server.start()
+    images = np.zeros((1, 1, 28, 28), dtype=np.uint8)
+    errors = []
+
+    def hammer():
+        with HttpExpertClient(url, timeout_s=2, retries=0, down_for_s=0) as c:
+            for _ in range(30):
+                try:
+                    c.infer("1", images)
+                except ExpertUnavailable as err:
+                    errors.append(str(err))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    server.stop()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)  # every client returned: answered or told why not
+    assert all("unreachable" in e or "HTTP" in e for e in errors)
