@@ -199,7 +199,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    pool = ExpertPool(args.run_dir, device=args.device, include_general=not args.no_general)
+    # the event loop and the model thread share the GIL: hand it over often, so neither waits long
+    sys.setswitchinterval(0.0002)
+    pool = ExpertPool(args.run_dir, device=args.device, include_general=not args.no_general, trace=not args.eager)
     app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.run_dir} on "
                    f"http://{args.host}:{args.port} ({pool.device}); API docs at /docs")
@@ -479,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a batch waits for more requests (0: run at once, batch what queued meanwhile)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-general", action="store_true", help="do not load the general model")
+    p.add_argument("--eager", action="store_true", help="run the models eagerly (no TorchScript trace)")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_serve)
 

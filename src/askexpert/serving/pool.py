@@ -3,14 +3,19 @@
 An :class:`ExpertPool` loads every expert of an expert run (``partition.json`` + ``expert-<e>/``)
 and, when the run names one, the general model it started from (served as expert ``general``,
 the everything-offloaded baseline). On a GPU the models run in half precision and, for the common
-batch sizes, as captured CUDA graphs (inputs padded up to the next captured size); everywhere they
-are warmed up before the first request.
+batch sizes, as captured CUDA graphs (inputs padded up to the next captured size). On the CPU they
+run as traced and frozen TorchScript graphs: faster, and, above all, the forward pass no longer
+needs Python's GIL for every module call, so the server's event loop cannot stall the model
+(BENCHMARKS.md measures both effects). Everywhere they are warmed up before the first request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,22 @@ from askexpert.runtime.protocol import ExpertInfo, ImageResult
 
 GENERAL = "general"
 OTHER_ID = -1
+log = logging.getLogger(__name__)
+
+
+def _traced(model: torch.nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A frozen TorchScript trace of ``model`` that agrees with it on a probe batch, or None."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(model, example).eval())
+            probe = torch.randn(3, *example.shape[1:], dtype=example.dtype, device=example.device)
+            if (traced(probe) - model(probe)).abs().max().item() > 1e-3:
+                return None
+            return traced
+    except Exception as err:  # a model TorchScript cannot trace: serve it eagerly
+        log.warning("serving %s eagerly: tracing failed (%s)", type(model).__name__, err)
+        return None
 
 
 @dataclass
@@ -33,15 +54,16 @@ class ExpertOutput:
     probs: torch.Tensor  # [N, outputs] float32 on the CPU
     output_ids: list[int]  # global class id of each output, -1 for "other"
 
-    def results(self, topk: int) -> list[ImageResult]:
+    def result_dicts(self, topk: int) -> list[dict]:
+        """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path)."""
         k = min(topk, self.probs.shape[1])
         top_p, top_i = self.probs.topk(k, dim=1)
         ids = torch.tensor(self.output_ids)[top_i]
-        out = []
-        for p_row, id_row in zip(top_p.tolist(), ids.tolist(), strict=True):
-            out.append(ImageResult(pred=id_row[0], confidence=p_row[0], other=id_row[0] == OTHER_ID,
-                                   topk=id_row, probs=p_row))
-        return out
+        return [{"pred": id_row[0], "confidence": p_row[0], "other": id_row[0] == OTHER_ID, "topk": id_row,
+                 "probs": p_row} for p_row, id_row in zip(top_p.tolist(), ids.tolist(), strict=True)]
+
+    def results(self, topk: int) -> list[ImageResult]:
+        return [ImageResult(**d) for d in self.result_dicts(topk)]
 
     def slice(self, start: int, stop: int) -> ExpertOutput:
         return ExpertOutput(self.probs[start:stop], self.output_ids)
@@ -88,6 +110,7 @@ class ServedModel:
     output_ids: list[int]
     class_names: list[str]
     graphs: _GraphRunner | None = None
+    traced: Callable[[torch.Tensor], torch.Tensor] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -108,7 +131,7 @@ class ExpertPool:
     """Every expert of a run, loaded once, answering batches of ``uint8`` images."""
 
     def __init__(self, run_dir: Path, *, device: str = "auto", include_general: bool = True,
-                 half: bool | None = None, cuda_graphs: bool | None = None,
+                 half: bool | None = None, cuda_graphs: bool | None = None, trace: bool = True,
                  graph_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> None:
         from askexpert.training.engine import resolve_device
         from askexpert.training.partition import Partition
@@ -137,9 +160,12 @@ class ExpertPool:
             self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
         self.subsets = [list(s) for s in partition.experts]
         for served in self.models.values():
+            shape = (served.spec.input.channels, served.spec.input.size, served.spec.input.size)
             if use_graphs:
-                shape = (served.spec.input.channels, served.spec.input.size, served.spec.input.size)
                 served.graphs = _GraphRunner(served.checkpoint.model, shape, self.dtype, self.device, list(graph_sizes))
+            if trace:
+                example = torch.zeros(2, *shape, dtype=self.dtype, device=self.device)
+                served.traced = _traced(served.checkpoint.model, example)
         self.warm_up()
 
     def _load(self, path: Path) -> Checkpoint:
@@ -176,5 +202,5 @@ class ExpertPool:
             if served.graphs is not None and served.graphs.fits(len(x)):
                 logits = served.graphs(x)
             else:
-                logits = served.checkpoint.model(x)
+                logits = (served.traced or served.checkpoint.model)(x)
         return ExpertOutput(torch.softmax(logits.float(), 1).cpu(), served.output_ids)

@@ -1,0 +1,178 @@
+"""Benchmark: the collaborative runtime on this machine, each comparison measured side by side.
+
+    python benchmarks/serving.py [--experts RUN_DIR] [--generalist RUN_DIR]
+
+1. Loopback overhead of one offloaded request (end to end at the client minus the expert's compute
+   time), batch 1, one client: p50 and p95.            Goal: p50 <= 1.5 ms.
+2. Server throughput with 16 concurrent clients (batch-1 requests in closed loops) against the same
+   expert's raw throughput in a plain loop at the server's observed mean batch size. Goal: >= 0.8x.
+3. The edge generalist at batch 1: torch vs ONNX Runtime, one thread each.
+
+The server runs as its own process with one torch thread; the clients run here. Without --experts
+the demo's models (runs/demo, trained by `askexpert demo` if missing) are used.
+Writes benchmarks/results/<date>-<host>-serving.json and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, machine_info  # noqa: E402
+
+from askexpert.runtime.clients import HttpExpertClient  # noqa: E402
+from askexpert.runtime.edge_models import OnnxGeneralist, TorchGeneralist, export_onnx  # noqa: E402
+from askexpert.runtime.protocol import InferResponse, encode_images  # noqa: E402
+from askexpert.serving.pool import ExpertPool  # noqa: E402
+from askexpert.serving.process import ServerProcess  # noqa: E402
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values), q))
+
+
+def overhead(url: str, images: np.ndarray, expert: str, n: int) -> dict:
+    """Sequential batch-1 requests: client end-to-end time minus the server's compute time."""
+    over, e2e, compute = [], [], []
+    with HttpExpertClient(url, timeout_s=10) as client:
+        for _ in range(50):
+            client.infer(expert, images[:1])
+        for i in range(n):
+            t0 = time.perf_counter()
+            reply = client.infer(expert, images[i % len(images):i % len(images) + 1])
+            total = (time.perf_counter() - t0) * 1000
+            e2e.append(total)
+            compute.append(reply.compute_ms)
+            over.append(total - reply.compute_ms)
+    return {"requests": n, "overhead_ms_p50": percentile(over, 50), "overhead_ms_p95": percentile(over, 95),
+            "end_to_end_ms_p50": percentile(e2e, 50), "compute_ms_p50": percentile(compute, 50)}
+
+
+async def _closed_loop(url: str, images: np.ndarray, expert: str, clients: int, seconds: float) -> dict:
+    body, headers = encode_images(images[:1])
+    done, batches = 0, []
+    stop = time.perf_counter() + seconds
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            r = await client.post(f"/v1/experts/{expert}/infer", content=body, headers=headers)
+            r.raise_for_status()
+            batches.append(InferResponse.model_validate_json(r.content).timings.batch_size)
+            done += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        for _ in range(20):  # warm-up
+            await client.post(f"/v1/experts/{expert}/infer", content=body, headers=headers)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {"clients": clients, "images_per_s": done / elapsed, "mean_batch": statistics.mean(batches),
+            "requests": done}
+
+
+def raw_throughput(pool: ExpertPool, expert: str, images: np.ndarray, batch: int, seconds: float) -> float:
+    x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+    for _ in range(5):
+        pool.infer(expert, x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pool.infer(expert, x)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def edge_latency(generalist: Path, images: np.ndarray, n: int) -> dict:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        export = export_onnx(generalist, Path(tmp) / "g.onnx")
+        models = {"torch": TorchGeneralist(generalist, threads=1), "onnx": OnnxGeneralist(Path(tmp) / "g.onnx",
+                                                                                        threads=1)}
+        out = {"onnx_max_abs_diff": export["max_abs_diff"]}
+        for _ in range(2):  # interleaved rounds, so both see the same machine state
+            for name, model in models.items():
+                for i in range(30):
+                    model.logits(images[i:i + 1])
+                times = []
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    model.logits(images[i % len(images):i % len(images) + 1])
+                    times.append((time.perf_counter() - t0) * 1000)
+                out.setdefault(name, []).extend(times)
+    return {"torch_ms_p50": percentile(out["torch"], 50), "onnx_ms_p50": percentile(out["onnx"], 50),
+            "torch_ms_p95": percentile(out["torch"], 95), "onnx_ms_p95": percentile(out["onnx"], 95),
+            "speedup_p50": percentile(out["torch"], 50) / percentile(out["onnx"], 50),
+            "onnx_max_abs_diff": out["onnx_max_abs_diff"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experts", type=Path)
+    ap.add_argument("--generalist", type=Path)
+    ap.add_argument("--expert-id", default="0")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    if args.experts is None or args.generalist is None:
+        from askexpert.demo import run_demo
+
+        summary = run_demo(limit=10)
+        args.experts = args.experts or Path(summary["models"]["experts"])
+        args.generalist = args.generalist or Path(summary["models"]["generalist"])
+    torch.set_num_threads(1)
+    info = machine_info()
+    gen = TorchGeneralist(args.generalist)
+    images = np.random.default_rng(0).integers(0, 256, (256, gen.input.channels, gen.input.size, gen.input.size),
+                                                   dtype=np.uint8)
+    pool = ExpertPool(args.experts, include_general=False)
+    model_name = pool.get(args.expert_id).spec.name
+    with ServerProcess(args.experts, threads=1, extra_args=["--no-general"]) as url:
+        over = overhead(url, images, args.expert_id, args.requests)
+        loaded = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds))
+        single = asyncio.run(_closed_loop(url, images, args.expert_id, 1, args.seconds / 2))
+    batch = max(1, round(loaded["mean_batch"]))
+    raw = raw_throughput(pool, args.expert_id, images, batch, args.seconds)
+    raw1 = raw_throughput(pool, args.expert_id, images, 1, args.seconds / 2)
+    edge = edge_latency(args.generalist, images, args.requests)
+    result = {"machine": info, "experts": str(args.experts), "expert_model": model_name,
+              "generalist": str(args.generalist), "overhead": over, "server_16_clients": loaded,
+              "server_1_client": single, "raw_batch": batch, "raw_images_per_s": raw, "raw_batch1_images_per_s": raw1,
+              "throughput_ratio": loaded["images_per_s"] / raw, "edge": edge,
+              "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])}
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{info['date']}-{info['host']}-serving.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"machine: {describe(info)}; server: 1 torch thread, own process; expert {args.expert_id} ({model_name}); "
+          f"results: {out}")
+    print("\n| loopback, batch 1, one client | p50 | p95 |\n|---|---|---|")
+    print(f"| overhead (end to end - expert compute) | {over['overhead_ms_p50']:.2f} ms | "
+          f"{over['overhead_ms_p95']:.2f} ms |")
+    print(f"| end to end | {over['end_to_end_ms_p50']:.2f} ms | - |")
+    print(f"| expert compute | {over['compute_ms_p50']:.2f} ms | - |")
+    print("\n| throughput | images/s | mean batch |\n|---|---|---|")
+    print(f"| server, 16 concurrent clients | {loaded['images_per_s']:.0f} | {loaded['mean_batch']:.1f} |")
+    print(f"| server, 1 client | {single['images_per_s']:.0f} | {single['mean_batch']:.1f} |")
+    print(f"| plain loop, batch {batch} | {raw:.0f} | {batch} |")
+    print(f"| plain loop, batch 1 | {raw1:.0f} | 1 |")
+    print(f"| ratio server (16 clients) / plain loop | {result['throughput_ratio']:.2f}x | |")
+    print("\n| edge generalist, batch 1, 1 thread | p50 | p95 |\n|---|---|---|")
+    print(f"| torch | {edge['torch_ms_p50']:.2f} ms | {edge['torch_ms_p95']:.2f} ms |")
+    print(f"| ONNX Runtime | {edge['onnx_ms_p50']:.2f} ms | {edge['onnx_ms_p95']:.2f} ms |")
+    print(f"| speed-up (p50) | {edge['speedup_p50']:.2f}x | |")
+
+
+if __name__ == "__main__":
+    main()
