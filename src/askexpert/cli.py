@@ -275,6 +275,23 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from askexpert.bench.report import goals
+    from askexpert.bench.suite import run_bench
+
+    result = run_bench(args.profile, output_dir=Path(args.output_dir), results_dir=Path(args.results),
+                       fresh=args.fresh, edge_profile=args.edge_profile, server_profile=args.server_profile,
+                       radio=args.radio, console=_console())
+    table = Table(title=f"bench {args.profile}: goals (ratios from this run)")
+    for col in ("goal", "ratio", "met", "detail"):
+        table.add_column(col)
+    for g in goals(result):
+        table.add_row(g["goal"], f"{g['ratio']:.2f}x", "yes" if g["met"] else "no", g["detail"])
+    _out().print(table)
+    _out().print(f"report: {result['report']}")
+    return 0
+
+
 def _print_metrics(metrics: dict, title: str, checkpoint: Path) -> None:
     table = Table(title=title)
     for col in ("split", "samples", "top-1 %", "top-5 %", "NLL"):
@@ -523,6 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="default: next to the checkpoint, model.onnx")
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("bench", help="baselines, sweeps and a report with plots (resumable)",
+                       description="Run every baseline (edge only, edge execution, full offload, collaborative "
+                       "static and progressive) over the same test images and link, sweep tau and k, link presets "
+                       "and concurrent clients, and write results/<date>-<host>-<profile>.json plus a Markdown "
+                       "report with PNG plots. quick: demo-sized models, <= 20 min on 2 CPU cores; full: the full "
+                       "recipes. Interrupted runs resume at the first missing measurement.")
+    p.add_argument("--profile", choices=["quick", "full"], default="quick")
+    p.add_argument("--output-dir", default="runs", help="models and cached measurements go to OUTPUT_DIR/bench-PROFILE")
+    p.add_argument("--results", default="results", help="where the JSON and the report go")
+    p.add_argument("--fresh", action="store_true", help="measure again (models are still reused)")
+    p.add_argument("--edge-profile", default="raspberry-pi-4", help="device profile of the edge (costs/profiles.yaml)")
+    p.add_argument("--server-profile", default="h100-batch1", help="device profile of the near-edge server")
+    p.add_argument("--radio", default="wifi", help="network profile of the edge radio")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix",
                        description="Evaluate a checkpoint on a split of its dataset (or another dataset with "

@@ -28,7 +28,7 @@ from askexpert.training.engine import progress_bar
 from askexpert.training.experts import train_experts
 from askexpert.training.partition import make_partition
 
-EDGE_DEVICE, RADIO = "raspberry-pi-4", "wifi"
+EDGE_DEVICE, RADIO = "raspberry-pi-4", "wifi"  # profiles with sourced figures (costs/profiles.yaml)
 
 
 def energy_estimate(traces, summary: dict) -> dict:

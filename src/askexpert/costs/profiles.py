@@ -16,13 +16,18 @@ PROFILE_FILE = Path(__file__).with_name("profiles.yaml")
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
+    role: str
     description: str
-    idle_w: float
-    active_w: float
+    idle_w: float | None
+    active_w: float | None
     source: str
 
     def energy_j(self, busy_s: float) -> float:
-        """Energy of ``busy_s`` seconds of compute at the active power (what the work costs the battery)."""
+        """Energy of ``busy_s`` seconds of compute at the active power (what the work costs)."""
+        if self.active_w is None:
+            raise ConfigError(f"device profile {self.name} has no sourced active power",
+                              fix=f"choose another profile ({', '.join(device_names())}) or add the figure, "
+                              f"with its source, to {PROFILE_FILE}")
         return self.active_w * busy_s
 
 
@@ -40,6 +45,14 @@ class NetworkProfile:
 @cache
 def _load() -> dict:
     return yaml.safe_load(PROFILE_FILE.read_text())
+
+
+def device_names() -> list[str]:
+    return list(_load()["devices"])
+
+
+def network_names() -> list[str]:
+    return list(_load()["networks"])
 
 
 def device(name: str) -> DeviceProfile:

@@ -54,6 +54,7 @@ class SampleTrace:
     queue_ms: float = 0.0
     expert_ms: float = 0.0
     total_ms: float = 0.0
+    server_share_ms: float = 0.0  # this sample's share of its server batch's compute (for energy)
     up_bytes: float = 0.0  # this sample's share of its request's bytes
     down_bytes: float = 0.0
     error: str | None = None
@@ -127,6 +128,7 @@ class EdgeRunner:
             # the latency each sample of the request lived through (not shares of a cost)
             lived = {"encode_ms": reply.encode_ms, "queue_ms": reply.queue_ms, "expert_ms": reply.compute_ms,
                      "network_ms": max(reply.round_trip_ms - server_ms, 0.0), "link_ms": reply.link_ms,
+                     "server_share_ms": reply.compute_ms / max(reply.batch_size, 1),
                      "up_bytes": reply.up_bytes / len(idx), "down_bytes": reply.down_bytes / len(idx)}
             for i in idx:
                 per_sample[i] = lived

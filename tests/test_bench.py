@@ -1,0 +1,75 @@
+"""`askexpert bench`: every baseline on a tiny run, the report with every table and plot, resumption."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from askexpert.bench.report import BASELINES, goals
+from askexpert.bench.suite import Profile, run_bench
+
+TINY = Profile("tiny", "demo-generalist", "demo-general", "demo-experts", None,
+               ("data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
+                "model.kwargs.depth=1", "train.threads=2"),
+               test_images=150, sweep_images=80, rates=(0.2, 0.4), ks=(1, 3), links=("wifi", "lte"),
+               clients=(1, 4), concurrency_seconds=1.5)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, fmnist_dir):
+    out = tmp_path_factory.mktemp("bench")
+    t0 = time.perf_counter()
+    result = run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
+    return out, result, time.perf_counter() - t0
+
+
+def test_every_baseline_runs_on_the_same_images(bench):
+    _, result, _ = bench
+    cells = result["cells"]
+    for key, _ in BASELINES:
+        row = cells[f"baseline-{key}"]
+        assert row["samples"] == 150 and row["degraded"] == 0, key
+        assert row["edge_energy_kind"] == "modelled" and row["server_energy_kind"] == "modelled"
+    assert cells["baseline-edge-only"]["offload_rate"] == 0 and cells["baseline-edge-only"]["server_mj_per_image"] == 0
+    assert cells["baseline-full-offload-general"]["offload_rate"] == 100
+    assert cells["baseline-full-offload-general"]["edge_compute_mj_per_image"] == 0  # the edge only sends
+    assert cells["baseline-full-offload-expert"]["offload_rate"] == 100
+    assert cells["baseline-edge-execution"]["server_mj_per_image"] == 0  # experts ran on the edge
+    collab = cells["baseline-collaborative-progressive"]
+    assert 15 < collab["offload_rate"] < 50 and collab["server_mj_per_image"] > 0
+    # edge execution and collaborative make the same routing decisions on the same images
+    assert cells["baseline-edge-execution"]["offload_rate"] == collab["offload_rate"]
+    lte = cells["link-lte-full-offload-general"]["latency_ms"]["mean"]
+    assert lte > cells["link-wifi-full-offload-general"]["latency_ms"]["mean"] + 30  # LTE's 40 ms RTT
+    assert cells["clients-4"]["mean_batch"] >= cells["clients-1"]["mean_batch"]
+
+
+def test_report_has_every_table_and_plot(bench):
+    out, result, _ = bench
+    report = (out / "results" / f"{result['date']}-{result['host']}-tiny" / "report.md")
+    text = report.read_text()
+    for heading in ("## Systems on the same test images and link", "## Goals", "## Sweep: tau and k",
+                    "## Sweep: links", "## Sweep: edge clients sharing one server", "## Plots"):
+        assert heading in text
+    for png in ("accuracy_vs_latency", "accuracy_vs_edge_energy", "offload_vs_tau", "server_energy_vs_clients"):
+        path = report.parent / f"{png}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+        assert f"({png}.png)" in text
+    assert "modelled" in text and "chipwired" in text
+    saved = json.loads((out / "results" / f"{result['date']}-{result['host']}-tiny.json").read_text())
+    assert set(saved["cells"]) == set(result["cells"]) and len(goals(saved)) == 3
+
+
+def test_an_interrupted_bench_resumes_where_it_stopped(bench):
+    out, result, first_seconds = bench
+    cells = out / "runs" / "bench-tiny" / "cells"
+    (cells / "tau-0.4-k3.json").unlink()  # as if the run had stopped before this measurement
+    t0 = time.perf_counter()
+    again = run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
+    assert time.perf_counter() - t0 < first_seconds  # models and the other measurements were reused
+    assert (cells / "tau-0.4-k3.json").is_file()
+    for name, row in result["cells"].items():
+        if name != "tau-0.4-k3":
+            assert again["cells"][name] == row

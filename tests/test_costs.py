@@ -1,0 +1,109 @@
+"""Energy meters and profiles: modelled exactly, measured backends on their real file formats (or
+skipped with a message where no counter exists)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from askexpert.costs.meters import JetsonMeter, MeterUnavailable, ModelledMeter, NvmlMeter, RaplMeter, measured_meter
+from askexpert.costs.profiles import device, device_names, network, network_names
+from askexpert.errors import ConfigError
+
+
+def test_every_profile_has_a_source_and_the_required_devices():
+    names = set(device_names())
+    assert {"raspberry-pi-5", "jetson-orin-nano", "laptop-cpu", "h100-batch1", "l4", "jetson-agx-orin"} <= names
+    for name in names:
+        d = device(name)
+        assert d.source.strip() and ("http" in d.source or "DESIGN.md" in d.source), name
+        assert d.active_w is None or d.active_w > 0
+    for name in network_names():
+        assert network(name).joules_per_bit > 0 and "http" in network(name).source
+
+
+def test_modelled_meter_is_exact():
+    meter = ModelledMeter(device("raspberry-pi-4"))
+    meter.start()
+    meter.add_busy(0.5)
+    meter.add_busy(0.25)
+    reading = meter.stop()
+    assert reading.joules == pytest.approx(5.4 * 0.75) and reading.kind == "modelled"
+    assert "raspberry-pi-4" in reading.source and "chipwired" in reading.source
+    assert network("wifi").energy_j(1000) == pytest.approx(8000 * 6.45e-7)
+
+
+def test_a_profile_without_a_sourced_figure_refuses_to_model():
+    with pytest.raises(ConfigError, match="no sourced active power.*choose another profile"):
+        device("raspberry-pi-5").energy_j(1.0)
+
+
+def test_unknown_profiles_are_clear_errors():
+    with pytest.raises(ConfigError, match="no device profile 'pi9'.*raspberry-pi-4"):
+        device("pi9")
+    with pytest.raises(ConfigError, match="no network profile"):
+        network("carrier-pigeon")
+
+
+def _rapl_tree(root, energy_uj, max_range=1_000_000):
+    zone = root / "intel-rapl:0"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "name").write_text("package-0\n")
+    (zone / "energy_uj").write_text(f"{energy_uj}\n")
+    (zone / "max_energy_range_uj").write_text(f"{max_range}\n")
+    sub = root / "intel-rapl:0:0"  # a sub-zone (core): not counted twice
+    sub.mkdir(exist_ok=True)
+    (sub / "energy_uj").write_text("5\n")
+    return zone
+
+
+def test_rapl_meter_reads_powercap_and_handles_wraparound(tmp_path):
+    zone = _rapl_tree(tmp_path, 900_000)
+    meter = RaplMeter(tmp_path)
+    assert "package-0" in meter.source and len(meter.zones) == 1
+    meter.start()
+    (zone / "energy_uj").write_text("100000\n")  # wrapped past 1,000,000 uJ
+    reading = meter.stop()
+    assert reading.joules == pytest.approx(0.2) and reading.kind == "measured"
+
+
+def test_jetson_meter_integrates_rail_power(tmp_path):
+    hw = tmp_path / "1-0040" / "hwmon" / "hwmon3"
+    hw.mkdir(parents=True)
+    (hw / "in1_label").write_text("VDD_IN\n")
+    (hw / "in1_input").write_text("5000\n")  # mV
+    (hw / "curr1_input").write_text("1000\n")  # mA -> 5 W
+    meter = JetsonMeter(tmp_path, interval_s=0.005)
+    assert meter.power_w() == pytest.approx(5.0) and "VDD_IN" in meter.source
+    meter.start()
+    time.sleep(0.2)
+    reading = meter.stop()
+    assert reading.joules == pytest.approx(5.0 * reading.seconds, rel=0.15)
+
+
+def test_missing_counters_say_what_is_missing(tmp_path):
+    with pytest.raises(MeterUnavailable, match="no RAPL package counters"):
+        RaplMeter(tmp_path)
+    with pytest.raises(MeterUnavailable, match="no Jetson INA3221 power rails"):
+        JetsonMeter(tmp_path)
+
+
+def test_measured_meters_on_this_machine():
+    meter, reasons = measured_meter()
+    if meter is None:
+        pytest.skip("no measured energy counter on this machine: " + "; ".join(reasons))
+    meter.start()
+    time.sleep(0.1)
+    reading = meter.stop()
+    assert reading.kind == "measured" and reading.joules >= 0
+
+
+def test_nvml_meter_where_a_gpu_exists():
+    try:
+        meter = NvmlMeter()
+    except MeterUnavailable as err:
+        pytest.skip(f"NVML meter skipped: {err}")
+    meter.start()
+    time.sleep(0.2)
+    assert meter.stop().joules > 0
