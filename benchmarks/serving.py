@@ -7,6 +7,9 @@
 2. Server throughput with 16 concurrent clients (batch-1 requests in closed loops) against the same
    expert's raw throughput in a plain loop at the server's observed mean batch size. Goal: >= 0.8x.
 3. The edge generalist at batch 1: torch vs ONNX Runtime, one thread each.
+4. On a GPU: the expert at batch 1, 16 and 64, eager half precision vs CUDA-graph replay (latency of
+   the whole call: upload, normalise, forward, softmax, download), and the GPU's NVML energy an image
+   at batch 1 vs 64 (everything the card draws over the window, static power included).
 
 The server runs as its own process with one torch thread; the clients run here. Without --experts
 the demo's models (runs/demo, trained by `askexpert demo` if missing) are used.
@@ -117,6 +120,42 @@ def edge_latency(generalist: Path, images: np.ndarray, n: int) -> dict:
             "onnx_max_abs_diff": out["onnx_max_abs_diff"]}
 
 
+def gpu_section(experts: Path, expert_id: str, images: np.ndarray, n: int, seconds: float) -> dict:
+    """Eager fp16 vs CUDA graphs at a few batch sizes, interleaved; NVML energy an image at batch 1 vs 64."""
+    from askexpert.costs.meters import MeterUnavailable, NvmlMeter
+
+    pools = {"eager": ExpertPool(experts, include_general=False, cuda_graphs=False, trace=False),
+             "cuda_graph": ExpertPool(experts, include_general=False, cuda_graphs=True, trace=False)}
+    out: dict = {"device": torch.cuda.get_device_name(0), "latency_ms_p50": {}}
+    for batch in (1, 16, 64):
+        x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+        times: dict[str, list[float]] = {name: [] for name in pools}
+        for _ in range(3):  # interleaved rounds
+            for name, pool in pools.items():
+                for _ in range(20):
+                    pool.infer(expert_id, x)
+                for _ in range(n // 3):
+                    t0 = time.perf_counter()
+                    pool.infer(expert_id, x)  # ends with the answers on the CPU: a full synchronisation
+                    times[name].append((time.perf_counter() - t0) * 1000)
+        out["latency_ms_p50"][batch] = {name: percentile(t, 50) for name, t in times.items()}
+    try:
+        meter = NvmlMeter()
+    except MeterUnavailable as err:
+        out["energy"] = f"not measured: {err}"
+        return out
+    out["energy_source"] = meter.source
+    out["energy_mj_per_image"] = {}
+    for batch in (1, 64):
+        meter.start()
+        done = raw_throughput(pools["cuda_graph"], expert_id, images, batch, seconds)
+        reading = meter.stop()
+        images_done = done * reading.seconds
+        out["energy_mj_per_image"][batch] = {"mj": 1000 * reading.joules / images_done, "watts": reading.watts,
+                                             "images_per_s": done}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=Path)
@@ -147,7 +186,9 @@ def main() -> None:
     raw = raw_throughput(pool, args.expert_id, images, batch, args.seconds)
     raw1 = raw_throughput(pool, args.expert_id, images, 1, args.seconds / 2)
     edge = edge_latency(args.generalist, images, args.requests)
-    result = {"machine": info, "experts": str(args.experts), "expert_model": model_name,
+    gpu = gpu_section(args.experts, args.expert_id, images, args.requests, args.seconds / 2) \
+        if torch.cuda.is_available() else None
+    result = {"gpu": gpu, "machine": info, "experts": str(args.experts), "expert_model": model_name,
               "generalist": str(args.generalist), "overhead": over, "server_16_clients": loaded,
               "server_1_client": single, "raw_batch": batch, "raw_images_per_s": raw, "raw_batch1_images_per_s": raw1,
               "throughput_ratio": loaded["images_per_s"] / raw, "edge": edge,
@@ -172,6 +213,14 @@ def main() -> None:
     print(f"| torch | {edge['torch_ms_p50']:.2f} ms | {edge['torch_ms_p95']:.2f} ms |")
     print(f"| ONNX Runtime | {edge['onnx_ms_p50']:.2f} ms | {edge['onnx_ms_p95']:.2f} ms |")
     print(f"| speed-up (p50) | {edge['speedup_p50']:.2f}x | |")
+    if gpu:
+        print(f"\n| {gpu['device']}, expert call p50 | eager fp16 | CUDA graph | speed-up |\n|---|---|---|---|")
+        for batch, row in gpu["latency_ms_p50"].items():
+            print(f"| batch {batch} | {row['eager']:.3f} ms | {row['cuda_graph']:.3f} ms | "
+                  f"{row['eager'] / row['cuda_graph']:.1f}x |")
+        for batch, row in gpu.get("energy_mj_per_image", {}).items():
+            print(f"| NVML energy, batch {batch} (CUDA graph) | {row['mj']:.2f} mJ an image | {row['watts']:.0f} W | "
+                  f"{row['images_per_s']:.0f} img/s |")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,22 @@ def test_emulated_link_delays_real_requests(tiny_system):
     assert elapsed >= expected and reply.up_bytes == 64 * 784
 
 
+def test_a_benchmark_stream_accounts_the_link_without_sleeping(tiny_system):
+    """With link_sleep off the delay is reported (and counted in the trace) but not waited out."""
+    from askexpert.serving.process import ServerProcess
+
+    images = np.zeros((1, 1, 28, 28), dtype=np.uint8)
+    link = LinkProfile("far", rtt_ms=3000, bandwidth_mbit=10)  # a 3 s round trip: sleeping would show
+    with ServerProcess(tiny_system["experts"], threads=1) as url, \
+            HttpExpertClient(url, link=link, link_sleep=False, timeout_s=10) as client:
+        client.infer("0", images)
+        t0 = time.perf_counter()
+        reply = client.infer("0", images)
+        elapsed = time.perf_counter() - t0
+    assert reply.link_ms == pytest.approx(link.delay_s(reply.up_bytes, reply.down_bytes) * 1000)
+    assert reply.link_ms > 3000 and elapsed < 3.0
+
+
 def _can_shape() -> str | None:
     if os.geteuid() != 0:
         return "needs root to create network namespaces and tbf qdiscs"

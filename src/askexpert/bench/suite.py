@@ -66,9 +66,10 @@ PROFILES = {
     # demo-sized models (trained in a few minutes, reused afterwards), 1,000 test images: <= 20 min on 2 cores
     "quick": Profile("quick", "demo-generalist", "demo-general", "demo-experts", None, (), test_images=1000,
                      sweep_images=400),
-    # the full recipes of BENCHMARKS.md (hours on a CPU, minutes on a GPU), the whole test split
+    # the full recipes of BENCHMARKS.md (hours on a CPU, a few minutes on a GPU), half the test split
+    # (stratified) for the baselines and 1,000 images a sweep point: <= 6 min on a GPU with training
     "full": Profile("full", "generalist-fmnist", "general-fmnist", "experts-progressive-fmnist",
-                    "experts-static-fmnist", (), test_images=10000, sweep_images=2000, concurrency_seconds=10.0),
+                    "experts-static-fmnist", (), test_images=5000, sweep_images=1000, concurrency_seconds=6.0),
 }
 
 
@@ -176,7 +177,8 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
 
     def local_experts() -> ExpertPool:
         if local["experts"] is None:
-            local["experts"] = ExpertPool(Path(models["progressive"]), include_general=False)
+            # on the edge device's processor, whatever accelerator the benchmark host has
+            local["experts"] = ExpertPool(Path(models["progressive"]), device="cpu", include_general=False)
         return local["experts"]
 
     with progress_bar(console) as progress:
@@ -186,7 +188,7 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
                 if cells.get(name) is None:
                     progress.update(task, info=name)
                     cells.put(name, _run_cell(name, profile, models, urls, local_experts, generalist, policy, images,
-                                              labels, sweep_n, link, costs))
+                                              labels, sweep_n, link, costs, meter))
                 progress.advance(task)
         finally:
             for server in servers.values():
@@ -213,9 +215,11 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     return result
 
 
-def _run_cell(name, profile, models, urls, local_experts, generalist, policy, images, labels, sweep_n, link, costs):
+def _run_cell(name, profile, models, urls, local_experts, generalist, policy, images, labels, sweep_n, link, costs,
+              meter=None):
     """One measurement. ``urls()`` starts the expert servers on first use; ``local_experts()`` loads the
-    experts in this process (the edge device, for edge execution)."""
+    experts in this process (the edge device, for edge execution). ``meter``: a measured meter of the
+    server's accelerator (NVML), read over each concurrency window; None where there is none."""
     if name.startswith("baseline-"):
         kind = name[len("baseline-"):]
         experts = "static" if kind.endswith("static") else "progressive"
@@ -240,10 +244,20 @@ def _run_cell(name, profile, models, urls, local_experts, generalist, policy, im
         return result_row(name, kind, traces, costs, link=link_name)
     if name.startswith("clients-"):
         clients = int(name.split("-")[1])
-        row = asyncio.run(_concurrency(urls()["progressive"], images, "0", clients, profile.concurrency_seconds))
-        row["server_mj_per_image"] = 1000 * costs.server.energy_j(row["server_ms_per_image"] / 1000)
-        row["server_energy_kind"] = "modelled"
-        row["server_energy_source"] = f"{costs.server.name} ({costs.server.active_w} W) x compute share per image"
+        url = urls()["progressive"]
+        gpu_meter = meter if meter is not None and meter.source.startswith("NVML") else None
+        if gpu_meter is not None:
+            gpu_meter.start()
+        row = asyncio.run(_concurrency(url, images, "0", clients, profile.concurrency_seconds))
+        modelled = 1000 * costs.server.energy_j(row["server_ms_per_image"] / 1000)
+        row["server_mj_per_image_modelled"] = modelled
+        if gpu_meter is not None:  # the GPU's whole energy over the window (static power included) per image
+            reading = gpu_meter.stop()
+            row.update(server_mj_per_image=1000 * reading.joules / max(row["requests"], 1),
+                       server_watts=reading.watts, server_energy_kind="measured", server_energy_source=gpu_meter.source)
+        else:
+            source = f"{costs.server.name} ({costs.server.active_w} W) x compute share per image"
+            row.update(server_mj_per_image=modelled, server_energy_kind="modelled", server_energy_source=source)
         return row
     raise ValueError(name)
 

@@ -9,7 +9,8 @@
   progressive experts, over HTTP).
 
 Each run yields the summary of its traces plus costs: edge energy (edge compute at the edge
-profile's active power, plus radio energy for the bytes moved), server energy (each image's share
+profile's active power, the time spent waiting for offloaded answers at its idle power, plus radio
+energy for the bytes moved), server energy (each image's share
 of its server batch's compute at the server profile's power, or a measured meter when one exists),
 every figure labelled measured or modelled with its source.
 """
@@ -44,15 +45,23 @@ class CostModel:
                           for t in traces) / 1000
         moved = sum(t.up_bytes + t.down_bytes for t in traces)
         server_busy_s = sum(t.server_share_ms for t in traces) / 1000
+        # while an offload is in flight the edge device stays powered, waiting: idle power x that time
+        edge_wait_s = sum(t.network_ms + t.link_ms + t.queue_ms + t.expert_ms for t in traces
+                          if not t.route.startswith("local")) / 1000
         edge_compute = self.edge.energy_j(edge_busy_s)
+        edge_wait = (self.edge.idle_w or 0.0) * edge_wait_s
         radio = self.radio.energy_j(int(moved))
+        wait_text = (f"{self.edge.idle_w} W idle x time waiting for offloads" if self.edge.idle_w
+                     else "waiting not counted (no sourced idle power)")
         out = {
-            "edge_mj_per_image": 1000 * (edge_compute + radio) / n,
+            "edge_mj_per_image": 1000 * (edge_compute + edge_wait + radio) / n,
             "edge_compute_mj_per_image": 1000 * edge_compute / n,
+            "edge_wait_mj_per_image": 1000 * edge_wait / n,
             "radio_mj_per_image": 1000 * radio / n,
             "edge_energy_kind": "modelled",
             "edge_energy_source": f"{self.edge.name} ({self.edge.active_w} W active) x edge compute time measured "
-                                  f"on this host; {self.radio.name} radio {self.radio.joules_per_bit:g} J/bit",
+                                  f"on this host; {wait_text}; {self.radio.name} radio "
+                                  f"{self.radio.joules_per_bit:g} J/bit",
             "bytes_per_image": moved / n,
         }
         if server_measured_j is not None:
@@ -114,8 +123,13 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
 
 def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, images: np.ndarray,
                labels: np.ndarray, url: str | None = None, local_pool=None, link: LinkProfile | None = None,
-               timeout_s: float = 10.0) -> list[SampleTrace]:
-    """Traces of one system over ``images`` (one image at a time, as an edge device streams them)."""
+               timeout_s: float = 10.0, link_sleep: bool = False) -> list[SampleTrace]:
+    """Traces of one system over ``images`` (one image at a time, as an edge device streams them).
+
+    One edge device streams its images one after another, so the emulated link's delay is added to
+    each trace (``link_ms``, part of ``total_ms``) without sleeping through it unless ``link_sleep``:
+    the latencies are the same and a sweep over slow links does not take minutes of idle waiting.
+    """
     batches = ((images[i:i + 1], labels[i:i + 1]) for i in range(len(images)))
     if kind == "edge-only":
         never = RoutingPolicy(tau=0.0, k=policy.k, temperature=policy.temperature, confidence=policy.confidence)
@@ -123,7 +137,7 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, image
     if kind == "edge-execution":
         client = _LocalExperts(local_pool)
         return _label_local(list(EdgeRunner(generalist, policy, client).run(batches)))
-    with HttpExpertClient(url, timeout_s=timeout_s, link=link) as client:
+    with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep) as client:
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
         if kind == "full-offload-expert":
