@@ -66,8 +66,9 @@ PROFILES = {
     # demo-sized models (trained in a few minutes, reused afterwards), 1,000 test images: <= 20 min on 2 cores
     "quick": Profile("quick", "demo-generalist", "demo-general", "demo-experts", None, (), test_images=1000,
                      sweep_images=400),
-    # the full recipes of BENCHMARKS.md (hours on a CPU, a few minutes on a GPU), half the test split
-    # (stratified) for the baselines and 1,000 images a sweep point: <= 6 min on a GPU with training
+    # the full recipes of BENCHMARKS.md (hours on a CPU, ~11 minutes of training on an H100), half the
+    # test split (stratified) for the baselines and 1,000 images a sweep point, sized for a few minutes
+    # of measurement on a GPU server
     "full": Profile("full", "generalist-fmnist", "general-fmnist", "experts-progressive-fmnist",
                     "experts-static-fmnist", (), test_images=5000, sweep_images=1000, concurrency_seconds=6.0),
 }
