@@ -62,7 +62,19 @@ def overhead(url: str, images: np.ndarray, expert: str, n: int) -> dict:
             "end_to_end_ms_p50": percentile(e2e, 50), "compute_ms_p50": percentile(compute, 50)}
 
 
-async def _closed_loop(url: str, images: np.ndarray, expert: str, clients: int, seconds: float) -> dict:
+def _process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used, from /proc; None where there is no /proc."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _closed_loop(url: str, images: np.ndarray, expert: str, clients: int, seconds: float,
+                       server_pid: int | None = None) -> dict:
     body, headers = encode_images(images[:1])
     done, batches = 0, []
     stop = time.perf_counter() + seconds
@@ -79,11 +91,15 @@ async def _closed_loop(url: str, images: np.ndarray, expert: str, clients: int, 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         for _ in range(20):  # warm-up
             await client.post(f"/v1/experts/{expert}/infer", content=body, headers=headers)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        server0 = _process_cpu_s(server_pid) if server_pid else None
         await asyncio.gather(*(one(client) for _ in range(clients)))
-        elapsed = time.perf_counter() - t0
+        elapsed, client_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        server_cpu = _process_cpu_s(server_pid) - server0 if server0 is not None else None
+    # where the two cores went: the load generator's share and the server's (in cores busy)
     return {"clients": clients, "images_per_s": done / elapsed, "mean_batch": statistics.mean(batches),
-            "requests": done}
+            "requests": done, "client_cores": client_cpu / elapsed,
+            "server_cores": None if server_cpu is None else server_cpu / elapsed}
 
 
 def raw_throughput(pool: ExpertPool, expert: str, images: np.ndarray, batch: int, seconds: float) -> float:
@@ -178,10 +194,11 @@ def main() -> None:
                                                    dtype=np.uint8)
     pool = ExpertPool(args.experts, include_general=False)
     model_name = pool.get(args.expert_id).spec.name
-    with ServerProcess(args.experts, threads=1, extra_args=["--no-general"]) as url:
+    server = ServerProcess(args.experts, threads=1, extra_args=["--no-general"])
+    with server as url:
         over = overhead(url, images, args.expert_id, args.requests)
-        loaded = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds))
-        single = asyncio.run(_closed_loop(url, images, args.expert_id, 1, args.seconds / 2))
+        loaded = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds, server.proc.pid))
+        single = asyncio.run(_closed_loop(url, images, args.expert_id, 1, args.seconds / 2, server.proc.pid))
     batch = max(1, round(loaded["mean_batch"]))
     raw = raw_throughput(pool, args.expert_id, images, batch, args.seconds)
     raw1 = raw_throughput(pool, args.expert_id, images, 1, args.seconds / 2)
@@ -205,6 +222,9 @@ def main() -> None:
     print(f"| expert compute | {over['compute_ms_p50']:.2f} ms | - |")
     print("\n| throughput | images/s | mean batch |\n|---|---|---|")
     print(f"| server, 16 concurrent clients | {loaded['images_per_s']:.0f} | {loaded['mean_batch']:.1f} |")
+    if loaded["server_cores"] is not None:
+        print(f"| (cores busy during it: server {loaded['server_cores']:.2f}, "
+              f"clients {loaded['client_cores']:.2f}) | | |")
     print(f"| server, 1 client | {single['images_per_s']:.0f} | {single['mean_batch']:.1f} |")
     print(f"| plain loop, batch {batch} | {raw:.0f} | {batch} |")
     print(f"| plain loop, batch 1 | {raw1:.0f} | 1 |")
