@@ -19,14 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, machine_info  # noqa: E402
-
-from askexpert.bench.offline import evaluate_system  # noqa: E402
-from askexpert.config import load_run_config  # noqa: E402
-from askexpert.training import train_generalist  # noqa: E402
-from askexpert.training.experts import train_experts  # noqa: E402
-from askexpert.training.partition import make_partition  # noqa: E402
+from askexpert.bench.machine import describe, machine_info
+from askexpert.bench.offline import evaluate_system
+from askexpert.config import load_run_config
+from askexpert.training import train_generalist
+from askexpert.training.experts import train_experts
+from askexpert.training.partition import make_partition
 
 
 def _named(config: str, seed: int, out: str, extra: list[str]):

@@ -14,11 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, machine_info  # noqa: E402
-
-from askexpert.config import load_run_config  # noqa: E402
-from askexpert.training import train_generalist  # noqa: E402
+from askexpert.bench.machine import describe, machine_info
+from askexpert.config import load_run_config
+from askexpert.training import train_generalist
 
 ARCH = {"class_token": False, "global_pool": "avg", "img_size": 28, "in_chans": 1, "embed_dim": 128, "depth": 4,
         "num_heads": 4}

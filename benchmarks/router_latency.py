@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, machine_info  # noqa: E402
-
-from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix  # noqa: E402
+from askexpert.bench.machine import describe, machine_info
+from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
 
 CASES = [  # (classes, experts, k)
     (10, 3, 3),

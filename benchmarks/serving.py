@@ -31,14 +31,12 @@ import httpx
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, machine_info  # noqa: E402
-
-from askexpert.runtime.clients import HttpExpertClient  # noqa: E402
-from askexpert.runtime.edge_models import OnnxGeneralist, TorchGeneralist, export_onnx  # noqa: E402
-from askexpert.runtime.protocol import InferResponse, encode_images  # noqa: E402
-from askexpert.serving.pool import ExpertPool  # noqa: E402
-from askexpert.serving.process import ServerProcess  # noqa: E402
+from askexpert.bench.machine import describe, machine_info
+from askexpert.runtime.clients import HttpExpertClient
+from askexpert.runtime.edge_models import OnnxGeneralist, TorchGeneralist, export_onnx
+from askexpert.runtime.protocol import InferResponse, encode_images
+from askexpert.serving.pool import ExpertPool
+from askexpert.serving.process import ServerProcess
 
 
 def percentile(values, q):

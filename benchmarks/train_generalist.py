@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, machine_info  # noqa: E402
-
-from askexpert.config import load_run_config  # noqa: E402
-from askexpert.training import train_generalist  # noqa: E402
+from askexpert.bench.machine import describe, machine_info
+from askexpert.config import load_run_config
+from askexpert.training import train_generalist
 
 
 def main() -> None:

@@ -9,9 +9,7 @@ The report (Markdown + PNG plots) and ``results/<date>-<host>.json`` are written
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import json
-import platform
 import shutil
 import statistics
 import time
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from askexpert.bench.machine import machine_info
 from askexpert.bench.systems import CostModel, result_row, run_system
 from askexpert.config import load_run_config
 from askexpert.costs.meters import measured_meter
@@ -195,9 +194,12 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
             for server in servers.values():
                 server.stop()
     rows = {name: cells.get(name) for name in plan}
+    machine = machine_info()
     result = {
-        "profile": profile.name, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
-        "host": platform.node(), "machine": _machine(), "models": models,
+        "profile": profile.name, "date": machine["date"], "host": machine["host"],
+        "machine": {"cpu": machine["cpu"], "cores": machine["cpu_cores"], "torch": machine["torch"],
+                    "gpu": machine["gpu"]},
+        "models": models,
         "policy": {"tau": policy.tau, "k": policy.k, "temperature": policy.temperature,
                    "target_offload": profile.headline_rate},
         "test_images": len(images), "sweep_images": sweep_n, "headline_link": link.describe(),
@@ -261,16 +263,3 @@ def _run_cell(name, profile, models, urls, local_experts, generalist, policy, im
             row.update(server_mj_per_image=modelled, server_energy_kind="modelled", server_energy_source=source)
         return row
     raise ValueError(name)
-
-
-def _machine() -> dict:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on: every result file names its hardware."""
+"""What machine a benchmark ran on: every result file (benchmarks/ and ``askexpert bench``) names its hardware."""
 
 from __future__ import annotations
 
