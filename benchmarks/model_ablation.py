@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", type=int, help="run only these variants (0-based indices)")
     ap.add_argument("--train-subset", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (the data subset stays the same)")
     ap.add_argument("--output-dir", default="runs/ablation")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
         cfg = load_run_config(None, [
             f"name={args.suite}-ablation-{i}", f"output_dir={args.output_dir}", f"model.name={timm_name}",
             f"data.train_subset={args.train_subset}", "data.val_subset=3000", f"train.epochs={args.epochs}",
-            f"train.augment={augment}", f"train.lr={lr}",
+            f"train.augment={augment}", f"train.lr={lr}", f"train.seed={args.seed}",
         ])
         cfg.model.kwargs = kwargs
         m = train_generalist(cfg, overwrite=True).metrics
@@ -80,9 +81,10 @@ def main() -> None:
                      "images_per_s": m["train"]["images_per_s"], "parameters": m["model"]["parameters"],
                      "flops_per_image": m["model"]["flops_per_image"]})
     args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{info['date']}-{info['host']}-{args.suite}-ablation.json"
+    tag = f"-seed{args.seed}" if args.seed else ""
+    out = args.results / f"{info['date']}-{info['host']}-{args.suite}-ablation{tag}.json"
     out.write_text(json.dumps({"machine": info, "suite": args.suite, "train_subset": args.train_subset,
-                               "epochs": args.epochs, "rows": rows,
+                               "epochs": args.epochs, "seed": args.seed, "rows": rows,
                                "command": "python benchmarks/model_ablation.py " + " ".join(sys.argv[1:])},
                               indent=1))
     print(f"\nmachine: {describe(info)}; {args.train_subset} training images, {args.epochs} epochs; results: {out}")
