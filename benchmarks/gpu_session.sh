@@ -48,9 +48,9 @@ table)
         --seeds $done_seeds --output-dir runs/gpu ${TABLE_ARGS:-} --results runs/gpu/results \
         2>runs/gpu/logs/table-all.err | tee runs/gpu/logs/table-all.log
     for d in runs/gpu/*-seed*/; do  # each model's metrics, for the training figures
-        [ -f "$d/metrics.json" ] && cp "$d/metrics.json" "runs/gpu/logs/$(basename "$d")-metrics.json"
-        [ -f "$d/experts.json" ] && cp "$d/experts.json" "runs/gpu/logs/$(basename "$d")-experts.json"
-        [ -f "$d/metrics.jsonl" ] && cp "$d/metrics.jsonl" "runs/gpu/logs/$(basename "$d")-metrics.jsonl"
+        for f in metrics.json metrics.jsonl experts.json; do
+            [ -f "$d/$f" ] && cp "$d/$f" "runs/gpu/logs/$(basename "$d")-$f"
+        done
     done
     tar czf "$OUT/table.tar.gz" runs/gpu/logs runs/gpu/results* 2>/dev/null
     ;;

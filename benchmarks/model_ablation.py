@@ -26,11 +26,13 @@ from pathlib import Path
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.config import load_run_config
+from askexpert.models.presets import PRESETS
 from askexpert.training import train_generalist
 
 _SCRATCH = {"class_token": False, "global_pool": "avg", "img_size": 28, "in_chans": 1}
 _EDGE = dict(_SCRATCH, embed_dim=128, depth=4, num_heads=4)
 _PATCH, _STEM = "vit_tiny_patch16_224", "askexpert_vit_convstem"
+_MEDIUM = PRESETS["vit-expert-28"].kwargs  # d192 x 6, 3 heads: the variants change one thing at a time
 
 # label -> (timm model, kwargs, augmentation, peak lr)
 SUITES = {
@@ -42,13 +44,12 @@ SUITES = {
         "conv stem, no augmentation": (_STEM, _EDGE, "none", 2e-3),
     },
     "medium": {
-        "generalist preset d128 x 4, 4 heads, lr 3e-3": (_STEM, _EDGE, "flip", 3e-3),
-        "d192 x 6, 3 heads, lr 2e-3 (general-fmnist as it was)": (
-            _STEM, dict(_SCRATCH, embed_dim=192, depth=6, num_heads=3), "flip", 2e-3),
-        "d192 x 6, 3 heads, lr 1e-3": (_STEM, dict(_SCRATCH, embed_dim=192, depth=6, num_heads=3), "flip", 1e-3),
-        "d192 x 6, 6 heads, lr 2e-3": (_STEM, dict(_SCRATCH, embed_dim=192, depth=6, num_heads=6), "flip", 2e-3),
-        "d192 x 6, 6 heads, lr 1e-3": (_STEM, dict(_SCRATCH, embed_dim=192, depth=6, num_heads=6), "flip", 1e-3),
-        "d256 x 4, 8 heads, lr 2e-3": (_STEM, dict(_SCRATCH, embed_dim=256, depth=4, num_heads=8), "flip", 2e-3),
+        "generalist preset d128 x 4, 4 heads, lr 3e-3": (_STEM, PRESETS["vit-edge-28"].kwargs, "flip", 3e-3),
+        "d192 x 6, 3 heads, lr 2e-3 (general-fmnist as it was)": (_STEM, _MEDIUM, "flip", 2e-3),
+        "d192 x 6, 3 heads, lr 1e-3": (_STEM, _MEDIUM, "flip", 1e-3),
+        "d192 x 6, 6 heads, lr 2e-3": (_STEM, dict(_MEDIUM, num_heads=6), "flip", 2e-3),
+        "d192 x 6, 6 heads, lr 1e-3": (_STEM, dict(_MEDIUM, num_heads=6), "flip", 1e-3),
+        "d256 x 4, 8 heads, lr 2e-3": (_STEM, dict(_MEDIUM, embed_dim=256, depth=4, num_heads=8), "flip", 2e-3),
     },
 }
 
@@ -56,7 +57,7 @@ SUITES = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=sorted(SUITES), default="generalist")
-    ap.add_argument("--only", nargs="*", type=int, help="run only these variants (0-based indices)")
+    ap.add_argument("--only", nargs="+", type=int, help="run only these variants (0-based indices)")
     ap.add_argument("--train-subset", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0, help="training seed (the data subset stays the same)")
@@ -66,6 +67,8 @@ def main() -> None:
     info = machine_info()
     variants = list(SUITES[args.suite].items())
     chosen = args.only if args.only is not None else range(len(variants))
+    if any(not 0 <= i < len(variants) for i in chosen):
+        ap.error(f"--only: the {args.suite} suite has variants 0..{len(variants) - 1}")
     rows = []
     for i in chosen:
         label, (timm_name, kwargs, augment, lr) = variants[i]
