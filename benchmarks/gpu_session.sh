@@ -37,22 +37,20 @@ table)
     for seed in ${SEEDS:-0 1 2}; do
         # a few CPU threads each: three processes at the default (every core) oversubscribe the CPU
         # shellcheck disable=SC2086
-        OMP_NUM_THREADS=${SEED_THREADS:-5} timeout $((budget - 90)) $PY benchmarks/experts_table.py --seeds $seed --output-dir runs/gpu ${TABLE_ARGS:-} \
-            --results runs/gpu/results-seed$seed > runs/gpu/logs/table-seed$seed.log 2>&1 &
+        OMP_NUM_THREADS=${SEED_THREADS:-5} timeout $((budget - 90)) $PY benchmarks/experts_table.py --profile gpu \
+            --seeds $seed --output-dir runs/gpu ${TABLE_ARGS:-} \
+            --results runs/gpu/results > runs/gpu/logs/table-seed$seed.log 2>&1 &
     done
     wait
-    done_seeds=$(for seed in ${SEEDS:-0 1 2}; do compgen -G "runs/gpu/results-seed$seed/*.json" >/dev/null && echo $seed; done)
-    echo "seeds finished after $(( $(date +%s) - start )) s: $done_seeds"
-    # shellcheck disable=SC2086
-    [ -n "$done_seeds" ] && timeout $(( $(left) > 10 ? $(left) : 10 )) $PY benchmarks/experts_table.py \
-        --seeds $done_seeds --output-dir runs/gpu ${TABLE_ARGS:-} --results runs/gpu/results \
+    echo "seeds finished after $(( $(date +%s) - start )) s: $(ls runs/gpu/results/experts-table-gpu 2>/dev/null)"
+    $PY benchmarks/experts_table.py --profile gpu --summary --results runs/gpu/results \
         2>runs/gpu/logs/table-all.err | tee runs/gpu/logs/table-all.log
     for d in runs/gpu/*-seed*/; do  # each model's metrics, for the training figures
         for f in metrics.json metrics.jsonl experts.json; do
             [ -f "$d/$f" ] && cp "$d/$f" "runs/gpu/logs/$(basename "$d")-$f"
         done
     done
-    tar czf "$OUT/table.tar.gz" runs/gpu/logs runs/gpu/results* 2>/dev/null
+    tar czf "$OUT/table.tar.gz" runs/gpu/logs runs/gpu/results 2>/dev/null
     ;;
 measure)
     g=runs/gpu/generalist-fmnist-seed0

@@ -54,7 +54,8 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     augment: Literal["auto", "none", "flip", "crop-flip", "rrc-flip"] = "auto"
-    amp: bool = Field(True, description="mixed precision (bfloat16) on CUDA; ignored on CPU")
+    amp: bool = Field(True, description="mixed precision: bfloat16 on CUDA and on CPUs with native bfloat16 "
+                      "(AMX or AVX512-BF16; float32 on other CPUs); false: float32 everywhere")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice)")
     seed: int = 0
@@ -96,6 +97,11 @@ class ExpertsConfig(_Strict):
     hard_negatives: float = Field(0.0, ge=0.0, le=1.0,
                                   description="0: out-of-subset images drawn uniformly; 1: in proportion to how "
                                   "often the generalist confuses their class with the subset")
+    router: Path | None = Field(
+        None, description="the edge generalist whose routing the experts will serve (a run directory). With it, "
+        "progressive training draws what that router will send: in-subset images by the generalist's "
+        "uncertainty (focus) and out-of-subset images by the generalist's probability on the subset "
+        "(hard_negatives), image by image. Without it: the general model's errors and class confusion")
 
     @field_validator("stages")
     @classmethod

@@ -7,10 +7,17 @@ from askexpert.models.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from askexpert.models.factory import ModelSpec, build_model, count_parameters, flops_per_image, resolve_spec
+from askexpert.models.factory import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    explicit_attention,
+    flops_per_image,
+    resolve_spec,
+)
 from askexpert.models.presets import PRESETS, Preset
 
 __all__ = [
     "Checkpoint", "CheckpointMeta", "load_checkpoint", "read_meta", "save_checkpoint", "ModelSpec",
-    "build_model", "count_parameters", "flops_per_image", "resolve_spec", "PRESETS", "Preset",
+    "build_model", "count_parameters", "explicit_attention", "flops_per_image", "resolve_spec", "PRESETS", "Preset",
 ]  # fmt: skip

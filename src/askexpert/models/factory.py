@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import timm
@@ -107,6 +109,26 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False) -> torch.nn.Module
     return _create(spec.timm_name, pretrained, dict(spec.kwargs))
 
 
+@contextmanager
+def explicit_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run timm's attention layers as explicit matrix products (softmax(QK^T)V) instead of the fused
+    ``scaled_dot_product_attention`` kernel while inside, then restore each layer's setting.
+
+    The arithmetic is the same. Two uses: the FLOP counter cannot see inside some fused kernels, and
+    on CPUs the fused kernel's bfloat16 backward is several times slower than bfloat16 matrix
+    products (measured in BENCHMARKS.md), so bf16 training on a CPU runs explicit attention.
+    """
+    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    try:
+        if enabled:
+            for m, _ in fused:
+                m.fused_attn = False
+        yield
+    finally:
+        for m, flag in fused:
+            m.fused_attn = flag
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -123,18 +145,13 @@ def flops_per_image(model: torch.nn.Module, spec: ModelSpec) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
-    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
     model.eval()
     device = next(model.parameters()).device
     x = torch.zeros(1, spec.input.channels, spec.input.size, spec.input.size, device=device)
     counter = FlopCounterMode(display=False)
     try:
-        for m, _ in fused:
-            m.fused_attn = False
-        with counter:
+        with explicit_attention(model), counter:
             model(x)
     finally:
-        for m, flag in fused:
-            m.fused_attn = flag
         model.train(was_training)
     return int(counter.get_total_flops())

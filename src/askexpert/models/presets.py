@@ -5,6 +5,9 @@ size for each input scale.
   embedding is a two-layer convolutional stem (stride 4 in all, so 7x7 or 8x8 tokens, as with 4x4
   patches; see ``askexpert.models.vit``), with average-pooled tokens instead of a class token. Both
   choices make a small ViT learn much faster from little data (measured in BENCHMARKS.md).
+* ``vit-mini-*-28``: the pair of the reference experiment that runs on 2 CPU cores
+  (``benchmarks/experts_table.py --profile cpu``), chosen by a validation screen; the near-edge
+  model costs 3.8x the edge model's FLOPs, the DeiT-Small : DeiT-Tiny proportion of the paper.
 * 224x224 RGB: timm's DeiT-Tiny (edge) and DeiT-Small (expert), ImageNet-pretrained where the weights
   can be fetched.
 
@@ -47,6 +50,13 @@ PRESETS: dict[str, Preset] = {
         Preset("vit-expert-28", "expert", _CONVSTEM,
                dict(_SCRATCH, img_size=28, in_chans=1, embed_dim=192, depth=6, num_heads=3),
                description="near-edge expert for 28x28 grayscale: ViT d192 x 6, conv stem, 7x7 tokens"),
+        Preset("vit-mini-edge-28", "edge", _CONVSTEM,
+               dict(_SCRATCH, img_size=28, in_chans=1, embed_dim=64, depth=4, num_heads=2),
+               description="the 2-core reference experiment's edge generalist: ViT d64 x 4, conv stem (24 MFLOPs)"),
+        Preset("vit-mini-expert-28", "expert", _CONVSTEM,
+               dict(_SCRATCH, img_size=28, in_chans=1, embed_dim=128, depth=4, num_heads=4),
+               description="the 2-core reference experiment's near-edge model: ViT d128 x 4, conv stem "
+                           "(89 MFLOPs, 3.8x the mini edge, as DeiT-Small is 3.6x DeiT-Tiny)"),
         Preset("vit-edge-32", "edge", _CONVSTEM,
                dict(_SCRATCH, img_size=32, in_chans=3, embed_dim=192, depth=6, num_heads=3),
                description="edge generalist for 32x32 RGB: ViT d192 x 6, conv stem, 8x8 tokens"),

@@ -24,14 +24,17 @@ default_cfgs = generate_default_cfgs({
 
 
 @register_model
-def askexpert_vit_convstem(pretrained: bool = False, stem_depth: int = 2, **kwargs) -> VisionTransformer:
-    """ViT with a ``stem_depth``-layer convolutional stem (each layer halves the resolution)."""
+def askexpert_vit_convstem(pretrained: bool = False, stem_depth: int = 2, stem_full_res: int = 0,
+                           **kwargs) -> VisionTransformer:
+    """ViT with a convolutional stem: ``stem_full_res`` 3x3 layers at the input resolution (stride 1),
+    then ``stem_depth`` layers that each halve it. Channels double layer by layer up to ``embed_dim``."""
     embed_dim = kwargs.setdefault("embed_dim", 192)
     kwargs.setdefault("depth", 6)
     kwargs.setdefault("num_heads", 3)
-    channels = tuple(embed_dim // 2**i for i in range(stem_depth))[::-1]
-    backbone = ConvStem(in_chans=kwargs.get("in_chans", 3), depth=stem_depth, channels=channels,
-                        stride=(2,) * stem_depth, kernel_size=3, act_layer=nn.GELU)
+    layers = stem_full_res + stem_depth
+    channels = tuple(max(8, embed_dim // 2**i) for i in range(layers))[::-1]
+    backbone = ConvStem(in_chans=kwargs.get("in_chans", 3), depth=layers, channels=channels,
+                        stride=(1,) * stem_full_res + (2,) * stem_depth, kernel_size=3, act_layer=nn.GELU)
     kwargs["patch_size"] = 1  # the stem does the down-sampling; tokens are its output pixels
     kwargs["embed_layer"] = partial(HybridEmbed, backbone=backbone, proj=False)
     return build_model_with_cfg(VisionTransformer, "askexpert_vit_convstem", pretrained,

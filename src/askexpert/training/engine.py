@@ -1,6 +1,7 @@
 """The one training loop: AdamW (timm's optimizer factory, no decay on norms/biases/embeddings),
-linear warm-up then cosine decay per step, label smoothing, clipping, bfloat16 autocast on CUDA,
-seeded per epoch, resumable at every epoch boundary, with a rich progress bar."""
+linear warm-up then cosine decay per step, label smoothing, clipping, bfloat16 autocast on CUDA and
+on CPUs with native bfloat16 (AMX or AVX512-BF16; detected, else float32), seeded per epoch,
+resumable at every epoch boundary, with a rich progress bar."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from timm.scheduler import CosineLRScheduler
 
 from askexpert.config import TrainConfig
 from askexpert.data import ImageSplit, InputSpec, to_model_input
+from askexpert.models import explicit_attention
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.plans import BatchPlan
 from askexpert.training.state import has_state, load_state, save_state
@@ -37,6 +39,28 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16).
+
+    Elsewhere (AVX2-only CPUs, for example) bfloat16 autocast is emulated and measured ~20x slower
+    than float32, so it must never be switched on by default.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def training_precision(device: torch.device, amp: bool) -> str:
+    """The arithmetic a training run uses: ``bf16``, ``fp16`` (CUDA without bf16) or ``fp32``."""
+    if not amp:
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -63,6 +87,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int = 0
     seconds: float = 0.0
+    precision: str = "fp32"
 
     @property
     def images_per_second(self) -> float:
@@ -92,11 +117,12 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.lr * cfg.min_lr_ratio,
                                   warmup_t=warmup, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    precision = training_precision(device, cfg.amp)
+    use_amp = precision != "fp32"
+    amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    result = FitResult()
+    result = FitResult(precision=precision)
     step, start_epoch = 0, 1
     if resume and run_dir is not None and has_state(run_dir):
         meta = load_state(run_dir, model, optimizer)
@@ -107,7 +133,8 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
     log = (run_dir / "train.log").open("a") if run_dir is not None else None
     started = time.perf_counter()
     try:
-        with progress_bar(console) as progress:
+        # bf16 on a CPU: explicit attention (bf16 matrix products), not the slow fused bf16 backward
+        with progress_bar(console) as progress, explicit_attention(model, device.type == "cpu" and use_amp):
             for epoch in range(start_epoch, epochs + 1):
                 torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout / drop-path of this epoch
                 order, aug = epoch_generator(cfg.seed, epoch, 0), epoch_generator(cfg.seed, epoch, 1)
@@ -144,6 +171,7 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                 train_seconds = time.perf_counter() - t0
                 record = {
                     "epoch": epoch, **plan.epoch_info(epoch), "step": step, "lr": optimizer.param_groups[0]["lr"],
+                    "precision": precision,
                     "train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100 * float(correct) / max(seen, 1),
                     "train_images": int(seen), "train_seconds": train_seconds,
                     "images_per_s": seen / train_seconds if train_seconds else 0.0,

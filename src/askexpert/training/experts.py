@@ -10,6 +10,10 @@ general model does). Then:
   "other"), optionally drawn towards the classes confused with the subset (``hard_negatives``),
   with in-subset images optionally drawn towards those the general model finds hard (``focus``),
   and optionally distilling the general model's answer (collapsed onto subset + "other").
+  With ``router`` (the edge generalist), both draws follow what that router will actually send the
+  expert, image by image: in-subset images by the generalist's uncertainty (1 - its max
+  probability: it offloads its least confident), out-of-subset images by the generalist's
+  probability mass on the subset (the images its Top-k choice would send here by mistake).
 
 Both see the same number of images (``passes`` over the subset) under the same learning-rate
 schedule, so their comparison is fair.
@@ -30,7 +34,7 @@ from rich.console import Console
 from askexpert.config import ExpertsConfig, RunConfig, StageConfig
 from askexpert.data import ArraySplit, DatasetBundle, FileSplit, ImageSplit, load_dataset
 from askexpert.errors import ConfigError
-from askexpert.models import Checkpoint, load_checkpoint, save_checkpoint
+from askexpert.models import Checkpoint, load_checkpoint, read_meta, save_checkpoint
 from askexpert.models.checkpoint import checkpoint_stem
 from askexpert.training.engine import fit, resolve_device, stderr_console
 from askexpert.training.evaluate import predict_logits
@@ -174,18 +178,50 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
             fix="build the partition and the general model on the dataset of this run",
         )
     device = resolve_device(cfg.train.device)
-    confusion_aff = _general_confusion(general, bundle, cfg, device)
-    hardness_all = _general_hardness(general, bundle, cfg, device) if any(
-        s.focus > 0 for s in strategy_stages(ecfg)) else None
+    steering = _steering(general, ecfg, bundle, cfg, device)
 
     summaries = []
     for e, subset in enumerate(partition.experts):
-        summaries.append(_train_one(e, subset, cfg, ecfg, partition, general, bundle, run_dir, confusion_aff,
-                                    hardness_all, device, resume, console))
+        summaries.append(_train_one(e, subset, cfg, ecfg, partition, general, bundle, run_dir, steering,
+                                    device, resume, console))
     (run_dir / "experts.json").write_text(json.dumps(
         {"strategy": ecfg.strategy, "init": str(ecfg.init), "partition": partition.model_dump(),
          "experts": summaries}, indent=1))
     return ExpertsResult(run_dir, summaries)
+
+
+@dataclass
+class Steering:
+    """What steers the progressive draws: per-training-image hardness of in-subset images (focus),
+    and either a class-level affinity (general model's confusion) or the router's per-image
+    probabilities (to weigh out-of-subset images by the probability mass it puts on a subset)."""
+
+    hardness: torch.Tensor | None  # [N train]
+    class_affinity: torch.Tensor | None  # [C, C]
+    router_probs: torch.Tensor | None  # [N train, C]
+
+    def negative_weight(self, labels: torch.Tensor, out_subset: torch.Tensor, subset: list[int]) -> torch.Tensor:
+        if self.router_probs is not None:
+            return self.router_probs[out_subset][:, subset].sum(1)
+        return self.class_affinity[labels[out_subset]][:, subset].sum(1)
+
+
+def _steering(general: Checkpoint, ecfg: ExpertsConfig, bundle: DatasetBundle, cfg: RunConfig, device) -> Steering:
+    focus = any(s.focus > 0 for s in strategy_stages(ecfg))
+    if ecfg.strategy == "progressive" and ecfg.router is not None:
+        router = checkpoint_stem(ecfg.router)
+        if not router.with_suffix(".json").is_file():
+            raise ConfigError(f"experts.router {ecfg.router} holds no trained model",
+                              fix="pass the edge generalist's run directory (askexpert train generalist)")
+        if read_meta(router).class_names != bundle.class_names:
+            raise ConfigError(f"the router {ecfg.router} predicts other classes than {bundle.name} has",
+                              fix="pass the generalist trained on the dataset of this run")
+        logits, _ = cached_logits(router, "train", data_cfg=cfg.data, device=str(device),
+                                  batch_size=cfg.train.eval_batch_size)
+        probs = torch.softmax(logits, 1)
+        return Steering(1 - probs.max(1).values if focus else None, None, probs)
+    return Steering(_general_hardness(general, bundle, cfg, device) if focus else None,
+                    _general_confusion(general, bundle, cfg, device), None)
 
 
 def _general_confusion(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
@@ -206,8 +242,8 @@ def _general_hardness(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig
 
 
 def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition,
-               general: Checkpoint, bundle: DatasetBundle, run_dir: Path, confusion_aff: torch.Tensor,
-               hardness_all: torch.Tensor | None, device, resume: bool, console: Console) -> dict:
+               general: Checkpoint, bundle: DatasetBundle, run_dir: Path, steering: Steering,
+               device, resume: bool, console: Console) -> dict:
     expert_dir = run_dir / f"expert-{e}"
     stem = checkpoint_stem(expert_dir)
     names = partition.names(e)
@@ -220,12 +256,12 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
     targets = subset_targets(train.labels, subset, n_classes)
     in_subset = torch.nonzero(targets < len(subset)).flatten()
     out_subset = torch.nonzero(targets == len(subset)).flatten()
-    negative_weight = confusion_aff[train.labels[out_subset]][:, subset].sum(1) if len(out_subset) else None
+    negative_weight = steering.negative_weight(train.labels, out_subset, subset) if len(out_subset) else None
     plan = MixturePlan(
         split=train, targets=targets, in_subset=in_subset, out_subset=out_subset,
         stages=strategy_stages(ecfg), batch_size=cfg.train.batch_size,
         epochs=max(1, round(ecfg.passes)),
-        hardness=hardness_all[in_subset] if hardness_all is not None else None,
+        hardness=steering.hardness[in_subset] if steering.hardness is not None else None,
         negative_weight=negative_weight,
         hard_negatives=ecfg.hard_negatives if ecfg.strategy == "progressive" else 0.0,
     )
@@ -251,7 +287,7 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
     metrics = {
         "expert": e, "classes": subset, "names": names, "strategy": ecfg.strategy,
         "images_seen": plan.epochs * plan.steps_per_epoch * cfg.train.batch_size,
-        "train_seconds": result.seconds, "images_per_s": result.images_per_second,
+        "train_seconds": result.seconds, "images_per_s": result.images_per_second, "precision": result.precision,
         "val": _expert_metrics(model, spec.input, bundle.val, subset, n_classes, device, cfg.train.eval_batch_size),
         "test": _expert_metrics(model, spec.input, bundle.test, subset, n_classes, device,
                                 cfg.train.eval_batch_size),

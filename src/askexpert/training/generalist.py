@@ -98,7 +98,8 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
         metrics[split] = {k: v for k, v in m.items() if k not in ("per_class", "confusion")}
     metrics["train"] = {
         "epochs": cfg.train.epochs, "images_per_s": result.images_per_second, "seconds": result.seconds,
-        "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
+        "device": str(device), "precision": result.precision, "threads": torch.get_num_threads(),
+        "host": platform.node(),
         "final_train_acc": result.history[-1]["train_acc"] if result.history else None,
     }
     metrics["model"] = {"parameters": n_params, "flops_per_image": flops}
