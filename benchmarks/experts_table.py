@@ -12,7 +12,8 @@ budget, then the offline system evaluation with tau chosen on validation for 30%
 - ``cpu``: the faithful miniature for 2 CPU cores (configs ``*-fmnist-cpu``): edge ViT d64 x 4,
   near-edge ViT d128 x 4 (3.8x the FLOPs), 14 epochs each, experts 2 passes, progressive experts
   drawing what the generalist's router will send them;
-- ``gpu``: the full-scale configs (``generalist-fmnist``, ``general-fmnist``, ``experts-*-fmnist``);
+- ``gpu``: the full-scale configs (``generalist-fmnist``, ``general-fmnist``, ``experts-*-fmnist``),
+  progressive experts router-aware as in ``cpu``;
 - ``smoke``: the ``cpu`` profile on a few hundred images for one epoch (the test suite runs it).
 
 Each seed's result is written to benchmarks/results/experts-table-<profile>/seed<N>.json as soon as
@@ -45,7 +46,7 @@ PROFILES = {
             "router": True, "overrides": {}},
     "gpu": {"configs": {"generalist": "generalist-fmnist", "general": "general-fmnist",
                         "static": "experts-static-fmnist", "progressive": "experts-progressive-fmnist"},
-            "router": False, "overrides": {}},
+            "router": True, "overrides": {}},
     "smoke": {"configs": {"generalist": "generalist-fmnist-cpu", "general": "general-fmnist-cpu",
                           "static": "experts-static-fmnist-cpu", "progressive": "experts-progressive-fmnist-cpu"},
               "router": True,

@@ -204,6 +204,8 @@ def main() -> None:
     experts = experts_report(args) if args.stage != "models" else []
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{info['date']}-{info['host']}-miniature-screen-{args.suite}.json"
+    if args.stage == "report" and out.is_file():  # keep the record of the command that trained the runs
+        info["trained_by"] = json.loads(out.read_text()).get("command")
     out.write_text(json.dumps({"machine": info, "suite": args.suite, "seed": args.seed,
                                "seconds": time.perf_counter() - t0,
                                "models": models, "pairs": pairs, "experts": experts,

@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from askexpert.training.engine import cpu_has_native_bf16
+
 
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -25,6 +27,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
     return info
 
