@@ -204,12 +204,14 @@ def main() -> None:
     experts = experts_report(args) if args.stage != "models" else []
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{info['date']}-{info['host']}-miniature-screen-{args.suite}.json"
+    trained_by = command = "python benchmarks/screen_miniature.py " + " ".join(sys.argv[1:])
     if args.stage == "report" and out.is_file():  # keep the record of the command that trained the runs
-        info["trained_by"] = json.loads(out.read_text()).get("command")
+        previous = json.loads(out.read_text())
+        trained_by = previous.get("trained_by", previous.get("command"))
     out.write_text(json.dumps({"machine": info, "suite": args.suite, "seed": args.seed,
                                "seconds": time.perf_counter() - t0,
                                "models": models, "pairs": pairs, "experts": experts,
-                               "command": "python benchmarks/screen_miniature.py " + " ".join(sys.argv[1:])}, indent=1))
+                               "command": command, "trained_by": trained_by}, indent=1))
     print(f"\nmachine: {describe(info)}; results: {out}")
     print("| model | params | MFLOPs | val % | train acc % | img/s |\n|---|---|---|---|---|---|")
     for name, m in models.items():
