@@ -30,14 +30,12 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.offline import evaluate_system
-from askexpert.config import load_run_config
-from askexpert.training import train_generalist
-from askexpert.training.experts import train_experts
-from askexpert.training.partition import make_partition
+from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
 _SMALL = ["data.train_subset=400", "data.val_subset=200", "data.test_subset=200"]
 PROFILES = {
@@ -56,60 +54,36 @@ PROFILES = {
 PARTS = ("generalist", "general", "static", "progressive")
 
 
-def _named(config: str, seed: int, out: str, extra: list[str]):
-    cfg = load_run_config(config, [f"output_dir={out}", f"train.seed={seed}", *extra])
-    return cfg.model_copy(update={"name": f"{cfg.name}-seed{seed}"})
+def pipeline(seed: int, profile: dict, extra: dict[str, list[str]]) -> PipelineSpec:
+    """The seed's system: every run named ``<config name>-seed<N>``, the progressive experts router-aware."""
+    configs = profile["configs"]
+
+    def overrides(part: str) -> tuple[str, ...]:
+        return (*profile["overrides"].get(part, []), *extra.get(part, []))
+
+    return PipelineSpec(
+        configs["generalist"], configs["general"],
+        tuple(ExpertsStep(s, configs[s], overrides(s), router=s == "progressive" and profile["router"])
+              for s in ("static", "progressive")),
+        common=(f"train.seed={seed}",), generalist_overrides=overrides("generalist"),
+        general_overrides=overrides("general"), suffix=f"-seed{seed}")
 
 
 def run_seed(seed: int, out: str, profile: dict, extra: dict[str, list[str]], offload: float) -> dict:
     """Train (or reuse) every model of one seed and evaluate the systems; timings per stage."""
-    configs = profile["configs"]
-
-    def overrides(part: str) -> list[str]:
-        return [*profile["overrides"].get(part, []), *extra.get(part, [])]
-
-    timings, reused = {}, []
     started = time.perf_counter()
+    trained = train_system(pipeline(seed, profile, extra), Path(out))
     t0 = time.perf_counter()
-    cfg = _named(configs["generalist"], seed, out, overrides("generalist"))
-    if (cfg.run_dir / "metrics.json").is_file():
-        reused.append("generalist")
-    generalist = train_generalist(cfg, resume=True)
-    timings["generalist_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cfg = _named(configs["general"], seed, out, overrides("general"))
-    if (cfg.run_dir / "metrics.json").is_file():
-        reused.append("general")
-    general = train_experts(cfg, resume=True)
-    timings["general_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    partition_file = Path(out) / f"partition-seed{seed}.json"
-    if not partition_file.is_file():
-        make_partition(generalist.run_dir, 3).save(partition_file)
-    timings["partition_s"] = time.perf_counter() - t0
-    runs = {}
-    for strategy in ("static", "progressive"):
-        t0 = time.perf_counter()
-        router = [f"experts.router={generalist.run_dir}"] if strategy == "progressive" and profile["router"] else []
-        cfg = _named(configs[strategy], seed, out, [f"experts.init={general.run_dir}",
-                                                     f"experts.partition={partition_file}", *router,
-                                                     *overrides(strategy)])
-        if (cfg.run_dir / "experts.json").is_file():
-            reused.append(strategy)
-        runs[strategy] = train_experts(cfg, resume=True).run_dir
-        timings[f"{strategy}_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = evaluate_system(generalist.run_dir, general.run_dir, runs, headline_rate=offload)
+    report = asdict(evaluate_system(trained.generalist, trained.general, trained.experts, headline_rate=offload))
+    timings = {f"{part}_s": seconds for part, seconds in trained.seconds.items()}
     timings["evaluation_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     report["timings"] = timings
-    report["reused_runs"] = reused
-    report["partition"] = json.loads(partition_file.read_text())["experts"]
-    report["models"] = {
-        part: _model_record(path) for part, path in
-        (("generalist", generalist.run_dir), ("general", general.run_dir))
-    }
-    report["experts"] = {s: json.loads((d / "experts.json").read_text())["experts"] for s, d in runs.items()}
+    report["reused_runs"] = trained.reused
+    report["partition"] = json.loads(trained.partition.read_text())["experts"]
+    report["models"] = {part: _model_record(path) for part, path in
+                        (("generalist", trained.generalist), ("general", trained.general))}
+    report["experts"] = {s: json.loads((d / "experts.json").read_text())["experts"] for s, d in trained.experts.items()}
     return report
 
 

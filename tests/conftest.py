@@ -124,21 +124,20 @@ def http_server():
 
 @pytest.fixture(scope="session")
 def tiny_system(tmp_path_factory, fmnist_dir):
-    """A real, quickly trained system on 2,000 Fashion-MNIST images: a one-block generalist, a one-block
-    general model, a 3-expert confusion partition and static experts (about 30 s on 2 cores)."""
-    from askexpert.config import load_run_config
-    from askexpert.training import train_generalist
-    from askexpert.training.experts import train_experts
-    from askexpert.training.partition import make_partition
+    """A real, quickly trained system on 2,000 Fashion-MNIST images (the one pipeline): a one-block
+    generalist, a one-block general model, a 3-expert confusion partition, static experts (about 30 s
+    on 2 cores), and its deployable bundle."""
+    from askexpert.system.build import build_system
+    from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
     out = tmp_path_factory.mktemp("system")
-    common = [f"output_dir={out}", "data.train_subset=2000", "data.val_subset=600", "data.test_subset=600",
-              "model.kwargs.depth=1", "train.epochs=2", "train.lr=0.003"]
-    gen = train_generalist(load_run_config(None, ["name=generalist", "model.name=vit-edge-28", *common]))
-    general = train_experts(load_run_config(None, ["name=general", "model.name=vit-expert-28",
-                                                   "experts.strategy=general", *common]))
-    partition = make_partition(gen.run_dir, 3).save(out / "partition.json")
-    experts = train_experts(load_run_config(None, [
-        "name=experts", "experts.strategy=static", f"experts.init={general.run_dir}",
-        f"experts.partition={partition}", "experts.passes=1", *common]))
-    return {"generalist": gen.run_dir, "general": general.run_dir, "experts": experts.run_dir, "root": out}
+    common = ("data.train_subset=2000", "data.val_subset=600", "data.test_subset=600", "model.kwargs.depth=1",
+              "train.epochs=2", "train.lr=0.003")
+    spec = PipelineSpec(None, None, (ExpertsStep("static", None, ("name=experts", "experts.strategy=static",
+                                                                  "experts.passes=1")),),
+                        common=common, generalist_overrides=("name=generalist", "model.name=vit-edge-28"),
+                        general_overrides=("name=general", "model.name=vit-expert-28", "experts.strategy=general"))
+    trained = train_system(spec, out)
+    bundle = build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
+    return {"generalist": trained.generalist, "general": trained.general, "experts": trained.experts["static"],
+            "partition": trained.partition, "bundle": bundle.root, "root": out}

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InProcessExpertClient
-from askexpert.runtime.edge import EdgeRunner, summarize
+from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.protocol import InferResponse, encode_images
-from askexpert.runtime.session import calibrate
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
 from askexpert.serving.process import ServerProcess, free_port
+from askexpert.system.calibrate import generalist_policy
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +39,14 @@ def pool(tiny_system):
 def _test_images(tiny_system, n=64):
     gen = TorchGeneralist(tiny_system["generalist"])
     batches, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                               data=_data_cfg(tiny_system), batch_size=n, limit=n)
+                               data=gen.meta.dataset["config"], batch_size=n, limit=n)
     images, labels = next(batches)
     return images, labels
 
 
-def _data_cfg(tiny_system):
-    from askexpert.training.logits import data_config_of
-
-    return data_config_of(tiny_system["generalist"])
-
-
 def test_health_experts_and_openapi(server, pool):
-    assert httpx.get(f"{server}/v1/health").json() == {"status": "ok", "experts": 4, "device": "cpu"}
+    assert httpx.get(f"{server}/v1/health").json() == {"status": "ok", "experts": 4, "device": "cpu",
+                                                       "system_id": None}  # a run directory, not a bundle
     experts = httpx.get(f"{server}/v1/experts").json()
     assert [e["id"] for e in experts] == ["0", "1", "2", "general"]
     assert sorted(c for e in experts[:3] for c in e["classes"]) == list(range(10))
@@ -75,16 +70,16 @@ def test_predictions_through_the_server_equal_in_process(server, pool, tiny_syst
 
 def test_edge_over_http_equals_edge_in_process(server, pool, tiny_system):
     gen = TorchGeneralist(tiny_system["generalist"])
-    policy = calibrate(tiny_system["generalist"], offload_rate=0.3, k=3)
+    policy = generalist_policy(tiny_system["generalist"], offload_rate=0.3, k=3)
     traces = {}
     for name, client in (("http", HttpExpertClient(server)), ("local", InProcessExpertClient(pool))):
         batches, n, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                                   data=_data_cfg(tiny_system), batch_size=1, limit=200)
+                                   data=gen.meta.dataset["config"], batch_size=1, limit=200)
         traces[name] = list(EdgeRunner(gen, policy, client).run(batches))
     assert [t.pred for t in traces["http"]] == [t.pred for t in traces["local"]]
     summary = summarize(traces["http"])
-    assert summary["degraded"] == 0 and 15 < summary["offload_rate"] < 45
-    offloaded = [t for t in traces["http"] if t.route != "local"]
+    assert summary.degraded == 0 and 15 < summary.offload_rate < 45
+    offloaded = [t for t in traces["http"] if t.route is not Route.LOCAL]
     assert all(t.network_ms > 0 and t.expert_ms > 0 and t.total_ms >= t.edge_ms for t in offloaded)
 
 
@@ -137,14 +132,14 @@ def test_malformed_requests_get_clear_errors(server, tiny_system):
 
 def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_system):
     gen = TorchGeneralist(tiny_system["generalist"])
-    policy = calibrate(tiny_system["generalist"], offload_rate=0.4, k=3)
+    policy = generalist_policy(tiny_system["generalist"], offload_rate=0.4, k=3)
     port = free_port()
     server = ServerProcess(tiny_system["experts"], port=port, threads=1)
     server.start()
     client = HttpExpertClient(server.url, timeout_s=2.0, retries=1, down_for_s=0.3)
     runner = EdgeRunner(gen, policy, client)
     batches, n, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                               data=_data_cfg(tiny_system), batch_size=1, limit=300)
+                               data=gen.meta.dataset["config"], batch_size=1, limit=300)
     phases = []
 
     def source():
@@ -163,11 +158,11 @@ def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_syst
         server.stop()
         client.close()
     assert len(traces) == n == 300 and all(t.pred >= 0 for t in traces)
-    by_phase = [[t for t in traces[p * 100:(p + 1) * 100] if t.route != "local"] for p in range(3)]
+    by_phase = [[t for t in traces[p * 100:(p + 1) * 100] if t.route is not Route.LOCAL] for p in range(3)]
     assert all(by_phase) and not any(t.degraded for t in by_phase[0])
     assert all(t.degraded and t.pred == t.local_pred and t.error for t in by_phase[1])
     assert not any(t.degraded for t in by_phase[2][1:])  # offloading resumed after the restart
-    assert summarize(traces)["degraded"] == len(by_phase[1]) + int(by_phase[2][0].degraded)
+    assert summarize(traces).degraded == len(by_phase[1]) + int(by_phase[2][0].degraded)
 
 
 def test_client_fails_fast_on_a_dead_port_and_marks_the_server_down():

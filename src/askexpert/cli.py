@@ -15,10 +15,13 @@ from askexpert.errors import AskExpertError
 
 EPILOG = """\
 examples:
-  askexpert demo                                    train (or reuse) and evaluate the demo models
+  askexpert demo                                    train, bundle, serve and stream the demo system
   askexpert train generalist --config configs/generalist-fmnist.yaml
   askexpert train generalist --epochs 3 --set data.train_subset=5000 --name quick
   askexpert eval runs/quick                          top-1/top-5, per-class accuracy, confusion matrix
+  askexpert build-system runs/g runs/experts --out system    one deployable bundle (system.json + ONNX + experts)
+  askexpert serve system                             the bundle's experts over HTTP
+  askexpert edge system --server http://127.0.0.1:8000 --input photos/    the edge (no torch needed)
   askexpert models                                   presets with parameters and FLOPs
   askexpert datasets                                 which datasets are available here
 
@@ -26,17 +29,22 @@ Errors are one line naming the fix; the exit status is 2 for a user error.
 """
 
 
+FULL_INSTALL = {"torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx",
+                "onnxscript", "prometheus_client"}  # what only training, serving and the bench need
+
+
 def _console() -> Console:
     """Progress and logs go to stderr."""
-    from askexpert.training.engine import stderr_console
+    from askexpert.console import stderr_console
 
     return stderr_console()
 
 
 def _out() -> Console:
     """Tables go to stdout; piped into a file or another program, they keep their full width."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+    from askexpert.console import stdout_console
+
+    return stdout_console()
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:
@@ -116,7 +124,7 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     from askexpert.training.partition import make_partition
 
-    part = make_partition(args.generalist, args.experts, method=args.method, file=args.file,
+    part = make_partition(args.generalist, args.num_experts, method=args.method, file=args.file,
                           max_size=args.max_size, overlap=args.overlap, device=args.device)
     out = args.out or (args.generalist if args.generalist.is_dir() else args.generalist.parent) / (
         f"partition-{args.method}-{len(part.experts)}.json")
@@ -132,7 +140,9 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_system(args: argparse.Namespace) -> int:
-    from askexpert.bench.offline import evaluate_system
+    from dataclasses import asdict
+
+    from askexpert.bench.offline import GENERAL_AS_EXPERT, evaluate_system
 
     runs = {}
     for item in args.experts:
@@ -145,47 +155,70 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
                              confidence=args.confidence, fallback=args.fallback, device=args.device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        args.out.write_text(json.dumps(asdict(report), indent=1))
     console = _out()
     table = Table(title=f"test accuracy, tau chosen on validation for {100 * args.offload:.0f}% offload")
     for col in ("system", "k", "overall %", "on offloaded %", "offload %", "hit rate %", "'other' %", "expert load"):
         table.add_column(col, justify="right" if col != "system" else "left")
-    b = report["baselines"]
-    table.add_row("generalist alone", "-", f"{b['generalist']['accuracy']:.2f}",
-                  f"{b['generalist']['offloaded_accuracy']:.2f}", "0", "-", "-", "-")
-    table.add_row("general model alone (everything offloaded)", "-", f"{b['general']['accuracy']:.2f}",
-                  f"{b['general']['offloaded_accuracy']:.2f}", "100", "-", "-", "-")
-    for label, row in report["headline"].items():
-        t = row["test"]
-        table.add_row(f"collaborative: {label}", str(row["k"]), f"{t['accuracy']:.2f}",
-                      f"{t['offloaded_accuracy_system']:.2f}", f"{t['offload_rate']:.1f}",
-                      f"{t['routing_hit_rate']:.1f}", f"{t['expert_other_rate']:.1f}",
-                      " / ".join(map(str, t["expert_load"])))
+    b = report.baselines
+    table.add_row("generalist alone", "-", f"{b['generalist'].accuracy:.2f}",
+                  f"{b['generalist'].offloaded_accuracy:.2f}", "0", "-", "-", "-")
+    table.add_row("general model alone (everything offloaded)", "-", f"{b['general'].accuracy:.2f}",
+                  f"{b['general'].offloaded_accuracy:.2f}", "100", "-", "-", "-")
+    for label, row in report.headline.items():
+        t = row.test
+        table.add_row(f"collaborative: {label}", str(row.k), f"{t.accuracy:.2f}", f"{t.offloaded_accuracy_system:.2f}",
+                      f"{t.offload_rate:.1f}", f"{t.routing_hit_rate:.1f}", f"{t.expert_other_rate:.1f}",
+                      " / ".join(map(str, t.expert_load)))
     console.print(table)
     grid = Table(title="sweep on test (rows: system and k; columns: target offload rate; cells: overall accuracy %)")
     grid.add_column("system")
     grid.add_column("k")
     for rate in args.rates:
         grid.add_column(f"{100 * rate:.0f}%", justify="right")
-    systems = list(dict.fromkeys(r["system"] for r in report["grid"]))
-    for system in systems:
+    for system in [*runs, GENERAL_AS_EXPERT]:
         for k in args.ks:
-            cells = [next(r for r in report["grid"] if r["system"] == system and r["k"] == k
-                          and r.get("target_offload") == rate)["test"]["accuracy"] for rate in args.rates]
-            grid.add_row(system, str(k), *(f"{c:.2f}" for c in cells))
+            grid.add_row(system, str(k), *(f"{report.row(system, k, rate).test.accuracy:.2f}" for rate in args.rates))
     console.print(grid)
     if args.target_accuracy is not None:
         acc = Table(title=f"least offloading reaching {args.target_accuracy:.2f}% on validation (results on test)")
         for col in ("system", "k", "tau", "offload % (val)", "val %", "offload % (test)", "test %"):
             acc.add_column(col)
-        for r in report["grid"]:
-            if "target_accuracy" in r:
-                acc.add_row(r["system"], str(r["k"]), f"{r['tau']:.3f}", f"{r['val']['offload_rate']:.1f}",
-                            f"{r['val']['accuracy']:.2f}", f"{r['test']['offload_rate']:.1f}",
-                            f"{r['test']['accuracy']:.2f}")
+        for r in report.grid:
+            if r.target_accuracy is not None:
+                acc.add_row(r.system, str(r.k), f"{r.tau:.3f}", f"{r.val.offload_rate:.1f}", f"{r.val.accuracy:.2f}",
+                            f"{r.test.offload_rate:.1f}", f"{r.test.accuracy:.2f}")
         console.print(acc)
     if args.out:
         console.print(f"full report: {args.out}")
+    return 0
+
+
+def cmd_build_system(args: argparse.Namespace) -> int:
+    from askexpert.system.build import build_system
+
+    bundle = build_system(args.generalist, args.experts, args.out, offload=args.offload, accuracy=args.accuracy,
+                          tau=args.tau, k=args.k, confidence=args.confidence, fallback=args.fallback,
+                          include_general=not args.no_general, archive=args.archive, name=args.name,
+                          device=args.device, overwrite=args.overwrite)
+    m = bundle.manifest
+    r = m.routing
+    table = Table(title=f"system bundle {bundle.root} (schema {m.schema_version}, id {bundle.system_id[:12]})")
+    table.add_column("")
+    table.add_column("", justify="left")
+    table.add_row("classes", f"{len(m.classes)} ({m.data.name}; calibrated on {m.data.val_images} validation images)")
+    table.add_row("generalist", f"{m.generalist.onnx} ({m.generalist.parameters / 1e6:.2f}M parameters, "
+                  f"T {r.temperature:.3f})")
+    for e in m.experts:
+        table.add_row(f"expert {e.id}", f"{', '.join(e.class_names)} (T {e.temperature:.3f})")
+    table.add_row("general model", "included" if m.general else "left out")
+    op = r.operating_point
+    table.add_row("routing", f"tau {r.tau:.4f}, k {r.k}, {r.confidence}, fallback {r.fallback}")
+    table.add_row("operating point", f"{op.target} {op.value:g}: on validation {op.val_offload_rate:.1f}% offloaded, "
+                  f"{op.val_accuracy:.2f}% accurate")
+    table.add_row("files", f"{len(m.files)}, each with its sha256 in system.json"
+                  + (f"; archive {bundle.root}.tar.gz" if args.archive else ""))
+    _out().print(table)
     return 0
 
 
@@ -201,9 +234,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # the event loop and the model thread share the GIL: hand it over often, so neither waits long
     sys.setswitchinterval(0.0002)
-    pool = ExpertPool(args.run_dir, device=args.device, include_general=not args.no_general, trace=not args.eager)
+    pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager)
     app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
-    _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.run_dir} on "
+    _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
                    f"http://{args.host}:{args.port} ({pool.device}); API docs at /docs")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
@@ -212,61 +245,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_edge(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from askexpert.console import progress_bar
     from askexpert.runtime.link import parse_link
     from askexpert.runtime.session import EdgeSettings, run_edge
-    from askexpert.training.engine import progress_bar
 
     settings = EdgeSettings(
-        generalist=args.generalist, server=args.server, inputs=args.input, backend=args.backend, onnx=args.onnx,
-        link=parse_link(args.link), offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature,
-        k=args.k, batch_size=args.batch_size, limit=args.limit, threads=args.threads, timeout_s=args.timeout,
-        retries=args.retries, trace=args.trace,
+        system=args.system, server=args.server, inputs=args.input, link=parse_link(args.link),
+        offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,
+        confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
+        threads=args.threads, timeout_s=args.timeout, retries=args.retries, trace=args.trace,
     )
-    if settings.backend == "onnx" and settings.onnx is None:
-        raise AskExpertError("--backend onnx needs --onnx FILE", fix="export one with: askexpert export-onnx CKPT")
     with progress_bar(_console(), transient=True) as progress:
-        summary, traces, _ = run_edge(settings, progress=progress)
+        report = run_edge(settings, progress=progress)
     if args.predictions:
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         with open(args.predictions, "w") as f:
             f.write("index,label,pred,local_pred,route,expert,degraded\n")
-            for t in traces:
-                f.write(f"{t.index},{'' if t.label is None else t.label},{t.pred},{t.local_pred},{t.route},"
+            for t in report.traces:
+                f.write(f"{t.index},{'' if t.label is None else t.label},{t.pred},{t.local_pred},{t.route.value},"
                         f"{t.expert or ''},{int(t.degraded)}\n")
     if args.summary:
-        args.summary.write_text(json.dumps({**summary, "settings": {k: str(v) for k, v in asdict(settings).items()}},
-                                           indent=1))
-    _print_edge_summary(summary)
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
+                                            "backend": report.backend, "input": report.input, "link": report.link,
+                                            "system": report.source,
+                                            "settings": {k: str(v) for k, v in asdict(settings).items()}}, indent=1))
+    _print_edge_summary(report)
     return 0
 
 
-def _print_edge_summary(summary: dict, title: str = "edge run") -> None:
-    table = Table(title=f"{title}: {summary['samples']} images from {summary['input']} ({summary['backend']}), "
-                        f"link {summary['link']}")
+def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
+    s, p = report.summary, report.policy
+    table = Table(title=f"{title}: {s.samples} images from {report.input} ({report.backend}, {report.source}), "
+                        f"link {report.link}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    if "accuracy" in summary:
-        table.add_row("accuracy, collaborative %", f"{summary['accuracy']:.2f}")
-        table.add_row("accuracy, generalist alone %", f"{summary['generalist_accuracy']:.2f}")
-        if summary.get("offloaded_accuracy") is not None:
+    if s.accuracy is not None:
+        table.add_row("accuracy, collaborative %", f"{s.accuracy:.2f}")
+        table.add_row("accuracy, generalist alone %", f"{s.generalist_accuracy:.2f}")
+        if s.offloaded_accuracy is not None:
             table.add_row("on offloaded: collaborative / generalist %",
-                          f"{summary['offloaded_accuracy']:.2f} / {summary['offloaded_generalist_accuracy']:.2f}")
-    table.add_row("offload rate %", f"{summary['offload_rate']:.1f} (tau {summary['tau']:.3f}, k {summary['k']})")
-    table.add_row("degraded (no expert answer)", str(summary["degraded"]))
-    lat = summary["latency_ms"]
-    table.add_row("latency p50 / p95 / mean ms", f"{lat['p50']:.2f} / {lat['p95']:.2f} / {lat['mean']:.2f}")
-    b = summary["breakdown_ms_offloaded"]
+                          f"{s.offloaded_accuracy:.2f} / {s.offloaded_generalist_accuracy:.2f}")
+    table.add_row("offload rate %", f"{s.offload_rate:.1f} (tau {p.tau:.3f}, k {p.k}, {p.confidence})")
+    table.add_row("expert fallbacks ('other') / degraded (no answer)", f"{s.expert_fallbacks} / {s.degraded}")
+    lat = s.latency_ms
+    table.add_row("latency p50 / p95 / mean ms", f"{lat.p50:.2f} / {lat.p95:.2f} / {lat.mean:.2f}")
+    b = s.breakdown_ms_offloaded
     table.add_row("offloaded: edge / encode / network / link / queue / expert ms",
                   " / ".join(f"{b[k]:.2f}" for k in ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms",
                                                       "expert_ms")))
-    for row in summary.get("energy_rows", []):
-        table.add_row(*row)
+    if energy is not None:
+        table.add_row(f"edge energy per image ({energy.edge_energy_kind})",
+                      f"{energy.edge_mj_per_image:.2f} mJ (compute {energy.edge_compute_mj_per_image:.2f}, waiting "
+                      f"{energy.edge_wait_mj_per_image:.2f}, radio {energy.radio_mj_per_image:.3f})")
+        table.add_row(f"server energy per image ({energy.server_energy_kind})", f"{energy.server_mj_per_image:.2f} mJ")
     _out().print(table)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from askexpert.models.checkpoint import checkpoint_stem
-    from askexpert.runtime.edge_models import export_onnx
+    from askexpert.models.onnx_export import export_onnx
 
     out = args.out or checkpoint_stem(args.checkpoint).with_suffix(".onnx")
     info = export_onnx(args.checkpoint, out, opset=args.opset)
@@ -286,9 +324,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for col in ("goal", "ratio", "met", "detail"):
         table.add_column(col)
     for g in goals(result):
-        table.add_row(g["goal"], f"{g['ratio']:.2f}x", "yes" if g["met"] else "no", g["detail"])
+        table.add_row(g.goal, f"{g.ratio:.2f}x", "yes" if g.met else "no", g.detail)
     _out().print(table)
-    _out().print(f"report: {result['report']}")
+    _out().print(f"report: {result.report}")
     return 0
 
 
@@ -313,7 +351,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from askexpert.training.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, data_root=args.data_root,
-                                 out_dir=args.out, device=args.device, batch_size=args.batch_size,
+                                 out_dir=args.out_dir, device=args.device, batch_size=args.batch_size,
                                  save_logits=args.save_logits, console=_console())
     m = report.metrics
     console = _out()
@@ -385,15 +423,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     console = _console()
     console.rule("askexpert demo: collaborative inference on Fashion-MNIST, offline")
-    summary = run_demo(output_dir=Path(args.output_dir), fresh=args.fresh, limit=args.limit,
-                       link=parse_link(args.link), console=console)
-    e = summary["energy"]
-    summary["energy_rows"] = [
-        (f"edge energy per image ({e['kind']})",
-         f"{e['total_mj_per_image']:.2f} mJ (compute {e['edge_compute_mj_per_image']:.2f} + radio "
-         f"{e['radio_mj_per_image']:.3f})")]
-    _print_edge_summary(summary, title="askexpert demo")
-    _out().print(f"report: {Path(args.output_dir) / 'demo' / 'report' / 'report.md'} (energy: {e['device_profile']})")
+    result = run_demo(output_dir=Path(args.output_dir), fresh=args.fresh, limit=args.limit,
+                      link=parse_link(args.link), console=console)
+    _print_edge_summary(result.report, title="askexpert demo", energy=result.energy)
+    _out().print(f"report: {result.report_dir / 'report.md'}; bundle: {result.bundle} (energy: "
+                 f"{result.energy.edge_energy_source})")
     return 0
 
 
@@ -453,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "validation split (agglomerative, size-bounded), from coarse labels (CIFAR-100 "
                        "superclasses) or from a YAML file of class lists.")
     p.add_argument("generalist", type=Path, help="run directory (or checkpoint) of the generalist")
-    p.add_argument("--experts", type=int, default=3, help="number of experts (default 3)")
+    p.add_argument("--num-experts", type=int, default=3, help="number of experts (default 3)")
     p.add_argument("--method", choices=["confusion", "coarse", "file"], default="confusion")
     p.add_argument("--file", type=Path, help="with --method file: YAML with experts: [[class, ...], ...]")
     p.add_argument("--max-size", type=int, help="most classes an expert may hold (default: 1.5 x the mean)")
@@ -467,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="From the saved models (logits cached next to each checkpoint): the generalist "
                        "alone, the general model alone, and the collaborative system with each set of experts, for "
                        "a grid of target offload rates (tau chosen on validation) and k. Reports on test.")
-    p.add_argument("--generalist", type=Path, required=True)
-    p.add_argument("--general", type=Path, required=True)
+    p.add_argument("generalist", type=Path, help="the generalist's run directory")
+    p.add_argument("general", type=Path, help="the general model's run directory")
     p.add_argument("--experts", action="append", required=True, metavar="LABEL=RUN_DIR",
                    help="an expert run directory (repeatable), e.g. static=runs/static")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -482,14 +516,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate_system)
 
-    p = sub.add_parser("serve", help="serve the experts of a run over HTTP (FastAPI + uvicorn)",
+    p = sub.add_parser("build-system", help="trained runs + an operating point -> one deployable bundle",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Load every expert of an expert run (and the general model it started from, "
-                       "as expert 'general') and serve them: GET /v1/health, GET /v1/experts, POST "
-                       "/v1/experts/{id}/infer, GET /metrics (Prometheus). Requests to one expert are batched "
-                       "dynamically. Wire format: docs/protocol.md; OpenAPI at /openapi.json.",
-                       epilog="example: askexpert serve runs/experts-progressive-fmnist --port 8000")
-    p.add_argument("run_dir", type=Path, help="an expert run directory (askexpert train experts)")
+                       description="Calibrate once on validation data (the generalist's and every expert's "
+                       "temperature, tau for the operating point) and write one directory: system.json "
+                       "(schema-versioned: classes, partition, routing, preprocessing, model specs, sha256 of every "
+                       "file), the generalist as ONNX and safetensors, the experts (and the general model) as "
+                       "safetensors. The edge then needs only ONNX Runtime, NumPy and httpx.",
+                       epilog="examples:\n"
+                       "  askexpert build-system runs/generalist runs/experts-progressive --out system\n"
+                       "  askexpert build-system runs/g runs/experts --out system --accuracy 92 --k 2 --archive")
+    p.add_argument("generalist", type=Path, help="the generalist's run directory")
+    p.add_argument("experts", type=Path, help="an expert run directory (askexpert train experts)")
+    p.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
+    point = p.add_mutually_exclusive_group()
+    point.add_argument("--offload", type=float, help="target offload share on validation, 0..1 (default 0.3)")
+    point.add_argument("--accuracy", type=float, metavar="PERCENT",
+                       help="the least offloading that reaches this validation accuracy")
+    point.add_argument("--tau", type=float, help="a fixed confidence threshold")
+    p.add_argument("--k", type=int, default=3, help="Top-k classes that choose the expert (default 3)")
+    p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"], default="max-prob")
+    p.add_argument("--fallback", choices=["other", "other-or-less-confident"], default="other")
+    p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
+    p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
+    p.add_argument("--name", help="the system's name (default: the directory's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--device", default="auto", help="where logits are computed (cached next to each checkpoint)")
+    p.set_defaults(func=cmd_build_system)
+
+    p = sub.add_parser("serve", help="serve the experts of a bundle (or an expert run) over HTTP (FastAPI + uvicorn)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Load every expert of a system bundle (with its calibrated temperature) or of an "
+                       "expert run directory, and the general model (as expert 'general'), and serve them: GET "
+                       "/v1/health (with the bundle's system id), GET /v1/experts, POST /v1/experts/{id}/infer, GET "
+                       "/metrics (Prometheus). Requests to one expert are batched dynamically. Wire format: "
+                       "docs/protocol.md; OpenAPI at /openapi.json.",
+                       epilog="examples:\n  askexpert serve system --port 8000\n"
+                       "  askexpert serve runs/experts-progressive-fmnist --port 8000")
+    p.add_argument("source", type=Path, help="a bundle (askexpert build-system) or an expert run directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
@@ -506,25 +570,30 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run the generalist over the inputs, keep its confident answers, send the rest to "
                        "the chosen expert on --server. Every input gets a prediction: when the server is down, slow "
-                       "or failing, the generalist's answer stands, flagged degraded. tau and the temperature are "
-                       "calibrated on the generalist's validation split unless given.",
+                       "or failing, the generalist's answer stands, flagged degraded. With a bundle the edge runs the "
+                       "ONNX generalist with the bundle's calibration (ONNX Runtime, NumPy, httpx; no torch, no "
+                       "dataset); with a generalist's run directory it runs torch and calibrates on validation.",
                        epilog="examples:\n"
-                       "  askexpert edge --generalist runs/generalist-fmnist --server http://127.0.0.1:8000\n"
-                       "  askexpert edge --generalist runs/g --server http://h:8000 --input photos/ --link lte\n"
-                       "  askexpert edge --generalist runs/g --backend onnx --onnx runs/g/model.onnx --server ...")
-    p.add_argument("--generalist", type=Path, required=True, help="the generalist's run directory or checkpoint")
+                       "  askexpert edge system --server http://127.0.0.1:8000 --input photos/\n"
+                       "  askexpert edge system --server http://h:8000 --input images.npz --link lte\n"
+                       "  askexpert edge runs/generalist-fmnist --server http://127.0.0.1:8000 --input split:test")
+    p.add_argument("system", type=Path, help="a bundle (askexpert build-system), or a generalist's run directory")
     p.add_argument("--server", help="expert server URL, e.g. http://127.0.0.1:8000 (none: generalist only)")
     p.add_argument("--input", nargs="+", default=["split:test"],
-                   help="split:test|val|train of the generalist's dataset, an image folder, or image files")
-    p.add_argument("--limit", type=int, help="use at most this many inputs (a stratified subset of a split)")
+                   help="image files, an image folder (one sub-folder per class: labelled), a .npz with 'images' "
+                   "(and 'labels'), or split:test|val|train of the generalist's dataset (full install)")
+    p.add_argument("--limit", type=int, help="use at most this many inputs (a stratified subset when labelled)")
     p.add_argument("--batch-size", type=int, default=1, help="inputs processed together (1: a live stream)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--onnx", type=Path, help="ONNX file of the generalist (askexpert export-onnx)")
     p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit")
-    p.add_argument("--offload-rate", type=float, default=0.3, help="target offload rate for tau (on validation)")
-    p.add_argument("--tau", type=float, help="confidence threshold (overrides --offload-rate)")
-    p.add_argument("--temperature", type=float, help="softmax temperature (default: fitted on validation)")
-    p.add_argument("--k", type=int, default=3, help="Top-k classes that choose the expert")
+    p.add_argument("--offload-rate", type=float, default=0.3,
+                   help="run directories only: target offload rate for tau on validation (a bundle has its own)")
+    p.add_argument("--tau", type=float, help="confidence threshold (overrides the bundle's / --offload-rate)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: the calibrated one)")
+    p.add_argument("--k", type=int, help="Top-k classes that choose the expert (default: the bundle's, or 3)")
+    p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"],
+                   help="confidence score (default: the bundle's, or max-prob)")
+    p.add_argument("--fallback", choices=["other", "other-or-less-confident"],
+                   help="when the generalist's answer stands after an offload (default: the bundle's, or other)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds before a request counts as failed")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--threads", type=int, help="CPU threads for the generalist")
@@ -563,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data", help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-root", type=Path, help="directory holding the dataset files")
-    p.add_argument("--out", type=Path, help="output directory (default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--out-dir", type=Path, help="output directory (default: CHECKPOINT_DIR/eval)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--save-logits", action="store_true", help="also save logits and labels (safetensors)")
@@ -593,6 +662,12 @@ def main(argv: list[str] | None = None) -> int:
     except AskExpertError as err:
         print(f"askexpert: error: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in FULL_INSTALL:
+            print(f"askexpert: error: '{args.command}' needs {err.name}, which the slim edge install leaves out -- "
+                  "fix: pip install 'askexpert[all]'", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("askexpert: interrupted; a training run continues with --resume", file=sys.stderr)
         return 130

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from askexpert.bench.suite import BenchResult, ClientsRow
+from askexpert.bench.systems import SystemRow
 
 BASELINES = [
     ("edge-only", "edge only (generalist on the edge)"),
@@ -14,48 +18,66 @@ BASELINES = [
 ]
 
 
+@dataclass
+class Goal:
+    goal: str
+    ratio: float
+    target: float
+    accuracy_ok: bool
+    detail: str
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.target and self.accuracy_ok
+
+
 def _fmt(v, digits=2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def goals(result: dict) -> list[dict]:
+def _systems(result: BenchResult, prefix: str) -> list[SystemRow]:
+    return [r for k, r in result.cells.items() if k.startswith(prefix) and isinstance(r, SystemRow)]
+
+
+def _clients(result: BenchResult) -> list[ClientsRow]:
+    return sorted((r for r in result.cells.values() if isinstance(r, ClientsRow)), key=lambda r: r.clients)
+
+
+def goals(result: BenchResult) -> list[Goal]:
     """The issue's three goals as ratios from this run, each with whether it was met."""
-    c = result["cells"]
+    c = result.cells
     collab, edge_exec = c["baseline-collaborative-progressive"], c["baseline-edge-execution"]
     offload = c["baseline-full-offload-general"]
-    out = [{
-        "goal": "collaborative latency <= 0.55x edge execution, at equal or better accuracy",
-        "ratio": collab["latency_ms"]["mean"] / edge_exec["latency_ms"]["mean"],
-        "target": 0.55, "accuracy_ok": collab["accuracy"] >= edge_exec["accuracy"] - 1e-9,
-        "detail": f"mean latency {collab['latency_ms']['mean']:.2f} vs {edge_exec['latency_ms']['mean']:.2f} ms; "
-                  f"accuracy {collab['accuracy']:.2f} vs {edge_exec['accuracy']:.2f}%",
-    }, {
-        "goal": "edge energy <= 0.54x full offload",
-        "ratio": collab["edge_mj_per_image"] / offload["edge_mj_per_image"],
-        "target": 0.54, "accuracy_ok": True,
-        "detail": f"{collab['edge_mj_per_image']:.2f} vs {offload['edge_mj_per_image']:.2f} mJ an image "
-                  f"({collab['edge_energy_kind']})",
-    }]
-    one, many = c.get("clients-1"), c.get(f"clients-{max(int(k.split('-')[1]) for k in c if k.startswith('clients-'))}")
-    if one and many:
-        out.append({
-            "goal": f"server energy per offloaded image at {many['clients']} clients <= 0.2x at 1 client",
-            "ratio": many["server_mj_per_image"] / one["server_mj_per_image"], "target": 0.2, "accuracy_ok": True,
-            "detail": f"{many['server_mj_per_image']:.1f} vs {one['server_mj_per_image']:.1f} mJ an image, mean "
-                      f"batch {many['mean_batch']:.1f} vs {one['mean_batch']:.1f} ({many['server_energy_kind']})",
-        })
-    for g in out:
-        g["met"] = g["ratio"] <= g["target"] and g["accuracy_ok"]
+    cs, es = collab.summary, edge_exec.summary
+    out = [Goal(
+        "collaborative latency <= 0.55x edge execution, at equal or better accuracy",
+        cs.latency_ms.mean / es.latency_ms.mean, 0.55, cs.accuracy >= es.accuracy - 1e-9,
+        f"mean latency {cs.latency_ms.mean:.2f} vs {es.latency_ms.mean:.2f} ms; "
+        f"accuracy {cs.accuracy:.2f} vs {es.accuracy:.2f}%",
+    ), Goal(
+        "edge energy <= 0.54x full offload", collab.energy.edge_mj_per_image / offload.energy.edge_mj_per_image,
+        0.54, True, f"{collab.energy.edge_mj_per_image:.2f} vs {offload.energy.edge_mj_per_image:.2f} mJ an image "
+                    f"({collab.energy.edge_energy_kind})",
+    )]
+    clients = _clients(result)
+    if len(clients) > 1:
+        one, many = clients[0], clients[-1]
+        out.append(Goal(
+            f"server energy per offloaded image at {many.clients} clients <= 0.2x at {one.clients} client",
+            many.server_mj_per_image / one.server_mj_per_image, 0.2, True,
+            f"{many.server_mj_per_image:.1f} vs {one.server_mj_per_image:.1f} mJ an image, mean batch "
+            f"{many.mean_batch:.1f} vs {one.mean_batch:.1f} ({many.server_energy_kind})",
+        ))
     return out
 
 
-def plots(result: dict, out_dir: Path) -> list[Path]:
+def plots(result: BenchResult, out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c = result["cells"]
+    c = result.cells
     made = []
 
     def save(fig, name):
@@ -66,66 +88,67 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
         made.append(path)
 
     base = [(label, c[f"baseline-{key}"]) for key, label in BASELINES if c.get(f"baseline-{key}")]
+    taus = sorted(_systems(result, "tau-"), key=lambda r: (r.k, r.tau))
     for metric, xlabel, name in (("latency", "mean latency an image (ms)", "accuracy_vs_latency.png"),
                                  ("edge", "edge energy an image (mJ, modelled)", "accuracy_vs_edge_energy.png")):
+        def x(row: SystemRow, metric=metric) -> float:
+            return row.summary.latency_ms.mean if metric == "latency" else row.energy.edge_mj_per_image
+
         fig, ax = plt.subplots(figsize=(8, 4.8))
         markers = "osD^vP"
         for i, (label, row) in enumerate(base):
-            x = row["latency_ms"]["mean"] if metric == "latency" else row["edge_mj_per_image"]
-            ax.scatter(x, row["accuracy"], s=70, marker=markers[i % len(markers)], label=label, zorder=3)
-        taus = sorted((r for k, r in c.items() if k.startswith("tau-") and r), key=lambda r: (r["k"], r["tau"]))
-        for k in sorted({r["k"] for r in taus}):
-            pts = [r for r in taus if r["k"] == k]
-            xs = [r["latency_ms"]["mean"] if metric == "latency" else r["edge_mj_per_image"] for r in pts]
-            ax.plot(xs, [r["accuracy"] for r in pts], "--", marker="x", alpha=0.7,
-                    label=f"collaborative, tau sweep, k={k} (first {result['sweep_images']} images)")
+            ax.scatter(x(row), row.summary.accuracy, s=70, marker=markers[i % len(markers)], label=label, zorder=3)
+        for k in sorted({r.k for r in taus}):
+            pts = [r for r in taus if r.k == k]
+            ax.plot([x(r) for r in pts], [r.summary.accuracy for r in pts], "--", marker="x", alpha=0.7,
+                    label=f"collaborative, tau sweep, k={k} ({result.sweep_images} images, stratified)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         save(fig, name)
 
-    taus = [r for k, r in c.items() if k.startswith("tau-") and r]
     if taus:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k in sorted({r["k"] for r in taus}):
-            pts = sorted((r for r in taus if r["k"] == k), key=lambda r: r["tau"])
-            ax.plot([r["tau"] for r in pts], [r["offload_rate"] for r in pts], marker="o", label=f"k={k}")
+        for k in sorted({r.k for r in taus}):
+            pts = [r for r in taus if r.k == k]
+            ax.plot([r.tau for r in pts], [r.summary.offload_rate for r in pts], marker="o", label=f"k={k}")
         ax.set_xlabel("tau (confidence threshold, chosen on validation)")
         ax.set_ylabel("offload rate on test (%)")
         ax.grid(alpha=0.3)
         ax.legend()
         save(fig, "offload_vs_tau.png")
 
-    clients = sorted((r for k, r in c.items() if k.startswith("clients-") and r), key=lambda r: r["clients"])
+    clients = _clients(result)
     if clients:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["clients"] for r in clients], [r["server_mj_per_image"] for r in clients], marker="o")
+        ax.plot([r.clients for r in clients], [r.server_mj_per_image for r in clients], marker="o")
         for r in clients:
-            ax.annotate(f"batch {r['mean_batch']:.1f}", (r["clients"], r["server_mj_per_image"]), fontsize=7,
+            ax.annotate(f"batch {r.mean_batch:.1f}", (r.clients, r.server_mj_per_image), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent edge clients sharing one server")
-        ax.set_ylabel(f"server energy an image (mJ, {clients[0]['server_energy_kind']})")
+        ax.set_ylabel(f"server energy an image (mJ, {clients[0].server_energy_kind})")
         ax.grid(alpha=0.3)
         save(fig, "server_energy_vs_clients.png")
     return made
 
 
-def write_report(result: dict, out_dir: Path) -> Path:
+def write_report(result: BenchResult, out_dir: Path) -> Path:
     """``out_dir/report.md`` plus the plots; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made = plots(result, out_dir)
-    c = result["cells"]
-    e = result["energy"]
+    c = result.cells
+    e = result.energy
+    m = result.machine
     lines = [
-        f"# askexpert benchmark report ({result['profile']} profile)", "",
-        f"{result['date']}, host {result['host']}: {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-        f"GPU: {result['machine']['gpu'] or 'none'}, torch {result['machine']['torch']}. "
-        f"{result['test_images']} test images for the baselines, {result['sweep_images']} for each sweep point; "
-        f"link {result['headline_link']} (emulated on loopback); tau {result['policy']['tau']:.3f} chosen on "
-        f"validation for {100 * result['policy']['target_offload']:.0f}% offload, k {result['policy']['k']}. "
-        f"Took {result['seconds'] / 60:.1f} min.", "",
+        f"# askexpert benchmark report ({result.profile} profile)", "",
+        f"{result.date}, host {result.host}: {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}, torch "
+        f"{m['torch']}. {result.test_images} test images for the baselines, {result.sweep_images} (a stratified "
+        f"subset of them) for each sweep point; link {result.headline_link} (emulated on loopback); tau "
+        f"{result.policy['tau']:.3f} chosen on validation for {100 * result.policy['target_offload']:.0f}% offload, "
+        f"k {result.policy['k']}. The edge runs the bundle's ONNX generalist; the servers hold the bundles. "
+        f"Took {result.seconds / 60:.1f} min.", "",
         "Energy is **modelled** here: " + (f"measured meter available: {e['measured_meter']}" if e["measured_meter"]
                                            else "no energy counter on this machine (" + "; ".join(e["meter_notes"])
                                            + ")") + ".",
@@ -134,40 +157,38 @@ def write_report(result: dict, out_dir: Path) -> Path:
         f"server: {e['server_profile']['name']} at {e['server_profile']['active_w']} W "
         f"({e['server_profile']['source']}). Compute times are measured on this host, edge and server alike.", "",
         "## Systems on the same test images and link", "",
-        "| system | accuracy % | on offloaded % | offload % | latency p50 / p95 / mean ms | edge mJ/img | "
-        "server mJ/img | total mJ/img |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | accuracy % | on offloaded % | offload % | expert fallbacks | latency p50 / p95 / mean ms | "
+        "edge mJ/img | server mJ/img | total mJ/img |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in BASELINES:
         r = c.get(f"baseline-{key}")
         if not r:
             continue
-        lat = r["latency_ms"]
-        lines.append(f"| {label} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('offloaded_accuracy'))} | "
-                     f"{r['offload_rate']:.1f} | {lat['p50']:.2f} / {lat['p95']:.2f} / {lat['mean']:.2f} | "
-                     f"{r['edge_mj_per_image']:.2f} | {r['server_mj_per_image']:.1f} | {r['total_mj_per_image']:.1f} |")
+        s, lat = r.summary, r.summary.latency_ms
+        lines.append(f"| {label} | {_fmt(s.accuracy)} | {_fmt(s.offloaded_accuracy)} | {s.offload_rate:.1f} | "
+                     f"{s.expert_fallbacks} | {lat.p50:.2f} / {lat.p95:.2f} / {lat.mean:.2f} | "
+                     f"{r.energy.edge_mj_per_image:.2f} | {r.energy.server_mj_per_image:.1f} | "
+                     f"{r.energy.total_mj_per_image:.1f} |")
     lines += ["", "## Goals (ratios from this run)", "", "| goal | ratio | met | detail |", "|---|---|---|---|"]
     for g in goals(result):
-        lines.append(f"| {g['goal']} | {g['ratio']:.2f}x | {'yes' if g['met'] else 'no'} | {g['detail']} |")
+        lines.append(f"| {g.goal} | {g.ratio:.2f}x | {'yes' if g.met else 'no'} | {g.detail} |")
     lines += ["", "## Sweep: tau and k (collaborative, progressive experts)", "",
               "| target offload | k | tau | offload % | accuracy % | latency mean ms | edge mJ/img |",
               "|---|---|---|---|---|---|---|"]
-    for k in sorted((k for k in c if k.startswith("tau-")), key=lambda k: (c[k]["k"], c[k]["target_offload"])):
-        r = c[k]
-        lines.append(f"| {100 * r['target_offload']:.0f}% | {r['k']} | {r['tau']:.3f} | {r['offload_rate']:.1f} | "
-                     f"{r['accuracy']:.2f} | {r['latency_ms']['mean']:.2f} | {r['edge_mj_per_image']:.2f} |")
+    for r in sorted(_systems(result, "tau-"), key=lambda r: (r.k, r.target_offload)):
+        lines.append(f"| {100 * r.target_offload:.0f}% | {r.k} | {r.tau:.3f} | {r.summary.offload_rate:.1f} | "
+                     f"{r.summary.accuracy:.2f} | {r.summary.latency_ms.mean:.2f} | {r.energy.edge_mj_per_image:.2f} |")
     lines += ["", "## Sweep: links", "", "| link | system | accuracy % | latency p50 / mean ms | edge mJ/img |",
               "|---|---|---|---|---|"]
-    for k in (k for k in c if k.startswith("link-")):
-        r = c[k]
-        lines.append(f"| {r['link']} | {r['kind']} | {r['accuracy']:.2f} | {r['latency_ms']['p50']:.2f} / "
-                     f"{r['latency_ms']['mean']:.2f} | {r['edge_mj_per_image']:.2f} |")
+    for r in _systems(result, "link-"):
+        lines.append(f"| {r.link} | {r.kind} | {r.summary.accuracy:.2f} | {r.summary.latency_ms.p50:.2f} / "
+                     f"{r.summary.latency_ms.mean:.2f} | {r.energy.edge_mj_per_image:.2f} |")
     lines += ["", "## Sweep: edge clients sharing one server", "",
               "| clients | images/s | mean batch | server ms/img | server mJ/img |", "|---|---|---|---|---|"]
-    for k in sorted((k for k in c if k.startswith("clients-")), key=lambda k: c[k]["clients"]):
-        r = c[k]
-        lines.append(f"| {r['clients']} | {r['images_per_s']:.0f} | {r['mean_batch']:.1f} | "
-                     f"{r['server_ms_per_image']:.2f} | {r['server_mj_per_image']:.1f} |")
+    for r in _clients(result):
+        lines.append(f"| {r.clients} | {r.images_per_s:.0f} | {r.mean_batch:.1f} | {r.server_ms_per_image:.2f} | "
+                     f"{r.server_mj_per_image:.1f} |")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in made]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -1,7 +1,9 @@
 """``askexpert bench``: baselines, sweeps and the report, in resumable cells.
 
 A profile fixes the models (their configs and budgets), how many test images each measurement
-uses, and the sweep grids. Every measurement is a *cell* stored as JSON under
+uses, and the sweep grids. The models come from the one pipeline (:mod:`askexpert.system.pipeline`)
+and are deployed as bundles, so the bench measures what a user deploys: the ONNX generalist and
+servers holding the bundles' calibrated experts. Every measurement is a *cell* stored as JSON under
 ``<output_dir>/bench-<profile>/cells``; an interrupted run picks up at the first missing cell.
 The report (Markdown + PNG plots) and ``results/<date>-<host>.json`` are written at the end.
 """
@@ -13,31 +15,33 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
 from rich.console import Console
 
 from askexpert.bench.machine import machine_info
-from askexpert.bench.systems import CostModel, result_row, run_system
-from askexpert.config import load_run_config
+from askexpert.bench.systems import SystemRow, measure, run_system
+from askexpert.console import progress_bar
+from askexpert.costs.energy import CostModel
 from askexpert.costs.meters import measured_meter
 from askexpert.costs.profiles import device, network
 from askexpert.data import load_dataset
-from askexpert.data.splits import stratified_subset
-from askexpert.runtime.edge_models import TorchGeneralist
+from askexpert.routing import RoutingPolicy
+from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
+from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.runtime.protocol import InferResponse, encode_images
-from askexpert.runtime.session import calibrate
 from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
-from askexpert.training import train_generalist
-from askexpert.training.engine import progress_bar
-from askexpert.training.experts import train_experts
-from askexpert.training.logits import data_config_of
-from askexpert.training.partition import make_partition
+from askexpert.splits import stratified_subset
+from askexpert.system.build import build_system
+from askexpert.system.bundle import Bundle, load_bundle
+from askexpert.system.calibrate import generalist_policy
+from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
+from askexpert.system.schema import DataIdentity
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,12 @@ class Profile:
     headline_link: str = "wifi"
     threads: int = 1
 
+    def pipeline(self) -> PipelineSpec:
+        static = (ExpertsStep("static", self.static) if self.static else
+                  ExpertsStep("static", self.progressive, ("experts.strategy=static", "name=experts-static")))
+        return PipelineSpec(self.generalist, self.general, (ExpertsStep("progressive", self.progressive), static),
+                            common=self.overrides)
+
 
 PROFILES = {
     # demo-sized models (trained in a few minutes, reused afterwards), 1,000 test images: <= 20 min on 2 cores
@@ -72,40 +82,126 @@ PROFILES = {
                     "experts-static-fmnist", (), test_images=5000, sweep_images=1000, concurrency_seconds=6.0),
 }
 
+BASELINE_SYSTEMS = (("edge-only", "progressive"), ("edge-execution", "progressive"),
+                    ("full-offload-general", "progressive"), ("full-offload-expert", "progressive"),
+                    ("collaborative", "static"), ("collaborative", "progressive"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement of the plan; its name is the file it is stored in."""
+
+    kind: Literal["baseline", "tau", "link", "clients"]
+    system: str = "collaborative"
+    experts: str = "progressive"
+    rate: float | None = None
+    k: int | None = None
+    link: str | None = None
+    clients: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "baseline":
+            return f"baseline-{self.system}" + (f"-{self.experts}" if self.system == "collaborative" else "")
+        if self.kind == "tau":
+            return f"tau-{self.rate}-k{self.k}"
+        if self.kind == "link":
+            return f"link-{self.link}-{self.system}"
+        return f"clients-{self.clients}"
+
+
+def plan(profile: Profile) -> list[Cell]:
+    return ([Cell("baseline", system, experts) for system, experts in BASELINE_SYSTEMS]
+            + [Cell("tau", rate=r, k=k) for r in profile.rates for k in profile.ks]
+            + [Cell("link", kind, link=name) for name in profile.links
+               for kind in ("collaborative", "full-offload-general")]
+            + [Cell("clients", clients=c) for c in profile.clients])
+
+
+@dataclass
+class ClientsRow:
+    """Concurrent edge clients sharing one server: throughput, batching and server energy per image."""
+
+    clients: int
+    images_per_s: float
+    mean_batch: float
+    server_ms_per_image: float
+    requests: int
+    server_mj_per_image: float
+    server_mj_per_image_modelled: float
+    server_energy_kind: str
+    server_energy_source: str
+    server_watts: float | None = None
+
+
+Row = SystemRow | ClientsRow
+
+
+def row_from_dict(d: dict) -> Row:
+    return ClientsRow(**d) if "clients" in d else SystemRow.from_dict(d)
+
+
+@dataclass
+class BenchResult:
+    profile: str
+    date: str
+    host: str
+    machine: dict
+    models: dict[str, str]
+    policy: dict
+    test_images: int
+    sweep_images: int
+    headline_link: str
+    energy: dict
+    cells: dict[str, Row]
+    seconds: float
+    report: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "cells": {k: asdict(v) for k, v in self.cells.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BenchResult:
+        return cls(**{**d, "cells": {k: row_from_dict(v) for k, v in d["cells"].items()}})
+
+    def row(self, name: str) -> Row | None:
+        return self.cells.get(name)
+
 
 @dataclass
 class Cells:
     root: Path
     done: list[str] = field(default_factory=list)
 
-    def get(self, name: str):
+    def get(self, name: str) -> dict | None:
         path = self.root / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def put(self, name: str, value) -> None:
+    def put(self, name: str, value: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{name}.tmp"
         tmp.write_text(json.dumps(value, indent=1))
         tmp.replace(self.root / f"{name}.json")
 
 
-def _train(profile: Profile, work: Path, console: Console) -> dict:
-    common = [f"output_dir={work}", *profile.overrides]
-    gen = train_generalist(load_run_config(profile.generalist, common), resume=True, console=console)
-    general = train_experts(load_run_config(profile.general, common), resume=True, console=console)
-    partition = work / "partition.json"
-    if not partition.is_file():
-        make_partition(gen.run_dir, 3).save(partition)
-    links = [f"experts.init={general.run_dir}", f"experts.partition={partition}"]
-    prog = train_experts(load_run_config(profile.progressive, [*common, *links]), resume=True, console=console)
-    if profile.static:
-        static_cfg = load_run_config(profile.static, [*common, *links])
-    else:
-        static_cfg = load_run_config(profile.progressive, [*common, *links, "experts.strategy=static",
-                                                          "name=experts-static"])
-    static = train_experts(static_cfg, resume=True, console=console)
-    return {"generalist": str(gen.run_dir), "general": str(general.run_dir), "progressive": str(prog.run_dir),
-            "static": str(static.run_dir), "partition": json.loads(partition.read_text())["experts"]}
+def _models(profile: Profile, work: Path, console: Console) -> dict[str, str]:
+    trained = train_system(profile.pipeline(), work, console=console)
+    bundles = {label: build_system(trained.generalist, run, work / f"system-{label}", offload=profile.headline_rate,
+                                   k=profile.headline_k, overwrite=True).root
+               for label, run in trained.experts.items()}
+    return {"generalist": str(trained.generalist), "general": str(trained.general),
+            **{label: str(run) for label, run in trained.experts.items()},
+            **{f"bundle-{label}": str(path) for label, path in bundles.items()},
+            "partition": json.loads(trained.partition.read_text())["experts"]}
+
+
+def _test_images(data: DataIdentity, bundle: Bundle, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from askexpert.config import DataConfig
+
+    spec = bundle.manifest.input
+    test = load_dataset(DataConfig(**data.config), image_size=spec.size, channels=spec.channels).test
+    pick = stratified_subset(test.labels, min(n, len(test)), seed=0)
+    return test.images[pick].numpy(), test.labels[pick].numpy()
 
 
 async def _concurrency(url: str, images: np.ndarray, expert: str, clients: int, seconds: float) -> dict:
@@ -134,9 +230,86 @@ async def _concurrency(url: str, images: np.ndarray, expert: str, clients: int, 
             "server_ms_per_image": statistics.mean(shares), "requests": done}
 
 
+@dataclass
+class _Bench:
+    """Everything the cells of one run share; servers and the edge-side experts start on first use."""
+
+    profile: Profile
+    models: dict
+    generalist: OnnxGeneralist
+    policy: RoutingPolicy
+    experts: list[ExpertTarget]
+    images: np.ndarray
+    labels: np.ndarray
+    sweep: np.ndarray  # indices of a stratified subset of ``images`` for the sweeps
+    costs: CostModel
+    meter: object = None
+    servers: dict = field(default_factory=dict)
+    local: ExpertPool | None = None
+
+    def url(self, experts: str) -> str:
+        if experts not in self.servers:
+            self.servers[experts] = ServerProcess(Path(self.models[f"bundle-{experts}"]), threads=1)
+            self.servers[experts].start()
+        return self.servers[experts].url
+
+    def local_experts(self) -> ExpertPool:
+        if self.local is None:  # on the edge device's processor, whatever accelerator the host has
+            self.local = ExpertPool(Path(self.models["bundle-progressive"]), device="cpu", include_general=False)
+        return self.local
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def run(self, cell: Cell) -> dict:
+        p = self.profile
+        if cell.kind == "baseline":
+            on_edge = cell.system in ("edge-only", "edge-execution")
+            traces = run_system(cell.system, generalist=self.generalist, policy=self.policy, experts=self.experts,
+                                images=self.images, labels=self.labels,
+                                url=None if on_edge else self.url(cell.experts),
+                                local_pool=self.local_experts() if cell.system == "edge-execution" else None,
+                                link=PRESETS[p.headline_link])
+            return measure(cell.name, cell.system, traces, self.costs, experts=cell.experts,
+                           link=p.headline_link).to_dict()
+        if cell.kind == "tau":
+            policy = generalist_policy(Path(self.models["generalist"]), offload_rate=cell.rate, k=cell.k,
+                                       temperature=self.policy.temperature)
+            traces = run_system("collaborative", generalist=self.generalist, policy=policy, experts=self.experts,
+                                images=self.images[self.sweep], labels=self.labels[self.sweep],
+                                url=self.url("progressive"), link=PRESETS[p.headline_link])
+            return measure(cell.name, "collaborative", traces, self.costs, target_offload=cell.rate, k=cell.k,
+                           tau=policy.tau).to_dict()
+        if cell.kind == "link":
+            traces = run_system(cell.system, generalist=self.generalist, policy=self.policy, experts=self.experts,
+                                images=self.images[self.sweep], labels=self.labels[self.sweep],
+                                url=self.url("progressive"), link=PRESETS[cell.link])
+            return measure(cell.name, cell.system, traces, self.costs, link=cell.link).to_dict()
+        return asdict(self._clients(cell.clients))
+
+    def _clients(self, clients: int) -> ClientsRow:
+        url = self.url("progressive")
+        meter = self.meter if self.meter is not None and self.meter.source.startswith("NVML") else None
+        if meter is not None:
+            meter.start()
+        row = asyncio.run(_concurrency(url, self.images, "0", clients, self.profile.concurrency_seconds))
+        modelled = 1000 * self.costs.server.energy_j(row["server_ms_per_image"] / 1000)
+        if meter is not None:  # the GPU's whole energy over the window (static power included) per image
+            reading = meter.stop()
+            return ClientsRow(**row, server_mj_per_image=1000 * reading.joules / max(row["requests"], 1),
+                              server_mj_per_image_modelled=modelled, server_energy_kind="measured",
+                              server_energy_source=meter.source, server_watts=reading.watts)
+        source = f"{self.costs.server.name} ({self.costs.server.active_w} W) x compute share per image"
+        return ClientsRow(**row, server_mj_per_image=modelled, server_mj_per_image_modelled=modelled,
+                          server_energy_kind="modelled", server_energy_source=source)
+
+
 def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path("runs"),
               results_dir: Path = Path("results"), fresh: bool = False, edge_profile: str = "raspberry-pi-4",
-              server_profile: str = "h100-batch1", radio: str = "wifi", console: Console | None = None) -> dict:
+              server_profile: str = "h100-batch1", radio: str = "wifi", console: Console | None = None) -> BenchResult:
+    import torch
+
     profile = profile_name if isinstance(profile_name, Profile) else PROFILES[profile_name]
     console = console or Console(stderr=True)
     work = Path(output_dir) / f"bench-{profile.name}"
@@ -147,119 +320,47 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     costs = CostModel(device(edge_profile), device(server_profile), network(radio))
     started = time.perf_counter()
 
-    console.rule(f"bench {profile.name}: models")
-    models = cells.get("models") or _train(profile, work, console)
+    console.rule(f"bench {profile.name}: models and bundles")
+    models = cells.get("models") or _models(profile, work, console)
     cells.put("models", models)
-    generalist = TorchGeneralist(Path(models["generalist"]), threads=profile.threads)
-    policy = calibrate(Path(models["generalist"]), offload_rate=profile.headline_rate, k=profile.headline_k)
-    bundle = load_dataset(data_config_of(Path(models["generalist"])), image_size=generalist.input.size,
-                          channels=generalist.input.channels)
-    test = bundle.test
-    pick = stratified_subset(test.labels, min(profile.test_images, len(test)), seed=0)
-    images, labels = test.images[pick].numpy(), test.labels[pick].numpy()
-    sweep_n = min(profile.sweep_images, len(images))
-    link = PRESETS[profile.headline_link]
+    bundle = load_bundle(Path(models["bundle-progressive"]))
+    r = bundle.manifest.routing
+    policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature, confidence=r.confidence, fallback=r.fallback)
+    images, labels = _test_images(bundle.manifest.data, bundle, profile.test_images)
+    sweep = stratified_subset(labels, min(profile.sweep_images, len(images)), seed=1)
     meter, meter_notes = measured_meter()
-    plan = (["baseline-" + s for s in ("edge-only", "edge-execution", "full-offload-general", "full-offload-expert",
-                                         "collaborative-static", "collaborative-progressive")]
-            + [f"tau-{r}-k{k}" for r in profile.rates for k in profile.ks]
-            + [f"link-{name}-{kind}" for name in profile.links for kind in ("collaborative", "full-offload-general")]
-            + [f"clients-{c}" for c in profile.clients])
-    local = {"experts": None}  # the experts loaded onto the "edge" for edge execution, when needed
-    servers: dict[str, ServerProcess] = {}
-
-    def urls() -> dict[str, str]:
-        for key in ("progressive", "static"):
-            if key not in servers:
-                servers[key] = ServerProcess(Path(models[key]), threads=1)
-                servers[key].start()
-        return {k: s.url for k, s in servers.items()}
-
-    def local_experts() -> ExpertPool:
-        if local["experts"] is None:
-            # on the edge device's processor, whatever accelerator the benchmark host has
-            local["experts"] = ExpertPool(Path(models["progressive"]), device="cpu", include_general=False)
-        return local["experts"]
-
+    bench = _Bench(profile, models, OnnxGeneralist(bundle.generalist_onnx, threads=profile.threads), policy,
+                   [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts], images, labels, sweep,
+                   costs, meter)
+    cells_plan = plan(profile)
     with progress_bar(console) as progress:
-        task = progress.add_task(f"bench {profile.name}", total=len(plan), info="")
+        task = progress.add_task(f"bench {profile.name}", total=len(cells_plan), info="")
         try:
-            for name in plan:
-                if cells.get(name) is None:
-                    progress.update(task, info=name)
-                    cells.put(name, _run_cell(name, profile, models, urls, local_experts, generalist, policy, images,
-                                              labels, sweep_n, link, costs, meter))
+            for cell in cells_plan:
+                if cells.get(cell.name) is None:
+                    progress.update(task, info=cell.name)
+                    cells.put(cell.name, bench.run(cell))
                 progress.advance(task)
         finally:
-            for server in servers.values():
-                server.stop()
-    rows = {name: cells.get(name) for name in plan}
+            bench.stop()
     machine = machine_info()
-    result = {
-        "profile": profile.name, "date": machine["date"], "host": machine["host"],
-        "machine": {"cpu": machine["cpu"], "cores": machine["cpu_cores"], "torch": machine["torch"],
-                    "gpu": machine["gpu"]},
-        "models": models,
-        "policy": {"tau": policy.tau, "k": policy.k, "temperature": policy.temperature,
-                   "target_offload": profile.headline_rate},
-        "test_images": len(images), "sweep_images": sweep_n, "headline_link": link.describe(),
-        "energy": {"edge_profile": costs.edge.__dict__, "server_profile": costs.server.__dict__,
-                   "radio": costs.radio.__dict__,
-                   "measured_meter": meter.source if meter else None, "meter_notes": meter_notes},
-        "cells": rows, "seconds": time.perf_counter() - started,
-    }
+    result = BenchResult(
+        profile=profile.name, date=machine["date"], host=machine["host"],
+        machine={"cpu": machine["cpu"], "cores": machine["cpu_cores"], "torch": machine["torch"],
+                 "gpu": machine["gpu"]},
+        models=models, policy={"tau": policy.tau, "k": policy.k, "temperature": policy.temperature,
+                               "target_offload": profile.headline_rate},
+        test_images=len(images), sweep_images=len(sweep), headline_link=PRESETS[profile.headline_link].describe(),
+        energy={"edge_profile": costs.edge.__dict__, "server_profile": costs.server.__dict__,
+                "radio": costs.radio.__dict__, "measured_meter": meter.source if meter else None,
+                "meter_notes": meter_notes},
+        cells={c.name: row_from_dict(cells.get(c.name)) for c in cells_plan}, seconds=time.perf_counter() - started,
+    )
     from askexpert.bench.report import write_report
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{result['date']}-{result['host']}-{profile.name}"
-    (results_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    result["report"] = str(write_report(result, results_dir / stem))
+    stem = f"{result.date}-{result.host}-{profile.name}"
+    result.report = str(write_report(result, results_dir / stem))
+    (results_dir / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
-
-
-def _run_cell(name, profile, models, urls, local_experts, generalist, policy, images, labels, sweep_n, link, costs,
-              meter=None):
-    """One measurement. ``urls()`` starts the expert servers on first use; ``local_experts()`` loads the
-    experts in this process (the edge device, for edge execution). ``meter``: a measured meter of the
-    server's accelerator (NVML), read over each concurrency window; None where there is none."""
-    if name.startswith("baseline-"):
-        kind = name[len("baseline-"):]
-        experts = "static" if kind.endswith("static") else "progressive"
-        system = "collaborative" if kind.startswith("collaborative") else kind
-        on_edge = system in ("edge-only", "edge-execution")
-        traces = run_system(system, generalist=generalist, policy=policy, images=images, labels=labels,
-                            url=None if on_edge else urls()[experts],
-                            local_pool=local_experts() if system == "edge-execution" else None, link=link)
-        return result_row(kind, system, traces, costs, experts=experts, link=link.name)
-    if name.startswith("tau-"):
-        _, rate, k = name.split("-")
-        tau_policy = calibrate(Path(models["generalist"]), offload_rate=float(rate), k=int(k[1:]))
-        traces = run_system("collaborative", generalist=generalist, policy=tau_policy, images=images[:sweep_n],
-                            labels=labels[:sweep_n], url=urls()["progressive"], link=link)
-        return result_row(name, "collaborative", traces, costs, target_offload=float(rate), k=int(k[1:]),
-                          tau=tau_policy.tau)
-    if name.startswith("link-"):
-        _, link_name, *kind = name.split("-")
-        kind = "-".join(kind)
-        traces = run_system(kind, generalist=generalist, policy=policy, images=images[:sweep_n],
-                            labels=labels[:sweep_n], url=urls()["progressive"], link=PRESETS[link_name])
-        return result_row(name, kind, traces, costs, link=link_name)
-    if name.startswith("clients-"):
-        clients = int(name.split("-")[1])
-        url = urls()["progressive"]
-        gpu_meter = meter if meter is not None and meter.source.startswith("NVML") else None
-        if gpu_meter is not None:
-            gpu_meter.start()
-        row = asyncio.run(_concurrency(url, images, "0", clients, profile.concurrency_seconds))
-        modelled = 1000 * costs.server.energy_j(row["server_ms_per_image"] / 1000)
-        row["server_mj_per_image_modelled"] = modelled
-        if gpu_meter is not None:  # the GPU's whole energy over the window (static power included) per image
-            reading = gpu_meter.stop()
-            row.update(server_mj_per_image=1000 * reading.joules / max(row["requests"], 1),
-                       server_watts=reading.watts, server_energy_kind="measured", server_energy_source=gpu_meter.source)
-        else:
-            source = f"{costs.server.name} ({costs.server.active_w} W) x compute share per image"
-            row.update(server_mj_per_image=modelled, server_energy_kind="modelled", server_energy_source=source)
-        return row
-    raise ValueError(name)

@@ -2,8 +2,8 @@
 
 from askexpert.data.base import ArraySplit, DatasetBundle, FileSplit, ImageSplit, iter_batches
 from askexpert.data.registry import DATASETS, load_dataset
-from askexpert.data.splits import stratified_split, stratified_subset
 from askexpert.data.transforms import InputSpec, augment_batch, to_model_input
+from askexpert.splits import stratified_split, stratified_subset
 
 __all__ = [
     "ArraySplit", "DatasetBundle", "FileSplit", "ImageSplit", "iter_batches", "DATASETS", "load_dataset",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from askexpert.errors import DatasetError
+from askexpert.imageio import read_image
 
 
 @dataclass
@@ -68,25 +68,11 @@ class FileSplit(torch.utils.data.Dataset):
 
     def take(self, indices) -> FileSplit:
         idx = [int(i) for i in np.asarray(indices)]
-        return FileSplit([self.paths[i] for i in idx], self.labels[idx], self.size, self.channels)
+        coarse = self.coarse_labels[idx] if self.coarse_labels is not None else None
+        return FileSplit([self.paths[i] for i in idx], self.labels[idx], self.size, self.channels, coarse)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path = self.paths[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
-                scale = self.size / min(img.size)
-                w, h = max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))
-                img = img.resize((w, h), Image.BILINEAR)
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                img = img.crop((left, top, left + self.size, top + self.size))
-                arr = np.array(img, dtype=np.uint8)  # a writable copy
-        except (OSError, ValueError) as err:
-            raise DatasetError(
-                f"cannot decode image {path}: {err}", fix="remove or replace the damaged file"
-            ) from err
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(arr)), int(self.labels[i])
+        return torch.from_numpy(read_image(self.paths[i], self.size, self.channels)), int(self.labels[i])
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([self[int(i)][0] for i in indices])

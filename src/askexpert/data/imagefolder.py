@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 
 from askexpert.data.base import FileSplit
-from askexpert.data.splits import stratified_split
 from askexpert.errors import DatasetError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+from askexpert.imageio import IMAGE_SUFFIXES
+from askexpert.splits import stratified_split
 
 
 def _scan(directory: Path, class_names: list[str] | None) -> tuple[list[Path], list[int], list[str]]:

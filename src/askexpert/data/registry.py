@@ -12,8 +12,8 @@ import difflib
 from askexpert.config import DataConfig
 from askexpert.data import cifar, fashion_mnist, imagefolder
 from askexpert.data.base import ArraySplit, DatasetBundle, ImageSplit
-from askexpert.data.splits import stratified_split, stratified_subset
 from askexpert.errors import DatasetError
+from askexpert.splits import stratified_split, stratified_subset
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

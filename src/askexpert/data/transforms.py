@@ -11,26 +11,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
+
+from askexpert.system.schema import InputSpec  # noqa: F401 (the spec lives in the torch-free contract)
 
 AUGMENTATIONS = ("none", "flip", "crop-flip", "rrc-flip")
-
-
-class InputSpec(BaseModel):
-    """What a model expects: channels, square size, and the normalisation of its inputs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @model_validator(mode="after")
-    def _check(self) -> InputSpec:
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"mean/std need {self.channels} values each")
-        return self
 
 
 def _crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Routing: temperature calibration, confidence, the Top-k expert policy, thresholds, and offline
-system evaluation. Tensors in, decisions out: nothing here does I/O."""
+system evaluation. NumPy arrays in, decisions out: no torch and no I/O here, so the edge device
+runs exactly this code next to ONNX Runtime."""
 
-from askexpert.routing.calibration import expected_calibration_error, fit_temperature
+from askexpert.routing.calibration import fit_temperature, softmax
 from askexpert.routing.policy import (
     OTHER,
     RouteDecision,
@@ -12,11 +13,11 @@ from askexpert.routing.policy import (
     membership_matrix,
     route,
 )
-from askexpert.routing.system import ExpertAnswers, system_metrics
-from askexpert.routing.thresholds import tau_for_accuracy, tau_for_offload
+from askexpert.routing.system import ExpertAnswers, SystemMetrics, system_metrics
+from askexpert.routing.thresholds import ALL, tau_for_accuracy, tau_for_offload
 
 __all__ = [
-    "expected_calibration_error", "fit_temperature", "OTHER", "RouteDecision", "Router", "RoutingPolicy",
-    "confidence_scores", "finalize", "membership_matrix", "route", "ExpertAnswers", "system_metrics",
+    "fit_temperature", "softmax", "OTHER", "RouteDecision", "Router", "RoutingPolicy", "confidence_scores",
+    "finalize", "membership_matrix", "route", "ExpertAnswers", "SystemMetrics", "system_metrics", "ALL",
     "tau_for_accuracy", "tau_for_offload",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The routing policy: tensors in, decisions out, vectorised over a batch.
+"""The routing policy: NumPy arrays in, decisions out, vectorised over a batch.
 
 For every sample the generalist's logits are temperature-scaled; a confidence score (max softmax,
 margin or normalised negative entropy) at or above ``tau`` keeps the generalist's answer locally.
@@ -7,9 +7,10 @@ subset holds the largest share of that mass (ties go to the lowest expert id), a
 offloaded to that expert. When the expert answers, its answer stands unless it says "other" or,
 under the ``other-or-less-confident`` rule, it is less confident than the generalist.
 
-The arithmetic runs in NumPy on zero-copy views of the tensors: a router sees one sample at a
-time on an edge device, and a dozen NumPy operations on a 10-element row cost a fraction of the
-same dozen torch dispatches (BENCHMARKS.md, "Router cost").
+NumPy only, no torch: the edge device runs this next to ONNX Runtime. Anything array-like is
+accepted (a CPU torch tensor converts without a copy). A router sees one sample at a time on an
+edge device, and a dozen NumPy operations on a 10-element row cost a fraction of the same dozen
+torch dispatches (BENCHMARKS.md, "Router cost").
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 Confidence = Literal["max-prob", "margin", "entropy"]
 Fallback = Literal["other", "other-or-less-confident"]
@@ -37,18 +37,18 @@ def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown confidence {kind!r}: use max-prob, margin or entropy")
 
 
-def confidence_scores(probs: torch.Tensor, kind: Confidence = "max-prob") -> torch.Tensor:
+def confidence_scores(probs, kind: Confidence = "max-prob") -> np.ndarray:
     """Confidence in [0, 1] of each row of ``probs``: higher means more sure."""
-    p = _np(probs.float())
+    p = np.asarray(probs, dtype=np.float32)
     top = -np.sort(-p, axis=1)[:, :2]
-    return torch.from_numpy(np.ascontiguousarray(_confidence(p, top, kind)))
+    return np.ascontiguousarray(_confidence(p, top, kind))
 
 
-def membership_matrix(subsets: list[list[int]], num_classes: int) -> torch.Tensor:
-    """``[E, C]`` float matrix, 1 where class c belongs to expert e's subset."""
-    m = torch.zeros(len(subsets), num_classes)
+def membership_matrix(subsets: list[list[int]], num_classes: int) -> np.ndarray:
+    """``[E, C]`` float32 matrix, 1 where class c belongs to expert e's subset."""
+    m = np.zeros((len(subsets), num_classes), dtype=np.float32)
     for e, classes in enumerate(subsets):
-        m[e, classes] = 1.0
+        m[e, list(classes)] = 1.0
     return m
 
 
@@ -63,13 +63,12 @@ class RoutingPolicy:
 
 @dataclass
 class RouteDecision:
-    """Per-sample routing of a batch (all tensors ``[N]``)."""
+    """Per-sample routing of a batch (all arrays ``[N]``)."""
 
-    offload: torch.Tensor  # bool: send to an expert
-    expert: torch.Tensor  # int64 expert id, -1 where kept locally
-    confidence: torch.Tensor  # float, the generalist's calibrated confidence
-    local_pred: torch.Tensor  # int64, the generalist's answer
-    probs: torch.Tensor  # [N, C] calibrated generalist probabilities
+    offload: np.ndarray  # bool: send to an expert
+    expert: np.ndarray  # int64 expert id, -1 where kept locally
+    confidence: np.ndarray  # float32, the generalist's calibrated confidence
+    local_pred: np.ndarray  # int64, the generalist's answer
 
 
 def _top_classes(p: np.ndarray, k: int) -> np.ndarray:
@@ -82,24 +81,17 @@ def _top_classes(p: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, rank, 1)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (a copy only where dtype or device require one)."""
-    if t.device.type != "cpu" or t.requires_grad:
-        t = t.detach().cpu()
-    return t.numpy()
-
-
 class Router:
     """A routing policy bound to an expert membership matrix, ready to route batch after batch."""
 
-    def __init__(self, policy: RoutingPolicy, membership: torch.Tensor) -> None:
+    def __init__(self, policy: RoutingPolicy, membership) -> None:
         self.policy = policy
-        self.member_t = np.ascontiguousarray(_np(membership.float()).T)  # [C, E]
+        self.member_t = np.ascontiguousarray(np.asarray(membership, dtype=np.float32).T)  # [C, E]
 
-    def route(self, logits: torch.Tensor) -> RouteDecision:
+    def route(self, logits) -> RouteDecision:
         """Keep or offload every row of the generalist's ``logits`` ``[N, C]``, and to which expert."""
         policy = self.policy
-        z = _np(logits).astype(np.float32, copy=False) / policy.temperature
+        z = np.asarray(logits, dtype=np.float32) / np.float32(policy.temperature)
         e = np.exp(z - z.max(1, keepdims=True))
         p = e / e.sum(1, keepdims=True)
         k = min(policy.k, p.shape[1])
@@ -109,18 +101,17 @@ class Router:
         # mass[n, e] = the top-k probability held by expert e's classes; argmax takes the lowest id on a tie
         mass = (top_p[:, :k, None] * self.member_t[order[:, :k]]).sum(1)
         offload = conf < policy.tau
-        expert = np.where(offload, mass.argmax(1), -1)
-        t = torch.from_numpy
-        return RouteDecision(t(offload), t(expert), t(np.ascontiguousarray(conf)), t(order[:, 0].copy()), t(p))
+        expert = np.where(offload, mass.argmax(1), -1).astype(np.int64)
+        return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64))
 
 
-def route(logits: torch.Tensor, policy: RoutingPolicy, membership: torch.Tensor) -> RouteDecision:
+def route(logits, policy: RoutingPolicy, membership) -> RouteDecision:
     """Decide, for every row of the generalist's ``logits`` ``[N, C]``, keep or offload and to which expert."""
     return Router(policy, membership).route(logits)
 
 
-def finalize(decision: RouteDecision, expert_pred: torch.Tensor, expert_conf: torch.Tensor,
-             policy: RoutingPolicy, answered: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def finalize(decision: RouteDecision, expert_pred, expert_conf, policy: RoutingPolicy,
+             answered=None) -> tuple[np.ndarray, np.ndarray]:
     """Final predictions ``[N]`` and a ``[N]`` bool "fell back to the generalist" flag.
 
     ``expert_pred`` holds the chosen expert's global class id (``OTHER`` for "not mine") and
@@ -128,11 +119,11 @@ def finalize(decision: RouteDecision, expert_pred: torch.Tensor, expert_conf: to
     ``answered`` marks offloaded samples whose expert did answer (default: all of them); an
     unanswered one (dead server, error) keeps the generalist's answer.
     """
-    offload = decision.offload.numpy()
-    pred = _np(expert_pred)
-    answered_np = offload if answered is None else offload & _np(answered)
+    offload = decision.offload
+    pred = np.asarray(expert_pred, dtype=np.int64)
+    answered_np = offload if answered is None else offload & np.asarray(answered, dtype=bool)
     use_expert = answered_np & (pred != OTHER)
     if policy.fallback == "other-or-less-confident":
-        use_expert &= _np(expert_conf) >= decision.confidence.numpy()
-    final = np.where(use_expert, pred, decision.local_pred.numpy())
-    return torch.from_numpy(final), torch.from_numpy(offload & ~use_expert)
+        use_expert &= np.asarray(expert_conf, dtype=np.float32) >= decision.confidence
+    final = np.where(use_expert, pred, decision.local_pred)
+    return final, offload & ~use_expert

@@ -1,4 +1,4 @@
-"""Offline evaluation of the collaborative system from saved logits.
+"""Offline evaluation of the collaborative system from saved logits (NumPy only).
 
 Given the generalist's logits, every expert's logits on the same samples and the labels, it
 computes what the deployed system would answer for any (tau, k): accuracy overall and on the
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+from askexpert.routing.calibration import softmax
 from askexpert.routing.policy import OTHER, RoutingPolicy, finalize, route
 
 
@@ -18,39 +19,63 @@ from askexpert.routing.policy import OTHER, RoutingPolicy, finalize, route
 class ExpertAnswers:
     """Every expert's answer for every sample: global class id (or OTHER) and confidence, ``[E, N]``."""
 
-    pred: torch.Tensor
-    conf: torch.Tensor
+    pred: np.ndarray
+    conf: np.ndarray
 
     @classmethod
-    def from_logits(cls, logits: list[torch.Tensor], subsets: list[list[int]],
+    def from_logits(cls, logits: list, subsets: list[list[int]],
                     temperatures: list[float] | None = None) -> ExpertAnswers:
-        """Expert e's logits ``[N, len(subset_e) + 1]`` (last output: "other") -> answers.
+        """Expert e's logits ``[N, len(subset_e) + 1]`` (last output: "other") -> answers, with each
+        expert's softmax at its temperature (the server answers with the same ones).
 
         A logits matrix without the extra column (a model over exactly its subset) never says "other".
         """
         preds, confs = [], []
         for e, (z, subset) in enumerate(zip(logits, subsets, strict=True)):
-            t = temperatures[e] if temperatures else 1.0
-            p = torch.softmax(z.float() / t, dim=1)
-            conf, idx = p.max(1)
-            ids = torch.tensor(list(subset) + [OTHER])[: z.shape[1]]
+            p = softmax(np.asarray(z), temperatures[e] if temperatures else 1.0)
+            idx = p.argmax(1)
+            ids = np.array(list(subset) + [OTHER], dtype=np.int64)[: p.shape[1]]
             preds.append(ids[idx])
-            confs.append(conf)
-        return cls(torch.stack(preds), torch.stack(confs))
+            confs.append(p[np.arange(len(idx)), idx])
+        return cls(np.stack(preds), np.stack(confs))
 
-    def for_route(self, expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def for_route(self, expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The answers of each sample's chosen expert (kept samples get OTHER / 0)."""
-        idx = expert.clamp_min(0)
-        n = torch.arange(len(expert))
-        pred = torch.where(expert >= 0, self.pred[idx, n], torch.full_like(expert, OTHER))
-        conf = torch.where(expert >= 0, self.conf[idx, n], torch.zeros_like(self.conf[0]))
+        idx = np.maximum(expert, 0)
+        n = np.arange(len(expert))
+        pred = np.where(expert >= 0, self.pred[idx, n], OTHER)
+        conf = np.where(expert >= 0, self.conf[idx, n], 0.0).astype(np.float32)
         return pred, conf
 
 
-def system_metrics(gen_logits: torch.Tensor, labels: torch.Tensor, membership: torch.Tensor,
-                   answers: ExpertAnswers, policy: RoutingPolicy) -> dict:
+@dataclass
+class SystemMetrics:
+    """What the collaborative system achieves on one set of samples under one policy (percentages)."""
+
+    tau: float
+    k: int
+    samples: int
+    accuracy: float
+    generalist_accuracy: float
+    offload_rate: float
+    offloaded: int
+    offloaded_accuracy_generalist: float
+    offloaded_accuracy_system: float
+    routing_hit_rate: float
+    expert_load: list[int]
+    expert_other_rate: float
+    fallback_rate: float
+    offloaded_accuracy_general: float | None = None  # the general model on the same offloaded samples
+
+
+def _pct(x: np.ndarray) -> float:
+    return 100.0 * float(np.mean(x)) if x.size else float("nan")
+
+
+def system_metrics(gen_logits, labels, membership, answers: ExpertAnswers, policy: RoutingPolicy) -> SystemMetrics:
     """What the collaborative system achieves on these samples under ``policy``."""
-    labels = labels.to(torch.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    membership = np.asarray(membership, dtype=np.float32)
     d = route(gen_logits, policy, membership)
     pred, conf = answers.for_route(d.expert)
     final, fell_back = finalize(d, pred, conf, policy)
@@ -59,22 +84,12 @@ def system_metrics(gen_logits: torch.Tensor, labels: torch.Tensor, membership: t
     local_ok = d.local_pred == labels
     final_ok = final == labels
     experts = membership.shape[0]
-    load = torch.bincount(d.expert[off], minlength=experts) if n_off else torch.zeros(experts, dtype=torch.int64)
-    hit = membership[d.expert[off], labels[off]].bool() if n_off else torch.zeros(0, dtype=torch.bool)
-
-    def pct(x: torch.Tensor) -> float:
-        return 100.0 * float(x.float().mean()) if x.numel() else float("nan")
-
-    return {
-        "tau": policy.tau, "k": policy.k, "samples": n,
-        "accuracy": pct(final_ok),
-        "generalist_accuracy": pct(local_ok),
-        "offload_rate": 100.0 * n_off / n,
-        "offloaded": n_off,
-        "offloaded_accuracy_generalist": pct(local_ok[off]),
-        "offloaded_accuracy_system": pct(final_ok[off]),
-        "routing_hit_rate": pct(hit),
-        "expert_load": load.tolist(),
-        "expert_other_rate": pct(pred[off] == OTHER),
-        "fallback_rate": pct(fell_back[off]),
-    }
+    load = np.bincount(d.expert[off], minlength=experts) if n_off else np.zeros(experts, dtype=np.int64)
+    hit = membership[d.expert[off], labels[off]].astype(bool) if n_off else np.zeros(0, dtype=bool)
+    return SystemMetrics(
+        tau=policy.tau, k=policy.k, samples=n, accuracy=_pct(final_ok), generalist_accuracy=_pct(local_ok),
+        offload_rate=100.0 * n_off / n, offloaded=n_off, offloaded_accuracy_generalist=_pct(local_ok[off]),
+        offloaded_accuracy_system=_pct(final_ok[off]), routing_hit_rate=_pct(hit),
+        expert_load=[int(v) for v in load], expert_other_rate=_pct(pred[off] == OTHER),
+        fallback_rate=_pct(fell_back[off]),
+    )

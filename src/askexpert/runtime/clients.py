@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 
 from askexpert.runtime.link import LinkProfile
-from askexpert.runtime.protocol import ExpertInfo, InferResponse, encode_images
+from askexpert.runtime.protocol import ExpertInfo, HealthResponse, InferResponse, encode_images
 
 
 class ExpertUnavailable(RuntimeError):
@@ -96,6 +96,9 @@ class HttpExpertClient:
 
     def experts(self) -> list[ExpertInfo]:
         return [ExpertInfo.model_validate(x) for x in self._request("GET", "/v1/experts").json()]
+
+    def health(self) -> HealthResponse:
+        return HealthResponse.model_validate(self._request("GET", "/v1/health").json())
 
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
         t0 = time.perf_counter()

@@ -5,6 +5,12 @@ answers. Every sample gets a prediction, whatever happens to the network: when i
 answer, the generalist's answer stands and the sample is flagged ``degraded``. Every sample also
 gets a trace: where its time went (edge compute, encoding, the round trip on the real socket,
 emulated link delay, server queue, expert compute) and which route it took.
+
+Two kinds of time are kept apart: the latency an image lived through (its whole batch's compute,
+``edge_ms`` / ``expert_ms``) and the share of a cost it is charged (the batch's compute divided
+by the images in it, ``edge_share_ms`` / ``expert_share_ms``), so energy is right at any batch size.
+
+NumPy and httpx only: no torch, so the deployable edge (ONNX Runtime) runs exactly this code.
 """
 
 from __future__ import annotations
@@ -13,28 +19,49 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
 from askexpert.runtime.protocol import ExpertInfo
 
 
+class Route(str, Enum):
+    """Where a sample's answer came from."""
+
+    LOCAL = "local"  # the generalist was sure enough
+    EXPERT = "expert"  # offloaded; the expert's answer stands
+    EXPERT_FALLBACK = "expert-fallback"  # offloaded; the expert said "other" (or was less sure): generalist's answer
+    DEGRADED = "degraded"  # offloaded but no expert answered: generalist's answer, flagged
+
+    @property
+    def offloaded(self) -> bool:
+        return self is not Route.LOCAL
+
+
 class EdgeModel(Protocol):
     backend: str
     class_names: list[str]
 
-    def logits(self, images: np.ndarray) -> torch.Tensor: ...
+    def logits(self, images: np.ndarray) -> np.ndarray: ...
 
 
 class ExpertClient(Protocol):
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply: ...
 
     def experts(self) -> list[ExpertInfo]: ...
+
+
+@dataclass(frozen=True)
+class ExpertTarget:
+    """An expert the router can choose: its id on the server and the class ids it knows."""
+
+    id: str
+    classes: list[int]
 
 
 @dataclass
@@ -44,42 +71,53 @@ class SampleTrace:
     pred: int
     local_pred: int
     confidence: float
-    route: str  # "local", "expert", "expert-fallback" (expert said other / less sure) or "degraded"
+    route: Route
     expert: str | None
     degraded: bool
-    edge_ms: float
+    edge_ms: float  # the generalist's time for the batch this image was in (latency lived)
+    edge_share_ms: float = 0.0  # this image's share of it (cost)
     encode_ms: float = 0.0
     network_ms: float = 0.0  # round trip on the socket minus the server's own time
     link_ms: float = 0.0
     queue_ms: float = 0.0
-    expert_ms: float = 0.0
+    expert_ms: float = 0.0  # the expert's time for the batch this image ran in (latency lived)
+    expert_share_ms: float = 0.0  # this image's share of that batch's compute (cost)
+    expert_on_edge: bool = False  # the expert ran on the edge device itself (edge execution)
     total_ms: float = 0.0
-    server_share_ms: float = 0.0  # this sample's share of its server batch's compute (for energy)
     up_bytes: float = 0.0  # this sample's share of its request's bytes
     down_bytes: float = 0.0
     error: str | None = None
 
+    def finish(self) -> SampleTrace:
+        self.total_ms = self.edge_ms + self.encode_ms + self.network_ms + self.link_ms + self.queue_ms + self.expert_ms
+        return self
+
+
+def targets_from_infos(infos: list[ExpertInfo]) -> list[ExpertTarget]:
+    """The specialists a server offers (the general model, without "other", is not routed to)."""
+    return [ExpertTarget(x.id, list(x.classes)) for x in infos if x.has_other]
+
 
 class EdgeRunner:
-    """Runs the generalist, routes, asks the experts. ``experts`` lists the server's experts (their
-    class subsets drive the routing); when it is not given it is fetched from the server, and while
-    the server cannot be reached the unsure samples keep the generalist's answer, flagged degraded."""
+    """Runs the generalist, routes, asks the experts. ``experts`` lists the experts the router may
+    choose (from a bundle's ``system.json``); when it is not given it is fetched from the server, and
+    while the server cannot be reached the unsure samples keep the generalist's answer, flagged degraded."""
 
     def __init__(self, generalist: EdgeModel, policy: RoutingPolicy, client: ExpertClient | None,
-                 experts: list[ExpertInfo] | None = None) -> None:
+                 experts: list[ExpertTarget] | None = None, *, experts_on_edge: bool = False) -> None:
         self.generalist, self.policy, self.client = generalist, policy, client
+        self.experts_on_edge = experts_on_edge
         self.router: Router | None = None
         self.expert_ids: list[str] = []
         if experts is not None:
             self._set_experts(experts)
 
-    def _set_experts(self, experts: list[ExpertInfo]) -> None:
-        specialists = [x for x in experts if x.has_other]  # the general model (no "other") is not routed to
-        if not specialists:
-            raise ValueError("the server offers no specialist experts")
-        self.expert_ids = [x.id for x in specialists]
-        subsets = [x.classes for x in specialists]
-        self.router = Router(self.policy, membership_matrix(subsets, len(self.generalist.class_names)))
+    def _set_experts(self, experts: list[ExpertTarget]) -> None:
+        if not experts:
+            raise ValueError("no specialist experts to route to")
+        self.expert_ids = [x.id for x in experts]
+        self.router = Router(self.policy, membership_matrix([x.classes for x in experts],
+                                                            len(self.generalist.class_names)))
 
     def _ensure_experts(self) -> str | None:
         """Fetch the expert list if it is not known yet; returns why it is unknown, or None."""
@@ -88,26 +126,26 @@ class EdgeRunner:
         if self.client is None:
             return "no expert server configured"
         try:
-            self._set_experts(self.client.experts())
+            self._set_experts(targets_from_infos(self.client.experts()))
         except ExpertUnavailable as err:
             return f"expert list unavailable: {err}"
         return None
 
     def process(self, images: np.ndarray, labels: np.ndarray | None = None, start_index: int = 0) -> list[SampleTrace]:
         """Answer one batch of ``uint8 [B, C, H, W]`` images; returns one trace per image."""
+        n = len(images)
         t0 = time.perf_counter()
         logits = self.generalist.logits(images)
         edge_ms = (time.perf_counter() - t0) * 1000  # every sample of the batch waits for all of it
         unknown = self._ensure_experts()
-        router = self.router or Router(self.policy, torch.ones(1, len(self.generalist.class_names)))
+        router = self.router or Router(self.policy, np.ones((1, len(self.generalist.class_names)), np.float32))
         decision = router.route(logits)
-        n = len(images)
         expert_pred = np.full(n, OTHER, dtype=np.int64)
         expert_conf = np.zeros(n, dtype=np.float32)
         answered = np.zeros(n, dtype=bool)
         per_sample: dict[int, dict] = {}
         errors: dict[int, str] = {}
-        expert = decision.expert.numpy()
+        expert = decision.expert
         for e in np.unique(expert[expert >= 0]):
             idx = np.flatnonzero(expert == e)
             if unknown is not None or self.client is None:
@@ -125,34 +163,29 @@ class EdgeRunner:
                 continue
             expert_pred[idx], expert_conf[idx], answered[idx] = reply.pred, reply.confidence, True
             server_ms = reply.queue_ms + reply.compute_ms
-            # the latency each sample of the request lived through (not shares of a cost)
             lived = {"encode_ms": reply.encode_ms, "queue_ms": reply.queue_ms, "expert_ms": reply.compute_ms,
                      "network_ms": max(reply.round_trip_ms - server_ms, 0.0), "link_ms": reply.link_ms,
-                     "server_share_ms": reply.compute_ms / max(reply.batch_size, 1),
+                     "expert_share_ms": reply.compute_ms / max(reply.batch_size, 1),
+                     "expert_on_edge": self.experts_on_edge,
                      "up_bytes": reply.up_bytes / len(idx), "down_bytes": reply.down_bytes / len(idx)}
             for i in idx:
                 per_sample[i] = lived
-        final, fell_back = finalize(decision, torch.from_numpy(expert_pred), torch.from_numpy(expert_conf),
-                                    self.policy, answered=torch.from_numpy(answered))
-        final, fell_back = final.numpy(), fell_back.numpy()
-        local = decision.local_pred.numpy()
-        conf = decision.confidence.numpy()
-        offload = decision.offload.numpy()
+        final, fell_back = finalize(decision, expert_pred, expert_conf, self.policy, answered=answered)
         traces = []
         for i in range(n):
             t = SampleTrace(index=start_index + i, label=None if labels is None else int(labels[i]),
-                            pred=int(final[i]), local_pred=int(local[i]), confidence=float(conf[i]),
-                            route="local", expert=None, degraded=False, edge_ms=edge_ms)
-            if offload[i]:
+                            pred=int(final[i]), local_pred=int(decision.local_pred[i]),
+                            confidence=float(decision.confidence[i]), route=Route.LOCAL, expert=None,
+                            degraded=False, edge_ms=edge_ms, edge_share_ms=edge_ms / n)
+            if decision.offload[i]:
                 t.expert = self.expert_ids[expert[i]] if unknown is None else None
                 if not answered[i]:
-                    t.route, t.degraded, t.error = "degraded", True, errors.get(i)
+                    t.route, t.degraded, t.error = Route.DEGRADED, True, errors.get(i)
                 else:
-                    t.route = "expert-fallback" if fell_back[i] else "expert"
+                    t.route = Route.EXPERT_FALLBACK if fell_back[i] else Route.EXPERT
                 for key, value in per_sample.get(i, {}).items():
                     setattr(t, key, value)
-            t.total_ms = t.edge_ms + t.encode_ms + t.network_ms + t.link_ms + t.queue_ms + t.expert_ms
-            traces.append(t)
+            traces.append(t.finish())
         return traces
 
     def run(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], *, trace_path: Path | None = None,
@@ -175,33 +208,56 @@ class EdgeRunner:
                 handle.close()
 
 
-def summarize(traces: list[SampleTrace]) -> dict:
+BREAKDOWN = ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms", "expert_ms")
+
+
+@dataclass
+class Latency:
+    p50: float
+    p95: float
+    mean: float
+
+
+@dataclass
+class EdgeSummary:
+    """What a stream of traces adds up to. Accuracies are percentages, None without labels."""
+
+    samples: int
+    offload_rate: float
+    degraded: int
+    expert_fallbacks: int
+    latency_ms: Latency
+    breakdown_ms_all: dict[str, float]
+    breakdown_ms_offloaded: dict[str, float]
+    accuracy: float | None = None
+    generalist_accuracy: float | None = None
+    offloaded_accuracy: float | None = None
+    offloaded_generalist_accuracy: float | None = None
+
+
+def summarize(traces: list[SampleTrace]) -> EdgeSummary:
     """Accuracy, offload and degraded rates, latency percentiles and the mean breakdown."""
     n = len(traces)
-    labelled = [t for t in traces if t.label is not None]
-    total = np.array([t.total_ms for t in traces])
-    offloaded = [t for t in traces if t.route != "local"]
+    total = np.array([t.total_ms for t in traces]) if n else np.zeros(1)
+    offloaded = [t for t in traces if t.route.offloaded]
 
     def mean(key: str, ts) -> float:
         return float(np.mean([getattr(t, key) for t in ts])) if ts else 0.0
 
-    out = {
-        "samples": n,
-        "offload_rate": 100 * len(offloaded) / n if n else 0.0,
-        "degraded": sum(t.degraded for t in traces),
-        "expert_fallbacks": sum(t.route == "expert-fallback" for t in traces),
-        "latency_ms": {"p50": float(np.percentile(total, 50)), "p95": float(np.percentile(total, 95)),
-                       "mean": float(total.mean())} if n else {},
-        "breakdown_ms_all": {k: mean(k, traces) for k in ("edge_ms", "encode_ms", "network_ms", "link_ms",
-                                                           "queue_ms", "expert_ms")},
-        "breakdown_ms_offloaded": {k: mean(k, offloaded) for k in ("edge_ms", "encode_ms", "network_ms", "link_ms",
-                                                                    "queue_ms", "expert_ms")},
-    }
-    if labelled:
-        out["accuracy"] = 100 * float(np.mean([t.pred == t.label for t in labelled]))
-        out["generalist_accuracy"] = 100 * float(np.mean([t.local_pred == t.label for t in labelled]))
-        off = [t for t in labelled if t.route != "local"]
-        out["offloaded_accuracy"] = 100 * float(np.mean([t.pred == t.label for t in off])) if off else None
-        out["offloaded_generalist_accuracy"] = (100 * float(np.mean([t.local_pred == t.label for t in off]))
-                                                if off else None)
-    return out
+    def pct(ok: list[bool]) -> float | None:
+        return 100 * float(np.mean(ok)) if ok else None
+
+    labelled = [t for t in traces if t.label is not None]
+    off = [t for t in labelled if t.route.offloaded]
+    return EdgeSummary(
+        samples=n, offload_rate=100 * len(offloaded) / n if n else 0.0,
+        degraded=sum(t.degraded for t in traces),
+        expert_fallbacks=sum(t.route is Route.EXPERT_FALLBACK for t in traces),
+        latency_ms=Latency(float(np.percentile(total, 50)), float(np.percentile(total, 95)), float(total.mean())),
+        breakdown_ms_all={k: mean(k, traces) for k in BREAKDOWN},
+        breakdown_ms_offloaded={k: mean(k, offloaded) for k in BREAKDOWN},
+        accuracy=pct([t.pred == t.label for t in labelled]),
+        generalist_accuracy=pct([t.local_pred == t.label for t in labelled]),
+        offloaded_accuracy=pct([t.pred == t.label for t in off]),
+        offloaded_generalist_accuracy=pct([t.local_pred == t.label for t in off]),
+    )

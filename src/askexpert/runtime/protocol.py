@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
 OCTET = "application/octet-stream"
@@ -30,9 +29,9 @@ class ProtocolError(ValueError):
     """A request body that does not follow the protocol; the message says what is wrong."""
 
 
-def encode_images(images: torch.Tensor | np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """Raw-bytes body and headers for a ``uint8 [N, C, H, W]`` batch."""
-    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+def encode_images(images) -> tuple[bytes, dict[str, str]]:
+    """Raw-bytes body and headers for a ``uint8 [N, C, H, W]`` batch (a NumPy array, or a CPU tensor)."""
+    arr = np.asarray(images)
     if arr.dtype != np.uint8 or arr.ndim != 4:
         raise ProtocolError(f"images must be uint8 [N, C, H, W], got {arr.dtype} {list(arr.shape)}")
     return np.ascontiguousarray(arr).tobytes(), {"Content-Type": OCTET, SHAPE_HEADER: ",".join(map(str, arr.shape))}
@@ -97,9 +96,11 @@ class ExpertInfo(BaseModel):
     timm_name: str
     parameters: int
     input_shape: list[int] = Field(description="[C, H, W] of every image a request sends")
+    temperature: float = Field(1.0, description="softmax temperature of its answers (calibrated at build time)")
 
 
 class HealthResponse(BaseModel):
     status: str
     experts: int
     device: str
+    system_id: str | None = Field(None, description="sha256 of the bundle's system.json (None: a run directory)")

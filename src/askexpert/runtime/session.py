@@ -1,36 +1,38 @@
-"""One edge session, end to end: load the generalist, calibrate the router on validation data, open
-the inputs and the expert server, stream everything through the edge runner, summarise."""
+"""One edge session, end to end: open the system, the inputs and the expert server, stream everything
+through the edge runner, summarise.
+
+With a bundle (``askexpert build-system``) the edge reads ``system.json`` and runs the ONNX generalist:
+ONNX Runtime, NumPy and httpx, no torch, no dataset, no calibration at start. With a generalist's run
+directory it runs the checkpoint in torch and calibrates on the validation split first (the full
+install; kept for experiments).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from askexpert.config import DataConfig
-from askexpert.routing import RoutingPolicy, confidence_scores, fit_temperature, tau_for_offload
-from askexpert.runtime.clients import HttpExpertClient
-from askexpert.runtime.edge import EdgeRunner, SampleTrace, summarize
-from askexpert.runtime.edge_models import OnnxGeneralist, TorchGeneralist
+from askexpert.errors import AskExpertError
+from askexpert.routing import RoutingPolicy
+from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile
+from askexpert.system.bundle import is_bundle, load_bundle
 
 
 @dataclass
 class EdgeSettings:
-    generalist: Path
+    system: Path  # a bundle (directory or archive), or a generalist's run directory
     server: str | None
     inputs: list[str] = field(default_factory=lambda: ["split:test"])
-    backend: str = "torch"  # torch | onnx
-    onnx: Path | None = None
     link: LinkProfile | None = None
-    offload_rate: float = 0.3
-    tau: float | None = None
+    offload_rate: float = 0.3  # run directories only: the bundle fixed its operating point at build time
+    tau: float | None = None  # overrides
     temperature: float | None = None
-    k: int = 3
-    confidence: str = "max-prob"
-    fallback: str = "other"
+    k: int | None = None
+    confidence: str | None = None
+    fallback: str | None = None
     batch_size: int = 1
     limit: int | None = None
     threads: int | None = None
@@ -39,42 +41,81 @@ class EdgeSettings:
     trace: Path | None = None
 
 
-def calibrate(generalist: Path, *, offload_rate: float, k: int, confidence: str = "max-prob",
-              fallback: str = "other", tau: float | None = None, temperature: float | None = None) -> RoutingPolicy:
-    """The routing policy: temperature fitted and tau chosen on the generalist's validation split
-    (each only when not given explicitly)."""
-    if tau is None or temperature is None:
-        from askexpert.training.logits import cached_logits
+@dataclass
+class EdgeSystem:
+    """What the edge needs: its model, the routing policy and (from a bundle) the experts it may choose."""
 
-        logits, labels = cached_logits(generalist, "val", device="cpu")
-        temperature = temperature if temperature is not None else fit_temperature(logits, labels)
-        if tau is None:
-            conf = confidence_scores(torch.softmax(logits / temperature, 1), confidence)
-            tau = tau_for_offload(conf, offload_rate)
-    return RoutingPolicy(tau=tau, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
+    model: EdgeModel
+    policy: RoutingPolicy
+    experts: list[ExpertTarget] | None
+    data: dict | None  # the generalist's dataset config (for split: inputs)
+    system_id: str | None  # sha256 of system.json (None: a run directory)
+    source: str
 
 
-def run_edge(s: EdgeSettings, *, progress=None) -> tuple[dict, list[SampleTrace], RoutingPolicy]:
-    from askexpert.models import read_meta
+@dataclass
+class EdgeReport:
+    summary: EdgeSummary
+    traces: list[SampleTrace]
+    policy: RoutingPolicy
+    backend: str
+    input: str
+    link: str
+    server: str | None
+    source: str
 
-    meta = read_meta(s.generalist)
-    model = OnnxGeneralist(s.onnx, threads=s.threads) if s.backend == "onnx" else TorchGeneralist(
-        s.generalist, threads=s.threads)
-    policy = calibrate(s.generalist, offload_rate=s.offload_rate, k=s.k, confidence=s.confidence,
-                       fallback=s.fallback, tau=s.tau, temperature=s.temperature)
-    data = DataConfig(**meta.dataset["config"]) if meta.dataset.get("config") else None
-    batches, n, description = open_input(s.inputs, input_spec=model.input, class_names=model.class_names, data=data,
-                                         batch_size=s.batch_size, limit=s.limit)
-    client = HttpExpertClient(s.server, timeout_s=s.timeout_s, retries=s.retries, link=s.link) if s.server else None
-    runner = EdgeRunner(model, policy, client)
-    task = progress.add_task(f"edge ({model.backend})", total=n, info=description) if progress is not None else None
+
+def open_system(s: EdgeSettings) -> EdgeSystem:
+    if is_bundle(s.system):
+        from askexpert.runtime.onnx_model import OnnxGeneralist
+
+        bundle = load_bundle(s.system)
+        m, r = bundle.manifest, bundle.manifest.routing
+        policy = RoutingPolicy(
+            tau=r.tau if s.tau is None else s.tau, k=r.k if s.k is None else s.k,
+            temperature=r.temperature if s.temperature is None else s.temperature,
+            confidence=s.confidence or r.confidence, fallback=s.fallback or r.fallback)
+        experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
+        return EdgeSystem(OnnxGeneralist(bundle.generalist_onnx, threads=s.threads), policy, experts,
+                          dict(m.data.config), bundle.system_id, f"bundle {bundle.root}")
+    from askexpert.models import read_meta  # a run directory: the torch path
+    from askexpert.runtime.edge_models import TorchGeneralist
+    from askexpert.system.calibrate import generalist_policy
+
+    policy = generalist_policy(s.system, offload_rate=s.offload_rate, k=s.k or 3,
+                               confidence=s.confidence or "max-prob", fallback=s.fallback or "other", tau=s.tau,
+                               temperature=s.temperature)
+    return EdgeSystem(TorchGeneralist(s.system, threads=s.threads), policy, None,
+                      read_meta(s.system).dataset.get("config"), None, f"run {s.system}")
+
+
+def _check_server(client: HttpExpertClient, system: EdgeSystem, url: str) -> None:
+    """A bundle's edge and a server holding another system would route to the wrong experts: refuse."""
+    if system.system_id is None:
+        return
     try:
+        served = client.health().system_id
+    except ExpertUnavailable:
+        return  # unreachable now: the runner degrades gracefully and retries later
+    if served is not None and served != system.system_id:
+        raise AskExpertError(f"the server at {url} serves another system (system.json sha256 {served[:12]}, this "
+                             f"bundle {system.system_id[:12]})", fix="serve this bundle: askexpert serve BUNDLE")
+
+
+def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
+    system = open_system(s)
+    model = system.model
+    batches, n, description = open_input(s.inputs, input_spec=model.input, class_names=model.class_names,
+                                         data=system.data, batch_size=s.batch_size, limit=s.limit)
+    client = HttpExpertClient(s.server, timeout_s=s.timeout_s, retries=s.retries, link=s.link) if s.server else None
+    try:
+        if client is not None:
+            _check_server(client, system, s.server)
+        runner = EdgeRunner(model, system.policy, client, system.experts)
+        task = progress.add_task(f"edge ({model.backend})", total=n, info=description) if progress else None
         traces = list(runner.run(batches, trace_path=s.trace, progress=progress, task=task))
     finally:
         if client is not None:
             client.close()
-    summary = summarize(traces)
-    summary.update({"backend": model.backend, "input": description, "tau": policy.tau, "k": policy.k,
-                    "temperature": policy.temperature, "link": s.link.describe() if s.link else "loopback (none)",
-                    "server": s.server})
-    return summary, traces, policy
+    return EdgeReport(summarize(traces), traces, system.policy, model.backend, description,
+                      s.link.describe() if s.link else "loopback (none)", s.server, system.source)

@@ -140,7 +140,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
 
     @app.get("/v1/health", response_model=HealthResponse)
     def health() -> HealthResponse:
-        return HealthResponse(status="ok", experts=len(infos), device=str(pool.device))
+        return HealthResponse(status="ok", experts=len(infos), device=str(pool.device), system_id=pool.system_id)
 
     @app.get("/v1/experts", response_model=list[ExpertInfo])
     def experts() -> list[ExpertInfo]:

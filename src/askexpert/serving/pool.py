@@ -1,8 +1,10 @@
 """The experts a server holds, and how a batch of images becomes their answers. Knows nothing of HTTP.
 
-An :class:`ExpertPool` loads every expert of an expert run (``partition.json`` + ``expert-<e>/``)
-and, when the run names one, the general model it started from (served as expert ``general``,
-the everything-offloaded baseline). On a GPU the models run in half precision and, for the common
+An :class:`ExpertPool` loads every expert of a system bundle (``askexpert build-system``; each expert
+answers with the softmax temperature calibrated at build time) or of an expert run directory
+(``partition.json`` + ``expert-<e>/``, plain softmax), and the general model (served as expert
+``general``, the everything-offloaded baseline) when the bundle holds it or the run names it.
+On a GPU the models run in half precision and, for the common
 batch sizes, as captured CUDA graphs (inputs padded up to the next captured size). On the CPU they
 run as traced and frozen TorchScript graphs: faster, and, above all, the forward pass no longer
 needs Python's GIL for every module call, so the server's event loop cannot stall the model
@@ -23,12 +25,16 @@ import numpy as np
 import torch
 
 from askexpert.data import to_model_input
+from askexpert.devices import resolve_device
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.models import Checkpoint, ModelSpec, count_parameters, load_checkpoint
 from askexpert.runtime.protocol import ExpertInfo, ImageResult
+from askexpert.system.bundle import is_bundle, load_bundle
+from askexpert.system.schema import Partition
 
 GENERAL = "general"
 OTHER_ID = -1
+GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # batch sizes captured as CUDA graphs
 log = logging.getLogger(__name__)
 
 
@@ -109,6 +115,7 @@ class ServedModel:
     checkpoint: Checkpoint
     output_ids: list[int]
     class_names: list[str]
+    temperature: float = 1.0
     graphs: _GraphRunner | None = None
     traced: Callable[[torch.Tensor], torch.Tensor] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -123,46 +130,58 @@ class ServedModel:
             id=self.key, classes=[c for c in self.output_ids if c != OTHER_ID], class_names=self.class_names,
             has_other=OTHER_ID in self.output_ids, model=spec.name, timm_name=spec.timm_name,
             parameters=count_parameters(self.checkpoint.model),
-            input_shape=[spec.input.channels, spec.input.size, spec.input.size],
+            input_shape=[spec.input.channels, spec.input.size, spec.input.size], temperature=self.temperature,
         )
 
 
 class ExpertPool:
-    """Every expert of a run, loaded once, answering batches of ``uint8`` images."""
+    """Every expert of a bundle or an expert run, loaded once, answering batches of ``uint8`` images."""
 
-    def __init__(self, run_dir: Path, *, device: str = "auto", include_general: bool = True,
-                 half: bool | None = None, cuda_graphs: bool | None = None, trace: bool = True,
-                 graph_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> None:
-        from askexpert.training.engine import resolve_device
-        from askexpert.training.partition import Partition
-
-        self.run_dir = Path(run_dir)
+    def __init__(self, source: Path, *, device: str = "auto", include_general: bool = True,
+                 cuda_graphs: bool | None = None, trace: bool = True) -> None:
+        self.source = Path(source)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
-        self.half = cuda if half is None else half and cuda
+        self.half = cuda
         self.dtype = torch.float16 if self.half else torch.float32
         use_graphs = cuda if cuda_graphs is None else cuda_graphs and cuda
-        partition_file = self.run_dir / "partition.json"
-        if not partition_file.is_file():
-            raise ConfigError(f"{self.run_dir} is not an expert run (no partition.json)",
-                              fix="serve a directory made by: askexpert train experts --strategy static|progressive")
-        partition = Partition.load(partition_file)
-        self.class_names = partition.class_names
         self.models: dict[str, ServedModel] = {}
-        for e, subset in enumerate(partition.experts):
-            ckpt = self._load(self.run_dir / f"expert-{e}")
-            self.models[str(e)] = ServedModel(str(e), ckpt, list(subset) + [OTHER_ID], partition.names(e))
-        summary = self.run_dir / "experts.json"
-        init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
-        if include_general and init:
-            ckpt = self._load(Path(init))
-            n = len(ckpt.meta.class_names)
-            self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
+        self.system_id: str | None = None
+        if is_bundle(self.source):
+            bundle = load_bundle(self.source)
+            self.system_id = bundle.system_id
+            m = bundle.manifest
+            partition = m.partition
+            for e in m.experts:
+                ckpt = self._load(bundle.path(e.checkpoint))
+                self.models[e.id] = ServedModel(e.id, ckpt, list(e.classes) + [OTHER_ID], e.class_names,
+                                                temperature=e.temperature)
+            if include_general and m.general is not None:
+                n = len(m.classes)
+                self.models[GENERAL] = ServedModel(GENERAL, self._load(bundle.path(m.general.checkpoint)),
+                                                   list(range(n)), m.classes, temperature=m.general.temperature)
+        else:
+            partition_file = self.source / "partition.json"
+            if not partition_file.is_file():
+                raise ConfigError(f"{self.source} is neither a system bundle nor an expert run (no system.json, no "
+                                  "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
+                                  "by: askexpert train experts --strategy static|progressive")
+            partition = Partition.load(partition_file)
+            for e, subset in enumerate(partition.experts):
+                ckpt = self._load(self.source / f"expert-{e}")
+                self.models[str(e)] = ServedModel(str(e), ckpt, list(subset) + [OTHER_ID], partition.names(e))
+            summary = self.source / "experts.json"
+            init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
+            if include_general and init:
+                ckpt = self._load(Path(init))
+                n = len(ckpt.meta.class_names)
+                self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
+        self.class_names = partition.class_names
         self.subsets = [list(s) for s in partition.experts]
         for served in self.models.values():
             shape = (served.spec.input.channels, served.spec.input.size, served.spec.input.size)
             if use_graphs:
-                served.graphs = _GraphRunner(served.checkpoint.model, shape, self.dtype, self.device, list(graph_sizes))
+                served.graphs = _GraphRunner(served.checkpoint.model, shape, self.dtype, self.device, list(GRAPH_SIZES))
             if trace:
                 example = torch.zeros(2, *shape, dtype=self.dtype, device=self.device)
                 served.traced = _traced(served.checkpoint.model, example)
@@ -203,4 +222,4 @@ class ExpertPool:
                 logits = served.graphs(x)
             else:
                 logits = (served.traced or served.checkpoint.model)(x)
-        return ExpertOutput(torch.softmax(logits.float(), 1).cpu(), served.output_ids)
+        return ExpertOutput(torch.softmax(logits.float() / served.temperature, 1).cpu(), served.output_ids)

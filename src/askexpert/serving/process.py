@@ -22,12 +22,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    """``with ServerProcess(run_dir) as url:`` starts the expert server and waits until it answers."""
+    """``with ServerProcess(bundle_or_run) as url:`` starts the expert server and waits until it answers."""
 
-    def __init__(self, run_dir: Path, *, port: int | None = None, host: str = "127.0.0.1", threads: int | None = 1,
+    def __init__(self, source: Path, *, port: int | None = None, host: str = "127.0.0.1", threads: int | None = 1,
                  extra_args: list[str] | None = None, startup_timeout_s: float = 120.0,
                  log_path: Path | None = None) -> None:
-        self.run_dir, self.host = Path(run_dir), host
+        self.source, self.host = Path(source), host
         self.port = port or free_port(host)
         self.threads, self.extra_args = threads, extra_args or []
         self.startup_timeout_s = startup_timeout_s
@@ -39,7 +39,7 @@ class ServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> str:
-        args = [sys.executable, "-m", "askexpert.cli", "serve", str(self.run_dir), "--host", self.host,
+        args = [sys.executable, "-m", "askexpert.cli", "serve", str(self.source), "--host", self.host,
                 "--port", str(self.port), *self.extra_args]
         env = dict(os.environ)
         if self.threads:
@@ -54,7 +54,7 @@ class ServerProcess:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 last = (err.strip().splitlines() or ["(see the server log)"])[-1]
                 raise AskExpertError(f"the expert server exited with status {self.proc.returncode}: {last}",
-                                     fix=f"run it by hand to see why: askexpert serve {self.run_dir}")
+                                     fix=f"run it by hand to see why: askexpert serve {self.source}")
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
                     return self.url
@@ -63,7 +63,7 @@ class ServerProcess:
             time.sleep(0.2)
         self.stop()
         raise AskExpertError(f"the expert server did not answer within {self.startup_timeout_s:.0f} s",
-                             fix=f"run it by hand to see why: askexpert serve {self.run_dir}")
+                             fix=f"run it by hand to see why: askexpert serve {self.source}")
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -14,31 +14,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from askexpert.config import TrainConfig
+from askexpert.console import progress_bar, stderr_console
 from askexpert.data import ImageSplit, InputSpec, to_model_input
+from askexpert.devices import resolve_device
 from askexpert.models import explicit_attention
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.plans import BatchPlan
 from askexpert.training.state import has_state, load_state, save_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, inputs)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -66,20 +54,6 @@ def training_precision(device: torch.device, amp: bool) -> str:
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one epoch's data order (stream 0) or augmentation (stream 1)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
-
-
-def stderr_console() -> Console:
-    """Progress and logs on stderr; written to a file or a pipe they keep a readable width."""
-    console = Console(stderr=True)
-    return console if console.is_terminal else Console(stderr=True, width=150)
-
-
-def progress_bar(console: Console | None = None, transient: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=transient,
-    )
 
 
 @dataclass

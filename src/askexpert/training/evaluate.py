@@ -117,10 +117,11 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
     import safetensors.torch
 
     from askexpert.config import DataConfig
+    from askexpert.console import progress_bar
     from askexpert.data import load_dataset
+    from askexpert.devices import resolve_device
     from askexpert.errors import DatasetError
     from askexpert.models import load_checkpoint
-    from askexpert.training.engine import progress_bar, resolve_device
 
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, device=dev)

@@ -32,11 +32,13 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from askexpert.config import ExpertsConfig, RunConfig, StageConfig
+from askexpert.console import stderr_console
 from askexpert.data import ArraySplit, DatasetBundle, FileSplit, ImageSplit, load_dataset
+from askexpert.devices import resolve_device
 from askexpert.errors import ConfigError
 from askexpert.models import Checkpoint, load_checkpoint, read_meta, save_checkpoint
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.training.engine import fit, resolve_device, stderr_console
+from askexpert.training.engine import fit
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.generalist import dataset_record, train_generalist
 from askexpert.training.logits import cached_logits

@@ -12,7 +12,9 @@ import torch
 from rich.console import Console
 
 from askexpert.config import RunConfig
+from askexpert.console import stderr_console
 from askexpert.data import DatasetBundle, load_dataset
+from askexpert.devices import resolve_device
 from askexpert.models import (
     ModelSpec,
     build_model,
@@ -23,7 +25,7 @@ from askexpert.models import (
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.training.engine import fit, resolve_device, stderr_console
+from askexpert.training.engine import fit
 from askexpert.training.evaluate import classification_metrics, predict_logits, write_report
 from askexpert.training.plans import SplitPlan
 from askexpert.training.rundir import prepare_run_dir

@@ -15,10 +15,10 @@ import torch
 
 from askexpert.config import DataConfig
 from askexpert.data import DatasetBundle, load_dataset
+from askexpert.devices import resolve_device
 from askexpert.errors import DatasetError
 from askexpert.models import load_checkpoint, read_meta
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.training.engine import resolve_device
 from askexpert.training.evaluate import predict_logits
 
 

@@ -9,66 +9,17 @@ with the lowest ids). Optionally a class also joins the other expert it is most 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from askexpert.config import read_yaml
 from askexpert.errors import ConfigError
+from askexpert.system.schema import Partition
 
-
-class Partition(BaseModel):
-    """Expert subsets over a dataset's classes (``experts[e]`` lists class ids, ascending)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str
-    class_names: list[str]
-    experts: list[list[int]]
-    overlap: bool = False
-    details: dict = Field(default_factory=dict)
-
-    def names(self, e: int) -> list[str]:
-        return [self.class_names[c] for c in self.experts[e]]
-
-    def check(self) -> Partition:
-        """Every class covered, no empty expert, ids in range, no duplicates inside an expert."""
-        n = len(self.class_names)
-        covered = set()
-        for e, classes in enumerate(self.experts):
-            if not classes:
-                raise ConfigError(f"partition: expert {e} has no classes", fix="give every expert classes")
-            if len(set(classes)) != len(classes) or not all(0 <= c < n for c in classes):
-                raise ConfigError(f"partition: expert {e} lists invalid or repeated class ids {classes}",
-                                  fix=f"use class ids 0..{n - 1} (or class names), each once per expert")
-            covered |= set(classes)
-        missing = sorted(set(range(n)) - covered)
-        if missing:
-            raise ConfigError(f"partition leaves classes {[self.class_names[c] for c in missing]} to no expert",
-                              fix="assign every class to an expert")
-        return self
-
-    def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.model_dump(), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> Partition:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"partition file {path} does not exist", fix="create one with: askexpert partition")
-        try:
-            return cls.model_validate(json.loads(path.read_text())).check()
-        except (json.JSONDecodeError, ValidationError) as err:
-            raise ConfigError(f"{path} is not a partition file ({str(err).splitlines()[0]})",
-                              fix="create one with: askexpert partition") from err
-
-    def table(self) -> list[tuple[int, str]]:
-        return [(e, ", ".join(self.names(e))) for e in range(len(self.experts))]
+__all__ = ["Partition", "make_partition", "confusion_affinity", "agglomerate", "add_overlap",
+           "partition_from_confusion", "partition_from_coarse", "partition_from_file"]
 
 
 def confusion_affinity(confusion: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,14 @@
-"""Seeded, stratified index splits. The same labels and seed always give the same indices."""
+"""Seeded, stratified index splits. The same labels and seed always give the same indices.
+
+NumPy only (a CPU torch tensor of labels is accepted as it is), so the edge can subsample too."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
-def _as_numpy(labels: torch.Tensor | np.ndarray) -> np.ndarray:
-    return labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+def _as_numpy(labels) -> np.ndarray:
+    return np.asarray(labels)
 
 
 def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,26 @@
+"""Where progress and logs go: rich on stderr, tables on stdout (shared by the CLI, training and the edge)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def stderr_console() -> Console:
+    """Progress and logs on stderr; written to a file or a pipe they keep a readable width."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=150)
+
+
+def stdout_console() -> Console:
+    """Tables on stdout; piped into a file or another program, they keep their full width."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def progress_bar(console: Console | None = None, transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=transient,
+    )

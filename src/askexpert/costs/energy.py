@@ -1,0 +1,73 @@
+"""The one energy formula, shared by the demo, the edge CLI and the bench.
+
+Per image: edge compute (its share of the generalist's batch, plus its expert's share where the
+expert ran on the edge) at the edge profile's active power; the edge's idle power while it waits for
+an offloaded answer; radio energy for the bytes it moved; and the server's share of the batches it
+ran in at the server profile's power (or a measured meter's reading). Every figure is labelled
+measured or modelled, with its source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from askexpert.costs.profiles import DeviceProfile, NetworkProfile
+
+
+@dataclass
+class Energy:
+    """Energy per image, in millijoules, with how it was obtained."""
+
+    edge_mj_per_image: float  # edge compute + edge waiting + radio
+    edge_compute_mj_per_image: float
+    edge_wait_mj_per_image: float
+    radio_mj_per_image: float
+    edge_energy_kind: str
+    edge_energy_source: str
+    bytes_per_image: float
+    server_mj_per_image: float
+    server_energy_kind: str
+    server_energy_source: str
+    server_mj_per_offloaded_image: float
+    total_mj_per_image: float
+
+
+@dataclass
+class CostModel:
+    edge: DeviceProfile
+    server: DeviceProfile
+    radio: NetworkProfile
+
+    def energy(self, traces, server_measured_j: float | None = None, server_meter: str | None = None) -> Energy:
+        """Energy per image of ``traces`` (:class:`~askexpert.runtime.edge.SampleTrace`)."""
+        n = max(len(traces), 1)
+        edge_busy_s = sum(t.edge_share_ms + (t.expert_share_ms if t.expert_on_edge else 0.0) for t in traces) / 1000
+        server_busy_s = sum(0.0 if t.expert_on_edge else t.expert_share_ms for t in traces) / 1000
+        moved = sum(t.up_bytes + t.down_bytes for t in traces)
+        # while an offload is in flight the edge device stays powered, waiting: idle power x that time
+        edge_wait_s = sum(t.network_ms + t.link_ms + t.queue_ms + t.expert_ms for t in traces
+                          if t.route.offloaded and not t.expert_on_edge) / 1000
+        edge_compute = self.edge.energy_j(edge_busy_s)
+        edge_wait = (self.edge.idle_w or 0.0) * edge_wait_s
+        radio = self.radio.energy_j(int(moved))
+        wait_text = (f"{self.edge.idle_w} W idle x time waiting for offloads" if self.edge.idle_w
+                     else "waiting not counted (no sourced idle power)")
+        if server_measured_j is not None:
+            server_j, kind, source = server_measured_j, "measured", server_meter or "meter"
+        else:
+            server_j, kind = self.server.energy_j(server_busy_s), "modelled"
+            source = (f"{self.server.name} ({self.server.active_w} W) x each image's share of its server batch's "
+                      "compute time, measured on this host")
+        offloaded = sum(t.route.offloaded and not t.expert_on_edge for t in traces)
+        edge_total = edge_compute + edge_wait + radio
+        return Energy(
+            edge_mj_per_image=1000 * edge_total / n, edge_compute_mj_per_image=1000 * edge_compute / n,
+            edge_wait_mj_per_image=1000 * edge_wait / n, radio_mj_per_image=1000 * radio / n,
+            edge_energy_kind="modelled",
+            edge_energy_source=f"{self.edge.name} ({self.edge.active_w} W active) x edge compute time measured on "
+                               f"this host; {wait_text}; {self.radio.name} radio {self.radio.joules_per_bit:g} J/bit",
+            bytes_per_image=moved / n, server_mj_per_image=1000 * server_j / n, server_energy_kind=kind,
+            server_energy_source=source,
+            server_mj_per_offloaded_image=1000 * server_j / offloaded if offloaded else 0.0,
+            total_mj_per_image=1000 * (edge_total + server_j) / n,
+        )

@@ -1,0 +1,121 @@
+"""``askexpert build-system``: trained runs + an operating point -> one deployable bundle.
+
+    bundle/
+      system.json                      schema-versioned contract (classes, partition, routing, files + sha256)
+      generalist.onnx                  the edge model: uint8 images in, logits out (ONNX Runtime, no torch)
+      generalist/model.safetensors + model.json     the same generalist as a checkpoint
+      experts/expert-<e>/model.safetensors + model.json
+      general/model.safetensors + model.json        the general model (full-offload baseline), unless left out
+
+Calibration happens here, once, on validation data: the generalist's temperature, every expert's
+temperature (the server answers with them, so offline and live figures agree), and tau for the
+chosen operating point. Every model must have been evaluated on the same validation and test images.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import askexpert
+from askexpert.errors import ConfigError
+from askexpert.models import read_meta
+from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.routing import fit_temperature
+from askexpert.system.bundle import Bundle, load_bundle, sha256_file
+from askexpert.system.calibrate import (
+    choose_tau,
+    data_identity,
+    expert_run,
+    load_experts,
+    outputs_of,
+    require_same_images,
+)
+from askexpert.system.schema import (
+    SCHEMA_VERSION,
+    SYSTEM_FILE,
+    ExpertEntry,
+    GeneralEntry,
+    GeneralistEntry,
+    RoutingSpec,
+    SystemManifest,
+)
+
+
+def _copy_checkpoint(stem: Path, root: Path, relative: str) -> dict:
+    """Copy a checkpoint (weights + its ``.json``, which names the weights file) into ``root/relative/``;
+    returns the entry fields of the model."""
+    meta = read_meta(stem)
+    target = root / relative
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stem.parent / meta.weights_file, target / meta.weights_file)
+    shutil.copyfile(stem.with_suffix(".json"), target / f"{stem.name}.json")
+    return {"checkpoint": f"{relative}/{stem.name}", "model": meta.model.model_dump(mode="json"),
+            "parameters": meta.parameters, "source": str(stem), "weights_sha256": meta.weights_sha256}
+
+
+def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: float | None = None,
+                 accuracy: float | None = None, tau: float | None = None, k: int = 3,
+                 confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
+                 archive: bool = False, name: str | None = None, device: str = "auto",
+                 overwrite: bool = False) -> Bundle:
+    """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``."""
+    if offload is None and accuracy is None and tau is None:
+        offload = 0.3
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} exists and is not empty", fix="choose another --out, or pass --overwrite")
+        shutil.rmtree(out)
+    gen_stem = checkpoint_stem(generalist)
+    gen_meta = read_meta(gen_stem)
+    if gen_meta.kind == "expert":
+        raise ConfigError(f"{generalist} holds an expert, not a generalist over every class",
+                          fix="pass the run directory of: askexpert train generalist")
+    partition, _, init = expert_run(experts_run)
+    if partition.class_names != gen_meta.class_names:
+        raise ConfigError(f"the experts of {experts_run} cover other classes than the generalist",
+                          fix="train both on the same dataset")
+    gen = outputs_of(gen_stem, "the generalist", device)
+    experts = load_experts(experts_run, str(experts_run), gen, device)
+    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
+    policy, point = choose_tau(gen, experts, temperature=t_gen, k=k, confidence=confidence, fallback=fallback,
+                               offload=offload, accuracy=accuracy, tau=tau)
+
+    staging = out.with_name(f".{out.name}.building")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    from askexpert.models.onnx_export import export_onnx
+
+    export_onnx(gen_stem, staging / "generalist.onnx")
+    gen_entry = GeneralistEntry(onnx="generalist.onnx", **_copy_checkpoint(gen_stem, staging, "generalist"))
+    expert_entries = [
+        ExpertEntry(id=str(e), classes=list(subset), class_names=partition.names(e), temperature=temp,
+                    **_copy_checkpoint(stem, staging, f"experts/expert-{e}"))
+        for e, (subset, stem, temp) in enumerate(zip(partition.experts, experts.checkpoints, experts.temperatures,
+                                                      strict=True))]
+    general_entry = None
+    if include_general and init is not None:
+        general = outputs_of(init, "the general model", device)
+        require_same_images(gen, general)
+        general_entry = GeneralEntry(temperature=fit_temperature(general.val_logits, general.val_labels),
+                                     **_copy_checkpoint(checkpoint_stem(init), staging, "general"))
+    files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+    manifest = SystemManifest(
+        schema_version=SCHEMA_VERSION, name=name or out.name,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), askexpert_version=askexpert.__version__,
+        classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=partition,
+        routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=confidence,
+                            fallback=fallback, operating_point=point),
+        generalist=gen_entry, experts=expert_entries, general=general_entry, files=files,
+    )
+    (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.replace(out)
+    if archive:
+        with tarfile.open(out.with_name(out.name + ".tar.gz"), "w:gz") as tar:
+            tar.add(out, arcname=out.name)
+    return load_bundle(out)

@@ -1,0 +1,108 @@
+"""Open a system bundle (a directory, or a ``.tar.gz`` of one) and verify it: torch-free.
+
+A bundle is ``system.json`` plus the files it lists, each with its sha256. Opening one checks the
+schema version, that every listed file exists and that its hash matches, so a half-copied or
+tampered bundle is refused with the fix named, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from askexpert.errors import CheckpointError
+from askexpert.system.schema import SCHEMA_VERSION, SYSTEM_FILE, SystemManifest
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk: its directory and its manifest."""
+
+    root: Path
+    manifest: SystemManifest
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    @property
+    def generalist_onnx(self) -> Path:
+        return self.path(self.manifest.generalist.onnx)
+
+    @property
+    def system_id(self) -> str:
+        """The sha256 of ``system.json``: names this exact system (the server reports it)."""
+        return sha256_file(self.root / SYSTEM_FILE)
+
+
+def is_bundle(path: Path) -> bool:
+    path = Path(path)
+    return (path / SYSTEM_FILE).is_file() or (path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES))
+
+
+def _extract(archive: Path) -> Path:
+    """Unpack an archive into a fresh temporary directory (kept for the life of the process)."""
+    target = Path(tempfile.mkdtemp(prefix="askexpert-bundle-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as err:
+        raise CheckpointError(f"cannot unpack bundle archive {archive}: {err}",
+                              fix="build it again with: askexpert build-system ... --archive") from err
+    inner = [p for p in target.iterdir() if (p / SYSTEM_FILE).is_file()]
+    if (target / SYSTEM_FILE).is_file():
+        return target
+    if len(inner) == 1:
+        return inner[0]
+    raise CheckpointError(f"{archive} holds no {SYSTEM_FILE}", fix="build it with: askexpert build-system")
+
+
+def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
+    """The bundle at ``path`` (directory or archive), every file's sha256 checked unless ``verify`` is off."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        path = _extract(path)
+    manifest_file = path / SYSTEM_FILE
+    if not manifest_file.is_file():
+        raise CheckpointError(f"{path} is not a system bundle (no {SYSTEM_FILE})",
+                              fix="build one with: askexpert build-system GENERALIST_RUN EXPERTS_RUN --out DIR")
+    try:
+        raw = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{manifest_file} is not valid JSON ({err})", fix="build the bundle again") from err
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(f"{manifest_file} has schema version {version!r}; this askexpert reads version "
+                              f"{SCHEMA_VERSION}", fix="build the bundle again with this version of askexpert, or "
+                              "install the askexpert version that built it")
+    try:
+        manifest = SystemManifest.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(f"{manifest_file} is not a valid system description ({where}: {first['msg']})",
+                              fix="build the bundle again with: askexpert build-system") from err
+    if verify:
+        for relative, digest in manifest.files.items():
+            f = path / relative
+            if not f.is_file():
+                raise CheckpointError(f"bundle {path} lacks {relative}", fix="copy the whole bundle directory again")
+            if sha256_file(f) != digest:
+                raise CheckpointError(f"bundle file {f} does not match its sha256 in {SYSTEM_FILE} (damaged or "
+                                      "changed after the build)", fix="copy the bundle again, or rebuild it")
+    return Bundle(path, manifest)

@@ -1,0 +1,97 @@
+"""The one pipeline from configs to a trained system: generalist -> general model -> partition -> experts.
+
+Every step is resumable (a finished run is reused, an interrupted one continues), so the demo, the
+bench, the reference table and the test fixtures all call :func:`train_system` and never repeat
+the sequence. The bundle is written afterwards by :func:`askexpert.system.build.build_system`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from askexpert.config import RunConfig, load_run_config
+
+
+@dataclass(frozen=True)
+class ExpertsStep:
+    """One set of experts to train from the general model: a label, a config and its overrides."""
+
+    label: str
+    config: str | None
+    overrides: tuple[str, ...] = ()
+    router: bool = False  # progressive draws follow the generalist's router (experts.router)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Which configs make a system. ``common`` applies to every step; ``suffix`` is appended to every
+    run name (and the partition file), so several seeds of one system live side by side."""
+
+    generalist: str | None
+    general: str | None
+    experts: tuple[ExpertsStep, ...]
+    common: tuple[str, ...] = ()
+    generalist_overrides: tuple[str, ...] = ()
+    general_overrides: tuple[str, ...] = ()
+    n_experts: int = 3
+    suffix: str = ""
+
+
+@dataclass
+class TrainedSystem:
+    generalist: Path
+    general: Path
+    partition: Path
+    experts: dict[str, Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+
+def _config(name: str | None, output_dir: Path, common: tuple[str, ...], overrides: tuple[str, ...], suffix: str,
+            base: dict | None = None) -> RunConfig:
+    cfg = load_run_config(name, [f"output_dir={output_dir}", *common, *overrides], base=base)
+    return cfg.model_copy(update={"name": f"{cfg.name}{suffix}"}) if suffix else cfg
+
+
+def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | None = None) -> TrainedSystem:
+    """Train (or reuse, or resume) every model of ``spec`` under ``output_dir``."""
+    from askexpert.training import train_generalist
+    from askexpert.training.experts import train_experts
+    from askexpert.training.partition import make_partition
+
+    output_dir = Path(output_dir)
+    seconds: dict[str, float] = {}
+    reused: list[str] = []
+
+    def timed(label: str, cfg: RunConfig, marker: str, train):
+        if (cfg.run_dir / marker).is_file():
+            reused.append(label)
+        t0 = time.perf_counter()
+        result = train(cfg)
+        seconds[label] = time.perf_counter() - t0
+        return result.run_dir
+
+    expert_base = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
+    gen = timed("generalist", _config(spec.generalist, output_dir, spec.common, spec.generalist_overrides,
+                                      spec.suffix), "metrics.json",
+                lambda c: train_generalist(c, resume=True, console=console))
+    general = timed("general", _config(spec.general, output_dir, spec.common, spec.general_overrides, spec.suffix,
+                                       expert_base), "metrics.json",
+                    lambda c: train_experts(c, resume=True, console=console))
+    partition = output_dir / f"partition{spec.suffix}.json"
+    t0 = time.perf_counter()
+    if not partition.is_file():
+        make_partition(gen, spec.n_experts).save(partition)
+    seconds["partition"] = time.perf_counter() - t0
+    experts = {}
+    for step in spec.experts:
+        links = [f"experts.init={general}", f"experts.partition={partition}",
+                 *([f"experts.router={gen}"] if step.router else [])]
+        cfg = _config(step.config, output_dir, spec.common, (*links, *step.overrides), spec.suffix, expert_base)
+        experts[step.label] = timed(step.label, cfg, "experts.json",
+                                    lambda c: train_experts(c, resume=True, console=console))
+    return TrainedSystem(gen, general, partition, experts, seconds, reused)

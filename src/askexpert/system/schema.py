@@ -1,0 +1,184 @@
+"""The contract between build time and run time: ``system.json``, the partition and the input spec.
+
+Pydantic only (no torch, no dataset code), so the edge device, the server and the training code all
+read the same definitions. ``system.json`` is schema-versioned; a bundle whose version this code does
+not know is refused with the fix named.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from askexpert.errors import ConfigError
+
+SCHEMA_VERSION = 1
+SYSTEM_FILE = "system.json"
+
+
+class InputSpec(BaseModel):
+    """What a model expects: channels, square size, and the normalisation of its inputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean/std need {self.channels} values each")
+        return self
+
+
+class Partition(BaseModel):
+    """Expert subsets over a dataset's classes (``experts[e]`` lists class ids, ascending)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    class_names: list[str]
+    experts: list[list[int]]
+    overlap: bool = False
+    details: dict = Field(default_factory=dict)
+
+    def names(self, e: int) -> list[str]:
+        return [self.class_names[c] for c in self.experts[e]]
+
+    def check(self) -> Partition:
+        """Every class covered, no empty expert, ids in range, no duplicates inside an expert."""
+        n = len(self.class_names)
+        covered = set()
+        for e, classes in enumerate(self.experts):
+            if not classes:
+                raise ConfigError(f"partition: expert {e} has no classes", fix="give every expert classes")
+            if len(set(classes)) != len(classes) or not all(0 <= c < n for c in classes):
+                raise ConfigError(f"partition: expert {e} lists invalid or repeated class ids {classes}",
+                                  fix=f"use class ids 0..{n - 1} (or class names), each once per expert")
+            covered |= set(classes)
+        missing = sorted(set(range(n)) - covered)
+        if missing:
+            raise ConfigError(f"partition leaves classes {[self.class_names[c] for c in missing]} to no expert",
+                              fix="assign every class to an expert")
+        return self
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.model_dump(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Partition:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"partition file {path} does not exist", fix="create one with: askexpert partition")
+        try:
+            return cls.model_validate(json.loads(path.read_text())).check()
+        except (json.JSONDecodeError, ValidationError) as err:
+            raise ConfigError(f"{path} is not a partition file ({str(err).splitlines()[0]})",
+                              fix="create one with: askexpert partition") from err
+
+    def table(self) -> list[tuple[int, str]]:
+        return [(e, ", ".join(self.names(e))) for e in range(len(self.experts))]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OperatingPoint(_Strict):
+    """How tau was chosen on validation, and what it gave there."""
+
+    target: Literal["offload", "accuracy", "tau"]
+    value: float = Field(description="target offload share (0..1), target accuracy (%) or the given tau")
+    val_offload_rate: float = Field(description="offload rate on validation at this tau (%)")
+    val_accuracy: float = Field(description="collaborative accuracy on validation at this tau (%)")
+
+
+class RoutingSpec(_Strict):
+    temperature: float = Field(gt=0, description="the generalist's softmax temperature (fitted on validation)")
+    tau: float = Field(ge=0, description="confidence threshold: below it an image is offloaded")
+    k: int = Field(ge=1, description="Top-k classes of the generalist that choose the expert")
+    confidence: Literal["max-prob", "margin", "entropy"] = "max-prob"
+    fallback: Literal["other", "other-or-less-confident"] = "other"
+    operating_point: OperatingPoint
+
+
+class ModelEntry(_Strict):
+    """One model file of the bundle: its checkpoint (``.safetensors`` + ``.json`` metadata) and spec."""
+
+    checkpoint: str = Field(description="stem of the checkpoint inside the bundle (no suffix)")
+    model: dict[str, Any] = Field(description="the ModelSpec that rebuilds it (timm name, kwargs, input)")
+    parameters: int
+    source: str = Field(description="where it was trained (run directory at build time)")
+    weights_sha256: str
+
+
+class ExpertEntry(ModelEntry):
+    id: str
+    classes: list[int]
+    class_names: list[str]
+    temperature: float = Field(gt=0, description="softmax temperature of its answers (fitted on validation)")
+
+
+class GeneralistEntry(ModelEntry):
+    onnx: str = Field(description="the ONNX graph (uint8 images in, logits out) the edge runs")
+
+
+class GeneralEntry(ModelEntry):
+    temperature: float = Field(gt=0)
+
+
+class DataIdentity(_Strict):
+    """Which images every model of the system was calibrated and evaluated on."""
+
+    name: str
+    config: dict[str, Any]
+    val_images: int
+    test_images: int
+    val_labels_sha256: str
+    test_labels_sha256: str
+
+
+class SystemManifest(_Strict):
+    """``system.json``: everything the edge and the server need to answer, and the hash of every file."""
+
+    schema_version: int
+    name: str
+    created: str
+    askexpert_version: str
+    classes: list[str]
+    input: InputSpec = Field(description="the generalist's input: raw uint8 images are sent as they are")
+    data: DataIdentity
+    partition: Partition
+    routing: RoutingSpec
+    generalist: GeneralistEntry
+    experts: list[ExpertEntry]
+    general: GeneralEntry | None = None
+    files: dict[str, str] = Field(description="path inside the bundle -> sha256 of the file")
+
+    @model_validator(mode="after")
+    def _check(self) -> SystemManifest:
+        if len(self.experts) != len(self.partition.experts):
+            raise ValueError(f"{len(self.experts)} experts but the partition has {len(self.partition.experts)}")
+        for e, entry in enumerate(self.experts):
+            if entry.classes != self.partition.experts[e]:
+                raise ValueError(f"expert {entry.id} serves {entry.classes}, the partition says "
+                                 f"{self.partition.experts[e]}")
+        if self.partition.class_names != self.classes:
+            raise ValueError("the partition's classes differ from the system's")
+        return self
+
+    @property
+    def subsets(self) -> list[list[int]]:
+        return [list(e.classes) for e in self.experts]
+
+    @property
+    def expert_temperatures(self) -> list[float]:
+        return [e.temperature for e in self.experts]
