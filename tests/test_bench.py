@@ -8,13 +8,16 @@ import time
 import pytest
 
 from askexpert.bench.report import BASELINES, goals
-from askexpert.bench.suite import Profile, run_bench
+from askexpert.bench.suite import BenchResult, Profile, run_bench
 
 TINY = Profile("tiny", "demo-generalist", "demo-general", "demo-experts", None,
                ("data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
                 "model.kwargs.depth=1", "train.threads=2"),
                test_images=150, sweep_images=80, rates=(0.2, 0.4), ks=(1, 3), links=("wifi", "lte"),
                clients=(1, 4), concurrency_seconds=1.5)
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
@@ -27,28 +30,35 @@ def bench(tmp_path_factory, fmnist_dir):
 
 def test_every_baseline_runs_on_the_same_images(bench):
     _, result, _ = bench
-    cells = result["cells"]
+    cells = result.cells
     for key, _ in BASELINES:
         row = cells[f"baseline-{key}"]
-        assert row["samples"] == 150 and row["degraded"] == 0, key
-        assert row["edge_energy_kind"] == "modelled" and row["server_energy_kind"] == "modelled"
-    assert cells["baseline-edge-only"]["offload_rate"] == 0 and cells["baseline-edge-only"]["server_mj_per_image"] == 0
-    assert cells["baseline-full-offload-general"]["offload_rate"] == 100
-    assert cells["baseline-full-offload-general"]["edge_compute_mj_per_image"] == 0  # the edge only sends
-    assert cells["baseline-full-offload-expert"]["offload_rate"] == 100
-    assert cells["baseline-edge-execution"]["server_mj_per_image"] == 0  # experts ran on the edge
+        assert row.summary.samples == 150 and row.summary.degraded == 0, key
+        assert row.energy.edge_energy_kind == "modelled" and row.energy.server_energy_kind == "modelled"
+    edge_only = cells["baseline-edge-only"]
+    assert edge_only.summary.offload_rate == 0 and edge_only.energy.server_mj_per_image == 0
+    assert cells["baseline-full-offload-general"].summary.offload_rate == 100
+    assert cells["baseline-full-offload-general"].energy.edge_compute_mj_per_image == 0  # the edge only sends
+    assert cells["baseline-full-offload-expert"].summary.offload_rate == 100
+    edge_exec = cells["baseline-edge-execution"]
+    assert edge_exec.energy.server_mj_per_image == 0  # experts ran on the edge
     collab = cells["baseline-collaborative-progressive"]
-    assert 15 < collab["offload_rate"] < 50 and collab["server_mj_per_image"] > 0
-    # edge execution and collaborative make the same routing decisions on the same images
-    assert cells["baseline-edge-execution"]["offload_rate"] == collab["offload_rate"]
-    lte = cells["link-lte-full-offload-general"]["latency_ms"]["mean"]
-    assert lte > cells["link-wifi-full-offload-general"]["latency_ms"]["mean"] + 30  # LTE's 40 ms RTT
-    assert cells["clients-4"]["mean_batch"] >= cells["clients-1"]["mean_batch"]
+    assert 15 < collab.summary.offload_rate < 50 and collab.energy.server_mj_per_image > 0
+    # edge execution and collaborative make the same routing decisions on the same images, and count the
+    # experts' "other" answers alike (edge execution used to report 0 fallbacks whatever happened)
+    assert edge_exec.summary.offload_rate == collab.summary.offload_rate
+    assert edge_exec.summary.expert_fallbacks == collab.summary.expert_fallbacks
+    assert edge_exec.summary.accuracy == collab.summary.accuracy
+    lte = cells["link-lte-full-offload-general"].summary.latency_ms.mean
+    assert lte > cells["link-wifi-full-offload-general"].summary.latency_ms.mean + 30  # LTE's 40 ms RTT
+    assert cells["clients-4"].mean_batch >= cells["clients-1"].mean_batch
+    # the sweeps run on a stratified subset: every class is there
+    assert all(cells[f"tau-{r}-k{k}"].summary.samples == 80 for r in TINY.rates for k in TINY.ks)
 
 
 def test_report_has_every_table_and_plot(bench):
     out, result, _ = bench
-    report = (out / "results" / f"{result['date']}-{result['host']}-tiny" / "report.md")
+    report = (out / "results" / f"{result.date}-{result.host}-tiny" / "report.md")
     text = report.read_text()
     for heading in ("## Systems on the same test images and link", "## Goals", "## Sweep: tau and k",
                     "## Sweep: links", "## Sweep: edge clients sharing one server", "## Plots"):
@@ -58,8 +68,8 @@ def test_report_has_every_table_and_plot(bench):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
         assert f"({png}.png)" in text
     assert "modelled" in text and "chipwired" in text
-    saved = json.loads((out / "results" / f"{result['date']}-{result['host']}-tiny.json").read_text())
-    assert set(saved["cells"]) == set(result["cells"]) and len(goals(saved)) == 3
+    saved = json.loads((out / "results" / f"{result.date}-{result.host}-tiny.json").read_text())
+    assert set(saved["cells"]) == set(result.cells) and len(goals(BenchResult.from_dict(saved))) == 3
 
 
 def test_an_interrupted_bench_resumes_where_it_stopped(bench):
@@ -70,6 +80,6 @@ def test_an_interrupted_bench_resumes_where_it_stopped(bench):
     again = run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
     assert time.perf_counter() - t0 < first_seconds  # models and the other measurements were reused
     assert (cells / "tau-0.4-k3.json").is_file()
-    for name, row in result["cells"].items():
+    for name, row in result.cells.items():
         if name != "tau-0.4-k3":
-            assert again["cells"][name] == row
+            assert again.cells[name] == row

@@ -111,21 +111,28 @@ def test_nvml_meter_where_a_gpu_exists():
 
 def test_edge_energy_counts_compute_waiting_and_radio_exactly():
     """Edge energy = active power x compute + idle power x time waiting for offloads + J/bit x bytes."""
-    from askexpert.bench.systems import CostModel
-    from askexpert.runtime.edge import SampleTrace
+    from askexpert.costs.energy import CostModel
+    from askexpert.runtime.edge import Route, SampleTrace
 
     costs = CostModel(device("raspberry-pi-4"), device("h100-batch1"), network("wifi"))
-    local = SampleTrace(index=0, label=1, pred=1, local_pred=1, confidence=0.9, route="local", expert=None,
-                        degraded=False, edge_ms=2.0)
-    sent = SampleTrace(index=1, label=2, pred=2, local_pred=3, confidence=0.3, route="expert", expert="0",
-                       degraded=False, edge_ms=2.0, encode_ms=0.1, network_ms=1.0, link_ms=5.0, queue_ms=0.5,
-                       expert_ms=1.5, server_share_ms=1.5, up_bytes=1000, down_bytes=200)
-    out = costs.costs([local, sent])
+    local = SampleTrace(index=0, label=1, pred=1, local_pred=1, confidence=0.9, route=Route.LOCAL, expert=None,
+                        degraded=False, edge_ms=2.0, edge_share_ms=2.0)
+    sent = SampleTrace(index=1, label=2, pred=2, local_pred=3, confidence=0.3, route=Route.EXPERT, expert="0",
+                       degraded=False, edge_ms=2.0, edge_share_ms=2.0, encode_ms=0.1, network_ms=1.0, link_ms=5.0,
+                       queue_ms=0.5, expert_ms=1.5, expert_share_ms=1.5, up_bytes=1000, down_bytes=200)
+    out = costs.energy([local, sent])
     compute = 5.4 * 0.004  # both images' generalist, 2 ms each, at 5.4 W
     wait = 2.3 * (1.0 + 5.0 + 0.5 + 1.5) / 1000  # the offloaded one's round trip at 2.3 W idle
     radio = 6.45e-7 * 8 * 1200
-    assert out["edge_mj_per_image"] == pytest.approx(1000 * (compute + wait + radio) / 2)
-    assert out["edge_wait_mj_per_image"] == pytest.approx(1000 * wait / 2)
-    assert out["server_mj_per_image"] == pytest.approx(1000 * 143.0 * 0.0015 / 2)
-    assert out["server_mj_per_offloaded_image"] == pytest.approx(1000 * 143.0 * 0.0015)
-    assert "idle" in out["edge_energy_source"] and out["edge_energy_kind"] == "modelled"
+    assert out.edge_mj_per_image == pytest.approx(1000 * (compute + wait + radio) / 2)
+    assert out.edge_wait_mj_per_image == pytest.approx(1000 * wait / 2)
+    assert out.server_mj_per_image == pytest.approx(1000 * 143.0 * 0.0015 / 2)
+    assert out.server_mj_per_offloaded_image == pytest.approx(1000 * 143.0 * 0.0015)
+    assert "idle" in out.edge_energy_source and out.edge_energy_kind == "modelled"
+    # an expert run on the edge (edge execution): its compute is the edge's, nothing waits, the server is idle
+    on_edge = SampleTrace(index=2, label=2, pred=2, local_pred=3, confidence=0.3, route=Route.EXPERT, expert="0",
+                          degraded=False, edge_ms=2.0, edge_share_ms=2.0, expert_ms=3.0, expert_share_ms=3.0,
+                          expert_on_edge=True)
+    out = costs.energy([on_edge])
+    assert out.edge_mj_per_image == pytest.approx(5.4 * 5.0) and out.server_mj_per_image == 0
+    assert out.edge_wait_mj_per_image == 0

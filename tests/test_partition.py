@@ -124,7 +124,7 @@ def test_coarse_partition_from_real_cifar100_files(tmp_path):
             "--set", "model.kwargs.depth=1", "--set", "model.kwargs.embed_dim=32", "--set", "model.kwargs.num_heads=2",
             "--set", "data.val_fraction=0.5"]
     assert main(args) == 0
-    assert main(["partition", str(tmp_path / "runs" / "c100"), "--method", "coarse", "--experts", "4"]) == 0
+    assert main(["partition", str(tmp_path / "runs" / "c100"), "--method", "coarse", "--num-experts", "4"]) == 0
     part = Partition.load(tmp_path / "runs" / "c100" / "partition-coarse-4.json")
     assert part.method == "coarse" and len(part.experts) == 4
     assert sorted(c for e in part.experts for c in e) == list(range(100))
