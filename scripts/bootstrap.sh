@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-  echo "[bootstrap] installing askexpert and its dependencies (torch, torchvision, timm, ...)"
+  echo "[bootstrap] installing askexpert with everything (askexpert[all]: torch, torchvision, timm, ...) and the dev tools"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
   touch "$VENV/.installed"
