@@ -18,7 +18,7 @@ from askexpert.cli import main
 from askexpert.costs.energy import CostModel
 from askexpert.costs.profiles import device, network
 from askexpert.errors import CheckpointError
-from askexpert.routing import OTHER, RoutingPolicy, finalize, membership_matrix, route
+from askexpert.routing import RoutingPolicy, finalize, membership_matrix, route
 from askexpert.runtime.clients import HttpExpertClient, InProcessExpertClient
 from askexpert.runtime.edge import EdgeRunner, ExpertTarget, Route, summarize
 from askexpert.runtime.onnx_model import OnnxGeneralist
