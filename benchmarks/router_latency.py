@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
@@ -35,19 +35,18 @@ def per_sample_us(fn, samples: int, repeats: int) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # an edge device gives the router one core at most
     info = machine_info()
     rows = []
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     for classes, experts, k in CASES:
         subsets = [list(range(e, classes, experts)) for e in range(experts)]
         membership = membership_matrix(subsets, classes)
         policy = RoutingPolicy(tau=0.7, k=k, temperature=1.3)
         router = Router(policy, membership)
         for batch in (1, 64, 4096):
-            logits = torch.randn(batch, classes, generator=g) * 3
-            pred = torch.randint(-1, classes, (batch,), generator=g).clamp_min(OTHER)
-            conf = torch.rand(batch, generator=g)
+            logits = (g.standard_normal((batch, classes)) * 3).astype(np.float32)  # what ONNX Runtime returns
+            pred = np.maximum(g.integers(-1, classes, batch), OTHER)
+            conf = g.random(batch).astype(np.float32)
 
             def step(logits=logits, pred=pred, conf=conf, policy=policy, router=router):
                 d = router.route(logits)
@@ -61,7 +60,7 @@ def main() -> None:
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     out = results / f"{info['date']}-{info['host']}-router-latency.json"
-    out.write_text(json.dumps({"machine": info, "torch_threads": 1, "rows": rows,
+    out.write_text(json.dumps({"machine": info, "rows": rows,
                                "command": "python benchmarks/router_latency.py"}, indent=1))
     print(f"machine: {describe(info)} (router on 1 thread); results: {out}")
     print("| classes | experts | k | batch | median us / sample |")

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from askexpert.bench.machine import describe, machine_info
+from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.clients import HttpExpertClient
-from askexpert.runtime.edge_models import OnnxGeneralist, TorchGeneralist, export_onnx
+from askexpert.runtime.edge_models import TorchGeneralist
+from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.runtime.protocol import InferResponse, encode_images
 from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
@@ -182,9 +184,9 @@ def main() -> None:
     if args.experts is None or args.generalist is None:
         from askexpert.demo import run_demo
 
-        summary = run_demo(limit=10)
-        args.experts = args.experts or Path(summary["models"]["experts"])
-        args.generalist = args.generalist or Path(summary["models"]["generalist"])
+        demo = run_demo(limit=10)
+        args.experts = args.experts or demo.models.experts["progressive"]
+        args.generalist = args.generalist or demo.models.generalist
     torch.set_num_threads(1)
     info = machine_info()
     gen = TorchGeneralist(args.generalist)
