@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-generalist clean
+.PHONY: setup demo test test-fast lint bench-generalist clean
 
 setup:
 	@VENV=$(VENV) scripts/bootstrap.sh
@@ -13,6 +13,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -14,7 +14,8 @@ from askexpert.cli import build_parser, main
 from askexpert.config import ModelConfig
 from askexpert.models import build_model, resolve_spec, save_checkpoint
 
-SUBCOMMANDS = [["demo"], ["train"], ["train", "generalist"], ["eval"], ["models"], ["datasets"]]
+SUBCOMMANDS = [["demo"], ["train"], ["train", "generalist"], ["train", "experts"], ["partition"], ["evaluate-system"],
+               ["build-system"], ["serve"], ["edge"], ["export-onnx"], ["bench"], ["eval"], ["models"], ["datasets"]]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -26,7 +27,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_top_level_help_lists_commands():
     out = _cli("--help")
     assert out.returncode == 0
-    for word in ("demo", "train", "eval", "models", "datasets", "examples:"):
+    for word in ("demo", "train", "build-system", "serve", "edge", "eval", "models", "datasets", "examples:"):
         assert word in out.stdout
 
 

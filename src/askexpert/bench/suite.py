@@ -184,14 +184,20 @@ class Cells:
         tmp.replace(self.root / f"{name}.json")
 
 
-def _models(profile: Profile, work: Path, console: Console) -> dict[str, str]:
+def _bundles(models: dict, profile: Profile, work: Path) -> dict:
+    """Build the bundle of every expert set that has none yet (models trained elsewhere come without)."""
+    for label in ("progressive", "static"):
+        if f"bundle-{label}" not in models:
+            models[f"bundle-{label}"] = str(build_system(
+                Path(models["generalist"]), Path(models[label]), work / f"system-{label}",
+                offload=profile.headline_rate, k=profile.headline_k, overwrite=True).root)
+    return models
+
+
+def _models(profile: Profile, work: Path, console: Console) -> dict:
     trained = train_system(profile.pipeline(), work, console=console)
-    bundles = {label: build_system(trained.generalist, run, work / f"system-{label}", offload=profile.headline_rate,
-                                   k=profile.headline_k, overwrite=True).root
-               for label, run in trained.experts.items()}
     return {"generalist": str(trained.generalist), "general": str(trained.general),
             **{label: str(run) for label, run in trained.experts.items()},
-            **{f"bundle-{label}": str(path) for label, path in bundles.items()},
             "partition": json.loads(trained.partition.read_text())["experts"]}
 
 
@@ -321,7 +327,7 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     started = time.perf_counter()
 
     console.rule(f"bench {profile.name}: models and bundles")
-    models = cells.get("models") or _models(profile, work, console)
+    models = _bundles(cells.get("models") or _models(profile, work, console), profile, work)
     cells.put("models", models)
     bundle = load_bundle(Path(models["bundle-progressive"]))
     r = bundle.manifest.routing
