@@ -16,34 +16,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-from askexpert.bench.machine import describe, machine_info
 
 GOAL_S, GOAL_MB = 1.0, 150.0
 
 
-def run_child(args: list[str]) -> tuple[float, float]:
-    """Start, wait with wait4 (to read the child's own peak RSS), and time it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:  # files: no pipe to fill up
+# Linux carries a process's peak RSS across fork and exec (the kernel's maxrss), so an edge started
+# from this process (torch loaded: ~900 MB) would report this process's peak. The edges are started
+# by a small stdlib-only launcher instead, forked before anything heavy is imported.
+LAUNCHER = r"""
+import json, os, subprocess, sys, tempfile, time
+for line in sys.stdin:
+    args = json.loads(line)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        pid = subprocess.Popen(args, stdout=out, stderr=err, env=env).pid
+        pid = subprocess.Popen(args, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"}).pid
         _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - t0
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            raise SystemExit(f"edge failed ({' '.join(args)}): {err.read().decode()[-2000:]}")
-        out.seek(0)
-        if b"offload rate" not in out.read():
-            raise SystemExit(f"edge printed no summary ({' '.join(args)})")
-    return seconds, usage.ru_maxrss / 1024
+        out.seek(0); err.seek(0)
+        code = os.waitstatus_to_exitcode(status)
+        print(json.dumps({"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "code": code,
+                          "out": out.read().decode()[-3000:], "err": err.read().decode()[-3000:]}), flush=True)
+"""
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def run(self, args: list[str]) -> tuple[float, float]:
+        """(wall seconds from start to exit, the edge's own peak RSS in MB) of one edge process."""
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
+        r = json.loads(self.proc.stdout.readline())
+        if r["code"] != 0 or "offload rate" not in r["out"]:
+            raise SystemExit(f"edge failed ({' '.join(args)}): {r['err']}")
+        return r["seconds"], r["rss_mb"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main() -> None:
@@ -51,10 +68,14 @@ def main() -> None:
     ap.add_argument("--generalist", type=Path, help="a generalist run (default: the demo's)")
     ap.add_argument("--experts", type=Path, help="an expert run (default: the demo's)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--slim-venv", type=Path,
+                    help="also run the bundle edge from this venv (pip install askexpert: the edge install, no torch)")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
+    launcher = Launcher()  # before torch is imported
     from PIL import Image
 
+    from askexpert.bench.machine import describe, machine_info
     from askexpert.serving.process import ServerProcess
     from askexpert.system.build import build_system
 
@@ -74,15 +95,21 @@ def main() -> None:
         Image.fromarray(images[0, 0].numpy()).save(image)
         cli = [sys.executable, "-m", "askexpert.cli", "edge"]
         rows: dict[str, list[tuple[float, float]]] = {"run directory (torch)": [], "bundle (ONNX Runtime)": []}
+        if args.slim_venv:
+            rows["bundle, slim edge install (no torch)"] = []
         with ServerProcess(bundle, threads=1) as url:
             common = ["--server", url, "--input", str(image), "--threads", "1"]
             run_dir = [*cli, str(args.generalist), *common]
             bundled = [*cli, str(bundle), *common]
-            run_child(run_dir)  # warm the logits cache and the page cache once, untimed
-            run_child(bundled)
+            slim = [str(args.slim_venv / "bin" / "askexpert"), "edge", str(bundle), *common]
+            commands = {"run directory (torch)": run_dir, "bundle (ONNX Runtime)": bundled,
+                        "bundle, slim edge install (no torch)": slim}
+            for name in rows:  # warm the logits cache and the page cache once, untimed
+                launcher.run(commands[name])
             for _ in range(args.repeats):
-                rows["run directory (torch)"].append(run_child(run_dir))
-                rows["bundle (ONNX Runtime)"].append(run_child(bundled))
+                for name in rows:
+                    rows[name].append(launcher.run(commands[name]))
+    launcher.close()
     table = {name: {"cold_start_s": statistics.median(s for s, _ in r), "rss_mb": statistics.median(m for _, m in r),
                     "runs": [{"seconds": s, "rss_mb": m} for s, m in r]} for name, r in rows.items()}
     old, new = table["run directory (torch)"], table["bundle (ONNX Runtime)"]
