@@ -14,6 +14,8 @@ from askexpert.cli import build_parser, main
 from askexpert.config import ModelConfig
 from askexpert.models import build_model, resolve_spec, save_checkpoint
 
+pytestmark = pytest.mark.timeout(300)  # real subprocesses
+
 SUBCOMMANDS = [["demo"], ["train"], ["train", "generalist"], ["train", "experts"], ["partition"], ["evaluate-system"],
                ["build-system"], ["serve"], ["edge"], ["export-onnx"], ["bench"], ["eval"], ["models"], ["datasets"]]
 

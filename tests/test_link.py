@@ -15,6 +15,8 @@ from askexpert.errors import ConfigError
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.link import PRESETS, LinkProfile, parse_link
 
+pytestmark = pytest.mark.timeout(300)  # real servers and network namespaces
+
 
 def test_presets_and_spelled_out_links():
     assert parse_link("wifi") == PRESETS["wifi"] and parse_link(None) is None and parse_link("none") is None

@@ -66,6 +66,7 @@ def test_explicit_attention_computes_the_same_and_restores_the_kernel():
     assert any(getattr(m, "fused_attn", False) for m in model.modules())  # restored
 
 
+@pytest.mark.slow
 def test_training_records_its_precision_and_learns(fmnist_dir):
     """Three epochs on 3,000 real images, in whatever precision this CPU runs by default."""
     bundle = load_dataset(DataConfig(train_subset=3000, val_subset=500), image_size=28, channels=1)
@@ -103,6 +104,7 @@ def _table(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_experts_table_smoke_seed_by_seed(tmp_path, fmnist_dir):
     """The real command on a few hundred images: a seed file as soon as the seed ends, a summary over
     every seed file present (from more than one sitting), router-aware progressive experts."""

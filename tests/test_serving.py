@@ -23,6 +23,8 @@ from askexpert.serving.pool import ExpertOutput, ExpertPool
 from askexpert.serving.process import ServerProcess, free_port
 from askexpert.system.calibrate import generalist_policy
 
+pytestmark = pytest.mark.timeout(300)  # every test here talks to a real server
+
 
 @pytest.fixture(scope="module")
 def server(tiny_system):

@@ -17,7 +17,7 @@ from askexpert.errors import ConfigError
 from askexpert.models import load_checkpoint
 from askexpert.training import predict_logits, train_generalist
 
-pytestmark = pytest.mark.usefixtures("fmnist_dir")
+pytestmark = [pytest.mark.usefixtures("fmnist_dir"), pytest.mark.slow]  # every test here trains
 
 
 @pytest.fixture(scope="module")
