@@ -111,7 +111,7 @@ def stage_experts(args, pool, models: dict) -> None:
     edge, medium = (Path(args.output_dir) / n for n in args.pair)
     partition = Path(args.output_dir) / "partition.json"
     if not partition.is_file():
-        run(["partition", str(edge), "--experts", "3", "--out", str(partition)],
+        run(["partition", str(edge), "--num-experts", "3", "--out", str(partition)],
             Path(args.output_dir) / "partition.log")
     jobs = []
     for i, (label, (config, overrides)) in enumerate(EXPERTS.items()):
