@@ -10,7 +10,6 @@ half-written checkpoint behind.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import askexpert
 from askexpert.errors import CheckpointError
 from askexpert.models.factory import ModelSpec, build_model, count_parameters
+from askexpert.system.bundle import sha256_file
 
 FORMAT = "askexpert-checkpoint"
 FORMAT_VERSION = 1
@@ -64,14 +64,6 @@ def checkpoint_stem(path: str | os.PathLike) -> Path:
     if p.suffix in (".safetensors", ".json"):
         return p.with_suffix("")
     return p
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write) -> None:
