@@ -149,6 +149,16 @@ def test_image_folder_flat_layout(tmp_path):
     assert abs(float(images[labels == 2].float().mean()) - 129.5) < 10
 
 
+def test_file_split_take_keeps_coarse_labels(tmp_path):
+    from askexpert.data import FileSplit
+
+    _write_folder(tmp_path / "imgs")
+    paths = sorted((tmp_path / "imgs").rglob("*.png"))
+    split = FileSplit(paths, torch.arange(len(paths)) % 3, 16, 3, coarse_labels=torch.arange(len(paths)) % 2)
+    part = split.take([1, 4, 5])
+    assert part.labels.tolist() == [1, 1, 2] and part.coarse_labels.tolist() == [1, 0, 1]
+
+
 def test_image_folder_train_test_layout_and_errors(tmp_path):
     _write_folder(tmp_path / "ds" / "train")
     _write_folder(tmp_path / "ds" / "test", per_class=2)

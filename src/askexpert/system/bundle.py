@@ -7,8 +7,10 @@ tampered bundle is refused with the fix named, before any model is loaded.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -56,8 +58,9 @@ def is_bundle(path: Path) -> bool:
 
 
 def _extract(archive: Path) -> Path:
-    """Unpack an archive into a fresh temporary directory (kept for the life of the process)."""
+    """Unpack an archive into a fresh temporary directory, removed when the process exits."""
     target = Path(tempfile.mkdtemp(prefix="askexpert-bundle-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(target, filter="data")
