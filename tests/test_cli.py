@@ -89,7 +89,7 @@ def test_eval_reports_per_class_accuracy_and_confusion(tmp_path, capsys, fmnist_
     stem = save_checkpoint(tmp_path / "model", build_model(spec), spec=spec, kind="generalist",
                            class_names=CLASS_NAMES,
                            dataset={"config": {"name": "fashion-mnist", "test_subset": 500}})
-    assert main(["eval", str(stem) + ".json", "--save-logits", "--out", str(tmp_path / "ev")]) == 0
+    assert main(["eval", str(stem) + ".json", "--save-logits", "--out-dir", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert "Ankle boot" in out and "top-1" in out
     report = json.loads((tmp_path / "ev" / "test.json").read_text())

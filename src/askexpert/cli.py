@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -433,11 +434,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="askexpert", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Collaborative ViT inference: an edge generalist asks near-edge experts when unsure.",
     )
     parser.add_argument("--version", action="version", version=f"askexpert {askexpert.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # flags are spelled out: "--out" must never silently mean "--out-dir"
+    exact = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact)
 
     p = sub.add_parser("demo", help="the collaborative system end to end on offline Fashion-MNIST",
                        description="Train (or reuse) a small generalist, general model and progressive experts on "
@@ -454,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train models (generalist, general model, experts)",
                        description="Train a model into a run directory (resolved config, logs, metrics, "
                        "checkpoint).")
-    tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=exact)
     g = tsub.add_parser("generalist", help="train the edge generalist",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train the small edge model on every class. Config: YAML file plus "
