@@ -10,6 +10,7 @@ import pytest
 from askexpert.routing import (
     OTHER,
     ExpertAnswers,
+    Router,
     RoutingPolicy,
     confidence_scores,
     finalize,
@@ -60,6 +61,34 @@ def test_router_matches_the_slow_reference(confidence, k, n_classes):
         d = route(logits, policy, membership)
         assert d.expert.tolist() == reference_route(logits, policy, subsets)
         assert np.array_equal(d.offload, d.expert >= 0)
+
+
+@pytest.mark.parametrize("confidence", ["max-prob", "margin", "entropy"])
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("n_classes", [3, 10, 100])
+def test_one_image_fast_path_equals_the_batch_policy_bit_for_bit(confidence, k, n_classes):
+    """The edge routes one image at a time through a shorter path: every field must equal what the
+    vectorised policy gives that image inside a batch, and so must the final answer."""
+    g = np.random.default_rng(n_classes * 10 + k)
+    subsets = [list(range(0, n_classes, 2)), list(range(1, n_classes, 2)), [0, 1]]  # with an overlap
+    router = Router(RoutingPolicy(tau=0.55, k=k, temperature=0.7, confidence=confidence),
+                    membership_matrix(subsets, n_classes))
+    logits = (g.standard_normal((300, n_classes)) * 3).astype(np.float32)
+    logits[:20] = np.round(logits[:20])  # exact ties between classes
+    batch = router.route(logits)
+    pred, conf = g.integers(-1, n_classes, 300), g.random(300).astype(np.float32)
+    answered = g.random(300) < 0.9
+    for fallback in ("other", "other-or-less-confident"):
+        policy = RoutingPolicy(tau=0.55, k=k, temperature=0.7, confidence=confidence, fallback=fallback)
+        final, fell = finalize(batch, pred, conf, policy, answered=answered)
+        for i in range(len(logits)):
+            one = router.route(logits[i:i + 1])
+            for field in ("offload", "expert", "confidence", "local_pred"):
+                a, b = getattr(one, field), getattr(batch, field)[i:i + 1]
+                assert a.dtype == b.dtype and np.array_equal(a, b), (i, field)
+            f1, b1 = finalize(one, pred[i:i + 1], conf[i:i + 1], policy, answered=answered[i:i + 1])
+            assert f1.tolist() == [final[i]] and b1.tolist() == [fell[i]], (i, fallback)
+    assert batch.offload.any() and not batch.offload.all()
 
 
 def test_ties_go_to_the_lowest_expert_id():

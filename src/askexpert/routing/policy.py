@@ -90,8 +90,11 @@ class Router:
 
     def route(self, logits) -> RouteDecision:
         """Keep or offload every row of the generalist's ``logits`` ``[N, C]``, and to which expert."""
+        z = np.asarray(logits, dtype=np.float32)
+        if z.shape[0] == 1:
+            return self._route_one(z[0])
         policy = self.policy
-        z = np.asarray(logits, dtype=np.float32) / np.float32(policy.temperature)
+        z = z / np.float32(policy.temperature)
         e = np.exp(z - z.max(1, keepdims=True))
         p = e / e.sum(1, keepdims=True)
         k = min(policy.k, p.shape[1])
@@ -103,6 +106,29 @@ class Router:
         offload = conf < policy.tau
         expert = np.where(offload, mass.argmax(1), -1).astype(np.int64)
         return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64))
+
+    def _route_one(self, z: np.ndarray) -> RouteDecision:
+        """The same policy for one row (what an edge streaming one image at a time asks for): the same
+        NumPy operations on the same float32 values, in the same order, as :meth:`route` on a batch, so
+        the answers are bit-identical; half the calls, as a batch of one pays each call's fixed cost."""
+        policy = self.policy
+        c = z.shape[0]
+        z = z / np.float32(policy.temperature)
+        e = np.exp(z - z.max())
+        p = e / e.sum()
+        k = min(policy.k, c)
+        kk = min(max(k, 2), c)
+        if c <= 16:
+            order = np.argsort(-p, kind="stable")[:kk]
+        else:
+            part = np.argpartition(-p, kk - 1)[:kk]
+            order = part[np.lexsort((part, -p[part]))]
+        top_p = p[order]
+        conf = _confidence(p[None], top_p[None], policy.confidence)[0]
+        offload = bool(conf < policy.tau)
+        expert = int((top_p[:k, None] * self.member_t[order[:k]]).sum(0).argmax()) if offload else -1
+        return RouteDecision(np.array([offload]), np.array([expert], dtype=np.int64),
+                             np.array([conf]), np.array([order[0]], dtype=np.int64))
 
 
 def route(logits, policy: RoutingPolicy, membership) -> RouteDecision:
@@ -120,6 +146,12 @@ def finalize(decision: RouteDecision, expert_pred, expert_conf, policy: RoutingP
     unanswered one (dead server, error) keeps the generalist's answer.
     """
     offload = decision.offload
+    if len(offload) == 1:  # one image (the edge's stream): the same rule in scalar arithmetic
+        use = bool(offload[0] and (answered is None or answered[0]) and int(expert_pred[0]) != OTHER and (
+            policy.fallback != "other-or-less-confident" or
+            np.float32(expert_conf[0]) >= decision.confidence[0]))
+        final = int(expert_pred[0]) if use else int(decision.local_pred[0])
+        return np.array([final], dtype=np.int64), np.array([bool(offload[0]) and not use])
     pred = np.asarray(expert_pred, dtype=np.int64)
     answered_np = offload if answered is None else offload & np.asarray(answered, dtype=bool)
     use_expert = answered_np & (pred != OTHER)

@@ -15,6 +15,7 @@ plus the server's timings for the request (time queued, time computing, size of 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -54,7 +55,7 @@ def decode_images(body: bytes, content_type: str | None, shape_header: str | Non
             raise ProtocolError(f"{SHAPE_HEADER} must be four integers N,C,H,W, got {shape_header!r}") from err
         if len(shape) != 4 or min(shape) <= 0:
             raise ProtocolError(f"{SHAPE_HEADER} must be four positive integers N,C,H,W, got {shape_header!r}")
-        expected = int(np.prod(shape))
+        expected = math.prod(shape)  # Python integers: no overflow on a hostile header
         if len(body) != expected:
             raise ProtocolError(f"body has {len(body)} bytes but {SHAPE_HEADER} {shape_header} needs {expected}")
         arr = np.frombuffer(body, dtype=np.uint8).reshape(shape)

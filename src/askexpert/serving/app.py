@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import request_response
 
 from askexpert.runtime.protocol import (
     NPY,
@@ -105,7 +108,7 @@ class _ExpertMetrics:
     request_ms: object
 
 
-def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0) -> FastAPI:
+def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0) -> InferFastPath:
     """The FastAPI application serving ``pool``, one dynamic batcher per expert."""
     metrics = Metrics()
     per_expert = {key: _ExpertMetrics(metrics.requests.labels(key), metrics.images.labels(key),
@@ -146,7 +149,17 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
     def experts() -> list[ExpertInfo]:
         return list(infos.values())
 
+    in_flight = 0  # infer requests begun and not yet answered (the event loop is single-threaded)
+
     async def infer(request: Request) -> Response:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            return await _infer(request)
+        finally:
+            in_flight -= 1
+
+    async def _infer(request: Request) -> Response:
         """POST /v1/experts/{expert_id}/infer: a plain Starlette endpoint (FastAPI's parameter machinery
         costs a noticeable share of a loopback request); its OpenAPI entry is added in ``openapi`` below."""
         started = time.perf_counter()
@@ -177,7 +190,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
         batcher = batchers[expert_id]
         m.queue_depth.set(batcher.depth + len(images))
         try:
-            output, timings = await batcher.submit(images)
+            output, timings = await batcher.submit(images, alone=in_flight == 1)
         except Exception as err:
             metrics.errors.labels(expert_id, "model").inc()
             return _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")
@@ -209,4 +222,34 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
 
     app.state.pool = pool
     app.state.metrics = metrics
-    return app
+    return InferFastPath(app, request_response(infer))
+
+
+_INFER_PATH = re.compile(r"^/v1/experts/(?P<expert_id>[^/]+)/infer$")
+
+
+class InferFastPath:
+    """The ASGI app ``askexpert serve`` runs: ``POST /v1/experts/{id}/infer`` goes straight to its
+    endpoint, everything else (health, experts, metrics, docs, lifespan) to the FastAPI app.
+
+    The infer request is the hot path: FastAPI's middleware stack (exception, body-limit, telemetry,
+    exit-stack middlewares) cost more per request than the endpoint's own work (BENCHMARKS.md,
+    "Serving overhead"). The endpoint answers every failure itself as the documented JSON.
+    """
+
+    def __init__(self, app: FastAPI, infer: Callable) -> None:
+        self.app, self.infer = app, infer
+        self.state = app.state
+
+    def openapi(self) -> dict:
+        return self.app.openapi()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _INFER_PATH.match(scope["path"])
+            if match is not None:
+                scope["path_params"] = match.groupdict()
+                scope["app"] = self.app
+                await self.infer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -62,11 +62,13 @@ class ExpertOutput:
 
     def result_dicts(self, topk: int) -> list[dict]:
         """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path)."""
-        k = min(topk, self.probs.shape[1])
-        top_p, top_i = self.probs.topk(k, dim=1)
-        ids = torch.tensor(self.output_ids)[top_i]
+        p = self.probs.numpy()
+        k = min(topk, p.shape[1])
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k]  # ties: the lower output first, as argmax
+        top_p = np.take_along_axis(p, order, 1).tolist()
+        ids = np.asarray(self.output_ids)[order].tolist()
         return [{"pred": id_row[0], "confidence": p_row[0], "other": id_row[0] == OTHER_ID, "topk": id_row,
-                 "probs": p_row} for p_row, id_row in zip(top_p.tolist(), ids.tolist(), strict=True)]
+                 "probs": p_row} for p_row, id_row in zip(top_p, ids, strict=True)]
 
     def results(self, topk: int) -> list[ImageResult]:
         return [ImageResult(**d) for d in self.result_dicts(topk)]
