@@ -3,7 +3,10 @@
     python benchmarks/serving.py [--experts RUN_DIR] [--generalist RUN_DIR]
 
 1. Loopback overhead of one offloaded request (end to end at the client minus the expert's compute
-   time), batch 1, one client: p50 and p95.            Goal: p50 <= 1.5 ms.
+   time), batch 1, one client: p50 and p95, beside two floors measured in the same run with the same
+   client: a bare uvicorn + Starlette endpoint reading the same body and answering a small JSON, and
+   the same endpoint running the same expert's forward pass inline (what any server around this
+   model pays, caches included).                      Goal: overhead p50 <= 1.5x the bare floor.
 2. Server throughput with 16 concurrent clients (batch-1 requests in closed loops) against the same
    expert's raw throughput in a plain loop at the server's observed mean batch size. Goal: >= 0.8x.
 3. The edge generalist at batch 1: torch vs ONNX Runtime, one thread each.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -62,10 +66,77 @@ def overhead(url: str, images: np.ndarray, expert: str, n: int) -> dict:
             "end_to_end_ms_p50": percentile(e2e, 50), "compute_ms_p50": percentile(compute, 50)}
 
 
+FLOOR_APP = r"""
+import json, sys, time
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+port, variant, source, expert = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+if variant == "model":
+    import torch
+    torch.set_num_threads(1)
+    from askexpert.serving.pool import ExpertPool
+    pool = ExpertPool(source, include_general=False)
+
+async def infer(request):
+    body = await request.body()
+    ms = 0.0
+    if variant == "model":
+        images = np.frombuffer(body, dtype=np.uint8).reshape(1, *pool.get(expert).info().input_shape)
+        t0 = time.perf_counter()
+        pool.infer(expert, images)
+        ms = (time.perf_counter() - t0) * 1000
+    return Response(json.dumps({"n": len(body), "compute_ms": ms}), media_type="application/json")
+
+app = Starlette(routes=[Route("/v1/experts/{expert_id}/infer", infer, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+"""
+
+
+def floor(source: Path, expert: str, images: np.ndarray, n: int, variant: str) -> dict:
+    """The same batch-1 loop against a bare uvicorn + Starlette endpoint (``bare``: reads the body,
+    answers a small JSON; ``model``: also runs the expert's forward inline): time minus its compute."""
+    import subprocess
+
+    from askexpert.serving.process import free_port
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port), variant, str(source), expert], env=env)
+    body, headers = encode_images(images[:1])
+    url = httpx.URL(f"http://127.0.0.1:{port}/v1/experts/{expert}/infer?topk=3")
+    try:
+        with httpx.Client(timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    client.request("POST", url, content=body, headers=headers)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            for _ in range(50):
+                client.request("POST", url, content=body, headers=headers)
+            over = []
+            for i in range(n):
+                b, h = encode_images(images[i % len(images):i % len(images) + 1])
+                t0 = time.perf_counter()
+                r = client.request("POST", url, content=b, headers=h)
+                total = (time.perf_counter() - t0) * 1000
+                over.append(total - json.loads(r.content)["compute_ms"])
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {"variant": variant, "requests": n, "overhead_ms_p50": percentile(over, 50),
+            "overhead_ms_p95": percentile(over, 95)}
+
+
 def _process_cpu_s(pid: int) -> float | None:
     """CPU seconds (user + system) a process has used, from /proc; None where there is no /proc."""
-    import os
-
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -179,6 +250,7 @@ def main() -> None:
     ap.add_argument("--expert-id", default="0")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3, help="side-by-side repeats of the server measurements")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if args.experts is None or args.generalist is None:
@@ -194,19 +266,41 @@ def main() -> None:
                                                    dtype=np.uint8)
     pool = ExpertPool(args.experts, include_general=False)
     model_name = pool.get(args.expert_id).spec.name
-    server = ServerProcess(args.experts, threads=1, extra_args=["--no-general"])
-    with server as url:
-        over = overhead(url, images, args.expert_id, args.requests)
-        loaded = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds, server.proc.pid))
-        single = asyncio.run(_closed_loop(url, images, args.expert_id, 1, args.seconds / 2, server.proc.pid))
-    batch = max(1, round(loaded["mean_batch"]))
-    raw = raw_throughput(pool, args.expert_id, images, batch, args.seconds)
-    raw1 = raw_throughput(pool, args.expert_id, images, 1, args.seconds / 2)
+    repeats = []
+    for r in range(args.repeats):  # everything side by side, repeat after repeat
+        server = ServerProcess(args.experts, threads=1, extra_args=["--no-general"])
+        with server as url:
+            over = overhead(url, images, args.expert_id, args.requests)
+            loaded = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds, server.proc.pid))
+            single = asyncio.run(_closed_loop(url, images, args.expert_id, 1, args.seconds / 2, server.proc.pid))
+        bare = floor(args.experts, args.expert_id, images, args.requests, "bare")
+        matched = floor(args.experts, args.expert_id, images, args.requests, "model")
+        batch = max(1, round(loaded["mean_batch"]))
+        raw = raw_throughput(pool, args.expert_id, images, batch, args.seconds)
+        raw1 = raw_throughput(pool, args.expert_id, images, 1, args.seconds / 2)
+        repeats.append({"overhead": over, "floor_bare": bare, "floor_with_model": matched,
+                        "overhead_vs_bare_floor": over["overhead_ms_p50"] / bare["overhead_ms_p50"],
+                        "overhead_vs_model_floor": over["overhead_ms_p50"] / matched["overhead_ms_p50"],
+                        "server_16_clients": loaded, "server_1_client": single, "raw_batch": batch,
+                        "raw_images_per_s": raw, "raw_batch1_images_per_s": raw1,
+                        "throughput_ratio": loaded["images_per_s"] / raw})
+        print(f"repeat {r + 1}: overhead {over['overhead_ms_p50']:.2f} ms, bare floor {bare['overhead_ms_p50']:.2f} ms "
+              f"({repeats[-1]['overhead_vs_bare_floor']:.2f}x), floor with the model "
+              f"{matched['overhead_ms_p50']:.2f} ms ({repeats[-1]['overhead_vs_model_floor']:.2f}x); 16 clients "
+              f"{loaded['images_per_s']:.0f} img/s vs plain loop {raw:.0f} at batch {batch} "
+              f"({repeats[-1]['throughput_ratio']:.2f}x)", flush=True)
+    last = repeats[-1]
+    over, loaded, single = last["overhead"], last["server_16_clients"], last["server_1_client"]
+    batch = last["raw_batch"]
+    raw, raw1 = last["raw_images_per_s"], last["raw_batch1_images_per_s"]
     edge = edge_latency(args.generalist, images, args.requests)
     gpu = gpu_section(args.experts, args.expert_id, images, args.requests, args.seconds / 2) \
         if torch.cuda.is_available() else None
+    medians = {key: statistics.median(r[key] for r in repeats)
+               for key in ("overhead_vs_bare_floor", "overhead_vs_model_floor", "throughput_ratio")}
     result = {"gpu": gpu, "machine": info, "experts": str(args.experts), "expert_model": model_name,
-              "generalist": str(args.generalist), "overhead": over, "server_16_clients": loaded,
+              "generalist": str(args.generalist), "repeats": repeats, "medians": medians,
+              "overhead": over, "server_16_clients": loaded,
               "server_1_client": single, "raw_batch": batch, "raw_images_per_s": raw, "raw_batch1_images_per_s": raw1,
               "throughput_ratio": loaded["images_per_s"] / raw, "edge": edge,
               "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])}
@@ -215,7 +309,15 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1))
     print(f"machine: {describe(info)}; server: 1 torch thread, own process; expert {args.expert_id} ({model_name}); "
           f"results: {out}")
-    print("\n| loopback, batch 1, one client | p50 | p95 |\n|---|---|---|")
+    print("\n| repeat | overhead p50 | bare floor p50 | ratio | floor with the model p50 | ratio | "
+          "16 clients / plain loop |\n|---|---|---|---|---|---|---|")
+    for i, r in enumerate(repeats, 1):
+        print(f"| {i} | {r['overhead']['overhead_ms_p50']:.2f} ms | {r['floor_bare']['overhead_ms_p50']:.2f} ms | "
+              f"{r['overhead_vs_bare_floor']:.2f}x | {r['floor_with_model']['overhead_ms_p50']:.2f} ms | "
+              f"{r['overhead_vs_model_floor']:.2f}x | {r['throughput_ratio']:.2f}x |")
+    print(f"| median | | | {medians['overhead_vs_bare_floor']:.2f}x | | {medians['overhead_vs_model_floor']:.2f}x | "
+          f"{medians['throughput_ratio']:.2f}x |")
+    print("\n| loopback, batch 1, one client (last repeat) | p50 | p95 |\n|---|---|---|")
     print(f"| overhead (end to end - expert compute) | {over['overhead_ms_p50']:.2f} ms | "
           f"{over['overhead_ms_p95']:.2f} ms |")
     print(f"| end to end | {over['end_to_end_ms_p50']:.2f} ms | - |")

@@ -217,6 +217,8 @@ class ExpertPool:
     def infer(self, key: str, images: np.ndarray | torch.Tensor) -> ExpertOutput:
         """Probabilities of expert ``key`` for a ``uint8 [N, C, H, W]`` batch."""
         served = self.get(key)
+        if isinstance(images, np.ndarray) and not images.flags.writeable:  # a request body's buffer
+            images = images.copy()
         x = torch.as_tensor(images).to(self.device, non_blocking=True)
         x = to_model_input(x, served.spec.input).to(self.dtype)
         with served.lock:  # one batch at a time per model (CUDA graphs reuse their buffers)
