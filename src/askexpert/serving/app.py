@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -35,7 +34,7 @@ from askexpert.runtime.protocol import (
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertPool
 
-YIELDS_BEFORE_INLINE = 3  # event-loop turns a request waits for company before it may run inline
+LONE_CLIENT_S = 0.5  # seconds without overlapping requests before a lone request may run inline
 _MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 _INFER_BODY = {
     "requestBody": {
@@ -153,23 +152,23 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
 
     in_flight = 0  # infer requests begun and not yet answered (the event loop is single-threaded)
 
+    last_overlap = 0.0  # when two infer requests were last in flight together
+
     async def infer(request: Request) -> Response:
-        nonlocal in_flight
+        nonlocal in_flight, last_overlap
         in_flight += 1
+        if in_flight > 1:
+            last_overlap = time.perf_counter()
         try:
             return await _infer(request)
         finally:
             in_flight -= 1
 
-    async def _alone() -> bool:
-        """Whether this request is the only one in flight, after letting the event loop take in whatever
-        has already arrived: a lone client's request then runs inline, and under load the requests that
-        queued up during the last batch still meet in the batcher (BENCHMARKS.md, "Serving overhead")."""
-        for _ in range(YIELDS_BEFORE_INLINE):
-            if in_flight != 1:
-                return False
-            await asyncio.sleep(0)
-        return in_flight == 1
+    def _alone() -> bool:
+        """Whether this request may run inline: it is the only one in flight, and no two requests have
+        overlapped for a while (a lone client). Under load requests overlap all the time, so they all
+        meet in the batcher and run in the model thread while the event loop takes in the next ones."""
+        return in_flight == 1 and time.perf_counter() - last_overlap > LONE_CLIENT_S
 
     async def _infer(request: Request) -> Response:
         """POST /v1/experts/{expert_id}/infer: a plain Starlette endpoint (FastAPI's parameter machinery
@@ -202,7 +201,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
         batcher = batchers[expert_id]
         m.queue_depth.set(batcher.depth + len(images))
         try:
-            output, timings = await batcher.submit(images, alone=await _alone())
+            output, timings = await batcher.submit(images, alone=_alone())
         except Exception as err:
             metrics.errors.labels(expert_id, "model").inc()
             return _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")
