@@ -10,6 +10,8 @@ of the answers with its own queue time and the batch's compute time.
 With the default ``max_wait_ms = 0`` this is continuous batching: a lone request runs at once
 (no added latency), and requests that arrive while the model is busy form the next batch, so
 batches grow with the load by themselves. A positive wait trades latency for fuller batches.
+``submit(..., alone=True)`` (the server knows no other request is in flight) runs an idle expert's
+batch inline, skipping the queue and the thread hop.
 """
 
 from __future__ import annotations
