@@ -7,8 +7,9 @@
    client: a bare uvicorn + Starlette endpoint reading the same body and answering a small JSON, and
    the same endpoint running the same expert's forward pass inline (what any server around this
    model pays, caches included).                      Goal: overhead p50 <= 1.5x the bare floor.
-2. Server throughput with 16 concurrent clients (batch-1 requests in closed loops) against the same
-   expert's raw throughput in a plain loop at the server's observed mean batch size. Goal: >= 0.8x.
+2. Server throughput with 16 concurrent clients (batch-1 requests in closed loops on bare asyncio
+   streams, a light load generator; httpx clients as well, for comparison) against the same expert's
+   raw throughput in a plain loop at the server's observed mean batch size. Goal: >= 0.8x.
 3. The edge generalist at batch 1: torch vs ONNX Runtime, one thread each.
 4. On a GPU: the expert at batch 1, 16 and 64, eager half precision vs CUDA-graph replay (latency of
    the whole call: upload, normalise, forward, softmax, download), and the GPU's NVML energy an image
@@ -144,6 +145,49 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _closed_loop_raw(url: str, images: np.ndarray, expert: str, clients: int, seconds: float,
+                           server_pid: int | None = None) -> dict:
+    """Closed-loop clients on bare asyncio streams speaking HTTP/1.1 keep-alive: the same requests as
+    httpx sends, for a fraction of its CPU, so that on a 2-core host the load generator leaves the
+    server its core (the server's throughput is measured, not the load generator's)."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    body, headers = encode_images(images[:1])
+    head = (f"POST /v1/experts/{expert}/infer?topk=3 HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    request = head + body
+    done, batches = 0, []
+
+    async def one(stop: float, record: bool) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < stop:
+                writer.write(request)
+                await writer.drain()
+                status_and_headers = await reader.readuntil(b"\r\n\r\n")
+                if not status_and_headers.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(status_and_headers.decode(errors="replace")[:200])
+                length = next(int(line.split(b":", 1)[1]) for line in status_and_headers.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                payload = await reader.readexactly(length)
+                if record:
+                    batches.append(json.loads(payload)["timings"]["batch_size"])
+                    done += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one(time.perf_counter() + 0.5, False) for _ in range(clients)))  # warm-up
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    server0 = _process_cpu_s(server_pid) if server_pid else None
+    await asyncio.gather(*(one(t0 + seconds, True) for _ in range(clients)))
+    elapsed, client_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    server_cpu = _process_cpu_s(server_pid) - server0 if server0 is not None else None
+    return {"clients": clients, "images_per_s": done / elapsed, "mean_batch": statistics.mean(batches),
+            "requests": done, "client_cores": client_cpu / elapsed, "load_generator": "asyncio streams",
+            "server_cores": None if server_cpu is None else server_cpu / elapsed}
+
+
 async def _closed_loop(url: str, images: np.ndarray, expert: str, clients: int, seconds: float,
                        server_pid: int | None = None) -> dict:
     body, headers = encode_images(images[:1])
@@ -271,7 +315,9 @@ def main() -> None:
         server = ServerProcess(args.experts, threads=1, extra_args=["--no-general"])
         with server as url:
             over = overhead(url, images, args.expert_id, args.requests)
-            loaded = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds, server.proc.pid))
+            loaded = asyncio.run(_closed_loop_raw(url, images, args.expert_id, 16, args.seconds, server.proc.pid))
+            loaded_httpx = asyncio.run(_closed_loop(url, images, args.expert_id, 16, args.seconds / 2,
+                                                    server.proc.pid))
             single = asyncio.run(_closed_loop(url, images, args.expert_id, 1, args.seconds / 2, server.proc.pid))
         bare = floor(args.experts, args.expert_id, images, args.requests, "bare")
         matched = floor(args.experts, args.expert_id, images, args.requests, "model")
@@ -281,14 +327,17 @@ def main() -> None:
         repeats.append({"overhead": over, "floor_bare": bare, "floor_with_model": matched,
                         "overhead_vs_bare_floor": over["overhead_ms_p50"] / bare["overhead_ms_p50"],
                         "overhead_vs_model_floor": over["overhead_ms_p50"] / matched["overhead_ms_p50"],
-                        "server_16_clients": loaded, "server_1_client": single, "raw_batch": batch,
+                        "server_16_clients": loaded, "server_16_httpx_clients": loaded_httpx,
+                        "server_1_client": single, "raw_batch": batch,
                         "raw_images_per_s": raw, "raw_batch1_images_per_s": raw1,
                         "throughput_ratio": loaded["images_per_s"] / raw})
         print(f"repeat {r + 1}: overhead {over['overhead_ms_p50']:.2f} ms, bare floor {bare['overhead_ms_p50']:.2f} ms "
               f"({repeats[-1]['overhead_vs_bare_floor']:.2f}x), floor with the model "
               f"{matched['overhead_ms_p50']:.2f} ms ({repeats[-1]['overhead_vs_model_floor']:.2f}x); 16 clients "
-              f"{loaded['images_per_s']:.0f} img/s vs plain loop {raw:.0f} at batch {batch} "
-              f"({repeats[-1]['throughput_ratio']:.2f}x)", flush=True)
+              f"{loaded['images_per_s']:.0f} img/s (server {loaded['server_cores']:.2f} cores, load generator "
+              f"{loaded['client_cores']:.2f}) vs plain loop {raw:.0f} at batch {batch} "
+              f"({repeats[-1]['throughput_ratio']:.2f}x); with 16 httpx clients {loaded_httpx['images_per_s']:.0f} "
+              f"img/s (load generator {loaded_httpx['client_cores']:.2f} cores)", flush=True)
     last = repeats[-1]
     over, loaded, single = last["overhead"], last["server_16_clients"], last["server_1_client"]
     batch = last["raw_batch"]
