@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -35,8 +34,6 @@ from askexpert.runtime.protocol import (
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertPool
 
-LONE_CLIENT_S = 0.5  # seconds without overlapping requests before a lone request may run inline
-YIELDS_BEFORE_INLINE = 3  # event-loop turns that let requests already in the sockets start first
 _MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 _INFER_BODY = {
     "requestBody": {
@@ -152,35 +149,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
     def experts() -> list[ExpertInfo]:
         return list(infos.values())
 
-    in_flight = 0  # infer requests begun and not yet answered (the event loop is single-threaded)
-
-    last_overlap = 0.0  # when two infer requests were last in flight together
-
     async def infer(request: Request) -> Response:
-        nonlocal in_flight, last_overlap
-        in_flight += 1
-        if in_flight > 1:
-            last_overlap = time.perf_counter()
-        try:
-            return await _infer(request)
-        finally:
-            in_flight -= 1
-
-    async def _alone() -> bool:
-        """Whether this request may run inline: no two requests have overlapped for a while, and it is
-        still the only one in flight after the event loop has taken in whatever already arrived (a
-        request waiting in a socket counts only once the loop has read it: an inline batch blocks the
-        loop). Under load requests overlap all the time, so they meet in the batcher and run in the
-        model thread while the event loop takes in the next ones."""
-        if time.perf_counter() - last_overlap <= LONE_CLIENT_S:
-            return False
-        for _ in range(YIELDS_BEFORE_INLINE):
-            await asyncio.sleep(0)
-            if in_flight != 1:
-                return False
-        return True
-
-    async def _infer(request: Request) -> Response:
         """POST /v1/experts/{expert_id}/infer: a plain Starlette endpoint (FastAPI's parameter machinery
         costs a noticeable share of a loopback request); its OpenAPI entry is added in ``openapi`` below."""
         started = time.perf_counter()
@@ -211,7 +180,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
         batcher = batchers[expert_id]
         m.queue_depth.set(batcher.depth + len(images))
         try:
-            output, timings = await batcher.submit(images, alone=await _alone())
+            output, timings = await batcher.submit(images)
         except Exception as err:
             metrics.errors.labels(expert_id, "model").inc()
             return _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")

@@ -10,8 +10,6 @@ of the answers with its own queue time and the batch's compute time.
 With the default ``max_wait_ms = 0`` this is continuous batching: a lone request runs at once
 (no added latency), and requests that arrive while the model is busy form the next batch, so
 batches grow with the load by themselves. A positive wait trades latency for fuller batches.
-``submit(..., alone=True)`` (the server knows no other request is in flight) runs an idle expert's
-batch inline, skipping the queue and the thread hop.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
-        self._busy = False  # a batch is running (in the model thread, or inline)
 
     @property
     def depth(self) -> int:
@@ -68,22 +65,8 @@ class DynamicBatcher:
                 await self._worker
             self._worker = None
 
-    async def submit(self, images: np.ndarray, *, alone: bool = False) -> tuple[ExpertOutput, BatchTimings]:
-        """Answer ``images``. ``alone``: the caller knows no other request is in flight on the server;
-        then, with this expert idle, the batch runs at once on the calling thread: no queue, no thread
-        hop (the batch-1 fast path of a lone client; under load every request goes through the queue)."""
+    async def submit(self, images: np.ndarray) -> tuple[ExpertOutput, BatchTimings]:
         self.start()
-        if alone and not self._busy and self.queue.empty() and len(images) <= self.max_batch:
-            self._busy = True
-            started = time.perf_counter()
-            try:
-                output = self.run(images)
-            finally:
-                self._busy = False
-            compute = time.perf_counter() - started
-            if self.on_batch is not None:
-                self.on_batch(len(images), compute)
-            return output, BatchTimings(queue_ms=0.0, compute_ms=compute * 1000, batch_size=len(images))
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Pending(images, future, time.perf_counter()))
         return await future
@@ -110,7 +93,6 @@ class DynamicBatcher:
                 size += len(item.images)
             started = time.perf_counter()
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
-            self._busy = True
             try:
                 output = await loop.run_in_executor(self.executor, self.run, images)
             except Exception as err:  # the model failed: every request of the batch gets the error
@@ -118,8 +100,6 @@ class DynamicBatcher:
                     if not p.future.done():
                         p.future.set_exception(err)
                 continue
-            finally:
-                self._busy = False
             compute = time.perf_counter() - started
             if self.on_batch is not None:
                 self.on_batch(size, compute)
