@@ -36,7 +36,7 @@ def _files(paths: list[Path], labels: np.ndarray | None, spec: InputSpec, batch_
 def _split(name: str, data: dict, spec: InputSpec, limit: int | None, seed: int, batch_size: int):
     try:
         from askexpert.config import DataConfig
-        from askexpert.data import load_dataset
+        from askexpert.data import iter_batches, load_dataset
     except ImportError as err:  # the slim edge install has no torch
         raise DatasetError(f"split:{name} reads the dataset, which needs the full install ({err})",
                            fix="pass image files, a folder or a .npz; or: pip install 'askexpert[all]'") from err
@@ -44,8 +44,8 @@ def _split(name: str, data: dict, spec: InputSpec, limit: int | None, seed: int,
     split = bundle.split(name)
     if limit and limit < len(split):
         split = split.take(stratified_subset(split.labels, limit, seed))
-    images, labels = split.load(np.arange(len(split))).numpy(), split.labels.numpy()
-    return _arrays(images, labels, batch_size), len(split), f"{bundle.name} {name} split"
+    batches = ((images.numpy(), labels.numpy()) for images, labels in iter_batches(split, batch_size))
+    return batches, len(split), f"{bundle.name} {name} split"  # decoded batch by batch, as they are streamed
 
 
 def open_input(spec: str | list[str], *, input_spec: InputSpec, class_names: list[str], data: dict | None,
