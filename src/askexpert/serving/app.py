@@ -109,7 +109,8 @@ class _ExpertMetrics:
 
 
 def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0) -> InferFastPath:
-    """The FastAPI application serving ``pool``, one dynamic batcher per expert."""
+    """The ASGI application serving ``pool`` (FastAPI behind :class:`InferFastPath`), one dynamic batcher
+    per expert."""
     metrics = Metrics()
     per_expert = {key: _ExpertMetrics(metrics.requests.labels(key), metrics.images.labels(key),
                                       metrics.queue_depth.labels(key), metrics.queue_ms.labels(key),
@@ -222,17 +223,13 @@ class InferFastPath:
     """The ASGI app ``askexpert serve`` runs: ``POST /v1/experts/{id}/infer`` goes straight to its
     endpoint, everything else (health, experts, metrics, docs, lifespan) to the FastAPI app.
 
-    The infer request is the hot path: FastAPI's middleware stack (exception, body-limit, telemetry,
-    exit-stack middlewares) cost more per request than the endpoint's own work (BENCHMARKS.md,
-    "Serving overhead"). The endpoint answers every failure itself as the documented JSON.
+    The infer request is the hot path, and the endpoint needs none of FastAPI's middleware layers
+    (exception, body-limit, telemetry, exit-stack): it answers every failure itself as the documented
+    JSON. Its gain alone was not separable from this VM's noise (BENCHMARKS.md, "Serving overhead").
     """
 
     def __init__(self, app: FastAPI, infer: Callable) -> None:
         self.app, self.infer = app, infer
-        self.state = app.state
-
-    def openapi(self) -> dict:
-        return self.app.openapi()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
