@@ -22,9 +22,7 @@ from askexpert.models import read_meta
 from askexpert.routing import (
     RoutingPolicy,
     SystemMetrics,
-    confidence_scores,
     fit_temperature,
-    softmax,
     system_metrics,
     tau_for_offload,
 )
@@ -36,6 +34,7 @@ from askexpert.system.calibrate import (
     load_experts,
     outputs_of,
     require_same_images,
+    scaled_confidence,
     validation_confidence,
 )
 
@@ -80,10 +79,6 @@ class SystemEvaluation:
         return next(r for r in self.grid if r.system == system and r.k == k and r.target_offload == rate)
 
 
-def _confidence(logits: np.ndarray, temperature: float, confidence: str) -> np.ndarray:
-    return confidence_scores(softmax(logits, temperature), confidence)
-
-
 def _acc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     ok = logits.argmax(1) == labels
     ok = ok if mask is None else ok[mask]
@@ -91,13 +86,12 @@ def _acc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None)
 
 
 def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: float, t_gen: float, confidence: str,
-              fallback: str, **target) -> GridRow:
+              fallback: str, test_conf: np.ndarray, **target) -> GridRow:
     policy = RoutingPolicy(tau=tau, k=k, temperature=t_gen, confidence=confidence, fallback=fallback)
     n = gen.val_logits.shape[1]
     val = system_metrics(gen.val_logits, gen.val_labels, system.membership(n), system.val, policy)
     test = system_metrics(gen.test_logits, gen.test_labels, system.membership(n), system.test, policy)
-    offloaded = _confidence(gen.test_logits, t_gen, confidence) < tau
-    test.offloaded_accuracy_general = _acc(general.test_logits, general.test_labels, offloaded)
+    test.offloaded_accuracy_general = _acc(general.test_logits, general.test_labels, test_conf < tau)
     return GridRow(system.label, k, tau, val, test, **target)
 
 
@@ -123,16 +117,17 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
     systems = [load_experts(run, label, gen, device) for label, run in expert_runs.items()]
     systems.append(general_as_expert(gen_model, t_general, n))
     val_conf = validation_confidence(gen, t_gen, confidence)
+    test_conf = scaled_confidence(gen.test_logits, t_gen, confidence)  # the generalist's, once for every row
     rows: list[GridRow] = []
     for system in systems:
         for k in ks:
             for rate in rates:
                 rows.append(_evaluate(gen, gen_model, system, k, tau_for_offload(val_conf, rate), t_gen, confidence,
-                                      fallback, target_offload=rate))
+                                      fallback, test_conf, target_offload=rate))
             if target_accuracy is not None:
                 policy, _ = choose_tau(gen, system, temperature=t_gen, k=k, confidence=confidence, fallback=fallback,
                                        accuracy=target_accuracy)
-                rows.append(_evaluate(gen, gen_model, system, k, policy.tau, t_gen, confidence, fallback,
+                rows.append(_evaluate(gen, gen_model, system, k, policy.tau, t_gen, confidence, fallback, test_conf,
                                       target_accuracy=target_accuracy))
     headline = {}
     for system in systems:
@@ -142,7 +137,7 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
             headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
     offloaded = None
     if headline:
-        offloaded = _confidence(gen.test_logits, t_gen, confidence) < next(iter(headline.values())).tau
+        offloaded = test_conf < next(iter(headline.values())).tau
     return SystemEvaluation(
         classes=classes,
         temperatures={"generalist": t_gen, "general": t_general, **{s.label: s.temperatures for s in systems}},

@@ -139,8 +139,13 @@ def general_as_expert(general: Outputs, temperature: float, num_classes: int) ->
                      ExpertAnswers.from_logits([general.test_logits], everything, [temperature]), [general.checkpoint])
 
 
+def scaled_confidence(logits: np.ndarray, temperature: float, confidence: str) -> np.ndarray:
+    """The routing confidence of every row of ``logits`` at ``temperature``."""
+    return confidence_scores(softmax(logits, temperature), confidence)
+
+
 def validation_confidence(generalist: Outputs, temperature: float, confidence: str) -> np.ndarray:
-    return confidence_scores(softmax(generalist.val_logits, temperature), confidence)
+    return scaled_confidence(generalist.val_logits, temperature, confidence)
 
 
 def choose_tau(generalist: Outputs, experts: ExpertSet, *, temperature: float, k: int, confidence: str,
