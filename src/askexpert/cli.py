@@ -432,6 +432,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rule_flags(p: argparse.ArgumentParser, default_from: str | None = None) -> None:
+    """``--confidence`` and ``--fallback``, their choices from the routing policy's own types. With
+    ``default_from`` the flags default to None (the caller's own value wins, e.g. a bundle's)."""
+    from typing import get_args
+
+    from askexpert.routing.policy import Confidence, Fallback
+
+    for flag, kind, what in (("--confidence", Confidence, "confidence score"),
+                             ("--fallback", Fallback, "when the generalist's answer stands after an offload")):
+        choices = get_args(kind)
+        if default_from is None:
+            p.add_argument(flag, choices=choices, default=choices[0], help=f"{what} (default {choices[0]})")
+        else:
+            p.add_argument(flag, choices=choices, help=f"{what} (default: {default_from} {choices[0]})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -513,8 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload", type=float, default=0.3, help="target offload rate of the headline table")
     p.add_argument("--target-accuracy", type=float, metavar="PERCENT",
                    help="also choose tau as the least offloading reaching this validation accuracy")
-    p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"], default="max-prob")
-    p.add_argument("--fallback", choices=["other", "other-or-less-confident"], default="other")
+    _add_rule_flags(p)
     p.add_argument("--out", type=Path, help="write the full report (JSON) here")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate_system)
@@ -538,8 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the least offloading that reaches this validation accuracy")
     point.add_argument("--tau", type=float, help="a fixed confidence threshold")
     p.add_argument("--k", type=int, default=3, help="Top-k classes that choose the expert (default 3)")
-    p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"], default="max-prob")
-    p.add_argument("--fallback", choices=["other", "other-or-less-confident"], default="other")
+    _add_rule_flags(p)
     p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
     p.add_argument("--name", help="the system's name (default: the directory's)")
@@ -593,10 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, help="confidence threshold (overrides the bundle's / --offload-rate)")
     p.add_argument("--temperature", type=float, help="softmax temperature (default: the calibrated one)")
     p.add_argument("--k", type=int, help="Top-k classes that choose the expert (default: the bundle's, or 3)")
-    p.add_argument("--confidence", choices=["max-prob", "margin", "entropy"],
-                   help="confidence score (default: the bundle's, or max-prob)")
-    p.add_argument("--fallback", choices=["other", "other-or-less-confident"],
-                   help="when the generalist's answer stands after an offload (default: the bundle's, or other)")
+    _add_rule_flags(p, default_from="the bundle's, or")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds before a request counts as failed")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--threads", type=int, help="CPU threads for the generalist")

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from askexpert.errors import ConfigError
+from askexpert.routing.policy import Confidence, Fallback
 
 SCHEMA_VERSION = 1
 SYSTEM_FILE = "system.json"
@@ -105,8 +106,8 @@ class RoutingSpec(_Strict):
     temperature: float = Field(gt=0, description="the generalist's softmax temperature (fitted on validation)")
     tau: float = Field(ge=0, description="confidence threshold: below it an image is offloaded")
     k: int = Field(ge=1, description="Top-k classes of the generalist that choose the expert")
-    confidence: Literal["max-prob", "margin", "entropy"] = "max-prob"
-    fallback: Literal["other", "other-or-less-confident"] = "other"
+    confidence: Confidence = "max-prob"
+    fallback: Fallback = "other"
     operating_point: OperatingPoint
 
 
