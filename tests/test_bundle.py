@@ -80,6 +80,22 @@ def test_build_system_cli_writes_an_archive_that_serves(tiny_system, tmp_path, c
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(300)
+def test_an_edge_refuses_a_server_holding_another_system(tiny_system, tmp_path, capsys):
+    """A bundle's edge routes by its own partition: against a server holding another system it would
+    send images to the wrong experts, so it stops at once, naming both systems and the fix."""
+    other = tmp_path / "other"
+    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(other),
+                 "--offload", "0.5"]) == 0
+    capsys.readouterr()
+    with ServerProcess(tiny_system["bundle"], threads=1) as url:
+        assert main(["edge", str(other), "--server", url, "--input", str(_test_npz(tiny_system, tmp_path / "t.npz", 8)),
+                     "--predictions", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "serves another system" in err and "askexpert serve BUNDLE" in err
+    assert load_bundle(other).system_id[:12] in err
+
+
 def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
