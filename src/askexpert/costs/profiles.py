@@ -67,3 +67,34 @@ def network(name: str) -> NetworkProfile:
     if name not in table:
         raise ConfigError(f"no network profile {name!r}", fix=f"choose one of: {', '.join(table)}")
     return NetworkProfile(name=name, **table[name])
+
+
+@dataclass(frozen=True)
+class SpeedProfile:
+    """How fast an edge device runs a reference model: a published figure, with its source."""
+
+    name: str
+    description: str
+    reference: str  # the reference model (askexpert.testbed.reference.REFERENCES)
+    reference_ms: float | None  # its published batch-1 latency on the device
+    threads: int
+    source: str | None
+    energy_profile: str | None = None
+
+    def check(self) -> SpeedProfile:
+        if self.reference_ms is None or not self.source:
+            raise ConfigError(f"edge device {self.name} has no sourced speed",
+                              fix=f"choose another ({', '.join(edge_speed_names())}) or add a published latency, "
+                              f"with its source, to {PROFILE_FILE}")
+        return self
+
+
+def edge_speed_names() -> list[str]:
+    return list(_load()["edge_speeds"])
+
+
+def edge_speed(name: str) -> SpeedProfile:
+    table = _load()["edge_speeds"]
+    if name not in table:
+        raise ConfigError(f"no edge device {name!r}", fix=f"choose one of: host, {', '.join(table)}")
+    return SpeedProfile(name=name, **table[name]).check()

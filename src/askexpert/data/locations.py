@@ -6,12 +6,7 @@ import os
 from pathlib import Path
 
 from askexpert.errors import DatasetError
-
-
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/askexpert`` (``~/.cache/askexpert`` by default): where downloads go."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "askexpert"
+from askexpert.paths import user_cache_dir
 
 
 def search_roots(root: Path | None) -> list[Path]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.errors import CheckpointError
+from askexpert.runtime.pacing import paced
 from askexpert.system.schema import InputSpec
 
 METADATA_KEY = "askexpert"
@@ -44,4 +45,5 @@ class OnnxGeneralist:
         self.input = InputSpec(**meta["input"])
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"images": np.ascontiguousarray(images)})[0]
+        x = np.ascontiguousarray(images)
+        return paced(lambda: self.session.run(None, {"images": x})[0])
