@@ -42,6 +42,10 @@ def test_every_baseline_runs_on_the_same_images(bench):
     assert cells["baseline-full-offload-expert"].summary.offload_rate == 100
     edge_exec = cells["baseline-edge-execution"]
     assert edge_exec.energy.server_mj_per_image == 0  # experts ran on the edge
+    medium = cells["baseline-edge-general"]  # the other reading: the medium model on the edge for every image
+    assert medium.summary.offload_rate == 0 and medium.energy.server_mj_per_image == 0
+    assert medium.summary.accuracy > 40 and medium.energy.edge_compute_mj_per_image > 0
+    assert result.placement["mode"] == "host" and result.placement["label"] == "host CPU (no edge emulation)"
     collab = cells["baseline-collaborative-progressive"]
     assert 15 < collab.summary.offload_rate < 50 and collab.energy.server_mj_per_image > 0
     # edge execution and collaborative make the same routing decisions on the same images, and count the
@@ -69,7 +73,8 @@ def test_report_has_every_table_and_plot(bench):
         assert f"({png}.png)" in text
     assert "modelled" in text and "chipwired" in text
     saved = json.loads((out / "results" / f"{result.date}-{result.host}-tiny.json").read_text())
-    assert set(saved["cells"]) == set(result.cells) and len(goals(BenchResult.from_dict(saved))) == 3
+    assert set(saved["cells"]) == set(result.cells) and len(goals(BenchResult.from_dict(saved))) == 5
+    assert "host CPU (no edge emulation)" in text and "edge execution (the medium general model" in text
 
 
 def test_an_interrupted_bench_resumes_where_it_stopped(bench):

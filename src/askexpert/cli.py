@@ -256,8 +256,23 @@ def cmd_edge(args: argparse.Namespace) -> int:
         confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
         threads=args.threads, timeout_s=args.timeout, retries=args.retries, trace=args.trace,
     )
-    with progress_bar(_console(), transient=True) as progress:
-        report = run_edge(settings, progress=progress)
+    placement = None
+    if args.device == "host":
+        with progress_bar(_console(), transient=True) as progress:
+            report = run_edge(settings, progress=progress)
+    else:
+        import tempfile
+
+        from askexpert.runtime.session import freeze_split
+        from askexpert.testbed.placement import EmulatedEdge
+
+        with EmulatedEdge(args.device, mode=args.edge_mode) as edge, tempfile.TemporaryDirectory() as tmp:
+            _console().log(edge.placement.describe())
+            settings = freeze_split(settings, Path(tmp) / "inputs.npz")  # the throttled edge reads no dataset
+            _console().log(f"streaming {' '.join(settings.inputs)} through the {edge.placement.label} ...")
+            report = edge.call(run_edge, s=settings)
+        placement = edge.placement
+        _out().print(f"[bold]{placement.label}[/bold]: {placement.describe()}")
     if args.predictions:
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         with open(args.predictions, "w") as f:
@@ -270,9 +285,22 @@ def cmd_edge(args: argparse.Namespace) -> int:
         args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
                                             "backend": report.backend, "input": report.input, "link": report.link,
                                             "system": report.source,
+                                            "placement": placement.to_dict() if placement else None,
                                             "settings": {k: str(v) for k, v in asdict(settings).items()}}, indent=1))
     _print_edge_summary(report)
     return 0
+
+
+def _add_edge_device_flags(p: argparse.ArgumentParser, flag: str) -> None:
+    from askexpert.costs.profiles import edge_speed_names
+
+    p.add_argument(flag, default="host", choices=["host", *edge_speed_names()],
+                   help="emulate this edge device on one core of this host, slowed by the kernel's CPU quota to the "
+                   "device's published speed (costs/profiles.yaml edge_speeds), the server pinned to the other "
+                   "cores; host (default): the edge runs unthrottled in this process")
+    p.add_argument("--edge-mode", default="auto", choices=["auto", "kernel", "paced"],
+                   help="how the edge is slowed: kernel (a cgroup CPU quota; needs a writable CPU controller), "
+                   "paced (sleep after each model call), auto (kernel where possible, else paced; default)")
 
 
 def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
@@ -320,7 +348,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(args.profile, output_dir=Path(args.output_dir), results_dir=Path(args.results),
                        fresh=args.fresh, edge_profile=args.edge_profile, server_profile=args.server_profile,
-                       radio=args.radio, console=_console())
+                       radio=args.radio, edge_device=args.edge_device, edge_mode=args.edge_mode, console=_console())
     table = Table(title=f"bench {args.profile}: goals (ratios from this run)")
     for col in ("goal", "ratio", "met", "detail"):
         table.add_column(col)
@@ -425,8 +453,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console = _console()
     console.rule("askexpert demo: collaborative inference on Fashion-MNIST, offline")
     result = run_demo(output_dir=Path(args.output_dir), fresh=args.fresh, limit=args.limit,
-                      link=parse_link(args.link), console=console)
+                      link=parse_link(args.link), edge_device=args.edge_device, edge_mode=args.edge_mode,
+                      console=console)
     _print_edge_summary(result.report, title="askexpert demo", energy=result.energy)
+    _out().print(f"[bold]{result.placement.label}[/bold]: {result.placement.describe()}")
     _out().print(f"report: {result.report_dir / 'report.md'}; bundle: {result.bundle} (energy: "
                  f"{result.energy.edge_energy_source})")
     return 0
@@ -468,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain instead of reusing the demo's models")
     p.add_argument("--limit", type=int, default=2000, help="test images to stream (default 2000)")
     p.add_argument("--link", help="emulate a link on every offload: wifi, lte, 5g or rtt=20ms,bw=20mbit")
+    _add_edge_device_flags(p, "--edge-device")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train models (generalist, general model, experts)",
@@ -614,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", type=Path, help="write one JSON line per input (route and timings)")
     p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction")
     p.add_argument("--summary", type=Path, help="write the summary as JSON")
+    _add_edge_device_flags(p, "--device")
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("export-onnx", help="export a generalist to ONNX for ONNX Runtime on the edge",
@@ -634,7 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs", help="models and cached measurements go to OUTPUT_DIR/bench-PROFILE")
     p.add_argument("--results", default="results", help="where the JSON and the report go")
     p.add_argument("--fresh", action="store_true", help="measure again (models are still reused)")
-    p.add_argument("--edge-profile", default="raspberry-pi-4", help="device profile of the edge (costs/profiles.yaml)")
+    p.add_argument("--edge-profile", help="energy profile of the edge (costs/profiles.yaml; default: the emulated "
+                   "device's, else raspberry-pi-4)")
+    _add_edge_device_flags(p, "--edge-device")
     p.add_argument("--server-profile", default="h100-batch1", help="device profile of the near-edge server")
     p.add_argument("--radio", default="wifi", help="network profile of the edge radio")
     p.set_defaults(func=cmd_bench)

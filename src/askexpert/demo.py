@@ -22,10 +22,11 @@ from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.costs.profiles import device, network
 from askexpert.runtime.link import LinkProfile
-from askexpert.runtime.session import EdgeReport, EdgeSettings, run_edge
+from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, run_edge
 from askexpert.serving.process import ServerProcess
 from askexpert.system.build import build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
+from askexpert.testbed.placement import EmulatedEdge, Mode, Placement
 
 # profiles with sourced figures (costs/profiles.yaml)
 EDGE_DEVICE, SERVER_DEVICE, RADIO = "raspberry-pi-4", "h100-batch1", "wifi"
@@ -43,12 +44,15 @@ class DemoResult:
     models: TrainedSystem
     bundle: Path
     report_dir: Path
+    placement: Placement
 
 
 def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int | None = 2000,
              link: LinkProfile | None = None, console: Console | None = None,
-             overrides: list[str] | None = None) -> DemoResult:
-    """Run the demo; ``overrides`` (``section.key=value``) apply to all three demo configs."""
+             overrides: list[str] | None = None, edge_device: str = "host", edge_mode: Mode = "auto") -> DemoResult:
+    """Run the demo; ``overrides`` (``section.key=value``) apply to all three demo configs. ``edge_device``
+    emulates that device's speed on one core (:mod:`askexpert.testbed.placement`), the server pinned
+    to the others."""
     base = Path(output_dir) / "demo"
     if fresh and base.exists():
         shutil.rmtree(base)
@@ -62,18 +66,28 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
     report_dir = base / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     console.rule("3/4 expert server: askexpert serve BUNDLE on a free loopback port")
-    with ServerProcess(bundle, threads=1, log_path=report_dir / "server.log") as url:
+    with EmulatedEdge(edge_device, mode=edge_mode) as edge, \
+            ServerProcess(bundle, threads=1, log_path=report_dir / "server.log", cpus=edge.server_cores) as url:
         console.log(f"expert server up at {url}")
+        console.log(edge.placement.describe())
         console.rule("4/4 edge: the bundle's ONNX generalist over the test split, one image at a time, over HTTP")
         settings = EdgeSettings(system=bundle, server=url, inputs=["split:test"], limit=limit, link=link, threads=1,
                                 trace=report_dir / "trace.jsonl")
-        with progress_bar(console, transient=True) as progress:
-            report = run_edge(settings, progress=progress)
-    energy = CostModel(device(EDGE_DEVICE), device(SERVER_DEVICE), network(RADIO)).energy(report.traces)
-    result = DemoResult(report, energy, models, bundle, report_dir)
+        if edge.profile is None:
+            with progress_bar(console, transient=True) as progress:
+                report = run_edge(settings, progress=progress)
+        else:
+            # the emulated edge reads a file of the same test images, as a deployed edge would (no dataset)
+            settings = freeze_split(settings, report_dir / "test-images.npz")
+            console.log(f"streaming {limit or 'all'} test images through the {edge.placement.label} ...")
+            report = edge.call(run_edge, s=settings)
+    edge_energy = edge.profile.energy_profile if edge.profile and edge.profile.energy_profile else EDGE_DEVICE
+    energy = CostModel(device(edge_energy), device(SERVER_DEVICE), network(RADIO)).energy(report.traces)
+    result = DemoResult(report, energy, models, bundle, report_dir, edge.placement)
     (report_dir / "summary.json").write_text(json.dumps({
         "summary": asdict(report.summary), "energy": asdict(energy), "policy": asdict(report.policy),
         "input": report.input, "backend": report.backend, "link": report.link, "bundle": str(bundle),
+        "placement": edge.placement.to_dict(),
         "models": {"generalist": str(models.generalist), "general": str(models.general),
                    "experts": str(models.experts["progressive"]),
                    "partition": json.loads(models.partition.read_text())["experts"]},
@@ -89,6 +103,7 @@ def markdown(r: DemoResult) -> str:
         "# askexpert demo report", "",
         f"{s.samples} images of {r.report.input}, edge backend {r.report.backend} (bundle {r.bundle}), link "
         f"{r.report.link}, tau {p.tau:.3f} (chosen on validation at build time), k {p.k}.", "",
+        f"**Edge: {r.placement.label}**. {r.placement.describe()}", "",
         "| metric | value |", "|---|---|",
         f"| accuracy, collaborative | {s.accuracy:.2f}% |",
         f"| accuracy, generalist alone | {s.generalist_accuracy:.2f}% |",

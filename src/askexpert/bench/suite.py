@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from askexpert.bench.machine import machine_info
-from askexpert.bench.systems import SystemRow, measure, run_system
+from askexpert.bench.systems import SystemRow, measure, run_on_edge
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel
 from askexpert.costs.meters import measured_meter
@@ -32,9 +32,8 @@ from askexpert.data import load_dataset
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
-from askexpert.runtime.onnx_model import OnnxGeneralist
+from askexpert.runtime.local_experts import LocalModelSpec, export_edge_models
 from askexpert.runtime.protocol import InferResponse, encode_images
-from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
 from askexpert.splits import stratified_subset
 from askexpert.system.build import build_system
@@ -42,6 +41,7 @@ from askexpert.system.bundle import Bundle, load_bundle
 from askexpert.system.calibrate import generalist_policy
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 from askexpert.system.schema import DataIdentity
+from askexpert.testbed.placement import EmulatedEdge, Mode
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ PROFILES = {
 }
 
 BASELINE_SYSTEMS = (("edge-only", "progressive"), ("edge-execution", "progressive"),
-                    ("full-offload-general", "progressive"), ("full-offload-expert", "progressive"),
+                    ("edge-general", "progressive"), ("full-offload-general", "progressive"),
+                    ("full-offload-expert", "progressive"),
                     ("collaborative", "static"), ("collaborative", "progressive"))
 
 
@@ -156,6 +157,7 @@ class BenchResult:
     cells: dict[str, Row]
     seconds: float
     report: str | None = None
+    placement: dict | None = None  # how the edge and the server were placed (askexpert.testbed.placement)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "cells": {k: asdict(v) for k, v in self.cells.items()}}
@@ -242,7 +244,9 @@ class _Bench:
 
     profile: Profile
     models: dict
-    generalist: OnnxGeneralist
+    edge: EmulatedEdge
+    generalist_onnx: Path
+    local_models: list[LocalModelSpec]
     policy: RoutingPolicy
     experts: list[ExpertTarget]
     images: np.ndarray
@@ -251,18 +255,23 @@ class _Bench:
     costs: CostModel
     meter: object = None
     servers: dict = field(default_factory=dict)
-    local: ExpertPool | None = None
 
     def url(self, experts: str) -> str:
         if experts not in self.servers:
-            self.servers[experts] = ServerProcess(Path(self.models[f"bundle-{experts}"]), threads=1)
+            self.servers[experts] = ServerProcess(Path(self.models[f"bundle-{experts}"]), threads=1,
+                                                  cpus=self.edge.server_cores)
             self.servers[experts].start()
         return self.servers[experts].url
 
-    def local_experts(self) -> ExpertPool:
-        if self.local is None:  # on the edge device's processor, whatever accelerator the host has
-            self.local = ExpertPool(Path(self.models["bundle-progressive"]), device="cpu", include_general=False)
-        return self.local
+    def on_edge(self, kind: str, images: np.ndarray, labels: np.ndarray, *, policy: RoutingPolicy | None = None,
+                experts: str = "progressive", link: str | None = None) -> list:
+        """One system's traces, its edge side run where the edge is (the emulated device's process)."""
+        remote = kind not in ("edge-only", "edge-execution", "edge-general")
+        return self.edge.call(run_on_edge, kind=kind, generalist_onnx=self.generalist_onnx,
+                              local_models=self.local_models, threads=self.profile.threads,
+                              policy=policy or self.policy, experts=self.experts, images=images, labels=labels,
+                              url=self.url(experts) if remote else None,
+                              link=PRESETS[link or self.profile.headline_link])
 
     def stop(self) -> None:
         for server in self.servers.values():
@@ -271,26 +280,17 @@ class _Bench:
     def run(self, cell: Cell) -> dict:
         p = self.profile
         if cell.kind == "baseline":
-            on_edge = cell.system in ("edge-only", "edge-execution")
-            traces = run_system(cell.system, generalist=self.generalist, policy=self.policy, experts=self.experts,
-                                images=self.images, labels=self.labels,
-                                url=None if on_edge else self.url(cell.experts),
-                                local_pool=self.local_experts() if cell.system == "edge-execution" else None,
-                                link=PRESETS[p.headline_link])
+            traces = self.on_edge(cell.system, self.images, self.labels, experts=cell.experts)
             return measure(cell.name, cell.system, traces, self.costs, experts=cell.experts,
                            link=p.headline_link).to_dict()
         if cell.kind == "tau":
             policy = generalist_policy(Path(self.models["generalist"]), offload_rate=cell.rate, k=cell.k,
                                        temperature=self.policy.temperature)
-            traces = run_system("collaborative", generalist=self.generalist, policy=policy, experts=self.experts,
-                                images=self.images[self.sweep], labels=self.labels[self.sweep],
-                                url=self.url("progressive"), link=PRESETS[p.headline_link])
+            traces = self.on_edge("collaborative", self.images[self.sweep], self.labels[self.sweep], policy=policy)
             return measure(cell.name, "collaborative", traces, self.costs, target_offload=cell.rate, k=cell.k,
                            tau=policy.tau).to_dict()
         if cell.kind == "link":
-            traces = run_system(cell.system, generalist=self.generalist, policy=self.policy, experts=self.experts,
-                                images=self.images[self.sweep], labels=self.labels[self.sweep],
-                                url=self.url("progressive"), link=PRESETS[cell.link])
+            traces = self.on_edge(cell.system, self.images[self.sweep], self.labels[self.sweep], link=cell.link)
             return measure(cell.name, cell.system, traces, self.costs, link=cell.link).to_dict()
         return asdict(self._clients(cell.clients))
 
@@ -312,22 +312,31 @@ class _Bench:
 
 
 def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path("runs"),
-              results_dir: Path = Path("results"), fresh: bool = False, edge_profile: str = "raspberry-pi-4",
-              server_profile: str = "h100-batch1", radio: str = "wifi", console: Console | None = None) -> BenchResult:
+              results_dir: Path = Path("results"), fresh: bool = False, edge_profile: str | None = None,
+              server_profile: str = "h100-batch1", radio: str = "wifi", edge_device: str = "host",
+              edge_mode: Mode = "auto", console: Console | None = None) -> BenchResult:
+    """Run (or resume) the bench. ``edge_device`` (a speed profile, or ``host``) emulates the edge
+    device on one core of this host (:mod:`askexpert.testbed.placement`); its energy profile is the
+    device's own unless ``edge_profile`` names another."""
     import torch
 
     profile = profile_name if isinstance(profile_name, Profile) else PROFILES[profile_name]
     console = console or Console(stderr=True)
     work = Path(output_dir) / f"bench-{profile.name}"
-    cells = Cells(work / "cells")
+    cells = Cells(work / ("cells" if edge_device == "host" else f"cells-{edge_device}"))
     if fresh and cells.root.exists():
         shutil.rmtree(cells.root)
     torch.set_num_threads(profile.threads)
+    edge = EmulatedEdge(edge_device, mode=edge_mode)
+    if edge_profile is None:
+        edge_profile = (edge.profile.energy_profile if edge.profile and edge.profile.energy_profile
+                        else "raspberry-pi-4")
     costs = CostModel(device(edge_profile), device(server_profile), network(radio))
     started = time.perf_counter()
 
     console.rule(f"bench {profile.name}: models and bundles")
-    models = _bundles(cells.get("models") or _models(profile, work, console), profile, work)
+    models = cells.get("models") or (Cells(work / "cells").get("models") if edge_device != "host" else None)
+    models = _bundles(models or _models(profile, work, console), profile, work)
     cells.put("models", models)
     bundle = load_bundle(Path(models["bundle-progressive"]))
     r = bundle.manifest.routing
@@ -335,20 +344,26 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     images, labels = _test_images(bundle.manifest.data, bundle, profile.test_images)
     sweep = stratified_subset(labels, min(profile.sweep_images, len(images)), seed=1)
     meter, meter_notes = measured_meter()
-    bench = _Bench(profile, models, OnnxGeneralist(bundle.generalist_onnx, threads=profile.threads), policy,
-                   [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts], images, labels, sweep,
-                   costs, meter)
+    console.log("edge models: the bundle's experts and general model in ONNX, for the edge-execution baselines")
+    local_models = export_edge_models(bundle.root, work / "edge-onnx")
     cells_plan = plan(profile)
-    with progress_bar(console) as progress:
-        task = progress.add_task(f"bench {profile.name}", total=len(cells_plan), info="")
-        try:
-            for cell in cells_plan:
-                if cells.get(cell.name) is None:
-                    progress.update(task, info=cell.name)
-                    cells.put(cell.name, bench.run(cell))
-                progress.advance(task)
-        finally:
-            bench.stop()
+    with edge:
+        placement = edge.placement
+        console.log(placement.describe())
+        bench = _Bench(profile, models, edge, bundle.generalist_onnx, local_models, policy,
+                       [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts], images, labels, sweep,
+                       costs, meter)
+        with progress_bar(console) as progress:
+            task = progress.add_task(f"bench {profile.name} ({placement.label})", total=len(cells_plan), info="")
+            try:
+                for cell in cells_plan:
+                    if cells.get(cell.name) is None:
+                        progress.update(task, info=cell.name)
+                        edge.recalibrate(cell.name)  # the host's speed drifts: the device's must not
+                        cells.put(cell.name, bench.run(cell))
+                    progress.advance(task)
+            finally:
+                bench.stop()
     machine = machine_info()
     result = BenchResult(
         profile=profile.name, date=machine["date"], host=machine["host"],
@@ -361,12 +376,14 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
                 "radio": costs.radio.__dict__, "measured_meter": meter.source if meter else None,
                 "meter_notes": meter_notes},
         cells={c.name: row_from_dict(cells.get(c.name)) for c in cells_plan}, seconds=time.perf_counter() - started,
+        placement=placement.to_dict(),
     )
     from askexpert.bench.report import write_report
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{result.date}-{result.host}-{profile.name}"
+    stem = f"{result.date}-{result.host}-{profile.name}" + ("" if edge_device == "host" else f"-{edge_device}")
+    (results_dir / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))  # the data first
     result.report = str(write_report(result, results_dir / stem))
     (results_dir / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result

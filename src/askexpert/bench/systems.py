@@ -2,11 +2,17 @@
 
 * ``edge-only``: the generalist alone on the edge.
 * ``edge-execution``: the generalist and, for the unsure images, the router's expert, both on the
-  edge device (in-process; no network).
+  edge device (the experts exported to ONNX, run where the generalist runs; no network).
+* ``edge-general``: the medium general model on the edge for every image (the other reading of
+  "edge execution": no generalist, no routing).
 * ``full-offload-general``: every image sent to the server's general model (the edge computes nothing).
 * ``full-offload-expert``: the generalist picks the expert, then every image goes to it.
 * ``collaborative``: the generalist keeps its confident answers and offloads the rest (static or
   progressive experts, over HTTP).
+
+Every system's edge side runs through :func:`run_on_edge`, in the emulated edge's own process when
+the bench emulates a device (:mod:`askexpert.testbed.placement`), so the edge computes at the
+device's speed and the server at the host's.
 
 Each run yields a :class:`SystemRow`: the summary of its traces plus their energy
 (:mod:`askexpert.costs.energy`, the one formula the demo uses too).
@@ -16,12 +22,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.routing import ALL, RoutingPolicy
-from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InProcessExpertClient
+from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.runtime.edge import (
     EdgeModel,
     EdgeRunner,
@@ -33,8 +40,11 @@ from askexpert.runtime.edge import (
     summarize,
 )
 from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.local_experts import GENERAL, LocalExperts, LocalModelSpec
+from askexpert.runtime.onnx_model import OnnxGeneralist
 
-SYSTEMS = ("edge-only", "edge-execution", "full-offload-general", "full-offload-expert", "collaborative")
+SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",
+           "collaborative")
 
 
 @dataclass
@@ -91,7 +101,7 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
 
 
 def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, experts: list[ExpertTarget],
-               images: np.ndarray, labels: np.ndarray, url: str | None = None, local_pool=None,
+               images: np.ndarray, labels: np.ndarray, url: str | None = None, local: LocalExperts | None = None,
                link: LinkProfile | None = None, timeout_s: float = 10.0, link_sleep: bool = False) -> list[SampleTrace]:
     """Traces of one system over ``images`` (one image at a time, as an edge device streams them).
 
@@ -104,8 +114,11 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
         never = RoutingPolicy(tau=0.0, k=policy.k, temperature=policy.temperature, confidence=policy.confidence)
         return list(EdgeRunner(generalist, never, None, experts).run(batches))
     if kind == "edge-execution":
-        runner = EdgeRunner(generalist, policy, InProcessExpertClient(local_pool), experts, experts_on_edge=True)
+        runner = EdgeRunner(generalist, policy, local, experts, experts_on_edge=True)
         return list(runner.run(batches))
+    if kind == "edge-general":
+        never = RoutingPolicy(tau=0.0, k=policy.k, temperature=1.0, confidence=policy.confidence)
+        return list(EdgeRunner(local.model(GENERAL), never, None, experts).run(batches))
     with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep) as client:
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
@@ -116,6 +129,24 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
         if kind == "collaborative":
             return list(EdgeRunner(generalist, policy, client, experts).run(batches))
     raise ValueError(f"unknown system {kind!r}; one of {SYSTEMS}")
+
+
+_loaded: dict = {}  # models of this process (the edge's), loaded once
+
+
+def run_on_edge(kind: str, *, generalist_onnx: Path, local_models: list[LocalModelSpec] | None = None,
+                threads: int = 1, **kwargs) -> list[SampleTrace]:
+    """:func:`run_system` from model files, where the edge runs (its models loaded once per process)."""
+    key = ("generalist", str(generalist_onnx), threads)
+    if key not in _loaded:
+        _loaded[key] = OnnxGeneralist(generalist_onnx, threads=threads)
+    local = None
+    if kind in ("edge-execution", "edge-general"):
+        lkey = ("local", tuple(local_models or ()), threads)
+        if lkey not in _loaded:
+            _loaded[lkey] = LocalExperts(list(local_models or ()), threads=threads)
+        local = _loaded[lkey]
+    return run_system(kind, generalist=_loaded[key], local=local, **kwargs)
 
 
 def measure(name: str, kind: str, traces: list[SampleTrace], costs: CostModel, **extra) -> SystemRow:

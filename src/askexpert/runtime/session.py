@@ -9,8 +9,10 @@ install; kept for experiments).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from askexpert.errors import AskExpertError
 from askexpert.routing import RoutingPolicy
@@ -119,3 +121,17 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
             client.close()
     return EdgeReport(summarize(traces), traces, system.policy, model.backend, description,
                       s.link.describe() if s.link else "loopback (none)", s.server, system.source)
+
+
+def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:
+    """The same settings reading a ``.npz`` of the images a ``split:`` input would stream (the same
+    stratified subset): what an emulated edge reads, as a deployed one would (no dataset, no torch)."""
+    if not (len(s.inputs) == 1 and s.inputs[0].startswith("split:")):
+        return s
+    system = open_system(s)
+    batches, _, _ = open_input(s.inputs, input_spec=system.model.input, class_names=system.model.class_names,
+                               data=system.data, batch_size=256, limit=s.limit)
+    images, labels = zip(*batches, strict=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, images=np.concatenate(images), labels=np.concatenate(labels))
+    return replace(s, inputs=[str(out)], limit=None)

@@ -26,12 +26,15 @@ class ServerProcess:
 
     def __init__(self, source: Path, *, port: int | None = None, host: str = "127.0.0.1", threads: int | None = 1,
                  extra_args: list[str] | None = None, startup_timeout_s: float = 120.0,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, cpus: list[int] | None = None) -> None:
+        """``cpus`` pins the server (every thread it starts) to those cores: the near-edge side of a
+        one-host testbed (:mod:`askexpert.testbed.placement`)."""
         self.source, self.host = Path(source), host
         self.port = port or free_port(host)
         self.threads, self.extra_args = threads, extra_args or []
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path
+        self.cpus = cpus
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -48,6 +51,8 @@ class ServerProcess:
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (kept open)
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT if self.log_path else subprocess.PIPE,
                                      env=env)
+        if self.cpus:  # before the interpreter starts its threads: they inherit the mask
+            os.sched_setaffinity(self.proc.pid, set(self.cpus))
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

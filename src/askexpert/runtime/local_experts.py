@@ -1,0 +1,92 @@
+"""A bundle's experts (and general model) exported to ONNX and run on the edge device itself: the
+"edge execution" baselines, with no server and no torch on the edge.
+
+Each model answers as the server would (:class:`~askexpert.runtime.clients.ExpertReply`): softmax of
+its logits over its calibrated temperature, the top output mapped to a global class id (-1 for
+"other"). :func:`export_edge_models` writes the ONNX files (needs torch, once, on the build side).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from askexpert.runtime.clients import ExpertReply
+from askexpert.runtime.onnx_model import OnnxGeneralist
+from askexpert.runtime.protocol import ExpertInfo
+
+GENERAL = "general"
+OTHER_ID = -1
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    """One ONNX model on the edge: its file, what its outputs mean, its temperature."""
+
+    key: str
+    onnx: Path
+    output_ids: tuple[int, ...]
+    temperature: float = 1.0
+
+
+def export_edge_models(bundle_dir: Path, out_dir: Path) -> list[LocalModelSpec]:
+    """Export every expert of a bundle and its general model to ONNX under ``out_dir`` (reused when present)."""
+    from askexpert.models.onnx_export import export_onnx
+    from askexpert.system.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    out_dir = Path(out_dir) / bundle.system_id
+    specs = [LocalModelSpec(e.id, out_dir / f"expert-{e.id}.onnx", (*e.classes, OTHER_ID), e.temperature)
+             for e in m.experts]
+    if m.general is not None:
+        specs.append(LocalModelSpec(GENERAL, out_dir / "general.onnx", tuple(range(len(m.classes))),
+                                    m.general.temperature))
+    sources = {e.id: bundle.path(e.checkpoint) for e in m.experts}
+    if m.general is not None:
+        sources[GENERAL] = bundle.path(m.general.checkpoint)
+    for spec in specs:
+        if not spec.onnx.is_file():
+            export_onnx(sources[spec.key], spec.onnx)
+    return specs
+
+
+class LocalExperts:
+    """The experts on the edge's own CPU, answering like the server (an ``ExpertClient``)."""
+
+    def __init__(self, specs: list[LocalModelSpec], *, threads: int | None = 1, topk: int = 3) -> None:
+        self.specs = {s.key: s for s in specs}
+        self.models = {s.key: OnnxGeneralist(s.onnx, threads=threads) for s in specs}
+        self.topk = topk
+
+    def model(self, key: str) -> OnnxGeneralist:
+        return self.models[key]
+
+    def experts(self) -> list[ExpertInfo]:
+        out = []
+        for key, spec in self.specs.items():
+            if key == GENERAL:
+                continue
+            m = self.models[key]
+            classes = [c for c in spec.output_ids if c != OTHER_ID]
+            out.append(ExpertInfo(id=key, classes=classes, class_names=m.class_names[:len(classes)],
+                                  has_other=OTHER_ID in spec.output_ids, model=spec.onnx.stem, timm_name="",
+                                  parameters=0, input_shape=[m.input.channels, m.input.size, m.input.size],
+                                  temperature=spec.temperature))
+        return out
+
+    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+        spec = self.specs[expert_id]
+        t0 = time.perf_counter()
+        logits = self.models[expert_id].logits(images).astype(np.float64) / spec.temperature
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = z / z.sum(axis=1, keepdims=True)
+        top = probs.argmax(axis=1)
+        ms = (time.perf_counter() - t0) * 1000
+        return ExpertReply(pred=np.asarray(spec.output_ids, dtype=np.int64)[top],
+                           confidence=probs[np.arange(len(top)), top].astype(np.float32), queue_ms=0.0,
+                           compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0, link_ms=0.0,
+                           up_bytes=0, down_bytes=0)
