@@ -3,6 +3,8 @@
 #
 #   benchmarks/gpu_session.sh table     # the reference table, seeds 0 1 2 trained side by side on one GPU
 #   benchmarks/gpu_session.sh measure   # serving on the GPU (CUDA graphs, NVML), then `bench --profile full`
+#   benchmarks/gpu_session.sh testbed   # `bench --profile quick --edge-device rpi4`: an emulated Raspberry Pi 4
+#                                       # on one CPU core, the expert server on the GPU (trains its own models)
 #
 # `measure` reuses the seed-0 models of `table` (the same configs the full profile trains), so the
 # two phases must run on the same machine. Results and logs land in $OUT (default /tmp/gpu-out) as
@@ -15,7 +17,7 @@
 # took ~200 s and the general model ~230 s of training per seed, the two expert strategies ~230 s
 # more, so `table` needs about 12 minutes there; plan a session's 15 device minutes around it.
 set -u
-phase=${1:?usage: gpu_session.sh table|measure [seconds]}
+phase=${1:?usage: gpu_session.sh table|measure|testbed [seconds]}
 budget=${2:-400}
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" runs/gpu/logs
@@ -73,8 +75,17 @@ EOF
     cp -r runs/gpu/bench-$profile/cells runs/gpu/logs/bench-cells 2>/dev/null
     tar czf "$OUT/measure.tar.gz" runs/gpu/logs runs/gpu/results-serving runs/gpu/results-bench 2>/dev/null
     ;;
+testbed)
+    mkdir -p runs/gpu/logs
+    cat /sys/fs/cgroup/cgroup.controllers /proc/mounts > runs/gpu/logs/cgroups.txt 2>&1
+    timeout $(( $(left) > 10 ? $(left) - 5 : 10 )) $PY -m askexpert.cli bench --profile quick --edge-device rpi4 \
+        --output-dir runs/gpu --results runs/gpu/results-testbed > runs/gpu/logs/testbed.log 2>&1
+    echo "bench exit $?" >> runs/gpu/logs/testbed.log
+    cp -r runs/gpu/bench-quick/cells-rpi4 runs/gpu/logs/testbed-cells 2>/dev/null
+    tar czf "$OUT/testbed.tar.gz" runs/gpu/logs runs/gpu/results-testbed 2>/dev/null
+    ;;
 *)
-    echo "unknown phase $phase: table or measure" >&2
+    echo "unknown phase $phase: table, measure or testbed" >&2
     exit 2
     ;;
 esac
