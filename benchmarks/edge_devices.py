@@ -68,13 +68,14 @@ def main() -> None:
             f"{med['offload_total_mj']:.1f} | {med['energy_vs_offload']:.2f}x |")
         taus = sorted((c for k, c in results[0]["cells"].items() if k.startswith("tau-") and c["k"] == 3),
                       key=lambda c: c["summary"]["latency_ms"]["mean"])
+        sweep = f"{device}: collaborative, tau sweep (k=3, {results[0]['sweep_images']} images)"
         line, = ax.plot([c["summary"]["latency_ms"]["mean"] for c in taus], [c["summary"]["accuracy"] for c in taus],
-                        marker="o", label=f"{device}: collaborative, tau sweep (k=3)")
+                        marker="o", label=sweep)
         base = results[0]["cells"]
         for key, marker in (("edge-execution", "s"), ("edge-general", "D"), ("edge-only", "v")):
             row = base[f"baseline-{key}"]["summary"]
             ax.scatter(row["latency_ms"]["mean"], row["accuracy"], marker=marker, color=line.get_color(), s=60,
-                       label=f"{device}: {key}")
+                       label=f"{device}: {key} ({results[0]['test_images']} images)")
     ax.set_xlabel("mean latency an image (ms, emulated edge)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)

@@ -44,7 +44,7 @@ def test_every_baseline_runs_on_the_same_images(bench):
     assert edge_exec.energy.server_mj_per_image == 0  # experts ran on the edge
     medium = cells["baseline-edge-general"]  # the other reading: the medium model on the edge for every image
     assert medium.summary.offload_rate == 0 and medium.energy.server_mj_per_image == 0
-    assert medium.summary.accuracy > 40 and medium.energy.edge_compute_mj_per_image > 0
+    assert medium.summary.accuracy > 25 and medium.energy.edge_compute_mj_per_image > 0
     assert result.placement["mode"] == "host" and result.placement["label"] == "host CPU (no edge emulation)"
     collab = cells["baseline-collaborative-progressive"]
     assert 15 < collab.summary.offload_rate < 50 and collab.energy.server_mj_per_image > 0

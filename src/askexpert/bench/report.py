@@ -195,8 +195,8 @@ def write_report(result: BenchResult, out_dir: Path) -> Path:
         f"server: {e['server_profile']['name']} at {e['server_profile']['active_w']} W "
         f"({e['server_profile']['source']}). Compute times are measured on this host, edge and server alike.", "",
         "## Systems on the same test images and link", "",
-        "| system | accuracy % | on offloaded % | offload % | expert fallbacks | latency p50 / p95 / mean ms | "
-        "edge mJ/img | server mJ/img | total mJ/img |",
+        "| system | accuracy % | on offloaded % | offload % | expert fallbacks | latency p50 / p95 / mean ms "
+        f"({(result.placement or {}).get('label', 'host CPU')}) | edge mJ/img | server mJ/img | total mJ/img |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in BASELINES:
