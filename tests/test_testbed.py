@@ -144,30 +144,15 @@ def test_cgroups_are_gone_after_sigterm(tmp_path, host_reference_ms):
 def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
     from askexpert.serving.process import ServerProcess
 
-    with EmulatedEdge(slower_device(host_reference_ms), calibration_runs=3) as edge, \
-            ServerProcess(tiny_system["bundle"], cpus=edge.server_cores) as _:
-        server = _server_pids(edge)
-        edge_cores = os.sched_getaffinity(edge.pid)
-        assert edge_cores == set(edge.placement.edge_cores)
-        for tid in server:
-            assert os.sched_getaffinity(tid) == set(edge.placement.server_cores)
-        assert not edge_cores & set(edge.placement.server_cores)
-
-
-def _server_pids(edge: EmulatedEdge) -> list[int]:
-    """Every thread of the askexpert serve process started beside ``edge``."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in cmd and b"askexpert.cli" in cmd:
-            out += [int(t.name) for t in (proc / "task").iterdir()]
-    assert out, "no server process found"
-    return out
+    with EmulatedEdge(slower_device(host_reference_ms), calibration_runs=3) as edge:
+        server = ServerProcess(tiny_system["bundle"], cpus=edge.server_cores)
+        with server:
+            threads = [int(t.name) for t in Path(f"/proc/{server.proc.pid}/task").iterdir()]
+            edge_cores = os.sched_getaffinity(edge.pid)
+            assert edge_cores == set(edge.placement.edge_cores)
+            for tid in threads:  # every thread the server started (uvicorn, the batchers, torch's)
+                assert os.sched_getaffinity(tid) == set(edge.placement.server_cores)
+            assert not edge_cores & set(edge.placement.server_cores)
 
 
 def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, tmp_path):

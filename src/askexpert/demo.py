@@ -81,8 +81,8 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
             settings = freeze_split(settings, report_dir / "test-images.npz")
             console.log(f"streaming {limit or 'all'} test images through the {edge.placement.label} ...")
             report = edge.call(run_edge, s=settings)
-    edge_energy = edge.profile.energy_profile if edge.profile and edge.profile.energy_profile else EDGE_DEVICE
-    energy = CostModel(device(edge_energy), device(SERVER_DEVICE), network(RADIO)).energy(report.traces)
+    energy = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(SERVER_DEVICE),
+                       network(RADIO)).energy(report.traces)
     result = DemoResult(report, energy, models, bundle, report_dir, edge.placement)
     (report_dir / "summary.json").write_text(json.dumps({
         "summary": asdict(report.summary), "energy": asdict(energy), "policy": asdict(report.policy),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from askexpert.bench.suite import BenchResult, ClientsRow
 from askexpert.bench.systems import SystemRow
+from askexpert.testbed.placement import Placement
 
 BASELINES = [
     ("edge-only", "edge only (generalist on the edge)"),
@@ -148,19 +149,15 @@ def plots(result: BenchResult, out_dir: Path) -> list[Path]:
 
 
 def placement_lines(p: dict | None) -> list[str]:
-    """How the edge and the server were placed; every edge latency below is that of this edge."""
-    if not p or p["mode"] == "host":
-        return ["**Edge: host CPU (no edge emulation)**: edge and server share the host's cores; "
-                "edge latencies are this host's, not a device's.", ""]
-    how = (f"{p['controller']}, quota {p['quota_us']} us every {p['period_us']} us, each model call floored at its "
-           f"CPU time x{p['pace_factor']:.2f}" if p["mode"] == "kernel-throttled"
-           else f"paced x{p['pace_factor']:.2f} (no writable CPU controller: {p['why_not_kernel']})")
-    return [f"**Edge: {p['label']}** as `{p['device']}` ({p['description']}): edge on core(s) {p['edge_cores']}, "
-            f"server on core(s) {p['server_cores']}; {how}. Calibration: {p['reference']} at batch 1 takes "
-            f"{p['host_ms']:.1f} ms at full speed on the edge core, {p['achieved_ms']:.1f} ms emulated, "
-            f"{p['device_ms']:.1f} ms published ({p['error_pct']:+.1f}%; slowdown x{p['achieved_slowdown']:.2f}, "
-            f"target x{p['target_slowdown']:.2f}). {_checks(p)}Source: {p['source']}. Every edge latency and edge "
-            f"energy below is that of this {p['label']}.", ""]
+    """How the edge and the server were placed (:meth:`Placement.describe`); every edge latency below is
+    that of this edge."""
+    if not p:  # a result written before placements were recorded: the edge ran on the host
+        return ["**Edge: host CPU (no edge emulation)**: edge latencies are this host's, not a device's.", ""]
+    placement = Placement.from_dict(p)
+    if placement.mode == "host":
+        return [f"**Edge**: {placement.describe()}; edge latencies are this host's, not a device's.", ""]
+    return [f"**Edge**: {placement.describe()}. {_checks(p)}Source: {p['source']}. Every edge latency and edge "
+            f"energy below is that of this {placement.label}.", ""]
 
 
 def _checks(p: dict) -> str:

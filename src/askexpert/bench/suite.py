@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from askexpert.bench.machine import machine_info
-from askexpert.bench.systems import SystemRow, measure, run_on_edge
+from askexpert.bench.systems import ON_EDGE, SystemRow, measure, run_on_edge
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel
 from askexpert.costs.meters import measured_meter
@@ -266,11 +266,10 @@ class _Bench:
     def on_edge(self, kind: str, images: np.ndarray, labels: np.ndarray, *, policy: RoutingPolicy | None = None,
                 experts: str = "progressive", link: str | None = None) -> list:
         """One system's traces, its edge side run where the edge is (the emulated device's process)."""
-        remote = kind not in ("edge-only", "edge-execution", "edge-general")
         return self.edge.call(run_on_edge, kind=kind, generalist_onnx=self.generalist_onnx,
                               local_models=self.local_models, threads=self.profile.threads,
                               policy=policy or self.policy, experts=self.experts, images=images, labels=labels,
-                              url=self.url(experts) if remote else None,
+                              url=None if kind in ON_EDGE else self.url(experts),
                               link=PRESETS[link or self.profile.headline_link])
 
     def stop(self) -> None:
@@ -328,10 +327,8 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
         shutil.rmtree(cells.root)
     torch.set_num_threads(profile.threads)
     edge = EmulatedEdge(edge_device, mode=edge_mode)
-    if edge_profile is None:
-        edge_profile = (edge.profile.energy_profile if edge.profile and edge.profile.energy_profile
-                        else "raspberry-pi-4")
-    costs = CostModel(device(edge_profile), device(server_profile), network(radio))
+    costs = CostModel(device(edge_profile or edge.energy_profile("raspberry-pi-4")), device(server_profile),
+                      network(radio))
     started = time.perf_counter()
 
     console.rule(f"bench {profile.name}: models and bundles")
@@ -345,7 +342,7 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     sweep = stratified_subset(labels, min(profile.sweep_images, len(images)), seed=1)
     meter, meter_notes = measured_meter()
     console.log("edge models: the bundle's experts and general model in ONNX, for the edge-execution baselines")
-    local_models = export_edge_models(bundle.root, work / "edge-onnx")
+    local_models = export_edge_models(bundle, work / "edge-onnx")
     cells_plan = plan(profile)
     with edge:
         placement = edge.placement

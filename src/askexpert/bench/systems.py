@@ -45,6 +45,8 @@ from askexpert.runtime.onnx_model import OnnxGeneralist
 
 SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",
            "collaborative")
+ON_EDGE = ("edge-only", "edge-execution", "edge-general")  # no server involved
+WITH_LOCAL_MODELS = ("edge-execution", "edge-general")  # the bundle's experts / general model run on the edge
 
 
 @dataclass
@@ -110,15 +112,14 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
     the latencies are the same and a sweep over slow links does not take minutes of idle waiting.
     """
     batches = ((images[i:i + 1], labels[i:i + 1]) for i in range(len(images)))
-    if kind == "edge-only":
-        never = RoutingPolicy(tau=0.0, k=policy.k, temperature=policy.temperature, confidence=policy.confidence)
-        return list(EdgeRunner(generalist, never, None, experts).run(batches))
+    if kind in ("edge-only", "edge-general"):  # one model on the edge for every image, nothing offloaded
+        model, temperature = ((generalist, policy.temperature) if kind == "edge-only"
+                              else (local.model(GENERAL), 1.0))
+        never = RoutingPolicy(tau=0.0, k=policy.k, temperature=temperature, confidence=policy.confidence)
+        return list(EdgeRunner(model, never, None, experts).run(batches))
     if kind == "edge-execution":
         runner = EdgeRunner(generalist, policy, local, experts, experts_on_edge=True)
         return list(runner.run(batches))
-    if kind == "edge-general":
-        never = RoutingPolicy(tau=0.0, k=policy.k, temperature=1.0, confidence=policy.confidence)
-        return list(EdgeRunner(local.model(GENERAL), never, None, experts).run(batches))
     with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep) as client:
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
@@ -141,7 +142,7 @@ def run_on_edge(kind: str, *, generalist_onnx: Path, local_models: list[LocalMod
     if key not in _loaded:
         _loaded[key] = OnnxGeneralist(generalist_onnx, threads=threads)
     local = None
-    if kind in ("edge-execution", "edge-general"):
+    if kind in WITH_LOCAL_MODELS:
         lkey = ("local", tuple(local_models or ()), threads)
         if lkey not in _loaded:
             _loaded[lkey] = LocalExperts(list(local_models or ()), threads=threads)

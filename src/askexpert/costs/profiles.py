@@ -55,18 +55,20 @@ def network_names() -> list[str]:
     return list(_load()["networks"])
 
 
-def device(name: str) -> DeviceProfile:
-    table = _load()["devices"]
+def _entry(section: str, name: str, what: str, also: tuple[str, ...] = ()) -> dict:
+    """``name``'s fields in ``section`` of profiles.yaml, or an error listing the choices (``also`` first)."""
+    table = _load()[section]
     if name not in table:
-        raise ConfigError(f"no device profile {name!r}", fix=f"choose one of: {', '.join(table)}")
-    return DeviceProfile(name=name, **table[name])
+        raise ConfigError(f"no {what} {name!r}", fix=f"choose one of: {', '.join((*also, *table))}")
+    return {"name": name, **table[name]}
+
+
+def device(name: str) -> DeviceProfile:
+    return DeviceProfile(**_entry("devices", name, "device profile"))
 
 
 def network(name: str) -> NetworkProfile:
-    table = _load()["networks"]
-    if name not in table:
-        raise ConfigError(f"no network profile {name!r}", fix=f"choose one of: {', '.join(table)}")
-    return NetworkProfile(name=name, **table[name])
+    return NetworkProfile(**_entry("networks", name, "network profile"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,4 @@ def edge_speed_names() -> list[str]:
 
 
 def edge_speed(name: str) -> SpeedProfile:
-    table = _load()["edge_speeds"]
-    if name not in table:
-        raise ConfigError(f"no edge device {name!r}", fix=f"choose one of: host, {', '.join(table)}")
-    return SpeedProfile(name=name, **table[name]).check()
+    return SpeedProfile(**_entry("edge_speeds", name, "edge device", also=("host",))).check()

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.routing import softmax
 from askexpert.runtime.clients import ExpertReply
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.runtime.protocol import ExpertInfo
+from askexpert.system.bundle import Bundle
 
 GENERAL = "general"
 OTHER_ID = -1
@@ -32,12 +34,11 @@ class LocalModelSpec:
     temperature: float = 1.0
 
 
-def export_edge_models(bundle_dir: Path, out_dir: Path) -> list[LocalModelSpec]:
-    """Export every expert of a bundle and its general model to ONNX under ``out_dir`` (reused when present)."""
+def export_edge_models(bundle: Bundle, out_dir: Path) -> list[LocalModelSpec]:
+    """Export every expert of an opened bundle and its general model to ONNX under ``out_dir`` (reused
+    when present)."""
     from askexpert.models.onnx_export import export_onnx
-    from askexpert.system.bundle import load_bundle
 
-    bundle = load_bundle(bundle_dir)
     m = bundle.manifest
     out_dir = Path(out_dir) / bundle.system_id
     specs = [LocalModelSpec(e.id, out_dir / f"expert-{e.id}.onnx", (*e.classes, OTHER_ID), e.temperature)
@@ -81,12 +82,10 @@ class LocalExperts:
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
         spec = self.specs[expert_id]
         t0 = time.perf_counter()
-        logits = self.models[expert_id].logits(images).astype(np.float64) / spec.temperature
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = z / z.sum(axis=1, keepdims=True)
+        probs = softmax(self.models[expert_id].logits(images), spec.temperature)  # float32, as the server
         top = probs.argmax(axis=1)
         ms = (time.perf_counter() - t0) * 1000
         return ExpertReply(pred=np.asarray(spec.output_ids, dtype=np.int64)[top],
-                           confidence=probs[np.arange(len(top)), top].astype(np.float32), queue_ms=0.0,
+                           confidence=probs[np.arange(len(top)), top], queue_ms=0.0,
                            compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0, link_ms=0.0,
                            up_bytes=0, down_bytes=0)

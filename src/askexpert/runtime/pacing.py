@@ -28,10 +28,6 @@ def set_pace(factor: float) -> None:
     _factor = float(factor)
 
 
-def pace() -> float:
-    return _factor
-
-
 def paced(call: Callable[[], T]) -> T:
     """``call()``, lasting at least (the CPU time it used) x factor."""
     if _factor == 1.0:

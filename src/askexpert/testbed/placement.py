@@ -85,9 +85,14 @@ class Placement:
     def error_pct(self) -> float | None:
         return 100 * (self.achieved_ms / self.device_ms - 1) if self.achieved_ms and self.device_ms else None
 
+    DERIVED = ("label", "target_slowdown", "achieved_slowdown", "error_pct")
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "label": self.label, "target_slowdown": self.target_slowdown,
-                "achieved_slowdown": self.achieved_slowdown, "error_pct": self.error_pct}
+        return {**asdict(self), **{k: getattr(self, k) for k in self.DERIVED}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Placement:
+        return cls(**{k: v for k, v in d.items() if k not in cls.DERIVED})
 
     def describe(self) -> str:
         if self.mode == "host":
@@ -118,13 +123,9 @@ class EmulatedEdge:
                         else None if device == "host" else edge_speed(device))
         device = self.profile.name if self.profile else "host"
         self.device, self.mode, self.period_us, self.runs = device, mode, period_us, calibration_runs
-        cores = _cores()
-        if device == "host":
-            self.edge_cores, self.server_cores = cores, cores
-        elif len(cores) >= 2:
-            self.edge_cores, self.server_cores = cores[:1], cores[1:]
-        else:  # one core: both on it, said in the placement
-            self.edge_cores, self.server_cores = cores, cores
+        cores = _cores()  # host, or a single core: edge and server share them (said in the placement)
+        self.edge_cores, self.server_cores = ((cores[:1], cores[1:]) if self.profile and len(cores) >= 2
+                                              else (cores, cores))
         self.placement = Placement(device, "host", self.edge_cores, self.server_cores)
         self.cgroup: CpuCgroup | None = None
         self._process = None
@@ -200,6 +201,10 @@ class EmulatedEdge:
              ",".join(map(str, self.edge_cores))], pass_fds=(child.fileno(),), env=env)
         child.close()
         self._conn = Connection(parent.detach())
+
+    def energy_profile(self, default: str) -> str:
+        """The emulated device's own energy profile (costs/profiles.yaml), else ``default``."""
+        return (self.profile.energy_profile if self.profile else None) or default
 
     @property
     def pid(self) -> int | None:
