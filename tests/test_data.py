@@ -168,6 +168,7 @@ def test_image_folder_train_test_layout_and_errors(tmp_path):
         load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'nope'}"))
     (tmp_path / "ds" / "train" / "cat" / "0.png").write_bytes(b"not a png")
     broken = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'ds'}", val_fraction=0.1), image_size=8)
+    assert "1 unreadable" in broken.summary()["files"] and "0.png" in broken.summary()["files"]
     with pytest.raises(DatasetError, match="cannot decode image"):
         list(iter_batches(broken.train, 64))
         list(iter_batches(broken.val, 64))
@@ -198,3 +199,50 @@ def test_random_resized_crop_and_model_input():
     assert torch.equal(gray[:, 0], gray[:, 2])
     plain = to_model_input(x, InputSpec(channels=3, size=32, mean=(0.0,) * 3, std=(1.0,) * 3))
     assert torch.allclose(plain * 255, x.float(), atol=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["crop", "rrc"])
+def test_crop_without_flip_never_mirrors(policy):
+    """crop / rrc draw exactly what crop-flip / rrc-flip draw, without the mirror: each output equals the
+    flipping policy's output, mirrored back where that one mirrored."""
+    x = torch.rand(64, 1, 28, 28)
+    plain = augment_batch(x, policy, torch.Generator().manual_seed(3))
+    flipped = augment_batch(x, f"{policy}-flip", torch.Generator().manual_seed(3))
+    same = [torch.allclose(plain[i], flipped[i], atol=1e-5) for i in range(64)]
+    mirrored = [torch.allclose(plain[i], flipped[i].flip(-1), atol=1e-5) for i in range(64)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 10 < sum(mirrored) < 54 and not torch.equal(plain, x)  # the flipping policy did mirror; this one moved
+
+
+def test_image_folder_defaults_follow_the_files(tmp_path):
+    """augment: auto and the reported size and channels come from the files: small grayscale PNGs are
+    shifted, never mirrored unless data.flip says a mirrored image keeps its class; large colour photos
+    get resized crops. Whatever the model decodes them to, the summary says what they are."""
+    from askexpert.data.imagefolder import survey
+
+    _write_folder(tmp_path / "small", size=(28, 28))  # RGB files whose pixels are grey: still RGB files
+    small = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'small'}", val_fraction=0.2),
+                         image_size=224, channels=3)
+    s = small.summary()
+    assert (s["image_size"], s["decoded_as"]) == (28, "3x224x224") and "28x28 px" in s["files"]
+    assert small.augment_for("auto") == ("none", small.augment_reason) and "never mirrored" in small.augment_reason
+    assert small.augment_for("rrc-flip") == ("rrc-flip", "train.augment")
+    flips = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'small'}", val_fraction=0.2, flip=True))
+    assert flips.default_augment == "flip"
+    for i in range(4):  # grayscale files of mixed sizes
+        (tmp_path / "big" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((300 + 20 * i, 200), np.uint8)).save(tmp_path / "big" / f"c{i % 2}" / f"{i}.png")
+    files = survey(sorted((tmp_path / "big").rglob("*.png")))
+    assert files.channels == 1 and files.side == 200 and files.height == (300, 330, 360)
+    assert "grayscale" in files.describe() and "200-200 x 300-360" in files.describe()
+    big = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'big'}", val_fraction=0.5, test_fraction=0.5),
+                       image_size=32, channels=1)
+    assert big.default_augment == "rrc" and big.summary()["channels"] == 1
+
+
+def test_built_in_sets_flip_unless_told_not_to(tmp_path, fmnist_dir):
+    assert load_dataset(DataConfig()).default_augment == "flip"
+    assert load_dataset(DataConfig(flip=False)).default_augment == "none"
+    write_cifar10(tmp_path)
+    assert load_dataset(DataConfig(name="cifar10", root=tmp_path)).default_augment == "crop-flip"
+    assert load_dataset(DataConfig(name="cifar10", root=tmp_path, flip=False)).default_augment == "crop"

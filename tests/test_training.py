@@ -94,3 +94,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     b = load_checkpoint(resumed.checkpoint).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics["test"]["top1"] == straight.metrics["test"]["top1"]
+
+
+def test_warmup_is_a_share_of_any_run_and_an_epoch_count_is_cut():
+    from askexpert.config import TrainConfig
+    from askexpert.training.engine import warmup_steps
+
+    assert warmup_steps(TrainConfig(), 100, 1) == (5, None)  # 5% of a one-epoch run
+    assert warmup_steps(TrainConfig(), 100, 20) == (100, None)
+    assert warmup_steps(TrainConfig(warmup_epochs=1), 100, 20) == (100, None)  # shipped configs: unchanged
+    steps, note = warmup_steps(TrainConfig(warmup_epochs=1), 100, 1)  # a whole one-epoch run warming up
+    assert steps == 25 and "cut to 25" in note and "fix: set train.warmup_fraction" in note

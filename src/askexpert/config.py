@@ -32,6 +32,9 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, gt=0, description="stratified subset of the training split")
     val_subset: int | None = Field(None, gt=0, description="stratified subset of the validation split")
     test_subset: int | None = Field(None, gt=0, description="stratified subset of the test split")
+    flip: bool | None = Field(None, description="whether a mirrored image keeps its class, so augment: auto may "
+                              "flip: default true for fashion-mnist and cifar, false for image folders (digits, "
+                              "text and signs change meaning when mirrored)")
 
 
 class ModelConfig(_Strict):
@@ -49,11 +52,16 @@ class TrainConfig(_Strict):
     batch_size: int = Field(128, gt=0)
     lr: float = Field(2e-3, gt=0.0, description="peak learning rate")
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="final lr as a share of the peak")
-    warmup_epochs: float = Field(1.0, ge=0.0)
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0,
+                                   description="share of the run's steps spent warming the lr up (any run length)")
+    warmup_epochs: float | None = Field(None, ge=0.0, description="warm-up in epochs instead of warmup_fraction; "
+                                        "never more than a quarter of the run (a warning says when it is cut)")
     weight_decay: float = Field(0.05, ge=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
-    augment: Literal["auto", "none", "flip", "crop-flip", "rrc-flip"] = "auto"
+    augment: Literal["auto", "none", "flip", "crop", "crop-flip", "rrc", "rrc-flip"] = Field(
+        "auto", description="auto: from the data (see askexpert datasets NAME); crop: shifts; rrc: random "
+        "resized crops; -flip: also mirror half the images")
     amp: bool = Field(True, description="mixed precision: bfloat16 on CUDA and on CPUs with native bfloat16 "
                       "(AMX or AVX512-BF16; float32 on other CPUs); false: float32 everywhere")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

@@ -121,11 +121,19 @@ class DatasetBundle:
     std: tuple[float, ...]
     source: str
     coarse_names: list[str] | None = None
-    default_augment: str = "crop-flip"
+    default_augment: str = "crop-flip"  # what augment: auto means for this data
+    augment_reason: str = ""
+    files: object | None = None  # image folders: what the files are (imagefolder.FolderSurvey)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def augment_for(self, policy: str) -> tuple[str, str]:
+        """``(augmentation, why)`` for ``train.augment``: ``auto`` resolves to this data's default."""
+        if policy == "auto":
+            return self.default_augment, self.augment_reason or f"the default for {self.name}"
+        return policy, "train.augment"
 
     def split(self, name: str) -> ImageSplit:
         if name not in ("train", "val", "test"):
@@ -133,14 +141,21 @@ class DatasetBundle:
         return getattr(self, name)
 
     def summary(self) -> dict:
+        """The splits and what the images are. For an image folder: the files as they are on disk, and
+        the size and channels they are decoded to for this model (``decoded_as``)."""
+        files = self.files
         return {
             "name": self.name,
             "source": self.source,
             "classes": self.num_classes,
-            "channels": self.channels,
-            "image_size": self.image_size,
+            "channels": files.channels if files is not None else self.channels,
+            "image_size": files.side if files is not None else self.image_size,
+            **({"files": files.describe(), "decoded_as": f"{self.channels}x{self.image_size}x{self.image_size}"}
+               if files is not None else {}),
             "train": len(self.train),
             "val": len(self.val),
             "test": len(self.test),
             "coarse_classes": len(self.coarse_names) if self.coarse_names else None,
+            "augment_auto": f"{self.default_augment}: {self.augment_reason}" if self.augment_reason
+            else self.default_augment,
         }

@@ -64,8 +64,11 @@ def load_dataset(cfg: DataConfig, *, image_size: int | None = None, channels: in
         test = ArraySplit(*fashion_mnist.load_split(directory, "test"))
         train, val, test = _carve(cfg, train_all, test)
         # Centred, upright garments: shifts cost a small ViT more than they teach it (BENCHMARKS.md)
+        augment = "flip" if cfg.flip is not False else "none"
         return DatasetBundle(name, list(fashion_mnist.CLASS_NAMES), train, val, test, 1, 28,
-                             fashion_mnist.MEAN, fashion_mnist.STD, str(directory), default_augment="flip")
+                             fashion_mnist.MEAN, fashion_mnist.STD, str(directory), default_augment=augment,
+                             augment_reason="mirrored half the time, no shifts: centred, upright garments"
+                             if augment == "flip" else "data.flip=false")
     if name in cifar.FORMATS:
         fmt = cifar.FORMATS[name]
         directory = cifar.locate(fmt, cfg.root, allow_download=cfg.download)
@@ -73,16 +76,21 @@ def load_dataset(cfg: DataConfig, *, image_size: int | None = None, channels: in
         train_all = ArraySplit(*cifar.load_split(directory, fmt, "train"))
         test = ArraySplit(*cifar.load_split(directory, fmt, "test"))
         train, val, test = _carve(cfg, train_all, test)
+        flip = cfg.flip is not False  # 50,000 natural images: shifts and mirrors, the standard CIFAR recipe
+        augment = "crop-flip" if flip else "crop"
+        why = "shifts (pad and crop)" + (", mirrored half the time" if flip else ", never mirrored (data.flip)")
         return DatasetBundle(name, class_names, train, val, test, 3, 32, fmt.mean, fmt.std,
-                             str(directory), coarse_names=coarse_names)
+                             str(directory), coarse_names=coarse_names, default_augment=augment, augment_reason=why)
     if name.startswith(IMAGEFOLDER_PREFIX):
         path = name[len(IMAGEFOLDER_PREFIX):]
         train_all, test, classes = imagefolder.load(
             path, size=image_size or 224, channels=channels or 3,
             test_fraction=cfg.test_fraction, seed=cfg.split_seed,
         )
+        files = imagefolder.survey(train_all.paths + test.paths)
         train, val, test = _carve(cfg, train_all, test)
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if (channels or 3) == 3 else ((0.5,), (0.25,))
+        augment, why = imagefolder.default_augment(files.side, bool(cfg.flip))
         return DatasetBundle(name, classes, train, val, test, channels or 3, image_size or 224, mean, std,
-                             path, default_augment="rrc-flip")
+                             path, default_augment=augment, augment_reason=why, files=files)
     raise _unknown(name)

@@ -14,17 +14,22 @@ import torch.nn.functional as F
 
 from askexpert.system.schema import InputSpec  # noqa: F401 (the spec lives in the torch-free contract)
 
-AUGMENTATIONS = ("none", "flip", "crop-flip", "rrc-flip")
+AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "rrc", "rrc-flip")
+"""none; flip (mirror half the images); crop (shift: pad by size/8, crop back); rrc (random resized crop);
+the ``-flip`` forms also mirror half the images. Mirroring is wrong where it changes the class (digits,
+text, arrows), so only the built-in data sets of natural images flip by default."""
 
 
-def _crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero-pad by size/8, take a random crop of the original size, flip half of the images."""
+def _crop_flip(x: torch.Tensor, generator: torch.Generator | None, flip_images: bool = True) -> torch.Tensor:
+    """Zero-pad by size/8, take a random crop of the original size, flip half of the images (if asked)."""
     n, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # N, H+2p, W+2p, C
     oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
+    if not flip_images:
+        flip = torch.zeros_like(flip)
     rows = oy[:, None] + torch.arange(h)
     cols = ox[:, None] + torch.arange(w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -36,8 +41,8 @@ def _crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 
 def _resized_crop_flip(x: torch.Tensor, generator: torch.Generator | None,
                        scale: tuple[float, float] = (0.08, 1.0),
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Random resized crop (Inception-style area and aspect sampling) plus flip, as one affine warp."""
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_images: bool = True) -> torch.Tensor:
+    """Random resized crop (Inception-style area and aspect sampling), plus flip if asked, as one affine warp."""
     n = x.shape[0]
     area = torch.empty(n).uniform_(*scale, generator=generator)
     log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
@@ -47,6 +52,8 @@ def _resized_crop_flip(x: torch.Tensor, generator: torch.Generator | None,
     cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - cw)
     cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - ch)
     sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    if not flip_images:
+        sign = torch.ones_like(sign)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = cw * sign, cx
     theta[:, 1, 1], theta[:, 1, 2] = ch, cy
@@ -55,16 +62,16 @@ def _resized_crop_flip(x: torch.Tensor, generator: torch.Generator | None,
 
 
 def augment_batch(x: torch.Tensor, policy: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Augment a float batch in [0, 1] with ``policy``: none, flip, crop-flip or rrc-flip."""
+    """Augment a float batch in [0, 1] with ``policy``, one of :data:`AUGMENTATIONS`."""
     if policy == "none":
         return x
     if policy == "flip":
         flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if policy == "crop-flip":
-        return _crop_flip(x, generator)
-    if policy == "rrc-flip":
-        return _resized_crop_flip(x, generator)
+    if policy in ("crop", "crop-flip"):
+        return _crop_flip(x, generator, flip_images=policy == "crop-flip")
+    if policy in ("rrc", "rrc-flip"):
+        return _resized_crop_flip(x, generator, flip_images=policy == "rrc-flip")
     raise ValueError(f"unknown augmentation {policy!r}; choose one of {AUGMENTATIONS}")
 
 

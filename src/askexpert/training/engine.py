@@ -70,6 +70,22 @@ class FitResult:
         return sum(h["train_images"] for h in done) / seconds if seconds else 0.0
 
 
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> tuple[int, str | None]:
+    """The steps of linear lr warm-up: ``warmup_fraction`` of the run, or ``warmup_epochs`` cut to a
+    quarter of the run (with a note saying so: one epoch of warm-up in a one-epoch run never trains at
+    the peak learning rate)."""
+    total = steps_per_epoch * epochs
+    if cfg.warmup_epochs is None:
+        steps, note = int(cfg.warmup_fraction * total), None
+    else:
+        steps, note = int(cfg.warmup_epochs * steps_per_epoch), None
+        if steps > total // 4:
+            note = (f"train.warmup_epochs={cfg.warmup_epochs:g} is {steps} of this run's {total} steps: cut to "
+                    f"{total // 4} (a quarter) -- fix: set train.warmup_fraction instead (it scales with the run)")
+            steps = total // 4
+    return min(steps, max(total - 1, 0)), note
+
+
 def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec: InputSpec,
         cfg: TrainConfig, augment: str, run_dir: Path | None = None, resume: bool = False,
         loss_fn: LossFn | None = None, console: Console | None = None, label: str = "train") -> FitResult:
@@ -88,7 +104,9 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     steps_per_epoch, epochs = plan.steps_per_epoch, plan.epochs
     total = steps_per_epoch * epochs
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    warmup, cut = warmup_steps(cfg, steps_per_epoch, epochs)
+    if cut:
+        console.log(f"[yellow]warning:[/yellow] {cut}")
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.lr * cfg.min_lr_ratio,
                                   warmup_t=warmup, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
     precision = training_precision(device, cfg.amp)

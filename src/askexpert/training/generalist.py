@@ -87,7 +87,8 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
                 f"images from {bundle.source}")
     console.log(f"model {spec.name} ({spec.timm_name}): {n_params / 1e6:.2f}M parameters, "
                 f"{flops / 1e6:.1f} MFLOPs per image, input {spec.input.channels}x{spec.input.size}^2")
-    augment = bundle.default_augment if cfg.train.augment == "auto" else cfg.train.augment
+    augment, why = bundle.augment_for(cfg.train.augment)
+    console.log(f"augmentation {augment}: {why}")
     plan = SplitPlan(bundle.train, cfg.train.batch_size, cfg.train.epochs, cfg.train.num_workers)
     result = fit(model, plan=plan, val=bundle.val, spec=spec.input, cfg=cfg.train, augment=augment,
                  run_dir=run_dir, resume=resume, console=console, label=kind)
