@@ -74,7 +74,8 @@ def run_seed(seed: int, out: str, profile: dict, extra: dict[str, list[str]], of
     started = time.perf_counter()
     trained = train_system(pipeline(seed, profile, extra), Path(out))
     t0 = time.perf_counter()
-    report = asdict(evaluate_system(trained.generalist, trained.general, trained.experts, headline_rate=offload))
+    report = asdict(evaluate_system(trained.generalist, trained.general, trained.experts, headline_rate=offload,
+                                  headline_k=None))  # the best k on validation, as published
     timings = {f"{part}_s": seconds for part, seconds in trained.seconds.items()}
     timings["evaluation_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started

@@ -232,10 +232,13 @@ def test_image_folder_defaults_follow_the_files(tmp_path):
     for i in range(4):  # grayscale files of mixed sizes
         (tmp_path / "big" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((300 + 20 * i, 200), np.uint8)).save(tmp_path / "big" / f"c{i % 2}" / f"{i}.png")
+    for i in range(2):  # grey pictures saved as RGB files are grey
+        Image.fromarray(np.full((300, 200, 3), 90 + i, np.uint8)).save(tmp_path / "big" / "c0" / f"rgb{i}.png")
     files = survey(sorted((tmp_path / "big").rglob("*.png")))
-    assert files.channels == 1 and files.side == 200 and files.height == (300, 330, 360)
+    assert files.modes == {"L": 4, "RGB (grey)": 2}
+    assert files.channels == 1 and files.side == 200 and files.height == (300, 310, 360)
     assert "grayscale" in files.describe() and "200-200 x 300-360" in files.describe()
-    big = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'big'}", val_fraction=0.5, test_fraction=0.5),
+    big = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'big'}", val_fraction=0.4, test_fraction=0.4),
                        image_size=32, channels=1)
     assert big.default_augment == "rrc" and big.summary()["channels"] == 1
 

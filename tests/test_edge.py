@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -70,10 +73,54 @@ def test_edge_cli_with_no_server_still_answers_everything(tiny_system, tmp_path,
     code = main(["edge", str(tiny_system["bundle"]), "--server", f"http://127.0.0.1:{free_port()}", "--limit", "80",
                  "--threads", "1", "--timeout", "0.5", "--predictions", str(tmp_path / "p.csv")])
     assert code == 0
-    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
-    assert len(rows) == 80 and all(r.split(",")[2] != "" for r in rows)
-    degraded = [r for r in rows if r.endswith(",1")]
-    assert degraded and all(r.split(",")[4] == "degraded" for r in degraded)
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 80 and all(r["pred"] != "" and r["pred_name"] for r in rows)
+    degraded = [r for r in rows if r["degraded"] == "1"]
+    assert degraded and all(r["route"] == "degraded" and r["pred"] == r["local_pred"] for r in degraded)
+    err = capsys.readouterr().err
+    assert err.count("stopped answering") == 1 and "flagged degraded" in err  # said once, not per image
+
+
+class _FlakyClient:
+    """An expert server that answers, fails for a while, then answers again (the edge side only)."""
+
+    def __init__(self, down: range) -> None:
+        self.calls, self.down = 0, down
+
+    def infer(self, expert_id, images):
+        from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
+
+        self.calls += 1
+        if self.calls in self.down:
+            raise ExpertUnavailable("ConnectError: connection refused")
+        return ExpertReply(pred=np.full(len(images), -1), confidence=np.zeros(len(images), np.float32),
+                           queue_ms=0.0, compute_ms=0.0, batch_size=len(images), round_trip_ms=1.0, encode_ms=0.0,
+                           link_ms=0.0, up_bytes=0, down_bytes=0)
+
+    def experts(self):
+        return []
+
+
+def test_edge_says_once_when_the_server_goes_down_and_once_when_it_is_back(caplog):
+    from askexpert.routing import RoutingPolicy
+    from askexpert.runtime.edge import EdgeRunner, ExpertTarget
+
+    class Generalist:
+        backend, class_names = "numpy", ["a", "b", "c", "d"]
+
+        def logits(self, images):
+            return np.zeros((len(images), 4), np.float32)  # never sure: every image is offloaded
+
+    client = _FlakyClient(down=range(3, 8))
+    runner = EdgeRunner(Generalist(), RoutingPolicy(tau=0.9, k=1), client,
+                        [ExpertTarget("0", [0, 1]), ExpertTarget("1", [2, 3])])
+    with caplog.at_level(logging.WARNING, logger="askexpert.edge"):
+        traces = list(runner.run((np.zeros((1, 1, 4, 4), np.uint8), None) for _ in range(12)))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "stopped answering at image 2" in messages[0] and "ConnectError" in messages[0]
+    assert "answers again at image 7" in messages[1] and "5 answers from image 2 on were degraded" in messages[1]
+    assert [t.degraded for t in traces] == [False] * 2 + [True] * 5 + [False] * 5
 
 
 def test_edge_cli_errors(tiny_system, tmp_path, capsys):
@@ -97,14 +144,19 @@ def test_edge_on_image_files(tiny_system, tmp_path, capsys):
         Image.fromarray(images[i, 0].numpy()).save(d / f"{i}.png")
     assert main(["edge", str(tiny_system["bundle"]), "--input", str(tmp_path / "imgs"),
                  "--predictions", str(tmp_path / "folder.csv")]) == 0
-    rows = [r.split(",") for r in (tmp_path / "folder.csv").read_text().splitlines()[1:]]
-    assert len(rows) == 12 and sorted(int(r[1]) for r in rows) == sorted(int(v) for v in labels[:12])
+    rows = list(csv.DictReader((tmp_path / "folder.csv").open()))
+    assert len(rows) == 12 and sorted(int(r["label"]) for r in rows) == sorted(int(v) for v in labels[:12])
+    for r in rows:  # every row names its file and its classes
+        assert r["file"].endswith(".png") and Path(r["file"]).parent.name == r["label_name"].replace("/", "-")
+        assert r["pred_name"] == CLASS_NAMES[int(r["pred"])]
+        assert r["local_pred_name"] == CLASS_NAMES[int(r["local_pred"])]
     assert "accuracy, collaborative" in capsys.readouterr().out  # labelled: accuracy is reported
     loose = tmp_path / "loose.png"
     Image.fromarray(images[0, 0].numpy()).resize((56, 56)).save(loose)
     assert main(["edge", str(tiny_system["bundle"]), "--input", str(loose),
                  "--predictions", str(tmp_path / "p.csv")]) == 0
-    assert (tmp_path / "p.csv").read_text().splitlines()[1].startswith("0,,")  # unlabelled, predicted
+    (row,) = csv.DictReader((tmp_path / "p.csv").open())  # unlabelled, predicted, its file named
+    assert row["file"] == str(loose) and row["label"] == "" and row["pred_name"] == CLASS_NAMES[int(row["pred"])]
 
 
 @pytest.mark.slow

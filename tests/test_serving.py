@@ -40,7 +40,7 @@ def pool(tiny_system):
 
 def _test_images(tiny_system, n=64):
     gen = TorchGeneralist(tiny_system["generalist"])
-    batches, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
+    batches, _, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
                                data=gen.meta.dataset["config"], batch_size=n, limit=n)
     images, labels = next(batches)
     return images, labels
@@ -75,7 +75,7 @@ def test_edge_over_http_equals_edge_in_process(server, pool, tiny_system):
     policy = generalist_policy(tiny_system["generalist"], offload_rate=0.3, k=3)
     traces = {}
     for name, client in (("http", HttpExpertClient(server)), ("local", InProcessExpertClient(pool))):
-        batches, n, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
+        batches, n, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
                                    data=gen.meta.dataset["config"], batch_size=1, limit=200)
         traces[name] = list(EdgeRunner(gen, policy, client).run(batches))
     assert [t.pred for t in traces["http"]] == [t.pred for t in traces["local"]]
@@ -140,7 +140,7 @@ def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_syst
     server.start()
     client = HttpExpertClient(server.url, timeout_s=2.0, retries=1, down_for_s=0.3)
     runner = EdgeRunner(gen, policy, client)
-    batches, n, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
+    batches, n, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
                                data=gen.meta.dataset["config"], batch_size=1, limit=300)
     phases = []
 

@@ -92,8 +92,7 @@ def cmd_train_generalist(args: argparse.Namespace) -> int:
 
 
 def cmd_train_experts(args: argparse.Namespace) -> int:
-    from askexpert.config import load_run_config
-    from askexpert.training.experts import train_experts
+    from askexpert.training.experts import experts_run_config, train_experts
 
     overrides = _run_overrides(args)
     for flag, key in (("strategy", "experts.strategy"), ("partition", "experts.partition"), ("init", "experts.init"),
@@ -102,7 +101,7 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     base = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
-    cfg = load_run_config(args.config, overrides, base=base)
+    cfg = experts_run_config(args.config, overrides, base=base)
     result = train_experts(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
     if not result.experts:  # the general model
         from askexpert.models import read_meta
@@ -152,13 +151,14 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
             label, path = Path(item).name, item
         runs[label] = Path(path)
     report = evaluate_system(args.generalist, args.general, runs, ks=args.ks, rates=args.rates,
-                             headline_rate=args.offload, target_accuracy=args.target_accuracy,
+                             headline_rate=args.offload, headline_k=args.k, target_accuracy=args.target_accuracy,
                              confidence=args.confidence, fallback=args.fallback, device=args.device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(asdict(report), indent=1))
     console = _out()
-    table = Table(title=f"test accuracy, tau chosen on validation for {100 * args.offload:.0f}% offload")
+    table = Table(title=f"test accuracy, tau chosen on validation for {100 * args.offload:.0f}% offload, "
+                        f"k {args.k or 'best on validation'} (--k)")
     for col in ("system", "k", "overall %", "on offloaded %", "offload %", "hit rate %", "'other' %", "expert load"):
         table.add_column(col, justify="right" if col != "system" else "left")
     b = report.baselines
@@ -246,7 +246,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_edge(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from askexpert.console import progress_bar
+    from askexpert.console import logs_on, progress_bar
     from askexpert.runtime.link import parse_link
     from askexpert.runtime.session import EdgeSettings, run_edge
 
@@ -258,7 +258,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
     )
     placement = None
     if args.device == "host":
-        with progress_bar(_console(), transient=True) as progress:
+        console = _console()
+        with logs_on(console), progress_bar(console, transient=True) as progress:
             report = run_edge(settings, progress=progress)
     else:
         import tempfile
@@ -274,12 +275,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         placement = edge.placement
         _out().print(f"[bold]{placement.label}[/bold]: {placement.describe()}")
     if args.predictions:
-        args.predictions.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.predictions, "w") as f:
-            f.write("index,label,pred,local_pred,route,expert,degraded\n")
-            for t in report.traces:
-                f.write(f"{t.index},{'' if t.label is None else t.label},{t.pred},{t.local_pred},{t.route.value},"
-                        f"{t.expert or ''},{int(t.degraded)}\n")
+        report.write_predictions(args.predictions)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
@@ -377,15 +373,37 @@ def _print_metrics(metrics: dict, title: str, checkpoint: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from askexpert.training.evaluate import evaluate_checkpoint
+    from askexpert.training.evaluate import evaluate_checkpoint, expert_checkpoints
 
-    report = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, data_root=args.data_root,
-                                 out_dir=args.out_dir, device=args.device, batch_size=args.batch_size,
-                                 save_logits=args.save_logits, console=_console())
-    m = report.metrics
+    kw = dict(split=args.split, data=args.data, data_root=args.data_root, device=args.device,
+              batch_size=args.batch_size, save_logits=args.save_logits, console=_console())
     console = _out()
-    table = Table(title=f"{report.model_name} on {report.dataset} {args.split}: "
-                        f"top-1 {m['top1']:.2f}%, top-5 {report.top5:.2f}%, {m['samples']} images")
+    experts = expert_checkpoints(args.checkpoint)
+    if experts:  # an expert run: every expert, one row each
+        table = Table(title=f"experts of {args.checkpoint} on {args.split}")
+        for col in ("expert", "classes", "subset %", "subset images", "'other' recall %", "top-1 with 'other' %"):
+            table.add_column(col, justify="left" if col == "classes" else "right")
+        for d in experts:
+            out = args.out_dir / d.name if args.out_dir is not None else None
+            report = evaluate_checkpoint(d, out_dir=out, **kw)
+            x = report.expert
+            other = "-" if x["other_recall"] is None else f"{x['other_recall']:.2f}"
+            table.add_row(d.name, ", ".join(x["classes"]), f"{x['subset_accuracy']:.2f}", str(x["subset_samples"]),
+                          other, f"{report.metrics['top1']:.2f}")
+        console.print(table)
+        console.print(f"wrote {args.split}.json and {args.split}-confusion.png under each EXPERT/eval"
+                      if args.out_dir is None else f"wrote {args.out_dir}/expert-*/{args.split}.json")
+        return 0
+    report = evaluate_checkpoint(args.checkpoint, out_dir=args.out_dir, **kw)
+    m = report.metrics
+    title = f"{report.model_name} on {report.dataset} {args.split}: top-1 {m['top1']:.2f}%, top-5 {report.top5:.2f}%"
+    if report.expert is not None:
+        x = report.expert
+        other = "" if x["other_recall"] is None else f", 'other' recall {x['other_recall']:.2f}%"
+        title = (f"expert {x['expert']} ({report.model_name}) on {report.dataset} {args.split}: its classes "
+                 f"{x['subset_accuracy']:.2f}% ({x['subset_samples']} images){other}; top-1 over its outputs "
+                 f"{m['top1']:.2f}%")
+    table = Table(title=f"{title}, {m['samples']} images")
     table.add_column("class")
     table.add_column("accuracy %", justify="right")
     table.add_column("support", justify="right")
@@ -427,8 +445,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     console = _out()
     if args.name:
         bundle = load_dataset(DataConfig(name=args.name, root=args.data_root, download=not args.no_download))
-        console.print_json(json.dumps({**bundle.summary(), "class_names": bundle.class_names,
+        summary = bundle.summary()
+        summary.pop("decoded_as", None)  # decoded at a default size here; the presets' inputs follow
+        console.print_json(json.dumps({**summary, "class_names": bundle.class_names,
                                        "coarse_names": bundle.coarse_names}))
+        if bundle.files is not None:
+            _print_preset_inputs(bundle.files, console)
         return 0
     table = Table(title="datasets (askexpert datasets NAME loads one and shows its splits)")
     table.add_column("name")
@@ -444,6 +466,30 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         table.add_row(name, description, where)
     console.print(table)
     return 0
+
+
+def _print_preset_inputs(files, console: Console) -> None:
+    """What each preset's input turns an image folder's files into (decoding follows the model)."""
+    from askexpert.models import PRESETS
+
+    by_input: dict[tuple[int, int], list[str]] = {}
+    for preset in PRESETS.values():
+        by_input.setdefault((preset.channels, preset.size), []).append(preset.name)
+    table = Table(title=f"what each model input makes of these files ({files.describe()})")
+    for col in ("presets", "input", "channels", "size"):
+        table.add_column(col)
+    side = files.side
+    for (channels, size), names in sorted(by_input.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if channels == files.channels:
+            conv = "as they are"
+        elif channels == 3:
+            conv = "grey copied to R, G and B"
+        else:
+            conv = "colour to grey (ITU-R 601 luma)"
+        scale = "kept" if side == size else (f"upscaled from {side} px" if side < size else
+                                             f"downscaled from {side} px (shorter side, then centre crop)")
+        table.add_row(", ".join(names), f"{channels}x{size}x{size}", conv, scale)
+    console.print(table)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -478,7 +524,17 @@ def _add_rule_flags(p: argparse.ArgumentParser, default_from: str | None = None)
             p.add_argument(flag, choices=choices, help=f"{what} (default: {default_from} {choices[0]})")
 
 
+def _k_or_best(text: str) -> int | None:
+    if text == "best":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive k nor 'best'")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from askexpert.routing import DEFAULT_K
+
     parser = argparse.ArgumentParser(
         prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Collaborative ViT inference: an edge generalist asks near-edge experts when unsure.",
@@ -558,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
     p.add_argument("--offload", type=float, default=0.3, help="target offload rate of the headline table")
+    p.add_argument("--k", default=DEFAULT_K, type=_k_or_best, metavar="K|best",
+                   help=f"k of the headline table (default {DEFAULT_K}, as edge and build-system use; best: the best "
+                   "k on validation); the sweep shows every --ks")
     p.add_argument("--target-accuracy", type=float, metavar="PERCENT",
                    help="also choose tau as the least offloading reaching this validation accuracy")
     _add_rule_flags(p)
@@ -583,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     point.add_argument("--accuracy", type=float, metavar="PERCENT",
                        help="the least offloading that reaches this validation accuracy")
     point.add_argument("--tau", type=float, help="a fixed confidence threshold")
-    p.add_argument("--k", type=int, default=3, help="Top-k classes that choose the expert (default 3)")
+    p.add_argument("--k", type=int, default=DEFAULT_K,
+                   help=f"Top-k classes that choose the expert (default {DEFAULT_K})")
     _add_rule_flags(p)
     p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
@@ -637,13 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directories only: target offload rate for tau on validation (a bundle has its own)")
     p.add_argument("--tau", type=float, help="confidence threshold (overrides the bundle's / --offload-rate)")
     p.add_argument("--temperature", type=float, help="softmax temperature (default: the calibrated one)")
-    p.add_argument("--k", type=int, help="Top-k classes that choose the expert (default: the bundle's, or 3)")
+    p.add_argument("--k", type=int,
+                   help=f"Top-k classes that choose the expert (default: the bundle's, or {DEFAULT_K})")
     _add_rule_flags(p, default_from="the bundle's, or")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds before a request counts as failed")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--threads", type=int, help="CPU threads for the generalist")
     p.add_argument("--trace", type=Path, help="write one JSON line per input (route and timings)")
-    p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction")
+    p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction: file, true and "
+                   "predicted class (id and name), the generalist's answer, confidence, route, expert, degraded")
     p.add_argument("--summary", type=Path, help="write the summary as JSON")
     _add_edge_device_flags(p, "--device")
     p.set_defaults(func=cmd_edge)
@@ -675,8 +737,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix",
                        description="Evaluate a checkpoint on a split of its dataset (or another dataset with "
-                       "the same classes). Writes SPLIT.json and SPLIT-confusion.png.")
-    p.add_argument("checkpoint", type=Path, help="run directory, or a checkpoint's .json / .safetensors file")
+                       "the same classes). Writes SPLIT.json and SPLIT-confusion.png. An expert is evaluated "
+                       "on its classes plus 'other' (every other image): its subset accuracy and 'other' recall; "
+                       "an expert run directory evaluates each of its experts.",
+                       epilog="examples: askexpert eval runs/generalist; askexpert eval runs/experts; "
+                       "askexpert eval runs/experts/expert-1 --split val")
+    p.add_argument("checkpoint", type=Path, help="run directory (a model's, or an expert run's), or a checkpoint's "
+                   ".json / .safetensors file")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data", help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-root", type=Path, help="directory holding the dataset files")

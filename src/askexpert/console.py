@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -24,3 +28,21 @@ def progress_bar(console: Console | None = None, transient: bool = False) -> Pro
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, transient=transient,
     )
+
+
+@contextmanager
+def logs_on(console: Console, level: int = logging.WARNING) -> Iterator[None]:
+    """Show the library's log records (``askexpert.*``, e.g. the edge's "server down" / "server back")
+    on ``console`` while the block runs: between a live progress bar's redraws, not through it."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, level=level, show_time=False, show_path=False, markup=False)
+    logger = logging.getLogger("askexpert")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(min(level, old) if old else level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)

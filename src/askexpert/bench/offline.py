@@ -20,6 +20,7 @@ import numpy as np
 from askexpert.errors import ConfigError
 from askexpert.models import read_meta
 from askexpert.routing import (
+    DEFAULT_K,
     RoutingPolicy,
     SystemMetrics,
     fit_temperature,
@@ -68,7 +69,7 @@ class SystemEvaluation:
     temperatures: dict[str, float | list[float]]
     baselines: dict[str, Baseline]  # "generalist", "general"
     headline_offload: float
-    headline: dict[str, GridRow]  # per system: the k with the best validation accuracy at the headline rate
+    headline: dict[str, GridRow]  # per system, at the headline rate: k = headline_k (None: the best k on val)
     grid: list[GridRow]
     settings: dict = field(default_factory=dict)
 
@@ -96,14 +97,18 @@ def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: fl
 
 
 def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path], *,
-                    ks=DEFAULT_KS, rates=DEFAULT_RATES, headline_rate: float = 0.3,
+                    ks=DEFAULT_KS, rates=DEFAULT_RATES, headline_rate: float = 0.3, headline_k: int | None = DEFAULT_K,
                     target_accuracy: float | None = None, confidence: str = "max-prob", fallback: str = "other",
                     device: str = "auto") -> SystemEvaluation:
     """Sweep (target offload rate, k) for every expert run; tau is always chosen on validation.
 
     With ``target_accuracy``, also the least offloading that reaches that accuracy on validation,
-    for every system and k (rows with ``target_accuracy`` set).
+    for every system and k (rows with ``target_accuracy`` set). The headline rows use ``headline_k``
+    (the edge's default, so the table shows what a deployed system does), or with None the k that
+    is best on validation.
     """
+    if headline_k is not None and headline_k not in ks:
+        ks = sorted({*ks, headline_k})
     classes = read_meta(generalist).class_names
     n = len(classes)
     if read_meta(general).class_names != classes:
@@ -132,7 +137,7 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
     headline = {}
     for system in systems:
         cands = [r for r in rows if r.system == system.label and r.target_offload is not None
-                 and abs(r.target_offload - headline_rate) < 1e-9]
+                 and abs(r.target_offload - headline_rate) < 1e-9 and headline_k in (None, r.k)]
         if cands:
             headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
     offloaded = None
@@ -147,5 +152,5 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                                        _acc(gen_model.test_logits, gen_model.test_labels, offloaded))},
         headline_offload=headline_rate, headline=headline, grid=rows,
         settings={"confidence": confidence, "fallback": fallback, "ks": list(ks), "rates": list(rates),
-                  "target_accuracy": target_accuracy},
+                  "target_accuracy": target_accuracy, "headline_k": headline_k},
     )

@@ -48,7 +48,7 @@ class FolderSurvey:
 
     files: int
     sampled: int
-    channels: int  # 1 when every sampled file is grayscale, else 3
+    channels: int  # 1 when every sampled file is grayscale (or a colour file of grey pixels), else 3
     modes: dict[str, int]
     width: tuple[int, int, int]  # min, median, max
     height: tuple[int, int, int]
@@ -80,6 +80,7 @@ def survey(paths: list[Path], sample: int = 200, seed: int = 0) -> FolderSurvey:
     chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:sample])] if len(paths) > sample else paths
     modes: Counter = Counter()
     widths, heights, unreadable = [], [], []
+    colour_seen = False
     for p in chosen:
         try:
             with Image.open(p) as img:
@@ -87,12 +88,19 @@ def survey(paths: list[Path], sample: int = 200, seed: int = 0) -> FolderSurvey:
                 if mode == "P":  # a palette: grey only if every palette entry is
                     pal = np.asarray(img.getpalette() or [0, 0, 0]).reshape(-1, 3)
                     mode = "P (grey)" if (pal == pal[:, :1]).all() else "P"
+                elif mode == "RGB" and not colour_seen:  # grey pictures saved as colour files? (until one is not)
+                    img.draft("RGB", (64, 64))  # JPEG: decode at a reduced size
+                    pixels = np.asarray(img)
+                    if (pixels == pixels[..., :1]).all():
+                        mode = "RGB (grey)"
+                    else:
+                        colour_seen = True
                 modes[mode] += 1
                 widths.append(img.width)
                 heights.append(img.height)
         except OSError:
             unreadable.append(str(p))
-    gray = all(m in GRAY_MODES or m == "P (grey)" for m in modes)
+    gray = all(m in GRAY_MODES or m.endswith("(grey)") for m in modes)
 
     def stats(v: list[int]) -> tuple[int, int, int]:
         return (min(v), int(np.median(v)), max(v)) if v else (0, 0, 0)

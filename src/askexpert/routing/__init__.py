@@ -4,6 +4,7 @@ runs exactly this code next to ONNX Runtime."""
 
 from askexpert.routing.calibration import fit_temperature, softmax
 from askexpert.routing.policy import (
+    DEFAULT_K,
     OTHER,
     RouteDecision,
     Router,
@@ -17,7 +18,7 @@ from askexpert.routing.system import ExpertAnswers, SystemMetrics, system_metric
 from askexpert.routing.thresholds import ALL, tau_for_accuracy, tau_for_offload
 
 __all__ = [
-    "fit_temperature", "softmax", "OTHER", "RouteDecision", "Router", "RoutingPolicy", "confidence_scores",
+    "fit_temperature", "softmax", "DEFAULT_K", "OTHER", "RouteDecision", "Router", "RoutingPolicy", "confidence_scores",
     "finalize", "membership_matrix", "route", "ExpertAnswers", "SystemMetrics", "system_metrics", "ALL",
     "tau_for_accuracy", "tau_for_offload",
 ]  # fmt: skip

@@ -52,10 +52,13 @@ def membership_matrix(subsets: list[list[int]], num_classes: int) -> np.ndarray:
     return m
 
 
+DEFAULT_K = 3  # Top-k classes that choose the expert: the one default of the edge, build-system, evaluate-system
+
+
 @dataclass(frozen=True)
 class RoutingPolicy:
     tau: float
-    k: int = 3
+    k: int = DEFAULT_K
     temperature: float = 1.0
     confidence: Confidence = "max-prob"
     fallback: Fallback = "other"

@@ -16,6 +16,7 @@ NumPy and httpx only: no torch, so the deployable edge (ONNX Runtime) runs exact
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ import numpy as np
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
 from askexpert.runtime.protocol import ExpertInfo
+
+log = logging.getLogger("askexpert.edge")
 
 
 class Route(str, Enum):
@@ -109,8 +112,25 @@ class EdgeRunner:
         self.experts_on_edge = experts_on_edge
         self.router: Router | None = None
         self.expert_ids: list[str] = []
+        self.outage: tuple[int, int] | None = None  # (first image of the outage, degraded answers since)
         if experts is not None:
             self._set_experts(experts)
+
+    def _server_failed(self, index: int, n: int, why: str) -> None:
+        """Say once that the experts stopped answering; count what degrades meanwhile."""
+        if self.outage is None:
+            self.outage = (index, 0)
+            log.warning("the expert server stopped answering at image %d (%s): the generalist's answers stand, "
+                        "flagged degraded, until it is back; retrying on later offloads", index, why)
+        self.outage = (self.outage[0], self.outage[1] + n)
+
+    def _server_answered(self, index: int) -> None:
+        """Say once that the experts answer again, and what the outage cost."""
+        if self.outage is not None:
+            first, lost = self.outage
+            log.warning("the expert server answers again at image %d; %d answers from image %d on were "
+                        "degraded (the generalist's)", index, lost, first)
+            self.outage = None
 
     def _set_experts(self, experts: list[ExpertTarget]) -> None:
         if not experts:
@@ -151,6 +171,8 @@ class EdgeRunner:
             if unknown is not None or self.client is None:
                 for i in idx:
                     errors[i] = unknown or "no expert server configured"
+                if self.client is not None:
+                    self._server_failed(start_index + int(idx[0]), len(idx), unknown)
                 continue
             t_ask = time.perf_counter()
             try:
@@ -160,7 +182,9 @@ class EdgeRunner:
                 for i in idx:
                     errors[i] = str(err)
                     per_sample[i] = lost
+                self._server_failed(start_index + int(idx[0]), len(idx), str(err))
                 continue
+            self._server_answered(start_index + int(idx[0]))
             expert_pred[idx], expert_conf[idx], answered[idx] = reply.pred, reply.confidence, True
             server_ms = reply.queue_ms + reply.compute_ms
             lived = {"encode_ms": reply.encode_ms, "queue_ms": reply.queue_ms, "expert_ms": reply.compute_ms,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +21,16 @@ from askexpert.splits import stratified_subset
 from askexpert.system.schema import InputSpec
 
 Batches = Iterator[tuple[np.ndarray, np.ndarray | None]]
+
+
+class InputSource(NamedTuple):
+    """What an input holds: its batches, how many images, a description, and each image's file (in
+    stream order) where the images are files."""
+
+    batches: Batches
+    count: int
+    description: str
+    files: list[str] | None = None
 
 
 def _arrays(images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Batches:
@@ -45,12 +56,12 @@ def _split(name: str, data: dict, spec: InputSpec, limit: int | None, seed: int,
     if limit and limit < len(split):
         split = split.take(stratified_subset(split.labels, limit, seed))
     batches = ((images.numpy(), labels.numpy()) for images, labels in iter_batches(split, batch_size))
-    return batches, len(split), f"{bundle.name} {name} split"  # decoded batch by batch, as they are streamed
+    return InputSource(batches, len(split), f"{bundle.name} {name} split")  # decoded batch by batch, as streamed
 
 
 def open_input(spec: str | list[str], *, input_spec: InputSpec, class_names: list[str], data: dict | None,
-               batch_size: int = 1, limit: int | None = None, seed: int = 0) -> tuple[Batches, int, str]:
-    """``(batches, number of images, description)`` for ``split:NAME``, a ``.npz``, a folder, or image files.
+               batch_size: int = 1, limit: int | None = None, seed: int = 0) -> InputSource:
+    """The :class:`InputSource` of ``split:NAME``, a ``.npz``, a folder, or image files.
 
     ``data`` is the generalist's dataset config (for ``split:``). ``limit`` keeps a stratified (or,
     unlabelled, leading) subset of that many images.
@@ -97,8 +108,8 @@ def open_input(spec: str | list[str], *, input_spec: InputSpec, class_names: lis
     if limit and limit < len(paths):
         keep = stratified_subset(label_arr, limit, seed) if labelled else np.arange(limit)
         paths, label_arr = [paths[i] for i in keep], label_arr[keep]
-    return (_files(paths, label_arr if labelled else None, input_spec, batch_size), len(paths),
-            f"{len(paths)} image files")
+    return InputSource(_files(paths, label_arr if labelled else None, input_spec, batch_size), len(paths),
+                       f"{len(paths)} image files", [str(p) for p in paths])
 
 
 def _npz(path: Path, spec: InputSpec, limit: int | None, seed: int, batch_size: int):
@@ -118,4 +129,4 @@ def _npz(path: Path, spec: InputSpec, limit: int | None, seed: int, batch_size: 
     if limit and limit < len(images):
         keep = stratified_subset(labels, limit, seed) if labels is not None else np.arange(limit)
         images, labels = images[keep], None if labels is None else labels[keep]
-    return _arrays(images, labels, batch_size), len(images), f"{len(images)} images from {path.name}"
+    return InputSource(_arrays(images, labels, batch_size), len(images), f"{len(images)} images from {path.name}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.errors import AskExpertError
-from askexpert.routing import RoutingPolicy
+from askexpert.routing import DEFAULT_K, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
@@ -65,6 +65,29 @@ class EdgeReport:
     link: str
     server: str | None
     source: str
+    class_names: list[str] = field(default_factory=list)
+    files: list[str] | None = None  # each input's file, by index (file and folder inputs)
+
+    def write_predictions(self, path: Path) -> None:
+        """A CSV row per input: its file, true and predicted class (id and name), the generalist's own
+        answer, confidence, route and expert, and whether the answer is degraded."""
+        import csv
+
+        names = self.class_names
+
+        def name(c: int | None) -> str:
+            return names[c] if c is not None and 0 <= c < len(names) else ""
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "file", "label", "label_name", "pred", "pred_name", "local_pred", "local_pred_name",
+                        "confidence", "route", "expert", "degraded"])
+            for t in self.traces:
+                w.writerow([t.index, self.files[t.index] if self.files else "",
+                            "" if t.label is None else t.label, name(t.label), t.pred, name(t.pred), t.local_pred,
+                            name(t.local_pred), f"{t.confidence:.4f}", t.route.value, t.expert or "",
+                            int(t.degraded)])
 
 
 def open_system(s: EdgeSettings) -> EdgeSystem:
@@ -84,7 +107,7 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
     from askexpert.runtime.edge_models import TorchGeneralist
     from askexpert.system.calibrate import generalist_policy
 
-    policy = generalist_policy(s.system, offload_rate=s.offload_rate, k=s.k or 3,
+    policy = generalist_policy(s.system, offload_rate=s.offload_rate, k=s.k or DEFAULT_K,
                                confidence=s.confidence or "max-prob", fallback=s.fallback or "other", tau=s.tau,
                                temperature=s.temperature)
     return EdgeSystem(TorchGeneralist(s.system, threads=s.threads), policy, None,
@@ -107,20 +130,22 @@ def _check_server(client: HttpExpertClient, system: EdgeSystem, url: str) -> Non
 def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
     system = open_system(s)
     model = system.model
-    batches, n, description = open_input(s.inputs, input_spec=model.input, class_names=model.class_names,
-                                         data=system.data, batch_size=s.batch_size, limit=s.limit)
+    source = open_input(s.inputs, input_spec=model.input, class_names=model.class_names, data=system.data,
+                        batch_size=s.batch_size, limit=s.limit)
     client = HttpExpertClient(s.server, timeout_s=s.timeout_s, retries=s.retries, link=s.link) if s.server else None
     try:
         if client is not None:
             _check_server(client, system, s.server)
         runner = EdgeRunner(model, system.policy, client, system.experts)
-        task = progress.add_task(f"edge ({model.backend})", total=n, info=description) if progress else None
-        traces = list(runner.run(batches, trace_path=s.trace, progress=progress, task=task))
+        task = progress.add_task(f"edge ({model.backend})", total=source.count, info=source.description) \
+            if progress else None
+        traces = list(runner.run(source.batches, trace_path=s.trace, progress=progress, task=task))
     finally:
         if client is not None:
             client.close()
-    return EdgeReport(summarize(traces), traces, system.policy, model.backend, description,
-                      s.link.describe() if s.link else "loopback (none)", s.server, system.source)
+    return EdgeReport(summarize(traces), traces, system.policy, model.backend, source.description,
+                      s.link.describe() if s.link else "loopback (none)", s.server, system.source,
+                      list(model.class_names), source.files)
 
 
 def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:
@@ -129,9 +154,9 @@ def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:
     if not (len(s.inputs) == 1 and s.inputs[0].startswith("split:")):
         return s
     system = open_system(s)
-    batches, _, _ = open_input(s.inputs, input_spec=system.model.input, class_names=system.model.class_names,
-                               data=system.data, batch_size=256, limit=s.limit)
-    images, labels = zip(*batches, strict=True)
+    source = open_input(s.inputs, input_spec=system.model.input, class_names=system.model.class_names,
+                        data=system.data, batch_size=256, limit=s.limit)
+    images, labels = zip(*source.batches, strict=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, images=np.concatenate(images), labels=np.concatenate(labels))
     return replace(s, inputs=[str(out)], limit=None)

@@ -100,10 +100,14 @@ def write_report(metrics: dict, class_names: list[str], out_dir: Path, split: st
 
 
 class EvalReport:
-    """What ``evaluate_checkpoint`` measured and where it wrote it."""
+    """What ``evaluate_checkpoint`` measured and where it wrote it. For an expert, ``metrics`` is over its
+    outputs (its classes plus "other", every image of the split counted) and ``expert`` adds its subset
+    accuracy and "other" recall."""
 
-    def __init__(self, model_name: str, dataset: str, metrics: dict, out_dir: Path) -> None:
+    def __init__(self, model_name: str, dataset: str, metrics: dict, out_dir: Path,
+                 expert: dict | None = None) -> None:
         self.model_name, self.dataset, self.metrics, self.out_dir = model_name, dataset, metrics, out_dir
+        self.expert = expert
 
     @property
     def top5(self) -> float:
@@ -132,20 +136,48 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
     if data_root is not None:
         data_cfg = data_cfg.model_copy(update={"root": data_root})
     bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
-    if bundle.class_names != meta.class_names:
+    subset = meta.extra.get("subset") if meta.kind == "expert" else None
+    trained_on = meta.dataset.get("class_names", meta.class_names) if subset is not None else meta.class_names
+    if bundle.class_names != trained_on:
         raise DatasetError(
-            f"{bundle.name} has classes {bundle.class_names[:4]}... but the model predicts "
-            f"{meta.class_names[:4]}...",
-            fix="evaluate on a dataset with the model's classes, in the same order",
+            f"{bundle.name} has classes {bundle.class_names[:4]}... but the model was trained on "
+            f"{trained_on[:4]}...",
+            fix="evaluate on a dataset with the model's classes, in the same order (leave out --data to use "
+            "the model's own)",
         )
     target = bundle.split(split)
     with progress_bar(console, transient=True) as progress:
         logits = predict_logits(ckpt.model, target, meta.model.input, batch_size=batch_size, device=dev,
                                 progress=progress)
-    metrics = classification_metrics(logits, target.labels, meta.class_names)
+    labels, expert = target.labels, None
+    if subset is not None:  # an expert: its classes, every other image as "other"
+        from askexpert.training.experts import subset_targets
+
+        labels = subset_targets(target.labels, subset, bundle.num_classes)
+        pred = logits.argmax(1)
+        inside = labels < len(subset)
+        expert = {"expert": meta.extra.get("expert_id"), "classes": meta.class_names[:-1],
+                  "subset_accuracy": 100 * float((pred[inside] == labels[inside]).float().mean()),
+                  "subset_samples": int(inside.sum()),
+                  "other_recall": 100 * float((pred[~inside] == len(subset)).float().mean())
+                  if (~inside).any() else None, "other_samples": int((~inside).sum())}
+    metrics = classification_metrics(logits, labels, meta.class_names)
+    if expert is not None:
+        metrics["expert"] = expert
     out_dir = Path(out_dir) if out_dir is not None else ckpt.path.parent / "eval"
     write_report(metrics, meta.class_names, out_dir, split, f"{meta.model.name} on {bundle.name} {split}")
     if save_logits:
-        safetensors.torch.save_file({"logits": logits.contiguous(), "labels": target.labels.contiguous()},
+        safetensors.torch.save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
                                     str(out_dir / f"{split}-logits.safetensors"))
-    return EvalReport(meta.model.name, bundle.name, metrics, out_dir)
+    return EvalReport(meta.model.name, bundle.name, metrics, out_dir, expert)
+
+
+def expert_checkpoints(run_dir: Path) -> list[Path]:
+    """The experts of an expert run directory (``askexpert train experts``), in order; [] for any other path."""
+    from askexpert.models.checkpoint import checkpoint_stem
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or checkpoint_stem(run_dir).with_suffix(".json").is_file():
+        return []
+    found = [d for d in run_dir.glob("expert-*") if checkpoint_stem(d).with_suffix(".json").is_file()]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]) if d.name.split("-")[1].isdigit() else 1 << 30)

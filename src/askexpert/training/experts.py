@@ -152,6 +152,71 @@ def _expert_metrics(model: torch.nn.Module, ckpt_input, split: ImageSplit, subse
     }
 
 
+def experts_run_config(path: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
+    """The run config of ``askexpert train experts``. Static and progressive experts inherit the data of
+    the general model they start from (``experts.init``: dataset, root, splits and subsets; the input
+    size and channels come from its checkpoint anyway); a config file or an override changes single
+    keys of it (``--data-root``, ``--set data.train_subset=...``)."""
+    from askexpert.config import load_run_config
+
+    cfg = load_run_config(path, overrides, base=base)
+    ecfg = cfg.experts
+    if ecfg is None or ecfg.strategy == "general" or ecfg.init is None:
+        return cfg
+    stem = checkpoint_stem(ecfg.init)
+    if not stem.with_suffix(".json").is_file():
+        return cfg  # train_experts reports a missing init, with its fix
+    inherited = read_meta(stem).dataset.get("config")
+    if not inherited:
+        return cfg
+    return load_run_config(path, overrides, base={**(base or {}), "data": inherited})
+
+
+def _check_inputs(cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition, general: Checkpoint,
+                  bundle: DatasetBundle) -> None:
+    """The partition, the general model and the data must agree on the classes; say which to change."""
+    init_data = general.meta.dataset.get("config", {}).get("name")
+    if init_data and init_data != cfg.data.name:
+        raise ConfigError(
+            f"the experts would train on {cfg.data.name}, but the general model {ecfg.init} was trained on "
+            f"{init_data}",
+            fix=f"leave out --data (experts train on the general model's data), or pass --init a general model "
+            f"trained on {cfg.data.name}")
+    if general.meta.class_names != bundle.class_names:
+        raise ConfigError(
+            f"the general model {ecfg.init} predicts {len(general.meta.class_names)} classes "
+            f"({', '.join(general.meta.class_names[:3])}, ...) but {bundle.name} has {bundle.num_classes} "
+            f"({', '.join(bundle.class_names[:3])}, ...)",
+            fix="leave out --data, or pass --init a general model trained on this data")
+    if partition.class_names != bundle.class_names:
+        source = partition.details.get("generalist", "another model")
+        raise ConfigError(
+            f"the partition {ecfg.partition} groups the classes of {source} "
+            f"({', '.join(partition.class_names[:3])}, ...), not those of {bundle.name}",
+            fix=f"build it from the generalist of this data: askexpert partition GENERALIST_RUN, then pass "
+            f"--partition GENERALIST_RUN/partition-confusion-{len(partition.experts)}.json")
+
+
+def _generalist_val(partition: Partition, cfg: RunConfig, device) -> tuple[str, torch.Tensor, torch.Tensor] | None:
+    """The generalist the partition was built from: its run, and its logits and labels on this run's
+    validation split (cached next to its checkpoint)."""
+    source = partition.details.get("generalist")
+    if not source or not checkpoint_stem(Path(source)).with_suffix(".json").is_file():
+        return None
+    logits, labels = cached_logits(Path(source), "val", data_cfg=cfg.data, device=str(device),
+                                   batch_size=cfg.train.eval_batch_size)
+    return source, logits, labels
+
+
+def weaker_than_generalist(name: str, accuracy: float, reference: float, source: str, what: str) -> str | None:
+    """A warning when a near-edge model ends below the edge generalist it should beat, naming the fix."""
+    if accuracy >= reference:
+        return None
+    return (f"{name} reaches {accuracy:.2f}% {what} on validation, below the generalist {source} "
+            f"({reference:.2f}%): offloading to it can lower accuracy -- fix: train it longer (more --epochs, "
+            f"or --passes for experts; README: 'Small data sets') or start it from a stronger general model")
+
+
 def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                   console: Console | None = None) -> ExpertsResult:
     """Train every expert of ``cfg.experts`` (static or progressive) into ``cfg.run_dir/expert-<e>``.
@@ -170,22 +235,39 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
         torch.set_num_threads(cfg.train.threads)
     partition = Partition.load(ecfg.partition)
     general = load_checkpoint(ecfg.init)
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    partition.save(run_dir / "partition.json")
     meta = general.meta
     bundle = load_dataset(cfg.data, image_size=meta.model.input.size, channels=meta.model.input.channels)
-    if bundle.class_names != partition.class_names or meta.class_names != bundle.class_names:
-        raise ConfigError(
-            f"the partition, the general model {ecfg.init} and {bundle.name} disagree on the classes",
-            fix="build the partition and the general model on the dataset of this run",
-        )
+    _check_inputs(cfg, ecfg, partition, general, bundle)
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    partition.save(run_dir / "partition.json")
+    console.log(f"experts on {bundle.name} ({len(bundle.train)} train / {len(bundle.val)} val images), from "
+                f"the general model {ecfg.init}")
     device = resolve_device(cfg.train.device)
+    reference = _generalist_val(partition, cfg, device)
+    if reference is not None:
+        source, gen_logits, gen_labels = reference
+        gen_acc = 100 * float((gen_logits.argmax(1) == gen_labels).float().mean())
+        general_acc = meta.metrics.get("val", {}).get("top1")
+        note = general_acc is not None and weaker_than_generalist(
+            f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
+        if note:
+            console.log(f"[yellow]warning:[/yellow] {note}")
     steering = _steering(general, ecfg, bundle, cfg, device)
 
     summaries = []
     for e, subset in enumerate(partition.experts):
-        summaries.append(_train_one(e, subset, cfg, ecfg, partition, general, bundle, run_dir, steering,
-                                    device, resume, console))
+        summary = _train_one(e, subset, cfg, ecfg, partition, general, bundle, run_dir, steering, device, resume,
+                             console)
+        if reference is not None:
+            inside = torch.isin(gen_labels, torch.tensor(subset))
+            # the generalist's answer on the subset's images, right only when it names the true class
+            gen_sub = 100 * float((gen_logits[inside].argmax(1) == gen_labels[inside]).float().mean())
+            summary["generalist_val_subset_accuracy"] = gen_sub
+            note = weaker_than_generalist(f"expert {e}", summary["val"]["subset_accuracy"], gen_sub, source,
+                                          "on its subset")
+            if note:
+                console.log(f"[yellow]warning:[/yellow] {note}")
+        summaries.append(summary)
     (run_dir / "experts.json").write_text(json.dumps(
         {"strategy": ecfg.strategy, "init": str(ecfg.init), "partition": partition.model_dump(),
          "experts": summaries}, indent=1))
@@ -281,9 +363,10 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
     val = _with_labels(bundle.val, val_in, subset_targets(bundle.val.labels[val_in], subset, n_classes))
     spec = general.meta.model.model_copy(update={"kwargs": {**general.meta.model.kwargs,
                                                             "num_classes": len(subset) + 1}})
-    augment = bundle.default_augment if cfg.train.augment == "auto" else cfg.train.augment
+    augment, why = bundle.augment_for(cfg.train.augment)
     console.log(f"expert {e}: {', '.join(names)} ({ecfg.strategy}; {len(in_subset)} images in the subset, "
-                f"{plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size})")
+                f"{plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size}; augmentation {augment}: "
+                f"{why})")
     result = fit(model, plan=plan, val=val, spec=spec.input, cfg=cfg.train, augment=augment, run_dir=expert_dir,
                  resume=resume, loss_fn=objective, console=console, label=f"expert {e}")
     metrics = {
