@@ -14,7 +14,7 @@ Two real data sets are written as PNG image folders (one sub-folder per class, l
 Study ``augment``: the edge generalist (vit-edge-28) with each augmentation at 5 and 15 epochs.
 Study ``budget``: the generalist and the general model (vit-expert-28) with ``augment: auto`` at 4, 10
 and 20 epochs: where the near-edge model overtakes the edge one. Writes benchmarks/results/<date>-
-<host>-imagefolder-small-<data>-<study>.json and prints Markdown tables for BENCHMARKS.md.
+<host>-imagefolder-small-<data>-<study>-seeds<S>.json and prints Markdown tables for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def main() -> None:
                 markdown.append(f"{data}, augment auto, test top-1 % (seeds {args.seeds}):\n\n"
                                 + table(rows, "model", [4, 10, 20], "epochs"))
     args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{info['date']}-{info['host']}-imagefolder-small-{args.data}-{args.study}.json"
+    seeds = "-".join(map(str, args.seeds))
+    out = args.results / f"{info['date']}-{info['host']}-imagefolder-small-{args.data}-{args.study}-seeds{seeds}.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"machine: {describe(info)}\ncommand: {record['command']}\n")
     print("\n\n".join(markdown))

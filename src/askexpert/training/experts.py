@@ -247,9 +247,10 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
     if reference is not None:
         source, gen_logits, gen_labels = reference
         gen_acc = 100 * float((gen_logits.argmax(1) == gen_labels).float().mean())
-        general_acc = meta.metrics.get("val", {}).get("top1")
-        note = general_acc is not None and weaker_than_generalist(
-            f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
+        general_logits, _ = cached_logits(general.path, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
+                                          batch_size=cfg.train.eval_batch_size)  # the same images as the generalist's
+        general_acc = 100 * float((general_logits.argmax(1) == gen_labels).float().mean())
+        note = weaker_than_generalist(f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
         if note:
             console.log(f"[yellow]warning:[/yellow] {note}")
     steering = _steering(general, ecfg, bundle, cfg, device)
