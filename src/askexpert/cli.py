@@ -373,19 +373,22 @@ def _print_metrics(metrics: dict, title: str, checkpoint: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from askexpert.training.evaluate import evaluate_checkpoint, expert_checkpoints
+    from askexpert.training.evaluate import evaluate_checkpoint
 
     kw = dict(split=args.split, data=args.data, data_root=args.data_root, device=args.device,
               batch_size=args.batch_size, save_logits=args.save_logits, console=_console())
     console = _out()
-    experts = expert_checkpoints(args.checkpoint)
-    if experts:  # an expert run: every expert, one row each
+    if (args.checkpoint / "partition.json").is_file():  # an expert run: every expert, one row each
+        from askexpert.system.calibrate import expert_run
+
+        _, stems, _ = expert_run(args.checkpoint)
         table = Table(title=f"experts of {args.checkpoint} on {args.split}")
         for col in ("expert", "classes", "subset %", "subset images", "'other' recall %", "top-1 with 'other' %"):
             table.add_column(col, justify="left" if col == "classes" else "right")
-        for d in experts:
+        for stem in stems:
+            d = stem.parent
             out = args.out_dir / d.name if args.out_dir is not None else None
-            report = evaluate_checkpoint(d, out_dir=out, **kw)
+            report = evaluate_checkpoint(stem, out_dir=out, **kw)
             x = report.expert
             other = "-" if x["other_recall"] is None else f"{x['other_recall']:.2f}"
             table.add_row(d.name, ", ".join(x["classes"]), f"{x['subset_accuracy']:.2f}", str(x["subset_samples"]),

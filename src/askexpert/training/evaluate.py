@@ -151,16 +151,11 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
                                 progress=progress)
     labels, expert = target.labels, None
     if subset is not None:  # an expert: its classes, every other image as "other"
-        from askexpert.training.experts import subset_targets
+        from askexpert.training.experts import subset_metrics, subset_targets
 
         labels = subset_targets(target.labels, subset, bundle.num_classes)
-        pred = logits.argmax(1)
-        inside = labels < len(subset)
         expert = {"expert": meta.extra.get("expert_id"), "classes": meta.class_names[:-1],
-                  "subset_accuracy": 100 * float((pred[inside] == labels[inside]).float().mean()),
-                  "subset_samples": int(inside.sum()),
-                  "other_recall": 100 * float((pred[~inside] == len(subset)).float().mean())
-                  if (~inside).any() else None, "other_samples": int((~inside).sum())}
+                  **subset_metrics(logits, labels, len(subset))}
     metrics = classification_metrics(logits, labels, meta.class_names)
     if expert is not None:
         metrics["expert"] = expert
@@ -171,13 +166,3 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
                                     str(out_dir / f"{split}-logits.safetensors"))
     return EvalReport(meta.model.name, bundle.name, metrics, out_dir, expert)
 
-
-def expert_checkpoints(run_dir: Path) -> list[Path]:
-    """The experts of an expert run directory (``askexpert train experts``), in order; [] for any other path."""
-    from askexpert.models.checkpoint import checkpoint_stem
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() or checkpoint_stem(run_dir).with_suffix(".json").is_file():
-        return []
-    found = [d for d in run_dir.glob("expert-*") if checkpoint_stem(d).with_suffix(".json").is_file()]
-    return sorted(found, key=lambda d: int(d.name.split("-")[1]) if d.name.split("-")[1].isdigit() else 1 << 30)

@@ -137,19 +137,23 @@ class ExpertsResult:
     experts: list[dict]
 
 
-def _expert_metrics(model: torch.nn.Module, ckpt_input, split: ImageSplit, subset: list[int], n_classes: int,
-                    device, batch_size: int) -> dict:
-    logits = predict_logits(model, split, ckpt_input, batch_size=batch_size, device=device)
-    targets = subset_targets(split.labels, subset, n_classes)
+def subset_metrics(logits: torch.Tensor, targets: torch.Tensor, subset_size: int) -> dict:
+    """An expert's accuracy on its subset and its "other" recall, from its logits and ``subset_targets``."""
     pred = logits.argmax(1)
-    inside = targets < len(subset)
+    inside = targets < subset_size
     outside = ~inside
     return {
         "subset_accuracy": 100 * float((pred[inside] == targets[inside]).float().mean()),
         "subset_samples": int(inside.sum()),
-        "other_recall": 100 * float((pred[outside] == len(subset)).float().mean()) if outside.any() else None,
+        "other_recall": 100 * float((pred[outside] == subset_size).float().mean()) if outside.any() else None,
         "other_samples": int(outside.sum()),
     }
+
+
+def _expert_metrics(model: torch.nn.Module, ckpt_input, split: ImageSplit, subset: list[int], n_classes: int,
+                    device, batch_size: int) -> dict:
+    logits = predict_logits(model, split, ckpt_input, batch_size=batch_size, device=device)
+    return subset_metrics(logits, subset_targets(split.labels, subset, n_classes), len(subset))
 
 
 def experts_run_config(path: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
