@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 import askexpert
-from askexpert.errors import AskExpertError
+from askexpert.errors import AskExpertError, ConfigError
+from askexpert.runtime.protocol import MAX_IMAGES
+from askexpert.security import TOKEN_ENV, is_loopback
 
 EPILOG = """\
 examples:
@@ -204,7 +206,7 @@ def cmd_build_system(args: argparse.Namespace) -> int:
                           device=args.device, overwrite=args.overwrite)
     m = bundle.manifest
     r = m.routing
-    table = Table(title=f"system bundle {bundle.root} (schema {m.schema_version}, id {bundle.system_id[:12]})")
+    table = Table(title=f"system bundle {bundle.root} (schema {m.schema_version})")
     table.add_column("")
     table.add_column("", justify="left")
     table.add_row("classes", f"{len(m.classes)} ({m.data.name}; calibrated on {m.data.val_images} validation images)")
@@ -217,6 +219,8 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     table.add_row("routing", f"tau {r.tau:.4f}, k {r.k}, {r.confidence}, fallback {r.fallback}")
     table.add_row("operating point", f"{op.target} {op.value:g}: on validation {op.val_offload_rate:.1f}% offloaded, "
                   f"{op.val_accuracy:.2f}% accurate")
+    table.add_row("system id", f"{bundle.system_id} (sha256 of system.json: publish it, and serve and run "
+                  "with --expect-system-id ID)")
     table.add_row("files", f"{len(m.files)}, each with its sha256 in system.json"
                   + (f"; archive {bundle.root}.tar.gz" if args.archive else ""))
     _out().print(table)
@@ -226,20 +230,34 @@ def cmd_build_system(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from askexpert.serving.app import create_app
+    from askexpert.security import check_exposure, read_token
+    from askexpert.serving.app import ServerLimits, create_app
     from askexpert.serving.pool import ExpertPool
 
+    token = read_token(args.token_file)
+    check_exposure(args.host, token, args.insecure)  # before minutes of loading models
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile", fix="give both (PEM files), or neither")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    # the event loop and the model thread share the GIL: hand it over often, so neither waits long
+    # the event loop and the model threads share the GIL: hand it over often, so neither waits long
     sys.setswitchinterval(0.0002)
-    pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager)
-    app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
+                      expect_system_id=args.expect_system_id)
+    limits = ServerLimits(max_images=args.max_request_images, max_body_bytes=args.max_body_bytes,
+                          body_timeout_s=args.body_timeout, max_in_flight=args.max_in_flight)
+    app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, token=token)
+    scheme = "https" if args.ssl_certfile else "http"
     _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
-                   f"http://{args.host}:{args.port} ({pool.device}); API docs at /docs")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+                   f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"
+                   + ("; bearer token required" if token else ""))
+    if token and scheme == "http" and not is_loopback(args.host):
+        _console().log("[yellow]the token travels in clear text over plain HTTP: add --ssl-certfile/--ssl-keyfile")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                limit_concurrency=2 * args.max_in_flight + 16)  # a backstop on connections; the guard answers first
     return 0
 
 
@@ -249,12 +267,15 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from askexpert.console import logs_on, progress_bar
     from askexpert.runtime.link import parse_link
     from askexpert.runtime.session import EdgeSettings, run_edge
+    from askexpert.security import read_token
 
     settings = EdgeSettings(
         system=args.system, server=args.server, inputs=args.input, link=parse_link(args.link),
         offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,
         confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
-        threads=args.threads, timeout_s=args.timeout, retries=args.retries, trace=args.trace,
+        threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
+        trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
+        ca_file=args.ca_file, expect_system_id=args.expect_system_id,
     )
     placement = None
     if args.device == "host":
@@ -274,8 +295,6 @@ def cmd_edge(args: argparse.Namespace) -> int:
             report = edge.call(run_edge, s=settings)
         placement = edge.placement
         _out().print(f"[bold]{placement.label}[/bold]: {placement.describe()}")
-    if args.predictions:
-        report.write_predictions(args.predictions)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
@@ -313,6 +332,8 @@ def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
                           f"{s.offloaded_accuracy:.2f} / {s.offloaded_generalist_accuracy:.2f}")
     table.add_row("offload rate %", f"{s.offload_rate:.1f} (tau {p.tau:.3f}, k {p.k}, {p.confidence})")
     table.add_row("expert fallbacks ('other') / degraded (no answer)", f"{s.expert_fallbacks} / {s.degraded}")
+    if getattr(report, "resumed", 0):
+        table.add_row("resumed", f"{report.resumed} answers from the interrupted run (latency: this run's only)")
     lat = s.latency_ms
     table.add_row("latency p50 / p95 / mean ms", f"{lat.p50:.2f} / {lat.p95:.2f} / {lat.mean:.2f}")
     b = s.breakdown_ms_offloaded
@@ -675,6 +696,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-general", action="store_true", help="do not load the general model")
     p.add_argument("--eager", action="store_true", help="run the models eagerly (no TorchScript trace)")
     p.add_argument("--log-level", default="warning")
+    sec = p.add_argument_group("security and limits (docs/security.md)")
+    sec.add_argument("--token-file", type=Path, help="require 'Authorization: Bearer TOKEN' on every request, TOKEN "
+                     f"being this file's first line (default: ${TOKEN_ENV} when set)")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow --host beyond loopback without a token (a trusted network only)")
+    sec.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this PEM certificate (and --ssl-keyfile)")
+    sec.add_argument("--ssl-keyfile", type=Path, help="the certificate's PEM private key")
+    sec.add_argument("--expect-system-id", metavar="SHA256",
+                     help="serve the bundle only if its system.json has this published sha256 (build-system prints it)")
+    sec.add_argument("--max-request-images", type=int, default=MAX_IMAGES,
+                     help="most images one request may carry (it runs as --max-batch batches)")
+    sec.add_argument("--max-body-bytes", type=int,
+                     help="largest request body (default: --max-request-images images of the expert's input shape)")
+    sec.add_argument("--body-timeout", type=float, default=10.0,
+                     help="seconds a request body may take to arrive (slower: 408)")
+    sec.add_argument("--max-in-flight", type=int, default=256,
+                     help="requests being read or answered at once (more: 503 with Retry-After)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("edge", help="run the edge side: generalist, router, experts over HTTP",
@@ -703,12 +741,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int,
                    help=f"Top-k classes that choose the expert (default: the bundle's, or {DEFAULT_K})")
     _add_rule_flags(p, default_from="the bundle's, or")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds before a request counts as failed")
-    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds any one network wait of a request may take (connect, send, each read)")
+    p.add_argument("--retries", type=int, default=1, help="tries after a failed one, within --deadline")
+    p.add_argument("--deadline", type=float, help="seconds one offload may take in all, retries included; then the "
+                   "generalist's answer stands, flagged degraded (default: (retries + 1) x timeout)")
     p.add_argument("--threads", type=int, help="CPU threads for the generalist")
-    p.add_argument("--trace", type=Path, help="write one JSON line per input (route and timings)")
-    p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction: file, true and "
-                   "predicted class (id and name), the generalist's answer, confidence, route, expert, degraded")
+    p.add_argument("--trace", type=Path, help="write one JSON line per input (route and timings), as answered")
+    p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction as it is made: file, "
+                   "true and predicted class (id and name), the generalist's answer, confidence, route, expert, "
+                   "degraded")
+    p.add_argument("--resume", action="store_true", help="go on after the answers --predictions / --trace already "
+                   "hold (an interrupted run with the same --input)")
+    p.add_argument("--token-file", type=Path, help=f"the server's bearer token (default: ${TOKEN_ENV} when set)")
+    p.add_argument("--ca-file", type=Path, help="the certificate authority of an https server (a self-signed one)")
+    p.add_argument("--expect-system-id", metavar="SHA256",
+                   help="run the bundle only if its system.json has this published sha256")
     p.add_argument("--summary", type=Path, help="write the summary as JSON")
     _add_edge_device_flags(p, "--device")
     p.set_defaults(func=cmd_edge)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import askexpert
 from askexpert.errors import CheckpointError
 from askexpert.models.factory import ModelSpec, build_model, count_parameters
+from askexpert.security import confined
 from askexpert.system.bundle import sha256_file
 
 FORMAT = "askexpert-checkpoint"
@@ -126,7 +127,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     """Rebuild the model of a checkpoint and load its weights, after checking their sha256."""
     stem = checkpoint_stem(path)
     meta = read_meta(stem)
-    weights = stem.parent / meta.weights_file
+    weights = confined(stem.parent, meta.weights_file, f"checkpoint metadata {stem.with_suffix('.json')}")
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} are missing",
                               fix="copy the .safetensors file next to its .json")

@@ -1,25 +1,41 @@
 """How the edge reaches the experts: over HTTP (httpx, keep-alive, timeouts, bounded retries), or
 in-process (for tests and the everything-local comparison). Both answer with an :class:`ExpertReply`.
 
-When the server cannot be reached (refused, timed out, answering errors), the HTTP client raises
-:class:`ExpertUnavailable` and stays "down" for ``down_for_s`` before it tries again, so a dead
-server costs one timeout, not one per sample; the edge keeps its own answers meanwhile.
+Whatever goes wrong with the server (refused, timed out, an error status, a reply that is not the
+protocol's JSON), the HTTP client raises :class:`ExpertUnavailable` and never anything else, so the
+edge keeps its own answer for those samples (the edge runner checks what the answers say). After a
+failure it stays "down" for ``down_for_s`` before it tries again, so a dead server costs one
+deadline, not one per sample.
+
+Each offload has one total ``deadline_s``, retries included: every socket operation (connect, TLS,
+each write and read) is bounded by the time left to it, so a server that trickles one byte at a
+time cannot hold the edge past it (per-phase timeouts alone would let it).
 """
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpcore
 import httpx
 import numpy as np
+from pydantic import TypeAdapter
 
 from askexpert.runtime.link import LinkProfile
 from askexpert.runtime.protocol import ExpertInfo, HealthResponse, InferResponse, encode_images
 
 
 class ExpertUnavailable(RuntimeError):
-    """No answer from the expert (server down, slow, or failing); the message says why."""
+    """No answer from the expert (server down, slow, or failing); the message says why, ``status`` the
+    HTTP status when the server answered with one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -43,19 +59,89 @@ def _reply(resp: InferResponse, **kw) -> ExpertReply:
                        batch_size=resp.timings.batch_size, **kw)
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self.inner, self.backend = inner, backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, self.backend.left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, self.backend.left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname,
+                                                    self.backend.left(timeout, httpcore.ConnectTimeout)), self.backend)
+
+    def get_extra_info(self, info: str):
+        return self.inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend with every operation bounded by the calling thread's deadline."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.SyncBackend()
+        self.local = threading.local()
+
+    def left(self, timeout: float | None, error: type[Exception]) -> float | None:
+        deadline = getattr(self.local, "deadline", None)
+        if deadline is None:
+            return timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise error("the offload's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return _DeadlineStream(self.inner.connect_tcp(host, port, self.left(timeout, httpcore.ConnectTimeout),
+                                                      local_address, socket_options), self)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _DeadlineStream(self.inner.connect_unix_socket(path, self.left(timeout, httpcore.ConnectTimeout),
+                                                              socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificate checks against the system's authorities, or against ``ca_file`` (a self-signed server)."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
 class HttpExpertClient:
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
                  down_for_s: float = 1.0, link: LinkProfile | None = None, topk: int = 3,
-                 link_sleep: bool = True) -> None:
-        """``link`` adds an emulated link's delay to every offload: slept (``link_sleep``, the default:
+                 link_sleep: bool = True, deadline_s: float | None = None, token: str | None = None,
+                 ca_file: Path | None = None) -> None:
+        """``timeout_s`` bounds each network wait of an attempt; ``deadline_s`` (default
+        ``(retries + 1) * timeout_s``) bounds a whole offload, its retries included. ``token``: the
+        server's bearer token. ``ca_file``: the authority that signed an https server's certificate.
+        ``link`` adds an emulated link's delay to every offload: slept (``link_sleep``, the default:
         the edge really waits, as on that link) or only accounted in ``link_ms`` (a benchmark's
         sequential stream, where waiting would change nothing but the wall time)."""
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s, self.down_for_s = retries, backoff_s, down_for_s
+        self.deadline_s = deadline_s if deadline_s is not None else (retries + 1) * timeout_s
         self.link, self.topk, self.link_sleep = link, topk, link_sleep
         self._down_until = 0.0
-        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s),
-                                 limits=httpx.Limits(max_keepalive_connections=4, keepalive_expiry=60))
+        self._backend = _DeadlineBackend()
+        limits = httpx.Limits(max_keepalive_connections=4, keepalive_expiry=60)
+        context = tls_context(ca_file)
+        transport = httpx.HTTPTransport(verify=context, limits=limits)
+        # the same pool httpx builds, on the deadline-bounded backend (httpx does not take a backend itself)
+        transport._pool = httpcore.ConnectionPool(ssl_context=context, max_connections=limits.max_connections,
+                                                  max_keepalive_connections=limits.max_keepalive_connections,
+                                                  keepalive_expiry=limits.keepalive_expiry,
+                                                  network_backend=self._backend)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s), transport=transport,
+                                 headers=headers)
         self._urls: dict[str, httpx.URL] = {}  # parsed once per expert: URL parsing is a real cost per request
 
     def close(self) -> None:
@@ -72,33 +158,60 @@ class HttpExpertClient:
         return time.monotonic() < self._down_until
 
     def _request(self, method: str, path: str | httpx.URL, **kw) -> httpx.Response:
+        """The server's 200 answer, within the deadline; else :class:`ExpertUnavailable` saying why."""
         if self.is_down:
             raise ExpertUnavailable(f"{self.base_url} is marked down for another "
                                     f"{self._down_until - time.monotonic():.2f} s after a failure")
+        start = time.monotonic()
+        deadline = start + self.deadline_s
         last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * attempt)
-            try:
-                resp = self.http.request(method, path, **kw)
-            except httpx.TransportError as err:  # refused, reset, timed out
-                last = f"{type(err).__name__}: {err}"
-                continue
-            if resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                continue
-            if resp.status_code >= 400:  # our request is wrong: retrying will not help
-                raise ExpertUnavailable(f"{method} {path} rejected with HTTP {resp.status_code}: {resp.text[:300]}")
-            self._down_until = 0.0
-            return resp
+        self._backend.local.deadline = deadline
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    pause = self.backoff_s * attempt
+                    if time.monotonic() + pause >= deadline:
+                        break
+                    time.sleep(pause)
+                try:
+                    resp = self.http.request(method, path, **kw)
+                except httpx.HTTPError as err:  # refused, reset, timed out, a malformed HTTP answer
+                    last = f"{type(err).__name__}: {err}"
+                    if time.monotonic() >= deadline:
+                        last = f"deadline of {self.deadline_s:g} s passed ({last})"
+                        break
+                    continue
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    continue
+                if resp.status_code in (401, 403):
+                    raise ExpertUnavailable(f"{method} {path} refused with HTTP {resp.status_code}: {resp.text[:200]} "
+                                            "(pass the server's token: --token-file FILE or ASKEXPERT_TOKEN)",
+                                            resp.status_code)
+                if resp.status_code != 200:  # our request is wrong, or not our server: retrying will not help
+                    raise ExpertUnavailable(f"{method} {path} answered HTTP {resp.status_code}: {resp.text[:300]}",
+                                            resp.status_code)
+                self._down_until = 0.0
+                return resp
+        finally:
+            self._backend.local.deadline = None
         self._down_until = time.monotonic() + self.down_for_s
-        raise ExpertUnavailable(f"{self.base_url}{path} unreachable after {self.retries + 1} attempts ({last})")
+        raise ExpertUnavailable(f"{self.base_url}{path} unreachable after {attempt + 1} attempts in "
+                                f"{time.monotonic() - start:.2f} s ({last})")
+
+    def _parse(self, what: str, resp: httpx.Response, parse):
+        try:
+            return parse(resp.content)
+        except ValueError as err:  # not JSON, or not the protocol's (pydantic's errors are ValueErrors)
+            raise ExpertUnavailable(f"{what} from {self.base_url} is not the protocol's JSON "
+                                    f"({type(err).__name__}: {str(err)[:200]}); is a proxy answering?") from err
 
     def experts(self) -> list[ExpertInfo]:
-        return [ExpertInfo.model_validate(x) for x in self._request("GET", "/v1/experts").json()]
+        resp = self._request("GET", "/v1/experts")
+        return self._parse("the expert list", resp, lambda raw: _EXPERT_LIST.validate_json(raw))
 
     def health(self) -> HealthResponse:
-        return HealthResponse.model_validate(self._request("GET", "/v1/health").json())
+        return self._parse("the health answer", self._request("GET", "/v1/health"), HealthResponse.model_validate_json)
 
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
         t0 = time.perf_counter()
@@ -109,10 +222,7 @@ class HttpExpertClient:
             url = self._urls[expert_id] = httpx.URL(f"{self.base_url}/v1/experts/{expert_id}/infer?topk={self.topk}")
         resp = self._request("POST", url, content=body, headers=headers)
         t2 = time.perf_counter()
-        try:
-            parsed = InferResponse.model_validate_json(resp.content)
-        except ValueError as err:
-            raise ExpertUnavailable(f"expert {expert_id} sent an unreadable answer ({err})") from err
+        parsed = self._parse(f"expert {expert_id}'s answer", resp, InferResponse.model_validate_json)
         link_ms = 0.0
         if self.link is not None:
             link_ms = self.link.delay_s(len(body), len(resp.content)) * 1000
@@ -120,6 +230,9 @@ class HttpExpertClient:
                 time.sleep(link_ms / 1000)
         return _reply(parsed, round_trip_ms=(t2 - t1) * 1000, encode_ms=(t1 - t0) * 1000, link_ms=link_ms,
                       up_bytes=len(body), down_bytes=len(resp.content))
+
+
+_EXPERT_LIST = TypeAdapter(list[ExpertInfo])
 
 
 class InProcessExpertClient:

@@ -1,8 +1,9 @@
 """The edge runner: the generalist over every input, the router, the experts for the unsure ones.
 
 Each input batch goes: generalist -> router -> (for each chosen expert) encode + request -> final
-answers. Every sample gets a prediction, whatever happens to the network: when its expert cannot
-answer, the generalist's answer stands and the sample is flagged ``degraded``. Every sample also
+answers. Every sample gets a prediction, whatever happens to the network or the server: when its
+expert cannot answer, or answers something invalid (a class it does not have, a confidence that is
+not a probability), the generalist's answer stands and the sample is flagged ``degraded``. Every sample also
 gets a trace: where its time went (edge compute, encoding, the round trip on the real socket,
 emulated link delay, server queue, expert compute) and which route it took.
 
@@ -15,13 +16,12 @@ NumPy and httpx only: no torch, so the deployable edge (ONNX Runtime) runs exact
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -112,8 +112,14 @@ class EdgeRunner:
         self.experts_on_edge = experts_on_edge
         self.router: Router | None = None
         self.expert_ids: list[str] = []
+        self.expert_classes: list[set[int]] = []
         self.outage: tuple[int, int] | None = None  # (first image of the outage, degraded answers since)
+        self.invalid_answers = 0
+        self._list_retry_at = 0.0  # when the expert list may be asked for again after a failure
+        self._list_error = "no expert list yet"
         if experts is not None:
+            if not experts:
+                raise ValueError("no specialist experts to route to")
             self._set_experts(experts)
 
     def _server_failed(self, index: int, n: int, why: str) -> None:
@@ -133,23 +139,51 @@ class EdgeRunner:
             self.outage = None
 
     def _set_experts(self, experts: list[ExpertTarget]) -> None:
-        if not experts:
-            raise ValueError("no specialist experts to route to")
         self.expert_ids = [x.id for x in experts]
+        self.expert_classes = [set(x.classes) for x in experts]
         self.router = Router(self.policy, membership_matrix([x.classes for x in experts],
                                                             len(self.generalist.class_names)))
 
     def _ensure_experts(self) -> str | None:
-        """Fetch the expert list if it is not known yet; returns why it is unknown, or None."""
+        """Fetch the expert list if it is not known yet; returns why it is unknown, or None. After a
+        failure the list is asked for again at most once a second."""
         if self.router is not None:
             return None
         if self.client is None:
             return "no expert server configured"
+        if time.monotonic() < self._list_retry_at:
+            return self._list_error
+        self._list_retry_at = time.monotonic() + 1.0
         try:
-            self._set_experts(targets_from_infos(self.client.experts()))
+            infos = self.client.experts()
         except ExpertUnavailable as err:
-            return f"expert list unavailable: {err}"
+            self._list_error = f"expert list unavailable: {err}"
+            return self._list_error
+        n = len(self.generalist.class_names)
+        targets = [t for t in targets_from_infos(infos) if t.classes and all(0 <= c < n for c in t.classes)]
+        if not targets:
+            self._list_error = (f"the server lists no specialist expert of this generalist's {n} classes "
+                                f"({len(infos)} experts, none with 'other' and valid classes)")
+            return self._list_error
+        self._set_experts(targets)
         return None
+
+    def _check_answers(self, e: int, reply: ExpertReply, idx: np.ndarray, start_index: int,
+                       errors: dict[int, str]) -> np.ndarray:
+        """Which answers of expert ``e`` are valid: a class of its own or 'other', a finite confidence in
+        [0, 1]. The invalid ones are recorded in ``errors`` (said once a run in the log)."""
+        classes = self.expert_classes[e]
+        ok = np.array([(p == OTHER or int(p) in classes) and math.isfinite(c) and -1e-6 <= c <= 1 + 1e-6
+                       for p, c in zip(reply.pred.tolist(), reply.confidence.tolist(), strict=True)], dtype=bool)
+        for j in np.flatnonzero(~ok):
+            why = (f"expert {self.expert_ids[e]} answered class {int(reply.pred[j])} with confidence "
+                   f"{float(reply.confidence[j])}: not one of its classes or not a probability")
+            errors[idx[j]] = why
+            if not self.invalid_answers:
+                log.warning("%s (image %d); such answers are not used: the generalist's stands, flagged degraded",
+                            why, start_index + int(idx[j]))
+            self.invalid_answers += 1
+        return ok
 
     def process(self, images: np.ndarray, labels: np.ndarray | None = None, start_index: int = 0) -> list[SampleTrace]:
         """Answer one batch of ``uint8 [B, C, H, W]`` images; returns one trace per image."""
@@ -177,6 +211,9 @@ class EdgeRunner:
             t_ask = time.perf_counter()
             try:
                 reply = self.client.infer(self.expert_ids[e], images[idx])
+                if len(reply.pred) != len(idx) or len(reply.confidence) != len(idx):
+                    raise ExpertUnavailable(f"expert {self.expert_ids[e]} answered {len(reply.pred)} results for "
+                                            f"{len(idx)} images")
             except ExpertUnavailable as err:
                 lost = {"network_ms": (time.perf_counter() - t_ask) * 1000}  # time spent failing is latency too
                 for i in idx:
@@ -185,7 +222,9 @@ class EdgeRunner:
                 self._server_failed(start_index + int(idx[0]), len(idx), str(err))
                 continue
             self._server_answered(start_index + int(idx[0]))
-            expert_pred[idx], expert_conf[idx], answered[idx] = reply.pred, reply.confidence, True
+            valid = self._check_answers(e, reply, idx, start_index, errors)
+            expert_pred[idx[valid]], expert_conf[idx[valid]], answered[idx[valid]] = (
+                reply.pred[valid], reply.confidence[valid], True)
             server_ms = reply.queue_ms + reply.compute_ms
             lived = {"encode_ms": reply.encode_ms, "queue_ms": reply.queue_ms, "expert_ms": reply.compute_ms,
                      "network_ms": max(reply.round_trip_ms - server_ms, 0.0), "link_ms": reply.link_ms,
@@ -212,24 +251,20 @@ class EdgeRunner:
             traces.append(t.finish())
         return traces
 
-    def run(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], *, trace_path: Path | None = None,
-            progress=None, task=None) -> Iterator[SampleTrace]:
-        """Answer every batch, writing one JSON line per sample to ``trace_path`` when given."""
-        handle = open(trace_path, "w") if trace_path is not None else None  # noqa: SIM115 (closed below)
-        index = 0
-        try:
-            for images, labels in batches:
-                traces = self.process(images, labels, index)
-                index += len(traces)
-                for t in traces:
-                    if handle is not None:
-                        handle.write(json.dumps(asdict(t)) + "\n")
-                    yield t
-                if progress is not None:
-                    progress.advance(task, len(traces))
-        finally:
-            if handle is not None:
-                handle.close()
+    def run(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], *, start_index: int = 0,
+            on_batch: Callable[[list[SampleTrace]], None] | None = None, progress=None,
+            task=None) -> Iterator[SampleTrace]:
+        """Answer every batch (the first image being input ``start_index``), handing each batch's traces
+        to ``on_batch`` (e.g. :class:`~askexpert.runtime.records.AnswerLog`) as soon as it is answered."""
+        index = start_index
+        for images, labels in batches:
+            traces = self.process(images, labels, index)
+            index += len(traces)
+            if on_batch is not None:
+                on_batch(traces)
+            yield from traces
+            if progress is not None:
+                progress.advance(task, len(traces))
 
 
 BREAKDOWN = ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms", "expert_ms")
@@ -260,10 +295,13 @@ class EdgeSummary:
 
 
 def summarize(traces: list[SampleTrace]) -> EdgeSummary:
-    """Accuracy, offload and degraded rates, latency percentiles and the mean breakdown."""
+    """Accuracy, offload and degraded rates, latency percentiles and the mean breakdown. Timings are
+    over the traces that have them (answers resumed from a predictions file have none)."""
     n = len(traces)
-    total = np.array([t.total_ms for t in traces]) if n else np.zeros(1)
+    timed = [t for t in traces if math.isfinite(t.total_ms)]
+    total = np.array([t.total_ms for t in timed]) if timed else np.zeros(1)
     offloaded = [t for t in traces if t.route.offloaded]
+    offloaded_timed = [t for t in timed if t.route.offloaded]
 
     def mean(key: str, ts) -> float:
         return float(np.mean([getattr(t, key) for t in ts])) if ts else 0.0
@@ -278,8 +316,8 @@ def summarize(traces: list[SampleTrace]) -> EdgeSummary:
         degraded=sum(t.degraded for t in traces),
         expert_fallbacks=sum(t.route is Route.EXPERT_FALLBACK for t in traces),
         latency_ms=Latency(float(np.percentile(total, 50)), float(np.percentile(total, 95)), float(total.mean())),
-        breakdown_ms_all={k: mean(k, traces) for k in BREAKDOWN},
-        breakdown_ms_offloaded={k: mean(k, offloaded) for k in BREAKDOWN},
+        breakdown_ms_all={k: mean(k, timed) for k in BREAKDOWN},
+        breakdown_ms_offloaded={k: mean(k, offloaded_timed) for k in BREAKDOWN},
         accuracy=pct([t.pred == t.label for t in labelled]),
         generalist_accuracy=pct([t.local_pred == t.label for t in labelled]),
         offloaded_accuracy=pct([t.pred == t.label for t in off]),

@@ -18,6 +18,7 @@ import io
 import math
 
 import numpy as np
+from numpy.lib import format as npformat
 from pydantic import BaseModel, Field
 
 OCTET = "application/octet-stream"
@@ -38,34 +39,68 @@ def encode_images(images) -> tuple[bytes, dict[str, str]]:
     return np.ascontiguousarray(arr).tobytes(), {"Content-Type": OCTET, SHAPE_HEADER: ",".join(map(str, arr.shape))}
 
 
-def decode_images(body: bytes, content_type: str | None, shape_header: str | None) -> np.ndarray:
-    """The ``uint8 [N, C, H, W]`` array of a request body, or a :class:`ProtocolError`."""
+def npy_bytes(shape) -> int:
+    """Bytes of a ``uint8`` array of ``shape`` plus the largest ``.npy`` header NumPy writes for it."""
+    return math.prod(shape) + 256
+
+
+def max_body_bytes(input_shapes, max_images: int = MAX_IMAGES) -> int:
+    """The largest valid request body for experts taking these ``[C, H, W]`` shapes: ``max_images`` images
+    of the largest one, as raw bytes or as a ``.npy`` file (its header included)."""
+    return max(npy_bytes((max_images, *shape)) for shape in input_shapes)
+
+
+def _npy_array(body: bytes, max_images: int) -> np.ndarray:
+    """The array of a ``.npy`` body, its header checked before any memory is given to the data (a header
+    may declare any shape: a billion images must be refused, not allocated)."""
+    fp = io.BytesIO(body)
+    try:
+        version = npformat.read_magic(fp)
+        read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, fortran, dtype = read_header(fp)
+    except (ValueError, OSError, EOFError) as err:
+        raise ProtocolError(f"body is not a valid .npy array ({err})") from err
+    if dtype != np.uint8 or len(shape) != 4:
+        raise ProtocolError(f"images must be uint8 [N, C, H, W], got {dtype} {list(shape)}")
+    _check_count(shape, max_images)
+    header = fp.tell()
+    expected = math.prod(shape)  # Python integers: no overflow whatever the header says
+    if len(body) - header != expected:
+        raise ProtocolError(f".npy header declares {list(shape)} ({expected} bytes) but the body holds "
+                            f"{len(body) - header} bytes of data")
+    arr = np.frombuffer(body, dtype=np.uint8, offset=header)
+    return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+
+
+def _check_count(shape: tuple[int, ...], max_images: int) -> None:
+    if min(shape) <= 0:
+        raise ProtocolError(f"a request holds at least one image and every dimension is positive, got {list(shape)}")
+    if shape[0] > max_images:
+        raise ProtocolError(f"at most {max_images} images a request, got {shape[0]}")
+
+
+def decode_images(body: bytes, content_type: str | None, shape_header: str | None, *,
+                  max_images: int = MAX_IMAGES) -> np.ndarray:
+    """The ``uint8 [N, C, H, W]`` array of a request body (a read-only view of it), or a
+    :class:`ProtocolError`. Sizes are checked in Python integers before anything is allocated."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind == NPY:
-        try:
-            arr = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ProtocolError(f"body is not a valid .npy array ({err})") from err
-    elif kind == OCTET:
-        if not shape_header:
-            raise ProtocolError(f"raw bodies need the header {SHAPE_HEADER}: N,C,H,W")
-        try:
-            shape = tuple(int(v) for v in shape_header.split(","))
-        except ValueError as err:
-            raise ProtocolError(f"{SHAPE_HEADER} must be four integers N,C,H,W, got {shape_header!r}") from err
-        if len(shape) != 4 or min(shape) <= 0:
-            raise ProtocolError(f"{SHAPE_HEADER} must be four positive integers N,C,H,W, got {shape_header!r}")
-        expected = math.prod(shape)  # Python integers: no overflow on a hostile header
-        if len(body) != expected:
-            raise ProtocolError(f"body has {len(body)} bytes but {SHAPE_HEADER} {shape_header} needs {expected}")
-        arr = np.frombuffer(body, dtype=np.uint8).reshape(shape)
-    else:
+        return _npy_array(body, max_images)
+    if kind != OCTET:
         raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}) or {NPY}")
-    if arr.dtype != np.uint8 or arr.ndim != 4:
-        raise ProtocolError(f"images must be uint8 [N, C, H, W], got {arr.dtype} {list(arr.shape)}")
-    if arr.shape[0] > MAX_IMAGES:
-        raise ProtocolError(f"at most {MAX_IMAGES} images a request, got {arr.shape[0]}")
-    return arr
+    if not shape_header:
+        raise ProtocolError(f"raw bodies need the header {SHAPE_HEADER}: N,C,H,W")
+    try:
+        shape = tuple(int(v) for v in shape_header.split(","))
+    except ValueError as err:
+        raise ProtocolError(f"{SHAPE_HEADER} must be four integers N,C,H,W, got {shape_header[:80]!r}") from err
+    if len(shape) != 4:
+        raise ProtocolError(f"{SHAPE_HEADER} must be four integers N,C,H,W, got {shape_header[:80]!r}")
+    _check_count(shape, max_images)
+    expected = math.prod(shape)  # Python integers: no overflow on a hostile header
+    if len(body) != expected:
+        raise ProtocolError(f"body has {len(body)} bytes but {SHAPE_HEADER} {shape_header} needs {expected}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 class ImageResult(BaseModel):

@@ -9,18 +9,22 @@ install; kept for experiments).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from askexpert.errors import AskExpertError
+from askexpert.errors import AskExpertError, ConfigError
 from askexpert.routing import DEFAULT_K, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.records import AnswerLog, resume, skip
 from askexpert.system.bundle import is_bundle, load_bundle
+
+log = logging.getLogger("askexpert.edge")
 
 
 @dataclass
@@ -40,7 +44,13 @@ class EdgeSettings:
     threads: int | None = None
     timeout_s: float = 2.0
     retries: int = 1
+    deadline_s: float | None = None  # one offload, retries included (None: (retries + 1) * timeout_s)
     trace: Path | None = None
+    predictions: Path | None = None
+    resume: bool = False  # go on from the answers already in predictions / trace
+    token: str | None = None  # the server's bearer token
+    ca_file: Path | None = None  # the authority of an https server's certificate
+    expect_system_id: str | None = None  # the published sha256 of the bundle's system.json
 
 
 @dataclass
@@ -67,34 +77,14 @@ class EdgeReport:
     source: str
     class_names: list[str] = field(default_factory=list)
     files: list[str] | None = None  # each input's file, by index (file and folder inputs)
-
-    def write_predictions(self, path: Path) -> None:
-        """A CSV row per input: its file, true and predicted class (id and name), the generalist's own
-        answer, confidence, route and expert, and whether the answer is degraded."""
-        import csv
-
-        names = self.class_names
-
-        def name(c: int | None) -> str:
-            return names[c] if c is not None and 0 <= c < len(names) else ""
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "file", "label", "label_name", "pred", "pred_name", "local_pred", "local_pred_name",
-                        "confidence", "route", "expert", "degraded"])
-            for t in self.traces:
-                w.writerow([t.index, self.files[t.index] if self.files else "",
-                            "" if t.label is None else t.label, name(t.label), t.pred, name(t.pred), t.local_pred,
-                            name(t.local_pred), f"{t.confidence:.4f}", t.route.value, t.expert or "",
-                            int(t.degraded)])
+    resumed: int = 0  # answers read back from an interrupted run's files
 
 
 def open_system(s: EdgeSettings) -> EdgeSystem:
     if is_bundle(s.system):
         from askexpert.runtime.onnx_model import OnnxGeneralist
 
-        bundle = load_bundle(s.system)
+        bundle = load_bundle(s.system, expect_id=s.expect_system_id)
         m, r = bundle.manifest, bundle.manifest.routing
         policy = RoutingPolicy(
             tau=r.tau if s.tau is None else s.tau, k=r.k if s.k is None else s.k,
@@ -103,6 +93,9 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
         experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
         return EdgeSystem(OnnxGeneralist(bundle.generalist_onnx, threads=s.threads), policy, experts,
                           dict(m.data.config), bundle.system_id, f"bundle {bundle.root}")
+    if s.expect_system_id is not None:
+        raise ConfigError(f"--expect-system-id pins a bundle, and {s.system} is a generalist's run directory",
+                          fix="run the bundle (askexpert build-system), or leave out --expect-system-id")
     from askexpert.models import read_meta  # a run directory: the torch path
     from askexpert.runtime.edge_models import TorchGeneralist
     from askexpert.system.calibrate import generalist_policy
@@ -115,37 +108,52 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
 
 
 def _check_server(client: HttpExpertClient, system: EdgeSystem, url: str) -> None:
-    """A bundle's edge and a server holding another system would route to the wrong experts: refuse."""
-    if system.system_id is None:
-        return
+    """Refuse at the start what no retry can mend: a server that refuses our token, or (for a bundle's
+    edge) a server holding another system, whose experts would be the wrong ones."""
     try:
         served = client.health().system_id
-    except ExpertUnavailable:
+    except ExpertUnavailable as err:
+        if err.status in (401, 403):
+            raise AskExpertError(f"the server at {url} refuses this edge (HTTP {err.status}: "
+                                 f"{'no token sent' if err.status == 401 else 'wrong token'})",
+                                 fix="pass the server's token: --token-file FILE (or ASKEXPERT_TOKEN)") from err
         return  # unreachable now: the runner degrades gracefully and retries later
-    if served is not None and served != system.system_id:
+    if system.system_id is not None and served is not None and served != system.system_id:
         raise AskExpertError(f"the server at {url} serves another system (system.json sha256 {served[:12]}, this "
                              f"bundle {system.system_id[:12]})", fix="serve this bundle: askexpert serve BUNDLE")
 
 
 def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
+    """Answer every input, each batch's answers written (flushed) to ``s.predictions`` / ``s.trace`` as
+    soon as it is made; with ``s.resume``, go on after the answers those files already hold."""
     system = open_system(s)
     model = system.model
     source = open_input(s.inputs, input_spec=model.input, class_names=model.class_names, data=system.data,
                         batch_size=s.batch_size, limit=s.limit)
-    client = HttpExpertClient(s.server, timeout_s=s.timeout_s, retries=s.retries, link=s.link) if s.server else None
+    restored = resume(s.predictions, s.trace, files=source.files, count=source.count) if s.resume else []
+    if restored:
+        log.info("resuming after %d answers already in %s", len(restored),
+                 " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
+    client = None
+    if s.server:
+        client = HttpExpertClient(s.server, timeout_s=s.timeout_s, retries=s.retries, link=s.link,
+                                  deadline_s=s.deadline_s, token=s.token, ca_file=s.ca_file)
     try:
         if client is not None:
             _check_server(client, system, s.server)
         runner = EdgeRunner(model, system.policy, client, system.experts)
-        task = progress.add_task(f"edge ({model.backend})", total=source.count, info=source.description) \
-            if progress else None
-        traces = list(runner.run(source.batches, trace_path=s.trace, progress=progress, task=task))
+        task = progress.add_task(f"edge ({model.backend})", total=source.count, completed=len(restored),
+                                 info=source.description) if progress else None
+        with AnswerLog(s.predictions, s.trace, class_names=list(model.class_names), files=source.files,
+                       append=bool(restored)) as answers:
+            traces = restored + list(runner.run(skip(source.batches, len(restored)), start_index=len(restored),
+                                                on_batch=answers.write, progress=progress, task=task))
     finally:
         if client is not None:
             client.close()
     return EdgeReport(summarize(traces), traces, system.policy, model.backend, source.description,
                       s.link.describe() if s.link else "loopback (none)", s.server, system.source,
-                      list(model.class_names), source.files)
+                      list(model.class_names), source.files, len(restored))
 
 
 def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:

@@ -4,12 +4,19 @@
     GET  /v1/experts                 every expert: id, classes, model, input shape
     POST /v1/experts/{id}/infer      a batch of images -> answers + server timings (see runtime.protocol)
     GET  /metrics                    Prometheus text: requests, errors, queue depth, batch sizes, latencies
+
+Every request passes :class:`Guard` first (bearer token, a cap on requests in flight); the infer
+endpoint then reads its body under a size limit and a time limit before decoding it. Every error,
+the client's or the server's, is the documented JSON ``{"detail": ...}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -19,9 +26,12 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
+from starlette.responses import PlainTextResponse
 from starlette.routing import request_response
 
 from askexpert.runtime.protocol import (
+    MAX_IMAGES,
     NPY,
     OCTET,
     SHAPE_HEADER,
@@ -30,10 +40,12 @@ from askexpert.runtime.protocol import (
     InferResponse,
     ProtocolError,
     decode_images,
+    max_body_bytes,
 )
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertPool
 
+log = logging.getLogger("askexpert.server")
 _MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 _INFER_BODY = {
     "requestBody": {
@@ -87,14 +99,130 @@ def _with_infer_docs(schema: dict) -> dict:
              "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3}},
             *_INFER_BODY["parameters"]],
         "requestBody": _INFER_BODY["requestBody"],
-        "responses": {"200": ok, "400": {"description": "malformed body or wrong image shape"},
-                      "404": {"description": "no such expert"}, "415": {"description": "unsupported content type"},
-                      "422": {"description": "invalid topk"}, "500": {"description": "the expert failed"}}}}
+        "responses": {"200": ok, "400": _ERROR_DOC("malformed body or wrong image shape"),
+                      "404": _ERROR_DOC("no such expert"),
+                      "408": _ERROR_DOC("the body did not arrive within the server's body timeout"),
+                      "413": _ERROR_DOC("body larger than the most images a request may carry"),
+                      "415": _ERROR_DOC("unsupported content type"), "422": _ERROR_DOC("invalid topk"),
+                      "500": _ERROR_DOC("the expert failed")}}}
+    for path in schema["paths"].values():  # every route: the guard's answers
+        for op in path.values():
+            op.setdefault("responses", {}).update(_GUARD_RESPONSES)
     return schema
 
 
-def _error(status: int, detail: str) -> Response:
-    return Response(json.dumps({"detail": detail}), status_code=status, media_type="application/json")
+def _ERROR_DOC(description: str) -> dict:  # noqa: N802 (reads as a constant in the schema above)
+    return {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+
+
+_GUARD_RESPONSES = {"401": _ERROR_DOC("no bearer token (the server was started with one)"),
+                    "403": _ERROR_DOC("wrong bearer token"),
+                    "503": _ERROR_DOC("too many requests in flight: retry after the Retry-After header's seconds")}
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps({"detail": detail}), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may ask of the server. ``max_body_bytes`` None: ``max_images`` images of the
+    expert's input shape (raw or ``.npy``), per expert."""
+
+    max_images: int = MAX_IMAGES  # images a request may carry (split into max_batch batches inside)
+    max_body_bytes: int | None = None
+    body_timeout_s: float = 10.0  # a body must arrive whole within this (slow or half-sent bodies: 408)
+    max_in_flight: int = 256  # requests being read, queued or computed; beyond: 503 + Retry-After
+    retry_after_s: int = 1
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.reason = status, detail, reason
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request's body, refused as soon as it is known to be over ``limit`` bytes (from Content-Length
+    before reading, else while it streams) or when it has not arrived whole within ``timeout_s``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _BodyError(400, f"Content-Length must be a non-negative integer, got {declared[:40]!r}", "bad_body")
+        if int(declared) > limit:
+            raise _BodyError(413, f"a body of {declared} bytes is over this expert's limit of {limit} bytes: "
+                             "send fewer images a request", "too_large")
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyError(413, f"the body is over this expert's limit of {limit} bytes: send fewer images "
+                                 "a request", "too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(collect(), timeout_s)
+    except asyncio.TimeoutError:
+        raise _BodyError(408, f"the body did not arrive within {timeout_s:g} s", "body_timeout") from None
+
+
+class Guard:
+    """The server's outer ASGI layer: the bearer token (401 without, 403 wrong; compared in constant time),
+    a cap on requests in flight (503 with Retry-After beyond it), and a JSON 500 for anything unforeseen
+    (never a plain-text one, which a client cannot parse)."""
+
+    def __init__(self, app, *, token: str | None, max_in_flight: int, retry_after_s: int) -> None:
+        self.app, self.max_in_flight, self.retry_after_s = app, max_in_flight, retry_after_s
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.in_flight = 0
+
+    @staticmethod
+    async def _send(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.expected is not None:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if given is None:
+                await self._send(send, 401, "this server needs a bearer token: send 'Authorization: Bearer TOKEN' "
+                                 "(askexpert edge --token-file FILE, or ASKEXPERT_TOKEN)",
+                                 {"WWW-Authenticate": "Bearer"})
+                return
+            if not hmac.compare_digest(given, self.expected):
+                await self._send(send, 403, "wrong bearer token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                return
+        if self.in_flight >= self.max_in_flight:
+            await self._send(send, 503, f"the server has {self.in_flight} requests in flight, its limit: retry later",
+                             {"Retry-After": str(self.retry_after_s), "Connection": "close"})
+            return
+        self.in_flight += 1
+        started = False
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as err:
+            log.exception("request %s %s failed", scope.get("method"), scope.get("path"))
+            if not started:
+                await self._send(send, 500, f"internal error: {type(err).__name__}: {err}")
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass
@@ -108,14 +236,17 @@ class _ExpertMetrics:
     request_ms: object
 
 
-def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0) -> InferFastPath:
-    """The ASGI application serving ``pool`` (FastAPI behind :class:`InferFastPath`), one dynamic batcher
-    per expert."""
+def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0,
+               limits: ServerLimits | None = None, token: str | None = None) -> Guard:
+    """The ASGI application serving ``pool``: :class:`Guard`, then :class:`InferFastPath` (the infer
+    endpoint) and FastAPI (the rest); one dynamic batcher and one model thread per expert."""
+    limits = limits or ServerLimits()
     metrics = Metrics()
     per_expert = {key: _ExpertMetrics(metrics.requests.labels(key), metrics.images.labels(key),
                                       metrics.queue_depth.labels(key), metrics.queue_ms.labels(key),
                                       metrics.request_ms.labels(key)) for key in pool.ids()}
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="askexpert-model")
+    executors = {key: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"askexpert-model-{key}")
+                 for key in pool.ids()}
     batchers: dict[str, DynamicBatcher] = {}
     for key in pool.ids():
         def run(images, key=key):
@@ -125,7 +256,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
             metrics.batch_size.labels(key).observe(size)
             metrics.compute_ms.labels(key).observe(seconds * 1000)
 
-        batchers[key] = DynamicBatcher(run, executor=executor, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        batchers[key] = DynamicBatcher(run, executor=executors[key], max_batch=max_batch, max_wait_ms=max_wait_ms,
                                        on_batch=on_batch)
 
     @contextlib.asynccontextmanager
@@ -135,12 +266,15 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
         yield
         for b in batchers.values():
             await b.stop()
-        executor.shutdown(wait=False, cancel_futures=True)
+        for executor in executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="askexpert expert server", version="1", lifespan=lifespan,
                   description="Near-edge experts for collaborative ViT inference. Wire format: see "
                               "askexpert.runtime.protocol and docs/protocol.md.")
     infos = {key: pool.get(key).info() for key in pool.ids()}
+    body_limits = {key: limits.max_body_bytes or max_body_bytes([info.input_shape], limits.max_images)
+                   for key, info in infos.items()}
 
     @app.get("/v1/health", response_model=HealthResponse)
     def health() -> HealthResponse:
@@ -166,9 +300,18 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
             return _error(422, "topk must be an integer from 1 to 1000")
         m = per_expert[expert_id]
         m.requests.inc()
-        body = await request.body()
         try:
-            images = decode_images(body, request.headers.get("content-type"), request.headers.get(SHAPE_HEADER))
+            body = await _read_body(request, body_limits[expert_id], limits.body_timeout_s)
+        except _BodyError as err:  # answered at once: the rest of the body is not read, the connection closes
+            metrics.errors.labels(expert_id, err.reason).inc()
+            return _error(err.status, err.detail, {"Connection": "close"})
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            metrics.errors.labels(expert_id, "disconnect").inc()
+            log.info("a client disconnected while sending a request to expert %s", expert_id)
+            return Response(status_code=400)
+        try:
+            images = decode_images(body, request.headers.get("content-type"), request.headers.get(SHAPE_HEADER),
+                                   max_images=limits.max_images)
         except ProtocolError as err:
             reason = "content_type" if "content type" in str(err) else "bad_body"
             metrics.errors.labels(expert_id, reason).inc()
@@ -194,8 +337,13 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
         payload = {"expert": expert_id, "results": output.result_dicts(topk),
                    "timings": {"queue_ms": timings.queue_ms, "compute_ms": timings.compute_ms,
                                "batch_size": timings.batch_size}}
+        try:  # standard JSON: a model that produced NaN is the server's failure, not a number to send
+            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            metrics.errors.labels(expert_id, "non_finite").inc()
+            return _error(500, f"expert {expert_id} produced non-finite probabilities")
         m.request_ms.observe((time.perf_counter() - started) * 1000)
-        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+        return Response(text, media_type="application/json")
 
     app.router.add_route("/v1/experts/{expert_id}/infer", infer, methods=["POST"])
 
@@ -207,13 +355,17 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
 
     app.openapi = openapi
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format"}})
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.pool = pool
     app.state.metrics = metrics
-    return InferFastPath(app, request_response(infer))
+    guard = Guard(InferFastPath(app, request_response(infer)), token=token, max_in_flight=limits.max_in_flight,
+                  retry_after_s=limits.retry_after_s)
+    return guard
 
 
 _INFER_PATH = re.compile(r"^/v1/experts/(?P<expert_id>[^/]+)/infer$")

@@ -3,9 +3,14 @@
 Each :class:`DynamicBatcher` owns a queue. Its worker takes the first waiting request and every
 request already queued behind it, then keeps collecting until the batch holds ``max_batch``
 images or ``max_wait_ms`` has passed since that first request, runs the batch off the event loop
-(in the server's single model thread, so CPU threads are never oversubscribed and GPU work stays
-ordered), and hands each request its slice
-of the answers with its own queue time and the batch's compute time.
+(in its expert's model thread: the server gives each expert one, so one expert's load never
+delays another's, and GPU work of one model stays ordered), and hands each request its slice of
+the answers with its own queue time and the compute time of the batches it ran in.
+
+A request larger than the room left in a batch is split: the part that fits runs now, the rest
+goes back to the end of the queue, behind the requests that arrived meanwhile. So a maximal
+request runs as a series of ``max_batch`` batches (memory bounded by one batch, not by the
+request) and small requests to the same expert are served between its parts (round robin).
 
 With the default ``max_wait_ms = 0`` this is continuous batching: a lone request runs at once
 (no added latency), and requests that arrive while the model is busy form the next batch, so
@@ -19,9 +24,10 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from askexpert.serving.pool import ExpertOutput
 
@@ -38,6 +44,14 @@ class _Pending:
     images: np.ndarray
     future: asyncio.Future
     enqueued: float
+    taken: int = 0  # images already given to a batch
+    parts: list[ExpertOutput] = field(default_factory=list)
+    compute: float = 0.0  # seconds of the batches it ran in
+    largest_batch: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.images) - self.taken
 
 
 class DynamicBatcher:
@@ -52,7 +66,7 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         """Images waiting (not yet in a running batch)."""
-        return sum(len(p.images) for p in list(self.queue._queue))  # noqa: SLF001 (read-only peek)
+        return sum(p.remaining for p in list(self.queue._queue))  # noqa: SLF001 (read-only peek)
 
     def start(self) -> None:
         if self._worker is None:
@@ -71,43 +85,64 @@ class DynamicBatcher:
         await self.queue.put(_Pending(images, future, time.perf_counter()))
         return await future
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _next(self, deadline: float | None) -> _Pending | None:
+        """The next live request (one whose caller still waits), or None when none comes by ``deadline``
+        (None: wait as long as it takes)."""
         while True:
-            first = await self.queue.get()
-            batch = [first]
-            size = len(first.images)
-            deadline = first.enqueued + self.max_wait
-            while size < self.max_batch:
+            if deadline is None:
+                item = await self.queue.get()
+            else:
                 remaining = deadline - time.perf_counter()
                 try:
                     item = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(
                         self.queue.get(), remaining)
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    return None
+            if not item.future.done():  # a cancelled caller's images are not computed
+                return item
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._next(None)
+            deadline = item.enqueued + self.max_wait
+            batch: list[tuple[_Pending, int, int]] = []  # (request, first image, end) of each part
+            size = 0
+            while item is not None:
+                take = min(item.remaining, self.max_batch - size)
+                batch.append((item, item.taken, item.taken + take))
+                item.taken += take
+                size += take
+                if size >= self.max_batch:
                     break
-                if size + len(item.images) > self.max_batch:
-                    batch.append(item)  # taken already: it runs in this batch, which ends here
-                    size += len(item.images)
-                    break
-                batch.append(item)
-                size += len(item.images)
+                item = await self._next(deadline)
+            for p, _, _ in batch:
+                if p.remaining:  # split: the rest waits behind the requests that queued meanwhile
+                    self.queue.put_nowait(p)
             started = time.perf_counter()
-            images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
+            images = batch[0][0].images[batch[0][1]:batch[0][2]] if len(batch) == 1 else np.concatenate(
+                [p.images[a:b] for p, a, b in batch])
             try:
                 output = await loop.run_in_executor(self.executor, self.run, images)
             except Exception as err:  # the model failed: every request of the batch gets the error
-                for p in batch:
+                for p, _, _ in batch:
+                    p.taken = len(p.images)  # nothing more of it runs
                     if not p.future.done():
                         p.future.set_exception(err)
                 continue
-            compute = time.perf_counter() - started
+            finished = time.perf_counter()
+            compute = finished - started
             if self.on_batch is not None:
                 self.on_batch(size, compute)
             offset = 0
-            for p in batch:
-                n = len(p.images)
-                timings = BatchTimings(queue_ms=(started - p.enqueued) * 1000, compute_ms=compute * 1000,
-                                       batch_size=size)
-                if not p.future.done():
-                    p.future.set_result((output.slice(offset, offset + n), timings))
-                offset += n
+            for p, a, b in batch:
+                p.parts.append(output.slice(offset, offset + b - a))
+                offset += b - a
+                p.compute += compute
+                p.largest_batch = max(p.largest_batch, size)
+                if b == len(p.images) and not p.future.done():
+                    whole = p.parts[0] if len(p.parts) == 1 else ExpertOutput(
+                        torch.cat([part.probs for part in p.parts]), output.output_ids)
+                    p.future.set_result((whole, BatchTimings(
+                        queue_ms=(finished - p.enqueued - p.compute) * 1000, compute_ms=p.compute * 1000,
+                        batch_size=p.largest_batch)))

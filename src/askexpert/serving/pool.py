@@ -140,7 +140,8 @@ class ExpertPool:
     """Every expert of a bundle or an expert run, loaded once, answering batches of ``uint8`` images."""
 
     def __init__(self, source: Path, *, device: str = "auto", include_general: bool = True,
-                 cuda_graphs: bool | None = None, trace: bool = True) -> None:
+                 cuda_graphs: bool | None = None, trace: bool = True, expect_system_id: str | None = None) -> None:
+        """``expect_system_id``: serve the bundle only if its ``system.json`` has this (published) sha256."""
         self.source = Path(source)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
@@ -149,8 +150,11 @@ class ExpertPool:
         use_graphs = cuda if cuda_graphs is None else cuda_graphs and cuda
         self.models: dict[str, ServedModel] = {}
         self.system_id: str | None = None
+        if expect_system_id is not None and not is_bundle(self.source):
+            raise ConfigError(f"--expect-system-id pins a bundle, and {self.source} is an expert run directory",
+                              fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
         if is_bundle(self.source):
-            bundle = load_bundle(self.source)
+            bundle = load_bundle(self.source, expect_id=expect_system_id)
             self.system_id = bundle.system_id
             m = bundle.manifest
             partition = m.partition

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from askexpert.errors import AskExpertError
+from askexpert.runtime.clients import tls_context
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -26,9 +27,11 @@ class ServerProcess:
 
     def __init__(self, source: Path, *, port: int | None = None, host: str = "127.0.0.1", threads: int | None = 1,
                  extra_args: list[str] | None = None, startup_timeout_s: float = 120.0,
-                 log_path: Path | None = None, cpus: list[int] | None = None) -> None:
+                 log_path: Path | None = None, cpus: list[int] | None = None, token: str | None = None,
+                 scheme: str = "http", ca_file: Path | None = None) -> None:
         """``cpus`` pins the server (every thread it starts) to those cores: the near-edge side of a
-        one-host testbed (:mod:`askexpert.testbed.placement`)."""
+        one-host testbed (:mod:`askexpert.testbed.placement`). ``token``, ``scheme`` and ``ca_file``:
+        how to reach a server started with a token (pass ``--token-file`` in ``extra_args``) or TLS."""
         self.source, self.host = Path(source), host
         self.port = port or free_port(host)
         self.threads, self.extra_args = threads, extra_args or []
@@ -36,10 +39,11 @@ class ServerProcess:
         self.log_path = log_path
         self.cpus = cpus
         self.proc: subprocess.Popen | None = None
+        self.scheme, self.token, self.ca_file = scheme, token, ca_file
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self) -> str:
         args = [sys.executable, "-m", "askexpert.cli", "serve", str(self.source), "--host", self.host,
@@ -61,7 +65,9 @@ class ServerProcess:
                 raise AskExpertError(f"the expert server exited with status {self.proc.returncode}: {last}",
                                      fix=f"run it by hand to see why: askexpert serve {self.source}")
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/v1/health", timeout=1.0, verify=tls_context(self.ca_file),
+                             headers={"Authorization": f"Bearer {self.token}"} if self.token else None
+                             ).status_code == 200:
                     return self.url
             except httpx.TransportError:
                 pass

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from askexpert.errors import CheckpointError
+from askexpert.security import check_system_id, confined
 from askexpert.system.schema import SCHEMA_VERSION, SYSTEM_FILE, SystemManifest
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -40,7 +41,7 @@ class Bundle:
     manifest: SystemManifest
 
     def path(self, relative: str) -> Path:
-        return self.root / relative
+        return confined(self.root, relative, f"bundle {self.root / SYSTEM_FILE}")
 
     @property
     def generalist_onnx(self) -> Path:
@@ -75,8 +76,9 @@ def _extract(archive: Path) -> Path:
     raise CheckpointError(f"{archive} holds no {SYSTEM_FILE}", fix="build it with: askexpert build-system")
 
 
-def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
-    """The bundle at ``path`` (directory or archive), every file's sha256 checked unless ``verify`` is off."""
+def load_bundle(path: Path, *, verify: bool = True, expect_id: str | None = None) -> Bundle:
+    """The bundle at ``path`` (directory or archive), every file's sha256 checked unless ``verify`` is off;
+    with ``expect_id`` (a published system id), refused unless its ``system.json`` has that sha256."""
     path = Path(path)
     if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
         path = _extract(path)
@@ -100,9 +102,10 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
         where = ".".join(str(p) for p in first["loc"])
         raise CheckpointError(f"{manifest_file} is not a valid system description ({where}: {first['msg']})",
                               fix="build the bundle again with: askexpert build-system") from err
+    check_system_id(sha256_file(manifest_file), expect_id, f"bundle {path}")
     if verify:
         for relative, digest in manifest.files.items():
-            f = path / relative
+            f = confined(path, relative, f"bundle {manifest_file}")
             if not f.is_file():
                 raise CheckpointError(f"bundle {path} lacks {relative}", fix="copy the whole bundle directory again")
             if sha256_file(f) != digest:
