@@ -182,6 +182,28 @@ def test_an_oversized_request_runs_split_and_another_expert_is_not_held_up(guard
     assert (reply.pred == expected).mean() > 0.99  # the parts were put back together in order
 
 
+def test_a_model_answering_nan_gets_a_json_500_and_others_stay_standard_json(tiny_system):
+    import torch
+    from starlette.testclient import TestClient
+
+    from askexpert.serving.app import create_app
+
+    pool = ExpertPool(tiny_system["bundle"], include_general=False, trace=False)
+    with torch.no_grad():
+        for param in pool.models["0"].checkpoint.model.parameters():
+            param.fill_(float("nan"))
+    body, headers = encode_images(np.zeros((2, 1, 28, 28), np.uint8))
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    with TestClient(create_app(pool)) as c:
+        broken = c.post("/v1/experts/0/infer", content=body, headers=headers)
+        assert broken.status_code == 500 and "non-finite" in strict(broken.text)["detail"]
+        fine = c.post("/v1/experts/1/infer", content=body, headers=headers)
+        assert fine.status_code == 200 and len(strict(fine.text)["results"]) == 2
+
+
 def test_tokens_401_403_and_a_client_that_sends_one(guarded):
     url = guarded["url"]
     missing = httpx.get(f"{url}/v1/experts")

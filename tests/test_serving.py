@@ -205,6 +205,32 @@ def test_dynamic_batcher_groups_concurrent_requests_and_slices_answers():
     assert out[1][1].batch_size == 20 and out[1][1].queue_ms > 20
 
 
+def test_dynamic_batcher_splits_an_oversized_request_and_serves_others_between_its_parts():
+    calls = []
+
+    def model(images):
+        calls.append(len(images))
+        time.sleep(0.05)
+        return ExpertOutput(torch.from_numpy(images[:, 0, 0, :2].astype(np.float32)), [7, -1])
+
+    async def main():
+        batcher = DynamicBatcher(model, executor=ThreadPoolExecutor(1), max_batch=64, max_wait_ms=0)
+        big = np.arange(150, dtype=np.uint8).reshape(150, 1, 1, 1).repeat(2, axis=3)
+        small = np.full((1, 1, 1, 2), 200, dtype=np.uint8)
+        first = asyncio.create_task(batcher.submit(big))
+        await asyncio.sleep(0.01)  # arrives while the big request's first part computes
+        small_out = await batcher.submit(small)
+        big_out = await first
+        await batcher.stop()
+        return big, big_out, small_out
+
+    big, (big_out, big_t), (small_out, small_t) = asyncio.run(main())
+    assert calls == [64, 64, 23]  # no batch over max_batch; the small request rode in the second one
+    assert torch.equal(big_out.probs[:, 0], torch.arange(150, dtype=torch.float32))  # parts back in order
+    assert float(small_out.probs[0, 0]) == 200 and small_t.batch_size == 64
+    assert big_t.batch_size == 64 and big_t.compute_ms > 3 * 45
+
+
 def test_server_survives_a_request_flood_during_shutdown(tiny_system):
     server = ServerProcess(tiny_system["experts"], threads=1)
     url = server.start()

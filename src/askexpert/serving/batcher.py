@@ -116,9 +116,6 @@ class DynamicBatcher:
                 if size >= self.max_batch:
                     break
                 item = await self._next(deadline)
-            for p, _, _ in batch:
-                if p.remaining:  # split: the rest waits behind the requests that queued meanwhile
-                    self.queue.put_nowait(p)
             started = time.perf_counter()
             images = batch[0][0].images[batch[0][1]:batch[0][2]] if len(batch) == 1 else np.concatenate(
                 [p.images[a:b] for p, a, b in batch])
@@ -140,7 +137,9 @@ class DynamicBatcher:
                 offset += b - a
                 p.compute += compute
                 p.largest_batch = max(p.largest_batch, size)
-                if b == len(p.images) and not p.future.done():
+                if p.remaining:  # split: the rest queues behind the requests that arrived during this batch
+                    self.queue.put_nowait(p)
+                elif not p.future.done():
                     whole = p.parts[0] if len(p.parts) == 1 else ExpertOutput(
                         torch.cat([part.probs for part in p.parts]), output.output_ids)
                     p.future.set_result((whole, BatchTimings(

@@ -1,0 +1,229 @@
+"""The edge against a server that misbehaves in every way found (a fake one on a real loopback socket:
+maintenance pages, no specialists, wrong result counts, class ids it has no classes for, NaN, a
+trickle), and against being killed: answers are written as they are made and a rerun resumes."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from askexpert.runtime.clients import HttpExpertClient
+from askexpert.runtime.edge import EdgeRunner, Route, summarize
+from askexpert.runtime.session import EdgeSettings, open_system, run_edge
+from askexpert.system.bundle import load_bundle
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class FakeServer:
+    """An expert server that answers as told: ``mode`` picks the misbehaviour of the next requests."""
+
+    def __init__(self, bundle: Path) -> None:
+        b = load_bundle(bundle)
+        self.system_id = b.system_id
+        self.experts = [{"id": e.id, "classes": list(e.classes), "class_names": list(e.class_names),
+                         "has_other": True, "model": "m", "timm_name": "t", "parameters": 1,
+                         "input_shape": [1, 28, 28], "temperature": 1.0} for e in b.manifest.experts]
+        self.mode = "ok"
+        self.infer_calls = 0
+        self.block_after: int | None = None  # calls beyond this many wait for ``release``
+        self.release = threading.Event()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/v1/health":
+                    self._send(200, json.dumps({"status": "ok", "experts": 3, "device": "cpu",
+                                                "system_id": fake.system_id}).encode())
+                elif fake.mode == "html":
+                    self._send(200, b"<html>down for maintenance</html>", "text/html")
+                elif fake.mode == "no-specialists":
+                    self._send(200, json.dumps([{**fake.experts[0], "id": "general", "has_other": False}]).encode())
+                else:
+                    self._send(200, json.dumps(fake.experts).encode())
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                fake.infer_calls += 1
+                if fake.block_after is not None and fake.infer_calls > fake.block_after:
+                    fake.release.wait()
+                n = int(self.headers["X-Shape"].split(",")[0])
+                expert = next(e for e in fake.experts if f"/v1/experts/{e['id']}/" in self.path)
+                mine = expert["classes"][0]
+                results = [{"pred": mine, "confidence": 0.99, "other": False, "topk": [mine], "probs": [0.99]}
+                           for _ in range(n)]
+                if fake.mode == "count":
+                    results = results + results[:1]
+                elif fake.mode == "class":
+                    results[0] = {**results[0], "pred": 12345}
+                elif fake.mode == "nan":
+                    results[0] = {**results[0], "confidence": math.nan}
+                elif fake.mode == "html":
+                    self._send(200, b"<html>down for maintenance</html>", "text/html")
+                    return
+                elif fake.mode == "trickle":  # headers at once, then a byte every 0.3 s: never a read timeout
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(100):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.3)
+                    except OSError:
+                        pass
+                    return
+                body = {"expert": expert["id"], "results": results,
+                        "timings": {"queue_ms": 0.1, "compute_ms": 0.1, "batch_size": n}}
+                self._send(200, json.dumps(body).encode())  # json.dumps writes NaN, as the old server did
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake(tiny_system):
+    server = FakeServer(tiny_system["bundle"])
+    yield server
+    server.close()
+
+
+def _images(tiny_system, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from askexpert.config import DataConfig
+    from askexpert.data import load_dataset
+
+    cfg = load_bundle(tiny_system["bundle"]).manifest.data.config
+    test = load_dataset(DataConfig(**cfg)).test
+    return test.images[:n].numpy(), test.labels[:n].numpy()
+
+
+def _runner(tiny_system, url: str, *, from_server: bool, **client_kw) -> EdgeRunner:
+    system = open_system(EdgeSettings(system=tiny_system["bundle"], server=None))
+    client = HttpExpertClient(url, down_for_s=0.0, **client_kw)
+    return EdgeRunner(system.model, system.policy, client, None if from_server else system.experts)
+
+
+@pytest.mark.parametrize("mode", ["html", "no-specialists", "count", "class", "nan"])
+def test_every_server_misbehaviour_degrades_instead_of_crashing(tiny_system, fake, mode, caplog):
+    images, labels = _images(tiny_system, 60)
+    fake.mode = mode
+    runner = _runner(tiny_system, fake.url, from_server=mode in ("html", "no-specialists"))
+    traces = list(runner.run([(images[i:i + 4], labels[i:i + 4]) for i in range(0, 60, 4)]))
+    assert len(traces) == 60 and [t.index for t in traces] == list(range(60))
+    offloaded = [t for t in traces if t.route.offloaded]
+    degraded = [t for t in offloaded if t.degraded]
+    assert offloaded and degraded
+    assert all(t.pred == t.local_pred and t.route is Route.DEGRADED and t.error for t in degraded)
+    assert all(0 <= t.pred < 10 for t in traces)  # 12345 never becomes an answer
+    if mode in ("class", "nan"):  # only the bad answer of each reply is dropped, the others stand
+        assert len(degraded) < len(offloaded) and "not one of its classes or not a probability" in caplog.text
+        assert all(t.route is Route.EXPERT for t in offloaded if not t.degraded)
+    else:
+        assert len(degraded) == len(offloaded)
+    why = {"html": "not the protocol's JSON", "no-specialists": "no specialist expert",
+           "count": r"answered (\d+) results for (\d+) images"}.get(mode)
+    if why:
+        assert all(re.search(why, t.error) for t in degraded), degraded[0].error
+    runner.client.close()
+
+
+def test_one_deadline_bounds_an_offload_even_against_a_trickling_server(tiny_system, fake):
+    fake.mode = "trickle"
+    images, _ = _images(tiny_system, 1)
+    client = HttpExpertClient(fake.url, timeout_s=2.0, retries=3, deadline_s=1.0)
+    t0 = time.perf_counter()
+    with pytest.raises(Exception, match="deadline") as err:
+        client.infer("0", images)
+    elapsed = time.perf_counter() - t0
+    assert type(err.value).__name__ == "ExpertUnavailable" and elapsed < 1.5  # not 60 s, not 4 x 2 s
+    client.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_edge_loses_no_answer_and_resumes(tiny_system, fake, tmp_path):
+    images, labels = _images(tiny_system, 80)
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, images=images, labels=labels)
+    reference = tmp_path / "reference.csv"
+    run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
+                          predictions=reference))
+    calls = fake.infer_calls
+    fake.block_after = calls + 3  # the server holds the 4th offload: the edge is mid-run when killed
+    predictions, trace = tmp_path / "p.csv", tmp_path / "t.jsonl"
+    cmd = [sys.executable, "-m", "askexpert.cli", "edge", str(tiny_system["bundle"]), "--server", fake.url,
+           "--input", str(inputs), "--predictions", str(predictions), "--trace", str(trace), "--timeout", "30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while fake.infer_calls < calls + 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.infer_calls >= calls + 4
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fake.release.set()
+    with open(predictions) as f:
+        written = list(csv.DictReader(f))
+    assert 3 <= len(written) < 80  # every answer made before the kill is on disk
+    assert len(trace.read_text().splitlines()) == len(written)
+    resumed = subprocess.run([*cmd, "--resume", "--summary", str(tmp_path / "s.json")], capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert predictions.read_text() == reference.read_text()  # the same file as an uninterrupted run
+    assert [json.loads(x)["index"] for x in trace.read_text().splitlines()] == list(range(80))
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["samples"] == 80 and "resumed" in resumed.stdout
+    # resuming against other inputs is refused with the fix
+    other = tmp_path / "other.npz"
+    np.savez(other, images=images[:40], labels=labels[:40])
+    bad = subprocess.run([sys.executable, "-m", "askexpert.cli", "edge", str(tiny_system["bundle"]), "--input",
+                          str(other), "--predictions", str(predictions), "--resume"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "same --input" in bad.stderr
+
+
+def test_summary_of_resumed_answers_counts_timings_only_where_known(tiny_system, fake, tmp_path):
+    images, labels = _images(tiny_system, 24)
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, images=images, labels=labels)
+    p = tmp_path / "p.csv"
+    first = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
+                                  predictions=p, limit=None))
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join(lines[:11]) + "\n" + lines[11][:5])  # 10 whole rows and a torn one
+    again = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
+                                  predictions=p, resume=True))
+    assert again.resumed == 10 and p.read_text().splitlines() == lines
+    assert [t.pred for t in again.traces] == [t.pred for t in first.traces]
+    assert math.isnan(again.traces[0].total_ms) and math.isfinite(summarize(again.traces).latency_ms.p50)
