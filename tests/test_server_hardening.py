@@ -131,6 +131,8 @@ def test_half_sent_bodies_time_out_and_requests_beyond_the_cap_get_503(guarded):
     assert all(a.startswith("HTTP/1.1 408") and "did not arrive within 1.5 s" in a for a in answers)
     body, headers = _raw(np.zeros((2, 1, 28, 28), np.uint8))
     assert httpx.post(f"{guarded['url']}/v1/experts/0/infer", content=body, headers=headers).status_code == 200
+    metrics = httpx.get(f"{guarded['url']}/metrics", headers=AUTH).text
+    assert 'reason="overloaded"' in metrics and 'reason="body_timeout"' in metrics
 
 
 def test_hostile_shapes_get_json_4xx_and_the_connection_lives_on(guarded):
@@ -219,10 +221,16 @@ def test_tokens_401_403_and_a_client_that_sends_one(guarded):
 
 
 def test_a_client_that_goes_away_mid_body_is_not_an_error_in_the_log(guarded):
-    s = _half_request(guarded["port"])
+    s = _half_request(guarded["port"])  # gone while sending its body
     time.sleep(0.2)
     s.close()
-    time.sleep(0.3)
+    body = np.zeros((1024, 1, 28, 28), np.uint8).tobytes()  # gone while its answer is computed
+    s = socket.create_connection(("127.0.0.1", guarded["port"]))
+    s.sendall((f"POST /v1/experts/2/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
+               f"application/octet-stream\r\nX-Shape: 1024,1,28,28\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+              + body)
+    s.close()
+    time.sleep(1.0)
     log = guarded["log"].read_text()
     assert "Traceback" not in log and "ERROR" not in log
 

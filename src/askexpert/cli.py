@@ -236,6 +236,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     token = read_token(args.token_file)
     check_exposure(args.host, token, args.insecure)  # before minutes of loading models
+    for flag, value in (("--max-request-images", args.max_request_images), ("--max-in-flight", args.max_in_flight),
+                        ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
+                        ("--max-body-bytes", args.max_body_bytes or 1)):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}", fix=f"give {flag} a positive value, or leave "
+                              "it out for the default")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile", fix="give both (PEM files), or neither")
     if args.threads:
@@ -269,6 +275,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from askexpert.runtime.session import EdgeSettings, run_edge
     from askexpert.security import read_token
 
+    for flag, value in (("--timeout", args.timeout), ("--deadline", args.deadline or 1)):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}", fix=f"give {flag} a positive value")
+    if args.retries < 0:
+        raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
     settings = EdgeSettings(
         system=args.system, server=args.server, inputs=args.input, link=parse_link(args.link),
         offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,

@@ -166,6 +166,9 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         return b"".join(chunks)
 
     try:
+        if hasattr(asyncio, "timeout"):  # Python 3.11+: a deadline on this task, no task of its own
+            async with asyncio.timeout(timeout_s):
+                return await collect()
         return await asyncio.wait_for(collect(), timeout_s)
     except asyncio.TimeoutError:
         raise _BodyError(408, f"the body did not arrive within {timeout_s:g} s", "body_timeout") from None
@@ -176,9 +179,11 @@ class Guard:
     a cap on requests in flight (503 with Retry-After beyond it), and a JSON 500 for anything unforeseen
     (never a plain-text one, which a client cannot parse)."""
 
-    def __init__(self, app, *, token: str | None, max_in_flight: int, retry_after_s: int) -> None:
+    def __init__(self, app, *, token: str | None, max_in_flight: int, retry_after_s: int,
+                 on_refusal: Callable[[str], None] = lambda reason: None) -> None:
         self.app, self.max_in_flight, self.retry_after_s = app, max_in_flight, retry_after_s
         self.expected = f"Bearer {token}".encode() if token else None
+        self.on_refusal = on_refusal  # counts each refusal by reason (the server's Prometheus errors)
         self.in_flight = 0
 
     @staticmethod
@@ -196,14 +201,17 @@ class Guard:
         if self.expected is not None:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             if given is None:
+                self.on_refusal("unauthorized")
                 await self._send(send, 401, "this server needs a bearer token: send 'Authorization: Bearer TOKEN' "
                                  "(askexpert edge --token-file FILE, or ASKEXPERT_TOKEN)",
                                  {"WWW-Authenticate": "Bearer"})
                 return
             if not hmac.compare_digest(given, self.expected):
+                self.on_refusal("forbidden")
                 await self._send(send, 403, "wrong bearer token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
                 return
         if self.in_flight >= self.max_in_flight:
+            self.on_refusal("overloaded")
             await self._send(send, 503, f"the server has {self.in_flight} requests in flight, its limit: retry later",
                              {"Retry-After": str(self.retry_after_s), "Connection": "close"})
             return
@@ -219,6 +227,7 @@ class Guard:
             await self.app(scope, receive, tracked_send)
         except Exception as err:
             log.exception("request %s %s failed", scope.get("method"), scope.get("path"))
+            self.on_refusal("internal")
             if not started:
                 await self._send(send, 500, f"internal error: {type(err).__name__}: {err}")
         finally:
@@ -364,7 +373,8 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
     app.state.pool = pool
     app.state.metrics = metrics
     guard = Guard(InferFastPath(app, request_response(infer)), token=token, max_in_flight=limits.max_in_flight,
-                  retry_after_s=limits.retry_after_s)
+                  retry_after_s=limits.retry_after_s,
+                  on_refusal=lambda reason: metrics.errors.labels("-", reason).inc())
     return guard
 
 

@@ -8,9 +8,10 @@ delays another's, and GPU work of one model stays ordered), and hands each reque
 the answers with its own queue time and the compute time of the batches it ran in.
 
 A request larger than the room left in a batch is split: the part that fits runs now, the rest
-goes back to the end of the queue, behind the requests that arrived meanwhile. So a maximal
-request runs as a series of ``max_batch`` batches (memory bounded by one batch, not by the
-request) and small requests to the same expert are served between its parts (round robin).
+goes back to the end of the queue, behind the requests that arrived meanwhile, and those run first
+in a batch of their own (not filled up with the big request's next part). So a maximal request
+runs as a series of ``max_batch`` batches (memory bounded by one batch, not by the request), and
+a small request to the same expert waits at most for the part in the model, not for the rest.
 
 With the default ``max_wait_ms = 0`` this is continuous batching: a lone request runs at once
 (no added latency), and requests that arrive while the model is busy form the next batch, so
@@ -61,12 +62,14 @@ class DynamicBatcher:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._held: _Pending | None = None  # a split request's rest, kept out of a batch of fresh requests
         self._worker: asyncio.Task | None = None
 
     @property
     def depth(self) -> int:
         """Images waiting (not yet in a running batch)."""
-        return sum(p.remaining for p in list(self.queue._queue))  # noqa: SLF001 (read-only peek)
+        held = self._held.remaining if self._held is not None else 0
+        return held + sum(p.remaining for p in list(self.queue._queue))  # noqa: SLF001 (read-only peek)
 
     def start(self) -> None:
         if self._worker is None:
@@ -89,7 +92,9 @@ class DynamicBatcher:
         """The next live request (one whose caller still waits), or None when none comes by ``deadline``
         (None: wait as long as it takes)."""
         while True:
-            if deadline is None:
+            if self._held is not None:
+                item, self._held = self._held, None
+            elif deadline is None:
                 item = await self.queue.get()
             else:
                 remaining = deadline - time.perf_counter()
@@ -116,6 +121,9 @@ class DynamicBatcher:
                 if size >= self.max_batch:
                     break
                 item = await self._next(deadline)
+                if item is not None and item.taken:  # a split request's next part: after this batch
+                    self._held = item
+                    break
             started = time.perf_counter()
             images = batch[0][0].images[batch[0][1]:batch[0][2]] if len(batch) == 1 else np.concatenate(
                 [p.images[a:b] for p, a, b in batch])
