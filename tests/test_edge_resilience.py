@@ -227,3 +227,24 @@ def test_summary_of_resumed_answers_counts_timings_only_where_known(tiny_system,
     assert again.resumed == 10 and p.read_text().splitlines() == lines
     assert [t.pred for t in again.traces] == [t.pred for t in first.traces]
     assert math.isnan(again.traces[0].total_ms) and math.isfinite(summarize(again.traces).latency_ms.p50)
+
+
+def test_the_edge_sends_its_token_and_never_writes_it_down(tiny_system, fake, tmp_path, capsys):
+    from askexpert.cli import main
+
+    seen = []
+    handler = fake.httpd.RequestHandlerClass
+    original = handler.do_POST
+
+    def spy(self):
+        seen.append(self.headers.get("Authorization"))
+        original(self)
+
+    handler.do_POST = spy
+    images, labels = _images(tiny_system, 30)
+    np.savez(tmp_path / "in.npz", images=images, labels=labels)
+    (tmp_path / "token").write_text("tok-123\n")
+    assert main(["edge", str(tiny_system["bundle"]), "--server", fake.url, "--input", str(tmp_path / "in.npz"),
+                 "--token-file", str(tmp_path / "token"), "--summary", str(tmp_path / "s.json")]) == 0
+    assert seen and set(seen) == {"Bearer tok-123"}
+    assert "tok-123" not in (tmp_path / "s.json").read_text() and "tok-123" not in capsys.readouterr().out

@@ -312,7 +312,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
                                             "backend": report.backend, "input": report.input, "link": report.link,
                                             "system": report.source,
                                             "placement": placement.to_dict() if placement else None,
-                                            "settings": {k: str(v) for k, v in asdict(settings).items()}}, indent=1))
+                                            "settings": {k: "(set)" if k == "token" and v else str(v)  # no secret
+                                                         for k, v in asdict(settings).items()}}, indent=1))
     _print_edge_summary(report)
     return 0
 

@@ -48,7 +48,7 @@ class EdgeSettings:
     trace: Path | None = None
     predictions: Path | None = None
     resume: bool = False  # go on from the answers already in predictions / trace
-    token: str | None = None  # the server's bearer token
+    token: str | None = field(default=None, repr=False)  # the server's bearer token (never printed)
     ca_file: Path | None = None  # the authority of an https server's certificate
     expect_system_id: str | None = None  # the published sha256 of the bundle's system.json
 
