@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,7 +70,8 @@ def test_weights_of_another_model_are_rejected(saved, tmp_path):
                             class_names=[str(i) for i in range(10)])
     meta = json.loads(stem.with_suffix(".json").read_text())
     other_meta = json.loads(other.with_suffix(".json").read_text())
-    meta["weights_file"], meta["weights_sha256"] = "../other/model.safetensors", other_meta["weights_sha256"]
+    shutil.copyfile(other.with_suffix(".safetensors"), stem.parent / "other.safetensors")
+    meta["weights_file"], meta["weights_sha256"] = "other.safetensors", other_meta["weights_sha256"]
     stem.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_checkpoint(stem)

@@ -126,7 +126,8 @@ def test_emulated_link_matches_a_tbf_shaped_link(tiny_system):
         port = 8731
         server = subprocess.Popen(
             ["ip", "netns", "exec", veth.ns, sys.executable, "-m", "askexpert.cli", "serve",
-             str(tiny_system["experts"]), "--host", veth.ns_ip, "--port", str(port), "--threads", "1", "--no-general"],
+             str(tiny_system["experts"]), "--host", veth.ns_ip, "--port", str(port), "--threads", "1", "--no-general",
+             "--insecure"],  # a private network namespace: no token needed
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
         url = f"http://{veth.ns_ip}:{port}"
         emulated = LinkProfile("tbf-20", rtt_ms=0, bandwidth_mbit=20)
