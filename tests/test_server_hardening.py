@@ -236,7 +236,7 @@ def test_a_client_that_goes_away_mid_body_is_not_an_error_in_the_log(guarded):
 
 
 @pytest.mark.timeout(180)
-def test_schemathesis_finds_nothing(guarded):
+def test_schemathesis_finds_nothing(guarded, tmp_path):
     """Every operation of /openapi.json, fuzzed: no 5xx, answers as documented (status codes, content
     types, JSON schemas, headers). Schema-valid requests rejected (ST202) is left out: a random binary
     body cannot be an image batch of the expert's shape, which OpenAPI cannot express."""
@@ -244,7 +244,7 @@ def test_schemathesis_finds_nothing(guarded):
     run = subprocess.run([str(st), "run", f"{guarded['url']}/openapi.json",
                           "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "25", "--seed", "1",
                           "--exclude-checks", "positive_data_acceptance", "--no-color"],
-                         capture_output=True, text=True, timeout=170)
+                         capture_output=True, text=True, timeout=170, cwd=tmp_path)  # its cache goes there
     assert run.returncode == 0, run.stdout[-3000:]
     assert "failure" not in run.stdout.split("SUMMARY")[-1].lower().replace("0 failures", "")
 
