@@ -92,3 +92,61 @@ def test_pretrained_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
     spec, pretrained = _spec("deit-edge-224")
     with pytest.raises(ModelError, match="cannot fetch pretrained weights.*model.pretrained=false"):
         build_model(spec, pretrained=pretrained)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_pretrained_file_loads_timm_weights_and_is_recorded(tmp_path, fmt):
+    """Weights written by timm (safetensors, or a torch checkpoint) start a model through
+    model.pretrained_file: the same logits, and the spec names the file and its sha256."""
+    from safetensors.torch import save_file
+
+    from askexpert.system.bundle import sha256_file
+
+    spec, _ = _spec("vit-edge-28")
+    source = build_model(spec).eval()
+    path = tmp_path / f"weights.{fmt}"
+    save_file(source.state_dict(), str(path)) if fmt == "safetensors" else torch.save(source.state_dict(), path)
+    spec2, pretrained = _spec("vit-edge-28", pretrained_file=str(path))
+    assert pretrained and spec2.pretrained_file == str(path) and spec2.pretrained_sha256 == sha256_file(path)
+    assert spec2.pretrained_source == f"file {path}"
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(build_model(spec2, pretrained=True).eval()(x), source(x))
+    assert not torch.allclose(build_model(spec2).eval()(x), source(x))  # without pretrained: a fresh model
+    from askexpert.models import read_meta, save_checkpoint
+
+    stem = save_checkpoint(tmp_path / "run" / "model", build_model(spec2, pretrained=True), spec=spec2,
+                           kind="generalist", class_names=[str(i) for i in range(7)])
+    recorded = read_meta(stem).model  # the checkpoint says which file the weights started from
+    assert (recorded.pretrained_file, recorded.pretrained_sha256) == (str(path), sha256_file(path))
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ModelError, match="missing or changed"):
+        build_model(spec2, pretrained=True)
+    with pytest.raises(ModelError, match="does not exist"):
+        _spec("vit-edge-28", pretrained_file=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ModelError, match="pretrained is false"):
+        _spec("vit-edge-28", pretrained_file=str(path), pretrained=False)
+
+
+def test_pretrained_weights_come_from_the_hugging_face_cache_offline(monkeypatch, tmp_path):
+    """A DeiT's published weights already in the Hugging Face cache (its real layout) are used without the
+    network, a classifier of another size is replaced, and the spec records the cached file."""
+    import huggingface_hub.constants as hc
+    import timm
+    from safetensors.torch import save_file
+
+    hub_id = timm.get_pretrained_cfg("deit_tiny_patch16_224").hf_hub_id
+    snapshot = tmp_path / f"models--{hub_id.replace('/', '--')}" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (tmp_path / f"models--{hub_id.replace('/', '--')}" / "refs").mkdir()
+    (tmp_path / f"models--{hub_id.replace('/', '--')}" / "refs" / "main").write_text("0123abcd")
+    imagenet = timm.create_model("deit_tiny_patch16_224", num_classes=1000)
+    save_file(imagenet.state_dict(), str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    spec, pretrained = _spec("deit-edge-224")
+    assert pretrained and spec.pretrained_file == str(snapshot / "model.safetensors")
+    assert "Hugging Face cache" in spec.pretrained_source
+    model = build_model(spec, pretrained=True)
+    assert torch.equal(model.patch_embed.proj.weight, imagenet.patch_embed.proj.weight)
+    assert model.head.weight.shape == (7, 192)  # the dataset's classes, not ImageNet's

@@ -43,6 +43,8 @@ class ModelConfig(_Strict):
     name: str = "vit-edge-28"
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to timm.create_model")
     pretrained: bool | None = Field(None, description="load pretrained weights (default: the preset's)")
+    pretrained_file: str | None = Field(None, description="start from the timm weights in this local file "
+                                        "(safetensors, or a timm/PyTorch checkpoint); no hub needed")
 
 
 class TrainConfig(_Strict):

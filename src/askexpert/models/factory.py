@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -17,6 +18,7 @@ from askexpert.data.transforms import InputSpec
 from askexpert.errors import ModelError
 from askexpert.models import vit as _registered_vits  # noqa: F401  (registers askexpert's timm models)
 from askexpert.models.presets import PRESETS
+from askexpert.system.bundle import sha256_file
 
 
 class ModelSpec(BaseModel):
@@ -29,6 +31,8 @@ class ModelSpec(BaseModel):
     kwargs: dict[str, Any]
     input: InputSpec
     pretrained_source: str | None = None  # where the starting weights came from, if pretrained
+    pretrained_file: str | None = None  # the local file they were read from (model.pretrained_file, or the HF cache)
+    pretrained_sha256: str | None = None  # and its sha256
 
     @property
     def num_classes(self) -> int:
@@ -45,9 +49,35 @@ def _unknown(name: str) -> ModelError:
     )
 
 
-def _create(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> torch.nn.Module:
+def _file_classes(file: str, classifier: str | None) -> int | None:
+    """Rows of the classifier in a weights file (timm keeps it only when they equal the model's classes)."""
+    if not classifier:
+        return None
+    key = f"{classifier}.weight"
     try:
-        return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+        if file.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(file, framework="pt") as f:
+                return f.get_slice(key).get_shape()[0] if key in f.keys() else None  # noqa: SIM118
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        return int(state[key].shape[0]) if key in state else None
+    except Exception:  # unreadable here: timm's own loader says what is wrong with it
+        return None
+
+
+def _create(timm_name: str, pretrained: bool, kwargs: dict[str, Any], file: str | None = None) -> torch.nn.Module:
+    overlay = {}
+    if pretrained and file:
+        pcfg = timm.get_pretrained_cfg(timm_name)
+        overlay = {"file": file}
+        classes = _file_classes(file, pcfg.classifier if pcfg is not None else "head")
+        if classes is not None:  # the file's head: kept when it fits the model, replaced when it does not
+            overlay["num_classes"] = classes
+        overlay = {"pretrained_cfg_overlay": overlay}
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, **overlay, **kwargs)
     except TypeError as err:
         raise ModelError(f"model {timm_name} rejected its arguments {kwargs}: {err}",
                          fix="remove or correct model.kwargs") from err
@@ -55,6 +85,11 @@ def _create(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> torch.n
         if not pretrained:
             raise ModelError(f"cannot build {timm_name} with {kwargs}: {err}",
                              fix="correct model.kwargs") from err
+        if file:
+            raise ModelError(f"cannot load the weights of {file} into {timm_name} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'no detail'})",
+                             fix="give model.pretrained_file weights of this architecture (safetensors or a timm "
+                             "checkpoint), or the model name they were saved from") from err
         raise ModelError(
             f"cannot fetch pretrained weights for {timm_name} ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'})",
@@ -81,12 +116,18 @@ def resolve_spec(cfg: ModelConfig, *, num_classes: int, mean: tuple[float, ...],
     kwargs.update(cfg.kwargs)
     kwargs["num_classes"] = num_classes
     pretrained = cfg.pretrained if cfg.pretrained is not None else pretrained
+    if cfg.pretrained_file:
+        if cfg.pretrained is False:
+            raise ModelError("model.pretrained_file is set but model.pretrained is false",
+                             fix="drop one of them: pretrained_file starts from that file's weights")
+        pretrained = True
     pcfg = timm.get_pretrained_cfg(timm_name)
+    published = pcfg is not None and bool(pcfg.hf_hub_id or pcfg.url)
     default_size = pcfg.input_size if pcfg is not None else (3, 224, 224)
     in_chans = int(kwargs.get("in_chans", default_size[0]))
     size = kwargs.get("img_size", default_size[-1])
     size = int(size if isinstance(size, int) else size[0])
-    if pretrained and pcfg is not None:
+    if pretrained and published:  # the weights expect the statistics they were trained with
         mean_, std_ = tuple(pcfg.mean), tuple(pcfg.std)
     else:
         mean_, std_ = mean, std
@@ -94,19 +135,52 @@ def resolve_spec(cfg: ModelConfig, *, num_classes: int, mean: tuple[float, ...],
         mean_ = tuple([sum(mean_) / len(mean_)] * in_chans)
         std_ = tuple([sum(std_) / len(std_)] * in_chans)
     source = f"timm:{timm_name}" + (f" ({pcfg.hf_hub_id or pcfg.url})" if pcfg is not None else "")
+    file = _weights_file(cfg.pretrained_file, pcfg) if pretrained else None
+    if cfg.pretrained_file:
+        source = f"file {file}"
+    elif file is not None:
+        source += f", from the Hugging Face cache {file}"
     spec = ModelSpec(
         name=cfg.name, timm_name=timm_name, kwargs=kwargs,
         input=InputSpec(channels=in_chans, size=size, mean=mean_, std=std_),
         pretrained_source=source if pretrained else None,
+        pretrained_file=str(file) if file else None, pretrained_sha256=sha256_file(file) if file else None,
     )
     return spec, pretrained
 
 
+def _weights_file(pretrained_file: str | None, pcfg) -> Path | None:
+    """The local file the starting weights come from: ``model.pretrained_file``, or timm's published
+    weights when the Hugging Face cache already holds them (then no network is needed); None: let timm
+    download them."""
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser().resolve()
+        if not path.is_file():
+            raise ModelError(f"model.pretrained_file {path} does not exist",
+                             fix="point it at a local weights file (safetensors or a timm checkpoint)")
+        return path
+    if pcfg is None or not pcfg.hf_hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(pcfg.hf_hub_id, name)
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
 def build_model(spec: ModelSpec, *, pretrained: bool = False) -> torch.nn.Module:
-    """Create the model of ``spec``; with ``pretrained``, start from timm's published weights."""
+    """Create the model of ``spec``; with ``pretrained``, start from its weights file (checked against
+    the sha256 recorded when the spec was made) or from timm's published weights."""
     if not timm.is_model(spec.timm_name):
         raise _unknown(spec.timm_name)
-    return _create(spec.timm_name, pretrained, dict(spec.kwargs))
+    if pretrained and spec.pretrained_file:
+        path = Path(spec.pretrained_file)
+        if not path.is_file() or sha256_file(path) != spec.pretrained_sha256:
+            raise ModelError(f"the pretrained weights {path} are missing or changed since the run was configured "
+                             f"(sha256 {spec.pretrained_sha256})", fix="restore the file, or start a new run")
+    return _create(spec.timm_name, pretrained, dict(spec.kwargs), spec.pretrained_file if pretrained else None)
 
 
 @contextmanager

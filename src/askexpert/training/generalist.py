@@ -86,7 +86,8 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
     console.log(f"{bundle.name}: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test "
                 f"images from {bundle.source}")
     console.log(f"model {spec.name} ({spec.timm_name}): {n_params / 1e6:.2f}M parameters, "
-                f"{flops / 1e6:.1f} MFLOPs per image, input {spec.input.channels}x{spec.input.size}^2")
+                f"{flops / 1e6:.1f} MFLOPs per image, input {spec.input.channels}x{spec.input.size}^2"
+                + (f"; starting from {spec.pretrained_source}" if pretrained else ""))
     augment, why = bundle.augment_for(cfg.train.augment)
     console.log(f"augmentation {augment}: {why}")
     plan = SplitPlan(bundle.train, cfg.train.batch_size, cfg.train.epochs, cfg.train.num_workers)
