@@ -4,6 +4,7 @@ trickle), and against being killed: answers are written as they are made and a r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.server
 import json
@@ -11,6 +12,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,8 +45,14 @@ class FakeServer:
         self.release = threading.Event()
         fake = self
 
+        self.connections: list = []
+
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                fake.connections.append(self.connection)
 
             def log_message(self, *a) -> None:
                 pass
@@ -109,9 +117,13 @@ class FakeServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def close(self) -> None:
+        """Stop as a killed server would: the listening socket and every open connection."""
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -248,3 +260,22 @@ def test_the_edge_sends_its_token_and_never_writes_it_down(tiny_system, fake, tm
                  "--token-file", str(tmp_path / "token"), "--summary", str(tmp_path / "s.json")]) == 0
     assert seen and set(seen) == {"Bearer tok-123"}
     assert "tok-123" not in (tmp_path / "s.json").read_text() and "tok-123" not in capsys.readouterr().out
+
+
+def test_an_expert_held_by_two_servers_survives_one_of_them(tiny_system):
+    from askexpert.runtime.clients import ServerSet
+
+    first, second = FakeServer(tiny_system["bundle"]), FakeServer(tiny_system["bundle"])
+    servers = ServerSet([HttpExpertClient(first.url, retries=0), HttpExpertClient(second.url, retries=0)])
+    try:
+        assert [e.id for e in servers.experts()] == ["0", "1", "2"] and len(servers.where["0"]) == 2
+        images = np.zeros((2, 1, 28, 28), np.uint8)
+        assert len(servers.infer("0", images).pred) == 2 and first.infer_calls == 1
+        first.close()
+        assert len(servers.infer("0", images).pred) == 2 and second.infer_calls == 1  # the other one answered
+        second.close()
+        with pytest.raises(Exception, match="expert 0:") as err:
+            servers.infer("0", images)
+        assert type(err.value).__name__ == "ExpertUnavailable"
+    finally:
+        servers.close()

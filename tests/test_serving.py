@@ -256,3 +256,30 @@ def test_server_survives_a_request_flood_during_shutdown(tiny_system):
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads)  # every client returned: answered or told why not
     assert all("unreachable" in e or "HTTP" in e for e in errors)
+
+
+def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny_system, tmp_path):
+    """Experts 0 and 1 on one server, expert 2 on another: one edge run over both answers as one server
+    would; with the second server killed, only the samples routed to expert 2 degrade."""
+    from askexpert.runtime.session import EdgeSettings, open_system, run_edge
+
+    bundle = tiny_system["bundle"]
+    images, labels = _test_images(tiny_system, 200)
+    np.savez(tmp_path / "in.npz", images=images, labels=labels)
+    system = open_system(EdgeSettings(system=bundle, server=None))
+    local = EdgeRunner(system.model, system.policy, InProcessExpertClient(ExpertPool(bundle)), system.experts)
+    expected = [t.pred for t in local.run([(images, labels)])]
+    first = ServerProcess(bundle, threads=1, extra_args=["--experts", "0,1"])
+    second = ServerProcess(bundle, threads=1, extra_args=["--experts", "2", "--no-general"])
+    with first as url_a, second as url_b:
+        assert [e["id"] for e in httpx.get(f"{url_b}/v1/experts").json()] == ["2"]
+        settings = EdgeSettings(system=bundle, server=[url_a, url_b], inputs=[str(tmp_path / "in.npz")])
+        both = run_edge(settings)
+        assert both.summary.degraded == 0 and [t.pred for t in both.traces] == expected
+        assert {t.expert for t in both.traces if t.expert} == {"0", "1", "2"}
+        second.stop(kill=True)
+        half = run_edge(settings)
+    degraded = {t.expert for t in half.traces if t.degraded}
+    answered = {t.expert for t in half.traces if t.route.offloaded and not t.degraded}
+    assert degraded == {"2"} and answered == {"0", "1"}
+    assert all(t.pred == t.local_pred for t in half.traces if t.degraded)

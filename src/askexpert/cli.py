@@ -251,7 +251,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the event loop and the model threads share the GIL: hand it over often, so neither waits long
     sys.setswitchinterval(0.0002)
     pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
-                      expect_system_id=args.expect_system_id)
+                      expect_system_id=args.expect_system_id,
+                      only=args.experts.split(",") if args.experts else None)
     limits = ServerLimits(max_images=args.max_request_images, max_body_bytes=args.max_body_bytes,
                           body_timeout_s=args.body_timeout, max_in_flight=args.max_in_flight)
     app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, token=token)
@@ -281,7 +282,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
     settings = EdgeSettings(
-        system=args.system, server=args.server, inputs=args.input, link=parse_link(args.link),
+        system=args.system, server=args.server[0] if args.server and len(args.server) == 1 else args.server,
+        inputs=args.input, link=parse_link(args.link),
         offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,
         confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
         threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
@@ -706,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a batch waits for more requests (0: run at once, batch what queued meanwhile)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-general", action="store_true", help="do not load the general model")
+    p.add_argument("--experts", metavar="IDS", help="serve only these experts, e.g. 0,1 (the others on another "
+                   "server: askexpert edge --server URL1 URL2 finds each where it is)")
     p.add_argument("--eager", action="store_true", help="run the models eagerly (no TorchScript trace)")
     p.add_argument("--log-level", default="warning")
     sec = p.add_argument_group("security and limits (docs/security.md)")
@@ -739,7 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "  askexpert edge system --server http://h:8000 --input images.npz --link lte\n"
                        "  askexpert edge runs/generalist-fmnist --server http://127.0.0.1:8000 --input split:test")
     p.add_argument("system", type=Path, help="a bundle (askexpert build-system), or a generalist's run directory")
-    p.add_argument("--server", help="expert server URL, e.g. http://127.0.0.1:8000 (none: generalist only)")
+    p.add_argument("--server", nargs="+", metavar="URL",
+                   help="expert server URL, e.g. http://127.0.0.1:8000, or several (each expert is asked on a "
+                   "server that lists it; a dead server degrades only its experts); none: generalist only")
     p.add_argument("--input", nargs="+", default=["split:test"],
                    help="image files, an image folder (one sub-folder per class: labelled), a .npz with 'images' "
                    "(and 'labels'), or split:test|val|train of the generalist's dataset (full install)")

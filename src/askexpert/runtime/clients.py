@@ -235,6 +235,78 @@ class HttpExpertClient:
 _EXPERT_LIST = TypeAdapter(list[ExpertInfo])
 
 
+class ServerSet:
+    """Several expert servers seen as one client: each expert is asked on a server that lists it (learned
+    from every server's ``GET /v1/experts``; an expert several servers hold is tried on the next when one
+    fails). An expert whose servers are all down fails alone, like a single dead server: the others keep
+    answering. Servers unreachable when the experts were listed are asked again at most every
+    ``relearn_s`` seconds, so experts appear when their server comes up."""
+
+    def __init__(self, clients: list[HttpExpertClient], *, relearn_s: float = 1.0) -> None:
+        self.clients, self.relearn_s = clients, relearn_s
+        self.where: dict[str, list[HttpExpertClient]] = {}
+        self.infos: dict[str, ExpertInfo] = {}
+        self._listed: set[int] = set()  # servers whose list is known
+        self._next_learn = 0.0
+
+    def _learn(self, force: bool = False) -> list[str]:
+        """Ask the servers not listed yet for their experts; returns why each one could not answer."""
+        if not force and time.monotonic() < self._next_learn:
+            return []
+        self._next_learn = time.monotonic() + self.relearn_s
+        failures = []
+        for i, client in enumerate(self.clients):
+            if i in self._listed:
+                continue
+            try:
+                infos = client.experts()
+            except ExpertUnavailable as err:
+                failures.append(str(err))
+                continue
+            self._listed.add(i)
+            for info in infos:
+                self.where.setdefault(info.id, []).append(client)
+                self.infos.setdefault(info.id, info)
+        return failures
+
+    def experts(self) -> list[ExpertInfo]:
+        failures = self._learn(force=True)
+        if not self.infos:
+            raise ExpertUnavailable("no expert server answered the expert list: " + "; ".join(failures))
+        return list(self.infos.values())
+
+    def health(self) -> list[tuple[str, HealthResponse | ExpertUnavailable]]:
+        """Each server's health answer (or why it has none)."""
+        out = []
+        for client in self.clients:
+            try:
+                out.append((client.base_url, client.health()))
+            except ExpertUnavailable as err:
+                out.append((client.base_url, err))
+        return out
+
+    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+        if expert_id not in self.where:
+            self._learn()
+        holders = self.where.get(expert_id)
+        if not holders:
+            raise ExpertUnavailable(f"no reachable server lists expert {expert_id} (servers: "
+                                    f"{', '.join(c.base_url for c in self.clients)})")
+        failures = []
+        for client in sorted(holders, key=lambda c: c.is_down):  # servers not marked down first
+            try:
+                return client.infer(expert_id, images)
+            except ExpertUnavailable as err:
+                if err.status is not None and 400 <= err.status < 500:
+                    raise  # our request is wrong: another server would say the same
+                failures.append(str(err))
+        raise ExpertUnavailable(f"expert {expert_id}: " + "; ".join(failures))
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 class InProcessExpertClient:
     """The experts of an :class:`~askexpert.serving.pool.ExpertPool` called directly, without a network."""
 

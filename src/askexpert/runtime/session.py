@@ -17,7 +17,7 @@ import numpy as np
 
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.routing import DEFAULT_K, RoutingPolicy
-from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, ServerSet
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile
@@ -30,7 +30,7 @@ log = logging.getLogger("askexpert.edge")
 @dataclass
 class EdgeSettings:
     system: Path  # a bundle (directory or archive), or a generalist's run directory
-    server: str | None
+    server: str | list[str] | None  # one expert server's URL, or several (each expert asked where it is)
     inputs: list[str] = field(default_factory=lambda: ["split:test"])
     link: LinkProfile | None = None
     offload_rate: float = 0.3  # run directories only: the bundle fixed its operating point at build time
@@ -107,20 +107,29 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
                       read_meta(s.system).dataset.get("config"), None, f"run {s.system}")
 
 
-def _check_server(client: HttpExpertClient, system: EdgeSystem, url: str) -> None:
+def _check_server(client: HttpExpertClient | ServerSet, system: EdgeSystem) -> None:
     """Refuse at the start what no retry can mend: a server that refuses our token, or (for a bundle's
     edge) a server holding another system, whose experts would be the wrong ones."""
+    answers = client.health() if isinstance(client, ServerSet) else [(client.base_url, _health(client))]
+    for url, answer in answers:
+        if isinstance(answer, ExpertUnavailable):
+            if answer.status in (401, 403):
+                raise AskExpertError(f"the server at {url} refuses this edge (HTTP {answer.status}: "
+                                     f"{'no token sent' if answer.status == 401 else 'wrong token'})",
+                                     fix="pass the server's token: --token-file FILE (or ASKEXPERT_TOKEN)")
+            continue  # unreachable now: the runner degrades gracefully and retries later
+        served = answer.system_id
+        if system.system_id is not None and served is not None and served != system.system_id:
+            raise AskExpertError(f"the server at {url} serves another system (system.json sha256 {served[:12]}, "
+                                 f"this bundle {system.system_id[:12]})",
+                                 fix="serve this bundle: askexpert serve BUNDLE")
+
+
+def _health(client: HttpExpertClient):
     try:
-        served = client.health().system_id
+        return client.health()
     except ExpertUnavailable as err:
-        if err.status in (401, 403):
-            raise AskExpertError(f"the server at {url} refuses this edge (HTTP {err.status}: "
-                                 f"{'no token sent' if err.status == 401 else 'wrong token'})",
-                                 fix="pass the server's token: --token-file FILE (or ASKEXPERT_TOKEN)") from err
-        return  # unreachable now: the runner degrades gracefully and retries later
-    if system.system_id is not None and served is not None and served != system.system_id:
-        raise AskExpertError(f"the server at {url} serves another system (system.json sha256 {served[:12]}, this "
-                             f"bundle {system.system_id[:12]})", fix="serve this bundle: askexpert serve BUNDLE")
+        return err
 
 
 def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
@@ -134,13 +143,13 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
     if restored:
         log.info("resuming after %d answers already in %s", len(restored),
                  " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
-    client = None
-    if s.server:
-        client = HttpExpertClient(s.server, timeout_s=s.timeout_s, retries=s.retries, link=s.link,
-                                  deadline_s=s.deadline_s, token=s.token, ca_file=s.ca_file)
+    urls = [s.server] if isinstance(s.server, str) else list(s.server or [])
+    clients = [HttpExpertClient(url, timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s,
+                                token=s.token, ca_file=s.ca_file) for url in urls]
+    client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
     try:
         if client is not None:
-            _check_server(client, system, s.server)
+            _check_server(client, system)
         runner = EdgeRunner(model, system.policy, client, system.experts)
         task = progress.add_task(f"edge ({model.backend})", total=source.count, completed=len(restored),
                                  info=source.description) if progress else None
@@ -152,7 +161,7 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
         if client is not None:
             client.close()
     return EdgeReport(summarize(traces), traces, system.policy, model.backend, source.description,
-                      s.link.describe() if s.link else "loopback (none)", s.server, system.source,
+                      s.link.describe() if s.link else "loopback (none)", ", ".join(urls) or None, system.source,
                       list(model.class_names), source.files, len(restored))
 
 

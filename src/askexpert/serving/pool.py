@@ -140,8 +140,10 @@ class ExpertPool:
     """Every expert of a bundle or an expert run, loaded once, answering batches of ``uint8`` images."""
 
     def __init__(self, source: Path, *, device: str = "auto", include_general: bool = True,
-                 cuda_graphs: bool | None = None, trace: bool = True, expect_system_id: str | None = None) -> None:
-        """``expect_system_id``: serve the bundle only if its ``system.json`` has this (published) sha256."""
+                 cuda_graphs: bool | None = None, trace: bool = True, expect_system_id: str | None = None,
+                 only: list[str] | None = None) -> None:
+        """``expect_system_id``: serve the bundle only if its ``system.json`` has this (published) sha256.
+        ``only``: load just these experts (several servers sharing a system's experts)."""
         self.source = Path(source)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
@@ -158,7 +160,10 @@ class ExpertPool:
             self.system_id = bundle.system_id
             m = bundle.manifest
             partition = m.partition
+            self._check_only(only, [e.id for e in m.experts])
             for e in m.experts:
+                if only and e.id not in only:
+                    continue
                 ckpt = self._load(bundle.path(e.checkpoint))
                 self.models[e.id] = ServedModel(e.id, ckpt, list(e.classes) + [OTHER_ID], e.class_names,
                                                 temperature=e.temperature)
@@ -173,7 +178,10 @@ class ExpertPool:
                                   "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
                                   "by: askexpert train experts --strategy static|progressive")
             partition = Partition.load(partition_file)
+            self._check_only(only, [str(e) for e in range(len(partition.experts))])
             for e, subset in enumerate(partition.experts):
+                if only and str(e) not in only:
+                    continue
                 ckpt = self._load(self.source / f"expert-{e}")
                 self.models[str(e)] = ServedModel(str(e), ckpt, list(subset) + [OTHER_ID], partition.names(e))
             summary = self.source / "experts.json"
@@ -192,6 +200,12 @@ class ExpertPool:
                 example = torch.zeros(2, *shape, dtype=self.dtype, device=self.device)
                 served.traced = _traced(served.checkpoint.model, example)
         self.warm_up()
+
+    def _check_only(self, only: list[str] | None, ids: list[str]) -> None:
+        unknown = sorted(set(only or ()) - set(ids))
+        if unknown:
+            raise ConfigError(f"{self.source} has no expert {', '.join(unknown)} (it has {', '.join(ids)})",
+                              fix="name experts it has in --experts")
 
     def _load(self, path: Path) -> Checkpoint:
         try:
