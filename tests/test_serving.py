@@ -258,7 +258,7 @@ def test_server_survives_a_request_flood_during_shutdown(tiny_system):
     assert all("unreachable" in e or "HTTP" in e for e in errors)
 
 
-def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny_system, tmp_path):
+def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny_system, tmp_path, caplog):
     """Experts 0 and 1 on one server, expert 2 on another: one edge run over both answers as one server
     would; with the second server killed, only the samples routed to expert 2 degrade."""
     from askexpert.runtime.session import EdgeSettings, open_system, run_edge
@@ -278,8 +278,11 @@ def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny
         assert both.summary.degraded == 0 and [t.pred for t in both.traces] == expected
         assert {t.expert for t in both.traces if t.expert} == {"0", "1", "2"}
         second.stop(kill=True)
-        half = run_edge(settings)
+        with caplog.at_level("WARNING", logger="askexpert.edge"):
+            half = run_edge(settings)
     degraded = {t.expert for t in half.traces if t.degraded}
     answered = {t.expert for t in half.traces if t.route.offloaded and not t.degraded}
     assert degraded == {"2"} and answered == {"0", "1"}
     assert all(t.pred == t.local_pred for t in half.traces if t.degraded)
+    said = [r.getMessage() for r in caplog.records]  # once, naming the missing expert; no flapping
+    assert len(said) == 1 and "expert 2 stopped answering" in said[0] and "no reachable server" in said[0], said

@@ -33,9 +33,9 @@ class ExpertUnavailable(RuntimeError):
     """No answer from the expert (server down, slow, or failing); the message says why, ``status`` the
     HTTP status when the server answered with one."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, server: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.server = status, server  # the server's URL, when one server is to blame
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ExpertReply:
     link_ms: float  # emulated link delay added (0 without emulation)
     up_bytes: int
     down_bytes: int
+    server: str | None = None  # the URL of the server that answered
 
 
 def _reply(resp: InferResponse, **kw) -> ExpertReply:
@@ -161,7 +162,8 @@ class HttpExpertClient:
         """The server's 200 answer, within the deadline; else :class:`ExpertUnavailable` saying why."""
         if self.is_down:
             raise ExpertUnavailable(f"{self.base_url} is marked down for another "
-                                    f"{self._down_until - time.monotonic():.2f} s after a failure")
+                                    f"{self._down_until - time.monotonic():.2f} s after a failure",
+                                    server=self.base_url)
         start = time.monotonic()
         deadline = start + self.deadline_s
         last = "no attempt"
@@ -187,24 +189,25 @@ class HttpExpertClient:
                 if resp.status_code in (401, 403):
                     raise ExpertUnavailable(f"{method} {path} refused with HTTP {resp.status_code}: {resp.text[:200]} "
                                             "(pass the server's token: --token-file FILE or ASKEXPERT_TOKEN)",
-                                            resp.status_code)
+                                            resp.status_code, self.base_url)
                 if resp.status_code != 200:  # our request is wrong, or not our server: retrying will not help
                     raise ExpertUnavailable(f"{method} {path} answered HTTP {resp.status_code}: {resp.text[:300]}",
-                                            resp.status_code)
+                                            resp.status_code, self.base_url)
                 self._down_until = 0.0
                 return resp
         finally:
             self._backend.local.deadline = None
         self._down_until = time.monotonic() + self.down_for_s
         raise ExpertUnavailable(f"{self.base_url}{path} unreachable after {attempt + 1} attempts in "
-                                f"{time.monotonic() - start:.2f} s ({last})")
+                                f"{time.monotonic() - start:.2f} s ({last})", server=self.base_url)
 
     def _parse(self, what: str, resp: httpx.Response, parse):
         try:
             return parse(resp.content)
         except ValueError as err:  # not JSON, or not the protocol's (pydantic's errors are ValueErrors)
             raise ExpertUnavailable(f"{what} from {self.base_url} is not the protocol's JSON "
-                                    f"({type(err).__name__}: {str(err)[:200]}); is a proxy answering?") from err
+                                    f"({type(err).__name__}: {str(err)[:200]}); is a proxy answering?",
+                                    server=self.base_url) from err
 
     def experts(self) -> list[ExpertInfo]:
         resp = self._request("GET", "/v1/experts")
@@ -229,7 +232,7 @@ class HttpExpertClient:
             if self.link_sleep:
                 time.sleep(link_ms / 1000)
         return _reply(parsed, round_trip_ms=(t2 - t1) * 1000, encode_ms=(t1 - t0) * 1000, link_ms=link_ms,
-                      up_bytes=len(body), down_bytes=len(resp.content))
+                      up_bytes=len(body), down_bytes=len(resp.content), server=self.base_url)
 
 
 _EXPERT_LIST = TypeAdapter(list[ExpertInfo])
@@ -300,7 +303,8 @@ class ServerSet:
                 if err.status is not None and 400 <= err.status < 500:
                     raise  # our request is wrong: another server would say the same
                 failures.append(str(err))
-        raise ExpertUnavailable(f"expert {expert_id}: " + "; ".join(failures))
+        raise ExpertUnavailable(f"expert {expert_id}: " + "; ".join(failures),
+                                server=holders[0].base_url if len(holders) == 1 else None)
 
     def close(self) -> None:
         for client in self.clients:

@@ -113,7 +113,8 @@ class EdgeRunner:
         self.router: Router | None = None
         self.expert_ids: list[str] = []
         self.expert_classes: list[set[int]] = []
-        self.outage: tuple[int, int] | None = None  # (first image of the outage, degraded answers since)
+        # per expert (several servers may hold them): (first image of its outage, degraded answers since)
+        self.outages: dict[str, tuple[int, int]] = {}
         self.invalid_answers = 0
         self._list_retry_at = 0.0  # when the expert list may be asked for again after a failure
         self._list_error = "no expert list yet"
@@ -122,21 +123,22 @@ class EdgeRunner:
                 raise ValueError("no specialist experts to route to")
             self._set_experts(experts)
 
-    def _server_failed(self, index: int, n: int, why: str) -> None:
-        """Say once that the experts stopped answering; count what degrades meanwhile."""
-        if self.outage is None:
-            self.outage = (index, 0)
-            log.warning("the expert server stopped answering at image %d (%s): the generalist's answers stand, "
-                        "flagged degraded, until it is back; retrying on later offloads", index, why)
-        self.outage = (self.outage[0], self.outage[1] + n)
+    def _server_failed(self, who: str, index: int, n: int, why: str) -> None:
+        """Say once that a server (or, when no one server is to blame, an expert) stopped answering; count
+        what degrades meanwhile."""
+        if who not in self.outages:
+            self.outages[who] = (index, 0)
+            log.warning("%s stopped answering at image %d (%s): the generalist's answers stand, flagged degraded, "
+                        "until it is back; retrying on later offloads", who, index, why)
+        first, lost = self.outages[who]
+        self.outages[who] = (first, lost + n)
 
-    def _server_answered(self, index: int) -> None:
-        """Say once that the experts answer again, and what the outage cost."""
-        if self.outage is not None:
-            first, lost = self.outage
-            log.warning("the expert server answers again at image %d; %d answers from image %d on were "
-                        "degraded (the generalist's)", index, lost, first)
-            self.outage = None
+    def _server_answered(self, who: str, index: int) -> None:
+        """Say once that a server (or an expert) answers again, and what its outage cost."""
+        if who in self.outages:
+            first, lost = self.outages.pop(who)
+            log.warning("%s answers again at image %d; %d answers from image %d on were degraded (the "
+                        "generalist's)", who, index, lost, first)
 
     def _set_experts(self, experts: list[ExpertTarget]) -> None:
         self.expert_ids = [x.id for x in experts]
@@ -206,7 +208,7 @@ class EdgeRunner:
                 for i in idx:
                     errors[i] = unknown or "no expert server configured"
                 if self.client is not None:
-                    self._server_failed(start_index + int(idx[0]), len(idx), unknown)
+                    self._server_failed("the expert server", start_index + int(idx[0]), len(idx), unknown)
                 continue
             t_ask = time.perf_counter()
             try:
@@ -219,9 +221,11 @@ class EdgeRunner:
                 for i in idx:
                     errors[i] = str(err)
                     per_sample[i] = lost
-                self._server_failed(start_index + int(idx[0]), len(idx), str(err))
+                who = f"the expert server {err.server}" if err.server else f"expert {self.expert_ids[e]}"
+                self._server_failed(who, start_index + int(idx[0]), len(idx), str(err))
                 continue
-            self._server_answered(start_index + int(idx[0]))
+            for who in ("the expert server", f"the expert server {reply.server}", f"expert {self.expert_ids[e]}"):
+                self._server_answered(who, start_index + int(idx[0]))
             valid = self._check_answers(e, reply, idx, start_index, errors)
             expert_pred[idx[valid]], expert_conf[idx[valid]], answered[idx[valid]] = (
                 reply.pred[valid], reply.confidence[valid], True)
