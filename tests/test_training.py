@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +107,48 @@ def test_warmup_is_a_share_of_any_run_and_an_epoch_count_is_cut():
     assert warmup_steps(TrainConfig(warmup_epochs=1), 100, 20) == (100, None)  # shipped configs: unchanged
     steps, note = warmup_steps(TrainConfig(warmup_epochs=1), 100, 1)  # a whole one-epoch run warming up
     assert steps == 25 and "cut to 25" in note and "fix: set train.warmup_fraction" in note
+
+
+@pytest.mark.timeout(300)
+def test_two_gloo_processes_train_like_one_and_resume(tmp_path):
+    """torchrun with 2 CPU processes (gloo): the same losses as one process within 2%, process 0 alone
+    writes the run, and a run interrupted after its first epoch resumes to the very weights of one that
+    was not."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    base = ["data.train_subset=800", "data.val_subset=200", "data.test_subset=200", "train.batch_size=100",
+            "model.kwargs.depth=1", "train.epochs=2", f"output_dir={tmp_path}", "train.threads=1",
+            "train.augment=none"]
+    sets = [x for item in base for x in ("--set", item)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def two(name: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([str(torchrun), "--nproc-per-node", "2", "-m", "askexpert", "train", "generalist",
+                                 "--name", name, *sets, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, start_new_session=True)
+
+    straight = two("two")
+    one = train_generalist(load_run_config(None, base + ["name=one"]))
+    out, err = straight.communicate(timeout=240)
+    assert straight.returncode == 0, err[-2000:]
+    assert out.count("trained 2 epochs") == 1  # process 1 printed nothing
+    loss = [[json.loads(x)["train_loss"] for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("one", "two")]
+    assert all(abs(a - b) / a < 0.02 for a, b in zip(*loss, strict=True)), loss
+    assert [json.loads(x)["train_images"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()] \
+        == [800] * 2  # counted over both processes
+
+    cut = two("cut")
+    state = tmp_path / "cut" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and cut.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(cut.pid, signal.SIGINT)
+    cut.communicate(timeout=60)
+    assert json.loads(state.read_text())["epoch"] < 2 and not (tmp_path / "cut" / "model.json").exists()
+    resumed = two("cut", "--resume")
+    out, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0 and "resuming" in err, err[-2000:]
+    a = load_checkpoint(tmp_path / "two" / "model").model.state_dict()
+    b = load_checkpoint(tmp_path / "cut" / "model").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert one.metrics["test"]["top1"] > 20  # far above chance (10%), as one process

@@ -83,11 +83,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     group.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
 
 
+def _this_process_output(cfg):
+    """Under torchrun, processes other than 0 write their copy of the run into a scratch directory."""
+    from askexpert.training.distributed import scratch_output_dir, this_process
+
+    return cfg if this_process().main else cfg.model_copy(update={"output_dir": scratch_output_dir()})
+
+
 def cmd_train_generalist(args: argparse.Namespace) -> int:
     from askexpert.config import load_run_config
     from askexpert.training import train_generalist
 
-    cfg = load_run_config(args.config, _run_overrides(args))
+    cfg = _this_process_output(load_run_config(args.config, _run_overrides(args)))
     result = train_generalist(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
     _print_metrics(result.metrics, f"{cfg.model.name} on {cfg.data.name}", result.checkpoint)
     return 0
@@ -103,7 +110,7 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     base = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
-    cfg = experts_run_config(args.config, overrides, base=base)
+    cfg = _this_process_output(experts_run_config(args.config, overrides, base=base))
     result = train_experts(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
     if not result.experts:  # the general model
         from askexpert.models import read_meta

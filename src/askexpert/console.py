@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,13 +12,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def stderr_console() -> Console:
-    """Progress and logs on stderr; written to a file or a pipe they keep a readable width."""
+    """Progress and logs on stderr; written to a file or a pipe they keep a readable width. Silent in
+    the processes other than 0 of a torchrun (process 0 speaks for all)."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return Console(stderr=True, quiet=True)
     console = Console(stderr=True)
     return console if console.is_terminal else Console(stderr=True, width=150)
 
 
 def stdout_console() -> Console:
-    """Tables on stdout; piped into a file or another program, they keep their full width."""
+    """Tables on stdout; piped into a file or another program, they keep their full width. Silent in the
+    processes other than 0 of a torchrun."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return Console(quiet=True)
     console = Console()
     return console if console.is_terminal else Console(width=160)
 

@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from torch.nn.parallel import DistributedDataParallel
 
 from askexpert.config import TrainConfig
 from askexpert.console import progress_bar, stderr_console
 from askexpert.data import ImageSplit, InputSpec, to_model_input
 from askexpert.devices import resolve_device
 from askexpert.models import explicit_attention
+from askexpert.training import distributed
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.plans import BatchPlan
 from askexpert.training.state import has_state, load_state, save_state
@@ -116,12 +118,23 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
 
     result = FitResult(precision=precision)
     step, start_epoch = 0, 1
-    if resume and run_dir is not None and has_state(run_dir):
+    rank = distributed.start(device)
+    resumed = None
+    if resume and run_dir is not None and rank.main and has_state(run_dir):
         meta = load_state(run_dir, model, optimizer)
+        resumed = (meta, optimizer.state_dict())
+    resumed = distributed.share(resumed, rank)  # process 0's saved state, in every process
+    if resumed is not None:
+        meta, optimizer_state = resumed
+        if not rank.main:
+            optimizer.load_state_dict(optimizer_state)
         step, start_epoch = meta["step"], meta["epoch"] + 1
         result.history = meta["history"]
         result.resumed_from_epoch = meta["epoch"]
         console.log(f"resuming {run_dir} after epoch {meta['epoch']}/{epochs}")
+    # several processes: DDP averages the gradients (and starts every process from process 0's weights)
+    net = DistributedDataParallel(model, device_ids=[rank.local] if device.type == "cuda" else None) \
+        if rank.several else model
     log = (run_dir / "train.log").open("a") if run_dir is not None else None
     started = time.perf_counter()
     try:
@@ -141,8 +154,13 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                     images = images.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                     x = to_model_input(images, spec, augment=augment, generator=aug)
+                    counted = True
+                    if rank.several and len(labels) >= rank.world:  # this process's share of the batch
+                        x, labels = x[rank.rank::rank.world], labels[rank.rank::rank.world]
+                    elif rank.several:  # a batch smaller than the processes: all take it, process 0 counts it
+                        counted = rank.main
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = model(x)
+                        logits = net(x)
                         loss = loss_fn(logits.float(), labels, x)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
@@ -153,14 +171,17 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                     scaler.update()
                     step += 1
                     scheduler.step_update(step)
-                    n = len(labels)
+                    n = len(labels) if counted else 0
                     loss_sum += loss.detach() * n
-                    correct += (logits.argmax(1) == labels).sum()
+                    correct += (logits.argmax(1) == labels).sum() if counted else 0
                     seen += n
                     if i % 25 == 0 or i == steps_per_epoch:
                         info = f"loss {float(loss_sum) / seen:.3f} acc {100 * float(correct) / seen:5.1f}%"
                         progress.update(task, completed=i, info=info)
                 train_seconds = time.perf_counter() - t0
+                seen_all = torch.tensor(float(seen), device=device)
+                loss_sum, correct, seen_all = distributed.total([loss_sum, correct.float(), seen_all], rank)
+                seen = int(seen_all)
                 record = {
                     "epoch": epoch, **plan.epoch_info(epoch), "step": step, "lr": optimizer.param_groups[0]["lr"],
                     "precision": precision,
