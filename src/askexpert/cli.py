@@ -234,6 +234,14 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_positive(*flags: tuple[str, float | None]) -> None:
+    """Refuse a flag given a value <= 0 (None: not given, its default applies)."""
+    for flag, value in flags:
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}",
+                              fix=f"give {flag} a positive value, or leave it out for the default")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -243,12 +251,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     token = read_token(args.token_file)
     check_exposure(args.host, token, args.insecure)  # before minutes of loading models
-    for flag, value in (("--max-request-images", args.max_request_images), ("--max-in-flight", args.max_in_flight),
-                        ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
-                        ("--max-body-bytes", args.max_body_bytes or 1)):
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive, got {value}", fix=f"give {flag} a positive value, or leave "
-                              "it out for the default")
+    _require_positive(("--max-request-images", args.max_request_images), ("--max-in-flight", args.max_in_flight),
+                      ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
+                      ("--max-body-bytes", args.max_body_bytes))
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile", fix="give both (PEM files), or neither")
     if args.threads:
@@ -283,9 +288,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from askexpert.runtime.session import EdgeSettings, run_edge
     from askexpert.security import read_token
 
-    for flag, value in (("--timeout", args.timeout), ("--deadline", args.deadline or 1)):
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive, got {value}", fix=f"give {flag} a positive value")
+    _require_positive(("--timeout", args.timeout), ("--deadline", args.deadline))
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
     settings = EdgeSettings(
@@ -353,7 +356,7 @@ def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
                           f"{s.offloaded_accuracy:.2f} / {s.offloaded_generalist_accuracy:.2f}")
     table.add_row("offload rate %", f"{s.offload_rate:.1f} (tau {p.tau:.3f}, k {p.k}, {p.confidence})")
     table.add_row("expert fallbacks ('other') / degraded (no answer)", f"{s.expert_fallbacks} / {s.degraded}")
-    if getattr(report, "resumed", 0):
+    if report.resumed:
         table.add_row("resumed", f"{report.resumed} answers from the interrupted run (latency: this run's only)")
     lat = s.latency_ms
     table.add_row("latency p50 / p95 / mean ms", f"{lat.p50:.2f} / {lat.p95:.2f} / {lat.mean:.2f}")

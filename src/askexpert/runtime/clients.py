@@ -278,16 +278,6 @@ class ServerSet:
             raise ExpertUnavailable("no expert server answered the expert list: " + "; ".join(failures))
         return list(self.infos.values())
 
-    def health(self) -> list[tuple[str, HealthResponse | ExpertUnavailable]]:
-        """Each server's health answer (or why it has none)."""
-        out = []
-        for client in self.clients:
-            try:
-                out.append((client.base_url, client.health()))
-            except ExpertUnavailable as err:
-                out.append((client.base_url, err))
-        return out
-
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
         if expert_id not in self.where:
             self._learn()

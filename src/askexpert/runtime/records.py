@@ -97,12 +97,10 @@ def _read_predictions(path: Path) -> tuple[list[SampleTrace], list[str]]:
         if len(row) != len(PREDICTION_COLUMNS):  # the row a kill cut short
             break
         r = dict(zip(PREDICTION_COLUMNS, row, strict=True))
-        t = SampleTrace(index=int(r["index"]), label=int(r["label"]) if r["label"] else None, pred=int(r["pred"]),
-                        local_pred=int(r["local_pred"]), confidence=float(r["confidence"]), route=Route(r["route"]),
-                        expert=r["expert"] or None, degraded=r["degraded"] == "1", edge_ms=math.nan)
-        for key in _TIMINGS:
-            setattr(t, key, math.nan)
-        out.append(t)
+        out.append(SampleTrace(index=int(r["index"]), label=int(r["label"]) if r["label"] else None,
+                               pred=int(r["pred"]), local_pred=int(r["local_pred"]), confidence=float(r["confidence"]),
+                               route=Route(r["route"]), expert=r["expert"] or None, degraded=r["degraded"] == "1",
+                               **dict.fromkeys(_TIMINGS, math.nan)))
         files.append(r["file"])
     return out, files
 
@@ -119,11 +117,13 @@ def resume(predictions: Path | None, trace: Path | None, *, files: list[str] | N
     if predictions is None and trace is None:
         raise ConfigError("--resume continues the files of an interrupted run, and none is named",
                           fix="give the same --predictions (and/or --trace) as the interrupted run")
+    have_trace = trace is not None and trace.is_file()
+    have_predictions = predictions is not None and predictions.is_file() and predictions.stat().st_size > 0
     done: list[list[SampleTrace]] = []
     found_files = None
-    if trace is not None and trace.is_file():
+    if have_trace:
         done.append(_read_trace(trace))
-    if predictions is not None and predictions.is_file() and predictions.stat().st_size:
+    if have_predictions:
         answers, found_files = _read_predictions(predictions)
         done.append(answers)
     if not done:
@@ -140,9 +140,9 @@ def resume(predictions: Path | None, trace: Path | None, *, files: list[str] | N
         first = next(i for i, (a, b) in enumerate(zip(found_files, files, strict=False)) if a != b)
         raise ConfigError(f"answer {first} of {predictions} is for {found_files[first]}, but input {first} now is "
                           f"{files[first]}", fix="resume with the same --input and --limit as the interrupted run")
-    if trace is not None and trace.is_file():
+    if have_trace:
         _truncate(trace, n, header=False)
-    if predictions is not None and predictions.is_file() and predictions.stat().st_size:
+    if have_predictions:
         _truncate(predictions, n, header=True)
     return restored
 

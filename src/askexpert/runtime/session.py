@@ -107,29 +107,22 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
                       read_meta(s.system).dataset.get("config"), None, f"run {s.system}")
 
 
-def _check_server(client: HttpExpertClient | ServerSet, system: EdgeSystem) -> None:
+def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
     """Refuse at the start what no retry can mend: a server that refuses our token, or (for a bundle's
     edge) a server holding another system, whose experts would be the wrong ones."""
-    answers = client.health() if isinstance(client, ServerSet) else [(client.base_url, _health(client))]
-    for url, answer in answers:
-        if isinstance(answer, ExpertUnavailable):
-            if answer.status in (401, 403):
-                raise AskExpertError(f"the server at {url} refuses this edge (HTTP {answer.status}: "
-                                     f"{'no token sent' if answer.status == 401 else 'wrong token'})",
-                                     fix="pass the server's token: --token-file FILE (or ASKEXPERT_TOKEN)")
+    for client in clients:
+        try:
+            served = client.health().system_id
+        except ExpertUnavailable as err:
+            if err.status in (401, 403):
+                raise AskExpertError(f"the server at {client.base_url} refuses this edge (HTTP {err.status}: "
+                                     f"{'no token sent' if err.status == 401 else 'wrong token'})",
+                                     fix="pass the server's token: --token-file FILE (or ASKEXPERT_TOKEN)") from err
             continue  # unreachable now: the runner degrades gracefully and retries later
-        served = answer.system_id
         if system.system_id is not None and served is not None and served != system.system_id:
-            raise AskExpertError(f"the server at {url} serves another system (system.json sha256 {served[:12]}, "
-                                 f"this bundle {system.system_id[:12]})",
+            raise AskExpertError(f"the server at {client.base_url} serves another system (system.json sha256 "
+                                 f"{served[:12]}, this bundle {system.system_id[:12]})",
                                  fix="serve this bundle: askexpert serve BUNDLE")
-
-
-def _health(client: HttpExpertClient):
-    try:
-        return client.health()
-    except ExpertUnavailable as err:
-        return err
 
 
 def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
@@ -148,8 +141,7 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
                                 token=s.token, ca_file=s.ca_file) for url in urls]
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
     try:
-        if client is not None:
-            _check_server(client, system)
+        _check_servers(clients, system)
         runner = EdgeRunner(model, system.policy, client, system.experts)
         task = progress.add_task(f"edge ({model.backend})", total=source.count, completed=len(restored),
                                  info=source.description) if progress else None

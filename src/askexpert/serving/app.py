@@ -186,14 +186,6 @@ class Guard:
         self.on_refusal = on_refusal  # counts each refusal by reason (the server's Prometheus errors)
         self.in_flight = 0
 
-    @staticmethod
-    async def _send(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
-
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -202,18 +194,19 @@ class Guard:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             if given is None:
                 self.on_refusal("unauthorized")
-                await self._send(send, 401, "this server needs a bearer token: send 'Authorization: Bearer TOKEN' "
-                                 "(askexpert edge --token-file FILE, or ASKEXPERT_TOKEN)",
-                                 {"WWW-Authenticate": "Bearer"})
+                await _error(401, "this server needs a bearer token: send 'Authorization: Bearer TOKEN' "
+                             "(askexpert edge --token-file FILE, or ASKEXPERT_TOKEN)",
+                             {"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
             if not hmac.compare_digest(given, self.expected):
                 self.on_refusal("forbidden")
-                await self._send(send, 403, "wrong bearer token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                await _error(403, "wrong bearer token",
+                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})(scope, receive, send)
                 return
         if self.in_flight >= self.max_in_flight:
             self.on_refusal("overloaded")
-            await self._send(send, 503, f"the server has {self.in_flight} requests in flight, its limit: retry later",
-                             {"Retry-After": str(self.retry_after_s), "Connection": "close"})
+            await _error(503, f"the server has {self.in_flight} requests in flight, its limit: retry later",
+                         {"Retry-After": str(self.retry_after_s), "Connection": "close"})(scope, receive, send)
             return
         self.in_flight += 1
         started = False
@@ -229,7 +222,7 @@ class Guard:
             log.exception("request %s %s failed", scope.get("method"), scope.get("path"))
             self.on_refusal("internal")
             if not started:
-                await self._send(send, 500, f"internal error: {type(err).__name__}: {err}")
+                await _error(500, f"internal error: {type(err).__name__}: {err}")(scope, receive, send)
         finally:
             self.in_flight -= 1
 
