@@ -141,7 +141,7 @@ def test_emulated_link_matches_a_tbf_shaped_link(tiny_system):
                     veth.shape(shaped)
                     client.infer("1", images)  # warm the connection under this setting
                     samples = []
-                    for _ in range(3):
+                    for _ in range(5):  # the median of 5: one request slowed by a busy machine does not decide
                         r = client.infer("1", images)
                         samples.append(r.round_trip_ms - r.queue_ms - r.compute_ms)
                     times[shaped] = float(np.median(samples))
