@@ -189,6 +189,7 @@ def test_a_model_answering_nan_gets_a_json_500_and_others_stay_standard_json(tin
     from starlette.testclient import TestClient
 
     from askexpert.serving.app import create_app
+    from askexpert.serving.local import LocalExperts
 
     pool = ExpertPool(tiny_system["bundle"], include_general=False, trace=False)
     with torch.no_grad():
@@ -199,7 +200,7 @@ def test_a_model_answering_nan_gets_a_json_500_and_others_stay_standard_json(tin
     def strict(text: str):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
 
-    with TestClient(create_app(pool)) as c:
+    with TestClient(create_app(LocalExperts(pool))) as c:
         broken = c.post("/v1/experts/0/infer", content=body, headers=headers)
         assert broken.status_code == 500 and "non-finite" in strict(broken.text)["detail"]
         fine = c.post("/v1/experts/1/infer", content=body, headers=headers)

@@ -1,4 +1,5 @@
-"""The expert server's HTTP face (FastAPI): transport only; the models live in :mod:`.pool`.
+"""The expert server's HTTP face (FastAPI): transport only; the models live behind an :class:`Experts`
+backend: :mod:`.local` (this process, served by uvicorn) or :mod:`.ray_app` (Ray Serve deployments).
 
     GET  /v1/health                  liveness, number of experts, device
     GET  /v1/experts                 every expert: id, classes, model, input shape
@@ -20,9 +21,10 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -42,8 +44,8 @@ from askexpert.runtime.protocol import (
     decode_images,
     max_body_bytes,
 )
-from askexpert.serving.batcher import DynamicBatcher
-from askexpert.serving.pool import ExpertPool
+from askexpert.serving.batcher import BatchTimings
+from askexpert.serving.pool import ExpertOutput
 
 log = logging.getLogger("askexpert.server")
 _MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
@@ -227,6 +229,26 @@ class Guard:
             self.in_flight -= 1
 
 
+class Experts(Protocol):
+    """What the HTTP face needs of the models behind it: the uvicorn server's :class:`.local.LocalExperts`
+    (an expert pool in this process) or the Ray backend's :class:`.ray_app.RayExperts` (deployment handles)."""
+
+    infos: dict[str, ExpertInfo]  # every expert this server answers for, by id
+    device: str
+    system_id: str | None
+    on_batch: Callable[[str, int, float], None] | None  # (expert, images, seconds) after each model batch
+
+    def depth(self, key: str) -> int:
+        """Images of ``key`` waiting for a model batch (as far as this process knows)."""
+
+    async def submit(self, key: str, images: np.ndarray) -> tuple[ExpertOutput, BatchTimings]:
+        """Expert ``key``'s answers for a ``uint8 [N, C, H, W]`` batch, with the server's timings."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class _ExpertMetrics:
     """One expert's labelled metric children, looked up once (``labels()`` locks and hashes every call)."""
@@ -238,52 +260,41 @@ class _ExpertMetrics:
     request_ms: object
 
 
-def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0,
-               limits: ServerLimits | None = None, token: str | None = None) -> Guard:
-    """The ASGI application serving ``pool``: :class:`Guard`, then :class:`InferFastPath` (the infer
-    endpoint) and FastAPI (the rest); one dynamic batcher and one model thread per expert."""
+def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None) -> Guard:
+    """The ASGI application serving ``experts``: :class:`Guard`, then :class:`InferFastPath` (the infer
+    endpoint) and FastAPI (the rest). Both backends serve this same application, so they share one
+    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits)."""
     limits = limits or ServerLimits()
     metrics = Metrics()
+    infos = experts.infos
     per_expert = {key: _ExpertMetrics(metrics.requests.labels(key), metrics.images.labels(key),
                                       metrics.queue_depth.labels(key), metrics.queue_ms.labels(key),
-                                      metrics.request_ms.labels(key)) for key in pool.ids()}
-    executors = {key: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"askexpert-model-{key}")
-                 for key in pool.ids()}
-    batchers: dict[str, DynamicBatcher] = {}
-    for key in pool.ids():
-        def run(images, key=key):
-            return pool.infer(key, images)
+                                      metrics.request_ms.labels(key)) for key in infos}
 
-        def on_batch(size: int, seconds: float, key=key) -> None:
-            metrics.batch_size.labels(key).observe(size)
-            metrics.compute_ms.labels(key).observe(seconds * 1000)
+    def on_batch(key: str, size: int, seconds: float) -> None:
+        metrics.batch_size.labels(key).observe(size)
+        metrics.compute_ms.labels(key).observe(seconds * 1000)
 
-        batchers[key] = DynamicBatcher(run, executor=executors[key], max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                       on_batch=on_batch)
+    experts.on_batch = on_batch
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        for b in batchers.values():
-            b.start()
+        await experts.start()
         yield
-        for b in batchers.values():
-            await b.stop()
-        for executor in executors.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+        await experts.stop()
 
     app = FastAPI(title="askexpert expert server", version="1", lifespan=lifespan,
                   description="Near-edge experts for collaborative ViT inference. Wire format: see "
                               "askexpert.runtime.protocol and docs/protocol.md.")
-    infos = {key: pool.get(key).info() for key in pool.ids()}
     body_limits = {key: limits.max_body_bytes or max_body_bytes([info.input_shape], limits.max_images)
                    for key, info in infos.items()}
 
     @app.get("/v1/health", response_model=HealthResponse)
     def health() -> HealthResponse:
-        return HealthResponse(status="ok", experts=len(infos), device=str(pool.device), system_id=pool.system_id)
+        return HealthResponse(status="ok", experts=len(infos), device=experts.device, system_id=experts.system_id)
 
     @app.get("/v1/experts", response_model=list[ExpertInfo])
-    def experts() -> list[ExpertInfo]:
+    def expert_list() -> list[ExpertInfo]:
         return list(infos.values())
 
     async def infer(request: Request) -> Response:
@@ -291,9 +302,9 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
         costs a noticeable share of a loopback request); its OpenAPI entry is added in ``openapi`` below."""
         started = time.perf_counter()
         expert_id = request.path_params["expert_id"]
-        if expert_id not in batchers:
+        if expert_id not in infos:
             metrics.errors.labels("unknown", "no_such_expert").inc()
-            return _error(404, f"no expert {expert_id!r}; this server has: {', '.join(batchers)}")
+            return _error(404, f"no expert {expert_id!r}; this server has: {', '.join(infos)}")
         try:
             topk = int(request.query_params.get("topk", 3))
         except ValueError:
@@ -323,15 +334,14 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
             metrics.errors.labels(expert_id, "bad_shape").inc()
             return _error(400, f"expert {expert_id} takes images of shape {expected} (C, H, W), "
                                f"got {list(images.shape[1:])}")
-        batcher = batchers[expert_id]
-        m.queue_depth.set(batcher.depth + len(images))
+        m.queue_depth.set(experts.depth(expert_id) + len(images))
         try:
-            output, timings = await batcher.submit(images)
+            output, timings = await experts.submit(expert_id, images)
         except Exception as err:
             metrics.errors.labels(expert_id, "model").inc()
             return _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")
         finally:
-            m.queue_depth.set(batcher.depth)
+            m.queue_depth.set(experts.depth(expert_id))
         m.images.inc(len(images))
         m.queue_ms.observe(timings.queue_ms)
         # the body follows InferResponse (the documented response model), built from plain values and
@@ -363,7 +373,7 @@ def create_app(pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.state.pool = pool
+    app.state.experts = experts
     app.state.metrics = metrics
     guard = Guard(InferFastPath(app, request_response(infer)), token=token, max_in_flight=limits.max_in_flight,
                   retry_after_s=limits.retry_after_s,

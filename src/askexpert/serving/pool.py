@@ -136,6 +136,35 @@ class ServedModel:
         )
 
 
+def _check_only(source: Path, only: list[str] | None, ids: list[str]) -> None:
+    unknown = sorted(set(only or ()) - set(ids))
+    if unknown:
+        raise ConfigError(f"{source} has no expert {', '.join(unknown)} (it has {', '.join(ids)})",
+                          fix="name experts it has in --experts")
+
+
+def served_ids(source: Path, *, include_general: bool = True, only: list[str] | None = None,
+               expect_system_id: str | None = None) -> list[str]:
+    """The ids of the experts an :class:`ExpertPool` of ``source`` would serve, without loading a model."""
+    source = Path(source)
+    if is_bundle(source):
+        manifest = load_bundle(source, verify=False, expect_id=expect_system_id).manifest
+        ids, has_general = [e.id for e in manifest.experts], manifest.general is not None
+    elif (source / "partition.json").is_file():
+        ids = [str(e) for e in range(len(Partition.load(source / "partition.json").experts))]
+        summary = source / "experts.json"
+        has_general = summary.is_file() and bool(json.loads(summary.read_text()).get("init"))
+    else:
+        raise ConfigError(f"{source} is neither a system bundle nor an expert run (no system.json, no "
+                          "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
+                          "by: askexpert train experts --strategy static|progressive")
+    _check_only(source, only, ids + ([GENERAL] if has_general else []))
+    keep = [key for key in ids if only is None or key in only]
+    if has_general and include_general and (only is None or GENERAL in only):
+        keep.append(GENERAL)
+    return keep
+
+
 class ExpertPool:
     """Every expert of a bundle or an expert run, loaded once, answering batches of ``uint8`` images."""
 
@@ -143,7 +172,8 @@ class ExpertPool:
                  cuda_graphs: bool | None = None, trace: bool = True, expect_system_id: str | None = None,
                  only: list[str] | None = None) -> None:
         """``expect_system_id``: serve the bundle only if its ``system.json`` has this (published) sha256.
-        ``only``: load just these experts (several servers sharing a system's experts)."""
+        ``only``: load just these experts (several servers sharing a system's experts; ``general`` is the
+        general model)."""
         self.source = Path(source)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
@@ -155,39 +185,29 @@ class ExpertPool:
         if expect_system_id is not None and not is_bundle(self.source):
             raise ConfigError(f"--expect-system-id pins a bundle, and {self.source} is an expert run directory",
                               fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
+        keep = served_ids(self.source, include_general=include_general, only=only)
         if is_bundle(self.source):
             bundle = load_bundle(self.source, expect_id=expect_system_id)
             self.system_id = bundle.system_id
             m = bundle.manifest
             partition = m.partition
-            self._check_only(only, [e.id for e in m.experts])
             for e in m.experts:
-                if only and e.id not in only:
-                    continue
-                ckpt = self._load(bundle.path(e.checkpoint))
-                self.models[e.id] = ServedModel(e.id, ckpt, list(e.classes) + [OTHER_ID], e.class_names,
-                                                temperature=e.temperature)
-            if include_general and m.general is not None:
+                if e.id in keep:
+                    self.models[e.id] = ServedModel(e.id, self._load(bundle.path(e.checkpoint)),
+                                                    list(e.classes) + [OTHER_ID], e.class_names,
+                                                    temperature=e.temperature)
+            if GENERAL in keep:
                 n = len(m.classes)
                 self.models[GENERAL] = ServedModel(GENERAL, self._load(bundle.path(m.general.checkpoint)),
                                                    list(range(n)), m.classes, temperature=m.general.temperature)
         else:
-            partition_file = self.source / "partition.json"
-            if not partition_file.is_file():
-                raise ConfigError(f"{self.source} is neither a system bundle nor an expert run (no system.json, no "
-                                  "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
-                                  "by: askexpert train experts --strategy static|progressive")
-            partition = Partition.load(partition_file)
-            self._check_only(only, [str(e) for e in range(len(partition.experts))])
+            partition = Partition.load(self.source / "partition.json")
             for e, subset in enumerate(partition.experts):
-                if only and str(e) not in only:
-                    continue
-                ckpt = self._load(self.source / f"expert-{e}")
-                self.models[str(e)] = ServedModel(str(e), ckpt, list(subset) + [OTHER_ID], partition.names(e))
-            summary = self.source / "experts.json"
-            init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
-            if include_general and init:
-                ckpt = self._load(Path(init))
+                if str(e) in keep:
+                    self.models[str(e)] = ServedModel(str(e), self._load(self.source / f"expert-{e}"),
+                                                      list(subset) + [OTHER_ID], partition.names(e))
+            if GENERAL in keep:
+                ckpt = self._load(Path(json.loads((self.source / "experts.json").read_text())["init"]))
                 n = len(ckpt.meta.class_names)
                 self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
         self.class_names = partition.class_names
@@ -200,12 +220,6 @@ class ExpertPool:
                 example = torch.zeros(2, *shape, dtype=self.dtype, device=self.device)
                 served.traced = _traced(served.checkpoint.model, example)
         self.warm_up()
-
-    def _check_only(self, only: list[str] | None, ids: list[str]) -> None:
-        unknown = sorted(set(only or ()) - set(ids))
-        if unknown:
-            raise ConfigError(f"{self.source} has no expert {', '.join(unknown)} (it has {', '.join(ids)})",
-                              fix="name experts it has in --experts")
 
     def _load(self, path: Path) -> Checkpoint:
         try:

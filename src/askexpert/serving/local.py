@@ -1,0 +1,49 @@
+"""The uvicorn server's experts: an :class:`.pool.ExpertPool` in this process, one dynamic batcher and
+one model thread per expert (so one expert's load never delays another's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numpy as np
+
+from askexpert.serving.batcher import BatchTimings, DynamicBatcher
+from askexpert.serving.pool import ExpertOutput, ExpertPool
+
+
+class LocalExperts:
+    """The :class:`.app.Experts` backend of ``askexpert serve`` (``--backend uvicorn``)."""
+
+    def __init__(self, pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0) -> None:
+        self.pool = pool
+        self.infos = {key: pool.get(key).info() for key in pool.ids()}
+        self.device, self.system_id = str(pool.device), pool.system_id
+        self.on_batch: Callable[[str, int, float], None] | None = None
+        self._executors = {key: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"askexpert-model-{key}")
+                           for key in pool.ids()}
+        self._batchers = {key: DynamicBatcher(partial(pool.infer, key), executor=self._executors[key],
+                                              max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                              on_batch=partial(self._batch_done, key))
+                          for key in pool.ids()}
+
+    def _batch_done(self, key: str, size: int, seconds: float) -> None:
+        if self.on_batch is not None:
+            self.on_batch(key, size, seconds)
+
+    def depth(self, key: str) -> int:
+        return self._batchers[key].depth
+
+    async def submit(self, key: str, images: np.ndarray) -> tuple[ExpertOutput, BatchTimings]:
+        return await self._batchers[key].submit(images)
+
+    async def start(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.stop()
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
