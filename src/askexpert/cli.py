@@ -247,6 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from askexpert.security import check_exposure, read_token
     from askexpert.serving.app import ServerLimits, create_app
+    from askexpert.serving.local import LocalExperts
     from askexpert.serving.pool import ExpertPool
 
     token = read_token(args.token_file)
@@ -256,6 +257,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       ("--max-body-bytes", args.max_body_bytes))
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile", fix="give both (PEM files), or neither")
+    limits = ServerLimits(max_images=args.max_request_images, max_body_bytes=args.max_body_bytes,
+                          body_timeout_s=args.body_timeout, max_in_flight=args.max_in_flight)
+    only = args.experts.split(",") if args.experts else None
+    scheme = "https" if args.ssl_certfile else "http"
+    if args.backend == "ray":
+        _serve_on_ray(args, limits, token, only, scheme)
+        return 0
+    if args.address or args.ray_config or args.ray_set:
+        raise ConfigError("--address, --ray-config and --ray-set are for the Ray Serve backend",
+                          fix="add --backend ray, or leave them out")
     if args.threads:
         import torch
 
@@ -263,12 +274,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the event loop and the model threads share the GIL: hand it over often, so neither waits long
     sys.setswitchinterval(0.0002)
     pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
-                      expect_system_id=args.expect_system_id,
-                      only=args.experts.split(",") if args.experts else None)
-    limits = ServerLimits(max_images=args.max_request_images, max_body_bytes=args.max_body_bytes,
-                          body_timeout_s=args.body_timeout, max_in_flight=args.max_in_flight)
-    app = create_app(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, token=token)
-    scheme = "https" if args.ssl_certfile else "http"
+                      expect_system_id=args.expect_system_id, only=only)
+    app = create_app(LocalExperts(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms), limits=limits,
+                     token=token)
     _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
                    f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"
                    + ("; bearer token required" if token else ""))
@@ -278,6 +286,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 limit_concurrency=2 * args.max_in_flight + 16)  # a backstop on connections; the guard answers first
     return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, limits, token: str | None, only: list[str] | None, scheme: str) -> None:
+    """``serve --backend ray``: the same application on Ray Serve deployments (askexpert.serving.ray_app)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise ConfigError("--backend ray needs Ray Serve, which is not installed here",
+                          fix="pip install 'askexpert[ray]' (or: pip install 'ray[serve]'), or use the default "
+                          "--backend uvicorn")
+    from askexpert.serving.ray_app import load_ray_settings, run_server
+
+    settings = load_ray_settings(args.ray_config, args.ray_set)
+
+    def ready(keys: list[str], cluster_cpus: float) -> None:
+        where = f"the Ray cluster at {args.address}" if args.address else f"a local Ray cluster ({cluster_cpus:g} CPUs)"
+        _console().log(f"serving {len(keys)} experts ({', '.join(keys)}) of {args.source} on Ray Serve, "
+                       f"{where}, at {scheme}://{args.host}:{args.port}; API docs at /docs"
+                       + ("; bearer token required" if token else "") + "; Ctrl-C stops")
+
+    run_server(args.source, settings, address=args.address, host=args.host, port=args.port,
+               include_general=not args.no_general, only=only, ssl_certfile=args.ssl_certfile,
+               ssl_keyfile=args.ssl_keyfile, log_level=args.log_level, on_ready=ready, device=args.device,
+               trace=not args.eager, threads=args.threads, expect_system_id=args.expect_system_id,
+               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, token=token)
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
@@ -718,10 +751,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a batch waits for more requests (0: run at once, batch what queued meanwhile)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-general", action="store_true", help="do not load the general model")
-    p.add_argument("--experts", metavar="IDS", help="serve only these experts, e.g. 0,1 (the others on another "
-                   "server: askexpert edge --server URL1 URL2 finds each where it is)")
+    p.add_argument("--experts", metavar="IDS", help="serve only these experts, e.g. 0,1 or 2,general (the others "
+                   "on another server: askexpert edge --server URL1 URL2 finds each where it is)")
     p.add_argument("--eager", action="store_true", help="run the models eagerly (no TorchScript trace)")
     p.add_argument("--log-level", default="warning")
+    ray_group = p.add_argument_group("Ray Serve backend (pip install 'askexpert[ray]'; docs/scale-out.md)")
+    ray_group.add_argument("--backend", choices=["uvicorn", "ray"], default="uvicorn",
+                           help="uvicorn: one process; ray: each expert a Ray Serve deployment (replicas, "
+                           "autoscaling, GPU fractions, several machines), same HTTP contract")
+    ray_group.add_argument("--address", help="join this Ray cluster (auto: the one `ray start --head` runs here); "
+                           "default: start a local one for this server")
+    ray_group.add_argument("--ray-config", type=Path, metavar="FILE",
+                           help="deployment settings YAML (example: configs/ray-serve.yaml)")
+    ray_group.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a deployment setting, e.g. experts.replicas=2 (repeatable)")
     sec = p.add_argument_group("security and limits (docs/security.md)")
     sec.add_argument("--token-file", type=Path, help="require 'Authorization: Bearer TOKEN' on every request, TOKEN "
                      f"being this file's first line (default: ${TOKEN_ENV} when set)")
@@ -863,7 +906,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     except KeyboardInterrupt:
-        print("askexpert: interrupted; a training run continues with --resume", file=sys.stderr)
+        hint = {"train": "; the run continues with --resume", "edge": "; the answers so far are kept: add --resume"}
+        print(f"askexpert: interrupted{hint.get(args.command, '')}", file=sys.stderr)
         return 130
 
 

@@ -81,7 +81,7 @@ class ServerProcess:
             return
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=30)  # a Ray Serve backend takes its cluster down first
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
