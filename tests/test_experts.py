@@ -105,9 +105,9 @@ def test_hard_negatives_draw_from_confused_classes():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, fmnist_dir):
-    """Every step of issue 3 through the CLI, on 3,000 real images with one-block models (~1.5 min)."""
+    """Every step of issue 3 through the CLI, on 2,000 real images with one-block models (~1 min)."""
     out = tmp_path_factory.mktemp("pipeline")
-    common = ["--output-dir", str(out), "--set", "data.train_subset=3000", "--set", "data.val_subset=1000",
+    common = ["--output-dir", str(out), "--set", "data.train_subset=2000", "--set", "data.val_subset=600",
               "--set", "data.test_subset=1000", "--set", "model.kwargs.depth=1", "--lr", "0.003"]
     assert main(["train", "generalist", "--name", "gen", "--epochs", "3", *common]) == 0
     assert main(["train", "experts", "--strategy", "general", "--name", "general", "--epochs", "3", *common]) == 0
@@ -180,7 +180,7 @@ def test_experts_evaluated_on_other_images_are_refused(pipeline, capsys):
     """Experts trained with another split seed see other validation/test images: their logits cannot be
     matched row by row with the generalist's, so the evaluation and the bundle refuse them, naming why."""
     out, _ = pipeline
-    common = ["--output-dir", str(out), "--set", "data.train_subset=3000", "--set", "data.val_subset=1000",
+    common = ["--output-dir", str(out), "--set", "data.train_subset=2000", "--set", "data.val_subset=600",
               "--set", "data.test_subset=1000", "--set", "model.kwargs.depth=1"]
     assert main(["train", "experts", "--strategy", "static", "--init", str(out / "general"), "--partition",
                  str(out / "partition.json"), "--name", "other-split", "--passes", "0.2", "--set",

@@ -134,7 +134,7 @@ def test_emulated_link_matches_a_tbf_shaped_link(tiny_system):
         with HttpExpertClient(url, timeout_s=30, retries=40, backoff_s=0.25) as client:
             client.experts()  # waits (with retries) until the server is up
             rows = []
-            for n in (256, 1024, 2048):
+            for n in (256, 1024):  # 2,048 added ~30 s of compute and no new evidence
                 images = np.random.default_rng(n).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
                 times = {}
                 for shaped in (False, True):
