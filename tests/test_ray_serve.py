@@ -28,15 +28,13 @@ def _requests(tiny_system) -> list[tuple[str, np.ndarray]]:
     return [(key, images[:n]) for key in ("0", "1", "2", "general") for n in (1, 7, 150)]
 
 
-def _answers(url: str, requests, token: str | None = None) -> list[list[dict]]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def _answers(client, requests) -> list[list[dict]]:
     out = []
-    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
-        for key, images in requests:
-            body, h = encode_images(images)
-            reply = client.post(f"/v1/experts/{key}/infer", content=body, headers=h, params={"topk": 3})
-            assert reply.status_code == 200, reply.text
-            out.append(reply.json()["results"])
+    for key, images in requests:
+        body, h = encode_images(images)
+        reply = client.post(f"/v1/experts/{key}/infer", content=body, headers=h, params={"topk": 3})
+        assert reply.status_code == 200, reply.text
+        out.append(reply.json()["results"])
     return out
 
 
@@ -55,50 +53,64 @@ def _metric_names(text: str) -> set[str]:
 @pytest.mark.timeout(600)
 def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
     """Per-expert deployments (expert 0 with 2 replicas), then one multiplexed deployment holding one
-    expert a replica (every switch evicts and reloads): the same answers as uvicorn to batches of 1, 7
-    and 150 images, the same expert list, OpenAPI schema and metric names, the token enforced; an edge
-    run over the Ray server equals one over uvicorn."""
-    from askexpert.runtime.session import EdgeSettings, run_edge
+    expert a replica (every switch evicts and loads): the same answers as the uvicorn server's
+    application to batches of 1, 7 and 150 images, the same expert list, OpenAPI schema and metric
+    names, the token enforced; an edge run over the Ray server equals one with the experts in process."""
+    from starlette.testclient import TestClient
+
+    from askexpert.runtime.clients import InProcessExpertClient
+    from askexpert.runtime.edge import EdgeRunner
+    from askexpert.runtime.session import EdgeSettings, open_system, run_edge
+    from askexpert.serving.app import create_app
+    from askexpert.serving.local import LocalExperts
+    from askexpert.serving.pool import ExpertPool
 
     pytest.importorskip("ray.serve", reason="the Ray Serve backend needs askexpert[ray]")
     bundle = tiny_system["bundle"]
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
     requests = _requests(tiny_system)
-    common = ["--max-batch", "64", "--token-file", str(token_file)]
-    np.savez(tmp_path / "in.npz", images=requests[-1][1], labels=np.zeros(150, np.int64))
-    edge = dict(system=bundle, inputs=[str(tmp_path / "in.npz")], token=TOKEN)
+    images = requests[-1][1]
+    np.savez(tmp_path / "in.npz", images=images, labels=np.zeros(len(images), np.int64))
 
-    with ServerProcess(bundle, extra_args=common, token=TOKEN) as url:
-        expected = _answers(url, requests, TOKEN)
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        experts = httpx.get(f"{url}/v1/experts", headers=auth).json()
-        schema = httpx.get(f"{url}/openapi.json", headers=auth).json()
-        metrics = _metric_names(httpx.get(f"{url}/metrics", headers=auth).text)
-        local_edge = [t.pred for t in run_edge(EdgeSettings(server=url, **edge)).traces]
+    pool = ExpertPool(bundle)  # the uvicorn server's application, in process
+    with TestClient(create_app(LocalExperts(pool, max_batch=64), token=TOKEN), headers=auth) as local:
+        expected = _answers(local, requests)
+        experts = local.get("/v1/experts").json()
+        schema = local.get("/openapi.json").json()
+        metrics = _metric_names(local.get("/metrics").text)
+    system = open_system(EdgeSettings(system=bundle, server=None))
+    in_process = EdgeRunner(system.model, system.policy, InProcessExpertClient(pool), system.experts)
+    local_edge = [t.pred for t in in_process.run([(images, np.zeros(len(images), np.int64))])]
 
-    ray_args = [*common, "--backend", "ray", "--ray-set", 'per_expert={"0": {"replicas": 2}}']
-    server = ServerProcess(bundle, extra_args=ray_args, token=TOKEN, log_path=tmp_path / "ray.log")
-    with server as url:
-        _same(_answers(url, requests, TOKEN), expected)
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        assert httpx.get(f"{url}/v1/experts", headers=auth).json() == experts
-        assert httpx.get(f"{url}/openapi.json", headers=auth).json() == schema
-        scraped = httpx.get(f"{url}/metrics", headers=auth).text
+    common = ["--max-batch", "64", "--token-file", str(token_file), "--backend", "ray"]
+    server = ServerProcess(bundle, extra_args=[*common, "--ray-set", 'per_expert={"0": {"replicas": 2}}'],
+                           token=TOKEN, log_path=tmp_path / "ray.log")
+    with server as url, httpx.Client(base_url=url, headers=auth, timeout=120) as client:
+        _same(_answers(client, requests), expected)
+        assert client.get("/v1/experts").json() == experts
+        assert client.get("/openapi.json").json() == schema
+        scraped = client.get("/metrics").text
         assert _metric_names(scraped) == metrics
-        # 150 images ran as parts of at most 64 (3 batches), counted once each
+        # 1 + 7 + 150 images to expert 0, the 150 in parts of at most 64 (3 model batches)
         assert re.search(r'^askexpert_images_total\{expert="0"\} 158\.0$', scraped, re.MULTILINE), scraped
         assert httpx.get(f"{url}/v1/health").status_code == 401
         assert httpx.get(f"{url}/v1/health", headers={"Authorization": "Bearer wrong"}).status_code == 403
-        body, h = encode_images(requests[0][1])
-        bad = httpx.post(f"{url}/v1/experts/9/infer", content=body, headers={**h, **auth})
+        body, h = encode_images(images[:1])
+        bad = client.post("/v1/experts/9/infer", content=body, headers=h)
         assert bad.status_code == 404 and "0, 1, 2, general" in bad.json()["detail"]
-        assert [t.pred for t in run_edge(EdgeSettings(server=url, **edge)).traces] == local_edge
+        settings = EdgeSettings(system=bundle, server=url, inputs=[str(tmp_path / "in.npz")], token=TOKEN)
+        assert [t.pred for t in run_edge(settings).traces] == local_edge
     assert server.proc.returncode == 0, (tmp_path / "ray.log").read_text()[-2000:]
 
-    multiplexed = [*common, "--backend", "ray", "--ray-set", "multiplex={models_per_replica: 1}"]
-    with ServerProcess(bundle, extra_args=multiplexed, token=TOKEN, log_path=tmp_path / "ray-mux.log") as url:
-        _same(_answers(url, requests, TOKEN), expected)
+    # alternating experts 0 and 1: with one expert a replica, every request switches (evicts and loads)
+    order = [i for n in range(3) for i in (n, 3 + n)]  # requests[0:3] go to expert 0, [3:6] to expert 1
+    two = [requests[i] for i in order]
+    multiplexed = [*common, "--experts", "0,1", "--ray-set", "multiplex={models_per_replica: 1}"]
+    with ServerProcess(bundle, extra_args=multiplexed, token=TOKEN, log_path=tmp_path / "ray-mux.log") as url, \
+            httpx.Client(base_url=url, headers=auth, timeout=120) as client:
+        _same(_answers(client, two), [expected[i] for i in order])
 
 
 def test_without_ray_the_flag_names_the_install(tiny_system, monkeypatch, capsys):
