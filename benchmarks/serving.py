@@ -76,6 +76,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 port, variant, source, expert = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+wait_s = float(sys.argv[5]) / 1000 if len(sys.argv) > 5 else 0.0  # sleep / spin: this long, as the model takes
 if variant == "model":
     import torch
     torch.set_num_threads(1)
@@ -90,6 +91,15 @@ async def infer(request):
         t0 = time.perf_counter()
         pool.infer(expert, images)
         ms = (time.perf_counter() - t0) * 1000
+    elif variant == "sleep":  # the server idles as long as the model computes (the client waits as long)
+        t0 = time.perf_counter()
+        time.sleep(wait_s)
+        ms = (time.perf_counter() - t0) * 1000
+    elif variant == "spin":  # the server is busy as long, in a loop that touches no memory
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < wait_s:
+            pass
+        ms = (time.perf_counter() - t0) * 1000
     return Response(json.dumps({"n": len(body), "compute_ms": ms}), media_type="application/json")
 
 app = Starlette(routes=[Route("/v1/experts/{expert_id}/infer", infer, methods=["POST"])])
@@ -97,16 +107,18 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=Fa
 """
 
 
-def floor(source: Path, expert: str, images: np.ndarray, n: int, variant: str) -> dict:
+def floor(source: Path, expert: str, images: np.ndarray, n: int, variant: str, wait_ms: float = 0.0) -> dict:
     """The same batch-1 loop against a bare uvicorn + Starlette endpoint (``bare``: reads the body,
-    answers a small JSON; ``model``: also runs the expert's forward inline): time minus its compute."""
+    answers a small JSON; ``model``: also runs the expert's forward inline; ``sleep`` / ``spin``: idles /
+    busy-loops ``wait_ms`` instead): time minus its compute (or wait)."""
     import subprocess
 
     from askexpert.serving.process import free_port
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port), variant, str(source), expert], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port), variant, str(source), expert, str(wait_ms)],
+                            env=env)
     body, headers = encode_images(images[:1])
     url = httpx.URL(f"http://127.0.0.1:{port}/v1/experts/{expert}/infer?topk=3")
     try:
