@@ -144,11 +144,12 @@ def _check_only(source: Path, only: list[str] | None, ids: list[str]) -> None:
 
 
 def served_ids(source: Path, *, include_general: bool = True, only: list[str] | None = None,
-               expect_system_id: str | None = None) -> list[str]:
-    """The ids of the experts an :class:`ExpertPool` of ``source`` would serve, without loading a model."""
+               expect_system_id: str | None = None, verify: bool = False) -> list[str]:
+    """The ids of the experts an :class:`ExpertPool` of ``source`` would serve, without loading a model
+    (``verify``: check every file of a bundle against its sha256 first)."""
     source = Path(source)
     if is_bundle(source):
-        manifest = load_bundle(source, verify=False, expect_id=expect_system_id).manifest
+        manifest = load_bundle(source, verify=verify, expect_id=expect_system_id).manifest
         ids, has_general = [e.id for e in manifest.experts], manifest.general is not None
     elif (source / "partition.json").is_file():
         ids = [str(e) for e in range(len(Partition.load(source / "partition.json").experts))]

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from askexpert.config import apply_overrides, read_yaml, validate
+from askexpert.errors import AskExpertError
 from askexpert.runtime.protocol import ExpertInfo
 from askexpert.serving.app import ServerLimits, create_app
 from askexpert.serving.batcher import BatchTimings
@@ -268,7 +269,8 @@ def _deployment_options(settings: DeploymentSettings, cpus: float) -> dict:
     options = {"ray_actor_options": {"num_cpus": cpus, "num_gpus": settings.gpus},
                "max_ongoing_requests": settings.max_ongoing_requests,
                "health_check_period_s": settings.health_check_period_s,
-               "health_check_timeout_s": settings.health_check_timeout_s}
+               "health_check_timeout_s": settings.health_check_timeout_s,
+               "max_constructor_retry_count": 2}  # a replica that cannot load its model fails the deploy soon
     if settings.autoscaling is not None:
         options["autoscaling_config"] = settings.autoscaling.model_dump()
     else:
@@ -321,8 +323,8 @@ def run_server(source: Path, settings: RaySettings, *, address: str | None, host
     """Start (or join, with ``address``) a Ray cluster, deploy the experts of ``source`` on it and serve
     them on ``host:port`` until SIGINT or SIGTERM; then take the application down (and the cluster, if
     this process started it)."""
-    keys = served_ids(source, include_general=include_general, only=only,
-                      expect_system_id=app_args.get("expect_system_id"))
+    keys = served_ids(source, include_general=include_general, only=only, verify=True,  # damage: said here,
+                      expect_system_id=app_args.get("expect_system_id"))  # not by replicas failing in turn
     level = getattr(logging, log_level.upper(), logging.WARNING)
     ray.init(address=address, logging_level=level, include_dashboard=False, log_to_driver=level <= logging.INFO,
              configure_logging=True)
@@ -342,7 +344,13 @@ def run_server(source: Path, settings: RaySettings, *, address: str | None, host
             http.update(ssl_certfile=str(ssl_certfile), ssl_keyfile=str(ssl_keyfile))
         serve.start(http_options=http)
         app = build_app(source, settings, keys=keys, cluster_cpus=cluster_cpus, **app_args)
-        serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": log_level.upper()})
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": log_level.upper()})
+        except RuntimeError as err:  # a replica failed to start: Ray's message says which and why
+            first = str(err).strip().splitlines()[0][:400]
+            raise AskExpertError(f"Ray Serve could not deploy the experts: {first}",
+                                 fix="see the replicas' errors above (run with --log-level info) and in "
+                                 "/tmp/ray/session_latest/logs/serve/") from err
         serving = True
         if on_ready is not None:
             on_ready(keys, cluster_cpus)
