@@ -171,10 +171,11 @@ class ExpertPool:
 
     def __init__(self, source: Path, *, device: str = "auto", include_general: bool = True,
                  cuda_graphs: bool | None = None, trace: bool = True, expect_system_id: str | None = None,
-                 only: list[str] | None = None) -> None:
+                 only: list[str] | None = None, verify: bool = True) -> None:
         """``expect_system_id``: serve the bundle only if its ``system.json`` has this (published) sha256.
         ``only``: load just these experts (several servers sharing a system's experts; ``general`` is the
-        general model)."""
+        general model). ``verify``: check every file of a bundle against its sha256 (off only where the
+        bundle was just checked)."""
         self.source = Path(source)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
@@ -188,7 +189,7 @@ class ExpertPool:
                               fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
         keep = served_ids(self.source, include_general=include_general, only=only)
         if is_bundle(self.source):
-            bundle = load_bundle(self.source, expect_id=expect_system_id)
+            bundle = load_bundle(self.source, verify=verify, expect_id=expect_system_id)
             self.system_id = bundle.system_id
             m = bundle.manifest
             partition = m.partition

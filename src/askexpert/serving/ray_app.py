@@ -41,6 +41,7 @@ from askexpert.runtime.protocol import ExpertInfo
 from askexpert.serving.app import ServerLimits, create_app
 from askexpert.serving.batcher import BatchTimings
 from askexpert.serving.pool import ExpertOutput, ExpertPool, served_ids
+from askexpert.system.bundle import is_bundle, load_bundle
 
 log = logging.getLogger("askexpert.server")
 APP_NAME = "askexpert"
@@ -171,6 +172,10 @@ def _multiplexed_replica(models_per_replica: int) -> type:
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self._loaded: dict[str, ExpertPool] = {}
+            if is_bundle(Path(self.source)):  # checked (and an archive unpacked) once, not at every load
+                bundle = load_bundle(Path(self.source), expect_id=self._load_args["expect_system_id"])
+                self.source = str(bundle.root)
+                self._load_args["verify"] = False
 
         @serve.multiplexed(max_num_models_per_replica=models_per_replica)
         async def pool_for(self, key: str) -> ExpertPool:
