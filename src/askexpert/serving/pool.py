@@ -136,11 +136,31 @@ class ServedModel:
         )
 
 
-def _check_only(source: Path, only: list[str] | None, ids: list[str]) -> None:
-    unknown = sorted(set(only or ()) - set(ids))
+def _expert_run(source: Path) -> tuple[Partition, str | None]:
+    """An expert run directory's partition and the general model it started from (``experts.json``'s
+    ``init``, if any), or the error naming what can be served."""
+    if not (source / "partition.json").is_file():
+        raise ConfigError(f"{source} is neither a system bundle nor an expert run (no system.json, no "
+                          "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
+                          "by: askexpert train experts --strategy static|progressive")
+    summary = source / "experts.json"
+    init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
+    return Partition.load(source / "partition.json"), init
+
+
+def _select(source: Path, ids: list[str], has_general: bool, include_general: bool,
+            only: list[str] | None) -> list[str]:
+    """Of a source's expert ``ids`` (and its general model), those to serve: ``only`` (checked to exist)
+    or all; the general model when included."""
+    available = ids + ([GENERAL] if has_general else [])
+    unknown = sorted(set(only or ()) - set(available))
     if unknown:
-        raise ConfigError(f"{source} has no expert {', '.join(unknown)} (it has {', '.join(ids)})",
+        raise ConfigError(f"{source} has no expert {', '.join(unknown)} (it has {', '.join(available)})",
                           fix="name experts it has in --experts")
+    keep = [key for key in ids if only is None or key in only]
+    if has_general and include_general and (only is None or GENERAL in only):
+        keep.append(GENERAL)
+    return keep
 
 
 def served_ids(source: Path, *, include_general: bool = True, only: list[str] | None = None,
@@ -150,20 +170,9 @@ def served_ids(source: Path, *, include_general: bool = True, only: list[str] | 
     source = Path(source)
     if is_bundle(source):
         manifest = load_bundle(source, verify=verify, expect_id=expect_system_id).manifest
-        ids, has_general = [e.id for e in manifest.experts], manifest.general is not None
-    elif (source / "partition.json").is_file():
-        ids = [str(e) for e in range(len(Partition.load(source / "partition.json").experts))]
-        summary = source / "experts.json"
-        has_general = summary.is_file() and bool(json.loads(summary.read_text()).get("init"))
-    else:
-        raise ConfigError(f"{source} is neither a system bundle nor an expert run (no system.json, no "
-                          "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
-                          "by: askexpert train experts --strategy static|progressive")
-    _check_only(source, only, ids + ([GENERAL] if has_general else []))
-    keep = [key for key in ids if only is None or key in only]
-    if has_general and include_general and (only is None or GENERAL in only):
-        keep.append(GENERAL)
-    return keep
+        return _select(source, [e.id for e in manifest.experts], manifest.general is not None, include_general, only)
+    partition, init = _expert_run(source)
+    return _select(source, [str(e) for e in range(len(partition.experts))], bool(init), include_general, only)
 
 
 class ExpertPool:
@@ -187,12 +196,12 @@ class ExpertPool:
         if expect_system_id is not None and not is_bundle(self.source):
             raise ConfigError(f"--expect-system-id pins a bundle, and {self.source} is an expert run directory",
                               fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
-        keep = served_ids(self.source, include_general=include_general, only=only)
         if is_bundle(self.source):
             bundle = load_bundle(self.source, verify=verify, expect_id=expect_system_id)
             self.system_id = bundle.system_id
             m = bundle.manifest
             partition = m.partition
+            keep = _select(self.source, [e.id for e in m.experts], m.general is not None, include_general, only)
             for e in m.experts:
                 if e.id in keep:
                     self.models[e.id] = ServedModel(e.id, self._load(bundle.path(e.checkpoint)),
@@ -203,13 +212,15 @@ class ExpertPool:
                 self.models[GENERAL] = ServedModel(GENERAL, self._load(bundle.path(m.general.checkpoint)),
                                                    list(range(n)), m.classes, temperature=m.general.temperature)
         else:
-            partition = Partition.load(self.source / "partition.json")
+            partition, init = _expert_run(self.source)
+            keep = _select(self.source, [str(e) for e in range(len(partition.experts))], bool(init),
+                           include_general, only)
             for e, subset in enumerate(partition.experts):
                 if str(e) in keep:
                     self.models[str(e)] = ServedModel(str(e), self._load(self.source / f"expert-{e}"),
                                                       list(subset) + [OTHER_ID], partition.names(e))
             if GENERAL in keep:
-                ckpt = self._load(Path(json.loads((self.source / "experts.json").read_text())["init"]))
+                ckpt = self._load(Path(init))
                 n = len(ckpt.meta.class_names)
                 self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
         self.class_names = partition.class_names
