@@ -132,6 +132,86 @@ def test_malformed_requests_get_clear_errors(server, tiny_system):
     assert 'askexpert_errors_total{expert="0",reason="bad_body"}' in httpx.get(f"{server}/metrics").text
 
 
+def test_the_infer_answer_is_the_v1_wire_format_byte_for_byte(server, pool, tiny_system):
+    """The hand-written endpoint writes exactly the documented v1 answer: compact standard JSON, keys in
+    InferResponse's order, the top-k of the expert's NumPy batch path; topk read as Starlette reads it."""
+    import json
+
+    images, _ = _test_images(tiny_system, 5)
+    body, headers = encode_images(images[:1])
+    url = f"{server}/v1/experts/1/infer"
+    for n, query, k in ((1, "", 3), (1, "?topk=2", 2), (5, "?topk=12", 12), (1, "?topk=1&topk=5", 5)):
+        body, headers = encode_images(images[:n])
+        r = httpx.post(url + query, content=body, headers=headers)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        answer = json.loads(r.content)
+        expected = {"expert": "1", "results": pool.infer("1", images[:n])._result_dicts_batch(k),
+                    "timings": answer["timings"]}
+        assert list(answer) == ["expert", "results", "timings"] and list(answer["timings"]) == [
+            "queue_ms", "compute_ms", "batch_size"]
+        assert [(x["pred"], x["topk"]) for x in answer["results"]] == [
+            (x["pred"], x["topk"]) for x in expected["results"]]
+        for got, want in zip(answer["results"], expected["results"], strict=True):
+            assert np.allclose(got["probs"], want["probs"], atol=1e-6) and got["other"] == want["other"]
+        assert r.content == json.dumps({**answer}, separators=(",", ":")).encode()  # compact, nothing else
+        assert InferResponse.model_validate_json(r.content).model_dump(mode="json") == answer  # the schema's own
+        assert len(answer["results"][0]["topk"]) == min(k, len(pool.get("1").output_ids))
+    assert httpx.post(url + "?topk=x", content=body, headers=headers).status_code == 422
+    assert httpx.post(url + "?topk=0", content=body, headers=headers).status_code == 422
+
+
+def test_the_one_image_answer_path_equals_the_batch_path():
+    """ExpertOutput.result_dicts answers one image in plain Python (the edge's request): the same top-k,
+    ties towards the lower output, as the NumPy path; a non-finite row takes the NumPy path."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(2, 120))
+        probs = rng.random(n).astype(np.float32)
+        if trial % 3 == 0:  # ties
+            probs = np.round(probs * 4).astype(np.float32) / 4
+        out = ExpertOutput(torch.from_numpy(probs[None]), [int(i) for i in rng.permutation(n) - 1])
+        for k in (1, 3, n, n + 2):
+            assert out.result_dicts(k) == out._result_dicts_batch(k), (trial, k)
+    bad = ExpertOutput(torch.tensor([[0.2, float("nan"), 0.7]]), [0, 1, -1])
+    assert bad.result_dicts(2) == bad._result_dicts_batch(2) and not bad.finite()
+    assert ExpertOutput(torch.tensor([[0.2, 0.8]]), [0, -1]).finite()
+
+
+def test_a_lone_small_batch_runs_on_the_event_loop_thread_and_a_burst_still_batches():
+    """inline_max: a batch of <= inline_max images formed while nothing else is busy and the load is light
+    runs on the loop's thread (no hand-off to the model thread); requests that arrive together still form
+    one batch; a larger batch, the first small one after a large one, or one while another expert
+    computes, runs in the model thread."""
+    calls = []
+
+    def model(images):
+        calls.append((len(images), threading.current_thread().name))
+        time.sleep(0.02)
+        return ExpertOutput(torch.from_numpy(images[:, 0, 0, :2].astype(np.float32)), [7, -1])
+
+    async def main():
+        other_busy = False
+        batcher = DynamicBatcher(model, executor=ThreadPoolExecutor(1, thread_name_prefix="model"), max_batch=64,
+                                 inline_max=2, others_idle=lambda: not other_busy)
+        one = np.full((1, 1, 1, 2), 5, dtype=np.uint8)
+        lone, timings = await batcher.submit(one)
+        assert float(lone.probs[0, 0]) == 5 and timings.batch_size == 1 and 15 < timings.compute_ms < 200
+        await batcher.submit(np.ones((3, 1, 1, 2), dtype=np.uint8))  # more than inline_max
+        burst = await asyncio.gather(*(batcher.submit(np.full((1, 1, 1, 2), i, dtype=np.uint8)) for i in range(6)))
+        assert [float(o.probs[0, 0]) for o, _ in burst] == list(range(6))
+        await batcher.submit(one)  # the first lone request after a large batch: in the model thread
+        await batcher.submit(one)  # light load again: inline
+        other_busy = True
+        await batcher.submit(one)
+        await batcher.stop()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert [n for n, _ in calls] == [1, 3, 6, 1, 1, 1]  # the burst ran as one batch, not six inline ones
+    where = ["loop" if name == loop_thread else "model" if name.startswith("model") else name for _, name in calls]
+    assert where == ["loop", "model", "model", "model", "loop", "model"]
+
+
 def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_system):
     gen = TorchGeneralist(tiny_system["generalist"])
     policy = generalist_policy(tiny_system["generalist"], offload_rate=0.4, k=3)

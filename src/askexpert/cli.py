@@ -255,6 +255,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _require_positive(("--max-request-images", args.max_request_images), ("--max-in-flight", args.max_in_flight),
                       ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
                       ("--max-body-bytes", args.max_body_bytes))
+    if args.inline_max < 0:
+        raise ConfigError(f"--inline-max must be 0 or more, got {args.inline_max}",
+                          fix="give the most images a batch may have to run on the event loop (0: never)")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile", fix="give both (PEM files), or neither")
     limits = ServerLimits(max_images=args.max_request_images, max_body_bytes=args.max_body_bytes,
@@ -275,8 +278,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0002)
     pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
                       expect_system_id=args.expect_system_id, only=only)
-    app = create_app(LocalExperts(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms), limits=limits,
-                     token=token)
+    app = create_app(LocalExperts(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                  inline_max=args.inline_max), limits=limits, token=token)
     _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
                    f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"
                    + ("; bearer token required" if token else ""))
@@ -749,6 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, help="most images in one model batch")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="how long a batch waits for more requests (0: run at once, batch what queued meanwhile)")
+    p.add_argument("--inline-max", type=int, default=1, metavar="N",
+                   help="a batch of at most N images formed while the server is idle and lightly loaded runs on "
+                   "the event loop's thread, skipping the hand-off to its model thread and back (a lone edge "
+                   "request's latency); 0: every batch in the model thread (uvicorn backend)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-general", action="store_true", help="do not load the general model")
     p.add_argument("--experts", metavar="IDS", help="serve only these experts, e.g. 0,1 or 2,general (the others "

@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 import numpy as np
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
-from starlette.routing import request_response
 
 from askexpert.runtime.protocol import (
     MAX_IMAGES,
@@ -146,10 +146,10 @@ class _BodyError(Exception):
         self.status, self.detail, self.reason = status, detail, reason
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def _read_body(receive, declared: str | None, limit: int, timeout_s: float) -> bytes:
     """The request's body, refused as soon as it is known to be over ``limit`` bytes (from Content-Length
-    before reading, else while it streams) or when it has not arrived whole within ``timeout_s``."""
-    declared = request.headers.get("content-length")
+    ``declared`` before reading, else while it streams) or when it has not arrived whole within ``timeout_s``;
+    :class:`ClientDisconnect` when the client goes away before it has sent it."""
     if declared is not None:
         if not declared.isdigit():
             raise _BodyError(400, f"Content-Length must be a non-negative integer, got {declared[:40]!r}", "bad_body")
@@ -159,13 +159,18 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 
     async def collect() -> bytes:
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise _BodyError(413, f"the body is over this expert's limit of {limit} bytes: send fewer images "
                                  "a request", "too_large")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     try:
         if hasattr(asyncio, "timeout"):  # Python 3.11+: a deadline on this task, no task of its own
@@ -271,9 +276,12 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
                                       metrics.queue_depth.labels(key), metrics.queue_ms.labels(key),
                                       metrics.request_ms.labels(key)) for key in infos}
 
+    batch_metrics = {key: (metrics.batch_size.labels(key), metrics.compute_ms.labels(key)) for key in infos}
+
     def on_batch(key: str, size: int, seconds: float) -> None:
-        metrics.batch_size.labels(key).observe(size)
-        metrics.compute_ms.labels(key).observe(seconds * 1000)
+        sizes, times = batch_metrics[key]
+        sizes.observe(size)
+        times.observe(seconds * 1000)
 
     experts.on_batch = on_batch
 
@@ -297,66 +305,7 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
     def expert_list() -> list[ExpertInfo]:
         return list(infos.values())
 
-    async def infer(request: Request) -> Response:
-        """POST /v1/experts/{expert_id}/infer: a plain Starlette endpoint (FastAPI's parameter machinery
-        costs a noticeable share of a loopback request); its OpenAPI entry is added in ``openapi`` below."""
-        started = time.perf_counter()
-        expert_id = request.path_params["expert_id"]
-        if expert_id not in infos:
-            metrics.errors.labels("unknown", "no_such_expert").inc()
-            return _error(404, f"no expert {expert_id!r}; this server has: {', '.join(infos)}")
-        try:
-            topk = int(request.query_params.get("topk", 3))
-        except ValueError:
-            topk = 0
-        if not 1 <= topk <= 1000:
-            return _error(422, "topk must be an integer from 1 to 1000")
-        m = per_expert[expert_id]
-        m.requests.inc()
-        try:
-            body = await _read_body(request, body_limits[expert_id], limits.body_timeout_s)
-        except _BodyError as err:  # answered at once: the rest of the body is not read, the connection closes
-            metrics.errors.labels(expert_id, err.reason).inc()
-            return _error(err.status, err.detail, {"Connection": "close"})
-        except ClientDisconnect:  # the client went away mid-body: nobody to answer
-            metrics.errors.labels(expert_id, "disconnect").inc()
-            log.info("a client disconnected while sending a request to expert %s", expert_id)
-            return Response(status_code=400)
-        try:
-            images = decode_images(body, request.headers.get("content-type"), request.headers.get(SHAPE_HEADER),
-                                   max_images=limits.max_images)
-        except ProtocolError as err:
-            reason = "content_type" if "content type" in str(err) else "bad_body"
-            metrics.errors.labels(expert_id, reason).inc()
-            return _error(415 if reason == "content_type" else 400, str(err))
-        expected = infos[expert_id].input_shape
-        if list(images.shape[1:]) != expected:
-            metrics.errors.labels(expert_id, "bad_shape").inc()
-            return _error(400, f"expert {expert_id} takes images of shape {expected} (C, H, W), "
-                               f"got {list(images.shape[1:])}")
-        m.queue_depth.set(experts.depth(expert_id) + len(images))
-        try:
-            output, timings = await experts.submit(expert_id, images)
-        except Exception as err:
-            metrics.errors.labels(expert_id, "model").inc()
-            return _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")
-        finally:
-            m.queue_depth.set(experts.depth(expert_id))
-        m.images.inc(len(images))
-        m.queue_ms.observe(timings.queue_ms)
-        # the body follows InferResponse (the documented response model), built from plain values and
-        # serialised once
-        payload = {"expert": expert_id, "results": output.result_dicts(topk),
-                   "timings": {"queue_ms": timings.queue_ms, "compute_ms": timings.compute_ms,
-                               "batch_size": timings.batch_size}}
-        try:  # standard JSON: a model that produced NaN is the server's failure, not a number to send
-            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        except ValueError:
-            metrics.errors.labels(expert_id, "non_finite").inc()
-            return _error(500, f"expert {expert_id} produced non-finite probabilities")
-        m.request_ms.observe((time.perf_counter() - started) * 1000)
-        return Response(text, media_type="application/json")
-
+    infer = InferEndpoint(experts, per_expert, metrics, body_limits, limits)
     app.router.add_route("/v1/experts/{expert_id}/infer", infer, methods=["POST"])
 
     def openapi() -> dict:
@@ -375,10 +324,116 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
 
     app.state.experts = experts
     app.state.metrics = metrics
-    guard = Guard(InferFastPath(app, request_response(infer)), token=token, max_in_flight=limits.max_in_flight,
+    guard = Guard(InferFastPath(app, infer), token=token, max_in_flight=limits.max_in_flight,
                   retry_after_s=limits.retry_after_s,
                   on_refusal=lambda reason: metrics.errors.labels("-", reason).inc())
     return guard
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # what json.dumps(...) would write
+_SHAPE = SHAPE_HEADER.lower().encode()
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+class InferEndpoint:
+    """``POST /v1/experts/{expert_id}/infer``, the hot path of every offload, as a bare ASGI endpoint:
+    the request's headers read in one pass over the scope, the body straight from ``receive``, the
+    answer written as two ASGI messages, and the metrics that the client does not wait for (images,
+    queue and request times, queue depth) updated after the answer has gone. Every failure is the
+    documented JSON ``{"detail": ...}``; the OpenAPI entry is added in :func:`_with_infer_docs`."""
+
+    def __init__(self, experts: Experts, per_expert: dict[str, _ExpertMetrics], metrics: Metrics,
+                 body_limits: dict[str, int], limits: ServerLimits) -> None:
+        self.experts, self.per_expert, self.metrics = experts, per_expert, metrics
+        self.body_limits, self.limits = body_limits, limits
+        self.shapes = {key: info.input_shape for key, info in experts.infos.items()}
+
+    async def __call__(self, scope, receive, send) -> None:
+        started = time.perf_counter()
+        errors = self.metrics.errors
+        expert_id = scope["path_params"]["expert_id"]
+        m = self.per_expert.get(expert_id)
+        if m is None:
+            errors.labels("unknown", "no_such_expert").inc()
+            await _error(404, f"no expert {expert_id!r}; this server has: {', '.join(self.shapes)}")(
+                scope, receive, send)
+            return
+        topk = _topk(scope["query_string"])
+        if not 1 <= topk <= 1000:
+            await _error(422, "topk must be an integer from 1 to 1000")(scope, receive, send)
+            return
+        content_type = declared = shape = None
+        for name, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
+            if name == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+            elif name == b"content-length" and declared is None:
+                declared = value.decode("latin-1")
+            elif name == _SHAPE and shape is None:
+                shape = value.decode("latin-1")
+        m.requests.inc()
+        try:
+            body = await _read_body(receive, declared, self.body_limits[expert_id], self.limits.body_timeout_s)
+        except _BodyError as err:  # answered at once: the rest of the body is not read, the connection closes
+            errors.labels(expert_id, err.reason).inc()
+            await _error(err.status, err.detail, {"Connection": "close"})(scope, receive, send)
+            return
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            errors.labels(expert_id, "disconnect").inc()
+            log.info("a client disconnected while sending a request to expert %s", expert_id)
+            return
+        try:
+            images = decode_images(body, content_type, shape, max_images=self.limits.max_images)
+        except ProtocolError as err:
+            reason = "content_type" if "content type" in str(err) else "bad_body"
+            errors.labels(expert_id, reason).inc()
+            await _error(415 if reason == "content_type" else 400, str(err))(scope, receive, send)
+            return
+        expected = self.shapes[expert_id]
+        if list(images.shape[1:]) != expected:
+            errors.labels(expert_id, "bad_shape").inc()
+            await _error(400, f"expert {expert_id} takes images of shape {expected} (C, H, W), "
+                              f"got {list(images.shape[1:])}")(scope, receive, send)
+            return
+        experts = self.experts
+        m.queue_depth.set(experts.depth(expert_id) + len(images))
+        try:
+            output, timings = await experts.submit(expert_id, images)
+        except Exception as err:
+            errors.labels(expert_id, "model").inc()
+            m.queue_depth.set(experts.depth(expert_id))
+            await _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")(scope, receive, send)
+            return
+        if not output.finite():  # standard JSON: a model that produced NaN is the server's failure
+            errors.labels(expert_id, "non_finite").inc()
+            m.queue_depth.set(experts.depth(expert_id))
+            await _error(500, f"expert {expert_id} produced non-finite probabilities")(scope, receive, send)
+            return
+        # the body follows InferResponse (the documented response model), built from plain values and
+        # serialised once
+        data = _JSON({"expert": expert_id, "results": output.result_dicts(topk),
+                      "timings": {"queue_ms": timings.queue_ms, "compute_ms": timings.compute_ms,
+                                  "batch_size": timings.batch_size}}).encode()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [_JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+        # what the client does not wait for
+        m.images.inc(len(images))
+        m.queue_ms.observe(timings.queue_ms)
+        m.request_ms.observe(elapsed_ms)
+        m.queue_depth.set(experts.depth(expert_id))
+
+
+def _topk(query: bytes) -> int:
+    """The ``topk`` query parameter (the last one given, as Starlette reads it; 3 when absent), or 0 when it
+    is not an integer."""
+    if not query:
+        return 3
+    value = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("topk", "3")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 _INFER_PATH = re.compile(r"^/v1/experts/(?P<expert_id>[^/]+)/infer$")
@@ -388,9 +443,9 @@ class InferFastPath:
     """The ASGI app ``askexpert serve`` runs: ``POST /v1/experts/{id}/infer`` goes straight to its
     endpoint, everything else (health, experts, metrics, docs, lifespan) to the FastAPI app.
 
-    The infer request is the hot path, and the endpoint needs none of FastAPI's middleware layers
-    (exception, body-limit, telemetry, exit-stack): it answers every failure itself as the documented
-    JSON. Its gain alone was not separable from this VM's noise (BENCHMARKS.md, "Serving overhead").
+    The infer request is the hot path, and its endpoint (:class:`InferEndpoint`) needs none of FastAPI's
+    middleware layers (exception, body-limit, telemetry, exit-stack): it answers every failure itself as
+    the documented JSON (BENCHMARKS.md, "The offload hot path").
     """
 
     def __init__(self, app: FastAPI, infer: Callable) -> None:
@@ -401,7 +456,6 @@ class InferFastPath:
             match = _INFER_PATH.match(scope["path"])
             if match is not None:
                 scope["path_params"] = match.groupdict()
-                scope["app"] = self.app
                 await self.infer(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -16,7 +16,9 @@ from askexpert.serving.pool import ExpertOutput, ExpertPool
 class LocalExperts:
     """The :class:`.app.Experts` backend of ``askexpert serve`` (``--backend uvicorn``)."""
 
-    def __init__(self, pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0) -> None:
+    def __init__(self, pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0, inline_max: int = 1) -> None:
+        """``inline_max``: a batch of at most this many images formed while no other expert is busy runs on
+        the event loop's thread (no hand-off to a model thread and back; see :mod:`.batcher`); 0: never."""
         self.pool = pool
         self.infos = {key: pool.get(key).info() for key in pool.ids()}
         self.device, self.system_id = str(pool.device), pool.system_id
@@ -25,8 +27,12 @@ class LocalExperts:
                            for key in pool.ids()}
         self._batchers = {key: DynamicBatcher(partial(pool.infer, key), executor=self._executors[key],
                                               max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                              on_batch=partial(self._batch_done, key))
+                                              on_batch=partial(self._batch_done, key), inline_max=inline_max,
+                                              others_idle=partial(self._others_idle, key))
                           for key in pool.ids()}
+
+    def _others_idle(self, key: str) -> bool:
+        return all(batcher.idle for other, batcher in self._batchers.items() if other != key)
 
     def _batch_done(self, key: str, size: int, seconds: float) -> None:
         if self.on_batch is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -61,7 +62,19 @@ class ExpertOutput:
     output_ids: list[int]  # global class id of each output, -1 for "other"
 
     def result_dicts(self, topk: int) -> list[dict]:
-        """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path)."""
+        """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path). The
+        top ``topk`` outputs by probability, ties broken towards the lower output (as argmax)."""
+        if len(self.probs) == 1:  # the edge's usual request: plain Python over one row beats NumPy's calls
+            row = self.probs[0].tolist()
+            if all(map(math.isfinite, row)):
+                order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:topk]  # stable: ties keep
+                ids = [self.output_ids[i] for i in order]  # the lower output first
+                top_p = [row[i] for i in order]
+                return [{"pred": ids[0], "confidence": top_p[0], "other": ids[0] == OTHER_ID, "topk": ids,
+                         "probs": top_p}]
+        return self._result_dicts_batch(topk)
+
+    def _result_dicts_batch(self, topk: int) -> list[dict]:
         p = self.probs.numpy()
         k = min(topk, p.shape[1])
         order = np.argsort(-p, axis=1, kind="stable")[:, :k]  # ties: the lower output first, as argmax
@@ -69,6 +82,10 @@ class ExpertOutput:
         ids = np.asarray(self.output_ids)[order].tolist()
         return [{"pred": id_row[0], "confidence": p_row[0], "other": id_row[0] == OTHER_ID, "topk": id_row,
                  "probs": p_row} for p_row, id_row in zip(top_p, ids, strict=True)]
+
+    def finite(self) -> bool:
+        """Whether every probability is a finite number (a model that produced NaN or inf is broken)."""
+        return bool(np.isfinite(self.probs.numpy()).all())
 
     def results(self, topk: int) -> list[ImageResult]:
         return [ImageResult(**d) for d in self.result_dicts(topk)]
