@@ -3,9 +3,11 @@
     python benchmarks/overhead_floor.py [--system runs/demo/system] [--expert 0] [--repeats 3]
 
 Each repeat measures, with the same httpx client loop of batch-1 requests (benchmarks/serving.py's
-``overhead`` and ``floor``): askexpert's overhead (end to end minus the expert's compute), and four
-floors, each a bare uvicorn + Starlette endpoint that reads the same body and answers a small JSON,
-with the time it spends on the request's "compute" subtracted:
+``overhead`` and ``floor``): askexpert's overhead (end to end minus the expert's own compute time),
+as served by default (a lone request's batch runs on the event loop's thread) and with
+``--inline-max 0`` (every batch handed to the expert's model thread and back), and four floors, each
+a bare uvicorn + Starlette endpoint that reads the same body and answers a small JSON, with the time
+it spends on the request's "compute" subtracted:
 
 - ``bare``: nothing in between (the floor of issue 16's goal);
 - ``model``: the same expert's forward pass inline;
@@ -47,29 +49,34 @@ def main() -> None:
     images = np.random.default_rng(0).integers(0, 256, (256, 1, 28, 28), dtype=np.uint8)
     rows = []
     for r in range(args.repeats):
-        with ServerProcess(args.system, threads=1, extra_args=["--experts", args.expert]) as url:
-            over = overhead(url, images, args.expert, args.requests)
-        row = {"askexpert": over}
+        row = {}
+        for name, extra in (("askexpert", []), ("model_thread", ["--inline-max", "0"])):
+            with ServerProcess(args.system, threads=1, extra_args=["--experts", args.expert, *extra]) as url:
+                row[name] = overhead(url, images, args.expert, args.requests)
+        over = row["askexpert"]
         for variant in FLOORS:
             row[variant] = floor(args.system, args.expert, images, args.requests, variant,
                                  wait_ms=over["compute_ms_p50"])
         rows.append(row)
-        print(f"repeat {r + 1}: askexpert {over['overhead_ms_p50']:.2f} ms (compute {over['compute_ms_p50']:.2f} ms); "
+        print(f"repeat {r + 1}: askexpert {over['overhead_ms_p50']:.2f} ms (compute {over['compute_ms_p50']:.2f} ms), "
+              f"--inline-max 0 {row['model_thread']['overhead_ms_p50']:.2f} ms; "
               + ", ".join(f"{v} {row[v]['overhead_ms_p50']:.2f} ms" for v in FLOORS), flush=True)
-    medians = {name: statistics.median(row[name]["overhead_ms_p50"] for row in rows) for name in ("askexpert", *FLOORS)}
+    names = ("askexpert", "model_thread", *FLOORS)
+    medians = {name: statistics.median(row[name]["overhead_ms_p50"] for row in rows) for name in names}
     result = {"machine": info, "system": str(args.system), "expert": args.expert, "rows": rows, "medians": medians,
               "command": "python benchmarks/overhead_floor.py " + " ".join(sys.argv[1:])}
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{info['date']}-{info['host']}-overhead-floor.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"\nmachine: {describe(info)}; expert {args.expert} of {args.system}; results: {out}\n")
-    print("| repeat | askexpert | bare floor | floor + model | floor + sleep | floor + spin | askexpert / bare |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| repeat | askexpert | --inline-max 0 | bare floor | floor + model | floor + sleep | floor + spin | "
+          "askexpert / bare | askexpert / floor + model |\n|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(rows, 1):
-        print(f"| {i} | " + " | ".join(f"{row[n]['overhead_ms_p50']:.2f} ms" for n in ("askexpert", *FLOORS))
-              + f" | {row['askexpert']['overhead_ms_p50'] / row['bare']['overhead_ms_p50']:.2f}x |")
-    print("| median | " + " | ".join(f"{medians[n]:.2f} ms" for n in ("askexpert", *FLOORS))
-          + f" | {medians['askexpert'] / medians['bare']:.2f}x |")
+        print(f"| {i} | " + " | ".join(f"{row[n]['overhead_ms_p50']:.2f} ms" for n in names)
+              + f" | {row['askexpert']['overhead_ms_p50'] / row['bare']['overhead_ms_p50']:.2f}x"
+              + f" | {row['askexpert']['overhead_ms_p50'] / row['model']['overhead_ms_p50']:.2f}x |")
+    print("| median | " + " | ".join(f"{medians[n]:.2f} ms" for n in names)
+          + f" | {medians['askexpert'] / medians['bare']:.2f}x | {medians['askexpert'] / medians['model']:.2f}x |")
 
 
 if __name__ == "__main__":
