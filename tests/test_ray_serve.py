@@ -137,6 +137,10 @@ def test_ray_settings_are_checked_before_anything_starts(tiny_system, capsys):
     assert "per_expert.0" in capsys.readouterr().err
     assert main(["serve", bundle, "--address", "auto"]) == 2  # a Ray flag without the Ray backend
     assert "add --backend ray" in capsys.readouterr().err
+    assert main(["serve", bundle, "--backend", "ray", "--inline-max", "2"]) == 2  # a uvicorn flag on Ray
+    assert "--inline-max is for the uvicorn backend" in capsys.readouterr().err
+    assert main(["serve", bundle, "--inline-max", "-1"]) == 2
+    assert "--inline-max must be 0 or more" in capsys.readouterr().err
     shipped = load_ray_settings("ray-serve", ["experts.gpus=0.25", "experts.autoscaling={max_replicas: 4}"])
     assert shipped.experts.gpus == 0.25 and shipped.experts.autoscaling.max_replicas == 4
     assert shipped.ingress.cpus == 0 and shipped.multiplex is None

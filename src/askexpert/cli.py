@@ -255,7 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _require_positive(("--max-request-images", args.max_request_images), ("--max-in-flight", args.max_in_flight),
                       ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
                       ("--max-body-bytes", args.max_body_bytes))
-    if args.inline_max < 0:
+    if args.inline_max is not None and args.inline_max < 0:
         raise ConfigError(f"--inline-max must be 0 or more, got {args.inline_max}",
                           fix="give the most images a batch may have to run on the event loop (0: never)")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
@@ -265,6 +265,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     only = args.experts.split(",") if args.experts else None
     scheme = "https" if args.ssl_certfile else "http"
     if args.backend == "ray":
+        if args.inline_max is not None:
+            raise ConfigError("--inline-max is for the uvicorn backend (Ray Serve batches in its replicas)",
+                              fix="leave --inline-max out with --backend ray")
         _serve_on_ray(args, limits, token, only, scheme)
         return 0
     if args.address or args.ray_config or args.ray_set:
@@ -279,7 +282,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
                       expect_system_id=args.expect_system_id, only=only)
     app = create_app(LocalExperts(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                  inline_max=args.inline_max), limits=limits, token=token)
+                                  inline_max=1 if args.inline_max is None else args.inline_max),
+                     limits=limits, token=token)
     _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
                    f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"
                    + ("; bearer token required" if token else ""))
@@ -752,10 +756,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, help="most images in one model batch")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="how long a batch waits for more requests (0: run at once, batch what queued meanwhile)")
-    p.add_argument("--inline-max", type=int, default=1, metavar="N",
+    p.add_argument("--inline-max", type=int, metavar="N",
                    help="a batch of at most N images formed while the server is idle and lightly loaded runs on "
                    "the event loop's thread, skipping the hand-off to its model thread and back (a lone edge "
-                   "request's latency); 0: every batch in the model thread (uvicorn backend)")
+                   "request's latency); default 1; 0: every batch in the model thread (uvicorn backend)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-general", action="store_true", help="do not load the general model")
     p.add_argument("--experts", metavar="IDS", help="serve only these experts, e.g. 0,1 or 2,general (the others "
