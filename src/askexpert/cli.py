@@ -247,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from askexpert.security import check_exposure, read_token
     from askexpert.serving.app import ServerLimits, create_app
-    from askexpert.serving.local import LocalExperts
+    from askexpert.serving.local import INLINE_MAX, LocalExperts
     from askexpert.serving.pool import ExpertPool
 
     token = read_token(args.token_file)
@@ -282,7 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
                       expect_system_id=args.expect_system_id, only=only)
     app = create_app(LocalExperts(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                  inline_max=1 if args.inline_max is None else args.inline_max),
+                                  inline_max=INLINE_MAX if args.inline_max is None else args.inline_max),
                      limits=limits, token=token)
     _console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
                    f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"

@@ -346,7 +346,6 @@ class InferEndpoint:
                  body_limits: dict[str, int], limits: ServerLimits) -> None:
         self.experts, self.per_expert, self.metrics = experts, per_expert, metrics
         self.body_limits, self.limits = body_limits, limits
-        self.shapes = {key: info.input_shape for key, info in experts.infos.items()}
 
     async def __call__(self, scope, receive, send) -> None:
         started = time.perf_counter()
@@ -355,7 +354,7 @@ class InferEndpoint:
         m = self.per_expert.get(expert_id)
         if m is None:
             errors.labels("unknown", "no_such_expert").inc()
-            await _error(404, f"no expert {expert_id!r}; this server has: {', '.join(self.shapes)}")(
+            await _error(404, f"no expert {expert_id!r}; this server has: {', '.join(self.experts.infos)}")(
                 scope, receive, send)
             return
         topk = _topk(scope["query_string"])
@@ -388,7 +387,7 @@ class InferEndpoint:
             errors.labels(expert_id, reason).inc()
             await _error(415 if reason == "content_type" else 400, str(err))(scope, receive, send)
             return
-        expected = self.shapes[expert_id]
+        expected = self.experts.infos[expert_id].input_shape
         if list(images.shape[1:]) != expected:
             errors.labels(expert_id, "bad_shape").inc()
             await _error(400, f"expert {expert_id} takes images of shape {expected} (C, H, W), "

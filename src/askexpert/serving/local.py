@@ -12,11 +12,14 @@ import numpy as np
 from askexpert.serving.batcher import BatchTimings, DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
 
+INLINE_MAX = 1  # the default --inline-max: a lone edge request's one image
+
 
 class LocalExperts:
     """The :class:`.app.Experts` backend of ``askexpert serve`` (``--backend uvicorn``)."""
 
-    def __init__(self, pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0, inline_max: int = 1) -> None:
+    def __init__(self, pool: ExpertPool, *, max_batch: int = 64, max_wait_ms: float = 0.0,
+                 inline_max: int = INLINE_MAX) -> None:
         """``inline_max``: a batch of at most this many images formed while no other expert is busy runs on
         the event loop's thread (no hand-off to a model thread and back; see :mod:`.batcher`); 0: never."""
         self.pool = pool
