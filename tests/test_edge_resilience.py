@@ -40,6 +40,7 @@ class FakeServer:
                          "has_other": True, "model": "m", "timm_name": "t", "parameters": 1,
                          "input_shape": [1, 28, 28], "temperature": 1.0} for e in b.manifest.experts]
         self.mode = "ok"
+        self.health = "ok"  # what GET /v1/health answers: ok, html, other-json, no-id, other-id, 404
         self.infer_calls = 0
         self.block_after: int | None = None  # calls beyond this many wait for ``release``
         self.release = threading.Event()
@@ -66,8 +67,16 @@ class FakeServer:
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path == "/v1/health":
-                    self._send(200, json.dumps({"status": "ok", "experts": 3, "device": "cpu",
-                                                "system_id": fake.system_id}).encode())
+                    doc = {"status": "ok", "experts": 3, "device": "cpu", "system_id": fake.system_id}
+                    if fake.health == "html":
+                        self._send(200, b"<html>down for maintenance</html>", "text/html")
+                    elif fake.health == "404":
+                        self._send(404, b"<html>not found</html>", "text/html")
+                    elif fake.health == "other-json":
+                        self._send(200, json.dumps({"ok": True, "version": 3}).encode())
+                    else:
+                        doc["system_id"] = {"no-id": None, "other-id": "f" * 64}.get(fake.health, fake.system_id)
+                        self._send(200, json.dumps(doc).encode())
                 elif fake.mode == "html":
                     self._send(200, b"<html>down for maintenance</html>", "text/html")
                 elif fake.mode == "no-specialists":
@@ -93,6 +102,9 @@ class FakeServer:
                     results[0] = {**results[0], "confidence": math.nan}
                 elif fake.mode == "html":
                     self._send(200, b"<html>down for maintenance</html>", "text/html")
+                    return
+                elif fake.mode == "503":
+                    self._send(503, b"<html>overloaded</html>", "text/html")
                     return
                 elif fake.mode == "trickle":  # headers at once, then a byte every 0.3 s: never a read timeout
                     self.send_response(200)
@@ -279,3 +291,90 @@ def test_an_expert_held_by_two_servers_survives_one_of_them(tiny_system):
         assert type(err.value).__name__ == "ExpertUnavailable"
     finally:
         servers.close()
+
+
+def _npz(tiny_system, tmp_path, n: int) -> Path:
+    images, labels = _images(tiny_system, n)
+    np.savez(tmp_path / "in.npz", images=images, labels=labels)
+    return tmp_path / "in.npz"
+
+
+@pytest.mark.parametrize("health", ["html", "other-json", "404", "no-id"])
+def test_a_bundles_edge_sends_nothing_to_a_server_that_does_not_name_its_system(tiny_system, fake, tmp_path,
+                                                                                 health, caplog):
+    """A server whose health is not the health document naming the bundle's system, but which answers infer
+    requests in the protocol's shape (the expert's first class, confidence 0.99, for every image), gets no
+    image: every offloaded sample keeps the generalist's answer, flagged, and the edge says why once."""
+    fake.health = health
+    inputs = _npz(tiny_system, tmp_path, 80)
+    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
+                                   batch_size=4))
+    offloaded = [t for t in report.traces if t.route.offloaded]
+    assert offloaded and fake.infer_calls == 0  # not one image was sent there
+    assert all(t.degraded and t.route is Route.DEGRADED and t.pred == t.local_pred for t in offloaded)
+    assert all("not this system's expert server" in t.error and "askexpert serve BUNDLE" in t.error
+               for t in offloaded)
+    assert report.summary.accuracy == report.summary.generalist_accuracy  # none of its answers were used
+    said = [r.getMessage() for r in caplog.records if "not this system's expert server" in r.getMessage()]
+    assert len(said) == 1, said  # once, not once per offload
+    why = {"html": "not the protocol's health document (text/html", "404": "HTTP 404",
+           "other-json": "not the protocol's health document", "no-id": "names no system id"}[health]
+    assert why in said[0]
+
+
+def test_a_server_is_asked_again_and_trusted_once_its_health_names_the_system(tiny_system, fake):
+    """Distrust is an outage, not a verdict: after ``down_for_s`` the health is asked again; once it names
+    the bundle's system the answers are used, and after a failure the server must show it again."""
+    system = open_system(EdgeSettings(system=tiny_system["bundle"], server=None))
+    client = HttpExpertClient(fake.url, down_for_s=0.0, system_id=system.system_id)
+    runner = EdgeRunner(system.model, system.policy, client, system.experts)
+    images, labels = _images(tiny_system, 80)
+    fake.health = "html"
+    first = runner.process(images[:40], labels[:40])
+    assert fake.infer_calls == 0 and all(t.degraded for t in first if t.route.offloaded)
+    fake.health = "ok"
+    second = runner.process(images[40:], labels[40:], 40)
+    offloaded = [t for t in second if t.route.offloaded]
+    assert offloaded and fake.infer_calls == len({t.expert for t in offloaded})  # one request an expert
+    assert not any(t.degraded for t in offloaded)
+    assert all(t.route is Route.EXPERT for t in offloaded)  # the fake's answers were used
+    fake.mode = "503"  # a failure, then another system at the same address
+    assert all(t.degraded for t in runner.process(images[:40], labels[:40]) if t.route.offloaded)
+    calls = fake.infer_calls
+    fake.mode, fake.health = "ok", "other-id"
+    again = runner.process(images[:40], labels[:40])
+    assert fake.infer_calls == calls and all(t.degraded for t in again if t.route.offloaded)
+    assert "names system ffffffffffff" in next(t.error for t in again if t.route.offloaded)
+    client.close()
+
+
+def test_the_right_id_is_used_and_another_id_is_refused_at_the_start(tiny_system, fake, tmp_path):
+    from askexpert.errors import AskExpertError
+
+    inputs = _npz(tiny_system, tmp_path, 40)
+    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)]))
+    assert fake.infer_calls > 0 and report.summary.degraded == 0
+    fake.health = "other-id"
+    with pytest.raises(AskExpertError, match="serves another system"):
+        run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)]))
+
+
+def test_a_server_set_trusts_each_server_on_its_own(tiny_system):
+    """Of two servers holding the same experts, the one whose health is a maintenance page gets no image;
+    the other answers every request."""
+    from askexpert.runtime.clients import ServerSet
+
+    bad, good = FakeServer(tiny_system["bundle"]), FakeServer(tiny_system["bundle"])
+    bad.health = "html"
+    system_id = load_bundle(tiny_system["bundle"]).system_id
+    servers = ServerSet([HttpExpertClient(u, retries=0, system_id=system_id) for u in (bad.url, good.url)])
+    try:
+        images = np.zeros((2, 1, 28, 28), np.uint8)
+        for _ in range(3):
+            assert len(servers.infer("1", images).pred) == 2
+        assert bad.infer_calls == 0 and good.infer_calls == 3
+        assert servers.clients[0].is_down and not servers.clients[1].is_down
+    finally:
+        servers.close()
+        bad.close()
+        good.close()

@@ -119,10 +119,11 @@ class HttpExpertClient:
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
                  down_for_s: float = 1.0, link: LinkProfile | None = None, topk: int = 3,
                  link_sleep: bool = True, deadline_s: float | None = None, token: str | None = None,
-                 ca_file: Path | None = None) -> None:
+                 ca_file: Path | None = None, system_id: str | None = None) -> None:
         """``timeout_s`` bounds each network wait of an attempt; ``deadline_s`` (default
         ``(retries + 1) * timeout_s``) bounds a whole offload, its retries included. ``token``: the
         server's bearer token. ``ca_file``: the authority that signed an https server's certificate.
+        ``system_id``: the bundle's; images go only to a server whose health names it (module docstring).
         ``link`` adds an emulated link's delay to every offload: slept (``link_sleep``, the default:
         the edge really waits, as on that link) or only accounted in ``link_ms`` (a benchmark's
         sequential stream, where waiting would change nothing but the wall time)."""
@@ -130,7 +131,9 @@ class HttpExpertClient:
         self.retries, self.backoff_s, self.down_for_s = retries, backoff_s, down_for_s
         self.deadline_s = deadline_s if deadline_s is not None else (retries + 1) * timeout_s
         self.link, self.topk, self.link_sleep = link, topk, link_sleep
-        self._down_until = 0.0
+        self._down_until, self._down_why = 0.0, ""
+        self.system_id = system_id
+        self._trusted = system_id is None  # a bundle's client trusts a server once its health names the system
         self._backend = _DeadlineBackend()
         limits = httpx.Limits(max_keepalive_connections=4, keepalive_expiry=60)
         context = tls_context(ca_file)
@@ -162,7 +165,7 @@ class HttpExpertClient:
         """The server's 200 answer, within the deadline; else :class:`ExpertUnavailable` saying why."""
         if self.is_down:
             raise ExpertUnavailable(f"{self.base_url} is marked down for another "
-                                    f"{self._down_until - time.monotonic():.2f} s after a failure",
+                                    f"{self._down_until - time.monotonic():.2f} s after a failure: {self._down_why}",
                                     server=self.base_url)
         start = time.monotonic()
         deadline = start + self.deadline_s
@@ -197,9 +200,45 @@ class HttpExpertClient:
                 return resp
         finally:
             self._backend.local.deadline = None
-        self._down_until = time.monotonic() + self.down_for_s
-        raise ExpertUnavailable(f"{self.base_url}{path} unreachable after {attempt + 1} attempts in "
-                                f"{time.monotonic() - start:.2f} s ({last})", server=self.base_url)
+        why = (f"{self.base_url}{path} unreachable after {attempt + 1} attempts in "
+               f"{time.monotonic() - start:.2f} s ({last})")
+        self._mark_down(why)
+        raise ExpertUnavailable(why, server=self.base_url)
+
+    def _mark_down(self, why: str) -> None:
+        """No request for ``down_for_s``; whoever answers after that must show its system again."""
+        self._down_until, self._down_why = time.monotonic() + self.down_for_s, why
+        self._trusted = self.system_id is None
+
+    def distrust(self, health: HealthResponse) -> str | None:
+        """Why a server with this health document is not this system's server, or None when it is."""
+        if self.system_id is None or health.system_id == self.system_id:
+            return None
+        named = "no system id (a run directory's server)" if health.system_id is None else \
+            f"system {health.system_id[:12]}"
+        return f"its /v1/health names {named}, this bundle is system {self.system_id[:12]}"
+
+    def _ensure_trusted(self) -> None:
+        """For a bundle's client: the server's health must name this system before any image is sent."""
+        if self._trusted or self.is_down:
+            return  # a server marked down is refused by _request, saying why
+        try:
+            resp = self._request("GET", "/v1/health")
+        except ExpertUnavailable as err:
+            if err.status is None or err.status in (401, 403):
+                raise  # unreachable (marked down already), or our token is refused: said as such
+            why = f"its /v1/health answered HTTP {err.status}"
+        else:
+            try:
+                why = self.distrust(HealthResponse.model_validate_json(resp.content))
+            except ValueError:  # an HTML page, or JSON that is not the health document
+                why = (f"its /v1/health is not the protocol's health document "
+                       f"({resp.headers.get('content-type', 'no content type')}: {resp.text[:60]!r})")
+        if why is not None:
+            self._mark_down(f"{self.base_url} is not this system's expert server ({why}): no image goes there and "
+                            "none of its answers are used -- fix: serve this bundle there (askexpert serve BUNDLE)")
+            raise ExpertUnavailable(self._down_why, server=self.base_url)
+        self._trusted = True
 
     def _parse(self, what: str, resp: httpx.Response, parse):
         try:
@@ -217,6 +256,7 @@ class HttpExpertClient:
         return self._parse("the health answer", self._request("GET", "/v1/health"), HealthResponse.model_validate_json)
 
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+        self._ensure_trusted()
         t0 = time.perf_counter()
         body, headers = encode_images(images)
         t1 = time.perf_counter()

@@ -118,7 +118,7 @@ def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
                 raise AskExpertError(f"the server at {client.base_url} refuses this edge (HTTP {err.status}: "
                                      f"{'no token sent' if err.status == 401 else 'wrong token'})",
                                      fix="pass the server's token: --token-file FILE (or ASKEXPERT_TOKEN)") from err
-            continue  # unreachable now: the runner degrades gracefully and retries later
+            continue  # unreachable, or no health document: its samples degrade (said once) and it is asked later
         if system.system_id is not None and served is not None and served != system.system_id:
             raise AskExpertError(f"the server at {client.base_url} serves another system (system.json sha256 "
                                  f"{served[:12]}, this bundle {system.system_id[:12]})",
@@ -138,7 +138,7 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
                  " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
     urls = [s.server] if isinstance(s.server, str) else list(s.server or [])
     clients = [HttpExpertClient(url, timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s,
-                                token=s.token, ca_file=s.ca_file) for url in urls]
+                                token=s.token, ca_file=s.ca_file, system_id=system.system_id) for url in urls]
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
     try:
         _check_servers(clients, system)
