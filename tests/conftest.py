@@ -20,6 +20,17 @@ from askexpert.data import fashion_mnist
 os.environ.pop("ASKEXPERT_TOKEN", None)
 
 
+def pytest_report_header(config) -> str:
+    """Which arithmetic the suite's training runs use: the suite must pass on both (README, 'Tests')."""
+    import torch
+
+    from askexpert.training.engine import PRECISION_ENV, cpu_has_native_bf16, training_precision
+
+    native = "has" if cpu_has_native_bf16() else "has no"
+    return (f"training precision: {training_precision(torch.device('cpu'), True)} "
+            f"({PRECISION_ENV}={os.environ.get(PRECISION_ENV, 'auto')}; this CPU {native} native bfloat16)")
+
+
 @pytest.fixture(scope="session")
 def fmnist_dir() -> Path:
     """The directory of the real Fashion-MNIST files (Debian's package, $ASKEXPERT_DATA or the cache)."""

@@ -60,3 +60,24 @@ def test_bad_overrides_and_missing_file(tmp_path):
         load_run_config(None, ["train.epochs=abc"])
     with pytest.raises(ConfigError, match="does not exist.*shipped config: demo-experts"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_one_environment_switch_sets_the_training_precision(monkeypatch):
+    """ASKEXPERT_PRECISION: auto follows the CPU (bf16 only where it is native), fp32 forces float32 as
+    train.amp: false does, bf16 forces autocast even where it is emulated, anything else names the fix."""
+    import torch
+
+    from askexpert.training.engine import PRECISION_ENV, cpu_has_native_bf16, training_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    assert training_precision(cpu, True) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert training_precision(cpu, False) == "fp32"
+    for value, expected in (("fp32", "fp32"), ("FP32", "fp32"), ("bf16", "bf16"), ("auto", None), ("", None)):
+        monkeypatch.setenv(PRECISION_ENV, value)
+        assert training_precision(cpu, True) == (expected or ("bf16" if cpu_has_native_bf16() else "fp32"))
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    assert training_precision(cpu, False) == "fp32"  # train.amp: false is never overridden upwards
+    monkeypatch.setenv(PRECISION_ENV, "half")
+    with pytest.raises(ConfigError, match="auto, fp32 or bf16"):
+        training_precision(cpu, True)

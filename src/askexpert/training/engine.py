@@ -6,6 +6,7 @@ resumable at every epoch boundary, with a rich progress bar."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from askexpert.config import TrainConfig
 from askexpert.console import progress_bar, stderr_console
 from askexpert.data import ImageSplit, InputSpec, to_model_input
 from askexpert.devices import resolve_device
+from askexpert.errors import ConfigError
 from askexpert.models import explicit_attention
 from askexpert.training import distributed
 from askexpert.training.evaluate import predict_logits
@@ -42,10 +44,23 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+PRECISION_ENV = "ASKEXPERT_PRECISION"  # auto (the default), fp32 or bf16: one switch for every training run
+
+
 def training_precision(device: torch.device, amp: bool) -> str:
-    """The arithmetic a training run uses: ``bf16``, ``fp16`` (CUDA without bf16) or ``fp32``."""
-    if not amp:
+    """The arithmetic a training run uses: ``bf16``, ``fp16`` (CUDA without bf16) or ``fp32``.
+
+    ``$ASKEXPERT_PRECISION`` overrides the detection for every run of the process: ``fp32`` forces
+    float32 (as ``train.amp: false`` does), ``bf16`` forces bfloat16 autocast even on a CPU that only
+    emulates it (~20x slower there: for checking that path, never for speed)."""
+    forced = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if forced not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"{PRECISION_ENV}={forced!r} is not a precision",
+                          fix=f"set {PRECISION_ENV} to auto, fp32 or bf16 (or unset it)")
+    if not amp or forced == "fp32":
         return "fp32"
+    if forced == "bf16":
+        return "bf16"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and cpu_has_native_bf16():
