@@ -32,6 +32,30 @@ def pytest_report_header(config) -> str:
 
 
 @pytest.fixture(scope="session")
+def floor():
+    """``floor(what, value, minimum)``: assert that a trained model clears a floor well above chance, and,
+    where ``$ASKEXPERT_FLOOR_LOG`` names a file, append what was measured to it (one JSON line, with the
+    training precision), which is how the margins in docs/testing.md were measured on both precision paths."""
+    import json
+
+    import torch
+
+    from askexpert.training.engine import training_precision
+
+    log = os.environ.get("ASKEXPERT_FLOOR_LOG")
+    precision = training_precision(torch.device("cpu"), True)
+
+    def check(what: str, value: float, minimum: float) -> None:
+        if log:
+            with open(log, "a") as f:
+                f.write(json.dumps({"what": what, "value": round(float(value), 2), "floor": minimum,
+                                    "precision": precision}) + "\n")
+        assert value > minimum, f"{what}: {value:.2f} is not above its floor {minimum}"
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def fmnist_dir() -> Path:
     """The directory of the real Fashion-MNIST files (Debian's package, $ASKEXPERT_DATA or the cache)."""
     return fashion_mnist.locate(None, allow_download=False)
@@ -156,3 +180,22 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     bundle = build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
     return {"generalist": trained.generalist, "general": trained.general, "experts": trained.experts["static"],
             "partition": trained.partition, "bundle": bundle.root, "root": out}
+
+
+@pytest.fixture(scope="session")
+def bundle_server(tiny_system):
+    """One real server (a child process on a loopback port) over the tiny system's bundle, shared by the
+    tests that only send it requests: each start costs seconds (torch, the models, TorchScript)."""
+    from askexpert.serving.process import ServerProcess
+
+    with ServerProcess(tiny_system["bundle"], threads=1) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def experts_server(tiny_system):
+    """The same over the tiny system's expert run directory (no system id)."""
+    from askexpert.serving.process import ServerProcess
+
+    with ServerProcess(tiny_system["experts"], threads=1) as url:
+        yield url

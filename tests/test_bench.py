@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -23,13 +22,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, fmnist_dir):
     out = tmp_path_factory.mktemp("bench")
-    t0 = time.perf_counter()
-    result = run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
-    return out, result, time.perf_counter() - t0
+    return out, run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
 
 
-def test_every_baseline_runs_on_the_same_images(bench):
-    _, result, _ = bench
+def test_every_baseline_runs_on_the_same_images(bench, floor):
+    _, result = bench
     cells = result.cells
     for key, _ in BASELINES:
         row = cells[f"baseline-{key}"]
@@ -44,7 +41,8 @@ def test_every_baseline_runs_on_the_same_images(bench):
     assert edge_exec.energy.server_mj_per_image == 0  # experts ran on the edge
     medium = cells["baseline-edge-general"]  # the other reading: the medium model on the edge for every image
     assert medium.summary.offload_rate == 0 and medium.energy.server_mj_per_image == 0
-    assert medium.summary.accuracy > 25 and medium.energy.edge_compute_mj_per_image > 0
+    floor("bench: the medium general model on the edge, accuracy", medium.summary.accuracy, 25)  # chance 10%
+    assert medium.energy.edge_compute_mj_per_image > 0
     assert result.placement["mode"] == "host" and result.placement["label"] == "host CPU (no edge emulation)"
     collab = cells["baseline-collaborative-progressive"]
     assert 15 < collab.summary.offload_rate < 50 and collab.energy.server_mj_per_image > 0
@@ -61,7 +59,7 @@ def test_every_baseline_runs_on_the_same_images(bench):
 
 
 def test_report_has_every_table_and_plot(bench):
-    out, result, _ = bench
+    out, result = bench
     report = (out / "results" / f"{result.date}-{result.host}-tiny" / "report.md")
     text = report.read_text()
     for heading in ("## Systems on the same test images and link", "## Goals", "## Sweep: tau and k",
@@ -78,12 +76,13 @@ def test_report_has_every_table_and_plot(bench):
 
 
 def test_an_interrupted_bench_resumes_where_it_stopped(bench):
-    out, result, first_seconds = bench
+    out, result = bench
     cells = out / "runs" / "bench-tiny" / "cells"
     (cells / "tau-0.4-k3.json").unlink()  # as if the run had stopped before this measurement
-    t0 = time.perf_counter()
+    kept = {f: f.stat().st_mtime_ns for f in (out / "runs").rglob("*") if f.suffix in (".safetensors", ".json")}
     again = run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
-    assert time.perf_counter() - t0 < first_seconds  # models and the other measurements were reused
+    # models and the other measurements were reused: not one of their files was written again
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept and len(kept) > 20
     assert (cells / "tau-0.4-k3.json").is_file()
     for name, row in result.cells.items():
         if name != "tau-0.4-k3":

@@ -144,7 +144,7 @@ def _test_npz(tiny_system, path: Path, n: int) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_fresh_venv_without_torch_answers_from_the_bundle(tiny_system, tmp_path):
+def test_a_fresh_venv_without_torch_answers_from_the_bundle(tiny_system, bundle_server, tmp_path, floor):
     """`pip install askexpert` (the edge) into a new venv: no torch arrives, and `askexpert edge BUNDLE`
     answers test images against a running server with ONNX Runtime, NumPy and httpx."""
     venv = tmp_path / "venv"
@@ -158,14 +158,14 @@ def test_a_fresh_venv_without_torch_answers_from_the_bundle(tiny_system, tmp_pat
     installed = {p["name"].lower() for p in json.loads(listed)}
     assert "onnxruntime" in installed and not installed & {"torch", "torchvision", "timm", "fastapi"}
     images = _test_npz(tiny_system, tmp_path / "test.npz", 120)
-    with ServerProcess(tiny_system["bundle"], threads=1) as url:
-        run = subprocess.run([str(venv / "bin" / "askexpert"), "edge", str(tiny_system["bundle"]), "--server", url,
-                              "--input", str(images), "--batch-size", "4", "--summary", str(tmp_path / "s.json")],
-                             capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run([str(venv / "bin" / "askexpert"), "edge", str(tiny_system["bundle"]), "--server",
+                          bundle_server, "--input", str(images), "--batch-size", "4", "--summary",
+                          str(tmp_path / "s.json")], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["samples"] == 120 and summary["degraded"] == 0 and summary["offload_rate"] > 5
-    assert summary["backend"] == "onnx" and summary["accuracy"] > 30
+    assert summary["backend"] == "onnx"
+    floor("tiny system: the torch-free edge, accuracy on 120 images", summary["accuracy"], 30)  # chance 10%
     # a command that needs the full install says so instead of a traceback
     train = subprocess.run([str(venv / "bin" / "askexpert"), "train", "generalist", "--epochs", "1"],
                            capture_output=True, text=True, cwd=tmp_path)
@@ -185,7 +185,7 @@ def _offline_answers(tiny_system, policy: RoutingPolicy):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fallback", ["other", "other-or-less-confident"])
-def test_offline_and_live_answers_agree_image_by_image(tiny_system, tmp_path, fallback):
+def test_offline_and_live_answers_agree_image_by_image(tiny_system, bundle_server, tmp_path, fallback):
     """The server answers with the experts' calibrated temperatures (from the bundle), so the live system
     over HTTP gives, image by image, what the offline evaluation computes from saved logits."""
     bundle = load_bundle(tiny_system["bundle"])
@@ -194,7 +194,7 @@ def test_offline_and_live_answers_agree_image_by_image(tiny_system, tmp_path, fa
     d, final, fell_back, labels = _offline_answers(tiny_system, policy)
     images = np.load(_test_npz(tiny_system, tmp_path / "t.npz", 600))["images"]
     experts = [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts]
-    with ServerProcess(tiny_system["bundle"], threads=1) as url, HttpExpertClient(url) as client:
+    with HttpExpertClient(bundle_server) as client:
         runner = EdgeRunner(OnnxGeneralist(bundle.generalist_onnx, threads=1), policy, client, experts)
         traces = list(runner.run((images[i:i + 8], labels[i:i + 8]) for i in range(0, len(images), 8)))
     live = np.array([t.pred for t in traces])
@@ -227,14 +227,14 @@ def test_edge_execution_counts_its_fallbacks(tiny_system):
 
 
 @pytest.mark.timeout(300)
-def test_per_image_costs_at_batch_four_add_up_to_the_measured_batch(tiny_system, tmp_path):
+def test_per_image_costs_at_batch_four_add_up_to_the_measured_batch(tiny_system, bundle_server, tmp_path):
     bundle = load_bundle(tiny_system["bundle"])
     data = np.load(_test_npz(tiny_system, tmp_path / "t.npz", 200))
     images, labels = data["images"], data["labels"]
     r = bundle.manifest.routing
     policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature)
     experts = [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts]
-    with ServerProcess(tiny_system["bundle"], threads=1) as url, HttpExpertClient(url) as client:
+    with HttpExpertClient(bundle_server) as client:
         runner = EdgeRunner(OnnxGeneralist(bundle.generalist_onnx, threads=1), policy, client, experts)
         batches = [runner.process(images[i:i + 4], labels[i:i + 4], i) for i in range(0, len(images), 4)]
     checked = 0

@@ -16,7 +16,7 @@ from askexpert.errors import CheckpointError
 from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
-from askexpert.serving.process import ServerProcess, free_port
+from askexpert.serving.process import free_port
 
 
 def test_onnx_export_matches_torch_and_carries_class_names(tiny_system, tmp_path):
@@ -41,11 +41,10 @@ def test_onnx_errors_are_clear(tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_edge_cli_over_http_from_a_bundle_with_a_trace(tiny_system, tmp_path, capsys):
-    with ServerProcess(tiny_system["bundle"], threads=1) as url:
-        code = main(["edge", str(tiny_system["bundle"]), "--server", url, "--limit", "120", "--threads", "1",
-                     "--link", "wifi", "--trace", str(tmp_path / "t.jsonl"), "--predictions", str(tmp_path / "p.csv"),
-                     "--summary", str(tmp_path / "s.json")])
+def test_edge_cli_over_http_from_a_bundle_with_a_trace(tiny_system, bundle_server, tmp_path, capsys):
+    code = main(["edge", str(tiny_system["bundle"]), "--server", bundle_server, "--limit", "120", "--threads", "1",
+                 "--link", "wifi", "--trace", str(tmp_path / "t.jsonl"), "--predictions", str(tmp_path / "p.csv"),
+                 "--summary", str(tmp_path / "s.json")])
     assert code == 0
     out = capsys.readouterr().out
     assert "accuracy, collaborative" in out and "wifi" in out and "bundle" in out
@@ -60,11 +59,10 @@ def test_edge_cli_over_http_from_a_bundle_with_a_trace(tiny_system, tmp_path, ca
 
 
 @pytest.mark.timeout(180)
-def test_edge_on_a_run_directory_still_works(tiny_system, tmp_path):
+def test_edge_on_a_run_directory_still_works(tiny_system, experts_server, tmp_path):
     """The torch path: a generalist's run directory, calibrated on validation at start."""
-    with ServerProcess(tiny_system["experts"], threads=1) as url:
-        assert main(["edge", str(tiny_system["generalist"]), "--server", url, "--limit", "60", "--threads", "1",
-                     "--summary", str(tmp_path / "s.json")]) == 0
+    assert main(["edge", str(tiny_system["generalist"]), "--server", experts_server, "--limit", "60", "--threads", "1",
+                 "--summary", str(tmp_path / "s.json")]) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["backend"] == "torch" and summary["samples"] == 60 and summary["degraded"] == 0
 

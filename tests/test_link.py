@@ -33,13 +33,10 @@ def test_bad_links_are_clear_errors(text):
         parse_link(text)
 
 
-def test_emulated_link_delays_real_requests(tiny_system):
-    from askexpert.serving.process import ServerProcess
-
+def test_emulated_link_delays_real_requests(experts_server):
     images = np.zeros((64, 1, 28, 28), dtype=np.uint8)
     link = LinkProfile("slow", rtt_ms=30, bandwidth_mbit=10)
-    with ServerProcess(tiny_system["experts"], threads=1) as url, \
-            HttpExpertClient(url) as plain, HttpExpertClient(url, link=link) as shaped:
+    with HttpExpertClient(experts_server) as plain, HttpExpertClient(experts_server, link=link) as shaped:
         plain.infer("0", images)
         t0 = time.perf_counter()
         reply = shaped.infer("0", images)
@@ -49,14 +46,11 @@ def test_emulated_link_delays_real_requests(tiny_system):
     assert elapsed >= expected and reply.up_bytes == 64 * 784
 
 
-def test_a_benchmark_stream_accounts_the_link_without_sleeping(tiny_system):
+def test_a_benchmark_stream_accounts_the_link_without_sleeping(experts_server):
     """With link_sleep off the delay is reported (and counted in the trace) but not waited out."""
-    from askexpert.serving.process import ServerProcess
-
     images = np.zeros((1, 1, 28, 28), dtype=np.uint8)
     link = LinkProfile("far", rtt_ms=3000, bandwidth_mbit=10)  # a 3 s round trip: sleeping would show
-    with ServerProcess(tiny_system["experts"], threads=1) as url, \
-            HttpExpertClient(url, link=link, link_sleep=False, timeout_s=10) as client:
+    with HttpExpertClient(experts_server, link=link, link_sleep=False, timeout_s=10) as client:
         client.infer("0", images)
         t0 = time.perf_counter()
         reply = client.infer("0", images)
@@ -111,6 +105,7 @@ class ShapedVeth:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
 
 
+@pytest.mark.slow
 def test_emulated_link_matches_a_tbf_shaped_link(tiny_system):
     """The same payloads over a real 20 Mbit/s tbf-shaped veth and through the emulation agree within 15%.
     (This kernel has tbf but not netem, so only the bandwidth part is shaped for real.)"""

@@ -116,6 +116,7 @@ def test_affinity_is_symmetric_with_zero_diagonal():
     assert torch.allclose(a, a.t()) and float(a.diagonal().abs().sum()) == 0
 
 
+@pytest.mark.slow
 def test_coarse_partition_from_real_cifar100_files(tmp_path):
     """A generalist trained on files in the cifar-100-python format, partitioned by superclass."""
     write_cifar100(tmp_path / "data", n_train=400, n_test=100)

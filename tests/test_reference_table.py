@@ -67,7 +67,7 @@ def test_explicit_attention_computes_the_same_and_restores_the_kernel():
 
 
 @pytest.mark.slow
-def test_training_records_its_precision_and_learns(fmnist_dir):
+def test_training_records_its_precision_and_learns(fmnist_dir, floor):
     """Three epochs on 3,000 real images, in whatever precision this CPU runs by default."""
     bundle = load_dataset(DataConfig(train_subset=3000, val_subset=500), image_size=28, channels=1)
     spec, _ = resolve_spec(ModelConfig(name="vit-mini-edge-28"), num_classes=10, mean=bundle.mean, std=bundle.std)
@@ -78,7 +78,7 @@ def test_training_records_its_precision_and_learns(fmnist_dir):
                  augment="flip")
     assert result.precision == training_precision(torch.device("cpu"), True)
     assert all(h["precision"] == result.precision for h in result.history)
-    assert result.history[-1]["val_acc"] > 50  # chance is 10%
+    floor("vit-mini-edge-28, 3 epochs on 3,000 images: val accuracy", result.history[-1]["val_acc"], 50)
     assert any(getattr(m, "fused_attn", False) for m in model.modules())  # the loop restores the kernel
 
 
@@ -105,7 +105,7 @@ def _table(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_experts_table_smoke_seed_by_seed(tmp_path, fmnist_dir):
+def test_experts_table_smoke_seed_by_seed(tmp_path, fmnist_dir, floor):
     """The real command on a few hundred images: a seed file as soon as the seed ends, a summary over
     every seed file present (from more than one sitting), router-aware progressive experts."""
     env = {**os.environ, "ASKEXPERT_DATA": str(fmnist_dir.parent)}
@@ -116,7 +116,7 @@ def test_experts_table_smoke_seed_by_seed(tmp_path, fmnist_dir):
     record = json.loads(seed_file.read_text())
     assert record["profile"] == "smoke" and record["seed"] == 0 and record["machine"]["cpu"]
     assert record["timings"]["total_s"] > 0 and set(record["headline"]) >= {"static", "progressive"}
-    assert record["baselines"]["generalist"]["accuracy"] > 20  # chance is 10%
+    floor("experts table smoke: the generalist alone", record["baselines"]["generalist"]["accuracy"], 20)
     assert 10 <= record["headline"]["progressive"]["test"]["offload_rate"] <= 50
     progressive_cfg = (runs / "experts-progressive-fmnist-cpu-seed0" / "config.yaml").read_text()
     assert "generalist-fmnist-cpu-seed0" in progressive_cfg  # the router the experts were drawn for

@@ -236,6 +236,7 @@ def test_a_client_that_goes_away_mid_body_is_not_an_error_in_the_log(guarded):
     assert "Traceback" not in log and "ERROR" not in log
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_schemathesis_finds_nothing(guarded, tmp_path):
     """Every operation of /openapi.json, fuzzed: no 5xx, answers as documented (status codes, content

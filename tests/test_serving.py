@@ -27,9 +27,8 @@ pytestmark = pytest.mark.timeout(300)  # every test here talks to a real server
 
 
 @pytest.fixture(scope="module")
-def server(tiny_system):
-    with ServerProcess(tiny_system["experts"], threads=1) as url:
-        yield url
+def server(experts_server):
+    return experts_server
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +211,7 @@ def test_a_lone_small_batch_runs_on_the_event_loop_thread_and_a_burst_still_batc
     assert where == ["loop", "model", "model", "model", "loop", "model"]
 
 
+@pytest.mark.slow
 def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_system):
     gen = TorchGeneralist(tiny_system["generalist"])
     policy = generalist_policy(tiny_system["generalist"], offload_rate=0.4, k=3)
@@ -338,6 +338,7 @@ def test_server_survives_a_request_flood_during_shutdown(tiny_system):
     assert all("unreachable" in e or "HTTP" in e for e in errors)
 
 
+@pytest.mark.slow
 def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny_system, tmp_path, caplog):
     """Experts 0 and 1 on one server, expert 2 on another: one edge run over both answers as one server
     would; with the second server killed, only the samples routed to expert 2 degrade."""

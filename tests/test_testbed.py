@@ -155,6 +155,7 @@ def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
             assert not edge_cores & set(edge.placement.server_cores)
 
 
+@pytest.mark.slow
 def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, tmp_path):
     """``askexpert edge BUNDLE --device rpi4``: the bundle's edge in its own throttled (or paced) process,
     answering over real HTTP, with the placement in the summary."""
