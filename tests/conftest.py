@@ -49,7 +49,8 @@ def floor():
         if log:
             with open(log, "a") as f:
                 f.write(json.dumps({"what": what, "value": round(float(value), 2), "floor": minimum,
-                                    "precision": precision}) + "\n")
+                                    "precision": precision, "seed": int(os.environ.get("ASKEXPERT_SEED") or 0)})
+                        + "\n")
         assert value > minimum, f"{what}: {value:.2f} is not above its floor {minimum}"
 
     return check
@@ -164,14 +165,14 @@ def http_server():
 @pytest.fixture(scope="session")
 def tiny_system(tmp_path_factory, fmnist_dir):
     """A real, quickly trained system on 2,000 Fashion-MNIST images (the one pipeline): a one-block
-    generalist, a one-block general model, a 3-expert confusion partition, static experts (about 30 s
-    on 2 cores), and its deployable bundle."""
+    generalist, a one-block general model (3 epochs each), a 3-expert confusion partition, static experts
+    (about 30 s on 2 cores), and its deployable bundle."""
     from askexpert.system.build import build_system
     from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
     out = tmp_path_factory.mktemp("system")
     common = ("data.train_subset=2000", "data.val_subset=600", "data.test_subset=600", "model.kwargs.depth=1",
-              "train.epochs=2", "train.lr=0.003")
+              "train.epochs=3", "train.lr=0.003")
     spec = PipelineSpec(None, None, (ExpertsStep("static", None, ("name=experts", "experts.strategy=static",
                                                                   "experts.passes=1")),),
                         common=common, generalist_overrides=("name=generalist", "model.name=vit-edge-28"),

@@ -25,7 +25,7 @@ def bench(tmp_path_factory, fmnist_dir):
     return out, run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
 
 
-def test_every_baseline_runs_on_the_same_images(bench, floor):
+def test_every_baseline_runs_on_the_same_images(bench):
     _, result = bench
     cells = result.cells
     for key, _ in BASELINES:
@@ -41,8 +41,9 @@ def test_every_baseline_runs_on_the_same_images(bench, floor):
     assert edge_exec.energy.server_mj_per_image == 0  # experts ran on the edge
     medium = cells["baseline-edge-general"]  # the other reading: the medium model on the edge for every image
     assert medium.summary.offload_rate == 0 and medium.energy.server_mj_per_image == 0
-    floor("bench: the medium general model on the edge, accuracy", medium.summary.accuracy, 25)  # chance 10%
     assert medium.energy.edge_compute_mj_per_image > 0
+    # the same general model on every image, once on the edge and once on the server: the same answers
+    assert medium.summary.accuracy == cells["baseline-full-offload-general"].summary.accuracy
     assert result.placement["mode"] == "host" and result.placement["label"] == "host CPU (no edge emulation)"
     collab = cells["baseline-collaborative-progressive"]
     assert 15 < collab.summary.offload_rate < 50 and collab.energy.server_mj_per_image > 0
@@ -79,9 +80,10 @@ def test_an_interrupted_bench_resumes_where_it_stopped(bench):
     out, result = bench
     cells = out / "runs" / "bench-tiny" / "cells"
     (cells / "tau-0.4-k3.json").unlink()  # as if the run had stopped before this measurement
-    kept = {f: f.stat().st_mtime_ns for f in (out / "runs").rglob("*") if f.suffix in (".safetensors", ".json")}
+    measured = [f for f in cells.glob("*.json") if f.name != "models.json"]  # models.json: where the models are
+    kept = {f: f.stat().st_mtime_ns for f in [*(out / "runs").rglob("*.safetensors"), *measured]}
     again = run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
-    # models and the other measurements were reused: not one of their files was written again
+    # the models and the other measurements were reused: not one of their files was written again
     assert {f: f.stat().st_mtime_ns for f in kept} == kept and len(kept) > 20
     assert (cells / "tau-0.4-k3.json").is_file()
     for name, row in result.cells.items():

@@ -81,3 +81,16 @@ def test_one_environment_switch_sets_the_training_precision(monkeypatch):
     monkeypatch.setenv(PRECISION_ENV, "half")
     with pytest.raises(ConfigError, match="auto, fp32 or bf16"):
         training_precision(cpu, True)
+
+
+def test_the_default_training_seed_comes_from_one_environment_switch(monkeypatch):
+    from askexpert.config import SEED_ENV
+
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    assert load_run_config(None, []).train.seed == 0
+    monkeypatch.setenv(SEED_ENV, "2")
+    assert load_run_config(None, []).train.seed == 2
+    assert load_run_config(None, ["train.seed=5"]).train.seed == 5  # a run's own choice wins
+    monkeypatch.setenv(SEED_ENV, "two")
+    with pytest.raises(ConfigError, match="whole number"):
+        load_run_config(None, [])

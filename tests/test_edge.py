@@ -163,7 +163,7 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     from askexpert.demo import run_demo
 
     small = ["data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
-             "model.kwargs.depth=1", "train.threads=1"]
+             "model.kwargs.depth=1", "train.threads=2"]
     result = run_demo(output_dir=tmp_path, limit=150, overrides=small)
     s = result.report.summary
     assert s.samples == 150 and s.degraded == 0 and 10 < s.offload_rate < 60

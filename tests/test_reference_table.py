@@ -46,7 +46,8 @@ def test_full_resolution_stem_layer():
     assert flops_per_image(model, full) > flops_per_image(build_model(plain), plain)
 
 
-def test_training_precision_is_detected_not_assumed():
+def test_training_precision_is_detected_not_assumed(monkeypatch):
+    monkeypatch.delenv("ASKEXPERT_PRECISION", raising=False)  # the detection itself, not the suite's forced path
     cpu = torch.device("cpu")
     assert training_precision(cpu, amp=False) == "fp32"
     assert training_precision(cpu, amp=True) == ("bf16" if cpu_has_native_bf16() else "fp32")

@@ -24,10 +24,11 @@ pytestmark = [pytest.mark.usefixtures("fmnist_dir"), pytest.mark.slow]  # every 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The 28x28 generalist preset trained on 4,000 real images for 4 epochs (under a minute on 2 cores)."""
+    """The 28x28 generalist preset trained on 2,000 real images for 4 epochs (about 20 s on 2 cores in bf16,
+    35 s in fp32)."""
     out = tmp_path_factory.mktemp("runs")
     cfg = load_run_config(None, [
-        "name=short", f"output_dir={out}", "model.name=vit-edge-28", "data.train_subset=4000",
+        "name=short", f"output_dir={out}", "model.name=vit-edge-28", "data.train_subset=2000",
         "data.val_subset=1000", "data.test_subset=2000", "train.epochs=4", "train.batch_size=64",
         "train.lr=0.003", "train.warmup_epochs=0.5",
     ])
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
 def test_short_training_is_far_above_chance(trained, floor):
     cfg, result = trained
     assert result.metrics["test"]["samples"] == 2000
-    floor("vit-edge-28, 4 epochs on 4,000 images: test accuracy", result.metrics["test"]["top1"], 70)
+    floor("vit-edge-28, 4 epochs on 2,000 images: test accuracy", result.metrics["test"]["top1"], 55)
     history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -55,7 +56,7 @@ def test_reloaded_checkpoint_gives_bit_identical_logits(trained):
     assert torch.equal(logits, again)
     acc = 100 * float((logits.argmax(1) == bundle.test.labels).float().mean())
     assert acc == pytest.approx(result.metrics["test"]["top1"], abs=1e-4)
-    assert ckpt.meta.class_names[0] == "T-shirt/top" and ckpt.meta.dataset["train"] == 4000
+    assert ckpt.meta.class_names[0] == "T-shirt/top" and ckpt.meta.dataset["train"] == 2000
 
 
 def test_existing_run_is_never_clobbered(trained):

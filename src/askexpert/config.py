@@ -7,6 +7,7 @@ are checked by pydantic (unknown keys are errors, so a typo never passes silentl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from askexpert.errors import ConfigError
+
+SEED_ENV = "ASKEXPERT_SEED"  # the default train.seed of every run in this process (a config or --set wins)
+
+
+def _default_seed() -> int:
+    raw = os.environ.get(SEED_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{SEED_ENV}={raw!r} is not a whole number",
+                          fix=f"set {SEED_ENV} to an integer seed (or unset it for seed 0)") from None
 
 
 class _Strict(BaseModel):
@@ -68,7 +82,8 @@ class TrainConfig(_Strict):
                       "(AMX or AVX512-BF16; float32 on other CPUs); false: float32 everywhere")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice)")
-    seed: int = 0
+    seed: int = Field(default_factory=_default_seed, description="weights, data order, augmentation and "
+                      f"dropout; default 0, or ${SEED_ENV} (how the suite's floors were measured over seeds)")
     num_workers: int = Field(0, ge=0, description="decoding workers for image folders")
     eval_batch_size: int = Field(512, gt=0)
 
