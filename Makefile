@@ -12,10 +12,10 @@ demo: setup
 	$(BIN)/askexpert demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q --durations=25 -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

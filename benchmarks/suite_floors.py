@@ -111,8 +111,11 @@ def main() -> int:
             cells += ([f"{min(values):.1f} / {statistics.mean(values):.1f} / {max(values):.1f}",
                        f"{min(values) - minimum:+.1f}"] if values else ["-", "-"])
         table.add_row(what, f"{minimum:g}", *cells)
-        out_rows.append({"what": what, "floor": minimum,
-                         "by_seed": {p: dict(sorted(v)) for p, v in by_precision.items()}})
+        by_seed = {p: {} for p in by_precision}
+        for p, pairs in by_precision.items():
+            for seed, value in sorted(pairs):
+                by_seed[p].setdefault(str(seed), []).append(value)  # a test may check one floor several times
+        out_rows.append({"what": what, "floor": minimum, "by_seed": by_seed})
     Console().print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "cpu": cpu_name(),

@@ -157,7 +157,7 @@ def test_image_folder_from_zero_to_a_served_system(folders, tmp_path, capsys, fl
     assert all(f"expert-{e}" in out for e in range(3))
     report = json.loads((runs / "experts" / "expert-1" / "eval" / "test.json").read_text())
     assert report["per_class"][-1]["class"] == "other"
-    floor("image folder: progressive expert 1, subset accuracy", report["expert"]["subset_accuracy"], 40)
+    floor("image folder: progressive expert 1, subset accuracy", report["expert"]["subset_accuracy"], 35)
 
     # offline evaluation: the headline row uses the edge's k
     assert main(["evaluate-system", str(runs / "gen"), str(runs / "general"), "--experts",

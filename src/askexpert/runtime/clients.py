@@ -210,7 +210,7 @@ class HttpExpertClient:
         self._down_until, self._down_why = time.monotonic() + self.down_for_s, why
         self._trusted = self.system_id is None
 
-    def distrust(self, health: HealthResponse) -> str | None:
+    def _distrust(self, health: HealthResponse) -> str | None:
         """Why a server with this health document is not this system's server, or None when it is."""
         if self.system_id is None or health.system_id == self.system_id:
             return None
@@ -230,7 +230,7 @@ class HttpExpertClient:
             why = f"its /v1/health answered HTTP {err.status}"
         else:
             try:
-                why = self.distrust(HealthResponse.model_validate_json(resp.content))
+                why = self._distrust(HealthResponse.model_validate_json(resp.content))
             except ValueError:  # an HTML page, or JSON that is not the health document
                 why = (f"its /v1/health is not the protocol's health document "
                        f"({resp.headers.get('content-type', 'no content type')}: {resp.text[:60]!r})")
