@@ -40,6 +40,7 @@ def floor():
 
     import torch
 
+    from askexpert.config import SEED_ENV
     from askexpert.training.engine import training_precision
 
     log = os.environ.get("ASKEXPERT_FLOOR_LOG")
@@ -49,7 +50,7 @@ def floor():
         if log:
             with open(log, "a") as f:
                 f.write(json.dumps({"what": what, "value": round(float(value), 2), "floor": minimum,
-                                    "precision": precision, "seed": int(os.environ.get("ASKEXPERT_SEED") or 0)})
+                                    "precision": precision, "seed": int(os.environ.get(SEED_ENV) or 0)})
                         + "\n")
         assert value > minimum, f"{what}: {value:.2f} is not above its floor {minimum}"
 

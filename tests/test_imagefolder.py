@@ -115,7 +115,7 @@ def test_image_folder_from_zero_to_a_served_system(folders, tmp_path, capsys, fl
                  "--partition", str(partition), "--name", "short-experts", "--passes", "0.3", *small]) == 0
     err = _err(capsys)
     # the warning is said exactly when the general model is below the generalist on validation (one epoch at a
-    # low rate against three: docs/testing.md has the margins measured); which model wins is not the test's
+    # low rate against three epochs); which model wins is not the test's
     if _val_top1(runs / "general-short") < _val_top1(runs / "gen"):
         assert "below the generalist" in err and "fix: train it longer" in err
     else:
