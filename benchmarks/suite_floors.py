@@ -7,7 +7,7 @@ what each floor measured.
     python benchmarks/suite_floors.py --seeds 1 2 --merge floors.jsonl   # and a full suite's own log
 
 A full ``make test`` run with ``ASKEXPERT_FLOOR_LOG=floors.jsonl`` records the same lines for its seed;
-``--merge`` adds such logs to the table.
+``--merge`` adds such logs to the table (``--seeds`` with no seed: only tabulate them).
 
 Each (precision, seed) is one pytest run of just those tests, with ``ASKEXPERT_PRECISION`` and
 ``ASKEXPERT_SEED`` set and ``ASKEXPERT_FLOOR_LOG`` collecting the values; the table gives, per floor
@@ -23,7 +23,6 @@ import ast
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,16 +46,6 @@ def floor_tests() -> list[str]:
     return ids
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(precision: str, seed: int, tests: list[str], console: Console) -> tuple[list[dict], float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "floors.jsonl"
@@ -73,10 +62,11 @@ def run(precision: str, seed: int, tests: list[str], console: Console) -> tuple[
 
 
 def main() -> int:
+    from askexpert.bench.machine import machine_info
     from askexpert.training.engine import cpu_has_native_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: only tabulate --merge logs")
     parser.add_argument("--precisions", nargs="+", choices=["bf16", "fp32"], default=None,
                         help="default: bf16 where this CPU has it natively, and fp32")
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="floor logs of earlier runs to add")
@@ -118,9 +108,10 @@ def main() -> int:
         out_rows.append({"what": what, "floor": minimum, "by_seed": by_seed})
     Console().print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "cpu": cpu_name(),
-                                    "native_bf16": cpu_has_native_bf16(), "seeds": args.seeds, "runs": runs,
-                                    "floors": out_rows}, indent=1) + "\n")
+    machine = machine_info()
+    args.out.write_text(json.dumps({"date": machine["date"], "cpu": machine["cpu"],
+                                    "native_bf16": machine["cpu_native_bf16"], "machine": machine,
+                                    "seeds": args.seeds, "runs": runs, "floors": out_rows}, indent=1) + "\n")
     console.log(f"written {args.out}")
     return 0 if all(r.get("exit", 0) == 0 for r in runs) else 1
 
