@@ -105,7 +105,7 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
 
     overrides = _run_overrides(args)
     for flag, key in (("strategy", "experts.strategy"), ("partition", "experts.partition"), ("init", "experts.init"),
-                      ("passes", "experts.passes")):
+                      ("passes", "experts.passes"), ("init_from", "experts.init_from")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -118,14 +118,16 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
         meta = read_meta(result.run_dir)
         _print_metrics(meta.metrics, f"general model {cfg.model.name} on {cfg.data.name}", result.run_dir / "model")
         return 0
-    table = Table(title=f"{cfg.experts.strategy} experts in {result.run_dir}")
-    for col in ("expert", "classes", "val subset %", "test subset %", "test 'other' recall %", "images seen"):
+    table = Table(title=f"{cfg.experts.strategy} experts from {cfg.experts.init_from} weights in {result.run_dir}")
+    for col in ("expert", "classes", "val subset %", "test subset %", "test 'other' recall %", "steps", "images seen",
+                "teacher passes"):
         table.add_column(col)
     for m in result.experts:
         other = m["test"]["other_recall"]
+        budget = m.get("budget", {})
         table.add_row(str(m["expert"]), ", ".join(m["names"]), f"{m['val']['subset_accuracy']:.2f}",
                       f"{m['test']['subset_accuracy']:.2f}", "-" if other is None else f"{other:.1f}",
-                      str(m["images_seen"]))
+                      str(budget.get("steps", "-")), str(m["images_seen"]), str(budget.get("teacher_images", "-")))
     _out().print(table)
     return 0
 
@@ -134,7 +136,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from askexpert.training.partition import make_partition
 
     part = make_partition(args.generalist, args.num_experts, method=args.method, file=args.file,
-                          max_size=args.max_size, overlap=args.overlap, device=args.device)
+                          max_size=args.max_size, min_size=args.min_size, overlap=args.overlap, device=args.device)
     out = args.out or (args.generalist if args.generalist.is_dir() else args.generalist.parent) / (
         f"partition-{args.method}-{len(part.experts)}.json")
     part.save(out)
@@ -180,7 +182,24 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
         table.add_row(f"collaborative: {label}", str(row.k), f"{t.accuracy:.2f}", f"{t.offloaded_accuracy_system:.2f}",
                       f"{t.offload_rate:.1f}", f"{t.routing_hit_rate:.1f}", f"{t.expert_other_rate:.1f}",
                       " / ".join(map(str, t.expert_load)))
+    for label, row in report.controls.items():
+        t = row.test
+        kind = "upper bound" if label.endswith("oracle routing") else "control"
+        table.add_row(f"{kind}: {label}", str(row.k), f"{t.accuracy:.2f}", f"{t.offloaded_accuracy_system:.2f}",
+                      f"{t.offload_rate:.1f}", f"{t.routing_hit_rate:.1f}", f"{t.expert_other_rate:.1f}",
+                      " / ".join(map(str, t.expert_load)))
     console.print(table)
+    if report.subset_accuracy:
+        widest = max(len(v) for v in report.subset_accuracy.values())
+        subsets = Table(title="each expert on its own subset's test images (accuracy %)")
+        subsets.add_column("experts")
+        for e in range(widest):
+            subsets.add_column(f"expert {e}", justify="right")
+        subsets.add_column("mean", justify="right")
+        for label, values in report.subset_accuracy.items():
+            subsets.add_row(label, *(f"{v:.2f}" for v in values), *([""] * (widest - len(values))),
+                            f"{sum(values) / len(values):.2f}")
+        console.print(subsets)
     grid = Table(title="sweep on test (rows: system and k; columns: target offload rate; cells: overall accuracy %)")
     grid.add_column("system")
     grid.add_column("k")
@@ -621,7 +640,9 @@ def _k_or_best(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from askexpert.config import INIT_FROM, STRATEGIES
     from askexpert.routing import DEFAULT_K
+    from askexpert.system.schema import DEFAULT_MIN_SIZE
 
     parser = argparse.ArgumentParser(
         prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -670,7 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "  askexpert train experts --strategy progressive --init runs/general \\\n"
                         "      --partition runs/generalist/partition-confusion-3.json --name progressive")
     _add_run_flags(x)
-    x.add_argument("--strategy", choices=["general", "static", "progressive"])
+    x.add_argument("--strategy", choices=list(STRATEGIES))
+    x.add_argument("--init-from", choices=list(INIT_FROM),
+                   help="the experts' starting weights: general (the trained --init model; the default), scratch "
+                   "(random, from experts.init_seed; the same for every strategy) or pretrained (timm's weights)")
     x.add_argument("--partition", type=Path, help="partition file (askexpert partition)")
     x.add_argument("--init", type=Path, help="run directory of the general model the experts start from")
     x.add_argument("--passes", type=float, help="image budget per expert, in passes over its subset")
@@ -685,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["confusion", "coarse", "file"], default="confusion")
     p.add_argument("--file", type=Path, help="with --method file: YAML with experts: [[class, ...], ...]")
     p.add_argument("--max-size", type=int, help="most classes an expert may hold (default: 1.5 x the mean)")
+    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                   help=f"fewest classes an expert may hold (default {DEFAULT_MIN_SIZE}: no one-class expert, whose "
+                   "subset accuracy is trivially 100%%, unless asked for with --min-size 1)")
     p.add_argument("--overlap", type=float, metavar="THRESHOLD",
                    help="a class also joins the other expert it is most confused with, above this affinity")
     p.add_argument("--out", type=Path, help="output file (default: GENERALIST/partition-METHOD-E.json)")

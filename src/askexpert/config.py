@@ -99,19 +99,52 @@ class StageConfig(_Strict):
     """One stage of specialist training: how much of the budget it takes and what its batches hold."""
 
     fraction: float = Field(gt=0.0, le=1.0, description="share of the expert's image budget spent here")
+    labels: Literal["subset", "all"] = Field(
+        "subset", description="subset: targets are the subset's classes plus 'other'; all: every class with its "
+        "true label, through a full-width head (only as the first stages: the head is cut to subset + 'other' "
+        "where they end)")
     out_share: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch from outside the subset")
     focus: float = Field(0.0, ge=0.0, le=1.0,
                          description="0: in-subset images drawn uniformly; 1: in proportion to how hard the "
                          "general model finds them")
+    lr_scale: float = Field(1.0, gt=0.0, description="multiplier on the run's learning-rate schedule in this stage")
+    lwf: float = Field(0.0, ge=0.0, le=1.0, description="weight of distillation from the model as it stood when "
+                       "the expert's first stage of another kind ended (Learning without Forgetting), its answer "
+                       "collapsed onto subset + 'other' (log-sum-exp of the other classes)")
+    freeze_stem: bool = Field(False, description="keep the patch embedding (stem) fixed in this stage")
+    freeze_blocks: int = Field(0, ge=0, description="keep the first N transformer blocks fixed in this stage")
+
+    @field_validator("lwf")
+    @classmethod
+    def _lwf(cls, v: float, info) -> float:
+        if v > 0 and info.data.get("labels") == "all":
+            raise ValueError("a stage with labels: all has nothing earlier to distil from")
+        return v
+
+
+STRATEGIES = ("general", "static", "static-other", "progressive")
+INIT_FROM = ("general", "scratch", "pretrained")
 
 
 class ExpertsConfig(_Strict):
     """How the experts of a run are trained. Strategies share the medium model and the image budget."""
 
-    strategy: Literal["general", "static", "progressive"] = "progressive"
+    strategy: Literal["general", "static", "static-other", "progressive"] = Field(
+        "progressive", description="general: the all-class general model itself; static: subset-only batches; "
+        "static-other: a fixed share of out-of-subset images labelled 'other' throughout (Hinton et al., 2015); "
+        "progressive: the stages below")
+    init_from: Literal["general", "scratch", "pretrained"] = Field(
+        "general", description="the experts' starting weights: general: the trained general model of "
+        "experts.init (its head cut to subset + 'other'); scratch: random weights of that architecture from "
+        "experts.init_seed, bit-identical for every strategy; pretrained: timm's weights of that architecture "
+        "(model.pretrained_file, or the Hugging Face cache)")
+    init_seed: int | None = Field(None, description="seed of the scratch weights (default: train.seed)")
     partition: Path | None = Field(None, description="partition file (askexpert partition)")
-    init: Path | None = Field(None, description="the general model the experts start from (a run directory)")
+    init: Path | None = Field(None, description="the general model the experts start from (a run directory): its "
+                              "architecture and data always, its weights with init_from: general")
     passes: float = Field(6.0, gt=0.0, description="image budget per expert, in passes over its subset")
+    other_share: float = Field(0.3, ge=0.0, lt=1.0, description="static-other: share of each batch from outside "
+                               "the subset, labelled 'other'")
     stages: list[StageConfig] = Field(
         default_factory=lambda: [StageConfig(fraction=1 / 3, out_share=0.5), StageConfig(fraction=1 / 3, out_share=0.2),
                                  StageConfig(fraction=1 / 3, out_share=0.05)],
@@ -136,6 +169,11 @@ class ExpertsConfig(_Strict):
         total = sum(s.fraction for s in v)
         if abs(total - 1.0) > 1e-3:
             raise ValueError(f"stage fractions must sum to 1 (they sum to {total:.3f})")
+        kinds = [s.labels for s in v]
+        if "subset" in kinds and "all" in kinds[kinds.index("subset"):]:
+            raise ValueError("stages with labels: all must come first (the head is cut once, where they end)")
+        if kinds[-1] == "all":
+            raise ValueError("the last stage must train the subset + 'other' head (labels: subset)")
         return v
 
 

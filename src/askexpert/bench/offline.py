@@ -7,7 +7,11 @@ other images than the generalist, fits temperatures on validation (the same cali
 for each target offload rate and k, and reports on test: overall accuracy, offload rate, per-expert
 load, accuracy on the offloaded samples (generalist alone, general model, system), routing hit rate.
 The general model is also evaluated as a single expert that knows every class, which isolates what
-specialisation adds.
+specialisation adds. Control rows at each system's headline operating point: the general model
+with its answer restricted to the routed expert's classes (what specialisation adds beyond
+restricting the outputs), and the same experts under oracle routing (each offloaded image to an
+expert that holds its true class: the upper bound of routing); and every expert's accuracy on its
+own subset's test images, for each set and for the restricted general model.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from askexpert.routing import (
     system_metrics,
     tau_for_offload,
 )
+from askexpert.routing.system import subset_accuracies
 from askexpert.system.calibrate import (
     ExpertSet,
     Outputs,
     choose_tau,
     general_as_expert,
+    general_restricted,
     load_experts,
     outputs_of,
     require_same_images,
@@ -72,6 +78,10 @@ class SystemEvaluation:
     headline: dict[str, GridRow]  # per system, at the headline rate: k = headline_k (None: the best k on val)
     grid: list[GridRow]
     settings: dict = field(default_factory=dict)
+    # at each expert set's headline (tau, k): "<set>: oracle routing" and "general model restricted to <set>'s
+    # classes" (one row per distinct partition, named "... the experts' classes" when all sets share one)
+    controls: dict[str, GridRow] = field(default_factory=dict)
+    subset_accuracy: dict[str, list[float]] = field(default_factory=dict)  # test, per expert, per set
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,13 +97,14 @@ def _acc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None)
 
 
 def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: float, t_gen: float, confidence: str,
-              fallback: str, test_conf: np.ndarray, **target) -> GridRow:
+              fallback: str, test_conf: np.ndarray, *, oracle: bool = False, label: str | None = None,
+              **target) -> GridRow:
     policy = RoutingPolicy(tau=tau, k=k, temperature=t_gen, confidence=confidence, fallback=fallback)
     n = gen.val_logits.shape[1]
-    val = system_metrics(gen.val_logits, gen.val_labels, system.membership(n), system.val, policy)
-    test = system_metrics(gen.test_logits, gen.test_labels, system.membership(n), system.test, policy)
+    val = system_metrics(gen.val_logits, gen.val_labels, system.membership(n), system.val, policy, oracle=oracle)
+    test = system_metrics(gen.test_logits, gen.test_labels, system.membership(n), system.test, policy, oracle=oracle)
     test.offloaded_accuracy_general = _acc(general.test_logits, general.test_labels, test_conf < tau)
-    return GridRow(system.label, k, tau, val, test, **target)
+    return GridRow(label or system.label, k, tau, val, test, **target)
 
 
 def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path], *,
@@ -140,6 +151,8 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                  and abs(r.target_offload - headline_rate) < 1e-9 and headline_k in (None, r.k)]
         if cands:
             headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
+    controls, subset_accuracy = _controls(systems[:-1], headline, gen, gen_model, t_gen, t_general, confidence,
+                                          fallback, test_conf)
     offloaded = None
     if headline:
         offloaded = test_conf < next(iter(headline.values())).tau
@@ -153,4 +166,31 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
         headline_offload=headline_rate, headline=headline, grid=rows,
         settings={"confidence": confidence, "fallback": fallback, "ks": list(ks), "rates": list(rates),
                   "target_accuracy": target_accuracy, "headline_k": headline_k},
+        controls=controls, subset_accuracy=subset_accuracy,
     )
+
+
+def _controls(expert_sets: list[ExpertSet], headline: dict[str, GridRow], gen: Outputs, general: Outputs,
+              t_gen: float, t_general: float, confidence: str, fallback: str,
+              test_conf: np.ndarray) -> tuple[dict[str, GridRow], dict[str, list[float]]]:
+    """Oracle routing and the restricted general model at each expert set's headline point, and every
+    expert's test accuracy on its own subset."""
+    controls: dict[str, GridRow] = {}
+    subset_accuracy: dict[str, list[float]] = {}
+    partitions = {tuple(map(tuple, s.subsets)) for s in expert_sets}
+    for system in expert_sets:
+        subset_accuracy[system.label] = subset_accuracies(system.test, system.subsets, gen.test_labels)
+        row = headline.get(system.label)
+        if row is None:
+            continue
+        controls[f"{system.label}: oracle routing"] = _evaluate(
+            gen, general, system, row.k, row.tau, t_gen, confidence, fallback, test_conf, oracle=True,
+            label=f"{system.label}: oracle routing", target_offload=row.target_offload)
+        name = ("general model restricted to the experts' classes" if len(partitions) == 1
+                else f"general model restricted to {system.label}'s classes")
+        if name not in controls:
+            restricted = general_restricted(general, t_general, system.subsets, name)
+            controls[name] = _evaluate(gen, general, restricted, row.k, row.tau, t_gen, confidence, fallback,
+                                       test_conf, target_offload=row.target_offload)
+            subset_accuracy[name] = subset_accuracies(restricted.test, restricted.subsets, gen.test_labels)
+    return controls, subset_accuracy

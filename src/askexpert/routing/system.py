@@ -68,15 +68,33 @@ class SystemMetrics:
     offloaded_accuracy_general: float | None = None  # the general model on the same offloaded samples
 
 
+def subset_accuracies(answers: ExpertAnswers, subsets: list[list[int]], labels) -> list[float]:
+    """Each expert's accuracy on the samples of its own subset (its answer names the true class)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return [_pct(answers.pred[e][np.isin(labels, subset)] == labels[np.isin(labels, subset)])
+            for e, subset in enumerate(subsets)]
+
+
 def _pct(x: np.ndarray) -> float:
     return 100.0 * float(np.mean(x)) if x.size else float("nan")
 
 
-def system_metrics(gen_logits, labels, membership, answers: ExpertAnswers, policy: RoutingPolicy) -> SystemMetrics:
-    """What the collaborative system achieves on these samples under ``policy``."""
+def oracle_experts(labels: np.ndarray, membership: np.ndarray, offload: np.ndarray) -> np.ndarray:
+    """Each offloaded sample's expert under oracle routing: the first expert that holds its true class
+    (the upper bound of any router on the same offloaded samples); -1 where kept."""
+    holds = membership[:, labels] > 0  # [E, N]
+    return np.where(offload, holds.argmax(0), -1).astype(np.int64)
+
+
+def system_metrics(gen_logits, labels, membership, answers: ExpertAnswers, policy: RoutingPolicy, *,
+                   oracle: bool = False) -> SystemMetrics:
+    """What the collaborative system achieves on these samples under ``policy``; with ``oracle``, on the
+    same offloaded samples with each sent to an expert that holds its true class."""
     labels = np.asarray(labels, dtype=np.int64)
     membership = np.asarray(membership, dtype=np.float32)
     d = route(gen_logits, policy, membership)
+    if oracle:
+        d.expert = oracle_experts(labels, membership, d.offload)
     pred, conf = answers.for_route(d.expert)
     final, fell_back = finalize(d, pred, conf, policy)
     off = d.offload

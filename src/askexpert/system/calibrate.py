@@ -139,6 +139,17 @@ def general_as_expert(general: Outputs, temperature: float, num_classes: int) ->
                      ExpertAnswers.from_logits([general.test_logits], everything, [temperature]), [general.checkpoint])
 
 
+def general_restricted(general: Outputs, temperature: float, subsets: list[list[int]], label: str) -> ExpertSet:
+    """The general model in each expert's place, its answer restricted to that expert's classes (never
+    "other"): the control that shows what specialisation adds beyond restricting the output classes."""
+    def answers(logits: np.ndarray) -> ExpertAnswers:
+        return ExpertAnswers.from_logits([logits[:, subset] for subset in subsets], subsets,
+                                         [temperature] * len(subsets))
+
+    return ExpertSet(label, [list(s) for s in subsets], [temperature] * len(subsets), answers(general.val_logits),
+                     answers(general.test_logits), [general.checkpoint] * len(subsets))
+
+
 def scaled_confidence(logits: np.ndarray, temperature: float, confidence: str) -> np.ndarray:
     """The routing confidence of every row of ``logits`` at ``temperature``."""
     return confidence_scores(softmax(logits, temperature), confidence)

@@ -37,6 +37,9 @@ class InputSpec(BaseModel):
         return self
 
 
+DEFAULT_MIN_SIZE = 2  # fewest classes a computed partition gives an expert (a one-class expert is trivially right)
+
+
 class Partition(BaseModel):
     """Expert subsets over a dataset's classes (``experts[e]`` lists class ids, ascending)."""
 

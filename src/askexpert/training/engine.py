@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,15 +103,29 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> tuple[i
     return min(steps, max(total - 1, 0)), note
 
 
+def set_lr(scheduler: CosineLRScheduler, optimizer: torch.optim.Optimizer, step: int, scale: float = 1.0) -> None:
+    """The schedule's learning rate at ``step``, times a stage's multiplier."""
+    scheduler.step_update(step)
+    if scale != 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+
+
 def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec: InputSpec,
         cfg: TrainConfig, augment: str, run_dir: Path | None = None, resume: bool = False,
-        loss_fn: LossFn | None = None, console: Console | None = None, label: str = "train") -> FitResult:
+        loss_fn: LossFn | None = None, console: Console | None = None, label: str = "train",
+        window: tuple[int, int] | None = None, val_epochs: Collection[int] | None = None) -> FitResult:
     """Train ``model`` in place over the ``plan.epochs`` epochs of ``plan``.
 
     With ``run_dir`` set, every epoch appends to ``metrics.jsonl`` and ``train.log`` and saves a
     resumable state; with ``resume`` the loop continues after the last saved epoch. ``val`` holds
     images with the targets the model is trained to output. ``loss_fn(logits, targets, inputs)``
     defaults to cross-entropy with ``cfg.label_smoothing``.
+
+    ``window=(first, last)`` trains only those epochs of the plan, on the learning-rate schedule of
+    the whole plan: a run split where its model changes shape (an expert's head cut after its
+    all-class stage) keeps one warm-up and one cosine decay. Each call starts a fresh optimizer.
+    ``val_epochs`` limits the per-epoch validation (a log line) to those epochs (default: every one).
     """
     console = console or stderr_console()
     device = resolve_device(cfg.device)
@@ -131,9 +145,16 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
     amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
+    first, last = window or (1, epochs)
+    if not 1 <= first <= last <= epochs:
+        raise ValueError(f"window {window} is outside the plan's {epochs} epochs")
     result = FitResult(precision=precision)
-    step, start_epoch = 0, 1
+    step, start_epoch = (first - 1) * steps_per_epoch, first
     rank = distributed.start(device)
+    if rank.several and getattr(plan, "freezes", False):
+        raise ConfigError("stages that freeze layers cannot train in several processes (DDP fixes the trained "
+                          "parameters when it starts)", fix="train these experts in one process, or drop "
+                          "freeze_stem / freeze_blocks from the stages")
     resumed = None
     if resume and run_dir is not None and rank.main and has_state(run_dir):
         meta = load_state(run_dir, model, optimizer)
@@ -146,7 +167,7 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
         step, start_epoch = meta["step"], meta["epoch"] + 1
         result.history = meta["history"]
         result.resumed_from_epoch = meta["epoch"]
-        console.log(f"resuming {run_dir} after epoch {meta['epoch']}/{epochs}")
+        console.log(f"resuming {run_dir} after epoch {meta['epoch']}/{last}")
     # several processes: DDP averages the gradients (and starts every process from process 0's weights)
     net = DistributedDataParallel(model, device_ids=[rank.local] if device.type == "cuda" else None) \
         if rank.several else model
@@ -155,10 +176,13 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
     try:
         # bf16 on a CPU: explicit attention (bf16 matrix products), not the slow fused bf16 backward
         with progress_bar(console) as progress, explicit_attention(model, device.type == "cpu" and use_amp):
-            for epoch in range(start_epoch, epochs + 1):
+            for epoch in range(start_epoch, last + 1):
                 torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout / drop-path of this epoch
                 order, aug = epoch_generator(cfg.seed, epoch, 0), epoch_generator(cfg.seed, epoch, 1)
                 task = progress.add_task(f"{label} epoch {epoch}/{epochs}", total=steps_per_epoch, info="")
+                plan.begin_epoch(epoch, model)
+                lr_scale = plan.lr_scale(epoch)
+                set_lr(scheduler, optimizer, step, lr_scale)
                 model.train()
                 # running sums stay on the device; reading them (a sync on a GPU) happens every few steps
                 loss_sum = torch.zeros((), device=device)
@@ -185,7 +209,7 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                     scaler.step(optimizer)
                     scaler.update()
                     step += 1
-                    scheduler.step_update(step)
+                    set_lr(scheduler, optimizer, step, lr_scale)
                     n = len(labels) if counted else 0
                     loss_sum += loss.detach() * n
                     correct += (logits.argmax(1) == labels).sum() if counted else 0
@@ -204,7 +228,7 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                     "train_images": int(seen), "train_seconds": train_seconds,
                     "images_per_s": seen / train_seconds if train_seconds else 0.0,
                 }
-                if val is not None and len(val):
+                if val is not None and len(val) and (val_epochs is None or epoch in val_epochs):
                     logits = predict_logits(model, val, spec, batch_size=cfg.eval_batch_size, device=device,
                                             num_workers=cfg.num_workers)
                     record["val_loss"] = float(F.cross_entropy(logits, val.labels))

@@ -1,49 +1,73 @@
-"""Expert training: static and progressive specialists, from the same general model and budget.
+"""Expert training: static and progressive specialists, from one start and one budget.
 
-Every expert starts as a copy of the general medium model whose head is cut down to its class
-subset plus one "other" output (the subset rows are copied, the "other" row is the mean of the
-remaining rows with a log-count bias, so at step 0 the expert already ranks its classes as the
-general model does). Then:
+Where an expert starts (``experts.init_from``):
 
-* ``static``: one stage of subset-only batches.
-* ``progressive``: stages whose batches hold a shrinking share of out-of-subset images (target:
-  "other"), optionally drawn towards the classes confused with the subset (``hard_negatives``),
-  with in-subset images optionally drawn towards those the general model finds hard (``focus``),
-  and optionally distilling the general model's answer (collapsed onto subset + "other").
-  With ``router`` (the edge generalist), both draws follow what that router will actually send the
-  expert, image by image: in-subset images by the generalist's uncertainty (1 - its max
-  probability: it offloads its least confident), out-of-subset images by the generalist's
-  probability mass on the subset (the images its Top-k choice would send here by mistake).
+* ``general``: the trained general medium model of ``experts.init`` (the original recipe);
+* ``scratch``: random weights of that architecture from ``experts.init_seed``, bit-identical for
+  every strategy and expert of a comparison;
+* ``pretrained``: timm's weights of that architecture (``model.pretrained_file`` or the cache).
 
-Both see the same number of images (``passes`` over the subset) under the same learning-rate
-schedule, so their comparison is fair.
+The start has the full all-class head. Where training narrows to the expert's outputs (its
+subset plus one "other" output), the head is cut (:func:`expert_from_general`): the subset rows
+are copied, the "other" row is the mean of the remaining rows with a log-count bias, so the cut
+model already ranks its classes as the full one did. Then, per strategy:
+
+* ``static``: one stage of subset-only batches;
+* ``static-other``: one stage with a fixed share (``other_share``) of out-of-subset images whose
+  target is "other" throughout (the specialists of Hinton et al., 2015);
+* ``progressive``: stages whose batches hold a shrinking share of out-of-subset images, optionally
+  drawn towards the classes confused with the subset (``hard_negatives``), with in-subset images
+  optionally drawn towards those the general model finds hard (``focus``), optionally distilling
+  the general model (``distill``). A stage may instead train every class with its true label
+  (``labels: all``, first stages only): the full-width head learns the whole label space, and the
+  head is cut where those stages end. Later stages may distil the model as it stood there
+  (``lwf``, Learning without Forgetting: its answer collapsed onto subset + "other", the "other"
+  logit being the log-sum-exp of the other classes), scale the learning rate (``lr_scale``) and
+  freeze the stem or lower blocks. With ``router`` (the edge generalist), both draws follow what
+  that router will actually send the expert, image by image: in-subset images by the
+  generalist's uncertainty (1 - its max probability), out-of-subset images by the generalist's
+  probability mass on the subset.
+
+Every strategy sees the same number of optimiser steps and images (``passes`` over the subset,
+one learning-rate schedule over them), so a comparison between them is at equal budget. Each
+expert's ``budget`` records its steps, images, and the forward passes of any teacher.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from askexpert.config import ExpertsConfig, RunConfig, StageConfig
+from askexpert.config import ExpertsConfig, ModelConfig, RunConfig, StageConfig
 from askexpert.console import stderr_console
 from askexpert.data import ArraySplit, DatasetBundle, FileSplit, ImageSplit, load_dataset
 from askexpert.devices import resolve_device
 from askexpert.errors import ConfigError
-from askexpert.models import Checkpoint, load_checkpoint, read_meta, save_checkpoint
+from askexpert.models import (
+    Checkpoint,
+    ModelSpec,
+    build_model,
+    load_checkpoint,
+    read_meta,
+    resolve_spec,
+    save_checkpoint,
+)
 from askexpert.models.checkpoint import checkpoint_stem
 from askexpert.training.engine import fit
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.generalist import dataset_record, train_generalist
-from askexpert.training.logits import cached_logits
+from askexpert.training.logits import cached_logits, store_logits
 from askexpert.training.partition import Partition, confusion_affinity
-from askexpert.training.plans import MixturePlan
+from askexpert.training.plans import MixturePlan, set_frozen
 from askexpert.training.rundir import prepare_run_dir
 
 OTHER_NAME = "other"
@@ -79,43 +103,59 @@ def expert_from_general(general: torch.nn.Module, subset: list[int]) -> torch.nn
     return model
 
 
-class ExpertObjective:
-    """Cross-entropy on subset/"other" targets, optionally mixed with distillation from the general model.
+def collapse_logits(logits: torch.Tensor, subset: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """A full-width model's answer as an expert's: its subset's logits, then the log-sum-exp of the rest
+    as the "other" logit (so softmax gives "other" exactly the probability of all the other classes)."""
+    inside = logits[:, subset.to(logits.device)]
+    if len(rest) == 0:
+        return torch.cat([inside, torch.full_like(inside[:, :1], -1e4)], 1)
+    return torch.cat([inside, torch.logsumexp(logits[:, rest.to(logits.device)], dim=1, keepdim=True)], 1)
 
-    The teacher's logits are collapsed onto the expert's outputs exactly: the subset logits, and
-    ``logsumexp`` of the others as the "other" logit.
+
+class ExpertObjective:
+    """Cross-entropy on subset/"other" targets, optionally mixed with distillation from the general
+    model (``distill``) and from the expert's own earlier state (``lwf``, set per stage).
+
+    A teacher's all-class logits are collapsed onto the expert's outputs exactly
+    (:func:`collapse_logits`).
     """
 
     def __init__(self, *, subset: list[int], label_smoothing: float, teacher: torch.nn.Module | None = None,
-                 distill: float = 0.0, temperature: float = 2.0) -> None:
+                 distill: float = 0.0, temperature: float = 2.0, earlier: torch.nn.Module | None = None) -> None:
         self.subset = torch.tensor(subset)
         self.label_smoothing = label_smoothing
         self.teacher, self.distill, self.temperature = teacher, distill, temperature
+        self.earlier, self.lwf = earlier, 0.0
         self.rest: torch.Tensor | None = None
 
+    def set_stage(self, stage: StageConfig) -> None:
+        self.lwf = stage.lwf if self.earlier is not None else 0.0
+
     def collapse(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        n = teacher_logits.shape[1]
         if self.rest is None:
-            mask = torch.ones(n, dtype=torch.bool)
+            mask = torch.ones(teacher_logits.shape[1], dtype=torch.bool)
             mask[self.subset] = False
             self.rest = torch.nonzero(mask).flatten()
-        dev = teacher_logits.device
-        inside = teacher_logits[:, self.subset.to(dev)]
-        if len(self.rest) == 0:
-            return torch.cat([inside, torch.full_like(inside[:, :1], -1e4)], 1)
-        other = torch.logsumexp(teacher_logits[:, self.rest.to(dev)], dim=1, keepdim=True)
-        return torch.cat([inside, other], 1)
+        return collapse_logits(teacher_logits, self.subset, self.rest)
+
+    def _kd(self, logits: torch.Tensor, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = self.collapse(model(inputs).float())
+        t = self.temperature
+        return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(soft / t, 1), log_target=True,
+                        reduction="batchmean") * t * t
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        if self.teacher is None or self.distill <= 0:
+        distill = self.distill if self.teacher is not None else 0.0
+        if distill <= 0 and self.lwf <= 0:
             return loss
-        with torch.no_grad():
-            soft = self.collapse(self.teacher(inputs).float())
-        t = self.temperature
-        kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(soft / t, 1), log_target=True,
-                      reduction="batchmean") * t * t
-        return (1 - self.distill) * loss + self.distill * kd
+        total = (1 - distill - self.lwf) * loss
+        if distill > 0:
+            total = total + distill * self._kd(logits, self.teacher, inputs)
+        if self.lwf > 0:
+            total = total + self.lwf * self._kd(logits, self.earlier, inputs)
+        return total
 
 
 def _with_labels(split: ImageSplit, indices: torch.Tensor, labels: torch.Tensor) -> ImageSplit:
@@ -128,6 +168,8 @@ def _with_labels(split: ImageSplit, indices: torch.Tensor, labels: torch.Tensor)
 def strategy_stages(cfg: ExpertsConfig) -> list[StageConfig]:
     if cfg.strategy == "static":
         return [StageConfig(fraction=1.0, out_share=0.0, focus=0.0)]
+    if cfg.strategy == "static-other":
+        return [StageConfig(fraction=1.0, out_share=cfg.other_share, focus=0.0)]
     return cfg.stages
 
 
@@ -148,12 +190,6 @@ def subset_metrics(logits: torch.Tensor, targets: torch.Tensor, subset_size: int
         "other_recall": 100 * float((pred[outside] == subset_size).float().mean()) if outside.any() else None,
         "other_samples": int(outside.sum()),
     }
-
-
-def _expert_metrics(model: torch.nn.Module, ckpt_input, split: ImageSplit, subset: list[int], n_classes: int,
-                    device, batch_size: int) -> dict:
-    logits = predict_logits(model, split, ckpt_input, batch_size=batch_size, device=device)
-    return subset_metrics(logits, subset_targets(split.labels, subset, n_classes), len(subset))
 
 
 def experts_run_config(path: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
@@ -244,12 +280,14 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
     _check_inputs(cfg, ecfg, partition, general, bundle)
     run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     partition.save(run_dir / "partition.json")
-    console.log(f"experts on {bundle.name} ({len(bundle.train)} train / {len(bundle.val)} val images), from "
-                f"the general model {ecfg.init}")
     device = resolve_device(cfg.train.device)
+    start = starting_model(ecfg, cfg, general, bundle)
+    console.log(f"experts on {bundle.name} ({len(bundle.train)} train / {len(bundle.val)} val images), from "
+                f"{start.source}, architecture of {ecfg.init}")
     reference = _generalist_val(partition, cfg, device)
     if reference is not None:
         source, gen_logits, gen_labels = reference
+    if reference is not None and ecfg.init_from == "general":
         gen_acc = 100 * float((gen_logits.argmax(1) == gen_labels).float().mean())
         general_logits, _ = cached_logits(general.path, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
                                           batch_size=cfg.train.eval_batch_size)  # the same images as the generalist's
@@ -261,8 +299,8 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
 
     summaries = []
     for e, subset in enumerate(partition.experts):
-        summary = _train_one(e, subset, cfg, ecfg, partition, general, bundle, run_dir, steering, device, resume,
-                             console)
+        summary = _train_one(e, subset, cfg, ecfg, partition, general, start, bundle, run_dir, steering, device,
+                             resume, console)
         if reference is not None:
             inside = torch.isin(gen_labels, torch.tensor(subset))
             # the generalist's answer on the subset's images, right only when it names the true class
@@ -274,7 +312,8 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
                 console.log(f"[yellow]warning:[/yellow] {note}")
         summaries.append(summary)
     (run_dir / "experts.json").write_text(json.dumps(
-        {"strategy": ecfg.strategy, "init": str(ecfg.init), "partition": partition.model_dump(),
+        {"strategy": ecfg.strategy, "init": str(ecfg.init), "init_from": ecfg.init_from,
+         "init_sha256": start.sha256, "partition": partition.model_dump(),
          "experts": summaries}, indent=1))
     return ExpertsResult(run_dir, summaries)
 
@@ -288,6 +327,7 @@ class Steering:
     hardness: torch.Tensor | None  # [N train]
     class_affinity: torch.Tensor | None  # [C, C]
     router_probs: torch.Tensor | None  # [N train, C]
+    images: int = 0  # images the general model or router forwarded for the draws that use them (once a run)
 
     def negative_weight(self, labels: torch.Tensor, out_subset: torch.Tensor, subset: list[int]) -> torch.Tensor:
         if self.router_probs is not None:
@@ -308,9 +348,12 @@ def _steering(general: Checkpoint, ecfg: ExpertsConfig, bundle: DatasetBundle, c
         logits, _ = cached_logits(router, "train", data_cfg=cfg.data, device=str(device),
                                   batch_size=cfg.train.eval_batch_size)
         probs = torch.softmax(logits, 1)
-        return Steering(1 - probs.max(1).values if focus else None, None, probs)
+        used = focus or ecfg.hard_negatives > 0
+        return Steering(1 - probs.max(1).values if focus else None, None, probs, len(bundle.train) if used else 0)
+    negatives = ecfg.strategy == "progressive" and ecfg.hard_negatives > 0
     return Steering(_general_hardness(general, bundle, cfg, device) if focus else None,
-                    _general_confusion(general, bundle, cfg, device), None)
+                    _general_confusion(general, bundle, cfg, device), None,
+                    len(bundle.train) * focus + len(bundle.val) * negatives)
 
 
 def _general_confusion(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
@@ -330,8 +373,66 @@ def _general_hardness(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig
     return 1 - p_true
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A digest of a model's weights (names, shapes and bytes, in order): equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class Start:
+    """Where an expert starts: an all-class model (never trained in place), and what it is."""
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    source: str  # general | scratch (seed N) | pretrained (file)
+    sha256: str
+
+
+def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bundle: DatasetBundle) -> Start:
+    """The all-class model every expert of this run starts from (``experts.init_from``)."""
+    spec = general.meta.model
+    if ecfg.init_from == "general":
+        return Start(general.model, spec, f"the general model {ecfg.init}", general.meta.weights_sha256)
+    if ecfg.init_from == "scratch":
+        seed = cfg.train.seed if ecfg.init_seed is None else ecfg.init_seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(spec)
+        return Start(model, spec, f"random weights (seed {seed})", weights_sha256(model))
+    kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
+    mcfg = ModelConfig(name=spec.timm_name, kwargs=kwargs, pretrained=True, pretrained_file=cfg.model.pretrained_file)
+    pspec, _ = resolve_spec(mcfg, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
+    if pspec.input.size != spec.input.size or pspec.input.channels != spec.input.channels:
+        raise ConfigError(f"pretrained {pspec.timm_name} expects {pspec.input.channels}x{pspec.input.size}^2 "
+                          f"images, the general model {spec.input.channels}x{spec.input.size}^2",
+                          fix="train the general model at the pretrained weights' input size")
+    pspec = pspec.model_copy(update={"name": spec.name})
+    model = build_model(pspec, pretrained=True)
+    return Start(model, pspec, f"pretrained weights ({pspec.pretrained_source})", weights_sha256(model))
+
+
+def _budget(plan: MixturePlan, objective: ExpertObjective, distill: float, steering_images: int) -> dict:
+    """What training an expert costs: optimiser steps, images seen, teacher forward passes (each
+    distilled image once per teacher), and the general model's or router's passes over the training
+    images that steer the draws (shared by every expert of the run)."""
+    per_epoch = plan.steps_per_epoch * plan.batch_size
+    teacher = 0
+    for epoch in range(1, plan.epochs + 1):
+        stage = plan.stage(epoch)
+        if stage.labels == "subset":
+            teacher += per_epoch * ((distill > 0) + (stage.lwf > 0 and objective.earlier is not None))
+    return {"passes": plan.epochs, "steps": plan.epochs * plan.steps_per_epoch, "images": plan.epochs * per_epoch,
+            "wide_images": plan.wide_epochs() * per_epoch, "teacher_images": teacher,
+            "steering_images_shared": steering_images}
+
+
 def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition,
-               general: Checkpoint, bundle: DatasetBundle, run_dir: Path, steering: Steering,
+               general: Checkpoint, start: Start, bundle: DatasetBundle, run_dir: Path, steering: Steering,
                device, resume: bool, console: Console) -> dict:
     expert_dir = run_dir / f"expert-{e}"
     stem = checkpoint_stem(expert_dir)
@@ -346,47 +447,98 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
     in_subset = torch.nonzero(targets < len(subset)).flatten()
     out_subset = torch.nonzero(targets == len(subset)).flatten()
     negative_weight = steering.negative_weight(train.labels, out_subset, subset) if len(out_subset) else None
+    progressive = ecfg.strategy == "progressive"
     plan = MixturePlan(
         split=train, targets=targets, in_subset=in_subset, out_subset=out_subset,
         stages=strategy_stages(ecfg), batch_size=cfg.train.batch_size,
         epochs=max(1, round(ecfg.passes)),
         hardness=steering.hardness[in_subset] if steering.hardness is not None else None,
         negative_weight=negative_weight,
-        hard_negatives=ecfg.hard_negatives if ecfg.strategy == "progressive" else 0.0,
+        hard_negatives=ecfg.hard_negatives if progressive else 0.0,
     )
+    wide = plan.wide_epochs()
+    if wide >= plan.epochs:
+        raise ConfigError(f"{plan.epochs} passes leave no epoch after the all-class stages for expert {e}",
+                          fix="raise experts.passes, or give the all-class stages a smaller fraction")
     torch.manual_seed(cfg.train.seed + 1000 * (e + 1))
-    model = expert_from_general(general.model, subset)
     teacher = None
-    distill = ecfg.distill if ecfg.strategy == "progressive" else 0.0
+    distill = ecfg.distill if progressive else 0.0
     if distill > 0:
-        teacher = copy.deepcopy(general.model).to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    objective = ExpertObjective(subset=subset, label_smoothing=cfg.train.label_smoothing, teacher=teacher,
-                                distill=distill, temperature=ecfg.distill_temperature)
+        teacher = _frozen(copy.deepcopy(general.model).to(device))
+    if distill + max(st.lwf for st in plan.stages) > 1:
+        raise ConfigError(f"experts.distill {distill:g} plus a stage's lwf weigh more than 1",
+                          fix="lower experts.distill or the stages' lwf so they sum to at most 1")
     val_in = torch.nonzero(subset_targets(bundle.val.labels, subset, n_classes) < len(subset)).flatten()
     val = _with_labels(bundle.val, val_in, subset_targets(bundle.val.labels[val_in], subset, n_classes))
-    spec = general.meta.model.model_copy(update={"kwargs": {**general.meta.model.kwargs,
-                                                            "num_classes": len(subset) + 1}})
+    spec = start.spec.model_copy(update={"kwargs": {**start.spec.kwargs, "num_classes": len(subset) + 1}})
     augment, why = bundle.augment_for(cfg.train.augment)
-    console.log(f"expert {e}: {', '.join(names)} ({ecfg.strategy}; {len(in_subset)} images in the subset, "
-                f"{plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size}; augmentation {augment}: "
-                f"{why})")
+    console.log(f"expert {e}: {', '.join(names)} ({ecfg.strategy} from {start.source}; {len(in_subset)} images in "
+                f"the subset, {plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size}"
+                + (f", the first {wide} on every class with its label" if wide else "")
+                + f"; augmentation {augment}: {why})")
+
+    # validation (a log line an epoch) where each stage ends: the expert's own figures come after training
+    stage_ends = {epoch for epoch in range(1, plan.epochs + 1)
+                  if epoch == plan.epochs or plan.stage_index(epoch + 1) != plan.stage_index(epoch)}
+    # the all-class stages train the full-width head; the head is cut where they end
+    full = copy.deepcopy(start.model)
+    seconds, history_images, history_time = 0.0, 0, 0.0
+    wide_dir = expert_dir / "all-classes"
+    if wide:
+        done = wide_dir / "final.safetensors"
+        if resume and done.is_file():
+            full.load_state_dict(safetensors.torch.load_file(str(done)))
+        else:
+            wide_dir.mkdir(exist_ok=True)
+            result = fit(full, plan=plan, val=bundle.val.take(val_in), spec=spec.input, cfg=cfg.train,
+                         augment=augment, run_dir=wide_dir, resume=resume, console=console,
+                         label=f"expert {e} (all classes)", window=(1, wide), val_epochs=stage_ends)
+            set_frozen(full)
+            seconds, history_images = result.seconds, sum(h["train_images"] for h in result.history)
+            history_time = sum(h["train_seconds"] for h in result.history)
+            safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in full.state_dict().items()},
+                                        str(done))
+    earlier = _frozen(copy.deepcopy(full).to(device)) if any(st.lwf > 0 for st in plan.stages) else None
+    model = expert_from_general(full, subset)
+    del full
+    objective = ExpertObjective(subset=subset, label_smoothing=cfg.train.label_smoothing, teacher=teacher,
+                                distill=distill, temperature=ecfg.distill_temperature, earlier=earlier)
+    plan.on_stage = objective.set_stage
     result = fit(model, plan=plan, val=val, spec=spec.input, cfg=cfg.train, augment=augment, run_dir=expert_dir,
-                 resume=resume, loss_fn=objective, console=console, label=f"expert {e}")
+                 resume=resume, loss_fn=objective, console=console, label=f"expert {e}",
+                 window=(wide + 1, plan.epochs), val_epochs=stage_ends)
+    set_frozen(model)
+    seconds += result.seconds
+    done_images = history_images + sum(h["train_images"] for h in result.history
+                                       if h["epoch"] > result.resumed_from_epoch)
+    done_time = history_time + sum(h["train_seconds"] for h in result.history
+                                   if h["epoch"] > result.resumed_from_epoch)
     metrics = {
-        "expert": e, "classes": subset, "names": names, "strategy": ecfg.strategy,
+        "expert": e, "classes": subset, "names": names, "strategy": ecfg.strategy, "init_from": ecfg.init_from,
+        "init_sha256": start.sha256,
         "images_seen": plan.epochs * plan.steps_per_epoch * cfg.train.batch_size,
-        "train_seconds": result.seconds, "images_per_s": result.images_per_second, "precision": result.precision,
-        "val": _expert_metrics(model, spec.input, bundle.val, subset, n_classes, device, cfg.train.eval_batch_size),
-        "test": _expert_metrics(model, spec.input, bundle.test, subset, n_classes, device,
-                                cfg.train.eval_batch_size),
+        "budget": _budget(plan, objective, distill, steering.images),
+        "train_seconds": seconds, "images_per_s": done_images / done_time if done_time else 0.0,
+        "precision": result.precision,
     }
+    logits = {split: predict_logits(model, bundle.split(split), spec.input, batch_size=cfg.train.eval_batch_size,
+                                    device=device) for split in ("val", "test")}
+    for split, z in logits.items():
+        metrics[split] = subset_metrics(z, subset_targets(bundle.split(split).labels, subset, n_classes), len(subset))
     save_checkpoint(stem, model, spec=spec, kind="expert", class_names=names + [OTHER_NAME],
                     dataset=dataset_record(cfg, bundle), training=cfg.model_dump(mode="json"),
                     metrics=metrics, extra={"expert_id": e, "subset": subset, "strategy": ecfg.strategy,
-                                            "init_sha256": general.meta.weights_sha256})
+                                            "init_from": ecfg.init_from, "init_sha256": start.sha256})
+    for split, z in logits.items():  # the system evaluation reads these instead of predicting again
+        store_logits(stem, split, cfg.data, z, bundle.split(split).labels)
     (expert_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     console.log(f"expert {e}: {metrics['val']['subset_accuracy']:.2f}% on its subset (val), "
                 f"'other' recall {metrics['val']['other_recall'] or 0:.1f}%")
     return metrics
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

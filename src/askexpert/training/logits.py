@@ -38,9 +38,7 @@ def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None =
     stem = checkpoint_stem(checkpoint)
     meta = read_meta(stem)
     data_cfg = data_cfg or data_config_of(stem)
-    key = {"weights_sha256": meta.weights_sha256, "data": json.dumps(data_cfg.model_dump(mode="json"),
-                                                                     sort_keys=True), "split": split}
-    cache = stem.parent / "logits" / f"{stem.name}-{split}.safetensors"
+    cache, key = _cache(stem, split, data_cfg)
     if cache.is_file():
         with safetensors.safe_open(str(cache), "pt") as f:
             if f.metadata() == key:
@@ -54,7 +52,20 @@ def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None =
     data = bundle.split(split)
     logits = predict_logits(ckpt.model, data, meta.model.input, batch_size=batch_size,
                             device=resolve_device(device))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({"logits": logits.contiguous(), "labels": data.labels.contiguous()}, str(cache),
-                                metadata=key)
+    store_logits(stem, split, data_cfg, logits, data.labels)
     return logits, data.labels
+
+
+def _cache(stem: Path, split: str, data_cfg: DataConfig) -> tuple[Path, dict[str, str]]:
+    key = {"weights_sha256": read_meta(stem).weights_sha256,
+           "data": json.dumps(data_cfg.model_dump(mode="json"), sort_keys=True), "split": split}
+    return stem.parent / "logits" / f"{stem.name}-{split}.safetensors", key
+
+
+def store_logits(checkpoint: Path, split: str, data_cfg: DataConfig, logits: torch.Tensor,
+                 labels: torch.Tensor) -> None:
+    """Cache logits computed elsewhere (by the training run, on the saved weights) for ``cached_logits``."""
+    cache, key = _cache(checkpoint_stem(checkpoint), split, data_cfg)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({"logits": logits.contiguous(), "labels": labels.contiguous()}, str(cache),
+                                metadata=key)

@@ -3,7 +3,8 @@
 Three sources: the generalist's confusion on the validation split (classes it confuses go to the
 same expert), coarse labels (CIFAR-100's superclasses, grouped), or a hand-written YAML file. The
 grouping is agglomerative clustering with average linkage over a symmetric confusion affinity and
-a maximum group size, which keeps the experts balanced; it is deterministic (ties go to the pair
+a maximum group size, which keeps the experts balanced, and a minimum one (default 2: a one-class
+expert is right by construction and says nothing about specialisation); it is deterministic (ties go to the pair
 with the lowest ids). Optionally a class also joins the other expert it is most confused with.
 """
 
@@ -16,7 +17,7 @@ import torch
 
 from askexpert.config import read_yaml
 from askexpert.errors import ConfigError
-from askexpert.system.schema import Partition
+from askexpert.system.schema import DEFAULT_MIN_SIZE, Partition
 
 __all__ = ["Partition", "make_partition", "confusion_affinity", "agglomerate", "add_overlap",
            "partition_from_confusion", "partition_from_coarse", "partition_from_file"]
@@ -35,9 +36,10 @@ def default_max_size(n_items: int, n_groups: int) -> int:
     return max(1, math.ceil(1.5 * n_items / n_groups))
 
 
-def _packable(sizes: list[int], n_groups: int, max_size: int) -> bool:
-    """Whether groups of these sizes can still be merged into ``n_groups`` of at most ``max_size``
-    (first-fit decreasing; it may miss a packing, never invents one)."""
+def _packable(sizes: list[int], n_groups: int, max_size: int, min_size: int = 1) -> bool:
+    """Whether groups of these sizes can still be merged into ``n_groups`` groups of ``min_size`` to
+    ``max_size`` items (heuristics: first-fit decreasing, and largest-first onto the least-filled
+    group; they may miss a packing, never invent one)."""
     bins: list[int] = []
     for size in sorted(sizes, reverse=True):
         for i, used in enumerate(bins):
@@ -46,14 +48,28 @@ def _packable(sizes: list[int], n_groups: int, max_size: int) -> bool:
                 break
         else:
             bins.append(size)
-    return len(bins) <= n_groups
+    if len(bins) <= n_groups and min_size <= 1:
+        return True
+    if len(bins) == n_groups and min(bins) >= min_size:
+        return True
+    if min_size <= 1:
+        return False
+    loads = [0] * n_groups
+    for size in sorted(sizes, reverse=True):
+        i = loads.index(min(loads))
+        if loads[i] + size > max_size:
+            return False
+        loads[i] += size
+    return min(loads) >= min_size
 
 
-def agglomerate(affinity: torch.Tensor, n_groups: int, max_size: int) -> list[list[int]]:
-    """Merge items into ``n_groups`` groups of at most ``max_size``: average linkage, deterministic.
+def agglomerate(affinity: torch.Tensor, n_groups: int, max_size: int, min_size: int = 1) -> list[list[int]]:
+    """Merge items into ``n_groups`` groups of ``min_size`` to ``max_size`` items: average linkage,
+    deterministic.
 
     Each step merges the pair with the highest mean affinity among the merges that keep the rest
-    packable into ``n_groups`` (so a greedy early merge never strands the last groups).
+    packable into ``n_groups`` such groups (so a greedy early merge never strands the last groups,
+    and no item is left alone when ``min_size`` is 2).
     """
     n = affinity.shape[0]
     if not 1 <= n_groups <= n:
@@ -61,6 +77,11 @@ def agglomerate(affinity: torch.Tensor, n_groups: int, max_size: int) -> list[li
     if n_groups * max_size < n:
         raise ConfigError(f"{n_groups} experts of at most {max_size} classes cannot cover {n} classes",
                           fix="raise the maximum expert size or the number of experts")
+    if min_size > max_size or n_groups * min_size > n:
+        raise ConfigError(f"{n_groups} experts of at least {min_size} classes need {n_groups * min_size} classes "
+                          f"(there are {n}, at most {max_size} an expert)",
+                          fix=f"use at most {n // max(min_size, 1)} experts, or a smaller minimum size (--min-size 1 "
+                          "allows one-class experts)")
     groups = [[i] for i in range(n)]
     a = affinity.double()
     while len(groups) > n_groups:
@@ -71,14 +92,14 @@ def agglomerate(affinity: torch.Tensor, n_groups: int, max_size: int) -> list[li
                 if sizes[i] + sizes[j] > max_size:
                     continue
                 rest = [sz for t, sz in enumerate(sizes) if t not in (i, j)] + [sizes[i] + sizes[j]]
-                if not _packable(rest, n_groups, max_size):
+                if not _packable(rest, n_groups, max_size, min_size):
                     continue
                 score = float(a[groups[i]][:, groups[j]].mean())
                 if score > best + 1e-12:
                     best, best_pair = score, (i, j)
         if best_pair is None:
-            raise ConfigError(f"no merge keeps experts within {max_size} classes",
-                              fix="raise the maximum expert size")
+            raise ConfigError(f"no merge keeps experts within {min_size} to {max_size} classes",
+                              fix="raise the maximum expert size, or lower --min-size")
         i, j = best_pair
         groups[i] = sorted(groups[i] + groups[j])
         del groups[j]
@@ -99,14 +120,16 @@ def add_overlap(groups: list[list[int]], affinity: torch.Tensor, threshold: floa
 
 
 def partition_from_confusion(confusion: torch.Tensor, class_names: list[str], n_experts: int, *,
-                             max_size: int | None = None, overlap: float | None = None) -> Partition:
+                             max_size: int | None = None, min_size: int = DEFAULT_MIN_SIZE,
+                             overlap: float | None = None) -> Partition:
     aff = confusion_affinity(confusion)
     max_size = max_size or default_max_size(len(class_names), n_experts)
-    groups = agglomerate(aff, n_experts, max_size)
+    groups = agglomerate(aff, n_experts, max_size, min_size)
     if overlap is not None:
         groups = add_overlap(groups, aff, overlap)
     return Partition(method="confusion", class_names=class_names, experts=groups, overlap=overlap is not None,
-                     details={"max_size": max_size, "overlap_threshold": overlap}).check()
+                     details={"max_size": max_size, "min_size": min_size,
+                              "overlap_threshold": overlap}).check()
 
 
 def partition_from_coarse(coarse_of_class: list[int], coarse_names: list[str], class_names: list[str],
@@ -161,7 +184,8 @@ def partition_from_file(path: Path, class_names: list[str]) -> Partition:
 
 
 def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion", file: Path | None = None,
-                   max_size: int | None = None, overlap: float | None = None, device: str = "auto") -> Partition:
+                   max_size: int | None = None, min_size: int = DEFAULT_MIN_SIZE, overlap: float | None = None,
+                   device: str = "auto") -> Partition:
     """A partition of the generalist's classes, from its validation confusion, coarse labels or a file."""
     from askexpert.data import load_dataset
     from askexpert.models import read_meta
@@ -177,7 +201,8 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
     n = len(names)
     confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
     if method == "confusion":
-        part = partition_from_confusion(confusion, names, n_experts, max_size=max_size, overlap=overlap)
+        part = partition_from_confusion(confusion, names, n_experts, max_size=max_size, min_size=min_size,
+                                        overlap=overlap)
     elif method == "coarse":
         bundle = load_dataset(data_config_of(generalist), image_size=meta.model.input.size,
                               channels=meta.model.input.channels)

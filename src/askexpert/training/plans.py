@@ -4,13 +4,18 @@
 epoch belongs to a stage, and a stage's batches hold a fixed share of images from outside the
 expert's subset (their target is the "other" output), optionally drawn towards the classes the
 generalist confuses with the subset, while in-subset images are optionally drawn towards those the
-general model finds hard. Every draw comes from the epoch's seeded generator.
+general model finds hard. A stage with ``labels: all`` draws from every class with its true label
+instead (for a full-width head). Every draw comes from the epoch's seeded generator, and every
+epoch of a plan has the same steps and images, whatever its stage: that is the expert's budget.
+
+Plans may also steer the loop per epoch: ``begin_epoch(epoch, model)`` (freezing, the objective's
+stage) and ``lr_scale(epoch)`` (a multiplier on the learning-rate schedule).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +23,7 @@ import torch
 
 from askexpert.config import StageConfig
 from askexpert.data import ImageSplit, iter_batches
+from askexpert.errors import ConfigError
 
 
 class BatchPlan(Protocol):
@@ -27,6 +33,10 @@ class BatchPlan(Protocol):
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def epoch_info(self, epoch: int) -> dict: ...
+
+    def begin_epoch(self, epoch: int, model: torch.nn.Module) -> None: ...
+
+    def lr_scale(self, epoch: int) -> float: ...
 
 
 @dataclass
@@ -48,6 +58,12 @@ class SplitPlan:
 
     def epoch_info(self, epoch: int) -> dict:
         return {}
+
+    def begin_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        return None
+
+    def lr_scale(self, epoch: int) -> float:
+        return 1.0
 
 
 def _mix(weights: torch.Tensor | None, strength: float) -> torch.Tensor | None:
@@ -88,6 +104,7 @@ class MixturePlan:
     hardness: torch.Tensor | None = None  # [len(in_subset)]
     negative_weight: torch.Tensor | None = None  # [len(out_subset)]
     hard_negatives: float = 0.0
+    on_stage: Callable[[StageConfig], None] | None = None  # told each epoch's stage (the objective's weights)
     _bounds: list[float] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -104,15 +121,45 @@ class MixturePlan:
         position = (epoch - 0.5) / self.epochs  # the middle of the epoch
         return next((i for i, b in enumerate(self._bounds) if position < b + 1e-9), len(self.stages) - 1)
 
+    def stage(self, epoch: int) -> StageConfig:
+        return self.stages[self.stage_index(epoch)]
+
+    def wide_epochs(self) -> int:
+        """How many leading epochs train on every class with true labels (``labels: all`` stages)."""
+        return sum(1 for epoch in range(1, self.epochs + 1) if self.stage(epoch).labels == "all")
+
+    @property
+    def freezes(self) -> bool:
+        return any(s.freeze_stem or s.freeze_blocks for s in self.stages)
+
     def epoch_info(self, epoch: int) -> dict:
         i = self.stage_index(epoch)
-        return {"stage": i + 1, "out_share": self.stages[i].out_share, "focus": self.stages[i].focus}
+        stage = self.stages[i]
+        info = {"stage": i + 1, "labels": stage.labels, "out_share": stage.out_share, "focus": stage.focus}
+        if stage.lr_scale != 1.0:
+            info["lr_scale"] = stage.lr_scale
+        return info
+
+    def lr_scale(self, epoch: int) -> float:
+        return self.stage(epoch).lr_scale
+
+    def begin_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        stage = self.stage(epoch)
+        set_frozen(model, stem=stage.freeze_stem, blocks=stage.freeze_blocks)
+        if self.on_stage is not None:
+            self.on_stage(stage)
 
     def batches(self, epoch: int, generator: torch.Generator):
-        stage = self.stages[self.stage_index(epoch)]
+        stage = self.stage(epoch)
+        steps = self.steps_per_epoch
+        if stage.labels == "all":  # every class, true labels: the same steps and images as any other epoch
+            pos = _draw(len(self.split), steps * self.batch_size, None, generator)
+            for s in range(steps):
+                idx = pos[s * self.batch_size:(s + 1) * self.batch_size]
+                yield self.split.load(idx), self.split.labels[idx]
+            return
         n_out = int(round(stage.out_share * self.batch_size)) if len(self.out_subset) else 0
         n_in = self.batch_size - n_out
-        steps = self.steps_per_epoch
         in_pos = _draw(len(self.in_subset), steps * n_in, _mix(self.hardness, stage.focus), generator)
         out_pos = _draw(len(self.out_subset), steps * n_out, _mix(self.negative_weight, self.hard_negatives),
                         generator)
@@ -120,3 +167,25 @@ class MixturePlan:
         for s in range(steps):
             idx = torch.cat([in_idx[s * n_in:(s + 1) * n_in], out_idx[s * n_out:(s + 1) * n_out]])
             yield self.split.load(idx), self.targets[idx]
+
+
+def set_frozen(model: torch.nn.Module, *, stem: bool = False, blocks: int = 0) -> None:
+    """Train every parameter, except the stem (patch and position embeddings) with ``stem`` and the
+    first ``blocks`` transformer blocks. A frozen parameter gets no gradient, so AdamW leaves it
+    (and its weight decay) alone."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    frozen: list[torch.nn.Module | torch.nn.Parameter] = []
+    if stem:
+        frozen += [getattr(model, name) for name in ("patch_embed", "pos_embed", "cls_token", "reg_token")
+                   if getattr(model, name, None) is not None]
+    if blocks:
+        layers = getattr(model, "blocks", None)
+        if layers is None or blocks > len(layers):
+            raise ConfigError(f"cannot freeze {blocks} blocks of {type(model).__name__} "
+                              f"({len(layers) if layers is not None else 'no'} transformer blocks)",
+                              fix="lower the stage's freeze_blocks")
+        frozen += list(layers[:blocks])
+    for part in frozen:
+        for p in ([part] if isinstance(part, torch.nn.Parameter) else part.parameters()):
+            p.requires_grad_(False)

@@ -1,0 +1,358 @@
+"""Benchmark: progressive vs static specialists, from one generic start at equal budget.
+
+    python benchmarks/specialists.py --regime 500 --seeds 0 --sweep   # seed 0 + the screens (~25 min, 2 cores)
+    python benchmarks/specialists.py --regime 500 --seeds 1 2 --git-commit
+    python benchmarks/specialists.py --regime full --seeds 0 --variant-from 500  # the full training set
+    python benchmarks/specialists.py --summary                        # tables, plot, summary.json
+    python benchmarks/specialists.py --profile smoke --seeds 0 --sweep  # the test suite's version
+    python benchmarks/specialists.py --profile gpu --regime 500 --seeds 0 1 2 --sweep  # longer budgets, a GPU
+
+Per regime and seed, through the real code path (``train_system``, ``evaluate_system``): the edge
+generalist (ViT d64 x 4) and the general model (d128 x 4) on the regime's training images, a
+3-expert confusion partition (no one-class expert), then experts of the d128 x 4 architecture:
+
+- ``original``: the first recipe, from the trained general model, 2 subset-only passes (reference);
+- ``static``, ``static-other``, ``progressive``: from the **same random weights** (``init_from:
+  scratch``, one seed for all) with the **same budget** (passes over each subset: the same steps and
+  images per expert), static on the subset only, static-other with 30% out-of-subset images
+  labelled "other" throughout (Hinton et al.'s specialists), progressive first on every class with
+  its true label (a third of the budget), then narrowing to subset + "other" (30%, then 10% of each
+  batch from outside), with the variant chosen on validation (``--sweep``: with or without LwF).
+
+The system is evaluated with tau chosen on validation for 30% offload and k = 3, with the control
+rows (the general model restricted to the routed expert's classes, oracle routing). Regimes:
+``500``: 500 training images a class, stratified and drawn by the seed (data.split_seed = seed, as
+the validation split); ``full``: the whole training split. ``--sweep`` (seed 0) also trains the
+scratch recipes at a quarter and a half of the budget: validation subset accuracy against passes
+(the plot; the progressive curve uses the plain variant below the full budget). Every seed's file
+is written when it finishes (``--git-commit`` commits it); the summary reads whatever files exist.
+Finished runs are reused, interrupted ones resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from experts_table import _model_record, git_commit
+
+from askexpert.bench.machine import describe, machine_info
+from askexpert.bench.offline import evaluate_system
+from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
+
+RESULTS = Path(__file__).parent / "results" / "specialists"
+STATIC_CFG = "experts-static-fmnist-cpu"
+SCRATCH = ("experts.init_from=scratch", "train.warmup_epochs=null", "train.warmup_fraction=0.05")
+NARROW = "{fraction: 0.3333, out_share: 0.3%s}, {fraction: 0.3333, out_share: 0.1%s}"
+PROGRESSIVE = {  # screened on validation (--sweep); the chosen one runs as "progressive"
+    "progressive-plain": "[{fraction: 0.3334, labels: all}, " + NARROW % ("", "") + "]",
+    "progressive-lwf": "[{fraction: 0.3334, labels: all}, " + NARROW % (", lwf: 0.3", ", lwf: 0.3") + "]",
+}
+SCRATCH_RECIPES = ("static", "static-other", "progressive")
+REGIMES = {
+    "500": {"data": ("data.train_subset=5000",), "generalist_epochs": 30, "general_epochs": 30, "passes": 24},
+    "full": {"data": (), "generalist_epochs": 10, "general_epochs": 10, "passes": 4},
+}
+GPU_REGIMES = {  # the same recipes at longer budgets, for an accelerator (benchmarks/gpu_session.sh specialists)
+    "500": {"data": ("data.train_subset=5000",), "generalist_epochs": 60, "general_epochs": 60, "passes": 60},
+    "full": {"data": (), "generalist_epochs": 30, "general_epochs": 30, "passes": 10},
+}
+SMOKE = {"data": ("data.train_subset=600", "data.val_subset=200", "data.test_subset=200"), "generalist_epochs": 2,
+         "general_epochs": 2, "passes": 3}
+PAPER = {"subset": 4.12, "overall": 2.76}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def recipe_overrides(recipe: str, passes: float, progressive: str) -> tuple[str, ...]:
+    if recipe == "original":
+        return ()
+    strategy = "progressive" if recipe.startswith("progressive") else recipe
+    extra = {"static-other": ("experts.other_share=0.3",)}.get(recipe, ())
+    if strategy == "progressive":
+        extra = (f"experts.stages={PROGRESSIVE[progressive if recipe == 'progressive' else recipe]}",
+                 "experts.hard_negatives=0", "experts.distill=0")
+    return (*SCRATCH, f"experts.strategy={strategy}", f"experts.passes={passes:g}", *extra)
+
+
+def pipeline(regime: dict, seed: int, steps: list[tuple[str, str, tuple[str, ...]]], suffix: str) -> PipelineSpec:
+    """The seed's runs; each expert step is (label, run name, overrides): one run name, one run."""
+    common = (f"train.seed={seed}", f"data.split_seed={seed}", *regime["data"])
+    return PipelineSpec(
+        "generalist-fmnist-cpu", "general-fmnist-cpu",
+        tuple(ExpertsStep(label, STATIC_CFG, (f"name={run}", *over)) for label, run, over in steps),
+        common=common, generalist_overrides=(f"train.epochs={regime['generalist_epochs']}",),
+        general_overrides=(f"train.epochs={regime['general_epochs']}",), suffix=suffix)
+
+
+def _expert_rows(run: Path) -> list[dict]:
+    return json.loads((run / "experts.json").read_text())["experts"]
+
+
+def _val_subset(run: Path) -> float:
+    return statistics.mean(e["val"]["subset_accuracy"] for e in _expert_rows(run))
+
+
+def sweep_passes(passes: float) -> list[int]:
+    """The smaller budgets of the sweep: a quarter and a half of ``passes`` (at least 2, the fewest a
+    progressive expert's stages fit in), without repeats or the full budget itself."""
+    return sorted({max(2, round(passes * f)) for f in (0.25, 0.5)} - {round(passes)})
+
+
+def screen(regime: dict, seed: int, out: Path, passes: float) -> dict:
+    """The first seed only: the progressive variants at the full budget and the scratch recipes at
+    smaller budgets; every figure on validation. Returns the chosen progressive variant and the curve."""
+    steps = [(v, v, recipe_overrides(v, passes, v)) for v in PROGRESSIVE]
+    smaller = sweep_passes(passes)
+    for p in smaller:
+        for recipe in SCRATCH_RECIPES:
+            steps.append((f"{recipe}-p{p}", f"{recipe}-p{p}", recipe_overrides(recipe, p, "progressive-plain")))
+    trained = train_system(pipeline(regime, seed, steps, f"-seed{seed}"), out)
+    variants = {v: _val_subset(trained.experts[v]) for v in PROGRESSIVE}
+    chosen = max(variants, key=variants.get)
+    curve = {recipe: {str(float(p)): _val_subset(trained.experts[f"{recipe}-p{p}"]) for p in smaller}
+             for recipe in SCRATCH_RECIPES}
+    return {"variants_val_subset": variants, "chosen": chosen, "curve_val_subset": curve,
+            "seconds": trained.seconds}
+
+
+def run_seed(regime_name: str, regime: dict, seed: int, out: Path, progressive: str, offload: float) -> dict:
+    started = time.perf_counter()
+    passes = regime["passes"]
+    # the chosen progressive variant's run (trained by the screen on the first seed) is the "progressive" row
+    steps = [(r, progressive if r == "progressive" else r, recipe_overrides(r, passes, progressive))
+             for r in ("original", *SCRATCH_RECIPES)]
+    trained = train_system(pipeline(regime, seed, steps, f"-seed{seed}"), out)
+    t0 = time.perf_counter()
+    report = evaluate_system(trained.generalist, trained.general, trained.experts, ks=(3,), rates=(offload,),
+                             headline_rate=offload, headline_k=3)
+    recipes = {}
+    for label, run in trained.experts.items():
+        rows = _expert_rows(run)
+        row = report.headline[label]
+        recipes[label] = {
+            "subset_accuracy_test": report.subset_accuracy[label],
+            "subset_accuracy_test_mean": statistics.mean(report.subset_accuracy[label]),
+            "subset_accuracy_val_mean": statistics.mean(e["val"]["subset_accuracy"] for e in rows),
+            "other_recall_test": [e["test"]["other_recall"] for e in rows],
+            "system_accuracy": row.test.accuracy, "offloaded_accuracy": row.test.offloaded_accuracy_system,
+            "offload_rate": row.test.offload_rate, "tau": row.tau,
+            "oracle_accuracy": report.controls[f"{label}: oracle routing"].test.accuracy,
+            "budget": [e.get("budget", {"steps": None, "images": e["images_seen"]}) for e in rows],
+            "init_sha256": sorted({e.get("init_sha256", "") for e in rows}),
+            "train_seconds": trained.seconds[label],
+        }
+    restricted = next(k for k in report.controls if k.startswith("general model restricted"))
+    return {
+        "regime": regime_name, "seed": seed, "passes": passes, "progressive_variant": progressive,
+        "partition": json.loads(trained.partition.read_text())["experts"],
+        "models": {part: _model_record(path) for part, path in
+                   (("generalist", trained.generalist), ("general", trained.general))},
+        "baselines": {k: asdict(v) for k, v in report.baselines.items()},
+        "recipes": recipes,
+        "controls": {"restricted_general_subset_accuracy_test": report.subset_accuracy[restricted],
+                     "restricted_general_subset_accuracy_test_mean": statistics.mean(
+                         report.subset_accuracy[restricted]),
+                     "restricted_general_system_accuracy": report.controls[restricted].test.accuracy,
+                     "general_as_expert_system_accuracy":
+                         report.headline["general model as the expert"].test.accuracy},
+        "timings": {**{f"{k}_s": v for k, v in trained.seconds.items()}, "evaluation_s": time.perf_counter() - t0,
+                    "total_s": time.perf_counter() - started},
+        "reused_runs": trained.reused,
+    }
+
+
+def _ms(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Per-seed differences a - b, their mean and a 95% t interval (None with one seed)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    out = {"per_seed": d, "mean": statistics.mean(d), "ci95": None}
+    if len(d) > 1:
+        half = T95.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def summarise(directory: Path) -> dict:
+    """Mean and std over the seed files present, per regime and recipe, with the paired differences."""
+    summary: dict = {"regimes": {}}
+    for regime in sorted({f.name.split("-")[0] for f in directory.glob("*-seed*.json")}):
+        seeds = {int(f.stem.split("seed")[1]): json.loads(f.read_text())
+                 for f in sorted(directory.glob(f"{regime}-seed*.json"))}
+        rs = [seeds[s] for s in sorted(seeds)]
+        recipes = {}
+        for label in rs[0]["recipes"]:
+            rows = [r["recipes"][label] for r in rs]
+            budget = [b for r in rows for b in r["budget"]]
+            recipes[label] = {
+                "subset_accuracy": _ms([r["subset_accuracy_test_mean"] for r in rows]),
+                "system_accuracy": _ms([r["system_accuracy"] for r in rows]),
+                "offloaded_accuracy": _ms([r["offloaded_accuracy"] for r in rows]),
+                "offload_rate": _ms([r["offload_rate"] for r in rows]),
+                "oracle_accuracy": _ms([r["oracle_accuracy"] for r in rows]),
+                "steps_per_expert": _ms([b["steps"] for b in budget if b.get("steps") is not None] or [0]),
+                "images_per_expert": _ms([b["images"] for b in budget]),
+                "teacher_images_per_expert": _ms([b.get("teacher_images", 0) for b in budget]),
+            }
+        prog = [r["recipes"]["progressive"] for r in rs]
+        stat = [r["recipes"]["static"] for r in rs]
+        c = [r["controls"] for r in rs]
+        summary["regimes"][regime] = {
+            "seeds": sorted(seeds), "passes": rs[0]["passes"], "recipes": recipes,
+            "controls": {**{key: _ms([x[key] for x in c]) for key in (
+                             "restricted_general_system_accuracy", "general_as_expert_system_accuracy")},
+                         "restricted_general_subset_accuracy": _ms(
+                             [x["restricted_general_subset_accuracy_test_mean"] for x in c]),
+                         "generalist_accuracy": _ms([r["baselines"]["generalist"]["accuracy"] for r in rs]),
+                         "general_accuracy": _ms([r["baselines"]["general"]["accuracy"] for r in rs])},
+            "paired": {
+                "progressive_minus_static_subset": paired([p["subset_accuracy_test_mean"] for p in prog],
+                                                          [s["subset_accuracy_test_mean"] for s in stat]),
+                "progressive_minus_static_system": paired([p["system_accuracy"] for p in prog],
+                                                          [s["system_accuracy"] for s in stat]),
+                "progressive_minus_restricted_general_subset": paired(
+                    [p["subset_accuracy_test_mean"] for p in prog],
+                    [x["restricted_general_subset_accuracy_test_mean"] for x in c]),
+            },
+            "wall_minutes_per_seed": {s: seeds[s]["timings"]["total_s"] / 60 for s in sorted(seeds)},
+            "machines": sorted({describe(seeds[s]["machine"]) for s in seeds}),
+        }
+    summary["screens"] = {}
+    for f in sorted(directory.glob("*-screen.json")):
+        sc = json.loads(f.read_text())
+        regime = f.name.split("-")[0]
+        main_run = directory / f"{regime}-seed{sc['seed']}.json"
+        if main_run.is_file():  # the full budget's point of the curve: the same seed's main runs, on validation
+            recipes = json.loads(main_run.read_text())["recipes"]
+            for recipe, points in sc["curve_val_subset"].items():
+                points[str(float(sc["passes"]))] = recipes[recipe]["subset_accuracy_val_mean"]
+        summary["screens"][regime] = sc
+    return summary
+
+
+def table(summary: dict) -> str:
+    lines = []
+    for regime, s in summary["regimes"].items():
+        lines += [f"regime {regime} (seeds {', '.join(map(str, s['seeds']))}; {s['passes']} passes a subset)", "",
+                  "| recipe | experts on their subsets % | system overall % | on offloaded % | offload % | "
+                  "oracle routing % | steps / expert | images / expert |", "|---|---|---|---|---|---|---|---|"]
+        for label, r in s["recipes"].items():
+            lines.append(f"| {label} | {_fmt(r['subset_accuracy'])} | {_fmt(r['system_accuracy'])} | "
+                         f"{_fmt(r['offloaded_accuracy'])} | {_fmt(r['offload_rate'], 1)} | "
+                         f"{_fmt(r['oracle_accuracy'])} | {r['steps_per_expert']['mean']:.0f} | "
+                         f"{r['images_per_expert']['mean']:.0f} |")
+        c = s["controls"]
+        lines.append(f"| general model restricted to the routed expert's classes | "
+                     f"{_fmt(c['restricted_general_subset_accuracy'])} | "
+                     f"{_fmt(c['restricted_general_system_accuracy'])} | | | | | |")
+        for key, name in (("progressive_minus_static_subset", "progressive - static, subsets"),
+                          ("progressive_minus_static_system", "progressive - static, system overall"),
+                          ("progressive_minus_restricted_general_subset", "progressive - restricted general, subsets")):
+            p = s["paired"][key]
+            ci = f" (95% CI {p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f})" if p["ci95"] else ""
+            lines.append(f"\n{name}: {p['mean']:+.2f} points{ci}; per seed "
+                         + ", ".join(f"{v:+.2f}" for v in p["per_seed"]))
+        lines.append("\nwall time per seed: " + ", ".join(f"seed {k}: {v:.1f} min" for k, v in
+                                                        s["wall_minutes_per_seed"].items())
+                     + f" ({'; '.join(s['machines'])})\n")
+    return "\n".join(lines)
+
+
+def _fmt(m: dict, digits: int = 2) -> str:
+    return f"{m['mean']:.{digits}f}" + (f" +/- {m['std']:.{digits}f}" if m["std"] is not None else "")
+
+
+def plot(summary: dict, directory: Path) -> Path | None:
+    """Validation subset accuracy against passes (seed 0's sweep), one line a scratch recipe."""
+    screens = summary.get("screens", {})
+    if not screens:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(screens), figsize=(5.5 * len(screens), 4), squeeze=False)
+    for ax, (regime, sc) in zip(axes[0], screens.items(), strict=True):
+        for recipe, points in sc["curve_val_subset"].items():
+            xs = sorted(points, key=float)
+            ax.plot([float(x) for x in xs], [points[x] for x in xs], marker="o", label=recipe)
+        ax.set_xlabel("budget: passes over each expert's subset")
+        ax.set_ylabel("experts' validation accuracy on their subsets %")
+        ax.set_title(f"regime {regime}, seed {sc.get('seed', 0)}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = directory / "budget.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--regime", choices=sorted(REGIMES), default="500")
+    ap.add_argument("--profile", choices=("cpu", "gpu", "smoke"), default="cpu",
+                    help="cpu: budgets for 2 CPU cores; gpu: longer ones for an accelerator; smoke: a few hundred "
+                    "images and a few passes (the test suite)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--sweep", action="store_true", help="with the first seed: the screens on validation")
+    ap.add_argument("--summary", action="store_true", help="train nothing: summarise the seed files present")
+    ap.add_argument("--git-commit", action="store_true", help="commit each seed's file when it is written")
+    ap.add_argument("--output-dir", type=Path, default=None, help="run directories (default runs/specialists-REGIME)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--offload", type=float, default=0.3)
+    ap.add_argument("--variant-from", default=None, metavar="REGIME",
+                    help="without a screen of this regime: the progressive variant chosen in REGIME's (e.g. 500)")
+    args = ap.parse_args()
+    regime = {"smoke": SMOKE, "gpu": GPU_REGIMES.get(args.regime)}.get(args.profile) or REGIMES[args.regime]
+    name = {"smoke": "smoke", "gpu": f"gpu{args.regime}"}.get(args.profile, args.regime)
+    out = args.output_dir or Path(f"runs/specialists-{name}")
+    directory = args.results
+    directory.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/specialists.py " + " ".join(sys.argv[1:])
+    screen_file = directory / f"{name}-screen.json"
+    if not args.summary:
+        for i, seed in enumerate(args.seeds):
+            if args.sweep and i == 0:
+                t0 = time.perf_counter()
+                sc = screen(regime, seed, out, regime["passes"])
+                screen_file.write_text(json.dumps({"seed": seed, "passes": regime["passes"], "command": command,
+                                                   "machine": machine_info(), **sc,
+                                                   "total_s": time.perf_counter() - t0}, indent=1))
+                print(f"screen: {sc['chosen']} chosen on validation ({sc['variants_val_subset']})", flush=True)
+            source = screen_file if screen_file.is_file() else directory / f"{args.variant_from}-screen.json"
+            if not source.is_file():
+                raise SystemExit(f"no screen in {screen_file}: run the first seed with --sweep, or pass "
+                                 "--variant-from REGIME to use the progressive variant another regime chose")
+            chosen = json.loads(source.read_text())["chosen"]
+            info = machine_info()
+            report = run_seed(name, regime, seed, out, chosen, args.offload)
+            report["progressive_chosen_in"] = source.name
+            path = directory / f"{name}-seed{seed}.json"
+            path.write_text(json.dumps({"machine": info, "command": command, **report}, indent=1))
+            print(f"{name} seed {seed}: {report['timings']['total_s'] / 60:.1f} min on {describe(info)}; {path}",
+                  flush=True)
+            if args.git_commit:
+                git_commit(path, f"Specialists benchmark ({name}): seed {seed}")
+    summary = summarise(directory)
+    if not summary["regimes"]:
+        raise SystemExit(f"no seed results in {directory}: run without --summary first")
+    (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+    text = table(summary)
+    (directory / "summary.md").write_text(text + "\n")
+    picture = plot(summary, directory)
+    print("\n" + text + (f"\nplot: {picture}" if picture else ""))
+
+
+if __name__ == "__main__":
+    main()
