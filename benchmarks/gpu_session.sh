@@ -5,6 +5,9 @@
 #   benchmarks/gpu_session.sh measure   # serving on the GPU (CUDA graphs, NVML), then `bench --profile full`
 #   benchmarks/gpu_session.sh testbed   # `bench --profile quick --edge-device rpi4`: an emulated Raspberry Pi 4
 #                                       # on one CPU core, the expert server on the GPU (trains its own models)
+#   benchmarks/gpu_session.sh specialists  # progressive vs static specialists (benchmarks/specialists.py,
+#                                          # profile gpu): the 500-a-class regime, seed 0 with its screens,
+#                                          # then seeds 1 and 2 side by side
 #
 # `measure` reuses the seed-0 models of `table` (the same configs the full profile trains), so the
 # two phases must run on the same machine. Results and logs land in $OUT (default /tmp/gpu-out) as
@@ -84,8 +87,23 @@ testbed)
     cp -r runs/gpu/bench-quick/cells-rpi4 runs/gpu/logs/testbed-cells 2>/dev/null
     tar czf "$OUT/testbed.tar.gz" runs/gpu/logs runs/gpu/results-testbed 2>/dev/null
     ;;
+specialists)
+    # seed 0 screens first (the other seeds use its choice), then seeds 1 and 2 side by side
+    r=runs/gpu/results-specialists
+    OMP_NUM_THREADS=${SEED_THREADS:-5} timeout $(( $(left) > 60 ? $(left) / 2 : 30 )) $PY benchmarks/specialists.py \
+        --profile gpu --regime 500 --seeds 0 --sweep --output-dir runs/gpu/specialists --results $r \
+        > runs/gpu/logs/specialists-500-seed0.log 2>&1
+    for seed in 1 2; do
+        OMP_NUM_THREADS=${SEED_THREADS:-5} timeout $(( $(left) > 60 ? $(left) - 30 : 30 )) $PY benchmarks/specialists.py \
+            --profile gpu --regime 500 --seeds $seed --output-dir runs/gpu/specialists --results $r \
+            > runs/gpu/logs/specialists-500-seed$seed.log 2>&1 &
+    done
+    wait
+    $PY benchmarks/specialists.py --summary --results $r 2>&1 | tee runs/gpu/logs/specialists-summary.log
+    tar czf "$OUT/specialists.tar.gz" runs/gpu/logs $r 2>/dev/null
+    ;;
 *)
-    echo "unknown phase $phase: table, measure or testbed" >&2
+    echo "unknown phase $phase: table, measure, testbed or specialists" >&2
     exit 2
     ;;
 esac
