@@ -204,6 +204,7 @@ def scratch_runs(tmp_path_factory, tiny_system):
     return general, runs
 
 
+@pytest.mark.slow
 def test_strategies_start_from_identical_weights_at_equal_steps_and_images(scratch_runs):
     general, runs = scratch_runs
     cfg = runs["static"][0]
@@ -228,6 +229,7 @@ def test_strategies_start_from_identical_weights_at_equal_steps_and_images(scrat
         assert e["budget"]["wide_images"] == 0 and e["budget"]["teacher_images"] == 0
 
 
+@pytest.mark.slow
 def test_a_progressive_expert_trains_every_class_first_then_its_subset(scratch_runs):
     _, runs = scratch_runs
     run_dir = runs["progressive"][1].run_dir
@@ -265,6 +267,7 @@ def test_pretrained_start_reads_the_weights_file(tmp_path, tiny_system):
     assert start.sha256 == weights_sha256(source) and "pretrained" in start.source
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_specialists_benchmark_smoke_profile(tmp_path):
     """The benchmark end to end on a few hundred images: screens, the seed, the summary and its plot."""
