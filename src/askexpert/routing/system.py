@@ -71,8 +71,8 @@ class SystemMetrics:
 def subset_accuracies(answers: ExpertAnswers, subsets: list[list[int]], labels) -> list[float]:
     """Each expert's accuracy on the samples of its own subset (its answer names the true class)."""
     labels = np.asarray(labels, dtype=np.int64)
-    return [_pct(answers.pred[e][np.isin(labels, subset)] == labels[np.isin(labels, subset)])
-            for e, subset in enumerate(subsets)]
+    inside = [np.isin(labels, subset) for subset in subsets]
+    return [_pct(answers.pred[e][mask] == labels[mask]) for e, mask in enumerate(inside)]
 
 
 def _pct(x: np.ndarray) -> float:

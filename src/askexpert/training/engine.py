@@ -81,10 +81,21 @@ class FitResult:
     precision: str = "fp32"
 
     @property
-    def images_per_second(self) -> float:
+    def trained(self) -> tuple[int, float]:
+        """Images and training-loop seconds of the epochs this call trained (not the resumed ones)."""
         done = [h for h in self.history if h["epoch"] > self.resumed_from_epoch]
-        seconds = sum(h["train_seconds"] for h in done)
-        return sum(h["train_images"] for h in done) / seconds if seconds else 0.0
+        return sum(h["train_images"] for h in done), sum(h["train_seconds"] for h in done)
+
+    @property
+    def images_per_second(self) -> float:
+        return images_per_second([self])
+
+
+def images_per_second(results: list[FitResult]) -> float:
+    """Training throughput over the epochs these calls trained (one run split by ``window``, or one)."""
+    images = sum(r.trained[0] for r in results)
+    seconds = sum(r.trained[1] for r in results)
+    return images / seconds if seconds else 0.0
 
 
 def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> tuple[int, str | None]:

@@ -62,7 +62,7 @@ from askexpert.models import (
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.training.engine import fit
+from askexpert.training.engine import fit, images_per_second
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.generalist import dataset_record, train_generalist
 from askexpert.training.logits import cached_logits, store_logits
@@ -482,7 +482,7 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
                   if epoch == plan.epochs or plan.stage_index(epoch + 1) != plan.stage_index(epoch)}
     # the all-class stages train the full-width head; the head is cut where they end
     full = copy.deepcopy(start.model)
-    seconds, history_images, history_time = 0.0, 0, 0.0
+    results = []
     wide_dir = expert_dir / "all-classes"
     if wide:
         done = wide_dir / "final.safetensors"
@@ -494,8 +494,7 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
                          augment=augment, run_dir=wide_dir, resume=resume, console=console,
                          label=f"expert {e} (all classes)", window=(1, wide), val_epochs=stage_ends)
             set_frozen(full)
-            seconds, history_images = result.seconds, sum(h["train_images"] for h in result.history)
-            history_time = sum(h["train_seconds"] for h in result.history)
+            results.append(result)
             safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in full.state_dict().items()},
                                         str(done))
     earlier = _frozen(copy.deepcopy(full).to(device)) if any(st.lwf > 0 for st in plan.stages) else None
@@ -508,17 +507,12 @@ def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, p
                  resume=resume, loss_fn=objective, console=console, label=f"expert {e}",
                  window=(wide + 1, plan.epochs), val_epochs=stage_ends)
     set_frozen(model)
-    seconds += result.seconds
-    done_images = history_images + sum(h["train_images"] for h in result.history
-                                       if h["epoch"] > result.resumed_from_epoch)
-    done_time = history_time + sum(h["train_seconds"] for h in result.history
-                                   if h["epoch"] > result.resumed_from_epoch)
+    results.append(result)
+    budget = _budget(plan, objective, distill, steering.images)
     metrics = {
         "expert": e, "classes": subset, "names": names, "strategy": ecfg.strategy, "init_from": ecfg.init_from,
-        "init_sha256": start.sha256,
-        "images_seen": plan.epochs * plan.steps_per_epoch * cfg.train.batch_size,
-        "budget": _budget(plan, objective, distill, steering.images),
-        "train_seconds": seconds, "images_per_s": done_images / done_time if done_time else 0.0,
+        "init_sha256": start.sha256, "images_seen": budget["images"], "budget": budget,
+        "train_seconds": sum(r.seconds for r in results), "images_per_s": images_per_second(results),
         "precision": result.precision,
     }
     logits = {split: predict_logits(model, bundle.split(split), spec.input, batch_size=cfg.train.eval_batch_size,
