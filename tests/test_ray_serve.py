@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from askexpert.runtime.protocol import encode_images
+from askexpert.contract.protocol import encode_images
 from askexpert.serving.process import ServerProcess
 
 TOKEN = "ray-test-token"

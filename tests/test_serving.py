@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from askexpert.contract.protocol import InferResponse, encode_images
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InProcessExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.inputs import open_input
-from askexpert.runtime.protocol import InferResponse, encode_images
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
 from askexpert.serving.process import ServerProcess, free_port

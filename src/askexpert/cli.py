@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 import askexpert
+from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.errors import AskExpertError, ConfigError
-from askexpert.runtime.protocol import MAX_IMAGES
 from askexpert.security import TOKEN_ENV, is_loopback
 
 EPILOG = """\
@@ -123,11 +123,11 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
                 "teacher passes"):
         table.add_column(col)
     for m in result.experts:
-        other = m["test"]["other_recall"]
-        budget = m.get("budget", {})
-        table.add_row(str(m["expert"]), ", ".join(m["names"]), f"{m['val']['subset_accuracy']:.2f}",
-                      f"{m['test']['subset_accuracy']:.2f}", "-" if other is None else f"{other:.1f}",
-                      str(budget.get("steps", "-")), str(m["images_seen"]), str(budget.get("teacher_images", "-")))
+        other, budget = m.test.other_recall, m.budget
+        table.add_row(str(m.expert), ", ".join(m.names), f"{m.val.subset_accuracy:.2f}",
+                      f"{m.test.subset_accuracy:.2f}", "-" if other is None else f"{other:.1f}",
+                      str(budget.steps) if budget else "-", str(m.images_seen or "-"),
+                      str(budget.teacher_images) if budget else "-")
     _out().print(table)
     return 0
 
@@ -641,8 +641,8 @@ def _k_or_best(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from askexpert.config import INIT_FROM, STRATEGIES
+    from askexpert.contract.schema import DEFAULT_MIN_SIZE
     from askexpert.routing import DEFAULT_K
-    from askexpert.system.schema import DEFAULT_MIN_SIZE
 
     parser = argparse.ArgumentParser(
         prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,

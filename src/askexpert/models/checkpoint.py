@@ -22,10 +22,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import askexpert
+from askexpert.contract.bundle import sha256_file
 from askexpert.errors import CheckpointError
 from askexpert.models.factory import ModelSpec, build_model, count_parameters
 from askexpert.security import confined
-from askexpert.system.bundle import sha256_file
 
 FORMAT = "askexpert-checkpoint"
 FORMAT_VERSION = 1

@@ -26,9 +26,9 @@ from typing import Protocol
 
 import numpy as np
 
+from askexpert.contract.protocol import ExpertInfo
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
-from askexpert.runtime.protocol import ExpertInfo
 
 log = logging.getLogger("askexpert.edge")
 

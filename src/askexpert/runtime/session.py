@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.contract.bundle import is_bundle, load_bundle
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.routing import DEFAULT_K, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, ServerSet
@@ -22,7 +23,6 @@ from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTar
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile
 from askexpert.runtime.records import AnswerLog, resume, skip
-from askexpert.system.bundle import is_bundle, load_bundle
 
 log = logging.getLogger("askexpert.edge")
 

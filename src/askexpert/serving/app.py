@@ -3,7 +3,7 @@ backend: :mod:`.local` (this process, served by uvicorn) or :mod:`.ray_app` (Ray
 
     GET  /v1/health                  liveness, number of experts, device
     GET  /v1/experts                 every expert: id, classes, model, input shape
-    POST /v1/experts/{id}/infer      a batch of images -> answers + server timings (see runtime.protocol)
+    POST /v1/experts/{id}/infer      a batch of images -> answers + server timings (see contract.protocol)
     GET  /metrics                    Prometheus text: requests, errors, queue depth, batch sizes, latencies
 
 Every request passes :class:`Guard` first (bearer token, a cap on requests in flight); the infer
@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
 
-from askexpert.runtime.protocol import (
+from askexpert.contract.protocol import (
     MAX_IMAGES,
     NPY,
     OCTET,
@@ -42,6 +42,7 @@ from askexpert.runtime.protocol import (
     InferResponse,
     ProtocolError,
     decode_images,
+    infer_response,
     max_body_bytes,
 )
 from askexpert.serving.batcher import BatchTimings
@@ -293,7 +294,7 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
 
     app = FastAPI(title="askexpert expert server", version="1", lifespan=lifespan,
                   description="Near-edge experts for collaborative ViT inference. Wire format: see "
-                              "askexpert.runtime.protocol and docs/protocol.md.")
+                              "askexpert.contract.protocol and docs/protocol.md.")
     body_limits = {key: limits.max_body_bytes or max_body_bytes([info.input_shape], limits.max_images)
                    for key, info in infos.items()}
 
@@ -409,9 +410,8 @@ class InferEndpoint:
             return
         # the body follows InferResponse (the documented response model), built from plain values and
         # serialised once
-        data = _JSON({"expert": expert_id, "results": output.result_dicts(topk),
-                      "timings": {"queue_ms": timings.queue_ms, "compute_ms": timings.compute_ms,
-                                  "batch_size": timings.batch_size}}).encode()
+        data = _JSON(infer_response(expert_id, output.result_dicts(topk), timings.queue_ms, timings.compute_ms,
+                                    timings.batch_size)).encode()
         elapsed_ms = (time.perf_counter() - started) * 1000
         await send({"type": "http.response.start", "status": 200,
                     "headers": [_JSON_HEADERS, (b"content-length", str(len(data)).encode())]})

@@ -36,12 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from askexpert.config import apply_overrides, read_yaml, validate
+from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.protocol import ExpertInfo
 from askexpert.errors import AskExpertError
-from askexpert.runtime.protocol import ExpertInfo
 from askexpert.serving.app import ServerLimits, create_app
 from askexpert.serving.batcher import BatchTimings
 from askexpert.serving.pool import ExpertOutput, ExpertPool, served_ids
-from askexpert.system.bundle import is_bundle, load_bundle
 
 log = logging.getLogger("askexpert.server")
 APP_NAME = "askexpert"

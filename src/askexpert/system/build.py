@@ -20,20 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import askexpert
-from askexpert.errors import ConfigError
-from askexpert.models import read_meta
-from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.routing import fit_temperature
-from askexpert.system.bundle import Bundle, load_bundle, sha256_file
-from askexpert.system.calibrate import (
-    choose_tau,
-    data_identity,
-    expert_run,
-    load_experts,
-    outputs_of,
-    require_same_images,
-)
-from askexpert.system.schema import (
+from askexpert.contract.bundle import Bundle, load_bundle, sha256_file
+from askexpert.contract.schema import (
     SCHEMA_VERSION,
     SYSTEM_FILE,
     ExpertEntry,
@@ -41,6 +29,18 @@ from askexpert.system.schema import (
     GeneralistEntry,
     RoutingSpec,
     SystemManifest,
+)
+from askexpert.errors import ConfigError
+from askexpert.models import read_meta
+from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.routing import fit_temperature
+from askexpert.system.calibrate import (
+    choose_tau,
+    data_identity,
+    expert_run,
+    load_experts,
+    outputs_of,
+    require_same_images,
 )
 
 
