@@ -31,7 +31,7 @@ from askexpert.routing import (
     system_metrics,
     tau_for_offload,
 )
-from askexpert.routing.system import subset_accuracies
+from askexpert.routing.system import share, subset_accuracies
 from askexpert.system.calibrate import (
     ExpertSet,
     Outputs,
@@ -92,8 +92,7 @@ class SystemEvaluation:
 
 def _acc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     ok = logits.argmax(1) == labels
-    ok = ok if mask is None else ok[mask]
-    return 100.0 * float(ok.mean()) if ok.size else float("nan")
+    return share(ok if mask is None else ok[mask])
 
 
 def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: float, t_gen: float, confidence: str,

@@ -31,7 +31,12 @@ MAX_IMAGES = 4096
 
 
 class ProtocolError(ValueError):
-    """A request body that does not follow the protocol; the message says what is wrong."""
+    """A request body that does not follow the protocol; the message says what is wrong, ``reason`` which
+    rule it broke: ``content_type`` (a type the protocol does not know) or ``bad_body`` (anything else)."""
+
+    def __init__(self, message: str, reason: str = "bad_body") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def encode_images(images) -> tuple[bytes, dict[str, str]]:
@@ -90,7 +95,8 @@ def decode_images(body: bytes, content_type: str | None, shape_header: str | Non
     if kind == NPY:
         return _npy_array(body, max_images)
     if kind != OCTET:
-        raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}) or {NPY}")
+        raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}) or {NPY}",
+                            "content_type")
     if not shape_header:
         raise ProtocolError(f"raw bodies need the header {SHAPE_HEADER}: N,C,H,W")
     try:
@@ -118,6 +124,11 @@ def image_results(probs: np.ndarray, output_ids: Sequence[int], topk: int) -> li
             ids = [output_ids[i] for i in order]  # the lower output first
             top_p = [row[i] for i in order]
             return [{"pred": ids[0], "confidence": top_p[0], "other": ids[0] == OTHER, "topk": ids, "probs": top_p}]
+    return image_results_batched(probs, output_ids, topk)
+
+
+def image_results_batched(probs: np.ndarray, output_ids: Sequence[int], topk: int) -> list[dict]:
+    """:func:`image_results` in NumPy over the whole batch (the path of every batch but a lone image)."""
     k = min(topk, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower output first, as argmax
     top_p = np.take_along_axis(probs, order, 1).tolist()

@@ -104,7 +104,7 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
                                confidence=s.confidence or "max-prob", fallback=s.fallback or "other", tau=s.tau,
                                temperature=s.temperature)
     return EdgeSystem(TorchGeneralist(s.system, threads=s.threads), policy, None,
-                      read_meta(s.system).dataset.get("config"), None, f"run {s.system}")
+                      read_meta(s.system).dataset.config or None, None, f"run {s.system}")
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:

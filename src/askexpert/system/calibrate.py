@@ -56,7 +56,7 @@ def outputs_of(checkpoint: Path, label: str, device: str = "auto") -> Outputs:
     stem = checkpoint_stem(checkpoint)
     (vz, vy), (tz, ty) = (cached_logits(stem, s, device=device) for s in ("val", "test"))
     return Outputs(label, stem, vz.numpy(), vy.numpy(), tz.numpy(), ty.numpy(),
-                   read_meta(stem).dataset.get("config", {}))
+                   read_meta(stem).dataset.config)
 
 
 def require_same_images(reference: Outputs, other: Outputs) -> None:

@@ -175,14 +175,14 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, device=dev)
     meta = ckpt.meta
-    data_cfg = DataConfig(**meta.dataset.get("config", {}))
+    data_cfg = DataConfig(**meta.dataset.config)
     if data is not None:
         data_cfg = data_cfg.model_copy(update={"name": data})
     if data_root is not None:
         data_cfg = data_cfg.model_copy(update={"root": data_root})
     bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
     subset = meta.extra.get("subset") if meta.kind == "expert" else None
-    trained_on = meta.dataset.get("class_names", meta.class_names) if subset is not None else meta.class_names
+    trained_on = (meta.dataset.class_names or meta.class_names) if subset is not None else meta.class_names
     if bundle.class_names != trained_on:
         raise DatasetError(
             f"{bundle.name} has classes {bundle.class_names[:4]}... but the model was trained on "

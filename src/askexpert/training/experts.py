@@ -177,6 +177,11 @@ class ExpertsResult:
     experts: list[ExpertSummary]  # empty for the general model (strategy: general)
 
 
+# the one defaults block of an experts run (askexpert train experts, the pipeline): what a config file
+# or an override does not set; the experts section's own defaults are ExpertsConfig's
+EXPERTS_RUN_DEFAULTS: dict = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
+
+
 def experts_run_config(path: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
     """The run config of ``askexpert train experts``. Static and progressive experts inherit the data of
     the general model they start from (``experts.init``: dataset, root, splits and subsets; the input
@@ -191,7 +196,7 @@ def experts_run_config(path: Path | None, overrides: list[str], base: dict | Non
     stem = checkpoint_stem(ecfg.init)
     if not stem.with_suffix(".json").is_file():
         return cfg  # train_experts reports a missing init, with its fix
-    inherited = read_meta(stem).dataset.get("config")
+    inherited = read_meta(stem).dataset.config
     if not inherited:
         return cfg
     return load_run_config(path, overrides, base={**(base or {}), "data": inherited})
@@ -200,7 +205,7 @@ def experts_run_config(path: Path | None, overrides: list[str], base: dict | Non
 def _check_inputs(cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition, general: Checkpoint,
                   bundle: DatasetBundle) -> None:
     """The partition, the general model and the data must agree on the classes; say which to change."""
-    init_data = general.meta.dataset.get("config", {}).get("name")
+    init_data = general.meta.dataset.config.get("name")
     if init_data and init_data != cfg.data.name:
         raise ConfigError(
             f"the experts would train on {cfg.data.name}, but the general model {ecfg.init} was trained on "
