@@ -106,6 +106,17 @@ def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: fl
     return GridRow(label or system.label, k, tau, val, test, **target)
 
 
+def _headline(systems: list[ExpertSet], rows: list[GridRow], rate: float, k: int | None) -> dict[str, GridRow]:
+    """Each system's row at the headline offload rate: at ``k``, or (None) the k best on validation."""
+    headline = {}
+    for system in systems:
+        cands = [r for r in rows if r.system == system.label and r.target_offload is not None
+                 and abs(r.target_offload - rate) < 1e-9 and k in (None, r.k)]
+        if cands:
+            headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
+    return headline
+
+
 def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path], *,
                     ks=DEFAULT_KS, rates=DEFAULT_RATES, headline_rate: float = 0.3, headline_k: int | None = DEFAULT_K,
                     target_accuracy: float | None = None, confidence: str = "max-prob", fallback: str = "other",
@@ -144,12 +155,7 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                                        accuracy=target_accuracy)
                 rows.append(_evaluate(gen, gen_model, system, k, policy.tau, t_gen, confidence, fallback, test_conf,
                                       target_accuracy=target_accuracy))
-    headline = {}
-    for system in systems:
-        cands = [r for r in rows if r.system == system.label and r.target_offload is not None
-                 and abs(r.target_offload - headline_rate) < 1e-9 and headline_k in (None, r.k)]
-        if cands:
-            headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
+    headline = _headline(systems, rows, headline_rate, headline_k)
     controls, subset_accuracy = _controls(systems[:-1], headline, gen, gen_model, t_gen, t_general, confidence,
                                           fallback, test_conf)
     offloaded = None

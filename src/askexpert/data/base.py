@@ -176,7 +176,7 @@ class DatasetRecord(BaseModel):
     classes: int = 0
     channels: int | None = None
     image_size: int | None = None
-    files: dict | None = None
+    files: str | None = None  # an image folder: what its files are (imagefolder.FileSurvey.describe)
     decoded_as: str | None = None
     train: int = 0
     val: int = 0

@@ -274,18 +274,12 @@ class _ExpertMetrics:
     request_ms: object
 
 
-def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None) -> Guard:
-    """The ASGI application serving ``experts``: :class:`Guard`, then :class:`InferFastPath` (the infer
-    endpoint) and FastAPI (the rest). Both backends serve this same application, so they share one
-    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits)."""
-    limits = limits or ServerLimits()
-    metrics = Metrics()
-    infos = experts.infos
+def _observe(metrics: Metrics, experts: Experts) -> dict[str, _ExpertMetrics]:
+    """Every expert's labelled metrics, and the backend told to count each model batch it runs."""
     per_expert = {key: _ExpertMetrics(metrics.requests.labels(key), metrics.images.labels(key),
                                       metrics.queue_depth.labels(key), metrics.queue_ms.labels(key),
-                                      metrics.request_ms.labels(key)) for key in infos}
-
-    batch_metrics = {key: (metrics.batch_size.labels(key), metrics.compute_ms.labels(key)) for key in infos}
+                                      metrics.request_ms.labels(key)) for key in experts.infos}
+    batch_metrics = {key: (metrics.batch_size.labels(key), metrics.compute_ms.labels(key)) for key in experts.infos}
 
     def on_batch(key: str, size: int, seconds: float) -> None:
         sizes, times = batch_metrics[key]
@@ -293,6 +287,17 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
         times.observe(seconds * 1000)
 
     experts.on_batch = on_batch
+    return per_expert
+
+
+def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None) -> Guard:
+    """The ASGI application serving ``experts``: :class:`Guard`, then :class:`InferFastPath` (the infer
+    endpoint) and FastAPI (the rest). Both backends serve this same application, so they share one
+    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits)."""
+    limits = limits or ServerLimits()
+    metrics = Metrics()
+    infos = experts.infos
+    per_expert = _observe(metrics, experts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
