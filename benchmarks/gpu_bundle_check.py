@@ -49,13 +49,13 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
+    from askexpert.contract.bundle import load_bundle
     from askexpert.costs.meters import MeterUnavailable, NvmlMeter
     from askexpert.routing import RoutingPolicy
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget, summarize
     from askexpert.runtime.onnx_model import OnnxGeneralist
     from askexpert.serving.process import ServerProcess
-    from askexpert.system.bundle import load_bundle
 
     bundle = load_bundle(args.dir / "system")
     m = bundle.manifest

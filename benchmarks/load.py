@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.bench.machine import describe, machine_info
+from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
-from askexpert.runtime.protocol import MAX_IMAGES
 from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
 

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from askexpert.bench.machine import describe, machine_info
+from askexpert.contract.protocol import InferResponse, encode_images
 from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
-from askexpert.runtime.protocol import InferResponse, encode_images
 from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
 

@@ -60,7 +60,7 @@ def loop_rate(preset: str, mode: str, split) -> dict:
         model = torch.compile(model)
     result = fit(model, plan=SplitPlan(split, cfg.batch_size, cfg.epochs), val=None, spec=spec.input, cfg=cfg,
                  augment="flip", label=f"{preset} {mode}")
-    return {"images_per_s": result.history[1]["images_per_s"], "first_epoch_s": result.history[0]["train_seconds"],
+    return {"images_per_s": result.history[1].images_per_s, "first_epoch_s": result.history[0].train_seconds,
             "precision": result.precision}
 
 

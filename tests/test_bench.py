@@ -7,7 +7,8 @@ import json
 import pytest
 
 from askexpert.bench.report import BASELINES, goals
-from askexpert.bench.suite import BenchResult, Profile, run_bench
+from askexpert.bench.results import BenchResult
+from askexpert.bench.suite import Profile, run_bench
 
 TINY = Profile("tiny", "demo-generalist", "demo-general", "demo-experts", None,
                ("data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",

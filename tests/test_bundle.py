@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from askexpert.cli import main
+from askexpert.contract.bundle import load_bundle
+from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.costs.energy import CostModel
 from askexpert.costs.profiles import device, network
 from askexpert.errors import CheckpointError
@@ -24,8 +26,6 @@ from askexpert.runtime.edge import EdgeRunner, ExpertTarget, Route, summarize
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
-from askexpert.system.bundle import load_bundle
-from askexpert.system.schema import SYSTEM_FILE
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "askexpert"
 HEAVY = ("torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx")
@@ -108,14 +108,14 @@ def _imports(path: Path) -> set[str]:
 
 def test_import_rules():
     """Run time never climbs back into build time: serving and the runtime import nothing from training,
-    routing and the bundle contract import no torch."""
+    routing and the contract import no torch (tests/test_architecture.py checks the layers)."""
     for package in ("serving", "runtime", "routing"):
         for f in (SRC / package).glob("*.py"):
             bad = {n for n in _imports(f) if n.startswith(("askexpert.training", "askexpert.bench"))}
             assert not bad, f"{f.relative_to(SRC)} imports {bad}"
-    for f in [*(SRC / "routing").glob("*.py"), SRC / "system" / "schema.py", SRC / "system" / "bundle.py",
+    for f in [*(SRC / "routing").glob("*.py"), *(SRC / "contract").glob("*.py"),
               SRC / "runtime" / "edge.py", SRC / "runtime" / "onnx_model.py", SRC / "runtime" / "session.py",
-              SRC / "runtime" / "clients.py", SRC / "runtime" / "protocol.py", SRC / "runtime" / "inputs.py",
+              SRC / "runtime" / "clients.py", SRC / "runtime" / "inputs.py",
               SRC / "costs" / "energy.py", SRC / "imageio.py", SRC / "splits.py", SRC / "paths.py",
               SRC / "runtime" / "pacing.py", SRC / "runtime" / "local_experts.py", SRC / "runtime" / "records.py",
               SRC / "security.py",

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from askexpert.contract.bundle import load_bundle
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.session import EdgeSettings, open_system, run_edge
-from askexpert.system.bundle import load_bundle
 
 pytestmark = pytest.mark.timeout(240)
 

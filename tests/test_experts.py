@@ -14,7 +14,8 @@ from askexpert.cli import main
 from askexpert.config import ModelConfig, StageConfig
 from askexpert.data import ArraySplit
 from askexpert.models import build_model, resolve_spec
-from askexpert.training.experts import ExpertObjective, expert_from_general, subset_targets
+from askexpert.training.evaluate import subset_targets
+from askexpert.training.experts import ExpertObjective, expert_from_general
 from askexpert.training.plans import MixturePlan
 
 

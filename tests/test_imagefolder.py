@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from askexpert.cli import main
+from askexpert.contract.schema import Partition
 from askexpert.data import fashion_mnist
 from askexpert.data.fashion_mnist import load_split
 from askexpert.serving.process import ServerProcess
-from askexpert.system.schema import Partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -100,7 +100,7 @@ def test_pretrained_file_loads_timm_weights_and_is_recorded(tmp_path, fmt):
     model.pretrained_file: the same logits, and the spec names the file and its sha256."""
     from safetensors.torch import save_file
 
-    from askexpert.system.bundle import sha256_file
+    from askexpert.contract.bundle import sha256_file
 
     spec, _ = _spec("vit-edge-28")
     source = build_model(spec).eval()

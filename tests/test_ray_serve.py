@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from askexpert.runtime.protocol import encode_images
+from askexpert.contract.protocol import encode_images
 from askexpert.serving.process import ServerProcess
 
 TOKEN = "ray-test-token"
@@ -23,7 +23,7 @@ def _requests(tiny_system) -> list[tuple[str, np.ndarray]]:
 
     gen = TorchGeneralist(tiny_system["generalist"])
     batches, _, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                                  data=gen.meta.dataset["config"], batch_size=150, limit=150)
+                                  data=gen.meta.dataset.config, batch_size=150, limit=150)
     images, _ = next(batches)
     return [(key, images[:n]) for key in ("0", "1", "2", "general") for n in (1, 7, 150)]
 

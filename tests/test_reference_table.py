@@ -78,8 +78,8 @@ def test_training_records_its_precision_and_learns(fmnist_dir, floor):
     result = fit(model, plan=SplitPlan(bundle.train, 128, 3), val=bundle.val, spec=spec.input, cfg=cfg,
                  augment="flip")
     assert result.precision == training_precision(torch.device("cpu"), True)
-    assert all(h["precision"] == result.precision for h in result.history)
-    floor("vit-mini-edge-28, 3 epochs on 3,000 images: val accuracy", result.history[-1]["val_acc"], 50)
+    assert all(h.precision == result.precision for h in result.history)
+    floor("vit-mini-edge-28, 3 epochs on 3,000 images: val accuracy", result.history[-1].val_acc, 50)
     assert any(getattr(m, "fused_attn", False) for m in model.modules())  # the loop restores the kernel
 
 

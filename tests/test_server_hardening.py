@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from askexpert.cli import main
+from askexpert.contract.bundle import load_bundle, sha256_file
+from askexpert.contract.protocol import ProtocolError, decode_images, encode_images
+from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
-from askexpert.runtime.protocol import ProtocolError, decode_images, encode_images
 from askexpert.serving.pool import ExpertPool
 from askexpert.serving.process import ServerProcess
-from askexpert.system.bundle import load_bundle, sha256_file
-from askexpert.system.schema import SYSTEM_FILE
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "s3cret-token-for-tests"

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from askexpert.contract.protocol import InferResponse, encode_images, image_results_batched
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InProcessExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.inputs import open_input
-from askexpert.runtime.protocol import InferResponse, encode_images
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
 from askexpert.serving.process import ServerProcess, free_port
@@ -40,7 +40,7 @@ def pool(tiny_system):
 def _test_images(tiny_system, n=64):
     gen = TorchGeneralist(tiny_system["generalist"])
     batches, _, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                               data=gen.meta.dataset["config"], batch_size=n, limit=n)
+                               data=gen.meta.dataset.config, batch_size=n, limit=n)
     images, labels = next(batches)
     return images, labels
 
@@ -75,7 +75,7 @@ def test_edge_over_http_equals_edge_in_process(server, pool, tiny_system):
     traces = {}
     for name, client in (("http", HttpExpertClient(server)), ("local", InProcessExpertClient(pool))):
         batches, n, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                                   data=gen.meta.dataset["config"], batch_size=1, limit=200)
+                                   data=gen.meta.dataset.config, batch_size=1, limit=200)
         traces[name] = list(EdgeRunner(gen, policy, client).run(batches))
     assert [t.pred for t in traces["http"]] == [t.pred for t in traces["local"]]
     summary = summarize(traces["http"])
@@ -144,7 +144,7 @@ def test_the_infer_answer_is_the_v1_wire_format_byte_for_byte(server, pool, tiny
         r = httpx.post(url + query, content=body, headers=headers)
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
         answer = json.loads(r.content)
-        expected = {"expert": "1", "results": pool.infer("1", images[:n])._result_dicts_batch(k),
+        expected = {"expert": "1", "results": _batched(pool.infer("1", images[:n]), k),
                     "timings": answer["timings"]}
         assert list(answer) == ["expert", "results", "timings"] and list(answer["timings"]) == [
             "queue_ms", "compute_ms", "batch_size"]
@@ -159,6 +159,10 @@ def test_the_infer_answer_is_the_v1_wire_format_byte_for_byte(server, pool, tiny
     assert httpx.post(url + "?topk=0", content=body, headers=headers).status_code == 422
 
 
+def _batched(out: ExpertOutput, k: int) -> list[dict]:
+    return image_results_batched(out.probs.numpy(), out.output_ids, k)
+
+
 def test_the_one_image_answer_path_equals_the_batch_path():
     """ExpertOutput.result_dicts answers one image in plain Python (the edge's request): the same top-k,
     ties towards the lower output, as the NumPy path; a non-finite row takes the NumPy path."""
@@ -170,9 +174,9 @@ def test_the_one_image_answer_path_equals_the_batch_path():
             probs = np.round(probs * 4).astype(np.float32) / 4
         out = ExpertOutput(torch.from_numpy(probs[None]), [int(i) for i in rng.permutation(n) - 1])
         for k in (1, 3, n, n + 2):
-            assert out.result_dicts(k) == out._result_dicts_batch(k), (trial, k)
+            assert out.result_dicts(k) == _batched(out, k), (trial, k)
     bad = ExpertOutput(torch.tensor([[0.2, float("nan"), 0.7]]), [0, 1, -1])
-    assert bad.result_dicts(2) == bad._result_dicts_batch(2) and not bad.finite()
+    assert bad.result_dicts(2) == _batched(bad, 2) and not bad.finite()
     assert ExpertOutput(torch.tensor([[0.2, 0.8]]), [0, -1]).finite()
 
 
@@ -221,7 +225,7 @@ def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_syst
     client = HttpExpertClient(server.url, timeout_s=2.0, retries=1, down_for_s=0.3)
     runner = EdgeRunner(gen, policy, client)
     batches, n, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
-                               data=gen.meta.dataset["config"], batch_size=1, limit=300)
+                               data=gen.meta.dataset.config, batch_size=1, limit=300)
     phases = []
 
     def source():
@@ -375,3 +379,19 @@ def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny
     assert all(t.pred == t.local_pred for t in half.traces if t.degraded)
     said = [r.getMessage() for r in caplog.records]  # once, naming the missing expert; no flapping
     assert len(said) == 1 and f"expert {lone} stopped answering" in said[0] and "no reachable server" in said[0], said
+
+
+def test_the_batcher_refuses_arguments_that_would_stall_it():
+    """max_batch 0 would requeue a request for ever: the batcher itself refuses it, naming the flag."""
+    from askexpert.errors import ConfigError
+
+    def model(images):
+        return ExpertOutput(torch.ones(len(images), 2) / 2, [0, -1])
+
+    with ThreadPoolExecutor(1) as pool:
+        for bad in ({"max_batch": 0}, {"max_batch": -3}, {"max_batch": 2.5}, {"max_wait_ms": -1.0},
+                    {"max_wait_ms": float("nan")}, {"inline_max": -1}):
+            with pytest.raises(ConfigError, match="max_batch|max_wait_ms|inline_max") as err:
+                DynamicBatcher(model, executor=pool, **bad)
+            assert err.value.fix.startswith("pass ")
+        assert DynamicBatcher(model, executor=pool, max_batch=1).max_batch == 1

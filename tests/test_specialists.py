@@ -21,11 +21,11 @@ from askexpert.models import load_checkpoint
 from askexpert.routing import RoutingPolicy, system_metrics
 from askexpert.routing.system import ExpertAnswers, oracle_experts, subset_accuracies
 from askexpert.system.calibrate import Outputs, general_restricted
+from askexpert.training.evaluate import subset_targets
 from askexpert.training.experts import (
     ExpertObjective,
     collapse_logits,
     starting_model,
-    subset_targets,
     train_experts,
     weights_sha256,
 )
@@ -238,7 +238,7 @@ def test_a_progressive_expert_trains_every_class_first_then_its_subset(scratch_r
     assert [r["epoch"] for r in wide] == [1] and wide[0]["labels"] == "all"
     assert [r["epoch"] for r in narrow] == [2, 3] and {r["labels"] for r in narrow} == {"subset"}
     assert narrow[0]["lr_scale"] == 0.5
-    steps = runs["progressive"][1].experts[0]["budget"]["steps"] // 3
+    steps = runs["progressive"][1].experts[0].budget.steps // 3
     assert [r["step"] for r in wide + narrow] == [steps, 2 * steps, 3 * steps]  # one schedule over all three
     ckpt = load_checkpoint(run_dir / "expert-0")
     assert ckpt.model.get_classifier().out_features == len(ckpt.meta.extra["subset"]) + 1

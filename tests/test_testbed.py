@@ -159,8 +159,8 @@ def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
 def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, tmp_path):
     """``askexpert edge BUNDLE --device rpi4``: the bundle's edge in its own throttled (or paced) process,
     answering over real HTTP, with the placement in the summary."""
+    from askexpert.contract.bundle import load_bundle
     from askexpert.serving.process import ServerProcess
-    from askexpert.system.bundle import load_bundle
 
     bundle = load_bundle(tiny_system["bundle"])
     rng = np.random.default_rng(0)
@@ -183,11 +183,11 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
 def test_local_experts_answer_as_the_server(tiny_system, tmp_path):
     """The edge-execution baselines run the bundle's experts in ONNX on the edge: same answers as the
     server's torch models (one expert and the general model here; the bench exports them all)."""
+    from askexpert.contract.bundle import load_bundle
     from askexpert.models.onnx_export import export_onnx
     from askexpert.runtime.clients import InProcessExpertClient
     from askexpert.runtime.local_experts import GENERAL, OTHER_ID, LocalExperts, LocalModelSpec
     from askexpert.serving.pool import ExpertPool
-    from askexpert.system.bundle import load_bundle
 
     bundle = load_bundle(tiny_system["bundle"])
     m = bundle.manifest

@@ -56,7 +56,7 @@ def test_reloaded_checkpoint_gives_bit_identical_logits(trained):
     assert torch.equal(logits, again)
     acc = 100 * float((logits.argmax(1) == bundle.test.labels).float().mean())
     assert acc == pytest.approx(result.metrics["test"]["top1"], abs=1e-4)
-    assert ckpt.meta.class_names[0] == "T-shirt/top" and ckpt.meta.dataset["train"] == 2000
+    assert ckpt.meta.class_names[0] == "T-shirt/top" and ckpt.meta.dataset.train == 2000
 
 
 def test_existing_run_is_never_clobbered(trained):

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 import askexpert
+from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.errors import AskExpertError, ConfigError
-from askexpert.runtime.protocol import MAX_IMAGES
 from askexpert.security import TOKEN_ENV, is_loopback
 
 EPILOG = """\
@@ -101,7 +101,7 @@ def cmd_train_generalist(args: argparse.Namespace) -> int:
 
 
 def cmd_train_experts(args: argparse.Namespace) -> int:
-    from askexpert.training.experts import experts_run_config, train_experts
+    from askexpert.training.experts import EXPERTS_RUN_DEFAULTS, experts_run_config, train_experts
 
     overrides = _run_overrides(args)
     for flag, key in (("strategy", "experts.strategy"), ("partition", "experts.partition"), ("init", "experts.init"),
@@ -109,8 +109,7 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    base = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
-    cfg = _this_process_output(experts_run_config(args.config, overrides, base=base))
+    cfg = _this_process_output(experts_run_config(args.config, overrides, base=EXPERTS_RUN_DEFAULTS))
     result = train_experts(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
     if not result.experts:  # the general model
         from askexpert.models import read_meta
@@ -123,11 +122,11 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
                 "teacher passes"):
         table.add_column(col)
     for m in result.experts:
-        other = m["test"]["other_recall"]
-        budget = m.get("budget", {})
-        table.add_row(str(m["expert"]), ", ".join(m["names"]), f"{m['val']['subset_accuracy']:.2f}",
-                      f"{m['test']['subset_accuracy']:.2f}", "-" if other is None else f"{other:.1f}",
-                      str(budget.get("steps", "-")), str(m["images_seen"]), str(budget.get("teacher_images", "-")))
+        other, budget = m.test.other_recall, m.budget
+        table.add_row(str(m.expert), ", ".join(m.names), f"{m.val.subset_accuracy:.2f}",
+                      f"{m.test.subset_accuracy:.2f}", "-" if other is None else f"{other:.1f}",
+                      str(budget.steps) if budget else "-", str(m.images_seen or "-"),
+                      str(budget.teacher_images) if budget else "-")
     _out().print(table)
     return 0
 
@@ -150,6 +149,42 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _headline_table(report, args: argparse.Namespace) -> Table:
+    """The systems at the headline operating point: baselines, each expert set, the control rows."""
+    table = Table(title=f"test accuracy, tau chosen on validation for {100 * args.offload:.0f}% offload, "
+                        f"k {args.k or 'best on validation'} (--k)")
+    for col in ("system", "k", "overall %", "on offloaded %", "offload %", "hit rate %", "'other' %", "expert load"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    b = report.baselines
+    table.add_row("generalist alone", "-", f"{b['generalist'].accuracy:.2f}",
+                  f"{b['generalist'].offloaded_accuracy:.2f}", "0", "-", "-", "-")
+    table.add_row("general model alone (everything offloaded)", "-", f"{b['general'].accuracy:.2f}",
+                  f"{b['general'].offloaded_accuracy:.2f}", "100", "-", "-", "-")
+    rows = [(f"collaborative: {label}", row) for label, row in report.headline.items()]
+    rows += [(f"{'upper bound' if label.endswith('oracle routing') else 'control'}: {label}", row)
+             for label, row in report.controls.items()]
+    for name, row in rows:
+        t = row.test
+        table.add_row(name, str(row.k), f"{t.accuracy:.2f}", f"{t.offloaded_accuracy_system:.2f}",
+                      f"{t.offload_rate:.1f}", f"{t.routing_hit_rate:.1f}", f"{t.expert_other_rate:.1f}",
+                      " / ".join(map(str, t.expert_load)))
+    return table
+
+
+def _subset_table(report) -> Table:
+    """Every expert of every set on its own subset's test images."""
+    widest = max(len(v) for v in report.subset_accuracy.values())
+    subsets = Table(title="each expert on its own subset's test images (accuracy %)")
+    subsets.add_column("experts")
+    for e in range(widest):
+        subsets.add_column(f"expert {e}", justify="right")
+    subsets.add_column("mean", justify="right")
+    for label, values in report.subset_accuracy.items():
+        subsets.add_row(label, *(f"{v:.2f}" for v in values), *([""] * (widest - len(values))),
+                        f"{sum(values) / len(values):.2f}")
+    return subsets
+
+
 def cmd_evaluate_system(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -168,38 +203,9 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(asdict(report), indent=1))
     console = _out()
-    table = Table(title=f"test accuracy, tau chosen on validation for {100 * args.offload:.0f}% offload, "
-                        f"k {args.k or 'best on validation'} (--k)")
-    for col in ("system", "k", "overall %", "on offloaded %", "offload %", "hit rate %", "'other' %", "expert load"):
-        table.add_column(col, justify="right" if col != "system" else "left")
-    b = report.baselines
-    table.add_row("generalist alone", "-", f"{b['generalist'].accuracy:.2f}",
-                  f"{b['generalist'].offloaded_accuracy:.2f}", "0", "-", "-", "-")
-    table.add_row("general model alone (everything offloaded)", "-", f"{b['general'].accuracy:.2f}",
-                  f"{b['general'].offloaded_accuracy:.2f}", "100", "-", "-", "-")
-    for label, row in report.headline.items():
-        t = row.test
-        table.add_row(f"collaborative: {label}", str(row.k), f"{t.accuracy:.2f}", f"{t.offloaded_accuracy_system:.2f}",
-                      f"{t.offload_rate:.1f}", f"{t.routing_hit_rate:.1f}", f"{t.expert_other_rate:.1f}",
-                      " / ".join(map(str, t.expert_load)))
-    for label, row in report.controls.items():
-        t = row.test
-        kind = "upper bound" if label.endswith("oracle routing") else "control"
-        table.add_row(f"{kind}: {label}", str(row.k), f"{t.accuracy:.2f}", f"{t.offloaded_accuracy_system:.2f}",
-                      f"{t.offload_rate:.1f}", f"{t.routing_hit_rate:.1f}", f"{t.expert_other_rate:.1f}",
-                      " / ".join(map(str, t.expert_load)))
-    console.print(table)
+    console.print(_headline_table(report, args))
     if report.subset_accuracy:
-        widest = max(len(v) for v in report.subset_accuracy.values())
-        subsets = Table(title="each expert on its own subset's test images (accuracy %)")
-        subsets.add_column("experts")
-        for e in range(widest):
-            subsets.add_column(f"expert {e}", justify="right")
-        subsets.add_column("mean", justify="right")
-        for label, values in report.subset_accuracy.items():
-            subsets.add_row(label, *(f"{v:.2f}" for v in values), *([""] * (widest - len(values))),
-                            f"{sum(values) / len(values):.2f}")
-        console.print(subsets)
+        console.print(_subset_table(report))
     grid = Table(title="sweep on test (rows: system and k; columns: target offload rate; cells: overall accuracy %)")
     grid.add_column("system")
     grid.add_column("k")
@@ -639,20 +645,8 @@ def _k_or_best(text: str) -> int | None:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from askexpert.config import INIT_FROM, STRATEGIES
-    from askexpert.routing import DEFAULT_K
-    from askexpert.system.schema import DEFAULT_MIN_SIZE
-
-    parser = argparse.ArgumentParser(
-        prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        description="Collaborative ViT inference: an edge generalist asks near-edge experts when unsure.",
-    )
-    parser.add_argument("--version", action="version", version=f"askexpert {askexpert.__version__}")
-    # flags are spelled out: "--out" must never silently mean "--out-dir"
-    exact = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact)
-
+def _demo_command(sub) -> None:
+    """The ``askexpert demo`` command and its flags."""
     p = sub.add_parser("demo", help="the collaborative system end to end on offline Fashion-MNIST",
                        description="Train (or reuse) a small generalist, general model and progressive experts on "
                        "Fashion-MNIST (a few minutes on 2 CPU cores), start the expert server on a free loopback "
@@ -665,6 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", help="emulate a link on every offload: wifi, lte, 5g or rtt=20ms,bw=20mbit")
     _add_edge_device_flags(p, "--edge-device")
     p.set_defaults(func=cmd_demo)
+
+
+def _train_command(sub, exact) -> None:
+    """The ``askexpert train`` command and its flags."""
+    from askexpert.config import INIT_FROM, STRATEGIES
 
     p = sub.add_parser("train", help="train models (generalist, general model, experts)",
                        description="Train a model into a run directory (resolved config, logs, metrics, "
@@ -700,6 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--passes", type=float, help="image budget per expert, in passes over its subset")
     x.set_defaults(func=cmd_train_experts)
 
+
+def _partition_command(sub) -> None:
+    """The ``askexpert partition`` command and its flags."""
+    from askexpert.contract.schema import DEFAULT_MIN_SIZE
+
     p = sub.add_parser("partition", help="group classes into expert subsets",
                        description="Group the classes into expert subsets: from the generalist's confusion on the "
                        "validation split (agglomerative, size-bounded), from coarse labels (CIFAR-100 "
@@ -717,6 +721,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output file (default: GENERALIST/partition-METHOD-E.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_partition)
+
+
+def _evaluate_system_command(sub) -> None:
+    """The ``askexpert evaluate-system`` command and its flags."""
+    from askexpert.routing import DEFAULT_K
 
     p = sub.add_parser("evaluate-system", help="offline evaluation of the collaborative system over tau and k",
                        description="From the saved models (logits cached next to each checkpoint): the generalist "
@@ -738,6 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the full report (JSON) here")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate_system)
+
+
+def _build_system_command(sub) -> None:
+    """The ``askexpert build-system`` command and its flags."""
+    from askexpert.routing import DEFAULT_K
 
     p = sub.add_parser("build-system", help="trained runs + an operating point -> one deployable bundle",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -767,6 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="where logits are computed (cached next to each checkpoint)")
     p.set_defaults(func=cmd_build_system)
 
+
+def _serve_command(sub) -> None:
+    """The ``askexpert serve`` command and its flags."""
     p = sub.add_parser("serve", help="serve the experts of a bundle (or an expert run) over HTTP (FastAPI + uvicorn)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Load every expert of a system bundle (with its calibrated temperature) or of an "
@@ -822,6 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="requests being read or answered at once (more: 503 with Retry-After)")
     p.set_defaults(func=cmd_serve)
 
+
+def _edge_command(sub) -> None:
+    """The ``askexpert edge`` command and its flags."""
+    from askexpert.routing import DEFAULT_K
+
     p = sub.add_parser("edge", help="run the edge side: generalist, router, experts over HTTP",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run the generalist over the inputs, keep its confident answers, send the rest to "
@@ -870,6 +892,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edge_device_flags(p, "--device")
     p.set_defaults(func=cmd_edge)
 
+
+def _export_onnx_command(sub) -> None:
+    """The ``askexpert export-onnx`` command and its flags."""
     p = sub.add_parser("export-onnx", help="export a generalist to ONNX for ONNX Runtime on the edge",
                        description="Write an ONNX graph that takes uint8 images [N, C, H, W] (normalisation "
                        "inside) with class names in its metadata; checked against torch before it is kept.")
@@ -878,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export_onnx)
 
+
+def _bench_command(sub) -> None:
+    """The ``askexpert bench`` command and its flags."""
     p = sub.add_parser("bench", help="baselines, sweeps and a report with plots (resumable)",
                        description="Run every baseline (edge only, edge execution, full offload, collaborative "
                        "static and progressive) over the same test images and link, sweep tau and k, link presets "
@@ -895,6 +923,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radio", default="wifi", help="network profile of the edge radio")
     p.set_defaults(func=cmd_bench)
 
+
+def _eval_command(sub) -> None:
+    """The ``askexpert eval`` command and its flags."""
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix",
                        description="Evaluate a checkpoint on a split of its dataset (or another dataset with "
                        "the same classes). Writes SPLIT.json and SPLIT-confusion.png. An expert is evaluated "
@@ -913,6 +944,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-logits", action="store_true", help="also save logits and labels (safetensors)")
     p.set_defaults(func=cmd_eval)
 
+
+def _models_command(sub) -> None:
+    """The ``askexpert models`` command and its flags."""
     p = sub.add_parser("models", help="list model presets with parameter counts and FLOPs",
                        description="List the presets (edge and expert sizes per input scale) with their "
                        "parameter counts and FLOPs per image, or timm model names.")
@@ -920,6 +954,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timm", nargs="?", const="", metavar="PATTERN", help="list timm model names instead")
     p.set_defaults(func=cmd_models)
 
+
+def _datasets_command(sub) -> None:
+    """The ``askexpert datasets`` command and its flags."""
     p = sub.add_parser("datasets", help="list datasets and where they are found, or load one",
                        description="Without NAME: the registered datasets and whether their files are "
                        "here. With NAME: load it (downloading where allowed) and print its splits.")
@@ -927,6 +964,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path)
     p.add_argument("--no-download", action="store_true")
     p.set_defaults(func=cmd_datasets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one function a command (above) adds its parser."""
+    parser = argparse.ArgumentParser(
+        prog="askexpert", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Collaborative ViT inference: an edge generalist asks near-edge experts when unsure.",
+    )
+    parser.add_argument("--version", action="version", version=f"askexpert {askexpert.__version__}")
+    # flags are spelled out: "--out" must never silently mean "--out-dir"
+    exact = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact)
+    _demo_command(sub)
+    _train_command(sub, exact)
+    _partition_command(sub)
+    _evaluate_system_command(sub)
+    _build_system_command(sub)
+    _serve_command(sub)
+    _edge_command(sub)
+    _export_onnx_command(sub)
+    _bench_command(sub)
+    _eval_command(sub)
+    _models_command(sub)
+    _datasets_command(sub)
     return parser
 
 

@@ -31,7 +31,7 @@ from askexpert.routing import (
     system_metrics,
     tau_for_offload,
 )
-from askexpert.routing.system import subset_accuracies
+from askexpert.routing.system import share, subset_accuracies
 from askexpert.system.calibrate import (
     ExpertSet,
     Outputs,
@@ -92,8 +92,7 @@ class SystemEvaluation:
 
 def _acc(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     ok = logits.argmax(1) == labels
-    ok = ok if mask is None else ok[mask]
-    return 100.0 * float(ok.mean()) if ok.size else float("nan")
+    return share(ok if mask is None else ok[mask])
 
 
 def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: float, t_gen: float, confidence: str,
@@ -105,6 +104,17 @@ def _evaluate(gen: Outputs, general: Outputs, system: ExpertSet, k: int, tau: fl
     test = system_metrics(gen.test_logits, gen.test_labels, system.membership(n), system.test, policy, oracle=oracle)
     test.offloaded_accuracy_general = _acc(general.test_logits, general.test_labels, test_conf < tau)
     return GridRow(label or system.label, k, tau, val, test, **target)
+
+
+def _headline(systems: list[ExpertSet], rows: list[GridRow], rate: float, k: int | None) -> dict[str, GridRow]:
+    """Each system's row at the headline offload rate: at ``k``, or (None) the k best on validation."""
+    headline = {}
+    for system in systems:
+        cands = [r for r in rows if r.system == system.label and r.target_offload is not None
+                 and abs(r.target_offload - rate) < 1e-9 and k in (None, r.k)]
+        if cands:
+            headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
+    return headline
 
 
 def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path], *,
@@ -145,12 +155,7 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                                        accuracy=target_accuracy)
                 rows.append(_evaluate(gen, gen_model, system, k, policy.tau, t_gen, confidence, fallback, test_conf,
                                       target_accuracy=target_accuracy))
-    headline = {}
-    for system in systems:
-        cands = [r for r in rows if r.system == system.label and r.target_offload is not None
-                 and abs(r.target_offload - headline_rate) < 1e-9 and headline_k in (None, r.k)]
-        if cands:
-            headline[system.label] = max(cands, key=lambda r: (r.val.accuracy, -r.k))
+    headline = _headline(systems, rows, headline_rate, headline_k)
     controls, subset_accuracy = _controls(systems[:-1], headline, gen, gen_model, t_gen, t_general, confidence,
                                           fallback, test_conf)
     offloaded = None

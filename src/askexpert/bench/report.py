@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from askexpert.bench.suite import BenchResult, ClientsRow
+from askexpert.bench.results import BenchResult, ClientsRow
 from askexpert.bench.systems import SystemRow
 from askexpert.testbed.placement import Placement
 

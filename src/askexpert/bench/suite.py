@@ -23,8 +23,13 @@ import numpy as np
 from rich.console import Console
 
 from askexpert.bench.machine import machine_info
-from askexpert.bench.systems import ON_EDGE, SystemRow, measure, run_on_edge
+from askexpert.bench.report import write_report
+from askexpert.bench.results import BenchResult, ClientsRow, Row, row_from_dict
+from askexpert.bench.systems import ON_EDGE, measure, run_on_edge
 from askexpert.console import progress_bar
+from askexpert.contract.bundle import Bundle, load_bundle
+from askexpert.contract.protocol import InferResponse, encode_images
+from askexpert.contract.schema import DataIdentity
 from askexpert.costs.energy import CostModel
 from askexpert.costs.meters import measured_meter
 from askexpert.costs.profiles import device, network
@@ -33,14 +38,11 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.local_experts import LocalModelSpec, export_edge_models
-from askexpert.runtime.protocol import InferResponse, encode_images
 from askexpert.serving.process import ServerProcess
 from askexpert.splits import stratified_subset
 from askexpert.system.build import build_system
-from askexpert.system.bundle import Bundle, load_bundle
 from askexpert.system.calibrate import generalist_policy
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
-from askexpert.system.schema import DataIdentity
 from askexpert.testbed.placement import EmulatedEdge, Mode
 
 
@@ -117,57 +119,6 @@ def plan(profile: Profile) -> list[Cell]:
             + [Cell("link", kind, link=name) for name in profile.links
                for kind in ("collaborative", "full-offload-general")]
             + [Cell("clients", clients=c) for c in profile.clients])
-
-
-@dataclass
-class ClientsRow:
-    """Concurrent edge clients sharing one server: throughput, batching and server energy per image."""
-
-    clients: int
-    images_per_s: float
-    mean_batch: float
-    server_ms_per_image: float
-    requests: int
-    server_mj_per_image: float
-    server_mj_per_image_modelled: float
-    server_energy_kind: str
-    server_energy_source: str
-    server_watts: float | None = None
-
-
-Row = SystemRow | ClientsRow
-
-
-def row_from_dict(d: dict) -> Row:
-    return ClientsRow(**d) if "clients" in d else SystemRow.from_dict(d)
-
-
-@dataclass
-class BenchResult:
-    profile: str
-    date: str
-    host: str
-    machine: dict
-    models: dict[str, str]
-    policy: dict
-    test_images: int
-    sweep_images: int
-    headline_link: str
-    energy: dict
-    cells: dict[str, Row]
-    seconds: float
-    report: str | None = None
-    placement: dict | None = None  # how the edge and the server were placed (askexpert.testbed.placement)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "cells": {k: asdict(v) for k, v in self.cells.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BenchResult:
-        return cls(**{**d, "cells": {k: row_from_dict(v) for k, v in d["cells"].items()}})
-
-    def row(self, name: str) -> Row | None:
-        return self.cells.get(name)
 
 
 @dataclass
@@ -361,8 +312,17 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
                     progress.advance(task)
             finally:
                 bench.stop()
+    result = _result(profile, models, policy, costs, meter, meter_notes, images, sweep, placement,
+                     {c.name: row_from_dict(cells.get(c.name)) for c in cells_plan}, time.perf_counter() - started)
+    _write(result, Path(results_dir), f"{result.date}-{result.host}-{profile.name}"
+           + ("" if edge_device == "host" else f"-{edge_device}"))
+    return result
+
+
+def _result(profile: Profile, models: dict, policy: RoutingPolicy, costs: CostModel, meter, meter_notes: list[str],
+            images: np.ndarray, sweep: np.ndarray, placement, cells: dict[str, Row], seconds: float) -> BenchResult:
     machine = machine_info()
-    result = BenchResult(
+    return BenchResult(
         profile=profile.name, date=machine["date"], host=machine["host"],
         machine={"cpu": machine["cpu"], "cores": machine["cpu_cores"], "torch": machine["torch"],
                  "gpu": machine["gpu"]},
@@ -372,15 +332,13 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
         energy={"edge_profile": costs.edge.__dict__, "server_profile": costs.server.__dict__,
                 "radio": costs.radio.__dict__, "measured_meter": meter.source if meter else None,
                 "meter_notes": meter_notes},
-        cells={c.name: row_from_dict(cells.get(c.name)) for c in cells_plan}, seconds=time.perf_counter() - started,
-        placement=placement.to_dict(),
+        cells=cells, seconds=seconds, placement=placement.to_dict(),
     )
-    from askexpert.bench.report import write_report
 
-    results_dir = Path(results_dir)
+
+def _write(result: BenchResult, results_dir: Path, stem: str) -> None:
+    """``results_dir/<stem>.json`` (the data first, so a failing plot loses nothing) and the report beside it."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{result.date}-{result.host}-{profile.name}" + ("" if edge_device == "host" else f"-{edge_device}")
-    (results_dir / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))  # the data first
+    (results_dir / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))
     result.report = str(write_report(result, results_dir / stem))
     (results_dir / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))
-    return result

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.contract.labels import GENERAL
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.routing import ALL, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
@@ -35,12 +36,13 @@ from askexpert.runtime.edge import (
     EdgeSummary,
     ExpertTarget,
     Latency,
+    OffloadTiming,
     Route,
     SampleTrace,
     summarize,
 )
 from askexpert.runtime.link import LinkProfile
-from askexpert.runtime.local_experts import GENERAL, LocalExperts, LocalModelSpec
+from askexpert.runtime.local_experts import LocalExperts, LocalModelSpec
 from askexpert.runtime.onnx_model import OnnxGeneralist
 
 SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",
@@ -80,24 +82,23 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
     for images, labels in batches:
         t0 = time.perf_counter()
         try:
-            reply = client.infer("general", images)
+            reply = client.infer(GENERAL, images)
         except ExpertUnavailable as err:
             for i in range(len(images)):
                 traces.append(SampleTrace(index=index + i, label=None if labels is None else int(labels[i]), pred=-1,
-                                          local_pred=-1, confidence=0.0, route=Route.DEGRADED, expert="general",
+                                          local_pred=-1, confidence=0.0, route=Route.DEGRADED, expert=GENERAL,
                                           degraded=True, edge_ms=0.0, error=str(err),
                                           network_ms=(time.perf_counter() - t0) * 1000).finish())
             index += len(images)
             continue
-        server_ms = reply.queue_ms + reply.compute_ms
+        lived = OffloadTiming.of(reply, len(images), on_edge=False)
         for i in range(len(images)):
-            traces.append(SampleTrace(
-                index=index + i, label=None if labels is None else int(labels[i]), pred=int(reply.pred[i]),
-                local_pred=int(reply.pred[i]), confidence=float(reply.confidence[i]), route=Route.EXPERT,
-                expert="general", degraded=False, edge_ms=0.0, encode_ms=reply.encode_ms,
-                network_ms=max(reply.round_trip_ms - server_ms, 0.0), link_ms=reply.link_ms, queue_ms=reply.queue_ms,
-                expert_ms=reply.compute_ms, expert_share_ms=reply.compute_ms / max(reply.batch_size, 1),
-                up_bytes=reply.up_bytes / len(images), down_bytes=reply.down_bytes / len(images)).finish())
+            trace = SampleTrace(index=index + i, label=None if labels is None else int(labels[i]),
+                                pred=int(reply.pred[i]), local_pred=int(reply.pred[i]),
+                                confidence=float(reply.confidence[i]), route=Route.EXPERT, expert=GENERAL,
+                                degraded=False, edge_ms=0.0)
+            trace.offload = lived
+            traces.append(trace.finish())
         index += len(images)
     return traces
 

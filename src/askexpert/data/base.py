@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from askexpert.errors import DatasetError
 from askexpert.imageio import read_image
@@ -140,22 +141,47 @@ class DatasetBundle:
             raise DatasetError(f"unknown split '{name}'", fix="use one of: train, val, test")
         return getattr(self, name)
 
-    def summary(self) -> dict:
-        """The splits and what the images are. For an image folder: the files as they are on disk, and
-        the size and channels they are decoded to for this model (``decoded_as``)."""
+    def record(self, config: dict, class_names: bool = True) -> DatasetRecord:
+        """What a checkpoint keeps of the data it was trained on: the splits, what the images are (for an
+        image folder, the files as they are on disk and the size and channels they are decoded to,
+        ``decoded_as``), the class names and the data config that reloads them."""
         files = self.files
-        return {
-            "name": self.name,
-            "source": self.source,
-            "classes": self.num_classes,
-            "channels": files.channels if files is not None else self.channels,
-            "image_size": files.side if files is not None else self.image_size,
-            **({"files": files.describe(), "decoded_as": f"{self.channels}x{self.image_size}x{self.image_size}"}
-               if files is not None else {}),
-            "train": len(self.train),
-            "val": len(self.val),
-            "test": len(self.test),
-            "coarse_classes": len(self.coarse_names) if self.coarse_names else None,
-            "augment_auto": f"{self.default_augment}: {self.augment_reason}" if self.augment_reason
+        return DatasetRecord(
+            name=self.name, source=self.source, classes=self.num_classes,
+            channels=files.channels if files is not None else self.channels,
+            image_size=files.side if files is not None else self.image_size,
+            files=files.describe() if files is not None else None,
+            decoded_as=f"{self.channels}x{self.image_size}x{self.image_size}" if files is not None else None,
+            train=len(self.train), val=len(self.val), test=len(self.test),
+            coarse_classes=len(self.coarse_names) if self.coarse_names else None,
+            augment_auto=f"{self.default_augment}: {self.augment_reason}" if self.augment_reason
             else self.default_augment,
-        }
+            class_names=self.class_names, config=config)
+
+    def summary(self) -> dict:
+        """The splits and what the images are, as plain values (a run's report)."""
+        summary = self.record({}).model_dump(exclude={"class_names", "config"})
+        if self.files is None:
+            del summary["files"], summary["decoded_as"]
+        return summary
+
+
+class DatasetRecord(BaseModel):
+    """The data a model was trained on, as its checkpoint records it (unknown keys of older checkpoints kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    source: str = ""
+    classes: int = 0
+    channels: int | None = None
+    image_size: int | None = None
+    files: str | None = None  # an image folder: what its files are (imagefolder.FileSurvey.describe)
+    decoded_as: str | None = None
+    train: int = 0
+    val: int = 0
+    test: int = 0
+    coarse_classes: int | None = None
+    augment_auto: str | None = None
+    class_names: list[str] = Field(default_factory=list)
+    config: dict = Field(default_factory=dict, description="the data config (DataConfig) that reloads these splits")

@@ -8,6 +8,8 @@ ever reported on.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from askexpert.config import DataConfig
 from askexpert.data import cifar, fashion_mnist, imagefolder
@@ -17,12 +19,6 @@ from askexpert.splits import stratified_split, stratified_subset
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DATASETS = {
-    "fashion-mnist": "Fashion-MNIST, 70k 28x28 grayscale images, 10 classes (offline: Debian package)",
-    "cifar10": "CIFAR-10, 60k 32x32 RGB images, 10 classes",
-    "cifar100": "CIFAR-100, 60k 32x32 RGB images, 100 classes in 20 superclasses",
-    "imagefolder:PATH": "your own images, one folder per class (PATH/{train,test}/<class>/ or PATH/<class>/)",
-}
 
 
 def _carve(cfg: DataConfig, train_all: ImageSplit, test: ImageSplit) -> tuple[ImageSplit, ...]:
@@ -37,60 +33,93 @@ def _carve(cfg: DataConfig, train_all: ImageSplit, test: ImageSplit) -> tuple[Im
     return train, val, test
 
 
+def _fashion_mnist(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
+    train_all = ArraySplit(*fashion_mnist.load_split(directory, "train"))
+    test = ArraySplit(*fashion_mnist.load_split(directory, "test"))
+    train, val, test = _carve(cfg, train_all, test)
+    # Centred, upright garments: shifts cost a small ViT more than they teach it (BENCHMARKS.md)
+    augment = "flip" if cfg.flip is not False else "none"
+    return DatasetBundle(cfg.name, list(fashion_mnist.CLASS_NAMES), train, val, test, 1, 28,
+                         fashion_mnist.MEAN, fashion_mnist.STD, str(directory), default_augment=augment,
+                         augment_reason="mirrored half the time, no shifts: centred, upright garments"
+                         if augment == "flip" else "data.flip=false")
+
+
+def _cifar(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
+    fmt = cifar.FORMATS[cfg.name]
+    class_names, coarse_names = cifar.load_meta(directory, fmt)
+    train_all = ArraySplit(*cifar.load_split(directory, fmt, "train"))
+    test = ArraySplit(*cifar.load_split(directory, fmt, "test"))
+    train, val, test = _carve(cfg, train_all, test)
+    flip = cfg.flip is not False  # 50,000 natural images: shifts and mirrors, the standard CIFAR recipe
+    augment = "crop-flip" if flip else "crop"
+    why = "shifts (pad and crop)" + (", mirrored half the time" if flip else ", never mirrored (data.flip)")
+    return DatasetBundle(cfg.name, class_names, train, val, test, 3, 32, fmt.mean, fmt.std,
+                         str(directory), coarse_names=coarse_names, default_augment=augment, augment_reason=why)
+
+
+def _imagefolder(cfg: DataConfig, path, image_size: int | None, channels: int | None) -> DatasetBundle:
+    train_all, test, classes = imagefolder.load(path, size=image_size or 224, channels=channels or 3,
+                                                test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    files = imagefolder.survey(train_all.paths + test.paths)
+    train, val, test = _carve(cfg, train_all, test)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if (channels or 3) == 3 else ((0.5,), (0.25,))
+    augment, why = imagefolder.default_augment(files.side, bool(cfg.flip))
+    return DatasetBundle(cfg.name, classes, train, val, test, channels or 3, image_size or 224, mean, std,
+                         path, default_augment=augment, augment_reason=why, files=files)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset askexpert knows: how ``data.name`` names it, what it is, where its files are (downloading
+    them when ``data.download`` allows) and how its splits are loaded from there."""
+
+    name: str  # the exact name, or for a prefix entry the prefix followed by what it takes (imagefolder:PATH)
+    description: str
+    locate: Callable[[DataConfig], object]
+    load: Callable[[DataConfig, object, int | None, int | None], DatasetBundle]
+    prefix: str | None = None  # names starting with this belong to the entry
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(self.prefix) if self.prefix else name == self.name
+
+
+def _cifar_entry(name: str, description: str) -> DatasetEntry:
+    def locate(cfg: DataConfig):
+        return cifar.locate(cifar.FORMATS[cfg.name], cfg.root, allow_download=cfg.download)
+
+    return DatasetEntry(name, description, locate, _cifar)
+
+
+# the one table: lookup (locate_dataset, load_dataset) and listing (askexpert datasets) both read it
+REGISTRY: tuple[DatasetEntry, ...] = (
+    DatasetEntry("fashion-mnist", "Fashion-MNIST, 70k 28x28 grayscale images, 10 classes (offline: Debian package)",
+                 lambda cfg: fashion_mnist.locate(cfg.root, allow_download=cfg.download), _fashion_mnist),
+    _cifar_entry("cifar10", "CIFAR-10, 60k 32x32 RGB images, 10 classes"),
+    _cifar_entry("cifar100", "CIFAR-100, 60k 32x32 RGB images, 100 classes in 20 superclasses"),
+    DatasetEntry("imagefolder:PATH", "your own images, one folder per class (PATH/{train,test}/<class>/ or "
+                 "PATH/<class>/)", lambda cfg: cfg.name[len(IMAGEFOLDER_PREFIX):], _imagefolder,
+                 prefix=IMAGEFOLDER_PREFIX),
+)
+DATASETS = {e.name: e.description for e in REGISTRY}
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registry's entry for ``data.name``, or the error naming the closest known one."""
+    entry = next((e for e in REGISTRY if e.matches(name)), None)
+    if entry is not None:
+        return entry
+    close = difflib.get_close_matches(name, [e.name for e in REGISTRY if not e.prefix], n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise DatasetError(f"unknown dataset '{name}'", fix=f"{hint}choose one of: {', '.join(DATASETS)}")
+
+
 def locate_dataset(cfg: DataConfig):
     """Where the files of ``cfg.name`` are (downloading them when ``cfg.download``), without loading them."""
-    if cfg.name == "fashion-mnist":
-        return fashion_mnist.locate(cfg.root, allow_download=cfg.download)
-    if cfg.name in cifar.FORMATS:
-        return cifar.locate(cifar.FORMATS[cfg.name], cfg.root, allow_download=cfg.download)
-    if cfg.name.startswith(IMAGEFOLDER_PREFIX):
-        return cfg.name[len(IMAGEFOLDER_PREFIX):]
-    raise _unknown(cfg.name)
-
-
-def _unknown(name: str) -> DatasetError:
-    close = difflib.get_close_matches(name, [n for n in DATASETS if ":" not in n], n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return DatasetError(f"unknown dataset '{name}'",
-                        fix=f"{hint}choose one of: fashion-mnist, cifar10, cifar100, imagefolder:PATH")
+    return dataset_entry(cfg.name).locate(cfg)
 
 
 def load_dataset(cfg: DataConfig, *, image_size: int | None = None, channels: int | None = None) -> DatasetBundle:
     """Load the dataset ``cfg.name``. ``image_size``/``channels`` only matter for image folders."""
-    name = cfg.name
-    if name == "fashion-mnist":
-        directory = fashion_mnist.locate(cfg.root, allow_download=cfg.download)
-        train_all = ArraySplit(*fashion_mnist.load_split(directory, "train"))
-        test = ArraySplit(*fashion_mnist.load_split(directory, "test"))
-        train, val, test = _carve(cfg, train_all, test)
-        # Centred, upright garments: shifts cost a small ViT more than they teach it (BENCHMARKS.md)
-        augment = "flip" if cfg.flip is not False else "none"
-        return DatasetBundle(name, list(fashion_mnist.CLASS_NAMES), train, val, test, 1, 28,
-                             fashion_mnist.MEAN, fashion_mnist.STD, str(directory), default_augment=augment,
-                             augment_reason="mirrored half the time, no shifts: centred, upright garments"
-                             if augment == "flip" else "data.flip=false")
-    if name in cifar.FORMATS:
-        fmt = cifar.FORMATS[name]
-        directory = cifar.locate(fmt, cfg.root, allow_download=cfg.download)
-        class_names, coarse_names = cifar.load_meta(directory, fmt)
-        train_all = ArraySplit(*cifar.load_split(directory, fmt, "train"))
-        test = ArraySplit(*cifar.load_split(directory, fmt, "test"))
-        train, val, test = _carve(cfg, train_all, test)
-        flip = cfg.flip is not False  # 50,000 natural images: shifts and mirrors, the standard CIFAR recipe
-        augment = "crop-flip" if flip else "crop"
-        why = "shifts (pad and crop)" + (", mirrored half the time" if flip else ", never mirrored (data.flip)")
-        return DatasetBundle(name, class_names, train, val, test, 3, 32, fmt.mean, fmt.std,
-                             str(directory), coarse_names=coarse_names, default_augment=augment, augment_reason=why)
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        path = name[len(IMAGEFOLDER_PREFIX):]
-        train_all, test, classes = imagefolder.load(
-            path, size=image_size or 224, channels=channels or 3,
-            test_fraction=cfg.test_fraction, seed=cfg.split_seed,
-        )
-        files = imagefolder.survey(train_all.paths + test.paths)
-        train, val, test = _carve(cfg, train_all, test)
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if (channels or 3) == 3 else ((0.5,), (0.25,))
-        augment, why = imagefolder.default_augment(files.side, bool(cfg.flip))
-        return DatasetBundle(name, classes, train, val, test, channels or 3, image_size or 224, mean, std,
-                             path, default_augment=augment, augment_reason=why, files=files)
-    raise _unknown(name)
+    entry = dataset_entry(cfg.name)
+    return entry.load(cfg, entry.locate(cfg), image_size, channels)

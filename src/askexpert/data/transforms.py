@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from askexpert.system.schema import InputSpec  # noqa: F401 (the spec lives in the torch-free contract)
+from askexpert.contract.schema import InputSpec  # noqa: F401 (the spec lives in the torch-free contract)
 
 AUGMENTATIONS = ("none", "flip", "crop", "crop-flip", "rrc", "rrc-flip")
 """none; flip (mirror half the images); crop (shift: pad by size/8, crop back); rrc (random resized crop);

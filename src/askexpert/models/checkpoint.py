@@ -22,10 +22,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import askexpert
+from askexpert.contract.bundle import sha256_file
+from askexpert.data.base import DatasetRecord
 from askexpert.errors import CheckpointError
 from askexpert.models.factory import ModelSpec, build_model, count_parameters
 from askexpert.security import confined
-from askexpert.system.bundle import sha256_file
 
 FORMAT = "askexpert-checkpoint"
 FORMAT_VERSION = 1
@@ -39,7 +40,7 @@ class CheckpointMeta(BaseModel):
     kind: str = Field(description="generalist, general, expert, ...")
     model: ModelSpec
     class_names: list[str] = Field(description="names of the model's outputs, in order")
-    dataset: dict[str, Any] = Field(default_factory=dict)
+    dataset: DatasetRecord = Field(default_factory=DatasetRecord)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -78,7 +79,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, spec: ModelSpec, kind: str,
-                    class_names: list[str], dataset: dict | None = None, training: dict | None = None,
+                    class_names: list[str], dataset: DatasetRecord | dict | None = None, training: dict | None = None,
                     metrics: dict | None = None, extra: dict | None = None) -> Path:
     """Write ``STEM.safetensors`` and ``STEM.json``; returns the stem."""
     stem = checkpoint_stem(path)
@@ -87,7 +88,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, spec: Mo
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _atomic_write(weights, lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": FORMAT}))
     meta = CheckpointMeta(
-        kind=kind, model=spec, class_names=list(class_names), dataset=dataset or {},
+        kind=kind, model=spec, class_names=list(class_names), dataset=dataset or DatasetRecord(),
         training=training or {}, metrics=metrics or {}, extra=extra or {},
         parameters=count_parameters(model), weights_file=weights.name,
         weights_sha256=sha256_file(weights),

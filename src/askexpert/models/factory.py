@@ -14,11 +14,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from askexpert.config import ModelConfig
+from askexpert.contract.bundle import sha256_file
 from askexpert.data.transforms import InputSpec
 from askexpert.errors import ModelError
 from askexpert.models import vit as _registered_vits  # noqa: F401  (registers askexpert's timm models)
 from askexpert.models.presets import PRESETS
-from askexpert.system.bundle import sha256_file
 
 
 class ModelSpec(BaseModel):

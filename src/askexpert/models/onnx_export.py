@@ -7,17 +7,16 @@ its metadata, and the export is checked against the torch model before it is kep
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from askexpert.contract.onnx import METADATA_KEY, metadata_value
 from askexpert.data import InputSpec, to_model_input
 from askexpert.errors import CheckpointError
 from askexpert.models.checkpoint import checkpoint_stem, load_checkpoint
-from askexpert.runtime.onnx_model import METADATA_KEY
 
 
 class _WithPreprocessing(torch.nn.Module):
@@ -49,11 +48,10 @@ def export_onnx(checkpoint: Path, out: Path, *, opset: int = 18, check_atol: flo
     program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
                                 dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
     model_proto = program.model_proto
-    meta = {"class_names": ckpt.meta.class_names, "input": spec.model_dump(), "kind": ckpt.meta.kind,
-            "source": str(checkpoint_stem(checkpoint)), "weights_sha256": ckpt.meta.weights_sha256,
-            "model": ckpt.meta.model.name}
     entry = model_proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    entry.key, entry.value = METADATA_KEY, metadata_value(
+        ckpt.meta.class_names, spec, kind=ckpt.meta.kind, source=str(checkpoint_stem(checkpoint)),
+        weights_sha256=ckpt.meta.weights_sha256, model=ckpt.meta.model.name)
     onnx.save(model_proto, str(out))
     seconds = time.perf_counter() - t0
     # the exported graph must agree with torch on fresh images

@@ -16,13 +16,10 @@ torch dispatches (BENCHMARKS.md, "Router cost").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-Confidence = Literal["max-prob", "margin", "entropy"]
-Fallback = Literal["other", "other-or-less-confident"]
-OTHER = -1  # an expert's "not one of my classes"
+from askexpert.contract.labels import OTHER, Confidence, Fallback
 
 
 def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:

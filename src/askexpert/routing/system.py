@@ -72,11 +72,13 @@ def subset_accuracies(answers: ExpertAnswers, subsets: list[list[int]], labels) 
     """Each expert's accuracy on the samples of its own subset (its answer names the true class)."""
     labels = np.asarray(labels, dtype=np.int64)
     inside = [np.isin(labels, subset) for subset in subsets]
-    return [_pct(answers.pred[e][mask] == labels[mask]) for e, mask in enumerate(inside)]
+    return [share(answers.pred[e][mask] == labels[mask]) for e, mask in enumerate(inside)]
 
 
-def _pct(x: np.ndarray) -> float:
-    return 100.0 * float(np.mean(x)) if x.size else float("nan")
+def share(hits: np.ndarray) -> float:
+    """The share (%) of true entries of a boolean array: the one accuracy of the NumPy side (NaN when empty:
+    a rate of nothing is not 0%)."""
+    return 100.0 * float(np.mean(hits)) if hits.size else float("nan")
 
 
 def oracle_experts(labels: np.ndarray, membership: np.ndarray, offload: np.ndarray) -> np.ndarray:
@@ -105,9 +107,9 @@ def system_metrics(gen_logits, labels, membership, answers: ExpertAnswers, polic
     load = np.bincount(d.expert[off], minlength=experts) if n_off else np.zeros(experts, dtype=np.int64)
     hit = membership[d.expert[off], labels[off]].astype(bool) if n_off else np.zeros(0, dtype=bool)
     return SystemMetrics(
-        tau=policy.tau, k=policy.k, samples=n, accuracy=_pct(final_ok), generalist_accuracy=_pct(local_ok),
-        offload_rate=100.0 * n_off / n, offloaded=n_off, offloaded_accuracy_generalist=_pct(local_ok[off]),
-        offloaded_accuracy_system=_pct(final_ok[off]), routing_hit_rate=_pct(hit),
-        expert_load=[int(v) for v in load], expert_other_rate=_pct(pred[off] == OTHER),
-        fallback_rate=_pct(fell_back[off]),
+        tau=policy.tau, k=policy.k, samples=n, accuracy=share(final_ok), generalist_accuracy=share(local_ok),
+        offload_rate=100.0 * n_off / n, offloaded=n_off, offloaded_accuracy_generalist=share(local_ok[off]),
+        offloaded_accuracy_system=share(final_ok[off]), routing_hit_rate=share(hit),
+        expert_load=[int(v) for v in load], expert_other_rate=share(pred[off] == OTHER),
+        fallback_rate=share(fell_back[off]),
     )

@@ -25,8 +25,8 @@ import httpx
 import numpy as np
 from pydantic import TypeAdapter
 
+from askexpert.contract.protocol import ExpertInfo, HealthResponse, InferResponse, encode_images
 from askexpert.runtime.link import LinkProfile
-from askexpert.runtime.protocol import ExpertInfo, HealthResponse, InferResponse, encode_images
 
 
 class ExpertUnavailable(RuntimeError):

@@ -26,9 +26,10 @@ from typing import Protocol
 
 import numpy as np
 
+from askexpert.contract.protocol import ExpertInfo
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
+from askexpert.routing.system import share
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
-from askexpert.runtime.protocol import ExpertInfo
 
 log = logging.getLogger("askexpert.edge")
 
@@ -67,6 +68,42 @@ class ExpertTarget:
     classes: list[int]
 
 
+@dataclass(frozen=True)
+class OffloadTiming:
+    """What one offloaded image lived through on its way to an expert and back, and its share of the
+    request's bytes and of the expert batch's compute."""
+
+    encode_ms: float = 0.0
+    network_ms: float = 0.0  # round trip on the socket minus the server's own time
+    link_ms: float = 0.0  # emulated link delay
+    queue_ms: float = 0.0
+    expert_ms: float = 0.0  # the expert's time for the batch this image ran in (latency lived)
+    expert_share_ms: float = 0.0  # this image's share of that batch's compute (cost)
+    expert_on_edge: bool = False  # the expert ran on the edge device itself (edge execution)
+    up_bytes: float = 0.0
+    down_bytes: float = 0.0
+
+    @classmethod
+    def of(cls, reply: ExpertReply, images: int, *, on_edge: bool) -> OffloadTiming:
+        """Each of the ``images`` images of one answered request."""
+        server_ms = reply.queue_ms + reply.compute_ms
+        return cls(reply.encode_ms, max(reply.round_trip_ms - server_ms, 0.0), reply.link_ms, reply.queue_ms,
+                   reply.compute_ms, reply.compute_ms / max(reply.batch_size, 1), on_edge,
+                   reply.up_bytes / images, reply.down_bytes / images)
+
+
+class _Offloads:
+    """What the experts answered for one batch: per image the answer, its confidence, whether it is a valid
+    answer, the timing of its request, and why it got none."""
+
+    def __init__(self, n: int) -> None:
+        self.pred = np.full(n, OTHER, dtype=np.int64)
+        self.conf = np.zeros(n, dtype=np.float32)
+        self.answered = np.zeros(n, dtype=bool)
+        self.timing: dict[int, OffloadTiming] = {}
+        self.errors: dict[int, str] = {}
+
+
 @dataclass
 class SampleTrace:
     index: int
@@ -90,6 +127,17 @@ class SampleTrace:
     up_bytes: float = 0.0  # this sample's share of its request's bytes
     down_bytes: float = 0.0
     error: str | None = None
+
+    @property
+    def offload(self) -> OffloadTiming:
+        return OffloadTiming(self.encode_ms, self.network_ms, self.link_ms, self.queue_ms, self.expert_ms,
+                             self.expert_share_ms, self.expert_on_edge, self.up_bytes, self.down_bytes)
+
+    @offload.setter
+    def offload(self, t: OffloadTiming) -> None:
+        self.encode_ms, self.network_ms, self.link_ms, self.queue_ms = t.encode_ms, t.network_ms, t.link_ms, t.queue_ms
+        self.expert_ms, self.expert_share_ms, self.expert_on_edge = t.expert_ms, t.expert_share_ms, t.expert_on_edge
+        self.up_bytes, self.down_bytes = t.up_bytes, t.down_bytes
 
     def finish(self) -> SampleTrace:
         self.total_ms = self.edge_ms + self.encode_ms + self.network_ms + self.link_ms + self.queue_ms + self.expert_ms
@@ -196,48 +244,18 @@ class EdgeRunner:
         unknown = self._ensure_experts()
         router = self.router or Router(self.policy, np.ones((1, len(self.generalist.class_names)), np.float32))
         decision = router.route(logits)
-        expert_pred = np.full(n, OTHER, dtype=np.int64)
-        expert_conf = np.zeros(n, dtype=np.float32)
-        answered = np.zeros(n, dtype=bool)
-        per_sample: dict[int, dict] = {}
-        errors: dict[int, str] = {}
+        asked = _Offloads(n)
         expert = decision.expert
         for e in np.unique(expert[expert >= 0]):
             idx = np.flatnonzero(expert == e)
             if unknown is not None or self.client is None:
-                for i in idx:
-                    errors[i] = unknown or "no expert server configured"
+                why = unknown or "no expert server configured"
+                asked.errors.update((i, why) for i in idx)
                 if self.client is not None:
-                    self._server_failed("the expert server", start_index + int(idx[0]), len(idx), unknown)
-                continue
-            t_ask = time.perf_counter()
-            try:
-                reply = self.client.infer(self.expert_ids[e], images[idx])
-                if len(reply.pred) != len(idx) or len(reply.confidence) != len(idx):
-                    raise ExpertUnavailable(f"expert {self.expert_ids[e]} answered {len(reply.pred)} results for "
-                                            f"{len(idx)} images")
-            except ExpertUnavailable as err:
-                lost = {"network_ms": (time.perf_counter() - t_ask) * 1000}  # time spent failing is latency too
-                for i in idx:
-                    errors[i] = str(err)
-                    per_sample[i] = lost
-                who = f"the expert server {err.server}" if err.server else f"expert {self.expert_ids[e]}"
-                self._server_failed(who, start_index + int(idx[0]), len(idx), str(err))
-                continue
-            for who in ("the expert server", f"the expert server {reply.server}", f"expert {self.expert_ids[e]}"):
-                self._server_answered(who, start_index + int(idx[0]))
-            valid = self._check_answers(e, reply, idx, start_index, errors)
-            expert_pred[idx[valid]], expert_conf[idx[valid]], answered[idx[valid]] = (
-                reply.pred[valid], reply.confidence[valid], True)
-            server_ms = reply.queue_ms + reply.compute_ms
-            lived = {"encode_ms": reply.encode_ms, "queue_ms": reply.queue_ms, "expert_ms": reply.compute_ms,
-                     "network_ms": max(reply.round_trip_ms - server_ms, 0.0), "link_ms": reply.link_ms,
-                     "expert_share_ms": reply.compute_ms / max(reply.batch_size, 1),
-                     "expert_on_edge": self.experts_on_edge,
-                     "up_bytes": reply.up_bytes / len(idx), "down_bytes": reply.down_bytes / len(idx)}
-            for i in idx:
-                per_sample[i] = lived
-        final, fell_back = finalize(decision, expert_pred, expert_conf, self.policy, answered=answered)
+                    self._server_failed("the expert server", start_index + int(idx[0]), len(idx), why)
+            else:
+                self._offload(int(e), images, idx, start_index, asked)
+        final, fell_back = finalize(decision, asked.pred, asked.conf, self.policy, answered=asked.answered)
         traces = []
         for i in range(n):
             t = SampleTrace(index=start_index + i, label=None if labels is None else int(labels[i]),
@@ -246,14 +264,39 @@ class EdgeRunner:
                             degraded=False, edge_ms=edge_ms, edge_share_ms=edge_ms / n)
             if decision.offload[i]:
                 t.expert = self.expert_ids[expert[i]] if unknown is None else None
-                if not answered[i]:
-                    t.route, t.degraded, t.error = Route.DEGRADED, True, errors.get(i)
+                if not asked.answered[i]:
+                    t.route, t.degraded, t.error = Route.DEGRADED, True, asked.errors.get(i)
                 else:
                     t.route = Route.EXPERT_FALLBACK if fell_back[i] else Route.EXPERT
-                for key, value in per_sample.get(i, {}).items():
-                    setattr(t, key, value)
+                t.offload = asked.timing.get(i, OffloadTiming())
             traces.append(t.finish())
         return traces
+
+    def _offload(self, e: int, images: np.ndarray, idx: np.ndarray, start_index: int, asked: _Offloads) -> None:
+        """Ask expert ``e`` about the images ``idx`` of the batch; its valid answers, the time each image
+        lived through and any failure go into ``asked``."""
+        t_ask = time.perf_counter()
+        try:
+            reply = self.client.infer(self.expert_ids[e], images[idx])
+            if len(reply.pred) != len(idx) or len(reply.confidence) != len(idx):
+                raise ExpertUnavailable(f"expert {self.expert_ids[e]} answered {len(reply.pred)} results for "
+                                        f"{len(idx)} images")
+        except ExpertUnavailable as err:
+            lost = OffloadTiming(network_ms=(time.perf_counter() - t_ask) * 1000)  # time spent failing is latency
+            for i in idx:
+                asked.errors[i] = str(err)
+                asked.timing[i] = lost
+            who = f"the expert server {err.server}" if err.server else f"expert {self.expert_ids[e]}"
+            self._server_failed(who, start_index + int(idx[0]), len(idx), str(err))
+            return
+        for who in ("the expert server", f"the expert server {reply.server}", f"expert {self.expert_ids[e]}"):
+            self._server_answered(who, start_index + int(idx[0]))
+        valid = self._check_answers(e, reply, idx, start_index, asked.errors)
+        asked.pred[idx[valid]], asked.conf[idx[valid]], asked.answered[idx[valid]] = (
+            reply.pred[valid], reply.confidence[valid], True)
+        lived = OffloadTiming.of(reply, len(idx), on_edge=self.experts_on_edge)
+        for i in idx:
+            asked.timing[i] = lived
 
     def run(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], *, start_index: int = 0,
             on_batch: Callable[[list[SampleTrace]], None] | None = None, progress=None,
@@ -311,7 +354,7 @@ def summarize(traces: list[SampleTrace]) -> EdgeSummary:
         return float(np.mean([getattr(t, key) for t in ts])) if ts else 0.0
 
     def pct(ok: list[bool]) -> float | None:
-        return 100 * float(np.mean(ok)) if ok else None
+        return share(np.asarray(ok)) if ok else None
 
     labelled = [t for t in traces if t.label is not None]
     off = [t for t in labelled if t.route.offloaded]

@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from askexpert.contract.schema import InputSpec
 from askexpert.errors import DatasetError
 from askexpert.imageio import IMAGE_SUFFIXES, read_image
 from askexpert.splits import stratified_subset
-from askexpert.system.schema import InputSpec
 
 Batches = Iterator[tuple[np.ndarray, np.ndarray | None]]
 

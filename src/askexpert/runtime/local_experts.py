@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.contract.bundle import Bundle
+from askexpert.contract.labels import GENERAL, OTHER
+from askexpert.contract.protocol import ExpertInfo
 from askexpert.routing import softmax
 from askexpert.runtime.clients import ExpertReply
 from askexpert.runtime.onnx_model import OnnxGeneralist
-from askexpert.runtime.protocol import ExpertInfo
-from askexpert.system.bundle import Bundle
-
-GENERAL = "general"
-OTHER_ID = -1
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ def export_edge_models(bundle: Bundle, out_dir: Path) -> list[LocalModelSpec]:
 
     m = bundle.manifest
     out_dir = Path(out_dir) / bundle.system_id
-    specs = [LocalModelSpec(e.id, out_dir / f"expert-{e.id}.onnx", (*e.classes, OTHER_ID), e.temperature)
+    specs = [LocalModelSpec(e.id, out_dir / f"expert-{e.id}.onnx", (*e.classes, OTHER), e.temperature)
              for e in m.experts]
     if m.general is not None:
         specs.append(LocalModelSpec(GENERAL, out_dir / "general.onnx", tuple(range(len(m.classes))),
@@ -72,9 +70,9 @@ class LocalExperts:
             if key == GENERAL:
                 continue
             m = self.models[key]
-            classes = [c for c in spec.output_ids if c != OTHER_ID]
+            classes = [c for c in spec.output_ids if c != OTHER]
             out.append(ExpertInfo(id=key, classes=classes, class_names=m.class_names[:len(classes)],
-                                  has_other=OTHER_ID in spec.output_ids, model=spec.onnx.stem, timm_name="",
+                                  has_other=OTHER in spec.output_ids, model=spec.onnx.stem, timm_name="",
                                   parameters=0, input_shape=[m.input.channels, m.input.size, m.input.size],
                                   temperature=spec.temperature))
         return out

@@ -6,16 +6,13 @@ images and normalises them itself; its metadata carries the class names and the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from askexpert.contract.onnx import read_metadata
 from askexpert.errors import CheckpointError
 from askexpert.runtime.pacing import paced
-from askexpert.system.schema import InputSpec
-
-METADATA_KEY = "askexpert"
 
 
 class OnnxGeneralist:
@@ -37,12 +34,11 @@ class OnnxGeneralist:
         except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph types
             raise CheckpointError(f"cannot load ONNX model {path}: {err}", fix="export it again") from err
         props = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
+        meta = read_metadata(props)
+        if meta is None:
             raise CheckpointError(f"{path} was not exported by askexpert (no class names)",
                                   fix="export it with: askexpert export-onnx CHECKPOINT")
-        meta = json.loads(props[METADATA_KEY])
-        self.class_names: list[str] = meta["class_names"]
-        self.input = InputSpec(**meta["input"])
+        self.class_names, self.input = meta
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.contract.bundle import is_bundle, load_bundle
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.routing import DEFAULT_K, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, ServerSet
@@ -22,7 +23,6 @@ from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTar
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile
 from askexpert.runtime.records import AnswerLog, resume, skip
-from askexpert.system.bundle import is_bundle, load_bundle
 
 log = logging.getLogger("askexpert.edge")
 
@@ -104,7 +104,7 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
                                confidence=s.confidence or "max-prob", fallback=s.fallback or "other", tau=s.tau,
                                temperature=s.temperature)
     return EdgeSystem(TorchGeneralist(s.system, threads=s.threads), policy, None,
-                      read_meta(s.system).dataset.get("config"), None, f"run {s.system}")
+                      read_meta(s.system).dataset.config or None, None, f"run {s.system}")
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:

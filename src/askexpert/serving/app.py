@@ -3,7 +3,7 @@ backend: :mod:`.local` (this process, served by uvicorn) or :mod:`.ray_app` (Ray
 
     GET  /v1/health                  liveness, number of experts, device
     GET  /v1/experts                 every expert: id, classes, model, input shape
-    POST /v1/experts/{id}/infer      a batch of images -> answers + server timings (see runtime.protocol)
+    POST /v1/experts/{id}/infer      a batch of images -> answers + server timings (see contract.protocol)
     GET  /metrics                    Prometheus text: requests, errors, queue depth, batch sizes, latencies
 
 Every request passes :class:`Guard` first (bearer token, a cap on requests in flight); the infer
@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
 
-from askexpert.runtime.protocol import (
+from askexpert.contract.protocol import (
     MAX_IMAGES,
     NPY,
     OCTET,
@@ -42,6 +42,7 @@ from askexpert.runtime.protocol import (
     InferResponse,
     ProtocolError,
     decode_images,
+    infer_response,
     max_body_bytes,
 )
 from askexpert.serving.batcher import BatchTimings
@@ -140,10 +141,17 @@ class ServerLimits:
     retry_after_s: int = 1
 
 
-class _BodyError(Exception):
-    def __init__(self, status: int, detail: str, reason: str) -> None:
+class Refusal(Exception):
+    """The infer endpoint's answer instead of the expert's: the HTTP status, the reason it is counted under
+    in ``askexpert_errors_total`` (None: not counted), the detail the client reads, and extra headers."""
+
+    def __init__(self, status: int, reason: str | None, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail, self.reason = status, detail, reason
+        self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
+
+
+_CLOSE = {"Connection": "close"}  # a body refused before it was read whole: the connection cannot be reused
+_PROTOCOL_STATUS = {"content_type": 415, "bad_body": 400}
 
 
 async def _read_body(receive, declared: str | None, limit: int, timeout_s: float) -> bytes:
@@ -152,10 +160,11 @@ async def _read_body(receive, declared: str | None, limit: int, timeout_s: float
     :class:`ClientDisconnect` when the client goes away before it has sent it."""
     if declared is not None:
         if not declared.isdigit():
-            raise _BodyError(400, f"Content-Length must be a non-negative integer, got {declared[:40]!r}", "bad_body")
+            raise Refusal(400, "bad_body", f"Content-Length must be a non-negative integer, got {declared[:40]!r}",
+                          _CLOSE)
         if int(declared) > limit:
-            raise _BodyError(413, f"a body of {declared} bytes is over this expert's limit of {limit} bytes: "
-                             "send fewer images a request", "too_large")
+            raise Refusal(413, "too_large", f"a body of {declared} bytes is over this expert's limit of {limit} "
+                          "bytes: send fewer images a request", _CLOSE)
 
     async def collect() -> bytes:
         chunks, size = [], 0
@@ -166,8 +175,8 @@ async def _read_body(receive, declared: str | None, limit: int, timeout_s: float
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise _BodyError(413, f"the body is over this expert's limit of {limit} bytes: send fewer images "
-                                 "a request", "too_large")
+                raise Refusal(413, "too_large", f"the body is over this expert's limit of {limit} bytes: send fewer "
+                              "images a request", _CLOSE)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -178,7 +187,7 @@ async def _read_body(receive, declared: str | None, limit: int, timeout_s: float
                 return await collect()
         return await asyncio.wait_for(collect(), timeout_s)
     except asyncio.TimeoutError:
-        raise _BodyError(408, f"the body did not arrive within {timeout_s:g} s", "body_timeout") from None
+        raise Refusal(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s", _CLOSE) from None
 
 
 class Guard:
@@ -265,18 +274,12 @@ class _ExpertMetrics:
     request_ms: object
 
 
-def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None) -> Guard:
-    """The ASGI application serving ``experts``: :class:`Guard`, then :class:`InferFastPath` (the infer
-    endpoint) and FastAPI (the rest). Both backends serve this same application, so they share one
-    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits)."""
-    limits = limits or ServerLimits()
-    metrics = Metrics()
-    infos = experts.infos
+def _observe(metrics: Metrics, experts: Experts) -> dict[str, _ExpertMetrics]:
+    """Every expert's labelled metrics, and the backend told to count each model batch it runs."""
     per_expert = {key: _ExpertMetrics(metrics.requests.labels(key), metrics.images.labels(key),
                                       metrics.queue_depth.labels(key), metrics.queue_ms.labels(key),
-                                      metrics.request_ms.labels(key)) for key in infos}
-
-    batch_metrics = {key: (metrics.batch_size.labels(key), metrics.compute_ms.labels(key)) for key in infos}
+                                      metrics.request_ms.labels(key)) for key in experts.infos}
+    batch_metrics = {key: (metrics.batch_size.labels(key), metrics.compute_ms.labels(key)) for key in experts.infos}
 
     def on_batch(key: str, size: int, seconds: float) -> None:
         sizes, times = batch_metrics[key]
@@ -284,6 +287,17 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
         times.observe(seconds * 1000)
 
     experts.on_batch = on_batch
+    return per_expert
+
+
+def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None) -> Guard:
+    """The ASGI application serving ``experts``: :class:`Guard`, then :class:`InferFastPath` (the infer
+    endpoint) and FastAPI (the rest). Both backends serve this same application, so they share one
+    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits)."""
+    limits = limits or ServerLimits()
+    metrics = Metrics()
+    infos = experts.infos
+    per_expert = _observe(metrics, experts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -293,7 +307,7 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
 
     app = FastAPI(title="askexpert expert server", version="1", lifespan=lifespan,
                   description="Near-edge experts for collaborative ViT inference. Wire format: see "
-                              "askexpert.runtime.protocol and docs/protocol.md.")
+                              "askexpert.contract.protocol and docs/protocol.md.")
     body_limits = {key: limits.max_body_bytes or max_body_bytes([info.input_shape], limits.max_images)
                    for key, info in infos.items()}
 
@@ -349,18 +363,48 @@ class InferEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         started = time.perf_counter()
-        errors = self.metrics.errors
         expert_id = scope["path_params"]["expert_id"]
+        try:
+            m = self._expert(expert_id)
+            topk = _topk(scope["query_string"])
+            if not 1 <= topk <= 1000:
+                raise Refusal(422, None, "topk must be an integer from 1 to 1000")
+            images = await self._images(scope, receive, expert_id, m)
+            output, timings = await self._answer(expert_id, images, m)
+        except Refusal as refusal:
+            if refusal.reason is not None:
+                self.metrics.errors.labels(expert_id if expert_id in self.per_expert else "unknown",
+                                           refusal.reason).inc()
+            await _error(refusal.status, refusal.detail, refusal.headers)(scope, receive, send)
+            return
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            self.metrics.errors.labels(expert_id, "disconnect").inc()
+            log.info("a client disconnected while sending a request to expert %s", expert_id)
+            return
+        # the body follows InferResponse (the documented response model), built from plain values and
+        # serialised once
+        data = _JSON(infer_response(expert_id, output.result_dicts(topk), timings.queue_ms, timings.compute_ms,
+                                    timings.batch_size)).encode()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [_JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+        # what the client does not wait for
+        m.images.inc(len(images))
+        m.queue_ms.observe(timings.queue_ms)
+        m.request_ms.observe(elapsed_ms)
+        m.queue_depth.set(self.experts.depth(expert_id))
+
+    def _expert(self, expert_id: str) -> _ExpertMetrics:
         m = self.per_expert.get(expert_id)
         if m is None:
-            errors.labels("unknown", "no_such_expert").inc()
-            await _error(404, f"no expert {expert_id!r}; this server has: {', '.join(self.experts.infos)}")(
-                scope, receive, send)
-            return
-        topk = _topk(scope["query_string"])
-        if not 1 <= topk <= 1000:
-            await _error(422, "topk must be an integer from 1 to 1000")(scope, receive, send)
-            return
+            raise Refusal(404, "no_such_expert", f"no expert {expert_id!r}; this server has: "
+                          f"{', '.join(self.experts.infos)}")
+        return m
+
+    async def _images(self, scope, receive, expert_id: str, m: _ExpertMetrics) -> np.ndarray:
+        """The request's images, read under the expert's body limit and the body timeout, decoded and
+        checked against the expert's input shape."""
         content_type = declared = shape = None
         for name, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
             if name == b"content-type" and content_type is None:
@@ -370,57 +414,31 @@ class InferEndpoint:
             elif name == _SHAPE and shape is None:
                 shape = value.decode("latin-1")
         m.requests.inc()
-        try:
-            body = await _read_body(receive, declared, self.body_limits[expert_id], self.limits.body_timeout_s)
-        except _BodyError as err:  # answered at once: the rest of the body is not read, the connection closes
-            errors.labels(expert_id, err.reason).inc()
-            await _error(err.status, err.detail, {"Connection": "close"})(scope, receive, send)
-            return
-        except ClientDisconnect:  # the client went away mid-body: nobody to answer
-            errors.labels(expert_id, "disconnect").inc()
-            log.info("a client disconnected while sending a request to expert %s", expert_id)
-            return
+        # a refused body is answered at once: the rest of it is not read, and the connection closes
+        body = await _read_body(receive, declared, self.body_limits[expert_id], self.limits.body_timeout_s)
         try:
             images = decode_images(body, content_type, shape, max_images=self.limits.max_images)
         except ProtocolError as err:
-            reason = "content_type" if "content type" in str(err) else "bad_body"
-            errors.labels(expert_id, reason).inc()
-            await _error(415 if reason == "content_type" else 400, str(err))(scope, receive, send)
-            return
+            raise Refusal(_PROTOCOL_STATUS[err.reason], err.reason, str(err)) from err
         expected = self.experts.infos[expert_id].input_shape
         if list(images.shape[1:]) != expected:
-            errors.labels(expert_id, "bad_shape").inc()
-            await _error(400, f"expert {expert_id} takes images of shape {expected} (C, H, W), "
-                              f"got {list(images.shape[1:])}")(scope, receive, send)
-            return
+            raise Refusal(400, "bad_shape", f"expert {expert_id} takes images of shape {expected} (C, H, W), "
+                          f"got {list(images.shape[1:])}")
+        return images
+
+    async def _answer(self, expert_id: str, images: np.ndarray, m: _ExpertMetrics) -> tuple[ExpertOutput, BatchTimings]:
+        """The expert's output for ``images`` (queued into its batches), refused when the model fails."""
         experts = self.experts
         m.queue_depth.set(experts.depth(expert_id) + len(images))
         try:
             output, timings = await experts.submit(expert_id, images)
         except Exception as err:
-            errors.labels(expert_id, "model").inc()
             m.queue_depth.set(experts.depth(expert_id))
-            await _error(500, f"expert {expert_id} failed: {type(err).__name__}: {err}")(scope, receive, send)
-            return
+            raise Refusal(500, "model", f"expert {expert_id} failed: {type(err).__name__}: {err}") from err
         if not output.finite():  # standard JSON: a model that produced NaN is the server's failure
-            errors.labels(expert_id, "non_finite").inc()
             m.queue_depth.set(experts.depth(expert_id))
-            await _error(500, f"expert {expert_id} produced non-finite probabilities")(scope, receive, send)
-            return
-        # the body follows InferResponse (the documented response model), built from plain values and
-        # serialised once
-        data = _JSON({"expert": expert_id, "results": output.result_dicts(topk),
-                      "timings": {"queue_ms": timings.queue_ms, "compute_ms": timings.compute_ms,
-                                  "batch_size": timings.batch_size}}).encode()
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [_JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
-        await send({"type": "http.response.body", "body": data})
-        # what the client does not wait for
-        m.images.inc(len(images))
-        m.queue_ms.observe(timings.queue_ms)
-        m.request_ms.observe(elapsed_ms)
-        m.queue_depth.set(experts.depth(expert_id))
+            raise Refusal(500, "non_finite", f"expert {expert_id} produced non-finite probabilities")
+        return output, timings
 
 
 def _topk(query: bytes) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from askexpert.errors import ConfigError
 from askexpert.serving.pool import ExpertOutput
 
 
@@ -70,6 +71,13 @@ class DynamicBatcher:
     def __init__(self, run: Callable[[np.ndarray], ExpertOutput], *, executor: Executor, max_batch: int = 64,
                  max_wait_ms: float = 0.0, on_batch: Callable[[int, float], None] | None = None,
                  inline_max: int = 0, others_idle: Callable[[], bool] = lambda: True) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:  # 0 would requeue a request for ever
+            raise ConfigError(f"max_batch must be a whole number of images >= 1, got {max_batch!r}",
+                              fix="pass --max-batch 1 or more (64 by default)")
+        if not max_wait_ms >= 0:  # NaN too
+            raise ConfigError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}", fix="pass --max-wait-ms 0 or more")
+        if inline_max < 0:
+            raise ConfigError(f"inline_max must be >= 0, got {inline_max!r}", fix="pass 0 (never inline) or more")
         self.run, self.executor = run, executor
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.on_batch = on_batch

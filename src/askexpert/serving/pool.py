@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -25,16 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.labels import GENERAL, OTHER
+from askexpert.contract.protocol import ExpertInfo, ImageResult, image_results
+from askexpert.contract.schema import Partition
 from askexpert.data import to_model_input
 from askexpert.devices import resolve_device
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.models import Checkpoint, ModelSpec, count_parameters, load_checkpoint
-from askexpert.runtime.protocol import ExpertInfo, ImageResult
-from askexpert.system.bundle import is_bundle, load_bundle
-from askexpert.system.schema import Partition
 
-GENERAL = "general"
-OTHER_ID = -1
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # batch sizes captured as CUDA graphs
 log = logging.getLogger(__name__)
 
@@ -62,26 +60,9 @@ class ExpertOutput:
     output_ids: list[int]  # global class id of each output, -1 for "other"
 
     def result_dicts(self, topk: int) -> list[dict]:
-        """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path). The
-        top ``topk`` outputs by probability, ties broken towards the lower output (as argmax)."""
-        if len(self.probs) == 1:  # the edge's usual request: plain Python over one row beats NumPy's calls
-            row = self.probs[0].tolist()
-            if all(map(math.isfinite, row)):
-                order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:topk]  # stable: ties keep
-                ids = [self.output_ids[i] for i in order]  # the lower output first
-                top_p = [row[i] for i in order]
-                return [{"pred": ids[0], "confidence": top_p[0], "other": ids[0] == OTHER_ID, "topk": ids,
-                         "probs": top_p}]
-        return self._result_dicts_batch(topk)
-
-    def _result_dicts_batch(self, topk: int) -> list[dict]:
-        p = self.probs.numpy()
-        k = min(topk, p.shape[1])
-        order = np.argsort(-p, axis=1, kind="stable")[:, :k]  # ties: the lower output first, as argmax
-        top_p = np.take_along_axis(p, order, 1).tolist()
-        ids = np.asarray(self.output_ids)[order].tolist()
-        return [{"pred": id_row[0], "confidence": p_row[0], "other": id_row[0] == OTHER_ID, "topk": id_row,
-                 "probs": p_row} for p_row, id_row in zip(top_p, ids, strict=True)]
+        """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path; built by
+        the contract's :func:`~askexpert.contract.protocol.image_results`)."""
+        return image_results(self.probs.numpy(), self.output_ids, topk)
 
     def finite(self) -> bool:
         """Whether every probability is a finite number (a model that produced NaN or inf is broken)."""
@@ -146,8 +127,8 @@ class ServedModel:
     def info(self) -> ExpertInfo:
         spec = self.spec
         return ExpertInfo(
-            id=self.key, classes=[c for c in self.output_ids if c != OTHER_ID], class_names=self.class_names,
-            has_other=OTHER_ID in self.output_ids, model=spec.name, timm_name=spec.timm_name,
+            id=self.key, classes=[c for c in self.output_ids if c != OTHER], class_names=self.class_names,
+            has_other=OTHER in self.output_ids, model=spec.name, timm_name=spec.timm_name,
             parameters=count_parameters(self.checkpoint.model),
             input_shape=[spec.input.channels, spec.input.size, spec.input.size], temperature=self.temperature,
         )
@@ -222,7 +203,7 @@ class ExpertPool:
             for e in m.experts:
                 if e.id in keep:
                     self.models[e.id] = ServedModel(e.id, self._load(bundle.path(e.checkpoint)),
-                                                    list(e.classes) + [OTHER_ID], e.class_names,
+                                                    list(e.classes) + [OTHER], e.class_names,
                                                     temperature=e.temperature)
             if GENERAL in keep:
                 n = len(m.classes)
@@ -235,7 +216,7 @@ class ExpertPool:
             for e, subset in enumerate(partition.experts):
                 if str(e) in keep:
                     self.models[str(e)] = ServedModel(str(e), self._load(self.source / f"expert-{e}"),
-                                                      list(subset) + [OTHER_ID], partition.names(e))
+                                                      list(subset) + [OTHER], partition.names(e))
             if GENERAL in keep:
                 ckpt = self._load(Path(init))
                 n = len(ckpt.meta.class_names)

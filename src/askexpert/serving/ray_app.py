@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from askexpert.config import apply_overrides, read_yaml, validate
+from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.protocol import ExpertInfo
 from askexpert.errors import AskExpertError
-from askexpert.runtime.protocol import ExpertInfo
 from askexpert.serving.app import ServerLimits, create_app
 from askexpert.serving.batcher import BatchTimings
 from askexpert.serving.pool import ExpertOutput, ExpertPool, served_ids
-from askexpert.system.bundle import is_bundle, load_bundle
 
 log = logging.getLogger("askexpert.server")
 APP_NAME = "askexpert"
@@ -112,6 +113,26 @@ def _images_in(items: list[tuple[str, np.ndarray]]) -> int:
     return sum(len(images) for _, images in items)
 
 
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """What an expert deployment tells the ingress of one expert it holds."""
+
+    info: ExpertInfo
+    output_ids: list[int]
+    device: str
+    system_id: str | None
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What comes back with each part of a request: the compute time and size of the batch it ran in;
+    ``reports_batch`` on the batch's first part only, so the metrics count each batch once."""
+
+    compute_s: float
+    batch_size: int
+    reports_batch: bool
+
+
 class ExpertReplica:
     """A replica of an expert deployment: loads its expert(s), answers batches of parts of requests."""
 
@@ -129,15 +150,14 @@ class ExpertReplica:
     async def pool_for(self, key: str) -> ExpertPool:
         return self._pool
 
-    async def describe(self, key: str) -> dict:
+    async def describe(self, key: str) -> ReplicaInfo:
         """What the ingress needs to know of expert ``key``."""
         pool = await self.pool_for(key)
         served = pool.get(key)
-        return {"info": served.info().model_dump(), "output_ids": served.output_ids, "device": str(pool.device),
-                "system_id": pool.system_id}
+        return ReplicaInfo(served.info(), list(served.output_ids), str(pool.device), pool.system_id)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=_images_in)
-    async def infer(self, items: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, dict]]:
+    async def infer(self, items: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, BatchReport]]:
         key = items[0][0]  # one expert a batch (multiplexed batches are split by expert)
         pool = await self.pool_for(key)
         images = items[0][1] if len(items) == 1 else np.concatenate([part for _, part in items])
@@ -148,7 +168,7 @@ class ExpertReplica:
         replies, offset = [], 0
         for i, (_, part) in enumerate(items):  # the first part of a batch reports the batch (metrics count it once)
             replies.append((probs[offset:offset + len(part)],
-                            {"compute_s": compute, "batch_size": len(images), "reports_batch": i == 0}))
+                            BatchReport(compute, len(images), i == 0)))
             offset += len(part)
         return replies
 
@@ -219,11 +239,11 @@ class RayExperts:
     async def describe(self) -> None:
         replies = await asyncio.gather(*(self._handle(key).describe.remote(key) for key in self._handles))
         for key, reply in zip(self._handles, replies, strict=True):
-            self.infos[key] = ExpertInfo(**reply["info"])
-            self._output_ids[key] = reply["output_ids"]
-        devices = sorted({reply["device"] for reply in replies})
+            self.infos[key] = reply.info
+            self._output_ids[key] = reply.output_ids
+        devices = sorted({reply.device for reply in replies})
         self.device = devices[0] if len(devices) == 1 else ", ".join(devices)
-        self.system_id = replies[0]["system_id"] if replies else None
+        self.system_id = replies[0].system_id if replies else None
 
     def depth(self, key: str) -> int:
         return self._waiting[key]
@@ -240,14 +260,14 @@ class RayExperts:
             self._waiting[key] -= len(images)
         compute = 0.0
         for _, report in replies:
-            compute += report["compute_s"]
-            if report["reports_batch"] and self.on_batch is not None:
-                self.on_batch(key, report["batch_size"], report["compute_s"])
+            compute += report.compute_s
+            if report.reports_batch and self.on_batch is not None:
+                self.on_batch(key, report.batch_size, report.compute_s)
         probs = replies[0][0] if len(replies) == 1 else np.concatenate([p for p, _ in replies])
         elapsed = time.perf_counter() - started  # transport to and from the replicas counts as queueing
         return (ExpertOutput(torch.from_numpy(np.ascontiguousarray(probs)), self._output_ids[key]),
                 BatchTimings(queue_ms=max(elapsed - compute, 0.0) * 1000, compute_ms=compute * 1000,
-                             batch_size=max(r["batch_size"] for _, r in replies)))
+                             batch_size=max(r.batch_size for _, r in replies)))
 
     async def start(self) -> None:
         pass

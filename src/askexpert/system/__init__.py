@@ -1,10 +1,10 @@
-"""The collaborative system as one deployable unit.
+"""Build time: the collaborative system made into one deployable unit (torch, the dataset).
 
-* :mod:`.schema`: the contract between build time and run time (``system.json``, the partition, a
-  model's input spec): pydantic only, importable on an edge device without torch.
-* :mod:`.bundle`: open a bundle directory or archive and verify every file's sha256 (torch-free).
-* :mod:`.pipeline`: train the models a system needs from configs, resumably (build time, torch).
-* :mod:`.build`: calibrate on validation data and write the bundle (build time, torch).
+* :mod:`.pipeline`: train the models a system needs from configs, resumably.
+* :mod:`.calibrate`: the models' outputs on validation, temperatures and tau (shared with the offline
+  evaluation, so offline and live figures agree image by image).
+* :mod:`.build`: calibrate on validation data and write the bundle.
 
-This ``__init__`` imports nothing, so ``askexpert.system.schema`` stays light.
+What a bundle holds and how it is read (``system.json``, the partition, the input spec, verification)
+is the contract, :mod:`askexpert.contract`, which run time reads without torch.
 """

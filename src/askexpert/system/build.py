@@ -20,20 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import askexpert
-from askexpert.errors import ConfigError
-from askexpert.models import read_meta
-from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.routing import fit_temperature
-from askexpert.system.bundle import Bundle, load_bundle, sha256_file
-from askexpert.system.calibrate import (
-    choose_tau,
-    data_identity,
-    expert_run,
-    load_experts,
-    outputs_of,
-    require_same_images,
-)
-from askexpert.system.schema import (
+from askexpert.contract.bundle import Bundle, load_bundle, sha256_file
+from askexpert.contract.schema import (
     SCHEMA_VERSION,
     SYSTEM_FILE,
     ExpertEntry,
@@ -41,6 +29,18 @@ from askexpert.system.schema import (
     GeneralistEntry,
     RoutingSpec,
     SystemManifest,
+)
+from askexpert.errors import ConfigError
+from askexpert.models import read_meta
+from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.routing import fit_temperature
+from askexpert.system.calibrate import (
+    choose_tau,
+    data_identity,
+    expert_run,
+    load_experts,
+    outputs_of,
+    require_same_images,
 )
 
 
@@ -56,6 +56,21 @@ def _copy_checkpoint(stem: Path, root: Path, relative: str) -> dict:
             "parameters": meta.parameters, "source": str(stem), "weights_sha256": meta.weights_sha256}
 
 
+def _runs(generalist: Path, experts_run: Path):
+    """The generalist's checkpoint and metadata, and the expert run's partition and general model, checked
+    to be a generalist over the classes the experts cover."""
+    gen_stem = checkpoint_stem(generalist)
+    gen_meta = read_meta(gen_stem)
+    if gen_meta.kind == "expert":
+        raise ConfigError(f"{generalist} holds an expert, not a generalist over every class",
+                          fix="pass the run directory of: askexpert train generalist")
+    partition, _, init = expert_run(experts_run)
+    if partition.class_names != gen_meta.class_names:
+        raise ConfigError(f"the experts of {experts_run} cover other classes than the generalist",
+                          fix="train both on the same dataset")
+    return gen_stem, gen_meta, partition, init
+
+
 def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: float | None = None,
                  accuracy: float | None = None, tau: float | None = None, k: int = 3,
                  confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
@@ -69,15 +84,7 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         if not overwrite:
             raise ConfigError(f"{out} exists and is not empty", fix="choose another --out, or pass --overwrite")
         shutil.rmtree(out)
-    gen_stem = checkpoint_stem(generalist)
-    gen_meta = read_meta(gen_stem)
-    if gen_meta.kind == "expert":
-        raise ConfigError(f"{generalist} holds an expert, not a generalist over every class",
-                          fix="pass the run directory of: askexpert train generalist")
-    partition, _, init = expert_run(experts_run)
-    if partition.class_names != gen_meta.class_names:
-        raise ConfigError(f"the experts of {experts_run} cover other classes than the generalist",
-                          fix="train both on the same dataset")
+    gen_stem, gen_meta, partition, init = _runs(generalist, experts_run)
     gen = outputs_of(gen_stem, "the generalist", device)
     experts = load_experts(experts_run, str(experts_run), gen, device)
     t_gen = fit_temperature(gen.val_logits, gen.val_labels)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from askexpert.contract.schema import DataIdentity, OperatingPoint, Partition
 from askexpert.errors import ConfigError
 from askexpert.models import read_meta
 from askexpert.models.checkpoint import checkpoint_stem
@@ -32,8 +33,7 @@ from askexpert.routing import (
     tau_for_accuracy,
     tau_for_offload,
 )
-from askexpert.system.schema import DataIdentity, OperatingPoint, Partition
-from askexpert.training.experts import subset_targets
+from askexpert.training.evaluate import subset_targets
 from askexpert.training.logits import cached_logits
 
 _SPLIT_KEYS = ("name", "val_fraction", "test_fraction", "split_seed", "val_subset", "test_subset")
@@ -56,7 +56,7 @@ def outputs_of(checkpoint: Path, label: str, device: str = "auto") -> Outputs:
     stem = checkpoint_stem(checkpoint)
     (vz, vy), (tz, ty) = (cached_logits(stem, s, device=device) for s in ("val", "test"))
     return Outputs(label, stem, vz.numpy(), vy.numpy(), tz.numpy(), ty.numpy(),
-                   read_meta(stem).dataset.get("config", {}))
+                   read_meta(stem).dataset.config)
 
 
 def require_same_images(reference: Outputs, other: Outputs) -> None:

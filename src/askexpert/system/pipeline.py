@@ -60,7 +60,7 @@ def _config(name: str | None, output_dir: Path, common: tuple[str, ...], overrid
 def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | None = None) -> TrainedSystem:
     """Train (or reuse, or resume) every model of ``spec`` under ``output_dir``."""
     from askexpert.training import train_generalist
-    from askexpert.training.experts import train_experts
+    from askexpert.training.experts import EXPERTS_RUN_DEFAULTS, train_experts
     from askexpert.training.partition import make_partition
 
     output_dir = Path(output_dir)
@@ -75,7 +75,7 @@ def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | Non
         seconds[label] = time.perf_counter() - t0
         return result.run_dir
 
-    expert_base = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
+    expert_base = EXPERTS_RUN_DEFAULTS
     gen = timed("generalist", _config(spec.generalist, output_dir, spec.common, spec.generalist_overrides,
                                       spec.suffix), "metrics.json",
                 lambda c: train_generalist(c, resume=True, console=console))

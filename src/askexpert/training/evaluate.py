@@ -1,13 +1,58 @@
-"""Predictions and classification metrics over a split: top-1, top-5, per-class accuracy, confusion."""
+"""Predictions and classification metrics over a split: top-1, top-5, per-class accuracy, confusion; an
+expert's figures over its subset and "other"."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from askexpert.data import ImageSplit, InputSpec, iter_batches, to_model_input
+
+
+def percent(hits: torch.Tensor) -> float:
+    """The share (%) of true entries of a boolean tensor; 0.0 when it is empty."""
+    return 100.0 * float(hits.float().mean()) if hits.numel() else 0.0
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of ``logits [N, C]`` against ``labels [N]``: the one accuracy of the training side."""
+    return percent(logits.argmax(1) == labels)
+
+
+def subset_targets(labels: torch.Tensor, subset: list[int], num_classes: int) -> torch.Tensor:
+    """Map dataset labels to an expert's outputs: position in ``subset``, or ``len(subset)`` ("other")."""
+    table = torch.full((num_classes,), len(subset), dtype=torch.int64)
+    table[torch.tensor(subset)] = torch.arange(len(subset))
+    return table[labels]
+
+
+@dataclass(frozen=True)
+class SubsetMetrics:
+    """An expert's accuracy on the images of its subset and its recall of "other" on the rest (%)."""
+
+    subset_accuracy: float
+    subset_samples: int
+    other_recall: float | None  # None: no image from outside the subset
+    other_samples: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SubsetMetrics:
+        return cls(**{k: d[k] for k in ("subset_accuracy", "subset_samples", "other_recall", "other_samples")})
+
+
+def subset_metrics(logits: torch.Tensor, targets: torch.Tensor, subset_size: int) -> SubsetMetrics:
+    """An expert's :class:`SubsetMetrics` from its logits and :func:`subset_targets`."""
+    pred = logits.argmax(1)
+    inside = targets < subset_size
+    outside = ~inside
+    return SubsetMetrics(percent(pred[inside] == targets[inside]), int(inside.sum()),
+                         percent(pred[outside] == subset_size) if outside.any() else None, int(outside.sum()))
 
 
 @torch.no_grad()
@@ -48,8 +93,8 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
     ]
     return {
         "samples": len(labels),
-        "top1": 100.0 * float((pred == labels).float().mean()) if len(labels) else 0.0,
-        f"top{k}": 100.0 * float((topk == labels[:, None]).any(1).float().mean()) if len(labels) else 0.0,
+        "top1": percent(pred == labels),
+        f"top{k}": percent((topk == labels[:, None]).any(1)),
         "nll": float(F.cross_entropy(logits, labels)) if len(labels) else 0.0,
         "per_class": per_class,
         "confusion": confusion.tolist(),
@@ -130,14 +175,14 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, device=dev)
     meta = ckpt.meta
-    data_cfg = DataConfig(**meta.dataset.get("config", {}))
+    data_cfg = DataConfig(**meta.dataset.config)
     if data is not None:
         data_cfg = data_cfg.model_copy(update={"name": data})
     if data_root is not None:
         data_cfg = data_cfg.model_copy(update={"root": data_root})
     bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
     subset = meta.extra.get("subset") if meta.kind == "expert" else None
-    trained_on = meta.dataset.get("class_names", meta.class_names) if subset is not None else meta.class_names
+    trained_on = (meta.dataset.class_names or meta.class_names) if subset is not None else meta.class_names
     if bundle.class_names != trained_on:
         raise DatasetError(
             f"{bundle.name} has classes {bundle.class_names[:4]}... but the model was trained on "
@@ -151,11 +196,9 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
                                 progress=progress)
     labels, expert = target.labels, None
     if subset is not None:  # an expert: its classes, every other image as "other"
-        from askexpert.training.experts import subset_metrics, subset_targets
-
         labels = subset_targets(target.labels, subset, bundle.num_classes)
         expert = {"expert": meta.extra.get("expert_id"), "classes": meta.class_names[:-1],
-                  **subset_metrics(logits, labels, len(subset))}
+                  **subset_metrics(logits, labels, len(subset)).to_json()}
     metrics = classification_metrics(logits, labels, meta.class_names)
     if expert is not None:
         metrics["expert"] = expert

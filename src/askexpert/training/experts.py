@@ -39,7 +39,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import safetensors.torch
@@ -49,6 +49,7 @@ from rich.console import Console
 
 from askexpert.config import ExpertsConfig, ModelConfig, RunConfig, StageConfig
 from askexpert.console import stderr_console
+from askexpert.contract.labels import OTHER_NAME
 from askexpert.data import ArraySplit, DatasetBundle, FileSplit, ImageSplit, load_dataset
 from askexpert.devices import resolve_device
 from askexpert.errors import ConfigError
@@ -62,22 +63,19 @@ from askexpert.models import (
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.training.engine import fit, images_per_second
-from askexpert.training.evaluate import predict_logits
+from askexpert.training.engine import FitResult, fit, images_per_second
+from askexpert.training.evaluate import (
+    SubsetMetrics,
+    accuracy,
+    predict_logits,
+    subset_metrics,
+    subset_targets,
+)
 from askexpert.training.generalist import dataset_record, train_generalist
 from askexpert.training.logits import cached_logits, store_logits
 from askexpert.training.partition import Partition, confusion_affinity
 from askexpert.training.plans import MixturePlan, set_frozen
 from askexpert.training.rundir import prepare_run_dir
-
-OTHER_NAME = "other"
-
-
-def subset_targets(labels: torch.Tensor, subset: list[int], num_classes: int) -> torch.Tensor:
-    """Map dataset labels to an expert's outputs: position in ``subset``, or ``len(subset)`` ("other")."""
-    table = torch.full((num_classes,), len(subset), dtype=torch.int64)
-    table[torch.tensor(subset)] = torch.arange(len(subset))
-    return table[labels]
 
 
 def expert_from_general(general: torch.nn.Module, subset: list[int]) -> torch.nn.Module:
@@ -176,20 +174,12 @@ def strategy_stages(cfg: ExpertsConfig) -> list[StageConfig]:
 @dataclass
 class ExpertsResult:
     run_dir: Path
-    experts: list[dict]
+    experts: list[ExpertSummary]  # empty for the general model (strategy: general)
 
 
-def subset_metrics(logits: torch.Tensor, targets: torch.Tensor, subset_size: int) -> dict:
-    """An expert's accuracy on its subset and its "other" recall, from its logits and ``subset_targets``."""
-    pred = logits.argmax(1)
-    inside = targets < subset_size
-    outside = ~inside
-    return {
-        "subset_accuracy": 100 * float((pred[inside] == targets[inside]).float().mean()),
-        "subset_samples": int(inside.sum()),
-        "other_recall": 100 * float((pred[outside] == subset_size).float().mean()) if outside.any() else None,
-        "other_samples": int(outside.sum()),
-    }
+# the one defaults block of an experts run (askexpert train experts, the pipeline): what a config file
+# or an override does not set; the experts section's own defaults are ExpertsConfig's
+EXPERTS_RUN_DEFAULTS: dict = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
 
 
 def experts_run_config(path: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
@@ -206,7 +196,7 @@ def experts_run_config(path: Path | None, overrides: list[str], base: dict | Non
     stem = checkpoint_stem(ecfg.init)
     if not stem.with_suffix(".json").is_file():
         return cfg  # train_experts reports a missing init, with its fix
-    inherited = read_meta(stem).dataset.get("config")
+    inherited = read_meta(stem).dataset.config
     if not inherited:
         return cfg
     return load_run_config(path, overrides, base={**(base or {}), "data": inherited})
@@ -215,7 +205,7 @@ def experts_run_config(path: Path | None, overrides: list[str], base: dict | Non
 def _check_inputs(cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition, general: Checkpoint,
                   bundle: DatasetBundle) -> None:
     """The partition, the general model and the data must agree on the classes; say which to change."""
-    init_data = general.meta.dataset.get("config", {}).get("name")
+    init_data = general.meta.dataset.config.get("name")
     if init_data and init_data != cfg.data.name:
         raise ConfigError(
             f"the experts would train on {cfg.data.name}, but the general model {ecfg.init} was trained on "
@@ -288,33 +278,32 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
     if reference is not None:
         source, gen_logits, gen_labels = reference
     if reference is not None and ecfg.init_from == "general":
-        gen_acc = 100 * float((gen_logits.argmax(1) == gen_labels).float().mean())
+        gen_acc = accuracy(gen_logits, gen_labels)
         general_logits, _ = cached_logits(general.path, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
                                           batch_size=cfg.train.eval_batch_size)  # the same images as the generalist's
-        general_acc = 100 * float((general_logits.argmax(1) == gen_labels).float().mean())
+        general_acc = accuracy(general_logits, gen_labels)
         note = weaker_than_generalist(f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
         if note:
             console.log(f"[yellow]warning:[/yellow] {note}")
     steering = _steering(general, ecfg, bundle, cfg, device)
 
+    job = ExpertJob(cfg, ecfg, partition, general, start, bundle, run_dir, steering, device, resume, console)
     summaries = []
     for e, subset in enumerate(partition.experts):
-        summary = _train_one(e, subset, cfg, ecfg, partition, general, start, bundle, run_dir, steering, device,
-                             resume, console)
+        summary = _train_one(job, e)
         if reference is not None:
             inside = torch.isin(gen_labels, torch.tensor(subset))
             # the generalist's answer on the subset's images, right only when it names the true class
-            gen_sub = 100 * float((gen_logits[inside].argmax(1) == gen_labels[inside]).float().mean())
-            summary["generalist_val_subset_accuracy"] = gen_sub
-            note = weaker_than_generalist(f"expert {e}", summary["val"]["subset_accuracy"], gen_sub, source,
-                                          "on its subset")
+            gen_sub = accuracy(gen_logits[inside], gen_labels[inside])
+            summary = replace(summary, generalist_val_subset_accuracy=gen_sub)
+            note = weaker_than_generalist(f"expert {e}", summary.val.subset_accuracy, gen_sub, source, "on its subset")
             if note:
                 console.log(f"[yellow]warning:[/yellow] {note}")
         summaries.append(summary)
     (run_dir / "experts.json").write_text(json.dumps(
         {"strategy": ecfg.strategy, "init": str(ecfg.init), "init_from": ecfg.init_from,
          "init_sha256": start.sha256, "partition": partition.model_dump(),
-         "experts": summaries}, indent=1))
+         "experts": [s.to_json() for s in summaries]}, indent=1))
     return ExpertsResult(run_dir, summaries)
 
 
@@ -416,119 +405,219 @@ def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bun
     return Start(model, pspec, f"pretrained weights ({pspec.pretrained_source})", weights_sha256(model))
 
 
-def _budget(plan: MixturePlan, objective: ExpertObjective, distill: float, steering_images: int) -> dict:
-    """What training an expert costs: optimiser steps, images seen, teacher forward passes (each
-    distilled image once per teacher), and the general model's or router's passes over the training
-    images that steer the draws (shared by every expert of the run)."""
+@dataclass(frozen=True)
+class Budget:
+    """What training an expert costs: optimiser steps, images seen (of them, on every class with its own
+    label), teacher forward passes (each distilled image once per teacher), and the general model's or
+    router's passes over the training images that steer the draws (shared by every expert of the run)."""
+
+    passes: int
+    steps: int
+    images: int
+    wide_images: int
+    teacher_images: int
+    steering_images_shared: int
+
+
+def _budget(plan: MixturePlan, objective: ExpertObjective, distill: float, steering_images: int) -> Budget:
     per_epoch = plan.steps_per_epoch * plan.batch_size
     teacher = 0
     for epoch in range(1, plan.epochs + 1):
         stage = plan.stage(epoch)
         if stage.labels == "subset":
             teacher += per_epoch * ((distill > 0) + (stage.lwf > 0 and objective.earlier is not None))
-    return {"passes": plan.epochs, "steps": plan.epochs * plan.steps_per_epoch, "images": plan.epochs * per_epoch,
-            "wide_images": plan.wide_epochs() * per_epoch, "teacher_images": teacher,
-            "steering_images_shared": steering_images}
+    return Budget(plan.epochs, plan.epochs * plan.steps_per_epoch, plan.epochs * per_epoch,
+                  plan.wide_epochs() * per_epoch, teacher, steering_images)
 
 
-def _train_one(e: int, subset: list[int], cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition,
-               general: Checkpoint, start: Start, bundle: DatasetBundle, run_dir: Path, steering: Steering,
-               device, resume: bool, console: Console) -> dict:
-    expert_dir = run_dir / f"expert-{e}"
-    stem = checkpoint_stem(expert_dir)
-    names = partition.names(e)
-    if stem.with_suffix(".json").is_file():
-        console.log(f"expert {e} ({', '.join(names)}) is already trained")
-        return json.loads((expert_dir / "metrics.json").read_text())
-    expert_dir.mkdir(parents=True, exist_ok=True)
-    n_classes = bundle.num_classes
-    train = bundle.train
-    targets = subset_targets(train.labels, subset, n_classes)
+@dataclass(frozen=True)
+class ExpertSummary:
+    """One trained expert: what it holds, how it was trained and at what cost, and its figures on its
+    subset. ``to_json`` is its ``metrics.json`` (and its checkpoint's metrics)."""
+
+    expert: int
+    classes: list[int]
+    names: list[str]
+    strategy: str
+    init_from: str
+    init_sha256: str
+    budget: Budget | None  # None: a run trained before budgets were recorded
+    train_seconds: float
+    images_per_s: float
+    precision: str
+    val: SubsetMetrics
+    test: SubsetMetrics
+    generalist_val_subset_accuracy: float | None = None
+
+    @property
+    def images_seen(self) -> int | None:
+        return self.budget.images if self.budget is not None else None
+
+    def to_json(self) -> dict:
+        d = {"expert": self.expert, "classes": self.classes, "names": self.names, "strategy": self.strategy,
+             "init_from": self.init_from, "init_sha256": self.init_sha256, "images_seen": self.images_seen,
+             "budget": asdict(self.budget) if self.budget is not None else None, "train_seconds": self.train_seconds,
+             "images_per_s": self.images_per_s, "precision": self.precision, "val": self.val.to_json(),
+             "test": self.test.to_json()}
+        if self.generalist_val_subset_accuracy is not None:
+            d["generalist_val_subset_accuracy"] = self.generalist_val_subset_accuracy
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> ExpertSummary:
+        budget = d.get("budget")
+        return cls(d["expert"], list(d["classes"]), list(d["names"]), d["strategy"], d.get("init_from", "general"),
+                   d.get("init_sha256", ""), Budget(**budget) if budget else None, d.get("train_seconds", 0.0),
+                   d.get("images_per_s", 0.0), d.get("precision", ""), SubsetMetrics.from_json(d["val"]),
+                   SubsetMetrics.from_json(d["test"]), d.get("generalist_val_subset_accuracy"))
+
+
+@dataclass(frozen=True)
+class ExpertJob:
+    """What every expert of one run shares: the configs, the partition, where the experts start, the data,
+    the draws' steering and where the run writes."""
+
+    cfg: RunConfig
+    ecfg: ExpertsConfig
+    partition: Partition
+    general: Checkpoint
+    start: Start
+    bundle: DatasetBundle
+    run_dir: Path
+    steering: Steering
+    device: torch.device
+    resume: bool
+    console: Console
+
+    @property
+    def progressive(self) -> bool:
+        return self.ecfg.strategy == "progressive"
+
+    @property
+    def distill(self) -> float:
+        return self.ecfg.distill if self.progressive else 0.0
+
+
+def _expert_plan(job: ExpertJob, e: int, subset: list[int]) -> MixturePlan:
+    """The batches of expert ``e``: every epoch's draws from its subset and from outside it, by stage."""
+    train = job.bundle.train
+    targets = subset_targets(train.labels, subset, job.bundle.num_classes)
     in_subset = torch.nonzero(targets < len(subset)).flatten()
     out_subset = torch.nonzero(targets == len(subset)).flatten()
-    negative_weight = steering.negative_weight(train.labels, out_subset, subset) if len(out_subset) else None
-    progressive = ecfg.strategy == "progressive"
+    steering = job.steering
     plan = MixturePlan(
         split=train, targets=targets, in_subset=in_subset, out_subset=out_subset,
-        stages=strategy_stages(ecfg), batch_size=cfg.train.batch_size,
-        epochs=max(1, round(ecfg.passes)),
+        stages=strategy_stages(job.ecfg), batch_size=job.cfg.train.batch_size,
+        epochs=max(1, round(job.ecfg.passes)),
         hardness=steering.hardness[in_subset] if steering.hardness is not None else None,
-        negative_weight=negative_weight,
-        hard_negatives=ecfg.hard_negatives if progressive else 0.0,
+        negative_weight=steering.negative_weight(train.labels, out_subset, subset) if len(out_subset) else None,
+        hard_negatives=job.ecfg.hard_negatives if job.progressive else 0.0,
     )
-    wide = plan.wide_epochs()
-    if wide >= plan.epochs:
+    if plan.wide_epochs() >= plan.epochs:
         raise ConfigError(f"{plan.epochs} passes leave no epoch after the all-class stages for expert {e}",
                           fix="raise experts.passes, or give the all-class stages a smaller fraction")
-    torch.manual_seed(cfg.train.seed + 1000 * (e + 1))
-    teacher = None
-    distill = ecfg.distill if progressive else 0.0
-    if distill > 0:
-        teacher = _frozen(copy.deepcopy(general.model).to(device))
-    if distill + max(st.lwf for st in plan.stages) > 1:
-        raise ConfigError(f"experts.distill {distill:g} plus a stage's lwf weigh more than 1",
+    if job.distill + max(st.lwf for st in plan.stages) > 1:
+        raise ConfigError(f"experts.distill {job.distill:g} plus a stage's lwf weigh more than 1",
                           fix="lower experts.distill or the stages' lwf so they sum to at most 1")
+    return plan
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """What both phases of one expert's training share."""
+
+    plan: MixturePlan
+    spec: ModelSpec  # the expert's (subset + "other" outputs)
+    augment: str
+    stage_ends: set[int]  # epochs after which it is validated (a log line each)
+
+
+def _all_class_phase(job: ExpertJob, e: int, phase: _Phase, val_in: torch.Tensor,
+                     expert_dir: Path) -> tuple[torch.nn.Module, list[FitResult]]:
+    """The starting model after the all-class stages (every class with its true label, the full-width head;
+    the starting model itself where there are none), resumable from its final weights."""
+    full = copy.deepcopy(job.start.model)
+    wide = phase.plan.wide_epochs()
+    if not wide:
+        return full, []
+    wide_dir = expert_dir / "all-classes"
+    done = wide_dir / "final.safetensors"
+    if job.resume and done.is_file():
+        full.load_state_dict(safetensors.torch.load_file(str(done)))
+        return full, []
+    wide_dir.mkdir(exist_ok=True)
+    result = fit(full, plan=phase.plan, val=job.bundle.val.take(val_in), spec=phase.spec.input, cfg=job.cfg.train,
+                 augment=phase.augment, run_dir=wide_dir, resume=job.resume, console=job.console,
+                 label=f"expert {e} (all classes)", window=(1, wide), val_epochs=phase.stage_ends)
+    set_frozen(full)
+    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in full.state_dict().items()}, str(done))
+    return full, [result]
+
+
+def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
+    subset = job.partition.experts[e]
+    cfg, ecfg, bundle, console = job.cfg, job.ecfg, job.bundle, job.console
+    expert_dir = job.run_dir / f"expert-{e}"
+    names = job.partition.names(e)
+    if checkpoint_stem(expert_dir).with_suffix(".json").is_file():
+        console.log(f"expert {e} ({', '.join(names)}) is already trained")
+        return ExpertSummary.from_json(json.loads((expert_dir / "metrics.json").read_text()))
+    expert_dir.mkdir(parents=True, exist_ok=True)
+    plan = _expert_plan(job, e, subset)
+    torch.manual_seed(cfg.train.seed + 1000 * (e + 1))
+    teacher = _frozen(copy.deepcopy(job.general.model).to(job.device)) if job.distill > 0 else None
+    n_classes = bundle.num_classes
     val_in = torch.nonzero(subset_targets(bundle.val.labels, subset, n_classes) < len(subset)).flatten()
     val = _with_labels(bundle.val, val_in, subset_targets(bundle.val.labels[val_in], subset, n_classes))
-    spec = start.spec.model_copy(update={"kwargs": {**start.spec.kwargs, "num_classes": len(subset) + 1}})
+    spec = job.start.spec.model_copy(update={"kwargs": {**job.start.spec.kwargs, "num_classes": len(subset) + 1}})
     augment, why = bundle.augment_for(cfg.train.augment)
-    console.log(f"expert {e}: {', '.join(names)} ({ecfg.strategy} from {start.source}; {len(in_subset)} images in "
-                f"the subset, {plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size}"
+    wide = plan.wide_epochs()
+    console.log(f"expert {e}: {', '.join(names)} ({ecfg.strategy} from {job.start.source}; {len(plan.in_subset)} "
+                f"images in the subset, {plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size}"
                 + (f", the first {wide} on every class with its label" if wide else "")
                 + f"; augmentation {augment}: {why})")
-
     # validation (a log line an epoch) where each stage ends: the expert's own figures come after training
     stage_ends = {epoch for epoch in range(1, plan.epochs + 1)
                   if epoch == plan.epochs or plan.stage_index(epoch + 1) != plan.stage_index(epoch)}
-    # the all-class stages train the full-width head; the head is cut where they end
-    full = copy.deepcopy(start.model)
-    results = []
-    wide_dir = expert_dir / "all-classes"
-    if wide:
-        done = wide_dir / "final.safetensors"
-        if resume and done.is_file():
-            full.load_state_dict(safetensors.torch.load_file(str(done)))
-        else:
-            wide_dir.mkdir(exist_ok=True)
-            result = fit(full, plan=plan, val=bundle.val.take(val_in), spec=spec.input, cfg=cfg.train,
-                         augment=augment, run_dir=wide_dir, resume=resume, console=console,
-                         label=f"expert {e} (all classes)", window=(1, wide), val_epochs=stage_ends)
-            set_frozen(full)
-            results.append(result)
-            safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in full.state_dict().items()},
-                                        str(done))
-    earlier = _frozen(copy.deepcopy(full).to(device)) if any(st.lwf > 0 for st in plan.stages) else None
-    model = expert_from_general(full, subset)
+    phase = _Phase(plan, spec, augment, stage_ends)
+    full, results = _all_class_phase(job, e, phase, val_in, expert_dir)
+    earlier = _frozen(copy.deepcopy(full).to(job.device)) if any(st.lwf > 0 for st in plan.stages) else None
+    model = expert_from_general(full, subset)  # the head cut where the all-class stages end
     del full
     objective = ExpertObjective(subset=subset, label_smoothing=cfg.train.label_smoothing, teacher=teacher,
-                                distill=distill, temperature=ecfg.distill_temperature, earlier=earlier)
+                                distill=job.distill, temperature=ecfg.distill_temperature, earlier=earlier)
     plan.on_stage = objective.set_stage
-    result = fit(model, plan=plan, val=val, spec=spec.input, cfg=cfg.train, augment=augment, run_dir=expert_dir,
-                 resume=resume, loss_fn=objective, console=console, label=f"expert {e}",
-                 window=(wide + 1, plan.epochs), val_epochs=stage_ends)
+    results.append(fit(model, plan=plan, val=val, spec=spec.input, cfg=cfg.train, augment=augment,
+                       run_dir=expert_dir, resume=job.resume, loss_fn=objective, console=console,
+                       label=f"expert {e}", window=(wide + 1, plan.epochs), val_epochs=stage_ends))
     set_frozen(model)
-    results.append(result)
-    budget = _budget(plan, objective, distill, steering.images)
-    metrics = {
-        "expert": e, "classes": subset, "names": names, "strategy": ecfg.strategy, "init_from": ecfg.init_from,
-        "init_sha256": start.sha256, "images_seen": budget["images"], "budget": budget,
-        "train_seconds": sum(r.seconds for r in results), "images_per_s": images_per_second(results),
-        "precision": result.precision,
-    }
+    return _finish(job, e, model, spec, results, _budget(plan, objective, job.distill, job.steering.images))
+
+
+def _finish(job: ExpertJob, e: int, model: torch.nn.Module, spec: ModelSpec, results: list[FitResult],
+            budget: Budget) -> ExpertSummary:
+    """Expert ``e``'s figures on validation and test, its checkpoint, its logits (for the system's
+    evaluation) and its ``metrics.json``."""
+    subset, bundle, cfg, ecfg = job.partition.experts[e], job.bundle, job.cfg, job.ecfg
+    stem = checkpoint_stem(job.run_dir / f"expert-{e}")
     logits = {split: predict_logits(model, bundle.split(split), spec.input, batch_size=cfg.train.eval_batch_size,
-                                    device=device) for split in ("val", "test")}
-    for split, z in logits.items():
-        metrics[split] = subset_metrics(z, subset_targets(bundle.split(split).labels, subset, n_classes), len(subset))
-    save_checkpoint(stem, model, spec=spec, kind="expert", class_names=names + [OTHER_NAME],
+                                    device=job.device) for split in ("val", "test")}
+    figures = {split: subset_metrics(z, subset_targets(bundle.split(split).labels, subset, bundle.num_classes),
+                                     len(subset)) for split, z in logits.items()}
+    summary = ExpertSummary(e, subset, job.partition.names(e), ecfg.strategy, ecfg.init_from, job.start.sha256, budget,
+                            sum(r.seconds for r in results), images_per_second(results), results[-1].precision,
+                            figures["val"], figures["test"])
+    metrics = summary.to_json()
+    save_checkpoint(stem, model, spec=spec, kind="expert", class_names=summary.names + [OTHER_NAME],
                     dataset=dataset_record(cfg, bundle), training=cfg.model_dump(mode="json"),
                     metrics=metrics, extra={"expert_id": e, "subset": subset, "strategy": ecfg.strategy,
-                                            "init_from": ecfg.init_from, "init_sha256": start.sha256})
+                                            "init_from": ecfg.init_from, "init_sha256": job.start.sha256})
     for split, z in logits.items():  # the system evaluation reads these instead of predicting again
         store_logits(stem, split, cfg.data, z, bundle.split(split).labels)
-    (expert_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    console.log(f"expert {e}: {metrics['val']['subset_accuracy']:.2f}% on its subset (val), "
-                f"'other' recall {metrics['val']['other_recall'] or 0:.1f}%")
-    return metrics
+    (stem.parent / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    job.console.log(f"expert {e}: {summary.val.subset_accuracy:.2f}% on its subset (val), "
+                    f"'other' recall {summary.val.other_recall or 0:.1f}%")
+    return summary
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:

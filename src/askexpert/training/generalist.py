@@ -14,6 +14,7 @@ from rich.console import Console
 from askexpert.config import RunConfig
 from askexpert.console import stderr_console
 from askexpert.data import DatasetBundle, load_dataset
+from askexpert.data.base import DatasetRecord
 from askexpert.devices import resolve_device
 from askexpert.models import (
     ModelSpec,
@@ -46,8 +47,8 @@ def load_for_model(cfg: RunConfig) -> tuple[DatasetBundle, ModelSpec, bool]:
     return bundle, spec, pretrained
 
 
-def dataset_record(cfg: RunConfig, bundle: DatasetBundle) -> dict:
-    return {**bundle.summary(), "class_names": bundle.class_names, "config": cfg.data.model_dump(mode="json")}
+def dataset_record(cfg: RunConfig, bundle: DatasetBundle) -> DatasetRecord:
+    return bundle.record(cfg.data.model_dump(mode="json"))
 
 
 def evaluate_split(model: torch.nn.Module, spec: ModelSpec, bundle: DatasetBundle, split: str, *,
@@ -104,7 +105,7 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
         "epochs": cfg.train.epochs, "images_per_s": result.images_per_second, "seconds": result.seconds,
         "device": str(device), "precision": result.precision, "threads": torch.get_num_threads(),
         "host": platform.node(),
-        "final_train_acc": result.history[-1]["train_acc"] if result.history else None,
+        "final_train_acc": result.history[-1].train_acc if result.history else None,
     }
     metrics["model"] = {"parameters": n_params, "flops_per_image": flops}
     save_checkpoint(stem, model, spec=spec, kind=kind, class_names=bundle.class_names,

@@ -24,7 +24,7 @@ from askexpert.training.evaluate import predict_logits
 
 def data_config_of(checkpoint: Path) -> DataConfig:
     """The dataset config a checkpoint was trained with."""
-    return DataConfig(**read_meta(checkpoint).dataset.get("config", {}))
+    return DataConfig(**read_meta(checkpoint).dataset.config)
 
 
 def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None = None,
@@ -45,7 +45,7 @@ def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None =
                 return f.get_tensor("logits"), f.get_tensor("labels")
     if bundle is None:
         bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
-    if bundle.class_names != meta.dataset.get("class_names", bundle.class_names):
+    if bundle.class_names != (meta.dataset.class_names or bundle.class_names):
         raise DatasetError(f"{stem} was trained on other classes than {bundle.name} has",
                            fix="evaluate it on the dataset it was trained on")
     ckpt = load_checkpoint(stem, device=resolve_device(device))

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from askexpert.config import read_yaml
+from askexpert.contract.schema import DEFAULT_MIN_SIZE, Partition
 from askexpert.errors import ConfigError
-from askexpert.system.schema import DEFAULT_MIN_SIZE, Partition
 
 __all__ = ["Partition", "make_partition", "confusion_affinity", "agglomerate", "add_overlap",
            "partition_from_confusion", "partition_from_coarse", "partition_from_file"]

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.lib import format as npformat
 from pydantic import BaseModel, Field
+
+from askexpert.contract.labels import OTHER
 
 OCTET = "application/octet-stream"
 NPY = "application/x-npy"
@@ -28,7 +31,12 @@ MAX_IMAGES = 4096
 
 
 class ProtocolError(ValueError):
-    """A request body that does not follow the protocol; the message says what is wrong."""
+    """A request body that does not follow the protocol; the message says what is wrong, ``reason`` which
+    rule it broke: ``content_type`` (a type the protocol does not know) or ``bad_body`` (anything else)."""
+
+    def __init__(self, message: str, reason: str = "bad_body") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def encode_images(images) -> tuple[bytes, dict[str, str]]:
@@ -87,7 +95,8 @@ def decode_images(body: bytes, content_type: str | None, shape_header: str | Non
     if kind == NPY:
         return _npy_array(body, max_images)
     if kind != OCTET:
-        raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}) or {NPY}")
+        raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}) or {NPY}",
+                            "content_type")
     if not shape_header:
         raise ProtocolError(f"raw bodies need the header {SHAPE_HEADER}: N,C,H,W")
     try:
@@ -101,6 +110,37 @@ def decode_images(body: bytes, content_type: str | None, shape_header: str | Non
     if len(body) != expected:
         raise ProtocolError(f"body has {len(body)} bytes but {SHAPE_HEADER} {shape_header} needs {expected}")
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def image_results(probs: np.ndarray, output_ids: Sequence[int], topk: int) -> list[dict]:
+    """The one place an answer is built: per image (row of ``probs``, probabilities over an expert's outputs
+    whose global class ids are ``output_ids``, ``OTHER`` for "other"), the fields of :class:`ImageResult`
+    as plain values: the top ``topk`` outputs by probability, ties broken towards the lower output (as
+    argmax)."""
+    if len(probs) == 1:  # the edge's usual request: plain Python over one row beats NumPy's calls
+        row = probs[0].tolist()
+        if all(map(math.isfinite, row)):
+            order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:topk]  # stable: ties keep
+            ids = [output_ids[i] for i in order]  # the lower output first
+            top_p = [row[i] for i in order]
+            return [{"pred": ids[0], "confidence": top_p[0], "other": ids[0] == OTHER, "topk": ids, "probs": top_p}]
+    return image_results_batched(probs, output_ids, topk)
+
+
+def image_results_batched(probs: np.ndarray, output_ids: Sequence[int], topk: int) -> list[dict]:
+    """:func:`image_results` in NumPy over the whole batch (the path of every batch but a lone image)."""
+    k = min(topk, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower output first, as argmax
+    top_p = np.take_along_axis(probs, order, 1).tolist()
+    ids = np.asarray(output_ids)[order].tolist()
+    return [{"pred": id_row[0], "confidence": p_row[0], "other": id_row[0] == OTHER, "topk": id_row,
+             "probs": p_row} for p_row, id_row in zip(top_p, ids, strict=True)]
+
+
+def infer_response(expert: str, results: list[dict], queue_ms: float, compute_ms: float, batch_size: int) -> dict:
+    """The body of an answer (:class:`InferResponse`) as plain values, for one JSON serialisation."""
+    return {"expert": expert, "results": results,
+            "timings": {"queue_ms": queue_ms, "compute_ms": compute_ms, "batch_size": batch_size}}
 
 
 class ImageResult(BaseModel):

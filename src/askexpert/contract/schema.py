@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from askexpert.contract.labels import Confidence, Fallback
 from askexpert.errors import ConfigError
-from askexpert.routing.policy import Confidence, Fallback
 
 SCHEMA_VERSION = 1
 SYSTEM_FILE = "system.json"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from askexpert.contract.schema import SCHEMA_VERSION, SYSTEM_FILE, SystemManifest
 from askexpert.errors import CheckpointError
 from askexpert.security import check_system_id, confined
-from askexpert.system.schema import SCHEMA_VERSION, SYSTEM_FILE, SystemManifest
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 

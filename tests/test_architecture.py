@@ -1,0 +1,130 @@
+"""The architecture's rules, read from the code's own imports (every import, at the top of a module or
+inside a function): the layers of docs/design.md, the torch-free contract, run time apart from build
+time, and no import circle among askexpert's modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "askexpert"
+
+# docs/design.md, "Layers": a module imports from its own layer or the ones below, never from above
+LAYERS = [
+    {"askexpert", "errors", "paths", "splits", "console", "devices"},
+    {"security", "imageio"},
+    {"contract"},
+    {"routing", "config", "costs"},
+    {"data"},
+    {"models"},
+    {"training"},
+    {"system"},
+    {"runtime"},
+    {"serving", "testbed"},
+    {"bench", "demo"},
+    {"cli", "__main__"},
+]
+RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
+HEAVY = {"torch", "torchvision", "timm", "safetensors", "fastapi", "starlette", "uvicorn", "ray"}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = path
+    return mods
+
+
+MODULES = _modules()
+
+
+def _imported(path: Path) -> set[str]:
+    """Every module ``path`` imports (``from package import submodule`` names the submodule)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            names |= subs or {node.module}
+    return names
+
+
+def _part(module: str) -> str:
+    """The package (or top-level module) of ``askexpert.<part>...``; ``askexpert`` itself for the package."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+GRAPH = {m: {t for t in _imported(p) if t in MODULES and t != m} for m, p in MODULES.items()}
+
+
+def test_every_module_has_a_layer():
+    assert not {_part(m) for m in MODULES} - RANK.keys(), "give the new package a layer here and in docs/design.md"
+
+
+def test_no_import_runs_against_the_layers():
+    against = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() for t in targets
+                     if RANK[_part(t)] > RANK[_part(m)])
+    assert not against, against
+
+
+def test_askexpert_has_no_import_circle():
+    """Tarjan's strongly connected components over the module graph: every one a single module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on_stack.add(m)
+        for t in GRAPH[m]:
+            if t not in index:
+                visit(t)
+                low[m] = min(low[m], low[t])
+            elif t in on_stack:
+                low[m] = min(low[m], index[t])
+        if low[m] == index[m]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == m:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for m in sorted(GRAPH):
+        if m not in index:
+            visit(m)
+    assert not circles, circles
+
+
+def test_the_contract_imports_neither_torch_nor_build_time():
+    """The contract is what an edge device installs: pydantic and NumPy, no torch, nothing that trains."""
+    for m in (m for m in MODULES if _part(m) == "contract"):
+        imported = _imported(MODULES[m])
+        heavy = {n for n in imported if n.split(".")[0] in HEAVY}
+        ours = {_part(n) for n in imported if n.startswith("askexpert.")} - {"contract", "errors", "security"}
+        assert not heavy and not ours, f"{m} imports {heavy | ours}"
+
+
+def test_runtime_and_serving_import_neither_training_nor_bench():
+    for m in (m for m in MODULES if _part(m) in ("runtime", "serving")):
+        bad = {n for n in _imported(MODULES[m]) if _part(n) in ("training", "bench") and n.startswith("askexpert.")}
+        assert not bad, f"{m} imports {bad}"
+
+
+def test_the_rule_checks_see_a_violation(tmp_path):
+    """The checks are not vacuous: an import of training from the contract is seen as one."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from askexpert.training.engine import fit\n")
+    assert "askexpert.training.engine" in _imported(bad)
+    assert RANK[_part("askexpert.training.engine")] > RANK[_part("askexpert.contract.schema")]
