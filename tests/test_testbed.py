@@ -186,13 +186,14 @@ def test_local_experts_answer_as_the_server(tiny_system, tmp_path):
     from askexpert.contract.bundle import load_bundle
     from askexpert.models.onnx_export import export_onnx
     from askexpert.runtime.clients import InProcessExpertClient
-    from askexpert.runtime.local_experts import GENERAL, OTHER_ID, LocalExperts, LocalModelSpec
+    from askexpert.contract.labels import GENERAL, OTHER
+    from askexpert.runtime.local_experts import LocalExperts, LocalModelSpec
     from askexpert.serving.pool import ExpertPool
 
     bundle = load_bundle(tiny_system["bundle"])
     m = bundle.manifest
     expert = m.experts[0]
-    specs = [LocalModelSpec(expert.id, tmp_path / "e.onnx", (*expert.classes, OTHER_ID), expert.temperature),
+    specs = [LocalModelSpec(expert.id, tmp_path / "e.onnx", (*expert.classes, OTHER), expert.temperature),
              LocalModelSpec(GENERAL, tmp_path / "g.onnx", tuple(range(len(m.classes))), m.general.temperature)]
     export_onnx(bundle.path(expert.checkpoint), specs[0].onnx)
     export_onnx(bundle.path(m.general.checkpoint), specs[1].onnx)
