@@ -184,9 +184,9 @@ def test_local_experts_answer_as_the_server(tiny_system, tmp_path):
     """The edge-execution baselines run the bundle's experts in ONNX on the edge: same answers as the
     server's torch models (one expert and the general model here; the bench exports them all)."""
     from askexpert.contract.bundle import load_bundle
+    from askexpert.contract.labels import GENERAL, OTHER
     from askexpert.models.onnx_export import export_onnx
     from askexpert.runtime.clients import InProcessExpertClient
-    from askexpert.contract.labels import GENERAL, OTHER
     from askexpert.runtime.local_experts import LocalExperts, LocalModelSpec
     from askexpert.serving.pool import ExpertPool
 
