@@ -94,3 +94,15 @@ def test_the_default_training_seed_comes_from_one_environment_switch(monkeypatch
     monkeypatch.setenv(SEED_ENV, "two")
     with pytest.raises(ConfigError, match="whole number"):
         load_run_config(None, [])
+
+
+def test_overrides_never_write_into_the_callers_defaults():
+    """One process may load many run configs from one defaults block (the CLI, the pipeline, the suite):
+    an override of a nested key must not reach the next config through it."""
+    from askexpert.training.experts import experts_run_defaults
+
+    base = experts_run_defaults()
+    first = load_run_config(None, ["experts.passes=3", "experts.distill=0.5", "model.name=vit-edge-28"], base=base)
+    assert first.experts.passes == 3 and base == experts_run_defaults()
+    second = load_run_config(None, [], base=base)
+    assert second.experts.passes == 6.0 and second.experts.distill == 0.0 and second.model.name == "vit-expert-28"

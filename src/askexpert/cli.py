@@ -101,7 +101,7 @@ def cmd_train_generalist(args: argparse.Namespace) -> int:
 
 
 def cmd_train_experts(args: argparse.Namespace) -> int:
-    from askexpert.training.experts import EXPERTS_RUN_DEFAULTS, experts_run_config, train_experts
+    from askexpert.training.experts import experts_run_config, experts_run_defaults, train_experts
 
     overrides = _run_overrides(args)
     for flag, key in (("strategy", "experts.strategy"), ("partition", "experts.partition"), ("init", "experts.init"),
@@ -109,7 +109,7 @@ def cmd_train_experts(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    cfg = _this_process_output(experts_run_config(args.config, overrides, base=EXPERTS_RUN_DEFAULTS))
+    cfg = _this_process_output(experts_run_config(args.config, overrides, base=experts_run_defaults()))
     result = train_experts(cfg, resume=args.resume, overwrite=args.overwrite, console=_console())
     if not result.experts:  # the general model
         from askexpert.models import read_meta

@@ -7,6 +7,7 @@ are checked by pydantic (unknown keys are errors, so a typo never passes silentl
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -278,7 +279,7 @@ def validate(model: type[BaseModel], data: dict, source: str):
 def load_run_config(path: Path | None = None, overrides: list[str] | None = None,
                     base: dict | None = None) -> RunConfig:
     """Build a :class:`RunConfig` from ``base`` defaults, a YAML file and overrides, in that order."""
-    data: dict = dict(base or {})
+    data: dict = copy.deepcopy(base or {})  # overrides write into nested sections: never into the caller's
     source = "(defaults)"
     if path is not None:
         data = _deep_merge(data, read_yaml(path))

@@ -60,7 +60,7 @@ def _config(name: str | None, output_dir: Path, common: tuple[str, ...], overrid
 def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | None = None) -> TrainedSystem:
     """Train (or reuse, or resume) every model of ``spec`` under ``output_dir``."""
     from askexpert.training import train_generalist
-    from askexpert.training.experts import EXPERTS_RUN_DEFAULTS, train_experts
+    from askexpert.training.experts import experts_run_defaults, train_experts
     from askexpert.training.partition import make_partition
 
     output_dir = Path(output_dir)
@@ -75,12 +75,11 @@ def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | Non
         seconds[label] = time.perf_counter() - t0
         return result.run_dir
 
-    expert_base = EXPERTS_RUN_DEFAULTS
     gen = timed("generalist", _config(spec.generalist, output_dir, spec.common, spec.generalist_overrides,
                                       spec.suffix), "metrics.json",
                 lambda c: train_generalist(c, resume=True, console=console))
     general = timed("general", _config(spec.general, output_dir, spec.common, spec.general_overrides, spec.suffix,
-                                       expert_base), "metrics.json",
+                                       experts_run_defaults()), "metrics.json",
                     lambda c: train_experts(c, resume=True, console=console))
     partition = output_dir / f"partition{spec.suffix}.json"
     t0 = time.perf_counter()
@@ -91,7 +90,8 @@ def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | Non
     for step in spec.experts:
         links = [f"experts.init={general}", f"experts.partition={partition}",
                  *([f"experts.router={gen}"] if step.router else [])]
-        cfg = _config(step.config, output_dir, spec.common, (*links, *step.overrides), spec.suffix, expert_base)
+        cfg = _config(step.config, output_dir, spec.common, (*links, *step.overrides), spec.suffix,
+                      experts_run_defaults())
         experts[step.label] = timed(step.label, cfg, "experts.json",
                                     lambda c: train_experts(c, resume=True, console=console))
     return TrainedSystem(gen, general, partition, experts, seconds, reused)

@@ -177,9 +177,11 @@ class ExpertsResult:
     experts: list[ExpertSummary]  # empty for the general model (strategy: general)
 
 
-# the one defaults block of an experts run (askexpert train experts, the pipeline): what a config file
-# or an override does not set; the experts section's own defaults are ExpertsConfig's
-EXPERTS_RUN_DEFAULTS: dict = {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
+def experts_run_defaults() -> dict:
+    """The one defaults block of an experts run (askexpert train experts, the pipeline): what a config file
+    or an override does not set (the experts section's own defaults are ExpertsConfig's). A fresh dict a
+    call: the config loader merges overrides into its base, and a shared one would carry them to the next run."""
+    return {"name": "experts", "model": {"name": "vit-expert-28"}, "experts": {}}
 
 
 def experts_run_config(path: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
