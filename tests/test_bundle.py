@@ -252,3 +252,20 @@ def test_per_image_costs_at_batch_four_add_up_to_the_measured_batch(tiny_system,
     assert energy.edge_compute_mj_per_image == pytest.approx(1000 * edge_j / len(traces))
     server_ms = sum(t.expert_share_ms for t in traces)
     assert energy.server_mj_per_image == pytest.approx(143.0 * server_ms / len(traces))
+
+
+def test_an_archive_that_climbs_out_of_its_folder_is_refused(tmp_path):
+    """A crafted bundle archive (a member named ../...) is refused before anything is written outside,
+    on every Python (the standard library's data filter where it exists, the same checks by hand before)."""
+    import io
+    import tarfile
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"{}"
+        info = tarfile.TarInfo("../escaped/system.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(CheckpointError, match="bundle archive"):
+        load_bundle(archive)
+    assert not (tmp_path / "escaped").exists() and not list(Path("/tmp").glob("escaped/system.json"))

@@ -58,13 +58,28 @@ def is_bundle(path: Path) -> bool:
     return (path / SYSTEM_FILE).is_file() or (path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES))
 
 
+def _check_members(tar: tarfile.TarFile, archive: Path) -> None:
+    """Refuse what the ``data`` filter refuses: anything but files and folders, and any path that is
+    absolute or climbs out of the target with ``..``."""
+    for member in tar.getmembers():
+        parts = Path(member.name).parts
+        if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in parts:
+            raise CheckpointError(f"bundle archive {archive} holds {member.name!r}, which would land outside the "
+                                  "bundle or is not a plain file", fix="build it again with: askexpert build-system "
+                                  "... --archive, and take archives from a source you trust")
+
+
 def _extract(archive: Path) -> Path:
     """Unpack an archive into a fresh temporary directory, removed when the process exits."""
     target = Path(tempfile.mkdtemp(prefix="askexpert-bundle-"))
     atexit.register(shutil.rmtree, target, ignore_errors=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(target, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library's safe extraction
+                tar.extractall(target, filter="data")
+            else:  # older Pythons (Debian's 3.11.2): the same refusals, by hand
+                _check_members(tar, archive)
+                tar.extractall(target)
     except (tarfile.TarError, OSError) as err:
         raise CheckpointError(f"cannot unpack bundle archive {archive}: {err}",
                               fix="build it again with: askexpert build-system ... --archive") from err
