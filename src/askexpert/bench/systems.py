@@ -97,7 +97,7 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
                                 pred=int(reply.pred[i]), local_pred=int(reply.pred[i]),
                                 confidence=float(reply.confidence[i]), route=Route.EXPERT, expert=GENERAL,
                                 degraded=False, edge_ms=0.0)
-            trace.offload = lived
+            trace.lived(lived)
             traces.append(trace.finish())
         index += len(images)
     return traces

@@ -141,7 +141,7 @@ class DatasetBundle:
             raise DatasetError(f"unknown split '{name}'", fix="use one of: train, val, test")
         return getattr(self, name)
 
-    def record(self, config: dict, class_names: bool = True) -> DatasetRecord:
+    def record(self, config: dict) -> DatasetRecord:
         """What a checkpoint keeps of the data it was trained on: the splits, what the images are (for an
         image folder, the files as they are on disk and the size and channels they are decoded to,
         ``decoded_as``), the class names and the data config that reloads them."""

@@ -128,13 +128,8 @@ class SampleTrace:
     down_bytes: float = 0.0
     error: str | None = None
 
-    @property
-    def offload(self) -> OffloadTiming:
-        return OffloadTiming(self.encode_ms, self.network_ms, self.link_ms, self.queue_ms, self.expert_ms,
-                             self.expert_share_ms, self.expert_on_edge, self.up_bytes, self.down_bytes)
-
-    @offload.setter
-    def offload(self, t: OffloadTiming) -> None:
+    def lived(self, t: OffloadTiming) -> None:
+        """Take the timing of the offload this image went through."""
         self.encode_ms, self.network_ms, self.link_ms, self.queue_ms = t.encode_ms, t.network_ms, t.link_ms, t.queue_ms
         self.expert_ms, self.expert_share_ms, self.expert_on_edge = t.expert_ms, t.expert_share_ms, t.expert_on_edge
         self.up_bytes, self.down_bytes = t.up_bytes, t.down_bytes
@@ -268,7 +263,7 @@ class EdgeRunner:
                     t.route, t.degraded, t.error = Route.DEGRADED, True, asked.errors.get(i)
                 else:
                     t.route = Route.EXPERT_FALLBACK if fell_back[i] else Route.EXPERT
-                t.offload = asked.timing.get(i, OffloadTiming())
+                t.lived(asked.timing.get(i, OffloadTiming()))
             traces.append(t.finish())
         return traces
 

@@ -568,9 +568,9 @@ def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
     plan = _expert_plan(job, e, subset)
     torch.manual_seed(cfg.train.seed + 1000 * (e + 1))
     teacher = _frozen(copy.deepcopy(job.general.model).to(job.device)) if job.distill > 0 else None
-    n_classes = bundle.num_classes
-    val_in = torch.nonzero(subset_targets(bundle.val.labels, subset, n_classes) < len(subset)).flatten()
-    val = _with_labels(bundle.val, val_in, subset_targets(bundle.val.labels[val_in], subset, n_classes))
+    val_targets = subset_targets(bundle.val.labels, subset, bundle.num_classes)
+    val_in = torch.nonzero(val_targets < len(subset)).flatten()
+    val = _with_labels(bundle.val, val_in, val_targets[val_in])
     spec = job.start.spec.model_copy(update={"kwargs": {**job.start.spec.kwargs, "num_classes": len(subset) + 1}})
     augment, why = bundle.augment_for(cfg.train.augment)
     wide = plan.wide_epochs()
