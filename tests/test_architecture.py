@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "askexpert"
 # docs/design.md, "Layers": a module imports from its own layer or the ones below, never from above
 LAYERS = [
     {"askexpert", "errors", "paths", "splits", "console", "devices"},
-    {"security", "imageio"},
+    {"security", "imageio", "corruptions"},
     {"contract"},
     {"routing", "config", "costs"},
     {"data"},

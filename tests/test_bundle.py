@@ -34,7 +34,7 @@ HEAVY = ("torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "m
 def test_bundle_holds_every_file_with_its_hash_and_the_calibration(tiny_system):
     bundle = load_bundle(tiny_system["bundle"])
     m = bundle.manifest
-    assert m.schema_version == 1 and len(m.experts) == 3 and m.general is not None
+    assert m.schema_version == 2 and len(m.experts) == 3 and m.general is not None
     assert {"generalist.onnx", "generalist/model.safetensors", "generalist/model.json",
             "experts/expert-0/model.safetensors", "general/model.safetensors"} <= set(m.files)
     assert all(e.temperature > 0 for e in m.experts) and m.routing.temperature > 0
@@ -42,6 +42,17 @@ def test_bundle_holds_every_file_with_its_hash_and_the_calibration(tiny_system):
     assert op.target == "offload" and op.value == 0.3 and abs(op.val_offload_rate - 30) < 1
     assert m.data.val_images == 600 and m.data.test_images == 600 and m.data.config["split_seed"] == 0
     assert sorted(c for e in m.experts for c in e.classes) == list(range(10))
+    # the operating curve: every k offered over a grid of tau, on validation, with the bytes of an offload
+    curve = m.curve
+    assert curve.ks == [1, 2, 3] and curve.up_bytes == 28 * 28 and 150 < curve.down_bytes < 400
+    for k in curve.ks:
+        points = curve.for_k(k)
+        rates = [p.offload_rate for p in points]
+        assert rates == sorted(rates) and rates[0] == 0 and rates[-1] == 100 and len(points) > 40
+        assert all(abs(sum(p.expert_share) - 1) < 1e-9 for p in points if p.offload_rate > 0)
+    # the bundle's own point is on its curve, with the same figures
+    here = next(p for p in curve.for_k(m.routing.k) if p.tau == m.routing.tau)
+    assert here.offload_rate == pytest.approx(op.val_offload_rate) and here.accuracy == pytest.approx(op.val_accuracy)
 
 
 def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
@@ -56,7 +67,7 @@ def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
         load_bundle(copy)
     manifest = json.loads((tiny_system["bundle"] / SYSTEM_FILE).read_text())
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(CheckpointError, match="schema version 99.*this askexpert reads version 1"):
+    with pytest.raises(CheckpointError, match="schema version 99.*this askexpert reads versions 1, 2 .it writes 2"):
         load_bundle(copy)
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "routing": {**manifest["routing"], "k": 0}}))
     with pytest.raises(CheckpointError, match="routing.k"):
@@ -118,14 +129,16 @@ def test_import_rules():
               SRC / "runtime" / "clients.py", SRC / "runtime" / "inputs.py",
               SRC / "costs" / "energy.py", SRC / "imageio.py", SRC / "splits.py", SRC / "paths.py",
               SRC / "runtime" / "pacing.py", SRC / "runtime" / "local_experts.py", SRC / "runtime" / "records.py",
-              SRC / "security.py",
+              SRC / "security.py", SRC / "corruptions.py", SRC / "runtime" / "control.py",
+              SRC / "runtime" / "link.py", SRC / "costs" / "plan.py",
               *(f for f in (SRC / "testbed").glob("*.py") if f.name != "reference.py")]:  # exports it with torch once
         heavy = {n for n in _imports(f) if n.split(".")[0] in HEAVY}
         assert not heavy, f"{f.relative_to(SRC)} imports {heavy}"
     # and at run time: importing the edge's modules loads no heavy package
     code = ("import sys; import askexpert.cli, askexpert.runtime.session, askexpert.runtime.onnx_model, "
             "askexpert.routing, askexpert.costs.energy, askexpert.testbed.placement, askexpert.testbed.worker, "
-            "askexpert.runtime.local_experts; "
+            "askexpert.runtime.local_experts, askexpert.runtime.control, askexpert.costs.plan, "
+            "askexpert.corruptions, askexpert.testbed.measure, askexpert.testbed.load; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
             "or m.startswith('askexpert.training')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -229,13 +229,52 @@ def cmd_evaluate_system(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build_system(args: argparse.Namespace) -> int:
-    from askexpert.system.build import build_system
+def _plan_bundle(bundle, args: argparse.Namespace):
+    """Point a freshly built bundle at the most accurate operating point within --p95-latency or
+    --edge-energy on --edge-device over --link; the bundle is removed when no point fits (nothing half-made
+    stays at --out)."""
+    import shutil
 
+    from askexpert.console import logs_on
+    from askexpert.runtime.link import parse_link
+    from askexpert.testbed.measure import plan_bundle
+
+    _require_positive(("--p95-latency", args.p95_latency), ("--edge-energy", args.edge_energy))
+    link = parse_link(args.link)
+    console = _console()
+    console.log(f"measuring the cost model's parts on {args.edge_device} over "
+                f"{link.describe() if link else 'loopback'} with {args.server_load} competing clients ...")
+    try:
+        with logs_on(console):
+            bundle, choice, parts, placement = plan_bundle(
+                bundle.root, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
+                k=args.k if args.k_given else None, load=args.server_load, mode=args.edge_mode,
+                edge_profile=args.edge_profile, radio=args.radio)
+    except BaseException:
+        shutil.rmtree(bundle.root, ignore_errors=True)
+        raise
+    console.log(placement.describe())
+    x = choice.prediction
+    console.log(f"measured: the generalist {x.edge_ms:.2f} ms an image (median), an offload {x.offload_ms:.2f} ms "
+                f"on the socket + {x.link_ms:.2f} ms of link; {choice.feasible} of {choice.considered} points fit "
+                "the budget; the most accurate on validation is kept")
+    return bundle
+
+
+def cmd_build_system(args: argparse.Namespace) -> int:
+    from askexpert.routing import DEFAULT_K
+    from askexpert.system.build import archive_bundle, build_system
+
+    budget = args.p95_latency is not None or args.edge_energy is not None
+    args.k_given = args.k is not None
     bundle = build_system(args.generalist, args.experts, args.out, offload=args.offload, accuracy=args.accuracy,
-                          tau=args.tau, k=args.k, confidence=args.confidence, fallback=args.fallback,
-                          include_general=not args.no_general, archive=args.archive, name=args.name,
-                          device=args.device, overwrite=args.overwrite)
+                          tau=args.tau, k=args.k or DEFAULT_K, confidence=args.confidence, fallback=args.fallback,
+                          include_general=not args.no_general, archive=args.archive and not budget, name=args.name,
+                          device=args.device, overwrite=args.overwrite, curve_ks=args.curve_k)
+    if budget:
+        bundle = _plan_bundle(bundle, args)
+        if args.archive:
+            archive_bundle(bundle.root)
     m = bundle.manifest
     r = m.routing
     table = Table(title=f"system bundle {bundle.root} (schema {m.schema_version})")
@@ -251,6 +290,13 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     table.add_row("routing", f"tau {r.tau:.4f}, k {r.k}, {r.confidence}, fallback {r.fallback}")
     table.add_row("operating point", f"{op.target} {op.value:g}: on validation {op.val_offload_rate:.1f}% offloaded, "
                   f"{op.val_accuracy:.2f}% accurate")
+    if op.predicted is not None:
+        x = op.predicted
+        table.add_row("predicted", f"p95 {x.p95_ms:.1f} ms, mean {x.mean_ms:.1f} ms, edge {x.edge_mj:.1f} mJ an image "
+                      f"on {x.device} over {x.link} ({x.load} competing clients)")
+    if m.curve is not None:
+        table.add_row("operating curve", f"{len(m.curve.points)} points (k {', '.join(map(str, m.curve.ks))}): the "
+                      "edge's --slo-p95 / --energy-budget move along it")
     table.add_row("system id", f"{bundle.system_id} (sha256 of system.json: publish it, and serve and run "
                   "with --expect-system-id ID)")
     table.add_row("files", f"{len(m.files)}, each with its sha256 in system.json"
@@ -346,24 +392,29 @@ def _serve_on_ray(args: argparse.Namespace, limits, token: str | None, only: lis
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from askexpert.console import logs_on, progress_bar
-    from askexpert.runtime.link import parse_link
+    from askexpert.corruptions import parse_corruption
+    from askexpert.runtime.link import parse_link_arg
     from askexpert.runtime.session import EdgeSettings, run_edge
     from askexpert.security import read_token
 
-    _require_positive(("--timeout", args.timeout), ("--deadline", args.deadline))
+    _require_positive(("--timeout", args.timeout), ("--deadline", args.deadline), ("--slo-p95", args.slo_p95),
+                      ("--energy-budget", args.energy_budget))
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
     settings = EdgeSettings(
         system=args.system, server=args.server[0] if args.server and len(args.server) == 1 else args.server,
-        inputs=args.input, link=parse_link(args.link),
+        inputs=args.input, link=parse_link_arg(args.link),
+        corrupt=parse_corruption(args.corrupt) if args.corrupt else None,
         offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,
         confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
         threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
         trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
-        ca_file=args.ca_file, expect_system_id=args.expect_system_id,
+        ca_file=args.ca_file, expect_system_id=args.expect_system_id, slo_p95_ms=args.slo_p95,
+        energy_budget_mj=args.energy_budget, target_offload=args.target_offload, radio=args.radio,
+        energy_profile=args.edge_profile or _edge_energy_profile(args.device),
     )
     placement = None
     if args.device == "host":
@@ -379,6 +430,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         with EmulatedEdge(args.device, mode=args.edge_mode) as edge, tempfile.TemporaryDirectory() as tmp:
             _console().log(edge.placement.describe())
             settings = freeze_split(settings, Path(tmp) / "inputs.npz")  # the throttled edge reads no dataset
+            if settings.threads is None:  # the device's own threads, not the host's count on the one edge core
+                settings = replace(settings, threads=edge.profile.threads)
             _console().log(f"streaming {' '.join(settings.inputs)} through the {edge.placement.label} ...")
             report = edge.call(run_edge, s=settings)
         placement = edge.placement
@@ -386,6 +439,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
+                                            "control": asdict(report.control) if report.control else None,
+                                            "corruption": report.corruption,
                                             "backend": report.backend, "input": report.input, "link": report.link,
                                             "system": report.source,
                                             "placement": placement.to_dict() if placement else None,
@@ -393,6 +448,13 @@ def cmd_edge(args: argparse.Namespace) -> int:
                                                          for k, v in asdict(settings).items()}}, indent=1))
     _print_edge_summary(report)
     return 0
+
+
+def _edge_energy_profile(device: str) -> str:
+    """The energy profile of an emulated edge device (costs/profiles.yaml), else the Raspberry Pi 4's."""
+    from askexpert.costs.profiles import edge_speed
+
+    return (edge_speed(device).energy_profile if device != "host" else None) or "raspberry-pi-4"
 
 
 def _add_edge_device_flags(p: argparse.ArgumentParser, flag: str) -> None:
@@ -425,6 +487,16 @@ def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
         table.add_row("resumed", f"{report.resumed} answers from the interrupted run (latency: this run's only)")
     lat = s.latency_ms
     table.add_row("latency p50 / p95 / mean ms", f"{lat.p50:.2f} / {lat.p95:.2f} / {lat.mean:.2f}")
+    c = report.control
+    if c is not None:
+        unit = {"slo-p95": f"p95 <= {c.target:g} ms", "energy-budget": f"edge energy <= {c.target:g} mJ",
+                "target-offload": f"offload {100 * c.target:g}% +/- 3 points"}[c.mode]
+        table.add_row(f"windows of {c.window} images within {unit}",
+                      f"{c.windows_within} of {c.windows} ({c.share_within:.1f}%)" if c.windows else "none complete")
+        table.add_row("tau's path", f"{len(c.changes) - 1} changes, tau {c.tau_min:.4f}..{c.tau_max:.4f}; last: "
+                      f"{c.changes[-1].why}")
+    if report.corruption:
+        table.add_row("inputs drifted", report.corruption)
     b = s.breakdown_ms_offloaded
     table.add_row("offloaded: edge / encode / network / link / queue / expert ms",
                   " / ".join(f"{b[k]:.2f}" for k in ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms",
@@ -771,8 +843,24 @@ def _build_system_command(sub) -> None:
     point.add_argument("--accuracy", type=float, metavar="PERCENT",
                        help="the least offloading that reaches this validation accuracy")
     point.add_argument("--tau", type=float, help="a fixed confidence threshold")
-    p.add_argument("--k", type=int, default=DEFAULT_K,
-                   help=f"Top-k classes that choose the expert (default {DEFAULT_K})")
+    point.add_argument("--p95-latency", type=float, metavar="MS",
+                       help="the most accurate point whose predicted p95 latency on --edge-device over --link is "
+                       "within MS (the cost model's parts are measured there first)")
+    point.add_argument("--edge-energy", type=float, metavar="MJ",
+                       help="the most accurate point whose predicted edge energy an image is within MJ")
+    p.add_argument("--k", type=int,
+                   help=f"Top-k classes that choose the expert (default {DEFAULT_K}; with a budget, default: the "
+                   "best k of the curve)")
+    p.add_argument("--curve-k", type=int, nargs="+", metavar="K",
+                   help="the k values of the operating curve the bundle carries (default 1 2 3, and --k)")
+    _add_edge_device_flags(p, "--edge-device")
+    p.add_argument("--link", default="wifi", help="the link a budget is for: wifi, lte, 5g, ethernet, rtt=..,bw=.. "
+                   "(default wifi)")
+    p.add_argument("--server-load", type=int, default=0, metavar="CLIENTS",
+                   help="competing clients on the server while the offloads are measured (default 0)")
+    p.add_argument("--edge-profile", help="the edge's power for --edge-energy (default: the device's, else "
+                   "raspberry-pi-4)")
+    p.add_argument("--radio", help="the radio's energy profile (default: wifi for wifi, cellular for lte and 5g)")
     _add_rule_flags(p)
     p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
@@ -864,7 +952,23 @@ def _edge_command(sub) -> None:
                    "(and 'labels'), or split:test|val|train of the generalist's dataset (full install)")
     p.add_argument("--limit", type=int, help="use at most this many inputs (a stratified subset when labelled)")
     p.add_argument("--batch-size", type=int, default=1, help="inputs processed together (1: a live stream)")
-    p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit")
+    p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit; or a schedule, "
+                   "wifi@0,lte@500 (lte from image 500 on; SIGUSR1 to the edge moves to the next entry at once)")
+    p.add_argument("--corrupt", metavar="NAME:SEVERITY[@IMAGE]",
+                   help="drift the inputs: gaussian_noise, brightness, contrast or gaussian_blur at severity 1..5 "
+                   "(CIFAR-10-C's settings), from image IMAGE on (default 0), e.g. gaussian_noise:3@1000")
+    hold = p.add_mutually_exclusive_group()
+    hold.add_argument("--slo-p95", type=float, metavar="MS",
+                      help="hold the p95 latency under MS: tau moves along the bundle's operating curve as offloads "
+                      "get slower or faster (windows of 100 images)")
+    hold.add_argument("--energy-budget", type=float, metavar="MJ",
+                      help="hold the edge's energy an image under MJ (the --edge-profile's power, the --radio's cost)")
+    hold.add_argument("--target-offload", type=float, metavar="SHARE",
+                      help="hold the offload share at SHARE (0..1) as the inputs drift, without labels (tau follows "
+                      "the confidence's quantile over the last 500 images)")
+    p.add_argument("--edge-profile", help="the edge's power for --energy-budget (costs/profiles.yaml; default: the "
+                   "emulated device's, else raspberry-pi-4)")
+    p.add_argument("--radio", default="wifi", help="the radio's energy for --energy-budget: wifi or cellular")
     p.add_argument("--offload-rate", type=float, default=0.3,
                    help="run directories only: target offload rate for tau on validation (a bundle has its own)")
     p.add_argument("--tau", type=float, help="confidence threshold (overrides the bundle's / --offload-rate)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from askexpert.contract.schema import SCHEMA_VERSION, SYSTEM_FILE, SystemManifest
+from askexpert.contract.schema import READABLE_VERSIONS, SCHEMA_VERSION, SYSTEM_FILE, OperatingPoint, SystemManifest
 from askexpert.errors import CheckpointError
 from askexpert.security import check_system_id, confined
 
@@ -106,9 +106,10 @@ def load_bundle(path: Path, *, verify: bool = True, expect_id: str | None = None
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{manifest_file} is not valid JSON ({err})", fix="build the bundle again") from err
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
-        raise CheckpointError(f"{manifest_file} has schema version {version!r}; this askexpert reads version "
-                              f"{SCHEMA_VERSION}", fix="build the bundle again with this version of askexpert, or "
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"{manifest_file} has schema version {version!r}; this askexpert reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))} (it writes {SCHEMA_VERSION})",
+                              fix="build the bundle again with this version of askexpert, or "
                               "install the askexpert version that built it")
     try:
         manifest = SystemManifest.model_validate(raw)
@@ -127,3 +128,13 @@ def load_bundle(path: Path, *, verify: bool = True, expect_id: str | None = None
                 raise CheckpointError(f"bundle file {f} does not match its sha256 in {SYSTEM_FILE} (damaged or "
                                       "changed after the build)", fix="copy the bundle again, or rebuild it")
     return Bundle(path, manifest)
+
+
+def repoint(bundle: Bundle, *, tau: float, k: int, point: OperatingPoint) -> Bundle:
+    """The bundle at another operating point of its curve: ``system.json``'s routing rewritten (its
+    system id changes with it; every other file, and its hash, stays)."""
+    m = bundle.manifest
+    routing = m.routing.model_copy(update={"tau": tau, "k": k, "operating_point": point})
+    manifest = SystemManifest.model_validate(m.model_copy(update={"routing": routing}).model_dump())
+    (bundle.root / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
+    return load_bundle(bundle.root)

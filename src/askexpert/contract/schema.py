@@ -2,7 +2,9 @@
 
 Pydantic only (no torch, no dataset code), so the edge device, the server and the training code all
 read the same definitions. ``system.json`` is schema-versioned; a bundle whose version this code does
-not know is refused with the fix named.
+not know is refused with the fix named. Version 2 added the operating curve (``curve``) and a
+budget's prediction (``operating_point.predicted``); a version-1 ``system.json`` still loads, without
+a curve, and runs at its one tau.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from askexpert.contract.labels import Confidence, Fallback
 from askexpert.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # what this code loads: version 1 has no operating curve
 SYSTEM_FILE = "system.json"
 
 
@@ -96,13 +99,59 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Prediction(_Strict):
+    """What the cost model expects at an operating point on one edge device and link (build-system with a
+    latency or energy budget): from the measured parts it names."""
+
+    device: str = Field(description="the edge device it is for (an edge speed profile, or host)")
+    link: str = Field(description="the link it is for")
+    load: int = Field(ge=0, description="competing clients on the server while its parts were measured")
+    p95_ms: float = Field(description="predicted p95 latency an image (ms)")
+    mean_ms: float
+    edge_mj: float = Field(description="predicted edge energy an image (mJ): compute, waiting and radio")
+    edge_ms: float = Field(description="the generalist's median time an image on the device (measured)")
+    offload_ms: float = Field(description="an offload's median time on the socket, without the link (measured)")
+    link_ms: float = Field(description="the link's round trip and serialisation for one offload (modelled)")
+
+
 class OperatingPoint(_Strict):
     """How tau was chosen on validation, and what it gave there."""
 
-    target: Literal["offload", "accuracy", "tau"]
-    value: float = Field(description="target offload share (0..1), target accuracy (%) or the given tau")
+    target: Literal["offload", "accuracy", "tau", "p95-latency", "edge-energy"]
+    value: float = Field(description="target offload share (0..1), target accuracy (%), the given tau, or the "
+                         "budget: p95 latency (ms) or edge energy (mJ) an image")
     val_offload_rate: float = Field(description="offload rate on validation at this tau (%)")
     val_accuracy: float = Field(description="collaborative accuracy on validation at this tau (%)")
+    predicted: Prediction | None = None
+
+
+class CurvePoint(_Strict):
+    """One point of the operating curve: a (tau, k) and what it gives on validation."""
+
+    tau: float
+    k: int = Field(ge=1)
+    offload_rate: float = Field(description="validation images offloaded (%)")
+    accuracy: float = Field(description="collaborative accuracy on validation (%)")
+    offloaded_accuracy: float | None = Field(description="accuracy on the offloaded validation images (%); none "
+                                             "when nothing is offloaded")
+    expert_share: list[float] = Field(description="each expert's share of the offloaded images (0..1)")
+
+
+class OperatingCurve(_Strict):
+    """Where the system can run: for a grid of tau and each k offered, validation offload, accuracy and
+    load per expert, and the bytes one offload moves. The edge's controllers move along it at run time."""
+
+    points: list[CurvePoint]
+    up_bytes: int = Field(description="request body of one offloaded image (bytes)")
+    down_bytes: int = Field(description="response of one image, as the server sends it with topk 3 (bytes)")
+
+    def for_k(self, k: int) -> list[CurvePoint]:
+        """The points of one k, by rising offload rate."""
+        return sorted((p for p in self.points if p.k == k), key=lambda p: (p.offload_rate, -p.tau))
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted({p.k for p in self.points})
 
 
 class RoutingSpec(_Strict):
@@ -165,6 +214,7 @@ class SystemManifest(_Strict):
     generalist: GeneralistEntry
     experts: list[ExpertEntry]
     general: GeneralEntry | None = None
+    curve: OperatingCurve | None = Field(default=None, description="the operating curve (schema 2 on; none in 1)")
     files: dict[str, str] = Field(description="path inside the bundle -> sha256 of the file")
 
     @model_validator(mode="after")

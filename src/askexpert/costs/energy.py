@@ -32,6 +32,29 @@ class Energy:
     total_mj_per_image: float
 
 
+def edge_energy_j(edge: DeviceProfile, radio: NetworkProfile, busy_s: float, wait_s: float,
+                  moved_bytes: float) -> tuple[float, float, float]:
+    """The edge's energy, in joules: compute (``busy_s`` at the active power), waiting for offloads
+    (``wait_s`` at the idle power; 0 without a sourced one) and the radio for ``moved_bytes``. The one
+    formula of measured traces (:meth:`CostModel.energy`) and of predictions (:mod:`askexpert.costs.plan`)."""
+    return edge.energy_j(busy_s), (edge.idle_w or 0.0) * wait_s, radio.energy_j(int(moved_bytes))
+
+
+def edge_times(traces) -> tuple[float, float, float]:
+    """What the edge spent on ``traces``: seconds computing (its share of the generalist's batches, and of
+    the experts' where they ran on the edge), seconds waiting for offloads (the device stays powered,
+    idle), and bytes moved."""
+    busy = sum(t.edge_share_ms + (t.expert_share_ms if t.expert_on_edge else 0.0) for t in traces) / 1000
+    wait = sum(t.network_ms + t.link_ms + t.queue_ms + t.expert_ms for t in traces
+               if t.route.offloaded and not t.expert_on_edge) / 1000
+    return busy, wait, sum(t.up_bytes + t.down_bytes for t in traces)
+
+
+def edge_mj_per_image(traces, edge: DeviceProfile, radio: NetworkProfile) -> float:
+    """The edge's energy an image of ``traces`` (mJ): the same formula as :meth:`CostModel.energy`."""
+    return 1000 * sum(edge_energy_j(edge, radio, *edge_times(traces))) / max(len(traces), 1)
+
+
 @dataclass
 class CostModel:
     edge: DeviceProfile
@@ -41,15 +64,9 @@ class CostModel:
     def energy(self, traces, server_measured_j: float | None = None, server_meter: str | None = None) -> Energy:
         """Energy per image of ``traces`` (:class:`~askexpert.runtime.edge.SampleTrace`)."""
         n = max(len(traces), 1)
-        edge_busy_s = sum(t.edge_share_ms + (t.expert_share_ms if t.expert_on_edge else 0.0) for t in traces) / 1000
         server_busy_s = sum(0.0 if t.expert_on_edge else t.expert_share_ms for t in traces) / 1000
-        moved = sum(t.up_bytes + t.down_bytes for t in traces)
-        # while an offload is in flight the edge device stays powered, waiting: idle power x that time
-        edge_wait_s = sum(t.network_ms + t.link_ms + t.queue_ms + t.expert_ms for t in traces
-                          if t.route.offloaded and not t.expert_on_edge) / 1000
-        edge_compute = self.edge.energy_j(edge_busy_s)
-        edge_wait = (self.edge.idle_w or 0.0) * edge_wait_s
-        radio = self.radio.energy_j(int(moved))
+        edge_busy_s, edge_wait_s, moved = edge_times(traces)
+        edge_compute, edge_wait, radio = edge_energy_j(self.edge, self.radio, edge_busy_s, edge_wait_s, moved)
         wait_text = (f"{self.edge.idle_w} W idle x time waiting for offloads" if self.edge.idle_w
                      else "waiting not counted (no sourced idle power)")
         if server_measured_j is not None:

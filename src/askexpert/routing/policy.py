@@ -88,6 +88,12 @@ class Router:
         self.policy = policy
         self.member_t = np.ascontiguousarray(np.asarray(membership, dtype=np.float32).T)  # [C, E]
 
+    def with_policy(self, policy: RoutingPolicy) -> Router:
+        """The same experts under another policy (a controller moved tau)."""
+        router = Router.__new__(Router)
+        router.policy, router.member_t = policy, self.member_t
+        return router
+
     def route(self, logits) -> RouteDecision:
         """Keep or offload every row of the generalist's ``logits`` ``[N, C]``, and to which expert."""
         z = np.asarray(logits, dtype=np.float32)

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
@@ -30,6 +30,8 @@ from askexpert.contract.protocol import ExpertInfo
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.routing.system import share
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
+from askexpert.runtime.control import Controller, Observation
+from askexpert.runtime.link import LinkSchedule
 
 log = logging.getLogger("askexpert.edge")
 
@@ -127,6 +129,9 @@ class SampleTrace:
     up_bytes: float = 0.0  # this sample's share of its request's bytes
     down_bytes: float = 0.0
     error: str | None = None
+    tau: float | None = None  # the threshold in force for this image
+    tau_why: str | None = None  # why it last changed ("fixed": no controller)
+    link: str | None = None  # the emulated link in force (a schedule's entry)
 
     def lived(self, t: OffloadTiming) -> None:
         """Take the timing of the offload this image went through."""
@@ -150,9 +155,13 @@ class EdgeRunner:
     while the server cannot be reached the unsure samples keep the generalist's answer, flagged degraded."""
 
     def __init__(self, generalist: EdgeModel, policy: RoutingPolicy, client: ExpertClient | None,
-                 experts: list[ExpertTarget] | None = None, *, experts_on_edge: bool = False) -> None:
+                 experts: list[ExpertTarget] | None = None, *, experts_on_edge: bool = False,
+                 controller: Controller | None = None, link: LinkSchedule | None = None) -> None:
+        """``controller`` moves tau as the run goes (:mod:`askexpert.runtime.control`); ``link`` is the
+        schedule of the emulated link the client adds, moved to each batch's first image."""
         self.generalist, self.policy, self.client = generalist, policy, client
         self.experts_on_edge = experts_on_edge
+        self.controller, self.link = controller, link
         self.router: Router | None = None
         self.expert_ids: list[str] = []
         self.expert_classes: list[set[int]] = []
@@ -233,6 +242,12 @@ class EdgeRunner:
     def process(self, images: np.ndarray, labels: np.ndarray | None = None, start_index: int = 0) -> list[SampleTrace]:
         """Answer one batch of ``uint8 [B, C, H, W]`` images; returns one trace per image."""
         n = len(images)
+        if self.link is not None:
+            self.link.at(start_index)
+        if self.controller is not None and self.controller.tau != self.policy.tau:
+            self.policy = replace(self.policy, tau=self.controller.tau)
+            if self.router is not None:
+                self.router = self.router.with_policy(self.policy)
         t0 = time.perf_counter()
         logits = self.generalist.logits(images)
         edge_ms = (time.perf_counter() - t0) * 1000  # every sample of the batch waits for all of it
@@ -264,7 +279,12 @@ class EdgeRunner:
                 else:
                     t.route = Route.EXPERT_FALLBACK if fell_back[i] else Route.EXPERT
                 t.lived(asked.timing.get(i, OffloadTiming()))
+            t.tau, t.tau_why = self.policy.tau, self.controller.why if self.controller is not None else "fixed"
+            t.link = self.link.name if self.link is not None else None
             traces.append(t.finish())
+        if self.controller is not None:
+            for t in traces:
+                self.controller.observe(Observation.of(t))
         return traces
 
     def _offload(self, e: int, images: np.ndarray, idx: np.ndarray, start_index: int, asked: _Offloads) -> None:

@@ -10,18 +10,26 @@ install; kept for experiments).
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.schema import OperatingCurve
+from askexpert.corruptions import Corruption
+from askexpert.costs.energy import edge_mj_per_image
+from askexpert.costs.profiles import device, network
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.routing import DEFAULT_K, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, ServerSet
+from askexpert.runtime.control import BudgetController, Controller, ControlReport, OffloadTracker, control_report
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
-from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.link import LinkProfile, LinkSchedule
 from askexpert.runtime.records import AnswerLog, resume, skip
 
 log = logging.getLogger("askexpert.edge")
@@ -32,7 +40,8 @@ class EdgeSettings:
     system: Path  # a bundle (directory or archive), or a generalist's run directory
     server: str | list[str] | None  # one expert server's URL, or several (each expert asked where it is)
     inputs: list[str] = field(default_factory=lambda: ["split:test"])
-    link: LinkProfile | None = None
+    link: LinkProfile | LinkSchedule | None = None  # a schedule changes it during the run (and on SIGUSR1)
+    corrupt: Corruption | None = None  # drifted inputs: a corruption applied to the stream
     offload_rate: float = 0.3  # run directories only: the bundle fixed its operating point at build time
     tau: float | None = None  # overrides
     temperature: float | None = None
@@ -51,6 +60,11 @@ class EdgeSettings:
     token: str | None = field(default=None, repr=False)  # the server's bearer token (never printed)
     ca_file: Path | None = None  # the authority of an https server's certificate
     expect_system_id: str | None = None  # the published sha256 of the bundle's system.json
+    slo_p95_ms: float | None = None  # hold a p95 latency: tau moves along the bundle's curve
+    energy_budget_mj: float | None = None  # hold an edge energy an image (with energy_profile and radio)
+    target_offload: float | None = None  # hold the offload share (0..1), label-free
+    energy_profile: str = "raspberry-pi-4"  # the edge's power (costs/profiles.yaml) for --energy-budget
+    radio: str = "wifi"
 
 
 @dataclass
@@ -63,6 +77,7 @@ class EdgeSystem:
     data: dict | None  # the generalist's dataset config (for split: inputs)
     system_id: str | None  # sha256 of system.json (None: a run directory)
     source: str
+    curve: OperatingCurve | None = None  # the bundle's operating curve (none: schema 1, a run directory)
 
 
 @dataclass
@@ -78,6 +93,8 @@ class EdgeReport:
     class_names: list[str] = field(default_factory=list)
     files: list[str] | None = None  # each input's file, by index (file and folder inputs)
     resumed: int = 0  # answers read back from an interrupted run's files
+    control: ControlReport | None = None  # what holding the operating point did (a controller ran)
+    corruption: str | None = None
 
 
 def open_system(s: EdgeSettings) -> EdgeSystem:
@@ -92,7 +109,7 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
             confidence=s.confidence or r.confidence, fallback=s.fallback or r.fallback)
         experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
         return EdgeSystem(OnnxGeneralist(bundle.generalist_onnx, threads=s.threads), policy, experts,
-                          dict(m.data.config), bundle.system_id, f"bundle {bundle.root}")
+                          dict(m.data.config), bundle.system_id, f"bundle {bundle.root}", m.curve)
     if s.expect_system_id is not None:
         raise ConfigError(f"--expect-system-id pins a bundle, and {s.system} is a generalist's run directory",
                           fix="run the bundle (askexpert build-system), or leave out --expect-system-id")
@@ -125,6 +142,55 @@ def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
                                  fix="serve this bundle: askexpert serve BUNDLE")
 
 
+def controller_for(s: EdgeSettings, system: EdgeSystem) -> tuple[str, float, Controller] | None:
+    """The controller the settings ask for (mode, target, controller), or None for a fixed tau."""
+    asked = [(flag, v) for flag, v in (("--slo-p95", s.slo_p95_ms), ("--energy-budget", s.energy_budget_mj),
+                                       ("--target-offload", s.target_offload)) if v is not None]
+    if not asked:
+        return None
+    if len(asked) > 1:
+        raise ConfigError(f"{' and '.join(f for f, _ in asked)} each move tau: give one",
+                          fix="hold one target: --slo-p95, --energy-budget or --target-offload")
+    if s.tau is not None:
+        raise ConfigError(f"--tau fixes the threshold and {asked[0][0]} moves it", fix="leave out --tau")
+    tau = system.policy.tau
+    if s.target_offload is not None:
+        return "target-offload", s.target_offload, OffloadTracker(s.target_offload, tau)
+    if system.curve is None:
+        why = "a generalist's run directory" if system.system_id is None else "a schema-1 bundle"
+        raise ConfigError(f"{asked[0][0]} moves tau along the bundle's operating curve, and {system.source} has "
+                          f"none ({why})", fix="build the bundle with this askexpert (askexpert build-system)")
+    points = system.curve.for_k(system.policy.k)
+    if not points:
+        raise ConfigError(f"the bundle's operating curve has no point with k {system.policy.k}",
+                          fix=f"run with --k among {system.curve.ks}")
+    if s.slo_p95_ms is not None:
+        return "slo-p95", s.slo_p95_ms, BudgetController(points, tau, slo_p95_ms=s.slo_p95_ms)
+    return "energy-budget", s.energy_budget_mj, BudgetController(
+        points, tau, energy_mj=s.energy_budget_mj, edge=device(s.energy_profile), radio=network(s.radio))
+
+
+@contextmanager
+def _link_signal(link):
+    """SIGUSR1 moves a link schedule to its next entry (a link changed by a signal), while the run lasts."""
+    if not isinstance(link, LinkSchedule) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGUSR1, link.advance)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _corrupted(batches, corruption: Corruption | None, first: int):
+    """The batches with ``corruption`` applied (the stream's images numbered from ``first``)."""
+    index = first
+    for images, labels in batches:
+        yield (images if corruption is None else corruption.apply(images, index)), labels
+        index += len(images)
+
+
 def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
     """Answer every input, each batch's answers written (flushed) to ``s.predictions`` / ``s.trace`` as
     soon as it is made; with ``s.resume``, go on after the answers those files already hold."""
@@ -140,21 +206,32 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
     clients = [HttpExpertClient(url, timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s,
                                 token=s.token, ca_file=s.ca_file, system_id=system.system_id) for url in urls]
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
+    control = controller_for(s, system)
     try:
         _check_servers(clients, system)
-        runner = EdgeRunner(model, system.policy, client, system.experts)
+        runner = EdgeRunner(model, system.policy, client, system.experts,
+                            controller=control[2] if control else None,
+                            link=s.link if isinstance(s.link, LinkSchedule) else None)
         task = progress.add_task(f"edge ({model.backend})", total=source.count, completed=len(restored),
                                  info=source.description) if progress else None
+        batches = _corrupted(skip(source.batches, len(restored)), s.corrupt, len(restored))
         with AnswerLog(s.predictions, s.trace, class_names=list(model.class_names), files=source.files,
-                       append=bool(restored)) as answers:
-            traces = restored + list(runner.run(skip(source.batches, len(restored)), start_index=len(restored),
-                                                on_batch=answers.write, progress=progress, task=task))
+                       append=bool(restored)) as answers, _link_signal(s.link):
+            traces = restored + list(runner.run(batches, start_index=len(restored), on_batch=answers.write,
+                                                progress=progress, task=task))
     finally:
         if client is not None:
             client.close()
-    return EdgeReport(summarize(traces), traces, system.policy, model.backend, source.description,
+    report = None
+    if control is not None:
+        mode, target, controller = control
+        energy = ((lambda chunk: edge_mj_per_image(chunk, device(s.energy_profile), network(s.radio)))
+                  if mode == "energy-budget" else None)
+        report = control_report(mode, target, controller.changes, traces[len(restored):], energy_mj=energy)
+    return EdgeReport(summarize(traces), traces, runner.policy, model.backend, source.description,
                       s.link.describe() if s.link else "loopback (none)", ", ".join(urls) or None, system.source,
-                      list(model.class_names), source.files, len(restored))
+                      list(model.class_names), source.files, len(restored), report,
+                      s.corrupt.describe() if s.corrupt else None)
 
 
 def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:

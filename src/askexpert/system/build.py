@@ -39,6 +39,7 @@ from askexpert.system.calibrate import (
     data_identity,
     expert_run,
     load_experts,
+    operating_curve,
     outputs_of,
     require_same_images,
 )
@@ -75,8 +76,9 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
                  accuracy: float | None = None, tau: float | None = None, k: int = 3,
                  confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
                  archive: bool = False, name: str | None = None, device: str = "auto",
-                 overwrite: bool = False) -> Bundle:
-    """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``."""
+                 overwrite: bool = False, curve_ks: list[int] | None = None) -> Bundle:
+    """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``, with
+    its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes)."""
     if offload is None and accuracy is None and tau is None:
         offload = 0.3
     out = Path(out)
@@ -90,6 +92,10 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     t_gen = fit_temperature(gen.val_logits, gen.val_labels)
     policy, point = choose_tau(gen, experts, temperature=t_gen, k=k, confidence=confidence, fallback=fallback,
                                offload=offload, accuracy=accuracy, tau=tau)
+    classes = len(gen_meta.class_names)
+    ks = sorted({min(x, classes) for x in (curve_ks or [1, 2, 3]) + [k]})
+    curve = operating_curve(gen, experts, temperature=t_gen, ks=ks, confidence=confidence, fallback=fallback,
+                            spec=gen_meta.model.input)
 
     staging = out.with_name(f".{out.name}.building")
     if staging.exists():
@@ -117,12 +123,20 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=partition,
         routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=confidence,
                             fallback=fallback, operating_point=point),
-        generalist=gen_entry, experts=expert_entries, general=general_entry, files=files,
+        generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, files=files,
     )
     (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.replace(out)
     if archive:
-        with tarfile.open(out.with_name(out.name + ".tar.gz"), "w:gz") as tar:
-            tar.add(out, arcname=out.name)
+        archive_bundle(out)
     return load_bundle(out)
+
+
+def archive_bundle(root: Path) -> Path:
+    """``ROOT.tar.gz`` of the bundle directory (what ``askexpert serve`` and ``edge`` open as they are)."""
+    root = Path(root)
+    target = root.with_name(root.name + ".tar.gz")
+    with tarfile.open(target, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return target

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from askexpert.contract.schema import DataIdentity, OperatingPoint, Partition
+from askexpert.contract.protocol import infer_response
+from askexpert.contract.schema import CurvePoint, DataIdentity, InputSpec, OperatingCurve, OperatingPoint, Partition
 from askexpert.errors import ConfigError
 from askexpert.models import read_meta
 from askexpert.models.checkpoint import checkpoint_stem
@@ -197,3 +198,41 @@ def generalist_policy(generalist: Path, *, offload_rate: float, k: int, confiden
         if tau is None:
             tau = tau_for_offload(validation_confidence(gen, temperature, confidence), offload_rate)
     return RoutingPolicy(tau=tau, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
+
+
+def curve_rates() -> list[float]:
+    """The offload shares the operating curve is computed at: every 0.5% up to 10% (where a latency budget
+    on a slow link lands), every 2% above."""
+    return sorted({round(r, 4) for r in [i / 200 for i in range(21)] + [i / 50 for i in range(5, 51)]})
+
+
+def one_image_bytes(spec: InputSpec, topk: int = 3) -> tuple[int, int]:
+    """Bytes of one offloaded image: its request body (raw uint8) and the server's JSON answer (the
+    protocol's own answer builder, with full-precision probabilities as the server sends them)."""
+    ids = list(range(topk))
+    p = [0.4123456789012345, 0.3123456789012345, 0.2123456789012345][:topk]
+    result = {"pred": 0, "confidence": p[0], "other": False, "topk": ids, "probs": p}
+    down = json.dumps(infer_response("0", [result], 0.0123456789012, 1.123456789012, 1), separators=(",", ":"))
+    return spec.channels * spec.size * spec.size, len(down.encode())
+
+
+def operating_curve(generalist: Outputs, experts: ExpertSet, *, temperature: float, ks: list[int],
+                    confidence: str, fallback: str, spec: InputSpec) -> OperatingCurve:
+    """The system on validation over a grid of tau (:func:`curve_rates`) for every k in ``ks``: offload
+    rate, accuracy, accuracy on the offloaded images and each expert's share, as the bundle carries it."""
+    conf = validation_confidence(generalist, temperature, confidence)
+    n = generalist.val_logits.shape[1]
+    membership = experts.membership(n)
+    taus = sorted({tau_for_offload(conf, r) for r in curve_rates()})
+    points = []
+    for k in sorted(set(ks)):
+        for tau in taus:
+            policy = RoutingPolicy(tau=tau, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
+            m = system_metrics(generalist.val_logits, generalist.val_labels, membership, experts.val, policy)
+            load = np.asarray(m.expert_load, dtype=np.float64)
+            points.append(CurvePoint(
+                tau=tau, k=k, offload_rate=m.offload_rate, accuracy=m.accuracy,
+                offloaded_accuracy=None if m.offloaded == 0 else m.offloaded_accuracy_system,
+                expert_share=(load / load.sum()).tolist() if load.sum() else [0.0] * len(load)))
+    up, down = one_image_bytes(spec)
+    return OperatingCurve(points=points, up_bytes=up, down_bytes=down)

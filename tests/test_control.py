@@ -1,0 +1,184 @@
+"""Holding an operating point: the cost model's mixture, the budget controller and the label-free offload
+tracker, driven by a fake clock and scripted latencies (no sleeping, no server: the same numbers on every run)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from askexpert.contract.schema import CurvePoint, OperatingCurve
+from askexpert.costs.plan import CostParts, LatencyMix, choose, window_breach
+from askexpert.costs.profiles import device, network
+from askexpert.errors import ConfigError
+from askexpert.runtime.control import BudgetController, Observation, OffloadTracker, control_report
+
+
+def curve(k: int = 3) -> list[CurvePoint]:
+    """A synthetic operating curve: offload 0, 0.5, ..., 10% then every 2%; accuracy rising to a peak at 50%
+    offload (the experts help the unsure images, then the sure ones lose a little)."""
+    rates = sorted({*(i / 2 for i in range(21)), *range(10, 101, 2)})
+    return [CurvePoint(tau=r / 100, k=k, offload_rate=r, accuracy=90 + 3 * min(r, 50) / 50 - 0.01 * max(r - 50, 0),
+                       offloaded_accuracy=None if r == 0 else 80.0, expert_share=[0.5, 0.5]) for r in rates]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def drive(controller, phases, seed: int = 0, clock: Clock | None = None):
+    """Feed the controller images: in each phase (images, offload ms), an image is offloaded when its
+    confidence (uniform, so the share offloaded is the point's) falls below the controller's tau. Returns,
+    per image, (phase, offload rate of the point in force, tau)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for p, (n, offload_ms) in enumerate(phases):
+        for _ in range(n):
+            tau = controller.tau
+            conf = float(rng.random())
+            edge = float(10 + rng.normal(0, 0.5))
+            off = None
+            if conf < tau:
+                off = math.inf if offload_ms is None else float(offload_ms + rng.exponential(1.0))
+            total = edge + (0 if off is None or math.isinf(off) else off)
+            controller.observe(Observation(edge, conf, off, 1000.0 if off is not None else 0.0, total))
+            if clock is not None:
+                clock.t += (total or 10) / 1000
+            out.append((p, getattr(controller, "point", None), tau))
+    return out
+
+
+def test_the_window_breach_is_the_binomial_tail():
+    """The chance that a window's p95 breaks a threshold: at least W - floor(0.95 (W - 1)) slow images of W."""
+    for w in (20, 100):
+        need = w - math.floor(0.95 * (w - 1))
+        for q in (0.0, 0.01, 0.05, 0.2, 1.0):
+            exact = sum(math.comb(w, s) * q ** s * (1 - q) ** (w - s) for s in range(need, w + 1))
+            assert float(window_breach(q, w)) == pytest.approx(exact, abs=1e-12)
+    # and it is what np.percentile does: 6 slow of 100 break a p95, 5 do not
+    assert np.percentile([10.0] * 95 + [60.0] * 5, 95) < 20 < np.percentile([10.0] * 94 + [60.0] * 6, 95)
+
+
+def test_the_latency_mixture_has_exact_quantiles():
+    """Kept images cost the edge's time, offloaded ones the edge's + the offload's + the link's."""
+    mix = LatencyMix([10.0] * 8, [[20.0] * 4, [40.0] * 4], [0.5, 0.5], rate=0.2, link_ms=5.0)
+    # 80% at 10 ms, 10% at 35 ms, 10% at 55 ms
+    assert mix.quantile(0.5) == 10.0 and mix.quantile(0.85) == 35.0 and mix.quantile(0.95) == 55.0
+    assert mix.exceed(10.0) == pytest.approx(0.2) and mix.exceed(35.0) == pytest.approx(0.1)
+    assert mix.mean == pytest.approx(0.8 * 10 + 0.1 * 35 + 0.1 * 55)
+    assert LatencyMix([10.0], [[math.inf]], [1.0], rate=1.0).exceed(1e9) == 1.0  # a failed offload is slow
+
+
+def parts(offload_ms: float) -> CostParts:
+    return CostParts(device="test", link="test", load=0, edge_ms=(10.0,) * 20, offload_ms=((offload_ms,) * 20,) * 2,
+                     link_ms=5.0, up_bytes=784, down_bytes=250, edge_profile=device("raspberry-pi-4"),
+                     radio=network("wifi"))
+
+
+def test_choosing_from_a_budget_takes_the_most_accurate_point_that_fits_and_refuses_naming_the_nearest():
+    c = OperatingCurve(points=curve(), up_bytes=784, down_bytes=250)
+    # offloaded images take 10 + 20 + 5 = 35 ms: a 30 ms p95 allows at most 5% offload
+    choice = choose(c, parts(20.0), p95_ms=30.0)
+    assert choice.point.offload_rate == 5 and choice.prediction.p95_ms == 10.0
+    # a budget every point meets: the peak of accuracy
+    assert choose(c, parts(20.0), p95_ms=100.0).point.offload_rate == 50
+    # energy: a Pi 4's 5.4 W for 10 ms is 54 mJ; each offload adds 2.3 W idle x 25 ms and the radio
+    e = choose(c, parts(20.0), edge_mj=60.0)
+    assert e.prediction.edge_mj <= 60.0 and 0 < e.point.offload_rate < 50
+    with pytest.raises(ConfigError, match=r"the least any point needs is 10\.0 ms.*raise --p95-latency to at least 10"):
+        choose(c, parts(20.0), p95_ms=5.0)
+    with pytest.raises(ConfigError, match="--edge-energy to at least"):
+        choose(c, parts(20.0), edge_mj=1.0)
+
+
+def test_the_slo_controller_converges_follows_the_link_and_recovers_without_oscillating():
+    """wifi-like offloads (15 ms: every point is within a 40 ms SLO) -> lte-like ones (60 ms: only a few
+    per cent may be offloaded) -> wifi again."""
+    clock = Clock()
+    points = curve()
+    c = BudgetController(points, start_tau=0.30, slo_p95_ms=40.0, clock=clock)
+    seen = drive(c, [(1500, 15.0), (2500, 60.0), (2500, 15.0)], clock=clock)
+    rates = [p.offload_rate for _, p, _ in seen]
+    # converged: the peak of accuracy while offloads are fast, a few per cent while they are slow, the peak again
+    assert rates[1499] == 50 and rates[-1] == 50
+    assert 1.0 <= rates[3999] <= 2.5
+    # no oscillation: each phase's last 1000 images run at one point
+    for end in (1500, 4000, 6500):
+        assert len(set(rates[end - 1000:end])) == 1, f"tau still moving before image {end}"
+    # it reacts: within 300 images of the change it offloads at most 5%
+    assert max(rates[1500 + 300:4000]) <= 5.0
+    # bounded: every tau is one of the curve's, every move at most 15 points of offload (or one curve step)
+    taus = {p.tau for p in points}
+    assert all(ch.tau in taus for ch in c.changes)
+    gaps = [abs(a.val_offload_rate - b.val_offload_rate) for a, b in zip(c.changes, c.changes[1:], strict=False)]
+    assert max(gaps) <= 15.0
+    assert all(ch.why for ch in c.changes) and c.changes[-1].why.startswith("up")
+    # the windows' report: p95 of each 100 images and the share within the SLO
+    assert len(c.changes) < 40  # a handful of moves a phase, not one an image
+
+
+def test_failed_offloads_count_as_slow():
+    """A timeout or a 503 (an infinite offload time) drives the controller down like a slow link."""
+    c = BudgetController(curve(), start_tau=0.5, slo_p95_ms=40.0, clock=Clock())
+    drive(c, [(600, None)])
+    assert c.point.offload_rate <= 2.5 and "failed" in c.changes[-1].why
+
+
+def test_the_energy_controller_keeps_the_edge_within_its_budget():
+    """54 mJ of generalist an image, plus 2.3 W x the wait and the radio for each offload: a 60 mJ budget
+    allows some offloads while they take 15 ms, fewer when they take 60 ms."""
+    c = BudgetController(curve(), start_tau=0.3, energy_mj=60.0, edge=device("raspberry-pi-4"), radio=network("wifi"),
+                         clock=Clock())
+    seen = drive(c, [(1500, 15.0), (1500, 60.0)])
+    fast, slow = seen[1499][1], seen[-1][1]
+    assert 0 < slow.offload_rate < fast.offload_rate
+    for p in (fast, slow):
+        wait = 15.0 if p is fast else 60.0
+        assert 5.4 * 10.0 + p.offload_rate / 100 * (2.3 * wait + 8 * 1000 * 6.45e-7 * 1000) <= 60.0 + 0.5
+
+
+def test_the_offload_tracker_holds_the_share_as_the_confidences_shift():
+    """Confidences drift lower (noisier inputs): a fixed tau offloads far more, the tracker keeps 30%."""
+    rng = np.random.default_rng(1)
+    clean, noisy = rng.beta(6, 1, 3000), rng.beta(2, 1, 6000)
+    stream = np.concatenate([clean, noisy])
+    fixed_tau = float(np.quantile(clean, 0.3))
+    tracker = OffloadTracker(0.3, fixed_tau, clock=Clock())
+    offloaded = []
+    for conf in stream:
+        offloaded.append(conf < tracker.tau)
+        tracker.observe(Observation(10.0, float(conf)))
+    after = np.array(offloaded[3000 + 600:])  # the drift at image 3000; its window refills in 500 images
+    windows = after[: len(after) // 100 * 100].reshape(-1, 100).mean(1) * 100
+    assert abs(after.mean() * 100 - 30) <= 3
+    assert np.mean(np.abs(windows - 30) <= 10) >= 0.95  # 100-image windows are binomial: +/- 10 points
+    assert float(np.mean(noisy < fixed_tau)) > 0.5  # the fixed tau drifts past half
+    assert len(tracker.changes) > 10 and "tracking 30.0% offload" in tracker.changes[-1].why
+
+
+def test_the_controllers_refuse_what_they_cannot_do():
+    with pytest.raises(ConfigError, match="one budget"):
+        BudgetController(curve(), 0.3, slo_p95_ms=40.0, energy_mj=60.0)
+    with pytest.raises(ConfigError, match="no operating curve"):
+        BudgetController([], 0.3, slo_p95_ms=40.0)
+    with pytest.raises(ConfigError, match="--edge-profile"):
+        BudgetController(curve(), 0.3, energy_mj=60.0)
+    with pytest.raises(ConfigError, match="0..1"):
+        OffloadTracker(30, 0.3)
+
+
+def test_the_report_counts_windows_within_the_target():
+    class T:
+        def __init__(self, total, off):
+            self.total_ms, self.route = total, type("R", (), {"offloaded": off})()
+
+    traces = [T(10.0, False)] * 95 + [T(60.0, True)] * 5 + [T(10.0, False)] * 90 + [T(60.0, True)] * 10 + [T(1, 0)] * 50
+    r = control_report("slo-p95", 40.0, [], traces)
+    assert (r.windows, r.windows_within, r.offload_by_window) == (2, 1, [5.0, 10.0])
+    r = control_report("target-offload", 0.08, [], traces)
+    assert r.windows_within == 2
