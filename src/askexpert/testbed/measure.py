@@ -4,8 +4,9 @@ pointed at the most accurate operating point a budget allows (``build-system --p
 :func:`measure_parts` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
 serves the bundle on the other cores (a real ``askexpert serve``), optionally with competing clients
 (:class:`~askexpert.testbed.load.CompetingLoad`: the server's queue at a stated load), and in the edge's
-own process runs what a deployed edge runs: the bundle's ONNX generalist on one image, then one offload
-of it to an expert (the experts in turn), ``samples`` times. The link's share is modelled from its
+own process runs what a deployed edge runs: the bundle's ONNX generalist on one image after another
+(kept images), then ``samples`` offloaded images (each one's generalist call, then its offload to an
+expert, the experts in turn). The link's share is modelled from its
 round trip and bandwidth and the bytes an offload really moved. :func:`plan_bundle` feeds the parts to
 the cost model (:mod:`askexpert.costs.plan`) and rewrites the bundle's routing at the chosen point,
 with what it predicts.
@@ -34,7 +35,9 @@ RADIO_OF_LINK = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the rad
 
 
 def _time_on_edge(bundle: str, url: str, samples: int, threads: int | None, token: str | None) -> dict:
-    """In the edge's process: the generalist on one image, then one offload of it, ``samples`` times."""
+    """In the edge's process: ``samples`` generalist calls back to back (kept images; a call right after an
+    offload starts on an exhausted CPU quota, which only offloaded images' successors meet), then ``samples``
+    offloaded images."""
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.onnx_model import OnnxGeneralist
 
@@ -49,10 +52,12 @@ def _time_on_edge(bundle: str, url: str, samples: int, threads: int | None, toke
         for i in range(min(10, samples)):  # warm: the session, the connection, each expert's batcher
             model.logits(images[i:i + 1])
             client.infer(ids[i % len(ids)], images[i:i + 1])
-        for i in range(samples):
+        for i in range(samples):  # a stream of kept images, one after the other
             t0 = time.perf_counter()
             model.logits(images[i:i + 1])
             edge.append((time.perf_counter() - t0) * 1000)
+        for i in range(samples):  # offloaded images: each one's generalist call, then its offload
+            model.logits(images[i:i + 1])
             reply = client.infer(ids[i % len(ids)], images[i:i + 1])
             offload[i % len(ids)].append(reply.encode_ms + reply.round_trip_ms)
             up, down = reply.up_bytes, reply.down_bytes
