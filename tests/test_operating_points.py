@@ -152,3 +152,11 @@ def test_link_schedules_parse_move_and_answer_a_signal():
                      ("wifi@x", "cannot read the start"), ("wifi@0,lte@0", "one link an image")):
         with pytest.raises(ConfigError, match=why):
             parse_schedule(bad)
+
+
+def test_competing_clients_load_a_real_server(bundle_server, capsys):
+    """`askexpert load`: other edges sharing the server, each one image at a time; what they sent is said."""
+    assert main(["load", bundle_server, "--clients", "2", "--seconds", "1.5", "--think-ms", "5"]) == 0
+    out = capsys.readouterr().out
+    sent, failed = int(out.split(" requests")[0].split()[-1]), int(out.split(" failed")[0].split()[-1])
+    assert sent > 0 and failed == 0

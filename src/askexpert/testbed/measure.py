@@ -4,9 +4,9 @@ pointed at the most accurate operating point a budget allows (``build-system --p
 :func:`measure_parts` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
 serves the bundle on the other cores (a real ``askexpert serve``), optionally with competing clients
 (:class:`~askexpert.testbed.load.CompetingLoad`: the server's queue at a stated load), and in the edge's
-own process runs what a deployed edge runs: the bundle's ONNX generalist on one image after another
-(kept images), then ``samples`` offloaded images (each one's generalist call, then its offload to an
-expert, the experts in turn). The link's share is modelled from its
+own process runs the deployed edge's own runner over ``samples`` images twice: every image kept (the
+generalist's time, as a stream lives it), then every image offloaded to the expert the router picks
+(each offload's encoding, round trip, queue and compute, per expert). The link's share is modelled from its
 round trip and bandwidth and the bytes an offload really moved. :func:`plan_bundle` feeds the parts to
 the cost model (:mod:`askexpert.costs.plan`) and rewrites the bundle's routing at the chosen point,
 with what it predicts.
@@ -14,7 +14,6 @@ with what it predicts.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from askexpert.contract.schema import OperatingPoint
 from askexpert.costs.plan import Choice, CostParts, choose
 from askexpert.costs.profiles import device as device_profile
 from askexpert.costs.profiles import network
-from askexpert.errors import ConfigError
+from askexpert.errors import AskExpertError, ConfigError
 from askexpert.runtime.link import LinkProfile
 from askexpert.serving.process import ServerProcess
 from askexpert.testbed.load import CompetingLoad
@@ -35,33 +34,41 @@ RADIO_OF_LINK = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the rad
 
 
 def _time_on_edge(bundle: str, url: str, samples: int, threads: int | None, token: str | None) -> dict:
-    """In the edge's process: ``samples`` generalist calls back to back (kept images; a call right after an
-    offload starts on an exhausted CPU quota, which only offloaded images' successors meet), then ``samples``
-    offloaded images."""
+    """In the edge's process, the real edge runner over ``samples`` images twice: every image kept (tau 0,
+    no server: the generalist's time as a stream of kept images lives it, the router and the bookkeeping
+    on the same throttled core), then every image offloaded (tau above every confidence: each offload's
+    encoding, round trip, queue and compute, per expert)."""
+    from askexpert.routing import ALL, RoutingPolicy
     from askexpert.runtime.clients import HttpExpertClient
+    from askexpert.runtime.edge import EdgeRunner, ExpertTarget
     from askexpert.runtime.onnx_model import OnnxGeneralist
 
     b = load_bundle(bundle, verify=False)
-    spec, ids = b.manifest.input, [e.id for e in b.manifest.experts]
+    m = b.manifest
+    spec, ids = m.input, [e.id for e in m.experts]
     model = OnnxGeneralist(b.generalist_onnx, threads=threads)
+    targets = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
     images = np.random.default_rng(0).integers(0, 256, (samples, spec.channels, spec.size, spec.size),
                                                dtype=np.uint8)
-    edge, offload = [], [[] for _ in ids]
-    up = down = 0
+    batches = [(images[i:i + 1], None) for i in range(samples)]
+    r = m.routing
+    kept = EdgeRunner(model, RoutingPolicy(tau=0.0, k=r.k, temperature=r.temperature, confidence=r.confidence),
+                      None, targets)
+    list(kept.run(batches[:10]))  # warm: the session
+    edge = [t.edge_ms for t in kept.run(batches)]
     with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id) as client:
-        for i in range(min(10, samples)):  # warm: the session, the connection, each expert's batcher
-            model.logits(images[i:i + 1])
-            client.infer(ids[i % len(ids)], images[i:i + 1])
-        for i in range(samples):  # a stream of kept images, one after the other
-            t0 = time.perf_counter()
-            model.logits(images[i:i + 1])
-            edge.append((time.perf_counter() - t0) * 1000)
-        for i in range(samples):  # offloaded images: each one's generalist call, then its offload
-            model.logits(images[i:i + 1])
-            reply = client.infer(ids[i % len(ids)], images[i:i + 1])
-            offload[i % len(ids)].append(reply.encode_ms + reply.round_trip_ms)
-            up, down = reply.up_bytes, reply.down_bytes
-    return {"edge_ms": edge, "offload_ms": offload, "up_bytes": up, "down_bytes": down}
+        sent = EdgeRunner(model, RoutingPolicy(tau=ALL, k=r.k, temperature=r.temperature, confidence=r.confidence),
+                          client, targets)
+        list(sent.run(batches[:10]))  # warm: the connection, the experts' batchers
+        traces = list(sent.run(batches))
+    if any(t.degraded for t in traces):
+        raise AskExpertError(f"the server at {url} failed {sum(t.degraded for t in traces)} of {samples} offloads "
+                             "while the cost model was measured", fix="check the server's log, and measure again")
+    offload = [[t.encode_ms + t.network_ms + t.queue_ms + t.expert_ms for t in traces if t.expert == e] for e in ids]
+    # an expert the random images never reached is timed like the others: the same model call on the server
+    offload = [o or [x for oo in offload for x in oo] for o in offload]
+    return {"edge_ms": edge, "offload_ms": offload, "up_bytes": int(np.mean([t.up_bytes for t in traces])),
+            "down_bytes": int(np.mean([t.down_bytes for t in traces]))}
 
 
 def measure_parts(bundle: Path, device: str, link: LinkProfile | None, *, load: int = 0, think_ms: float = 30.0,
@@ -83,7 +90,7 @@ def measure_parts(bundle: Path, device: str, link: LinkProfile | None, *, load: 
         placement = edge.placement
         energy_name = edge_profile or edge.energy_profile("raspberry-pi-4")
     radio_name = radio or (RADIO_OF_LINK.get(link.name) if link is not None else None)
-    notes = [f"{samples} generalist calls and {samples} offloads ({len(ids)} experts in turn) on {placement.label}"]
+    notes = [f"{samples} images kept and {samples} offloaded by the edge runner on {placement.label}"]
     if load:
         notes.append(f"{load} competing clients on the server, one image each, {think_ms:g} ms mean think time")
     link_ms = link.delay_s(raw["up_bytes"], raw["down_bytes"]) * 1000 if link is not None else 0.0
