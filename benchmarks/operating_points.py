@@ -103,25 +103,28 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
     base = EdgeSettings(system=bundle, server=None, inputs=[str(images)], batch_size=1, timeout_s=2.0,
                         threads=edge_speed(args.device).threads)  # the device's threads on its one core
     wifi = parse_link("wifi")
-    # plan: build-system --p95-latency on wifi, then the edge at the chosen point
-    for budget in args.budgets:
-        target = work / f"repeat-{r}-plan-{budget:g}"
-        if (out / f"plan-{budget:g}.json").is_file():
-            continue
-        import shutil
+    # plan: build-system --p95-latency on wifi, then the edge at the chosen point, in the same placement (a new
+    # placement moves the emulated device's speed by itself: docs/testbed.md)
+    import shutil
 
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(bundle, target)
-        planned, choice, parts, placement = plan_bundle(target, p95_ms=budget, device=args.device, link=wifi)
-        with EmulatedEdge(args.device) as edge, ServerProcess(planned.root, threads=1, cpus=edge.server_cores,
-                                                              extra_args=["--no-general"]) as url:
+    with EmulatedEdge(args.device) as edge:
+        for budget in args.budgets:
+            target = work / f"repeat-{r}-plan-{budget:g}"
+            if (out / f"plan-{budget:g}.json").is_file():
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(bundle, target)
             edge.recalibrate(f"plan {budget}")
-            rep = edge.call(run_edge, s=replace(base, system=planned.root, server=url, link=wifi, limit=None))
-        row = record(rep, kind="plan", budget=budget, predicted=choice.prediction.model_dump(),
-                     point=choice.point.model_dump(), placement=placement.to_dict())
-        (out / f"plan-{budget:g}.json").write_text(json.dumps(row))
-        say(f"repeat {r} plan {budget:g} ms: predicted p95 {choice.prediction.p95_ms:.1f} ms, measured "
-            f"{rep.summary.latency_ms.p95:.1f}; edge {choice.prediction.edge_mj:.1f} vs {row['edge_mj']:.1f} mJ")
+            planned, choice, parts, placement = plan_bundle(target, p95_ms=budget, device=args.device, link=wifi,
+                                                            edge=edge)
+            with ServerProcess(planned.root, threads=1, cpus=edge.server_cores, extra_args=["--no-general"]) as url:
+                rep = edge.call(run_edge, s=replace(base, system=planned.root, server=url, link=wifi, limit=None))
+            row = record(rep, kind="plan", budget=budget, predicted=choice.prediction.model_dump(),
+                         point=choice.point.model_dump(), placement=placement.to_dict(),
+                         parts={"edge_ms": list(parts.edge_ms), "offload_ms": [list(o) for o in parts.offload_ms]})
+            (out / f"plan-{budget:g}.json").write_text(json.dumps(row))
+            say(f"repeat {r} plan {budget:g} ms: predicted p95 {choice.prediction.p95_ms:.1f} ms, measured "
+                f"{rep.summary.latency_ms.p95:.1f}; edge {choice.prediction.edge_mj:.1f} vs {row['edge_mj']:.1f} mJ")
     schedule = parse_link_arg(f"wifi@0,lte@{third}")
     drift = parse_corruption(f"{args.corruption}@{third}")
     m = load_bundle(bundle).manifest

@@ -73,12 +73,13 @@ def _time_on_edge(bundle: str, url: str, samples: int, threads: int | None, toke
 
 def measure_parts(bundle: Path, device: str, link: LinkProfile | None, *, load: int = 0, think_ms: float = 30.0,
                   samples: int = 200, mode: str = "auto", edge_profile: str | None = None,
-                  radio: str | None = None) -> tuple[CostParts, Placement]:
+                  radio: str | None = None, edge: EmulatedEdge | None = None) -> tuple[CostParts, Placement]:
     """The parts of the cost model of ``bundle`` on ``device`` over ``link``, with ``load`` competing clients
-    on the server; and where the edge and server were placed."""
+    on the server; and where the edge and server were placed. ``edge``: an open placement to measure in
+    (the edge then runs in the same one; by default a new one is opened and closed)."""
     b = load_bundle(bundle)
     spec, ids = b.manifest.input, [e.id for e in b.manifest.experts]
-    with EmulatedEdge(device, mode=mode) as edge:
+    with (nullcontext(edge) if edge is not None else EmulatedEdge(device, mode=mode)) as edge:
         cpus = edge.server_cores if edge.profile else None
         threads = edge.profile.threads if edge.profile else None
         with ServerProcess(b.root, threads=len(cpus) if cpus else 1, cpus=cpus, extra_args=["--no-general"]) as url:
