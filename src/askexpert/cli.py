@@ -249,15 +249,15 @@ def _plan_bundle(bundle, args: argparse.Namespace):
             bundle, choice, parts, placement = plan_bundle(
                 bundle.root, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
                 k=args.k if args.k_given else None, load=args.server_load, mode=args.edge_mode,
-                edge_profile=args.edge_profile, radio=args.radio)
+                edge_profile=args.edge_profile, radio=args.radio, say=console.log)
     except BaseException:
         shutil.rmtree(bundle.root, ignore_errors=True)
         raise
     console.log(placement.describe())
     x = choice.prediction
     console.log(f"measured: the generalist {x.edge_ms:.2f} ms an image (median), an offload {x.offload_ms:.2f} ms "
-                f"on the socket + {x.link_ms:.2f} ms of link; {choice.feasible} of {choice.considered} points fit "
-                "the budget; the most accurate on validation is kept")
+                f"on the socket + {x.link_ms:.2f} ms of link ({'; '.join(parts.notes)}); the most accurate point "
+                "within the budget on validation is kept")
     return bundle
 
 

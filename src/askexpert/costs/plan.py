@@ -38,7 +38,9 @@ class LatencyMix:
     weight ``rate * shares[e]``. Offload samples may be ``inf`` (a timeout or a refusal: slow)."""
 
     def __init__(self, edge_ms: Sequence[float], offload_ms: Sequence[Sequence[float]], shares: Sequence[float],
-                 rate: float, link_ms: float = 0.0) -> None:
+                 rate: float, link_ms: float = 0.0, offload_weights: Sequence[Sequence[float]] | None = None) -> None:
+        """``offload_weights``: each offload sample's weight within its expert (default: equal), e.g. more
+        for recent ones."""
         edge = np.sort(np.asarray(edge_ms, dtype=np.float64))
         if not len(edge):
             raise ValueError("no edge latency measured")
@@ -46,15 +48,17 @@ class LatencyMix:
             edge = np.quantile(edge, (np.arange(_MAX_EDGE_SAMPLES) + 0.5) / _MAX_EDGE_SAMPLES)
         values, weights = [edge], [np.full(len(edge), (1.0 - rate) / len(edge))]
         total = float(sum(shares))
-        for samples, share in zip(offload_ms, shares, strict=True):
+        for e, (samples, share) in enumerate(zip(offload_ms, shares, strict=True)):
             off = np.asarray(samples, dtype=np.float64)
             if share <= 0 or rate <= 0:
                 continue
             if not len(off):
                 raise ValueError("an expert with a share of the offloads has no measured offload time")
+            w = np.ones(len(off)) if offload_weights is None else np.asarray(offload_weights[e], dtype=np.float64)
             pairs = (edge[:, None] + off[None, :] + link_ms).ravel()
             values.append(pairs)
-            weights.append(np.full(len(pairs), rate * share / total / len(pairs)))
+            weights.append((np.full((len(edge), 1), 1.0 / len(edge)) * (w / w.sum())[None, :]).ravel()
+                           * rate * share / total)
         v, w = np.concatenate(values), np.concatenate(weights)
         order = np.argsort(v, kind="stable")
         self.values, self.cumulative = v[order], np.cumsum(w[order])
@@ -99,6 +103,7 @@ class CostParts:
     down_bytes: int
     edge_profile: DeviceProfile | None = None  # the device's power (edge energy); None: latency only
     radio: NetworkProfile | None = None
+    measured_at: float | None = None  # the share (%) of images offloaded while the parts were measured
     notes: list[str] = field(default_factory=list)
 
     def mix(self, point: CurvePoint) -> LatencyMix:

@@ -93,9 +93,9 @@ class BudgetController:
     def __init__(self, points: list[CurvePoint], start_tau: float, *, slo_p95_ms: float | None = None,
                  energy_mj: float | None = None, edge: DeviceProfile | None = None,
                  radio: NetworkProfile | None = None, window: int = WINDOW, edge_window: int = 200,
-                 offload_window: int = 10, breach: float = 0.02, hysteresis: float = 0.5, max_step: float = 15.0,
-                 cooldown_down: int = 5, cooldown_up: int = 25, cooldown_s: float = 0.0, every: int = 5,
-                 min_offload: float = 1.0,
+                 offload_window: int = 10, recency: float = 0.75, breach: float = 0.01, hysteresis: float = 0.5,
+                 max_step: float = 15.0, cooldown_down: int = 3, cooldown_up: int = 25, cooldown_s: float = 0.0,
+                 every: int = 10, min_offload: float = 1.0,
                  clock: Clock = time.monotonic) -> None:
         if (slo_p95_ms is None) == (energy_mj is None):
             raise ConfigError("a budget controller keeps one budget", fix="pass one of --slo-p95 or --energy-budget")
@@ -114,7 +114,7 @@ class BudgetController:
         self.slo, self.energy, self.edge, self.radio = slo_p95_ms, energy_mj, edge, radio
         self.window, self.breach, self.hysteresis, self.max_step = window, breach, hysteresis, max_step
         self.cooldown_down, self.cooldown_up, self.cooldown_s = cooldown_down, cooldown_up, cooldown_s
-        self.every, self.clock = every, clock
+        self.every, self.clock, self.recency = every, clock, recency
         self.edge_ms: deque[float] = deque(maxlen=edge_window)
         self.offload_ms: deque[float] = deque(maxlen=offload_window)
         self.moved: deque[float] = deque(maxlen=offload_window)
@@ -143,8 +143,10 @@ class BudgetController:
         r P(edge + offload > SLO): the cost model's mixture), or the edge's mean energy an image (mJ)."""
         r = np.array([p.offload_rate / 100 for p in self.points])
         if self.slo is not None:
+            # the newest offload weighs most (``recency`` a step back): a link that just got slow shows at once
+            w = [self.recency ** (len(self.offload_ms) - 1 - i) for i in range(len(self.offload_ms))]
             kept = LatencyMix(self.edge_ms, [self.offload_ms], [1.0], 0.0).exceed(self.slo)
-            sent = LatencyMix(self.edge_ms, [self.offload_ms], [1.0], 1.0).exceed(self.slo)
+            sent = LatencyMix(self.edge_ms, [self.offload_ms], [1.0], 1.0, offload_weights=[w]).exceed(self.slo)
             return window_breach((1 - r) * kept + r * sent, self.window)
         finite = [v for v in self.offload_ms if math.isfinite(v)]
         wait = float(np.median(finite)) if finite else 0.0
@@ -165,7 +167,7 @@ class BudgetController:
         if o.offload_ms is not None:
             self.offload_ms.append(o.offload_ms)
             self.moved.append(o.moved_bytes)
-        self._decide()
+        self._decide(news=o.offload_ms is not None)
 
     def _step(self, i: int, target: int) -> int:
         """From point ``i`` toward ``target``, by at most ``max_step`` points of validation offload."""
@@ -176,11 +178,13 @@ class BudgetController:
             return target  # the next point alone is further: take it
         return min(reach) if target < i else max(reach)
 
-    def _decide(self) -> None:
+    def _decide(self, news: bool) -> None:
         now = self.clock()
         since = self.images - self._last_move[0]
-        if since < self.cooldown_down or since % self.every or now - self._last_move[1] < self.cooldown_s:
-            return  # decide every few images (a decision costs a few hundred microseconds), not right after a move
+        if since < self.cooldown_down or now - self._last_move[1] < self.cooldown_s:
+            return  # not right after a move
+        if not news and since % self.every:
+            return  # an offload is news; otherwise every few images (a decision costs a few hundred microseconds)
         if len(self.edge_ms) < 10 or len(self.offload_ms) < 3:
             return  # too little seen to predict anything
         keep, climb = self.limits

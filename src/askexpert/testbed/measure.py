@@ -4,12 +4,15 @@ pointed at the most accurate operating point a budget allows (``build-system --p
 :func:`measure_parts` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
 serves the bundle on the other cores (a real ``askexpert serve``), optionally with competing clients
 (:class:`~askexpert.testbed.load.CompetingLoad`: the server's queue at a stated load), and in the edge's
-own process runs the deployed edge's own runner over ``samples`` images twice: every image kept (the
-generalist's time, as a stream lives it), then every image offloaded to the expert the router picks
-(each offload's encoding, round trip, queue and compute, per expert). The link's share is modelled from its
-round trip and bandwidth and the bytes an offload really moved. :func:`plan_bundle` feeds the parts to
-the cost model (:mod:`askexpert.costs.plan`) and rewrites the bundle's routing at the chosen point,
-with what it predicts.
+own process streams real images (the bundle's validation split) through the deployed edge's own
+runner at a given tau: the generalist's time of every image and each offload's time (encoding, round
+trip, queue, compute), per expert, as a run at that point lives them. The point matters: how fast the
+generalist runs on a throttled core depends on how often the edge idles waiting for an offload (a
+CPU quota unused while waiting; BENCHMARKS.md, "Operating points that hold"), so :func:`plan_bundle`
+measures at the bundle's point, chooses (:mod:`askexpert.costs.plan`), and measures again at the
+chosen point until the offload share it measured at is within 5 points of the chosen one (three
+rounds at most); then it rewrites the bundle's routing there, with what it predicts. The link's share
+is modelled from its round trip and bandwidth and the bytes an offload really moved.
 """
 
 from __future__ import annotations
@@ -33,52 +36,66 @@ from askexpert.testbed.placement import EmulatedEdge, Placement
 RADIO_OF_LINK = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the radio profile a link preset uses
 
 
-def _time_on_edge(bundle: str, url: str, samples: int, threads: int | None, token: str | None) -> dict:
-    """In the edge's process, the real edge runner over ``samples`` images twice: every image kept (tau 0,
-    no server: the generalist's time as a stream of kept images lives it, the router and the bookkeeping
-    on the same throttled core), then every image offloaded (tau above every confidence: each offload's
-    encoding, round trip, queue and compute, per expert)."""
+def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads: int | None,
+                  token: str | None, min_offloads: int = 30) -> dict:
+    """In the edge's process, the real edge runner over ``images`` at ``tau``: every image's generalist time
+    and every offload's, per expert; when fewer than ``min_offloads`` were offloaded, as many more images
+    are offloaded after (tau above every confidence) for the offloads' times alone."""
     from askexpert.routing import ALL, RoutingPolicy
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget
     from askexpert.runtime.onnx_model import OnnxGeneralist
 
     b = load_bundle(bundle, verify=False)
-    m = b.manifest
-    spec, ids = m.input, [e.id for e in m.experts]
+    m, r = b.manifest, b.manifest.routing
     model = OnnxGeneralist(b.generalist_onnx, threads=threads)
     targets = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
-    images = np.random.default_rng(0).integers(0, 256, (samples, spec.channels, spec.size, spec.size),
-                                               dtype=np.uint8)
-    batches = [(images[i:i + 1], None) for i in range(samples)]
-    r = m.routing
-    kept = EdgeRunner(model, RoutingPolicy(tau=0.0, k=r.k, temperature=r.temperature, confidence=r.confidence),
-                      None, targets)
-    list(kept.run(batches[:10]))  # warm: the session
-    edge = [t.edge_ms for t in kept.run(batches)]
+    batches = [(images[i:i + 1], None) for i in range(len(images))]
+
+    def runner(at: float, client) -> EdgeRunner:
+        return EdgeRunner(model, RoutingPolicy(tau=at, k=r.k, temperature=r.temperature, confidence=r.confidence,
+                                               fallback=r.fallback), client, targets)
+
     with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id) as client:
-        sent = EdgeRunner(model, RoutingPolicy(tau=ALL, k=r.k, temperature=r.temperature, confidence=r.confidence),
-                          client, targets)
-        list(sent.run(batches[:10]))  # warm: the connection, the experts' batchers
-        traces = list(sent.run(batches))
-    if any(t.degraded for t in traces):
-        raise AskExpertError(f"the server at {url} failed {sum(t.degraded for t in traces)} of {samples} offloads "
-                             "while the cost model was measured", fix="check the server's log, and measure again")
-    offload = [[t.encode_ms + t.network_ms + t.queue_ms + t.expert_ms for t in traces if t.expert == e] for e in ids]
-    # an expert the random images never reached is timed like the others: the same model call on the server
+        list(runner(ALL, client).run(batches[:10]))  # warm: the session, the connection, the experts' batchers
+        traces = list(runner(tau, client).run(batches))
+        sent = [t for t in traces if t.route.offloaded]
+        if len(sent) < min_offloads:
+            sent += list(runner(ALL, client).run(batches[:min_offloads - len(sent)]))
+    failed = sum(t.degraded for t in sent)
+    if failed:
+        raise AskExpertError(f"the server at {url} failed {failed} of {len(sent)} offloads while the cost model was "
+                             "measured", fix="check the server's log, and measure again")
+    offload = [[t.encode_ms + t.network_ms + t.queue_ms + t.expert_ms for t in sent if t.expert == e.id]
+               for e in m.experts]
+    # an expert these images never reached is timed like the others: the same kind of model call on the server
     offload = [o or [x for oo in offload for x in oo] for o in offload]
-    return {"edge_ms": edge, "offload_ms": offload, "up_bytes": int(np.mean([t.up_bytes for t in traces])),
-            "down_bytes": int(np.mean([t.down_bytes for t in traces]))}
+    return {"edge_ms": [t.edge_ms for t in traces], "offload_ms": offload,
+            "offload_rate": 100 * sum(t.route.offloaded for t in traces) / len(traces),
+            "up_bytes": int(np.mean([t.up_bytes for t in sent])),
+            "down_bytes": int(np.mean([t.down_bytes for t in sent]))}
 
 
-def measure_parts(bundle: Path, device: str, link: LinkProfile | None, *, load: int = 0, think_ms: float = 30.0,
-                  samples: int = 200, mode: str = "auto", edge_profile: str | None = None,
-                  radio: str | None = None, edge: EmulatedEdge | None = None) -> tuple[CostParts, Placement]:
-    """The parts of the cost model of ``bundle`` on ``device`` over ``link``, with ``load`` competing clients
-    on the server; and where the edge and server were placed. ``edge``: an open placement to measure in
-    (the edge then runs in the same one; by default a new one is opened and closed)."""
+def validation_images(bundle: Path, limit: int = 1000) -> np.ndarray:
+    """A stratified ``limit`` of the bundle's validation images (the full install: it reads the dataset)."""
+    from askexpert.runtime.inputs import open_input
+
+    m = load_bundle(bundle, verify=False).manifest
+    source = open_input(["split:val"], input_spec=m.input, class_names=m.classes, data=dict(m.data.config),
+                        batch_size=256, limit=limit)
+    return np.concatenate([images for images, _ in source.batches])
+
+
+def measure_parts(bundle: Path, device: str, link: LinkProfile | None, images: np.ndarray, *,
+                  tau: float | None = None, load: int = 0, think_ms: float = 30.0, mode: str = "auto",
+                  edge_profile: str | None = None, radio: str | None = None,
+                  edge: EmulatedEdge | None = None) -> tuple[CostParts, Placement]:
+    """The parts of the cost model of ``bundle`` on ``device`` over ``link``, measured by streaming ``images``
+    at ``tau`` (default: the bundle's), with ``load`` competing clients on the server; and where the edge
+    and server were placed. ``edge``: an open placement to measure in (by default one is opened)."""
     b = load_bundle(bundle)
     spec, ids = b.manifest.input, [e.id for e in b.manifest.experts]
+    tau = b.manifest.routing.tau if tau is None else tau
     with (nullcontext(edge) if edge is not None else EmulatedEdge(device, mode=mode)) as edge:
         cpus = edge.server_cores if edge.profile else None
         threads = edge.profile.threads if edge.profile else None
@@ -86,12 +103,13 @@ def measure_parts(bundle: Path, device: str, link: LinkProfile | None, *, load: 
             competing = (CompetingLoad(url, clients=load, experts=ids, shape=(spec.channels, spec.size, spec.size),
                                        think_ms=think_ms, cpus=cpus) if load else nullcontext())
             with competing:
-                raw = edge.call(_time_on_edge, bundle=str(b.root), url=url, samples=samples, threads=threads,
+                raw = edge.call(_time_on_edge, bundle=str(b.root), url=url, images=images, tau=tau, threads=threads,
                                 token=None)
         placement = edge.placement
         energy_name = edge_profile or edge.energy_profile("raspberry-pi-4")
     radio_name = radio or (RADIO_OF_LINK.get(link.name) if link is not None else None)
-    notes = [f"{samples} images kept and {samples} offloaded by the edge runner on {placement.label}"]
+    notes = [f"{len(images)} validation images through the edge runner at tau {tau:.4f} "
+             f"({raw['offload_rate']:.1f}% offloaded) on {placement.label}"]
     if load:
         notes.append(f"{load} competing clients on the server, one image each, {think_ms:g} ms mean think time")
     link_ms = link.delay_s(raw["up_bytes"], raw["down_bytes"]) * 1000 if link is not None else 0.0
@@ -99,21 +117,34 @@ def measure_parts(bundle: Path, device: str, link: LinkProfile | None, *, load: 
                       edge_ms=tuple(raw["edge_ms"]), offload_ms=tuple(tuple(o) for o in raw["offload_ms"]),
                       link_ms=link_ms, up_bytes=raw["up_bytes"], down_bytes=raw["down_bytes"],
                       edge_profile=device_profile(energy_name),
-                      radio=network(radio_name) if radio_name else None, notes=notes)
+                      radio=network(radio_name) if radio_name else None, measured_at=raw["offload_rate"],
+                      notes=notes)
     return parts, placement
 
 
 def plan_bundle(bundle: Path, *, p95_ms: float | None = None, edge_mj: float | None = None, device: str = "host",
-                link: LinkProfile | None = None, k: int | None = None, **measure) -> tuple[Bundle, Choice, CostParts,
-                                                                                        Placement]:
-    """Measure the parts, choose the most accurate point within the budget, and rewrite the bundle's
-    routing there (with the prediction). Refuses (:class:`ConfigError`) when no point fits."""
+                link: LinkProfile | None = None, k: int | None = None, images: np.ndarray | None = None,
+                rounds: int = 3, say=None, **measure) -> tuple[Bundle, Choice, CostParts, Placement]:
+    """Measure the parts at the bundle's point, choose the most accurate point within the budget, measure
+    again at the chosen point until the share offloaded while measuring is within 5 points of it (at most
+    ``rounds`` rounds), and rewrite the bundle's routing there (with the prediction). ``images``: what to
+    stream (default: 1,000 of the bundle's validation images). Refuses (:class:`ConfigError`) when no
+    point fits."""
     b = load_bundle(bundle)
     if b.manifest.curve is None:
         raise ConfigError(f"{bundle} has no operating curve (a schema-1 bundle)",
                           fix="build it again with this askexpert: askexpert build-system ...")
-    parts, placement = measure_parts(b.root, device, link, **measure)
-    choice = choose(b.manifest.curve, parts, p95_ms=p95_ms, edge_mj=edge_mj, k=k)
+    images = validation_images(b.root) if images is None else images
+    tau = b.manifest.routing.tau
+    for _ in range(rounds):
+        parts, placement = measure_parts(b.root, device, link, images, tau=tau, **measure)
+        choice = choose(b.manifest.curve, parts, p95_ms=p95_ms, edge_mj=edge_mj, k=k)
+        if say is not None:
+            say(f"measured at {parts.measured_at:.1f}% offload: {choice.feasible} of {choice.considered} points fit, "
+                f"the most accurate offloads {choice.point.offload_rate:.1f}% on validation")
+        if abs(parts.measured_at - choice.point.offload_rate) <= 5.0:
+            break
+        tau = choice.point.tau
     target, value = ("p95-latency", p95_ms) if p95_ms is not None else ("edge-energy", edge_mj)
     point = OperatingPoint(target=target, value=value, val_offload_rate=choice.point.offload_rate,
                            val_accuracy=choice.point.accuracy, predicted=choice.prediction)
