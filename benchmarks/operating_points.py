@@ -28,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -107,8 +108,8 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
     # placement moves the emulated device's speed by itself: docs/testbed.md)
     import shutil
 
-    with EmulatedEdge(args.device) as edge:
-        for budget in args.budgets:
+    with EmulatedEdge(args.device) if "plan" in args.scenarios else nullcontext() as edge:
+        for budget in args.budgets if "plan" in args.scenarios else []:
             target = work / f"repeat-{r}-plan-{budget:g}"
             if (out / f"plan-{budget:g}.json").is_file():
                 continue
@@ -118,6 +119,7 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
             planned, choice, parts, placement = plan_bundle(target, p95_ms=budget, device=args.device, link=wifi,
                                                             edge=edge)
             with ServerProcess(planned.root, threads=1, cpus=edge.server_cores, extra_args=["--no-general"]) as url:
+                edge.recalibrate(f"plan {budget} run")  # as before every measurement: the host's speed drifts
                 rep = edge.call(run_edge, s=replace(base, system=planned.root, server=url, link=wifi, limit=None))
             row = record(rep, kind="plan", budget=budget, predicted=choice.prediction.model_dump(),
                          point=choice.point.model_dump(), placement=placement.to_dict(),
@@ -125,6 +127,8 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
             (out / f"plan-{budget:g}.json").write_text(json.dumps(row))
             say(f"repeat {r} plan {budget:g} ms: predicted p95 {choice.prediction.p95_ms:.1f} ms, measured "
                 f"{rep.summary.latency_ms.p95:.1f}; edge {choice.prediction.edge_mj:.1f} vs {row['edge_mj']:.1f} mJ")
+    if not {"link", "drift", "load"} & set(args.scenarios):
+        return
     schedule = parse_link_arg(f"wifi@0,lte@{third}")
     drift = parse_corruption(f"{args.corruption}@{third}")
     m = load_bundle(bundle).manifest
@@ -153,13 +157,15 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
             slo = round((statistics.median(before) + statistics.median(after)) / 2, 1)
             run(f"{prefix}-adaptive", replace(base, link=schedule, slo_p95_ms=slo), slo=slo, **extra)
 
-        slo_pair("link")
+        if "link" in args.scenarios:
+            slo_pair("link")
         rate = m.routing.operating_point.val_offload_rate / 100
-        run("drift-fixed", replace(base, link=wifi, corrupt=drift), corruption=drift.describe())
-        run("drift-tracked", replace(base, link=wifi, corrupt=drift, target_offload=rate), corruption=drift.describe(),
-            target=rate)
+        if "drift" in args.scenarios:
+            run("drift-fixed", replace(base, link=wifi, corrupt=drift), corruption=drift.describe())
+            run("drift-tracked", replace(base, link=wifi, corrupt=drift, target_offload=rate),
+                corruption=drift.describe(), target=rate)
         shape = (m.input.channels, m.input.size, m.input.size)
-        if args.clients > 1:
+        if args.clients > 1 and "load" in args.scenarios:
             with CompetingLoad(url, clients=args.clients - 1, experts=[e.id for e in m.experts], shape=shape,
                                think_ms=args.think_ms, cpus=edge.server_cores) as load:
                 slo_pair("load", clients=args.clients)
@@ -293,6 +299,9 @@ def main() -> None:
     ap.add_argument("--think-ms", type=float, default=30.0, help="each competing client's mean pause between requests")
     ap.add_argument("--corruption", default="gaussian_noise:5")
     ap.add_argument("--budgets", type=float, nargs="+", default=[25.0, 40.0], help="p95 budgets (ms) on wifi to plan")
+    ap.add_argument("--scenarios", nargs="+", default=["plan", "link", "drift", "load"],
+                    choices=["plan", "link", "drift", "load"],
+                    help="what each repeat runs (a run already saved is kept)")
     ap.add_argument("--out", type=Path, default=OUT, help="the runs' JSON, the summary and the plots")
     ap.add_argument("--work", type=Path, default=Path("runs/operating-points"),
                     help="the bundles and the test images (not committed)")

@@ -37,10 +37,11 @@ RADIO_OF_LINK = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the rad
 
 
 def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads: int | None,
-                  token: str | None, min_offloads: int = 30) -> dict:
-    """In the edge's process, the real edge runner over ``images`` at ``tau``: every image's generalist time
-    and every offload's, per expert; when fewer than ``min_offloads`` were offloaded, as many more images
-    are offloaded after (tau above every confidence) for the offloads' times alone."""
+                  token: str | None, link: LinkProfile | None = None, min_offloads: int = 30) -> dict:
+    """In the edge's process, the real edge runner over ``images`` at ``tau``, its client waiting out the
+    ``link`` as a run does: every image's generalist time and every offload's (without the link's share,
+    which the cost model adds), per expert; when fewer than ``min_offloads`` were offloaded, as many more
+    images are offloaded after (tau above every confidence) for the offloads' times alone."""
     from askexpert.routing import ALL, RoutingPolicy
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget
@@ -56,7 +57,7 @@ def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads
         return EdgeRunner(model, RoutingPolicy(tau=at, k=r.k, temperature=r.temperature, confidence=r.confidence,
                                                fallback=r.fallback), client, targets)
 
-    with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id) as client:
+    with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id, link=link) as client:
         list(runner(ALL, client).run(batches[:10]))  # warm: the session, the connection, the experts' batchers
         traces = list(runner(tau, client).run(batches))
         sent = [t for t in traces if t.route.offloaded]
@@ -103,8 +104,9 @@ def measure_parts(bundle: Path, device: str, link: LinkProfile | None, images: n
             competing = (CompetingLoad(url, clients=load, experts=ids, shape=(spec.channels, spec.size, spec.size),
                                        think_ms=think_ms, cpus=cpus) if load else nullcontext())
             with competing:
+                edge.recalibrate("cost model")  # the host's speed drifts: the device's must not
                 raw = edge.call(_time_on_edge, bundle=str(b.root), url=url, images=images, tau=tau, threads=threads,
-                                token=None)
+                                token=None, link=link)
         placement = edge.placement
         energy_name = edge_profile or edge.energy_profile("raspberry-pi-4")
     radio_name = radio or (RADIO_OF_LINK.get(link.name) if link is not None else None)
