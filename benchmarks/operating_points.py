@@ -211,7 +211,7 @@ def summarize(out: Path, images: int) -> str:
         big = [[100 * np.mean(w) for w in _chunks(row["images"]["offloaded"][third + settle:], 500)] for row in rows]
         within = [f"{sum(abs(v - target) <= 3 for v in b)} of {len(b)}" for b in big]
         ob = [100 * np.mean(row["images"]["offloaded"][:third]) for row in rows]
-        lines.append(f"| {rows[0]['corruption']} | {kind} | {target:.1f} | {_ms(after)} | "
+        lines.append(f"| {rows[0]['corruption'].split(' (')[0]} | {kind} | {target:.1f} | {_ms(after)} | "
                      f"{', '.join(f'{a - target:+.1f}' for a in after)} | {', '.join(within)} | {_ms(ob)} | "
                      f"{_ms([100 * np.mean(r['images']['correct'][:third]) for r in rows])} / "
                      f"{_ms([accuracy(r, third) for r in rows])} |")
@@ -281,7 +281,7 @@ def plots(run: dict, out: Path, third: int) -> None:
         axes[2].set_ylabel(f"offload % (last {WINDOW})")
         axes[2].set_xlabel("image")
         title = {"link": "wifi, then lte", "load": "wifi, then lte; 16 edges share the server",
-                 "drift": run["drift-fixed"].get("corruption", "corrupted inputs")}[scenario]
+                 "drift": run["drift-fixed"].get("corruption", "corrupted inputs").split(" (")[0]}[scenario]
         axes[0].set_title(f"{scenario}: {title} (from image {third})")
         fig.tight_layout()
         fig.savefig(out / f"{scenario}.png", dpi=110)

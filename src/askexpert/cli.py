@@ -237,9 +237,10 @@ def _plan_bundle(bundle, args: argparse.Namespace):
 
     from askexpert.console import logs_on
     from askexpert.runtime.link import parse_link
-    from askexpert.testbed.measure import plan_bundle
+    from askexpert.testbed.measure import plan_bundle, validation_images
 
-    _require_positive(("--p95-latency", args.p95_latency), ("--edge-energy", args.edge_energy))
+    _require_positive(("--p95-latency", args.p95_latency), ("--edge-energy", args.edge_energy),
+                      ("--plan-images", args.plan_images))
     link = parse_link(args.link)
     console = _console()
     console.log(f"measuring the cost model's parts on {args.edge_device} over "
@@ -249,7 +250,8 @@ def _plan_bundle(bundle, args: argparse.Namespace):
             bundle, choice, parts, placement = plan_bundle(
                 bundle.root, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
                 k=args.k if args.k_given else None, load=args.server_load, mode=args.edge_mode,
-                edge_profile=args.edge_profile, radio=args.radio, say=console.log)
+                edge_profile=args.edge_profile, radio=args.radio, say=console.log,
+                images=validation_images(bundle.root, args.plan_images))
     except BaseException:
         shutil.rmtree(bundle.root, ignore_errors=True)
         raise
@@ -886,6 +888,8 @@ def _build_system_command(sub) -> None:
     _add_edge_device_flags(p, "--edge-device")
     p.add_argument("--link", default="wifi", help="the link a budget is for: wifi, lte, 5g, ethernet, rtt=..,bw=.. "
                    "(default wifi)")
+    p.add_argument("--plan-images", type=int, default=1000, metavar="N",
+                   help="validation images streamed through the emulated edge to measure a budget's cost model")
     p.add_argument("--server-load", type=int, default=0, metavar="CLIENTS",
                    help="competing clients on the server while the offloads are measured (default 0)")
     p.add_argument("--edge-profile", help="the edge's power for --edge-energy (default: the device's, else "

@@ -17,7 +17,7 @@ is modelled from its round trip and bandwidth and the bytes an offload really mo
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -87,66 +87,99 @@ def validation_images(bundle: Path, limit: int = 1000) -> np.ndarray:
     return np.concatenate([images for images, _ in source.batches])
 
 
+class PartsBench:
+    """``with PartsBench(bundle, device, link) as bench: parts = bench.at(tau, images)``: the edge placed as
+    ``device`` (or in the open placement ``edge``), the bundle served on the other cores, ``load`` competing
+    clients, held open for as many measurements as asked."""
+
+    def __init__(self, bundle: Path, device: str, link: LinkProfile | None, *, load: int = 0,
+                 think_ms: float = 30.0, mode: str = "auto", edge_profile: str | None = None,
+                 radio: str | None = None, edge: EmulatedEdge | None = None) -> None:
+        self.bundle = load_bundle(bundle)
+        self.device, self.link, self.load, self.think_ms = device, link, load, think_ms
+        self._edge, self._mode = edge, mode
+        self._edge_profile, self._radio = edge_profile, radio
+        self._stack = ExitStack()
+
+    def __enter__(self) -> PartsBench:
+        m = self.bundle.manifest
+        try:
+            self.edge = self._stack.enter_context(nullcontext(self._edge) if self._edge is not None
+                                                  else EmulatedEdge(self.device, mode=self._mode))
+            cpus = self.edge.server_cores if self.edge.profile else None
+            self.threads = self.edge.profile.threads if self.edge.profile else None
+            self.url = self._stack.enter_context(ServerProcess(self.bundle.root, threads=len(cpus) if cpus else 1,
+                                                               cpus=cpus, extra_args=["--no-general"]))
+            if self.load:
+                self._stack.enter_context(CompetingLoad(
+                    self.url, clients=self.load, experts=[e.id for e in m.experts],
+                    shape=(m.input.channels, m.input.size, m.input.size), think_ms=self.think_ms, cpus=cpus))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def placement(self) -> Placement:
+        return self.edge.placement
+
+    def at(self, tau: float, images: np.ndarray) -> CostParts:
+        """The parts, measured by streaming ``images`` through the edge runner at ``tau``."""
+        self.edge.recalibrate("cost model")  # the host's speed drifts: the device's must not
+        raw = self.edge.call(_time_on_edge, bundle=str(self.bundle.root), url=self.url, images=images, tau=tau,
+                             threads=self.threads, token=None, link=self.link)
+        link, load = self.link, self.load
+        radio_name = self._radio or (RADIO_OF_LINK.get(link.name) if link is not None else None)
+        notes = [f"{len(images)} validation images through the edge runner at tau {tau:.4f} "
+                 f"({raw['offload_rate']:.1f}% offloaded) on {self.placement.label}"]
+        if load:
+            notes.append(f"{load} competing clients on the server, one image each, {self.think_ms:g} ms mean think "
+                         "time")
+        return CostParts(device=self.device, link=link.describe() if link else "loopback (none)", load=load,
+                         edge_ms=tuple(raw["edge_ms"]), offload_ms=tuple(tuple(o) for o in raw["offload_ms"]),
+                         link_ms=link.delay_s(raw["up_bytes"], raw["down_bytes"]) * 1000 if link is not None else 0.0,
+                         up_bytes=raw["up_bytes"], down_bytes=raw["down_bytes"],
+                         edge_profile=device_profile(self._edge_profile or self.edge.energy_profile("raspberry-pi-4")),
+                         radio=network(radio_name) if radio_name else None, measured_at=raw["offload_rate"],
+                         notes=notes)
+
+
 def measure_parts(bundle: Path, device: str, link: LinkProfile | None, images: np.ndarray, *,
-                  tau: float | None = None, load: int = 0, think_ms: float = 30.0, mode: str = "auto",
-                  edge_profile: str | None = None, radio: str | None = None,
-                  edge: EmulatedEdge | None = None) -> tuple[CostParts, Placement]:
-    """The parts of the cost model of ``bundle`` on ``device`` over ``link``, measured by streaming ``images``
-    at ``tau`` (default: the bundle's), with ``load`` competing clients on the server; and where the edge
-    and server were placed. ``edge``: an open placement to measure in (by default one is opened)."""
-    b = load_bundle(bundle)
-    spec, ids = b.manifest.input, [e.id for e in b.manifest.experts]
-    tau = b.manifest.routing.tau if tau is None else tau
-    with (nullcontext(edge) if edge is not None else EmulatedEdge(device, mode=mode)) as edge:
-        cpus = edge.server_cores if edge.profile else None
-        threads = edge.profile.threads if edge.profile else None
-        with ServerProcess(b.root, threads=len(cpus) if cpus else 1, cpus=cpus, extra_args=["--no-general"]) as url:
-            competing = (CompetingLoad(url, clients=load, experts=ids, shape=(spec.channels, spec.size, spec.size),
-                                       think_ms=think_ms, cpus=cpus) if load else nullcontext())
-            with competing:
-                edge.recalibrate("cost model")  # the host's speed drifts: the device's must not
-                raw = edge.call(_time_on_edge, bundle=str(b.root), url=url, images=images, tau=tau, threads=threads,
-                                token=None, link=link)
-        placement = edge.placement
-        energy_name = edge_profile or edge.energy_profile("raspberry-pi-4")
-    radio_name = radio or (RADIO_OF_LINK.get(link.name) if link is not None else None)
-    notes = [f"{len(images)} validation images through the edge runner at tau {tau:.4f} "
-             f"({raw['offload_rate']:.1f}% offloaded) on {placement.label}"]
-    if load:
-        notes.append(f"{load} competing clients on the server, one image each, {think_ms:g} ms mean think time")
-    link_ms = link.delay_s(raw["up_bytes"], raw["down_bytes"]) * 1000 if link is not None else 0.0
-    parts = CostParts(device=device, link=link.describe() if link else "loopback (none)", load=load,
-                      edge_ms=tuple(raw["edge_ms"]), offload_ms=tuple(tuple(o) for o in raw["offload_ms"]),
-                      link_ms=link_ms, up_bytes=raw["up_bytes"], down_bytes=raw["down_bytes"],
-                      edge_profile=device_profile(energy_name),
-                      radio=network(radio_name) if radio_name else None, measured_at=raw["offload_rate"],
-                      notes=notes)
-    return parts, placement
+                  tau: float | None = None, **bench) -> tuple[CostParts, Placement]:
+    """The parts of the cost model of ``bundle`` on ``device`` over ``link``, measured once by streaming
+    ``images`` at ``tau`` (default: the bundle's); and where the edge and server were placed."""
+    with PartsBench(bundle, device, link, **bench) as b:
+        return b.at(b.bundle.manifest.routing.tau if tau is None else tau, images), b.placement
 
 
 def plan_bundle(bundle: Path, *, p95_ms: float | None = None, edge_mj: float | None = None, device: str = "host",
                 link: LinkProfile | None = None, k: int | None = None, images: np.ndarray | None = None,
-                rounds: int = 3, say=None, **measure) -> tuple[Bundle, Choice, CostParts, Placement]:
+                rounds: int = 3, say=None, **bench) -> tuple[Bundle, Choice, CostParts, Placement]:
     """Measure the parts at the bundle's point, choose the most accurate point within the budget, measure
     again at the chosen point until the share offloaded while measuring is within 5 points of it (at most
-    ``rounds`` rounds), and rewrite the bundle's routing there (with the prediction). ``images``: what to
-    stream (default: 1,000 of the bundle's validation images). Refuses (:class:`ConfigError`) when no
-    point fits."""
+    ``rounds`` rounds, in one placement and one server), and rewrite the bundle's routing there (with the
+    prediction). ``images``: what to stream (default: 1,000 of the bundle's validation images). Refuses
+    (:class:`ConfigError`) when no point fits."""
     b = load_bundle(bundle)
     if b.manifest.curve is None:
         raise ConfigError(f"{bundle} has no operating curve (a schema-1 bundle)",
                           fix="build it again with this askexpert: askexpert build-system ...")
     images = validation_images(b.root) if images is None else images
     tau = b.manifest.routing.tau
-    for _ in range(rounds):
-        parts, placement = measure_parts(b.root, device, link, images, tau=tau, **measure)
-        choice = choose(b.manifest.curve, parts, p95_ms=p95_ms, edge_mj=edge_mj, k=k)
-        if say is not None:
-            say(f"measured at {parts.measured_at:.1f}% offload: {choice.feasible} of {choice.considered} points fit, "
-                f"the most accurate offloads {choice.point.offload_rate:.1f}% on validation")
-        if abs(parts.measured_at - choice.point.offload_rate) <= 5.0:
-            break
-        tau = choice.point.tau
+    with PartsBench(b.root, device, link, **bench) as measuring:
+        for _ in range(rounds):
+            parts = measuring.at(tau, images)
+            choice = choose(b.manifest.curve, parts, p95_ms=p95_ms, edge_mj=edge_mj, k=k)
+            if say is not None:
+                say(f"measured at {parts.measured_at:.1f}% offload: {choice.feasible} of {choice.considered} points "
+                    f"fit, the most accurate offloads {choice.point.offload_rate:.1f}% on validation")
+            if abs(parts.measured_at - choice.point.offload_rate) <= 5.0:
+                break
+            tau = choice.point.tau
+        placement = measuring.placement
     target, value = ("p95-latency", p95_ms) if p95_ms is not None else ("edge-energy", edge_mj)
     point = OperatingPoint(target=target, value=value, val_offload_rate=choice.point.offload_rate,
                            val_accuracy=choice.point.accuracy, predicted=choice.prediction)
