@@ -15,11 +15,19 @@ import httpx
 from askexpert.errors import AskExpertError
 from askexpert.runtime.clients import tls_context
 
+# the ports a local Ray cluster takes by default once it starts (GCS, dashboard, client server, the dashboard
+# agent's HTTP port, Serve's HTTP port): a port picked free before Ray starts may be taken by it after
+RAY_DEFAULT_PORTS = frozenset({6379, 8000, 8265, 10001, 52365})
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on ``host`` now, never one of Ray's defaults (a Ray backend would race for it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 class ServerProcess:
