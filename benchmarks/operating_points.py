@@ -18,7 +18,7 @@ to the expert server (the other cores), each repeat runs, over the same stratifi
 Each run's traces are kept in ``--out/repeat-R/*.json`` (per image: route, tau, latency, link); the
 summary reads them all: the share of 100-image windows within the SLO after the change, realised
 offload per window, accuracy of both edges, predicted vs measured, and a plot per scenario of tau,
-the windowed p95 and the offload rate over the run (repeat 0).
+the windowed p95 and the offload rate over each run (``SCENARIO-repeat-R.png``).
 """
 
 from __future__ import annotations
@@ -228,8 +228,8 @@ def summarize(out: Path, images: int) -> str:
                          f"{row['summary']['offload_rate']:.1f}) | {pred['p95_ms']:.1f} | {meas:.1f} | "
                          f"{100 * (meas / pred['p95_ms'] - 1):+.1f}% | {pred['edge_mj']:.1f} | {row['edge_mj']:.1f} | "
                          f"{100 * (row['edge_mj'] / pred['edge_mj'] - 1):+.1f}% |")
-    if runs:
-        plots(runs[0], out, third)
+    for r, run in enumerate(runs):  # every repeat's: SCENARIO-repeat-R.png
+        plots(run, out, third, f"-repeat-{r}")
     return "\n".join(lines)
 
 
@@ -249,7 +249,7 @@ def rolling(values, n: int = WINDOW) -> np.ndarray:
     return np.array([np.percentile(v[max(0, i - n + 1):i + 1], 95) for i in range(len(v))])
 
 
-def plots(run: dict, out: Path, third: int) -> None:
+def plots(run: dict, out: Path, third: int, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +284,7 @@ def plots(run: dict, out: Path, third: int) -> None:
                  "drift": run["drift-fixed"].get("corruption", "corrupted inputs").split(" (")[0]}[scenario]
         axes[0].set_title(f"{scenario}: {title} (from image {third})")
         fig.tight_layout()
-        fig.savefig(out / f"{scenario}.png", dpi=110)
+        fig.savefig(out / f"{scenario}{suffix}.png", dpi=110)
         plt.close(fig)
 
 
