@@ -74,8 +74,7 @@ def record(report, **extra) -> dict:
             "images": {"total_ms": [round(x.total_ms, 3) for x in t], "offloaded": [x.route.offloaded for x in t],
                        "tau": [round(x.tau, 6) for x in t], "link": [x.link for x in t],
                        "correct": [x.pred == x.label for x in t], "degraded": [x.degraded for x in t]},
-            "edge_mj": edge_mj_per_image(t, device("raspberry-pi-4"), network("wifi")),
-            "edge_mj_lte": edge_mj_per_image(t, device("raspberry-pi-4"), network("cellular"))}
+            "edge_mj": edge_mj_per_image(t, device("raspberry-pi-4"), network("wifi"))}
 
 
 def windows(values: list[float], start: int, end: int | None = None) -> list[list[float]]:

@@ -46,7 +46,7 @@ def drive(controller, phases, seed: int = 0, clock: Clock | None = None):
             if conf < tau:
                 off = math.inf if offload_ms is None else float(offload_ms + rng.exponential(1.0))
             total = edge + (0 if off is None or math.isinf(off) else off)
-            controller.observe(Observation(edge, conf, off, 1000.0 if off is not None else 0.0, total))
+            controller.observe(Observation(edge, conf, off, 1000.0 if off is not None else 0.0))
             if clock is not None:
                 clock.t += (total or 10) / 1000
             out.append((p, getattr(controller, "point", None), tau))

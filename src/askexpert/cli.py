@@ -249,7 +249,7 @@ def _plan_bundle(bundle, args: argparse.Namespace):
         with logs_on(console):
             bundle, choice, parts, placement = plan_bundle(
                 bundle.root, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
-                k=args.k if args.k_given else None, load=args.server_load, mode=args.edge_mode,
+                k=args.k, load=args.server_load, mode=args.edge_mode,
                 edge_profile=args.edge_profile, radio=args.radio, say=console.log,
                 images=validation_images(bundle.root, args.plan_images))
     except BaseException:
@@ -268,7 +268,6 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     from askexpert.system.build import archive_bundle, build_system
 
     budget = args.p95_latency is not None or args.edge_energy is not None
-    args.k_given = args.k is not None
     bundle = build_system(args.generalist, args.experts, args.out, offload=args.offload, accuracy=args.accuracy,
                           tau=args.tau, k=args.k or DEFAULT_K, confidence=args.confidence, fallback=args.fallback,
                           include_general=not args.no_general, archive=args.archive and not budget, name=args.name,

@@ -50,6 +50,14 @@ def edge_times(traces) -> tuple[float, float, float]:
     return busy, wait, sum(t.up_bytes + t.down_bytes for t in traces)
 
 
+def expected_edge_mj(edge: DeviceProfile, radio: NetworkProfile, *, edge_ms: float, rate: float, wait_ms: float,
+                     moved_bytes: float) -> float:
+    """The edge's mean energy an image (mJ) when a share ``rate`` of the images is offloaded: the generalist's
+    ``edge_ms`` at the active power, each offload's ``wait_ms`` at the idle power and its ``moved_bytes``
+    through the radio (the cost model's prediction and the energy controller's, by the one formula)."""
+    return 1000 * sum(edge_energy_j(edge, radio, edge_ms / 1000, rate * wait_ms / 1000, rate * moved_bytes))
+
+
 def edge_mj_per_image(traces, edge: DeviceProfile, radio: NetworkProfile) -> float:
     """The edge's energy an image of ``traces`` (mJ): the same formula as :meth:`CostModel.energy`."""
     return 1000 * sum(edge_energy_j(edge, radio, *edge_times(traces))) / max(len(traces), 1)

@@ -6,7 +6,7 @@ the link's round trip and serialisation, and the device's power. An image is kep
 ``1 - r`` (it costs the generalist) or offloaded to expert ``e`` with probability ``r * share_e`` (the
 generalist, then that expert's offload, then the link): the latency of an image is that mixture
 (:class:`LatencyMix`), its p95 the mixture's quantile. The edge's energy is the one formula of
-:func:`askexpert.costs.energy.edge_energy_j` over the expected busy time, waiting time and bytes.
+:func:`askexpert.costs.energy.expected_edge_mj` over the expected busy time, waiting time and bytes.
 
 :func:`choose` picks, along a bundle's operating curve, the most accurate point whose prediction
 fits a budget (a p95 latency or an edge energy an image), and refuses, naming the nearest budget
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from askexpert.contract.schema import CurvePoint, OperatingCurve, Prediction
-from askexpert.costs.energy import edge_energy_j
+from askexpert.costs.energy import expected_edge_mj
 from askexpert.costs.profiles import DeviceProfile, NetworkProfile
 from askexpert.errors import ConfigError
 
@@ -116,13 +116,11 @@ class CostParts:
         if self.edge_profile is None or self.radio is None:
             raise ConfigError("an energy budget needs the edge device's power and radio",
                               fix="name an edge device with an energy profile (--edge-device rpi4)")
-        r = point.offload_rate / 100
         shares = point.expert_share or [1.0] * len(self.offload_ms)
         wait = sum(s * float(np.median(o)) for s, o in zip(shares, self.offload_ms, strict=True) if s > 0)
-        compute, waiting, radio = edge_energy_j(self.edge_profile, self.radio, float(np.mean(self.edge_ms)) / 1000,
-                                                r * (wait + self.link_ms) / 1000,
-                                                r * (self.up_bytes + self.down_bytes))
-        return 1000 * (compute + waiting + radio)
+        return expected_edge_mj(self.edge_profile, self.radio, edge_ms=float(np.mean(self.edge_ms)),
+                                rate=point.offload_rate / 100, wait_ms=wait + self.link_ms,
+                                moved_bytes=self.up_bytes + self.down_bytes)
 
     def predict(self, point: CurvePoint) -> Prediction:
         mix = self.mix(point)

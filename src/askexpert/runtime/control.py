@@ -38,7 +38,7 @@ from typing import Protocol
 import numpy as np
 
 from askexpert.contract.schema import CurvePoint
-from askexpert.costs.energy import edge_energy_j
+from askexpert.costs.energy import expected_edge_mj
 from askexpert.costs.plan import LatencyMix, window_breach
 from askexpert.costs.profiles import DeviceProfile, NetworkProfile
 from askexpert.errors import ConfigError
@@ -56,7 +56,6 @@ class Observation:
     confidence: float  # the generalist's calibrated confidence
     offload_ms: float | None = None  # the offload's whole time, None when kept (inf: it failed)
     moved_bytes: float = 0.0
-    total_ms: float = 0.0
 
     @classmethod
     def of(cls, trace) -> Observation:
@@ -65,7 +64,7 @@ class Observation:
         if trace.route.offloaded and not trace.expert_on_edge:
             offload = math.inf if trace.degraded else (trace.encode_ms + trace.network_ms + trace.link_ms
                                                        + trace.queue_ms + trace.expert_ms)
-        return cls(trace.edge_ms, trace.confidence, offload, trace.up_bytes + trace.down_bytes, trace.total_ms)
+        return cls(trace.edge_ms, trace.confidence, offload, trace.up_bytes + trace.down_bytes)
 
 
 @dataclass(frozen=True)
@@ -151,8 +150,9 @@ class BudgetController:
         finite = [v for v in self.offload_ms if math.isfinite(v)]
         wait = float(np.median(finite)) if finite else 0.0
         moved = float(np.mean(self.moved)) if self.moved else 0.0
-        return np.array([1000 * sum(edge_energy_j(self.edge, self.radio, float(np.mean(self.edge_ms)) / 1000,
-                                                  x * wait / 1000, x * moved)) for x in r])
+        edge_ms = float(np.mean(self.edge_ms))
+        return np.array([expected_edge_mj(self.edge, self.radio, edge_ms=edge_ms, rate=x, wait_ms=wait,
+                                          moved_bytes=moved) for x in r])
 
     @property
     def limits(self) -> tuple[float, float]:
@@ -237,10 +237,11 @@ class OffloadTracker:
         self.conf.append(o.confidence)
         if self.images % self.every or len(self.conf) < self.min_samples:
             return
-        tau = tau_for_offload(np.asarray(self.conf, dtype=np.float32), self.target)
+        conf = np.asarray(self.conf)  # tau_for_offload reads it in float32, as before
+        tau = tau_for_offload(conf, self.target)
         if tau == self.tau:
             return
-        before = float(np.mean(np.asarray(self.conf) < self.tau)) * 100
+        before = float(np.mean(conf < self.tau)) * 100
         self.why = (f"tracking {self.target:.1%} offload: the last {len(self.conf)} images' confidences would "
                     f"offload {before:.1f}% at tau {self.tau:.4f}")
         self.tau = tau

@@ -1,7 +1,7 @@
 """The cost model's parts, measured on the emulated edge device next to the real server, and a bundle
 pointed at the most accurate operating point a budget allows (``build-system --p95-latency``).
 
-:func:`measure_parts` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
+:class:`PartsBench` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
 serves the bundle on the other cores (a real ``askexpert serve``), optionally with competing clients
 (:class:`~askexpert.testbed.load.CompetingLoad`: the server's queue at a stated load), and in the edge's
 own process streams real images (the bundle's validation split) through the deployed edge's own
@@ -145,14 +145,6 @@ class PartsBench:
                          edge_profile=device_profile(self._edge_profile or self.edge.energy_profile("raspberry-pi-4")),
                          radio=network(radio_name) if radio_name else None, measured_at=raw["offload_rate"],
                          notes=notes)
-
-
-def measure_parts(bundle: Path, device: str, link: LinkProfile | None, images: np.ndarray, *,
-                  tau: float | None = None, **bench) -> tuple[CostParts, Placement]:
-    """The parts of the cost model of ``bundle`` on ``device`` over ``link``, measured once by streaming
-    ``images`` at ``tau`` (default: the bundle's); and where the edge and server were placed."""
-    with PartsBench(bundle, device, link, **bench) as b:
-        return b.at(b.bundle.manifest.routing.tau if tau is None else tau, images), b.placement
 
 
 def plan_bundle(bundle: Path, *, p95_ms: float | None = None, edge_mj: float | None = None, device: str = "host",
