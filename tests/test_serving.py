@@ -55,7 +55,7 @@ def test_health_experts_and_openapi(server, pool):
     assert experts[0]["input_shape"] == [1, 28, 28]
     spec = httpx.get(f"{server}/openapi.json").json()
     body = spec["paths"]["/v1/experts/{expert_id}/infer"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/octet-stream", "application/x-npy"}
+    assert set(body) == {"application/octet-stream", "application/x-npy", "image/png", "image/jpeg", "image/webp"}
 
 
 def test_predictions_through_the_server_equal_in_process(server, pool, tiny_system):
@@ -111,7 +111,9 @@ def test_malformed_requests_get_clear_errors(server, tiny_system):
     body, headers = encode_images(images)
     bad = httpx.post(url, content=body[:-3], headers=headers)
     assert bad.status_code == 400 and "bytes" in bad.json()["detail"]
-    assert httpx.post(url, content=body, headers={"Content-Type": "image/png"}).status_code == 415
+    assert httpx.post(url, content=body, headers={"Content-Type": "image/gif"}).status_code == 415
+    raw_as_png = httpx.post(url, content=body, headers={"Content-Type": "image/png"})  # a known type, a bad body
+    assert raw_as_png.status_code == 400 and "not a valid PNG" in raw_as_png.json()["detail"]
     missing = httpx.post(url, content=body, headers={"Content-Type": "application/octet-stream"})
     assert missing.status_code == 400 and "X-Shape" in missing.json()["detail"]
     wrong_shape = np.zeros((2, 3, 28, 28), dtype=np.uint8)

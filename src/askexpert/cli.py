@@ -415,7 +415,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
         ca_file=args.ca_file, expect_system_id=args.expect_system_id, slo_p95_ms=args.slo_p95,
         energy_budget_mj=args.energy_budget, target_offload=args.target_offload, radio=args.radio,
-        energy_profile=args.edge_profile or _edge_energy_profile(args.device),
+        energy_profile=args.edge_profile or _edge_energy_profile(args.device), encoding=_encoding(args.encode),
     )
     placement = None
     if args.device == "host":
@@ -441,7 +441,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
                                             "control": asdict(report.control) if report.control else None,
-                                            "corruption": report.corruption,
+                                            "corruption": report.corruption, "encoding": report.encoding,
                                             "backend": report.backend, "input": report.input, "link": report.link,
                                             "system": report.source,
                                             "placement": placement.to_dict() if placement else None,
@@ -449,6 +449,15 @@ def cmd_edge(args: argparse.Namespace) -> int:
                                                          for k, v in asdict(settings).items()}}, indent=1))
     _print_edge_summary(report)
     return 0
+
+
+def _encoding(text: str):
+    from askexpert.contract.codecs import Encoding
+
+    try:
+        return Encoding.parse(text)
+    except ValueError as err:
+        raise ConfigError(str(err), fix="give --encode raw, npy, png, jpeg:Q or webp:Q with Q in 1..100") from err
 
 
 def _edge_energy_profile(device: str) -> str:
@@ -498,6 +507,9 @@ def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
                       f"{c.changes[-1].why}")
     if report.corruption:
         table.add_row("inputs drifted", report.corruption)
+    if s.up_bytes_per_offload:
+        table.add_row("bytes an offload: up / down" + (f" ({report.encoding})" if report.encoding else ""),
+                      f"{s.up_bytes_per_offload:,.0f} / {s.down_bytes_per_offload:,.0f}")
     b = s.breakdown_ms_offloaded
     table.add_row("offloaded: edge / encode / network / link / queue / expert ms",
                   " / ".join(f"{b[k]:.2f}" for k in ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms",
@@ -987,6 +999,9 @@ def _edge_command(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="inputs processed together (1: a live stream)")
     p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit; or a schedule, "
                    "wifi@0,lte@500 (lte from image 500 on; SIGUSR1 to the edge moves to the next entry at once)")
+    p.add_argument("--encode", default="raw", metavar="FORM",
+                   help="how offloaded images travel: raw (uint8 bytes, default), npy, png (lossless), jpeg:Q or "
+                   "webp:Q (lossy at quality Q, 1..100); fewer bytes mean less link time and radio energy")
     p.add_argument("--corrupt", metavar="NAME:SEVERITY[@IMAGE]",
                    help="drift the inputs: gaussian_noise, brightness, contrast or gaussian_blur at severity 1..5 "
                    "(CIFAR-10-C's settings), from image IMAGE on (default 0), e.g. gaussian_noise:3@1000")

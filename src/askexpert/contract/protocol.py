@@ -5,7 +5,10 @@ Request: ``POST /v1/experts/{id}/infer?topk=K`` with a batch of images as the bo
 * ``application/octet-stream``: the raw ``uint8`` bytes of an ``[N, C, H, W]`` array in C order,
   with the header ``X-Shape: N,C,H,W``; or
 * ``application/x-npy``: a NumPy ``.npy`` file of a ``uint8`` ``[N, C, H, W]`` array (read without
-  pickle).
+  pickle); or
+* ``image/png`` (lossless), ``image/jpeg`` or ``image/webp`` (lossy): the images stacked into one
+  picture (:mod:`askexpert.contract.codecs`), ``X-Shape`` optional for one image; its declared size is
+  checked before it is decoded.
 
 Response (JSON, :class:`InferResponse`): per image, the expert's top-k global class ids with their
 probabilities (``-1`` stands for "other", i.e. "not one of my classes"), its answer and confidence,
@@ -22,6 +25,7 @@ import numpy as np
 from numpy.lib import format as npformat
 from pydantic import BaseModel, Field
 
+from askexpert.contract.codecs import FORMATS, CodecError, Encoding, compress, decompress
 from askexpert.contract.labels import OTHER
 
 OCTET = "application/octet-stream"
@@ -39,12 +43,26 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
-def encode_images(images) -> tuple[bytes, dict[str, str]]:
-    """Raw-bytes body and headers for a ``uint8 [N, C, H, W]`` batch (a NumPy array, or a CPU tensor)."""
+RAW = Encoding("raw")
+
+
+def encode_images(images, encoding: Encoding = RAW) -> tuple[bytes, dict[str, str]]:
+    """Body and headers for a ``uint8 [N, C, H, W]`` batch (a NumPy array, or a CPU tensor): raw bytes by
+    default, or ``encoding``'s form (``.npy``, PNG, JPEG or WebP at its quality)."""
     arr = np.asarray(images)
     if arr.dtype != np.uint8 or arr.ndim != 4:
         raise ProtocolError(f"images must be uint8 [N, C, H, W], got {arr.dtype} {list(arr.shape)}")
-    return np.ascontiguousarray(arr).tobytes(), {"Content-Type": OCTET, SHAPE_HEADER: ",".join(map(str, arr.shape))}
+    shape = {SHAPE_HEADER: ",".join(map(str, arr.shape))}
+    if encoding.form == "raw":
+        return np.ascontiguousarray(arr).tobytes(), {"Content-Type": OCTET, **shape}
+    if encoding.form == "npy":
+        out = io.BytesIO()
+        np.save(out, np.ascontiguousarray(arr), allow_pickle=False)
+        return out.getvalue(), {"Content-Type": NPY}
+    try:
+        return compress(arr, encoding), {"Content-Type": encoding.content_type, **shape}
+    except CodecError as err:
+        raise ProtocolError(str(err)) from err
 
 
 def npy_bytes(shape) -> int:
@@ -88,28 +106,57 @@ def _check_count(shape: tuple[int, ...], max_images: int) -> None:
 
 
 def decode_images(body: bytes, content_type: str | None, shape_header: str | None, *,
-                  max_images: int = MAX_IMAGES) -> np.ndarray:
+                  max_images: int = MAX_IMAGES, expect: Sequence[int] | None = None) -> np.ndarray:
     """The ``uint8 [N, C, H, W]`` array of a request body (a read-only view of it), or a
-    :class:`ProtocolError`. Sizes are checked in Python integers before anything is allocated."""
+    :class:`ProtocolError`. Sizes are checked in Python integers before anything is allocated.
+    ``expect``: the ``[C, H, W]`` the expert takes; a compressed picture must hold exactly such images
+    (its declared size is checked before it is decoded), and gives one image without ``X-Shape``."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind == NPY:
         return _npy_array(body, max_images)
+    if kind in FORMATS:
+        return _picture(body, kind, shape_header, max_images, expect)
     if kind != OCTET:
-        raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}) or {NPY}",
-                            "content_type")
+        raise ProtocolError(f"unsupported content type {content_type!r}: send {OCTET} (with {SHAPE_HEADER}), {NPY}, "
+                            f"or one of {', '.join(FORMATS)}", "content_type")
     if not shape_header:
         raise ProtocolError(f"raw bodies need the header {SHAPE_HEADER}: N,C,H,W")
+    shape = _shape(shape_header)
+    _check_count(shape, max_images)
+    expected = math.prod(shape)  # Python integers: no overflow on a hostile header
+    if len(body) != expected:
+        raise ProtocolError(f"body has {len(body)} bytes but {SHAPE_HEADER} {shape_header} needs {expected}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _picture(body: bytes, kind: str, shape_header: str | None, max_images: int,
+             expect: Sequence[int] | None) -> np.ndarray:
+    if shape_header:
+        shape = _shape(shape_header)
+    elif expect is not None:
+        shape = (1, *expect)
+    else:
+        raise ProtocolError(f"a {kind} body without {SHAPE_HEADER} needs the expert's input shape")
+    _check_count(shape, max_images)
+    if shape[1] not in (1, 3):
+        raise ProtocolError(f"{kind} bodies carry 1 or 3 channels, {SHAPE_HEADER} declares {shape[1]}")
+    if expect is not None and list(shape[1:]) != list(expect):
+        raise ProtocolError(f"this expert takes images of shape {list(expect)} (C, H, W), {SHAPE_HEADER} declares "
+                            f"{list(shape[1:])}")
+    try:
+        return decompress(body, kind, shape)
+    except CodecError as err:
+        raise ProtocolError(str(err)) from err
+
+
+def _shape(shape_header: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in shape_header.split(","))
     except ValueError as err:
         raise ProtocolError(f"{SHAPE_HEADER} must be four integers N,C,H,W, got {shape_header[:80]!r}") from err
     if len(shape) != 4:
         raise ProtocolError(f"{SHAPE_HEADER} must be four integers N,C,H,W, got {shape_header[:80]!r}")
-    _check_count(shape, max_images)
-    expected = math.prod(shape)  # Python integers: no overflow on a hostile header
-    if len(body) != expected:
-        raise ProtocolError(f"body has {len(body)} bytes but {SHAPE_HEADER} {shape_header} needs {expected}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+    return shape
 
 
 def image_results(probs: np.ndarray, output_ids: Sequence[int], topk: int) -> list[dict]:

@@ -25,7 +25,8 @@ import httpx
 import numpy as np
 from pydantic import TypeAdapter
 
-from askexpert.contract.protocol import ExpertInfo, HealthResponse, InferResponse, encode_images
+from askexpert.contract.codecs import Encoding
+from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, encode_images
 from askexpert.runtime.link import LinkProfile
 
 
@@ -119,14 +120,16 @@ class HttpExpertClient:
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
                  down_for_s: float = 1.0, link: LinkProfile | None = None, topk: int = 3,
                  link_sleep: bool = True, deadline_s: float | None = None, token: str | None = None,
-                 ca_file: Path | None = None, system_id: str | None = None) -> None:
+                 ca_file: Path | None = None, system_id: str | None = None, encoding: Encoding = RAW) -> None:
         """``timeout_s`` bounds each network wait of an attempt; ``deadline_s`` (default
         ``(retries + 1) * timeout_s``) bounds a whole offload, its retries included. ``token``: the
         server's bearer token. ``ca_file``: the authority that signed an https server's certificate.
         ``system_id``: the bundle's; images go only to a server whose health names it (module docstring).
         ``link`` adds an emulated link's delay to every offload: slept (``link_sleep``, the default:
         the edge really waits, as on that link) or only accounted in ``link_ms`` (a benchmark's
-        sequential stream, where waiting would change nothing but the wall time)."""
+        sequential stream, where waiting would change nothing but the wall time). ``encoding``: how the
+        images travel (raw bytes, .npy, PNG, JPEG or WebP at a quality); its bytes set the link's time."""
+        self.encoding = encoding
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s, self.down_for_s = retries, backoff_s, down_for_s
         self.deadline_s = deadline_s if deadline_s is not None else (retries + 1) * timeout_s
@@ -258,7 +261,7 @@ class HttpExpertClient:
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
         self._ensure_trusted()
         t0 = time.perf_counter()
-        body, headers = encode_images(images)
+        body, headers = encode_images(images, self.encoding)
         t1 = time.perf_counter()
         url = self._urls.get(expert_id)
         if url is None:

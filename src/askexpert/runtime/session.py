@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.codecs import Encoding
+from askexpert.contract.protocol import RAW
 from askexpert.contract.schema import OperatingCurve
 from askexpert.corruptions import Corruption
 from askexpert.costs.energy import edge_mj_per_image
@@ -65,6 +67,7 @@ class EdgeSettings:
     target_offload: float | None = None  # hold the offload share (0..1), label-free
     energy_profile: str = "raspberry-pi-4"  # the edge's power (costs/profiles.yaml) for --energy-budget
     radio: str = "wifi"
+    encoding: Encoding = RAW  # how offloaded images travel (raw, npy, png, jpeg:Q, webp:Q)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class EdgeReport:
     resumed: int = 0  # answers read back from an interrupted run's files
     control: ControlReport | None = None  # what holding the operating point did (a controller ran)
     corruption: str | None = None
+    encoding: str | None = None  # how offloaded images travelled (None: nothing was sent)
 
 
 def open_system(s: EdgeSettings) -> EdgeSystem:
@@ -204,7 +208,8 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
                  " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
     urls = [s.server] if isinstance(s.server, str) else list(s.server or [])
     clients = [HttpExpertClient(url, timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s,
-                                token=s.token, ca_file=s.ca_file, system_id=system.system_id) for url in urls]
+                                token=s.token, ca_file=s.ca_file, system_id=system.system_id, encoding=s.encoding)
+               for url in urls]
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
     control = controller_for(s, system)
     try:
@@ -231,7 +236,7 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
     return EdgeReport(summarize(traces), traces, runner.policy, model.backend, source.description,
                       s.link.describe() if s.link else "loopback (none)", ", ".join(urls) or None, system.source,
                       list(model.class_names), source.files, len(restored), report,
-                      s.corrupt.describe() if s.corrupt else None)
+                      s.corrupt.describe() if s.corrupt else None, str(s.encoding) if urls else None)
 
 
 def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
 
+from askexpert.contract.codecs import FORMATS
 from askexpert.contract.protocol import (
     MAX_IMAGES,
     NPY,
@@ -54,12 +55,13 @@ _INFER_BODY = {
     "requestBody": {
         "required": True,
         "description": f"A uint8 [N, C, H, W] image batch: raw bytes ({OCTET}, with header {SHAPE_HEADER}: N,C,H,W) "
-                       f"or a .npy file ({NPY}). C, H, W must match the expert's input_shape.",
-        "content": {OCTET: {"schema": {"type": "string", "format": "binary"}},
-                    NPY: {"schema": {"type": "string", "format": "binary"}}},
+                       f"a .npy file ({NPY}), or the images stacked top to bottom in one PNG, JPEG or WebP picture "
+                       f"({', '.join(FORMATS)}; its size is checked before it is decoded). C, H, W must match the "
+                       "expert's input_shape.",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in (OCTET, NPY, *FORMATS)},
     },
     "parameters": [{"name": SHAPE_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
-                    "description": "N,C,H,W of a raw octet-stream body"}],
+                    "description": "N,C,H,W of a raw octet-stream body (and of a picture of several images)"}],
 }
 
 
@@ -416,11 +418,11 @@ class InferEndpoint:
         m.requests.inc()
         # a refused body is answered at once: the rest of it is not read, and the connection closes
         body = await _read_body(receive, declared, self.body_limits[expert_id], self.limits.body_timeout_s)
+        expected = self.experts.infos[expert_id].input_shape
         try:
-            images = decode_images(body, content_type, shape, max_images=self.limits.max_images)
+            images = decode_images(body, content_type, shape, max_images=self.limits.max_images, expect=expected)
         except ProtocolError as err:
             raise Refusal(_PROTOCOL_STATUS[err.reason], err.reason, str(err)) from err
-        expected = self.experts.infos[expert_id].input_shape
         if list(images.shape[1:]) != expected:
             raise Refusal(400, "bad_shape", f"expert {expert_id} takes images of shape {expected} (C, H, W), "
                           f"got {list(images.shape[1:])}")

@@ -1,0 +1,122 @@
+"""Images on the wire in a compressed form: PNG (lossless), JPEG and WebP (lossy, quality chosen by the
+edge), with Pillow at both ends.
+
+A request of ``N`` images ``[N, C, H, W]`` travels as one picture of ``N * H`` rows (the images stacked
+top to bottom), ``L`` for one channel and ``RGB`` for three, with ``X-Shape: N,C,H,W`` (optional for
+``N = 1``). JPEG and WebP code in 8x8 / 16x16 blocks: where ``H`` is not a multiple of 16, a block may
+straddle two stacked images, so a batch's lossy answer can differ slightly from one-at-a-time's (the
+edge sends one image a request). WebP has no grey mode: one-channel images travel as RGB and come
+back as their luma.
+
+Decoding is guarded before any pixel is decompressed: the format must be the one the content type
+names, and the picture's declared size (read from its header, a few bytes) must be exactly what the
+request declares and the expert takes. A small file that declares a huge picture (a decompression
+bomb) is refused by its header alone, so it costs the server no memory.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PNG, JPEG, WEBP = "image/png", "image/jpeg", "image/webp"
+FORMATS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WEBP"}  # content type -> Pillow's format name
+LOSSY = {"jpeg": JPEG, "webp": WEBP}
+DEFAULT_QUALITY = 85
+_SPEC = re.compile(r"^(raw|npy|png|jpeg|webp)(?::(\d{1,3}))?$")
+
+
+class CodecError(ValueError):
+    """A compressed body that cannot be (or must not be) decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the edge sends its images: ``raw`` (uint8 bytes), ``npy``, ``png``, or ``jpeg`` / ``webp`` at a
+    ``quality`` of 1..100."""
+
+    form: str = "raw"
+    quality: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Encoding:
+        """``raw``, ``npy``, ``png``, ``jpeg[:Q]`` or ``webp[:Q]`` (Q 1..100, default 85)."""
+        m = _SPEC.match(text.strip().lower())
+        if not m:
+            raise ValueError(f"unknown image encoding {text!r}: use raw, npy, png, jpeg:Q or webp:Q (Q 1..100)")
+        form, q = m.group(1), m.group(2)
+        if q is not None and form not in LOSSY:
+            raise ValueError(f"{form} takes no quality (only jpeg:Q and webp:Q do), got {text!r}")
+        quality = int(q) if q is not None else (DEFAULT_QUALITY if form in LOSSY else None)
+        if quality is not None and not 1 <= quality <= 100:
+            raise ValueError(f"quality must be 1..100, got {quality} in {text!r}")
+        return cls(form, quality)
+
+    @property
+    def content_type(self) -> str | None:
+        """The content type of a compressed form (None for raw and npy, which the protocol writes itself)."""
+        return PNG if self.form == "png" else LOSSY.get(self.form)
+
+    @property
+    def lossless(self) -> bool:
+        return self.form in ("raw", "npy", "png")
+
+    def __str__(self) -> str:
+        return f"{self.form}:{self.quality}" if self.quality is not None else self.form
+
+
+def compress(images: np.ndarray, encoding: Encoding) -> bytes:
+    """The picture of a ``uint8 [N, C, H, W]`` batch (C 1 or 3) in ``encoding``'s compressed form."""
+    n, c, h, w = images.shape
+    if c not in (1, 3):
+        raise CodecError(f"compressed forms carry 1 or 3 channels, got {c}: send raw or npy")
+    tall = np.ascontiguousarray(images.transpose(0, 2, 3, 1).reshape(n * h, w, c))
+    picture = Image.fromarray(tall[..., 0] if c == 1 else tall, "L" if c == 1 else "RGB")
+    if encoding.form == "webp" and c == 1:
+        picture = picture.convert("RGB")
+    out = io.BytesIO()
+    if encoding.form == "png":
+        picture.save(out, "PNG", compress_level=6)
+    elif encoding.form == "jpeg":
+        picture.save(out, "JPEG", quality=encoding.quality)
+    elif encoding.form == "webp":
+        picture.save(out, "WEBP", quality=encoding.quality, method=4)
+    else:
+        raise CodecError(f"{encoding} is not a compressed form")
+    return out.getvalue()
+
+
+def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The ``uint8 [N, C, H, W]`` batch of a compressed ``body`` that must hold ``shape`` (checked in the
+    picture's header before it is decoded: a decompression bomb is refused without its pixels)."""
+    n, c, h, w = shape
+    fmt = FORMATS[content_type]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(body), formats=[fmt])  # reads the header only
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds on a bad file
+        raise CodecError(f"body is not a valid {fmt} file ({type(err).__name__}: {err})") from err
+    if picture.size != (w, n * h):
+        raise CodecError(f"the {fmt} picture declares {picture.size[0]}x{picture.size[1]} pixels but the request "
+                         f"needs {w}x{n * h} ({n} image(s) of {h}x{w}); it is not decoded")
+    modes = {"L": 1, "RGB": 3}
+    if picture.mode not in modes and not (fmt == "PNG" and picture.mode == "P"):
+        raise CodecError(f"the {fmt} picture is in mode {picture.mode}; send L (1 channel) or RGB (3 channels)")
+    try:
+        picture.load()
+    except Exception as err:  # noqa: BLE001 - a truncated or corrupt stream
+        raise CodecError(f"the {fmt} picture could not be decoded ({type(err).__name__}: {err})") from err
+    if picture.mode == "P":
+        picture = picture.convert("RGB")
+    if modes[picture.mode] != c:
+        if fmt == "PNG":
+            raise CodecError(f"the PNG picture has {modes[picture.mode]} channel(s) but the request declares {c}")
+        picture = picture.convert("L" if c == 1 else "RGB")  # lossy forms: WebP has no grey mode
+    arr = np.asarray(picture, dtype=np.uint8).reshape(n * h, w, c)
+    return np.ascontiguousarray(arr.reshape(n, h, w, c).transpose(0, 3, 1, 2))
