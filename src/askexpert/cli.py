@@ -518,7 +518,7 @@ def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
         table.add_row(f"edge energy per image ({energy.edge_energy_kind})",
                       f"{energy.edge_mj_per_image:.2f} mJ (compute {energy.edge_compute_mj_per_image:.2f}, waiting "
                       f"{energy.edge_wait_mj_per_image:.2f}, radio {energy.radio_mj_per_image:.3f})")
-        table.add_row(f"server energy per image ({energy.server_energy_kind})", f"{energy.server_mj_per_image:.2f} mJ")
+        table.add_row(f"server energy per image ({energy.server_label})", f"{energy.server_mj_per_image:.2f} mJ")
     _out().print(table)
 
 
@@ -537,6 +537,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from askexpert.bench.report import goals
     from askexpert.bench.suite import run_bench
 
+    if args.profile == "paper-scale":
+        return _paper_scale(args)
     result = run_bench(args.profile, output_dir=Path(args.output_dir), results_dir=Path(args.results),
                        fresh=args.fresh, edge_profile=args.edge_profile, server_profile=args.server_profile,
                        radio=args.radio, edge_device=args.edge_device, edge_mode=args.edge_mode, console=_console())
@@ -547,6 +549,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row(g.goal, f"{g.ratio:.2f}x", "yes" if g.met else "no", g.detail)
     _out().print(table)
     _out().print(f"report: {result.report}")
+    return 0
+
+
+def _paper_scale(args: argparse.Namespace) -> int:
+    from askexpert.bench.scale import ScaleProfile, run_paper_scale
+    from askexpert.bench.scale_report import ratios
+    from askexpert.system.costing import CostSystem
+
+    profile = ScaleProfile(devices=tuple(args.devices), images=args.scale_images,
+                           sweep_images=min(args.scale_images, max(args.scale_images // 2, 1)))
+    result = run_paper_scale(output_dir=Path(args.output_dir), results_dir=Path(args.results) / "paper-scale",
+                             profile=profile, fresh=args.fresh, edge_mode=args.edge_mode,
+                             server_profile=args.server_profile, console=_console(),
+                             system=CostSystem(generalist_weights=args.generalist_weights,
+                                               expert_weights=args.expert_weights))
+    table = Table(title=f"paper scale at {100 * profile.headline_rate:.0f}% offloaded: collaborative against the "
+                        "paper's ratios (0.55x latency vs edge execution, 0.54x energy vs full offload)")
+    for col in ("device", "link", "latency vs edge execution", "latency vs medium on edge",
+                "energy vs full offload"):
+        table.add_column(col)
+    for dev in profile.devices:
+        for link in profile.links:
+            q = ratios(result, dev, link, profile.headline_rate)
+            table.add_row(dev, link, f"{q['latency_vs_edge_execution']:.2f}x", f"{q['latency_vs_edge_general']:.2f}x",
+                          f"{q['energy_vs_full_offload']:.2f}x")
+    _out().print(table)
+    _out().print(f"report: {result.report} (weights {result.system['weights']}; accuracy not measured at this scale)")
     return 0
 
 
@@ -1064,14 +1093,24 @@ def _bench_command(sub) -> None:
                        "and concurrent clients, and write results/<date>-<host>-<profile>.json plus a Markdown "
                        "report with PNG plots. quick: demo-sized models, <= 20 min on 2 CPU cores; full: the full "
                        "recipes. Interrupted runs resume at the first missing measurement.")
-    p.add_argument("--profile", choices=["quick", "full"], default="quick")
+    p.add_argument("--profile", choices=["quick", "full", "paper-scale"], default="quick",
+                   help="paper-scale: DeiT-Tiny on the emulated edge devices, DeiT-Small experts on the server, "
+                   "224x224 images, untrained weights unless given; costs only (~25 min on 2 cores)")
+    p.add_argument("--devices", nargs="+", default=["rpi4", "snapdragon-820"],
+                   help="paper-scale: the emulated edge devices (costs/profiles.yaml edge_speeds)")
+    p.add_argument("--scale-images", type=int, default=200,
+                   help="paper-scale: images a measurement at 30%% offload and of the baselines (half at other rates)")
+    p.add_argument("--generalist-weights", type=Path, help="paper-scale: DeiT-Tiny weights file (default: untrained)")
+    p.add_argument("--expert-weights", type=Path,
+                   help="paper-scale: DeiT-Small weights file for the experts and general model (default: untrained)")
     p.add_argument("--output-dir", default="runs", help="models and cached measurements go to OUTPUT_DIR/bench-PROFILE")
     p.add_argument("--results", default="results", help="where the JSON and the report go")
     p.add_argument("--fresh", action="store_true", help="measure again (models are still reused)")
     p.add_argument("--edge-profile", help="energy profile of the edge (costs/profiles.yaml; default: the emulated "
                    "device's, else raspberry-pi-4)")
     _add_edge_device_flags(p, "--edge-device")
-    p.add_argument("--server-profile", default="h100-batch1", help="device profile of the near-edge server")
+    p.add_argument("--server-profile", help="power profile of the near-edge server (costs/profiles.yaml; default: "
+                   "h100-batch1 where the experts run on a GPU, epyc-9654-core where they run on this CPU)")
     p.add_argument("--radio", default="wifi", help="network profile of the edge radio")
     p.set_defaults(func=cmd_bench)
 

@@ -9,3 +9,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def where(name: str = "auto") -> str:
+    """Where a torch device name runs, in words, for the labels of the energy it is priced at:
+    ``this host's CPU (AMD EPYC)`` or ``this host's GPU (NVIDIA H100 80GB HBM3)``."""
+    resolved = resolve_device(name)
+    if resolved.type == "cuda":
+        return f"this host's GPU ({torch.cuda.get_device_name(resolved)})"
+    cpu = "unknown model"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"this host's CPU ({cpu})"

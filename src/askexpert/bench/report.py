@@ -190,10 +190,12 @@ def write_report(result: BenchResult, out_dir: Path) -> Path:
         f"Edge: {e['edge_profile']['name']} at {e['edge_profile']['active_w']} W ({e['edge_profile']['source']}); "
         f"radio: {e['radio']['name']}, {e['radio']['joules_per_bit']:g} J/bit ({e['radio']['source']}); "
         f"server: {e['server_profile']['name']} at {e['server_profile']['active_w']} W "
-        f"({e['server_profile']['source']}). Compute times are measured on this host, edge and server alike.", "",
+        f"({e['server_profile']['source']}) x the experts' compute time on {e.get('server_where', 'this host')}. "
+        "Compute times are measured on this host, edge and server alike.", "",
         "## Systems on the same test images and link", "",
         "| system | accuracy % | on offloaded % | offload % | expert fallbacks | latency p50 / p95 / mean ms "
-        f"({(result.placement or {}).get('label', 'host CPU')}) | edge mJ/img | server mJ/img | total mJ/img |",
+        f"({(result.placement or {}).get('label', 'host CPU')}) | edge mJ/img | server mJ/img "
+        f"({e['server_profile']['name']}, modelled) | total mJ/img |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in BASELINES:

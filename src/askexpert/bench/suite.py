@@ -32,8 +32,9 @@ from askexpert.contract.protocol import InferResponse, encode_images
 from askexpert.contract.schema import DataIdentity
 from askexpert.costs.energy import CostModel
 from askexpert.costs.meters import measured_meter
-from askexpert.costs.profiles import device, network
+from askexpert.costs.profiles import device, network, server_profile_for
 from askexpert.data import load_dataset
+from askexpert.devices import where
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
@@ -256,14 +257,15 @@ class _Bench:
             return ClientsRow(**row, server_mj_per_image=1000 * reading.joules / max(row["requests"], 1),
                               server_mj_per_image_modelled=modelled, server_energy_kind="measured",
                               server_energy_source=meter.source, server_watts=reading.watts)
-        source = f"{self.costs.server.name} ({self.costs.server.active_w} W) x compute share per image"
+        source = (f"{self.costs.server.name} ({self.costs.server.active_w:g} W) x compute share per image on "
+                  f"{self.costs.server_where}")
         return ClientsRow(**row, server_mj_per_image=modelled, server_mj_per_image_modelled=modelled,
                           server_energy_kind="modelled", server_energy_source=source)
 
 
 def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path("runs"),
               results_dir: Path = Path("results"), fresh: bool = False, edge_profile: str | None = None,
-              server_profile: str = "h100-batch1", radio: str = "wifi", edge_device: str = "host",
+              server_profile: str | None = None, radio: str = "wifi", edge_device: str = "host",
               edge_mode: Mode = "auto", console: Console | None = None) -> BenchResult:
     """Run (or resume) the bench. ``edge_device`` (a speed profile, or ``host``) emulates the edge
     device on one core of this host (:mod:`askexpert.testbed.placement`); its energy profile is the
@@ -278,8 +280,9 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
         shutil.rmtree(cells.root)
     torch.set_num_threads(profile.threads)
     edge = EmulatedEdge(edge_device, mode=edge_mode)
-    costs = CostModel(device(edge_profile or edge.energy_profile("raspberry-pi-4")), device(server_profile),
-                      network(radio))
+    costs = CostModel(device(edge_profile or edge.energy_profile("raspberry-pi-4")),
+                      device(server_profile or server_profile_for(torch.cuda.is_available())), network(radio),
+                      server_where=where())
     started = time.perf_counter()
 
     console.rule(f"bench {profile.name}: models and bundles")
@@ -330,6 +333,7 @@ def _result(profile: Profile, models: dict, policy: RoutingPolicy, costs: CostMo
                                "target_offload": profile.headline_rate},
         test_images=len(images), sweep_images=len(sweep), headline_link=PRESETS[profile.headline_link].describe(),
         energy={"edge_profile": costs.edge.__dict__, "server_profile": costs.server.__dict__,
+                "server_where": costs.server_where,
                 "radio": costs.radio.__dict__, "measured_meter": meter.source if meter else None,
                 "meter_notes": meter_notes},
         cells=cells, seconds=seconds, placement=placement.to_dict(),

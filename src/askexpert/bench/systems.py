@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.contract.codecs import Encoding
 from askexpert.contract.labels import GENERAL
+from askexpert.contract.protocol import RAW
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.routing import ALL, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
@@ -105,12 +107,14 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
 
 def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, experts: list[ExpertTarget],
                images: np.ndarray, labels: np.ndarray, url: str | None = None, local: LocalExperts | None = None,
-               link: LinkProfile | None = None, timeout_s: float = 10.0, link_sleep: bool = False) -> list[SampleTrace]:
+               link: LinkProfile | None = None, timeout_s: float = 10.0, link_sleep: bool = False,
+               encoding: Encoding = RAW) -> list[SampleTrace]:
     """Traces of one system over ``images`` (one image at a time, as an edge device streams them).
 
     One edge device streams its images one after another, so the emulated link's delay is added to
     each trace (``link_ms``, part of ``total_ms``) without sleeping through it unless ``link_sleep``:
     the latencies are the same and a sweep over slow links does not take minutes of idle waiting.
+    ``encoding``: how offloaded images travel (raw bytes by default; PNG, JPEG, WebP).
     """
     batches = ((images[i:i + 1], labels[i:i + 1]) for i in range(len(images)))
     if kind in ("edge-only", "edge-general"):  # one model on the edge for every image, nothing offloaded
@@ -121,7 +125,7 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
     if kind == "edge-execution":
         runner = EdgeRunner(generalist, policy, local, experts, experts_on_edge=True)
         return list(runner.run(batches))
-    with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep) as client:
+    with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep, encoding=encoding) as client:
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
         if kind == "full-offload-expert":

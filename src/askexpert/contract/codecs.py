@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401 (loaded now: else the first offload pays)
 
 PNG, JPEG, WEBP = "image/png", "image/jpeg", "image/webp"
 FORMATS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WEBP"}  # content type -> Pillow's format name

@@ -30,6 +30,12 @@ class Energy:
     server_energy_source: str
     server_mj_per_offloaded_image: float
     total_mj_per_image: float
+    server_energy_label: str = ""  # the short form printed beside every server figure
+
+    @property
+    def server_label(self) -> str:
+        """``measured: NVML ...`` or ``modelled: PROFILE's W x compute time on WHERE``."""
+        return f"{self.server_energy_kind}: {self.server_energy_label or self.server_energy_source}"
 
 
 def edge_energy_j(edge: DeviceProfile, radio: NetworkProfile, busy_s: float, wait_s: float,
@@ -65,9 +71,13 @@ def edge_mj_per_image(traces, edge: DeviceProfile, radio: NetworkProfile) -> flo
 
 @dataclass
 class CostModel:
+    """``server_where``: where the server's compute times were measured (``this host's CPU (AMD EPYC)``),
+    named in every server figure's label."""
+
     edge: DeviceProfile
     server: DeviceProfile
     radio: NetworkProfile
+    server_where: str = "this host"
 
     def energy(self, traces, server_measured_j: float | None = None, server_meter: str | None = None) -> Energy:
         """Energy per image of ``traces`` (:class:`~askexpert.runtime.edge.SampleTrace`)."""
@@ -79,10 +89,12 @@ class CostModel:
                      else "waiting not counted (no sourced idle power)")
         if server_measured_j is not None:
             server_j, kind, source = server_measured_j, "measured", server_meter or "meter"
+            label = source
         else:
             server_j, kind = self.server.energy_j(server_busy_s), "modelled"
-            source = (f"{self.server.name} ({self.server.active_w} W) x each image's share of its server batch's "
-                      "compute time, measured on this host")
+            label = f"{self.server.name}'s {self.server.active_w:g} W x compute time on {self.server_where}"
+            source = (f"{self.server.name} ({self.server.description}; {self.server.active_w:g} W) x each image's "
+                      f"share of its server batch's compute time, measured on {self.server_where}")
         offloaded = sum(t.route.offloaded and not t.expert_on_edge for t in traces)
         edge_total = edge_compute + edge_wait + radio
         return Energy(
@@ -94,5 +106,5 @@ class CostModel:
             bytes_per_image=moved / n, server_mj_per_image=1000 * server_j / n, server_energy_kind=kind,
             server_energy_source=source,
             server_mj_per_offloaded_image=1000 * server_j / offloaded if offloaded else 0.0,
-            total_mj_per_image=1000 * (edge_total + server_j) / n,
+            total_mj_per_image=1000 * (edge_total + server_j) / n, server_energy_label=label,
         )

@@ -63,6 +63,15 @@ def _entry(section: str, name: str, what: str, also: tuple[str, ...] = ()) -> di
     return {"name": name, **table[name]}
 
 
+CPU_SERVER, GPU_SERVER = "epyc-9654-core", "h100-batch1"
+
+
+def server_profile_for(on_gpu: bool) -> str:
+    """The default profile of the near-edge server's power: the H100's where the experts run on a GPU,
+    one server CPU core's where they run on a CPU (as on a machine without an accelerator)."""
+    return GPU_SERVER if on_gpu else CPU_SERVER
+
+
 def device(name: str) -> DeviceProfile:
     return DeviceProfile(**_entry("devices", name, "device profile"))
 
