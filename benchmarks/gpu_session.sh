@@ -5,6 +5,9 @@
 #   benchmarks/gpu_session.sh measure   # serving on the GPU (CUDA graphs, NVML), then `bench --profile full`
 #   benchmarks/gpu_session.sh testbed   # `bench --profile quick --edge-device rpi4`: an emulated Raspberry Pi 4
 #                                       # on one CPU core, the expert server on the GPU (trains its own models)
+#   benchmarks/gpu_session.sh paper-scale  # `bench --profile paper-scale`: DeiT-Tiny on the emulated rpi4 and
+#                                          # snapdragon-820 cores, DeiT-Small experts on the GPU (untrained
+#                                          # weights; ~15 min on 2 CPU cores with the server on a core)
 #   benchmarks/gpu_session.sh specialists  # progressive vs static specialists (benchmarks/specialists.py,
 #                                          # profile gpu): the 500-a-class regime, seed 0 with its screens,
 #                                          # then seeds 1 and 2 side by side
@@ -102,8 +105,15 @@ specialists)
     $PY benchmarks/specialists.py --summary --results $r 2>&1 | tee runs/gpu/logs/specialists-summary.log
     tar czf "$OUT/specialists.tar.gz" runs/gpu/logs $r 2>/dev/null
     ;;
+paper-scale)
+    timeout $(( $(left) > 10 ? $(left) - 5 : 10 )) $PY -m askexpert.cli bench --profile paper-scale \
+        --devices ${SCALE_DEVICES:-rpi4 snapdragon-820} --scale-images ${SCALE_IMAGES:-100} \
+        --output-dir runs/gpu --results runs/gpu/results > runs/gpu/logs/paper-scale.log 2>&1
+    echo "bench exit $?" >> runs/gpu/logs/paper-scale.log
+    tar czf "$OUT/paper-scale.tar.gz" runs/gpu/logs runs/gpu/results/paper-scale 2>/dev/null
+    ;;
 *)
-    echo "unknown phase $phase: table, measure, testbed or specialists" >&2
+    echo "unknown phase $phase: table, measure, testbed, paper-scale or specialists" >&2
     exit 2
     ;;
 esac

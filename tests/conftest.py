@@ -185,13 +185,20 @@ def tiny_system(tmp_path_factory, fmnist_dir):
 
 
 @pytest.fixture(scope="session")
-def bundle_server(tiny_system):
+def bundle_server_process(tiny_system):
     """One real server (a child process on a loopback port) over the tiny system's bundle, shared by the
     tests that only send it requests: each start costs seconds (torch, the models, TorchScript)."""
     from askexpert.serving.process import ServerProcess
 
-    with ServerProcess(tiny_system["bundle"], threads=1) as url:
-        yield url
+    server = ServerProcess(tiny_system["bundle"], threads=1)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bundle_server(bundle_server_process):
+    """The shared server's URL."""
+    return bundle_server_process.url
 
 
 @pytest.fixture(scope="session")

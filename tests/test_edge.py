@@ -164,15 +164,25 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
 
     small = ["data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
              "model.kwargs.depth=1", "train.threads=2"]
-    result = run_demo(output_dir=tmp_path, limit=150, overrides=small)
+    result = run_demo(output_dir=tmp_path, limit=150, overrides=small)  # the default edge: an emulated Pi 4
     s = result.report.summary
     assert s.samples == 150 and s.degraded == 0 and 10 < s.offload_rate < 60
+    assert result.placement.device == "rpi4" and result.placement.mode in ("kernel-throttled", "paced")
     assert result.report.backend == "onnx" and (result.bundle / "system.json").is_file()
     assert result.energy.edge_energy_kind == "modelled" and result.energy.total_mj_per_image > 0
     assert result.energy.edge_wait_mj_per_image > 0  # the demo counts the edge's idle wait (the bench's formula)
+    assert "compute time on this host's" in result.energy.server_label  # the server's energy says where it is from
+    only, offload, collab = (result.row(k) for k in ("edge-only", "full-offload-general", "collaborative"))
+    assert only.summary.samples == offload.summary.samples == collab.summary.samples == 150  # the same images
+    assert only.summary.offload_rate == 0 and only.energy.bytes_per_image == 0 and only.energy.server_mj_per_image == 0
+    assert offload.summary.offload_rate == 100 and offload.summary.degraded == 0
+    assert only.summary.accuracy == s.generalist_accuracy  # the generalist's answers, with or without a server
+    assert 0 < collab.energy.bytes_per_image < offload.energy.bytes_per_image
     report = tmp_path / "demo" / "report"
-    assert "askexpert demo report" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "askexpert demo report" in text and "| metric | edge only | full offload | collaborative |" in text
+    assert text.count("emulated edge") == 1  # the placement described once, not twice
     assert len((report / "trace.jsonl").read_text().splitlines()) == 150
-    again = run_demo(output_dir=tmp_path, limit=50, overrides=small)  # a second run reuses every model
+    again = run_demo(output_dir=tmp_path, limit=50, overrides=small, edge_device="host")  # reuses every model
     assert again.models.reused == ["generalist", "general", "progressive"]
     assert again.models.experts == result.models.experts

@@ -18,7 +18,6 @@ from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import ProtocolError, decode_images, encode_images
 from askexpert.data.fashion_mnist import read_idx
 from askexpert.runtime.clients import HttpExpertClient
-from askexpert.serving.process import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 FORMS = ("raw", "npy", "png", "jpeg:95", "jpeg:75", "webp:85")
@@ -84,15 +83,15 @@ def _peak_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def test_a_decompression_bomb_is_refused_with_a_4xx_and_costs_no_memory(tiny_system, test_images):
+def test_a_decompression_bomb_is_refused_with_a_4xx_and_costs_no_memory(bundle_server_process, test_images):
     """An 8000x8000 RGB PNG (192 MB decoded) in a body of a few hundred KB: refused by its header, the
     server's peak memory unchanged; the same server then answers a real PNG request."""
     out = io.BytesIO()
     Image.new("RGB", (8000, 8000)).save(out, "PNG")
     bomb = out.getvalue()
     assert len(bomb) < 1_000_000
-    server = ServerProcess(tiny_system["bundle"], threads=1)
-    with server as url, httpx.Client(base_url=url) as http:
+    server = bundle_server_process
+    with httpx.Client(base_url=server.url) as http:
         good, headers = encode_images(test_images[:1], Encoding.parse("png"))
         assert http.post("/v1/experts/0/infer", content=good, headers=headers).status_code == 200
         before = _peak_mb(server.proc.pid)

@@ -431,12 +431,12 @@ def cmd_edge(args: argparse.Namespace) -> int:
         with EmulatedEdge(args.device, mode=args.edge_mode) as edge, tempfile.TemporaryDirectory() as tmp:
             _console().log(edge.placement.describe())
             settings = freeze_split(settings, Path(tmp) / "inputs.npz")  # the throttled edge reads no dataset
-            if settings.threads is None:  # the device's own threads, not the host's count on the one edge core
-                settings = replace(settings, threads=edge.profile.threads)
+            if settings.threads is None:  # one thread on the one edge core, not the host's count
+                settings = replace(settings, threads=edge.threads)
             _console().log(f"streaming {' '.join(settings.inputs)} through the {edge.placement.label} ...")
             report = edge.call(run_edge, s=settings)
         placement = edge.placement
-        _out().print(f"[bold]{placement.label}[/bold]: {placement.describe()}")
+        _out().print(f"[bold]edge[/bold]: {placement.describe()}")
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
@@ -467,13 +467,13 @@ def _edge_energy_profile(device: str) -> str:
     return (edge_speed(device).energy_profile if device != "host" else None) or "raspberry-pi-4"
 
 
-def _add_edge_device_flags(p: argparse.ArgumentParser, flag: str) -> None:
+def _add_edge_device_flags(p: argparse.ArgumentParser, flag: str, default: str = "host") -> None:
     from askexpert.costs.profiles import edge_speed_names
 
-    p.add_argument(flag, default="host", choices=["host", *edge_speed_names()],
+    p.add_argument(flag, default=default, choices=["host", *edge_speed_names()],
                    help="emulate this edge device on one core of this host, slowed by the kernel's CPU quota to the "
                    "device's published speed (costs/profiles.yaml edge_speeds), the server pinned to the other "
-                   "cores; host (default): the edge runs unthrottled in this process")
+                   f"cores; host: the edge runs unthrottled in this process (default: {default})")
     p.add_argument("--edge-mode", default="auto", choices=["auto", "kernel", "paced"],
                    help="how the edge is slowed: kernel (a cgroup CPU quota; needs a writable CPU controller), "
                    "paced (sleep after each model call), auto (kernel where possible, else paced; default)")
@@ -758,10 +758,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(output_dir=Path(args.output_dir), fresh=args.fresh, limit=args.limit,
                       link=parse_link(args.link), edge_device=args.edge_device, edge_mode=args.edge_mode,
                       console=console)
-    _print_edge_summary(result.report, title="askexpert demo", energy=result.energy)
-    _out().print(f"[bold]{result.placement.label}[/bold]: {result.placement.describe()}")
-    _out().print(f"report: {result.report_dir / 'report.md'}; bundle: {result.bundle} (energy: "
-                 f"{result.energy.edge_energy_source})")
+    _print_edge_summary(result.report, title="askexpert demo: collaborative", energy=result.energy)
+    from askexpert.demo import comparison
+
+    table = Table(title=f"what collaboration buys: the same {result.report.summary.samples} images on the "
+                        f"{result.placement.label}, link {result.report.link}")
+    table.add_column("metric")
+    for row in result.systems:
+        table.add_column(row.name, justify="right")
+    for label, values in comparison(result):
+        table.add_row(label, *values)
+    _out().print(table)
+    _out().print(f"[bold]edge[/bold]: {result.placement.describe()}")
+    _out().print(f"energy, modelled: edge {result.energy.edge_energy_source}; server {result.energy.server_label}")
+    _out().print(f"report: {result.report_dir / 'report.md'}; bundle: {result.bundle}")
     return 0
 
 
@@ -800,8 +810,9 @@ def _demo_command(sub) -> None:
     p.add_argument("--output-dir", default="runs", help="parent of the demo directory (default: runs)")
     p.add_argument("--fresh", action="store_true", help="retrain instead of reusing the demo's models")
     p.add_argument("--limit", type=int, default=2000, help="test images to stream (default 2000)")
-    p.add_argument("--link", help="emulate a link on every offload: wifi, lte, 5g or rtt=20ms,bw=20mbit")
-    _add_edge_device_flags(p, "--edge-device")
+    p.add_argument("--link", default="wifi",
+                   help="emulate a link on every offload: wifi (default), lte, 5g, none or rtt=20ms,bw=20mbit")
+    _add_edge_device_flags(p, "--edge-device", default="rpi4")
     p.set_defaults(func=cmd_demo)
 
 

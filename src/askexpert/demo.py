@@ -1,12 +1,18 @@
-"""``askexpert demo``: the whole collaborative system on Fashion-MNIST, offline, in a few minutes.
+"""``askexpert demo``: the whole collaborative system on Fashion-MNIST, offline, in a few minutes, and
+what it buys against its two alternatives.
 
 1. Train (or reuse from ``runs/demo``) a small generalist, a general model and progressive experts
    (configs ``demo-generalist``, ``demo-general``, ``demo-experts``; :mod:`askexpert.system.pipeline`).
 2. Build the deployable bundle (``runs/demo/system``): calibration on validation, ONNX generalist.
-3. Serve the bundle (``askexpert serve``) as a child process on a free loopback port.
-4. Stream the test split through the bundle's edge runner (ONNX Runtime), one image at a time, over HTTP.
-5. Print a table (accuracy, offload rate, latency with its breakdown, modelled energy) and write a
-   report into ``runs/demo/report``; stop the server.
+3. Serve the bundle (``askexpert serve``) as a child process on a free loopback port, pinned to the
+   cores the edge does not use.
+4. Stream the test images through the bundle's edge runner (ONNX Runtime), one at a time, over HTTP and
+   the emulated link, on an emulated Raspberry Pi 4 by default (:mod:`askexpert.testbed.placement`:
+   kernel-throttled where a CPU controller is writable, paced otherwise; ``host``: unthrottled).
+5. On the same images and edge: the generalist alone (edge only) and every image to the server's
+   general model (full offload).
+6. Print the three side by side (accuracy, latency p50 / p95, edge and total energy, bytes sent) and
+   write a report into ``runs/demo/report``; stop the server.
 """
 
 from __future__ import annotations
@@ -16,20 +22,25 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel, Energy
-from askexpert.costs.profiles import device, network
-from askexpert.runtime.link import LinkProfile
+from askexpert.costs.profiles import device, network, server_profile_for
+from askexpert.devices import where
+from askexpert.routing import RoutingPolicy
+from askexpert.runtime.edge import ExpertTarget
+from askexpert.runtime.link import PRESETS, LinkProfile
 from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, run_edge
+from askexpert.runtime.systems import SystemRow, measure, run_on_edge
 from askexpert.serving.process import ServerProcess
 from askexpert.system.build import build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
 from askexpert.testbed.placement import EmulatedEdge, Mode, Placement
 
-# profiles with sourced figures (costs/profiles.yaml)
-EDGE_DEVICE, SERVER_DEVICE, RADIO = "raspberry-pi-4", "h100-batch1", "wifi"
+EDGE_DEVICE = "raspberry-pi-4"  # the energy profile when the edge is not emulated (costs/profiles.yaml)
+DEFAULT_LINK = PRESETS["wifi"]
 
 
 def demo_pipeline(overrides: list[str] | None = None) -> PipelineSpec:
@@ -45,47 +56,77 @@ class DemoResult:
     bundle: Path
     report_dir: Path
     placement: Placement
+    systems: list[SystemRow]  # edge only, full offload, collaborative: the same images, edge and link
+
+    def row(self, kind: str) -> SystemRow:
+        return next(r for r in self.systems if r.kind == kind)
+
+
+def radio_for(link: LinkProfile | None) -> str:
+    """The radio a link's bytes are priced at: wifi's for wifi (and no link), cellular's for the others."""
+    return "wifi" if link is None or link.name in ("wifi", "ethernet") else "cellular"
 
 
 def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int | None = 2000,
-             link: LinkProfile | None = None, console: Console | None = None,
-             overrides: list[str] | None = None, edge_device: str = "host", edge_mode: Mode = "auto") -> DemoResult:
+             link: LinkProfile | None = DEFAULT_LINK, console: Console | None = None,
+             overrides: list[str] | None = None, edge_device: str = "rpi4", edge_mode: Mode = "auto") -> DemoResult:
     """Run the demo; ``overrides`` (``section.key=value``) apply to all three demo configs. ``edge_device``
     emulates that device's speed on one core (:mod:`askexpert.testbed.placement`), the server pinned
-    to the others."""
+    to the others; ``host``: the edge unthrottled in this process."""
     base = Path(output_dir) / "demo"
     if fresh and base.exists():
         shutil.rmtree(base)
     console = console or Console(stderr=True)
-    console.rule("1/4 models: generalist, general model, progressive experts (reused when already trained)")
+    console.rule("1/5 models: generalist, general model, progressive experts (reused when already trained)")
     models = train_system(demo_pipeline(overrides), base, console=console)
-    console.rule("2/4 bundle: calibrate on validation, export the generalist to ONNX")
-    bundle = build_system(models.generalist, models.experts["progressive"], base / "system", offload=0.3, k=3,
-                          overwrite=True).root
+    console.rule("2/5 bundle: calibrate on validation, export the generalist to ONNX")
+    built = build_system(models.generalist, models.experts["progressive"], base / "system", offload=0.3, k=3,
+                         overwrite=True)
+    bundle = built.root
     console.log(f"bundle written to {bundle}")
     report_dir = base / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    console.rule("3/4 expert server: askexpert serve BUNDLE on a free loopback port")
+    console.rule("3/5 expert server: askexpert serve BUNDLE on a free loopback port")
     with EmulatedEdge(edge_device, mode=edge_mode) as edge, \
             ServerProcess(bundle, threads=1, log_path=report_dir / "server.log", cpus=edge.server_cores) as url:
         console.log(f"expert server up at {url}")
         console.log(edge.placement.describe())
-        console.rule("4/4 edge: the bundle's ONNX generalist over the test split, one image at a time, over HTTP")
+        console.rule(f"4/5 collaborative: the ONNX generalist on the {edge.placement.label}, unsure images to the "
+                     "experts over HTTP")
         settings = EdgeSettings(system=bundle, server=url, inputs=["split:test"], limit=limit, link=link, threads=1,
                                 trace=report_dir / "trace.jsonl")
+        # the edge reads a file of the test images, as a deployed edge would (no dataset); the baselines too
+        settings = freeze_split(settings, report_dir / "test-images.npz")
+        frozen = np.load(report_dir / "test-images.npz")
+        images, labels = frozen["images"], frozen["labels"]
+        console.log(f"streaming {len(images)} test images ...")
         if edge.profile is None:
             with progress_bar(console, transient=True) as progress:
                 report = run_edge(settings, progress=progress)
         else:
-            # the emulated edge reads a file of the same test images, as a deployed edge would (no dataset)
-            settings = freeze_split(settings, report_dir / "test-images.npz")
-            console.log(f"streaming {limit or 'all'} test images through the {edge.placement.label} ...")
             report = edge.call(run_edge, s=settings)
-    energy = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(SERVER_DEVICE),
-                       network(RADIO)).energy(report.traces)
-    result = DemoResult(report, energy, models, bundle, report_dir, edge.placement)
+        console.rule("5/5 the same images: the generalist alone (edge only), every image to the server (full offload)")
+        r = built.manifest.routing
+        policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature, confidence=r.confidence,
+                               fallback=r.fallback)
+        experts = [ExpertTarget(e.id, list(e.classes)) for e in built.manifest.experts]
+        baselines = {}
+        for kind in ("edge-only", "full-offload-general"):
+            edge.recalibrate(kind)
+            baselines[kind] = edge.call(run_on_edge, kind=kind, generalist_onnx=built.generalist_onnx, threads=1,
+                                        policy=policy, experts=experts, images=images, labels=labels,
+                                        url=None if kind == "edge-only" else url, link=link)
+    costs = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(server_profile_for(_on_gpu())),
+                      network(radio_for(link)), server_where=where())
+    energy = costs.energy(report.traces)
+    systems = [measure("edge only", "edge-only", baselines["edge-only"], costs),
+               measure("full offload", "full-offload-general", baselines["full-offload-general"], costs),
+               SystemRow("collaborative", "collaborative", report.summary, energy, "progressive",
+                         link.name if link else None, k=report.policy.k, tau=report.policy.tau)]
+    result = DemoResult(report, energy, models, bundle, report_dir, edge.placement, systems)
     (report_dir / "summary.json").write_text(json.dumps({
         "summary": asdict(report.summary), "energy": asdict(energy), "policy": asdict(report.policy),
+        "systems": [s.to_dict() for s in systems],
         "input": report.input, "backend": report.backend, "link": report.link, "bundle": str(bundle),
         "placement": edge.placement.to_dict(),
         "models": {"generalist": str(models.generalist), "general": str(models.general),
@@ -96,6 +137,28 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
     return result
 
 
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+COMPARISON = (  # (label, value of a SystemRow, format)
+    ("accuracy %", lambda r: r.summary.accuracy, "{:.2f}"),
+    ("offloaded %", lambda r: r.summary.offload_rate, "{:.1f}"),
+    ("latency p50 ms", lambda r: r.summary.latency_ms.p50, "{:.2f}"),
+    ("latency p95 ms", lambda r: r.summary.latency_ms.p95, "{:.2f}"),
+    ("edge energy mJ an image", lambda r: r.energy.edge_mj_per_image, "{:.2f}"),
+    ("total energy mJ an image (edge + server)", lambda r: r.energy.total_mj_per_image, "{:.2f}"),
+    ("bytes sent an image (up + down)", lambda r: r.energy.bytes_per_image, "{:,.0f}"),
+)
+
+
+def comparison(result: DemoResult) -> list[tuple[str, list[str]]]:
+    """The three systems' figures, a row a metric (what the CLI and the report print)."""
+    return [(label, [fmt.format(get(r)) for r in result.systems]) for label, get, fmt in COMPARISON]
+
+
 def markdown(r: DemoResult) -> str:
     s, e, p = r.report.summary, r.energy, r.report.policy
     b = s.breakdown_ms_offloaded
@@ -103,7 +166,11 @@ def markdown(r: DemoResult) -> str:
         "# askexpert demo report", "",
         f"{s.samples} images of {r.report.input}, edge backend {r.report.backend} (bundle {r.bundle}), link "
         f"{r.report.link}, tau {p.tau:.3f} (chosen on validation at build time), k {p.k}.", "",
-        f"**Edge: {r.placement.label}**. {r.placement.describe()}", "",
+        f"**Edge:** {r.placement.describe()}", "",
+        "## What collaboration buys (the same images, edge and link)", "",
+        "| metric | " + " | ".join(x.name for x in r.systems) + " |", "|---|" + "---|" * len(r.systems),
+        *(f"| {label} | " + " | ".join(values) + " |" for label, values in comparison(r)), "",
+        "## Collaborative, in detail", "",
         "| metric | value |", "|---|---|",
         f"| accuracy, collaborative | {s.accuracy:.2f}% |",
         f"| accuracy, generalist alone | {s.generalist_accuracy:.2f}% |",
@@ -116,7 +183,7 @@ def markdown(r: DemoResult) -> str:
         f"| edge energy per image ({e.edge_energy_kind}) | {e.edge_mj_per_image:.2f} mJ (compute "
         f"{e.edge_compute_mj_per_image:.2f}, waiting {e.edge_wait_mj_per_image:.2f}, "
         f"radio {e.radio_mj_per_image:.3f}) |",
-        f"| server energy per image ({e.server_energy_kind}) | {e.server_mj_per_image:.2f} mJ |",
+        f"| server energy per image ({e.server_label}) | {e.server_mj_per_image:.2f} mJ |",
         "", f"Edge energy: {e.edge_energy_source}. Server energy: {e.server_energy_source}.", "",
         "Per-image traces: trace.jsonl; server log: server.log.",
     ]

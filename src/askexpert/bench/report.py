@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from askexpert.bench.results import BenchResult, ClientsRow
-from askexpert.bench.systems import SystemRow
+from askexpert.runtime.systems import SystemRow
 from askexpert.testbed.placement import Placement
 
 BASELINES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from askexpert.bench.systems import SystemRow
+from askexpert.runtime.systems import SystemRow
 
 
 @dataclass

@@ -33,7 +33,6 @@ from rich.console import Console
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.suite import Cells
-from askexpert.bench.systems import run_on_edge
 from askexpert.console import progress_bar
 from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import RAW
@@ -44,6 +43,7 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget, Latency, Route, SampleTrace, summarize
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.local_experts import export_edge_models
+from askexpert.runtime.systems import run_on_edge
 from askexpert.serving.process import ServerProcess
 from askexpert.system.costing import CostSystem, build_cost_bundle, confidences, tau_for
 from askexpert.testbed.placement import EmulatedEdge, Mode
@@ -195,7 +195,8 @@ class _Measure:
         policy = RoutingPolicy(tau=tau_for(self.conf[:n], rate), k=self.k, temperature=1.0)
         kind = "full-offload-general" if cell.system == "full-offload" else cell.system
         return self.edge.call(run_on_edge, kind=kind, generalist_onnx=self.bundle.generalist_onnx,
-                              local_models=self.local_models, threads=self.edge.profile.threads, policy=policy,
+                              local_models=self.local_models, policy=policy,
+                              threads=self.edge.threads or 1,
                               experts=self.experts, images=self.images[:n], labels=np.zeros(n, dtype=np.int64),
                               url=None if kind.startswith("edge") else self.url, link=None, timeout_s=60.0,
                               encoding=Encoding.parse(cell.encoding) if cell.encoding != "raw" else RAW)

@@ -68,7 +68,8 @@ def device_section(result: ScaleResult, dev: str) -> list[str]:
         c = result.find(dev, "collaborative", link, rate)
         lines.append(f"- {link}: " + " / ".join(f"{c.breakdown_ms_offloaded[k]:.1f}" for k in PARTS))
     if collab is not None:
-        lines += ["", f"Energy: edge {collab.energy.edge_energy_source}; server {collab.energy.server_label}.", ""]
+        lines += ["", f"Energy: edge {collab.energy.edge_energy_source} (lte and 5g: the cellular profile's J/bit, "
+                  f"a 3.5G figure); server {collab.energy.server_label}.", ""]
     return lines
 
 

@@ -25,7 +25,6 @@ from rich.console import Console
 from askexpert.bench.machine import machine_info
 from askexpert.bench.report import write_report
 from askexpert.bench.results import BenchResult, ClientsRow, Row, row_from_dict
-from askexpert.bench.systems import ON_EDGE, measure, run_on_edge
 from askexpert.console import progress_bar
 from askexpert.contract.bundle import Bundle, load_bundle
 from askexpert.contract.protocol import InferResponse, encode_images
@@ -39,6 +38,7 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.local_experts import LocalModelSpec, export_edge_models
+from askexpert.runtime.systems import ON_EDGE, measure, run_on_edge
 from askexpert.serving.process import ServerProcess
 from askexpert.splits import stratified_subset
 from askexpert.system.build import build_system

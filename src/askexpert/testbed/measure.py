@@ -107,7 +107,7 @@ class PartsBench:
             self.edge = self._stack.enter_context(nullcontext(self._edge) if self._edge is not None
                                                   else EmulatedEdge(self.device, mode=self._mode))
             cpus = self.edge.server_cores if self.edge.profile else None
-            self.threads = self.edge.profile.threads if self.edge.profile else None
+            self.threads = self.edge.threads
             self.url = self._stack.enter_context(ServerProcess(self.bundle.root, threads=len(cpus) if cpus else 1,
                                                                cpus=cpus, extra_args=["--no-general"]))
             if self.load:
