@@ -25,22 +25,24 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from askexpert.bench.machine import describe, machine_info
+from askexpert.bench.scale_report import write_scale_report
+from askexpert.bench.scale_results import H100_DEIT_SMALL_MS, Row, ScaleResult
 from askexpert.bench.suite import Cells
 from askexpert.console import progress_bar
 from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import RAW
-from askexpert.costs.energy import CostModel, Energy
+from askexpert.costs.energy import CostModel
 from askexpert.costs.profiles import device, network, server_profile_for
 from askexpert.devices import where
 from askexpert.routing import RoutingPolicy
-from askexpert.runtime.edge import ExpertTarget, Latency, Route, SampleTrace, summarize
+from askexpert.runtime.edge import ExpertTarget, Route, SampleTrace, summarize
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.local_experts import export_edge_models
 from askexpert.runtime.systems import run_on_edge
@@ -48,9 +50,7 @@ from askexpert.serving.process import ServerProcess
 from askexpert.system.costing import CostSystem, build_cost_bundle, confidences, tau_for
 from askexpert.testbed.placement import EmulatedEdge, Mode
 
-PAPER = {"latency_vs_edge_execution": 0.55, "energy_vs_full_offload": 0.54}  # Liu and Fahmy 2026, abstract
 RADIO = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the radio whose J/bit each link is priced at
-H100_DEIT_SMALL_MS = 4.6  # shared DESIGN.md: deit_small_patch16_224 fp16, batch 1, eager, one H100 (measured)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ScaleProfile:
     headline_rate: float = 0.3
     images: int = 200  # the headline rate's and the baselines' images
     sweep_images: int = 100  # the other rates' (the first of the same images)
-    encodings: tuple[str, ...] = ("png", "jpeg:85")  # collaborative at the headline rate, besides raw
+    encodings: tuple[str, ...] = ("png", "jpeg:85")  # collaborative at the headline rate and full offload, besides raw
     k: int = 3
 
 
@@ -80,7 +80,8 @@ class Cell:
 def plan(p: ScaleProfile) -> list[Cell]:
     return ([Cell("edge-only"), Cell("edge-general"), Cell("full-offload")]
             + [Cell(s, r) for r in p.rates for s in ("collaborative", "edge-execution")]
-            + [Cell("collaborative", p.headline_rate, e) for e in p.encodings])
+            + [Cell(s, p.headline_rate if s == "collaborative" else None, e) for e in p.encodings
+               for s in ("collaborative", "full-offload")])
 
 
 def photo_crops(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
@@ -132,22 +133,6 @@ def gpu_projection(traces: list[SampleTrace], server_ms: float = H100_DEIT_SMALL
             if t.route.offloaded and not t.expert_on_edge else t for t in traces]
 
 
-@dataclass
-class Row:
-    device: str
-    system: str
-    link: str | None
-    rate: float | None
-    encoding: str
-    images: int
-    offload_rate: float
-    latency_ms: Latency
-    breakdown_ms_offloaded: dict[str, float]
-    up_bytes_per_offload: float
-    energy: Energy
-    projected_h100: Latency | None = None  # the same with the H100's DeiT-Small time on the server
-
-
 def rows_of(device_name: str, cell: Cell, traces: list[SampleTrace], links: tuple[str, ...],
             costs: dict[str, CostModel]) -> list[Row]:
     """One row per link (systems without a server: one row, priced on the first link's radio, which
@@ -161,26 +146,6 @@ def rows_of(device_name: str, cell: Cell, traces: list[SampleTrace], links: tupl
                         s.latency_ms, s.breakdown_ms_offloaded, s.up_bytes_per_offload,
                         costs[link or links[0]].energy(ts), projected))
     return rows
-
-
-@dataclass
-class ScaleResult:
-    profile: dict
-    machine: dict
-    system: dict
-    placements: dict[str, dict]
-    rows: list[Row]
-    seconds: float
-    report: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def find(self, device_name: str, system: str, link: str | None = None, rate: float | None = None,
-             encoding: str = "raw") -> Row | None:
-        return next((r for r in self.rows if r.device == device_name and r.system == system
-                     and r.link == link and r.rate == rate and r.encoding == encoding), None)
 
 
 class _Measure:
@@ -226,7 +191,7 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
     console.log("the experts and general model in ONNX, for edge execution ...")
     local_models = export_edge_models(bundle, work / "edge-onnx")
     server_name = server_profile or server_profile_for(torch.cuda.is_available())
-    rows, placements = [], {}
+    rows, placements, measured = [], {}, []
     cells_plan = plan(profile)
     for dev in profile.devices:
         cells = Cells(work / f"cells-{dev}")
@@ -248,8 +213,11 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
                         if stored is None:
                             progress.update(task, info=cell.name)
                             edge.recalibrate(f"{dev}:{cell.name}")
-                            stored = {"traces": [_trace_dict(t) for t in m.run(cell, n)]}
+                            t0 = time.perf_counter()
+                            stored = {"traces": [_trace_dict(t) for t in m.run(cell, n)],
+                                      "seconds": time.perf_counter() - t0}
                             cells.put(cell.name, stored)
+                            measured.append(f"{dev}/{cell.name}")
                         rows += rows_of(dev, cell, [_trace(d) for d in stored["traces"]], profile.links, costs)
                         progress.advance(task)
             placements[dev] = edge.placement.to_dict()
@@ -261,9 +229,7 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
                 "bundle": str(bundle_dir), "server_profile": asdict(device(server_name)), "server_where": where(),
                 "parameters": {"generalist": bundle.manifest.generalist.parameters,
                                "expert": bundle.manifest.experts[0].parameters}},
-        placements=placements, rows=rows, seconds=time.perf_counter() - started)
-    from askexpert.bench.scale_report import write_scale_report
-
+        placements=placements, rows=rows, seconds=time.perf_counter() - started, measured=measured)
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "paper-scale.json").write_text(json.dumps(result.to_dict(), indent=1))

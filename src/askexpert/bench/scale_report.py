@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from askexpert.bench.scale import H100_DEIT_SMALL_MS, PAPER, Row, ScaleResult
+from askexpert.bench.scale_results import H100_DEIT_SMALL_MS, PAPER, Row, ScaleResult
 from askexpert.testbed.placement import Placement
 
 PARTS = ("edge_ms", "encode_ms", "network_ms", "link_ms", "queue_ms", "expert_ms")
@@ -76,20 +76,25 @@ def device_section(result: ScaleResult, dev: str) -> list[str]:
 def encodings_section(result: ScaleResult) -> list[str]:
     p = result.profile
     rate = p["headline_rate"]
-    lines = ["## Encodings on the wire (collaborative, "
-             f"{100 * rate:.0f}% offloaded)", "",
+    lines = ["## Encodings on the wire", "",
+             f"Collaborative at {100 * rate:.0f}% offloaded and full offload, each with the same encoding; the "
+             "energy ratio is the two's, like for like.", "",
              "| device | link | encoding | kB up an offload | link ms an offload | encode ms (edge) | "
-             "latency mean ms | edge mJ | total mJ |", "|---|---|---|---|---|---|---|---|---|"]
+             "collaborative latency mean ms | collaborative total mJ | full offload latency mean ms | "
+             "full offload total mJ | energy ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for dev in p["devices"]:
         for link in p["links"]:
             for enc in ("raw", *p["encodings"]):
                 r = result.find(dev, "collaborative", link, rate, enc)
+                f = result.find(dev, "full-offload", link, None, enc)
                 if r is None:
                     continue
                 b = r.breakdown_ms_offloaded
+                off = (f"{f.latency_ms.mean:.0f} | {f.energy.total_mj_per_image:.0f} | "
+                       f"{r.energy.total_mj_per_image / f.energy.total_mj_per_image:.2f}x" if f else "- | - | -")
                 lines.append(f"| {dev} | {link} | {enc} | {r.up_bytes_per_offload / 1000:.1f} | {b['link_ms']:.1f} | "
-                             f"{b['encode_ms']:.1f} | {r.latency_ms.mean:.0f} | {r.energy.edge_mj_per_image:.0f} | "
-                             f"{r.energy.total_mj_per_image:.0f} |")
+                             f"{b['encode_ms']:.1f} | {r.latency_ms.mean:.0f} | {r.energy.total_mj_per_image:.0f} | "
+                             f"{off} |")
     return lines + [""]
 
 
@@ -147,7 +152,8 @@ def write_scale_report(result: ScaleResult, out: Path) -> Path:
              "tables show it): latency, bytes and energy do not depend on what the weights learned.", "",
              f"Machine: {result.machine['described']}. {p['images']} images at the headline "
              f"{100 * p['headline_rate']:.0f}% and the baselines, {p['sweep_images']} at the other rates. "
-             f"Took {result.seconds / 60:.1f} min. Server energy: {s['server_profile']['name']} "
+             f"This invocation took {result.seconds / 60:.1f} min and measured {len(result.measured)} of the cells "
+             "(the others were read back from earlier invocations). Server energy: {s['server_profile']['name']} "
              f"({s['server_profile']['active_w']} W; {s['server_profile']['source']}) x compute time on "
              f"{s['server_where']}.", ""]
     for dev in p["devices"]:
