@@ -125,11 +125,12 @@ def plot(result: ScaleResult, out: Path) -> list[Path]:
             ax_e.plot(x, [r.energy.total_mj_per_image for r in collab], color=colour, marker="o",
                       label=f"collaborative, {link}")
             off = result.find(dev, "full-offload", link)
+            ax_l.axhline(off.latency_ms.mean, color=colour, linestyle=":", label=f"full offload, {link}")
             ax_e.axhline(off.energy.total_mj_per_image, color=colour, linestyle=":", label=f"full offload, {link}")
         ax_l.set(xlabel="offload rate (%)", ylabel="latency an image (ms; mean, p95 faint)",
                  title=f"{dev}: latency against offload rate")
-        ax_e.set(xlabel="offload rate (%)", ylabel="total energy an image (mJ, modelled)",
-                 title=f"{dev}: edge + server energy")
+        ax_e.set(xlabel="offload rate (%)", ylabel="total energy an image (mJ, modelled; log scale)",
+                 title=f"{dev}: edge + server energy", yscale="log")
         ax_l.legend(fontsize=7)
         ax_e.legend(fontsize=7)
         fig.tight_layout()
