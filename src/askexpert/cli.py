@@ -769,6 +769,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for label, values in comparison(result):
         table.add_row(label, *values)
     _out().print(table)
+    from askexpert.demo import reading
+
+    for line in reading(result):
+        _out().print(f"collaborative {line}")
     _out().print(f"[bold]edge[/bold]: {result.placement.describe()}")
     _out().print(f"energy, modelled: edge {result.energy.edge_energy_source}; server {result.energy.server_label}")
     _out().print(f"report: {result.report_dir / 'report.md'}; bundle: {result.bundle}")

@@ -109,7 +109,7 @@ def open_input(spec: str | list[str], *, input_spec: InputSpec, class_names: lis
         keep = stratified_subset(label_arr, limit, seed) if labelled else np.arange(limit)
         paths, label_arr = [paths[i] for i in keep], label_arr[keep]
     return InputSource(_files(paths, label_arr if labelled else None, input_spec, batch_size), len(paths),
-                       f"{len(paths)} image files", [str(p) for p in paths])
+                       "image files", [str(p) for p in paths])
 
 
 def _npz(path: Path, spec: InputSpec, limit: int | None, seed: int, batch_size: int):
@@ -129,4 +129,4 @@ def _npz(path: Path, spec: InputSpec, limit: int | None, seed: int, batch_size: 
     if limit and limit < len(images):
         keep = stratified_subset(labels, limit, seed) if labels is not None else np.arange(limit)
         images, labels = images[keep], None if labels is None else labels[keep]
-    return InputSource(_arrays(images, labels, batch_size), len(images), f"{len(images)} images from {path.name}")
+    return InputSource(_arrays(images, labels, batch_size), len(images), f"{path.name}")
