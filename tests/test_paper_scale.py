@@ -13,19 +13,20 @@ import pytest
 from askexpert.bench.scale import ScaleProfile, on_link, photo_crops, run_paper_scale
 from askexpert.bench.scale_report import ratios
 from askexpert.contract.bundle import load_bundle
+from askexpert.routing.thresholds import tau_for_offload
 from askexpert.runtime.edge import Route, SampleTrace
 from askexpert.runtime.link import PRESETS
-from askexpert.system.costing import COST_ONLY, CostSystem, tau_for
+from askexpert.system.costing import COST_ONLY, CostSystem
 
 pytestmark = pytest.mark.timeout(600)
 SMALL = CostSystem(generalist="vit-edge-32", expert="vit-edge-32", classes=6, experts=2)
 
 
 def test_tau_for_offloads_the_share_asked_for():
-    conf = np.random.default_rng(0).random(200)
+    conf = np.random.default_rng(0).random(200).astype(np.float32)  # confidences are float32, as the edge's
     for rate in (0.1, 0.3, 0.5):
-        assert np.sum(conf < tau_for(conf, rate)) == round(rate * 200)
-    assert np.sum(conf < tau_for(conf, 0.0)) == 0 and np.sum(conf < tau_for(conf, 1.0)) == 200
+        assert np.sum(conf < tau_for_offload(conf, rate)) == round(rate * 200)
+    assert np.sum(conf < tau_for_offload(conf, 0.0)) == 0 and np.sum(conf < tau_for_offload(conf, 1.0)) == 200
 
 
 def test_photo_crops_are_seeded_natural_images():

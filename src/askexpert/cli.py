@@ -750,7 +750,7 @@ def _print_preset_inputs(files, console: Console) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from askexpert.demo import run_demo
+    from askexpert.demo import comparison, reading, run_demo
     from askexpert.runtime.link import parse_link
 
     console = _console()
@@ -759,8 +759,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       link=parse_link(args.link), edge_device=args.edge_device, edge_mode=args.edge_mode,
                       console=console)
     _print_edge_summary(result.report, title="askexpert demo: collaborative", energy=result.energy)
-    from askexpert.demo import comparison
-
     table = Table(title=f"what collaboration buys: the same {result.report.summary.samples} images on the "
                         f"{result.placement.label}, link {result.report.link}")
     table.add_column("metric")
@@ -769,8 +767,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for label, values in comparison(result):
         table.add_row(label, *values)
     _out().print(table)
-    from askexpert.demo import reading
-
     for line in reading(result):
         _out().print(f"collaborative {line}")
     _out().print(f"[bold]edge[/bold]: {result.placement.describe()}")
@@ -1110,10 +1106,11 @@ def _bench_command(sub) -> None:
                        "recipes. Interrupted runs resume at the first missing measurement.")
     p.add_argument("--profile", choices=["quick", "full", "paper-scale"], default="quick",
                    help="paper-scale: DeiT-Tiny on the emulated edge devices, DeiT-Small experts on the server, "
-                   "224x224 images, untrained weights unless given; costs only (~25 min on 2 cores)")
+                   "224x224 images, untrained weights unless given; costs only (17 min at --scale-images 150 on "
+                   "2 CPU cores)")
     p.add_argument("--devices", nargs="+", default=["rpi4", "snapdragon-820"],
                    help="paper-scale: the emulated edge devices (costs/profiles.yaml edge_speeds)")
-    p.add_argument("--scale-images", type=int, default=200,
+    p.add_argument("--scale-images", type=int, default=150,
                    help="paper-scale: images a measurement at 30%% offload and of the baselines (half at other rates)")
     p.add_argument("--generalist-weights", type=Path, help="paper-scale: DeiT-Tiny weights file (default: untrained)")
     p.add_argument("--expert-weights", type=Path,

@@ -28,7 +28,7 @@ from rich.console import Console
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.costs.profiles import device, network, server_profile_for
-from askexpert.devices import where
+from askexpert.devices import on_gpu, where
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS, LinkProfile
@@ -116,7 +116,7 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
             baselines[kind] = edge.call(run_on_edge, kind=kind, generalist_onnx=built.generalist_onnx, threads=1,
                                         policy=policy, experts=experts, images=images, labels=labels,
                                         url=None if kind == "edge-only" else url, link=link)
-    costs = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(server_profile_for(_on_gpu())),
+    costs = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(server_profile_for(on_gpu())),
                       network(radio_for(link)), server_where=where())
     energy = costs.energy(report.traces)
     systems = [measure("edge only", "edge-only", baselines["edge-only"], costs),
@@ -135,12 +135,6 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
         "settings": {k: str(v) for k, v in asdict(settings).items()}}, indent=1))
     (report_dir / "report.md").write_text(markdown(result))
     return result
-
-
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 COMPARISON = (  # (label, value of a SystemRow, format)

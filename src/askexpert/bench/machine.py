@@ -8,20 +8,15 @@ import platform
 
 import torch
 
+from askexpert.devices import cpu_model
 from askexpert.training.engine import cpu_has_native_bf16
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
         "host": platform.node(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -40,14 +40,15 @@ from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import RAW
 from askexpert.costs.energy import CostModel
 from askexpert.costs.profiles import device, network, server_profile_for
-from askexpert.devices import where
+from askexpert.devices import on_gpu, where
 from askexpert.routing import RoutingPolicy
+from askexpert.routing.thresholds import tau_for_offload
 from askexpert.runtime.edge import ExpertTarget, Route, SampleTrace, summarize
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.local_experts import export_edge_models
 from askexpert.runtime.systems import run_on_edge
 from askexpert.serving.process import ServerProcess
-from askexpert.system.costing import CostSystem, build_cost_bundle, confidences, tau_for
+from askexpert.system.costing import CostSystem, build_cost_bundle, confidences
 from askexpert.testbed.placement import EmulatedEdge, Mode
 
 RADIO = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the radio whose J/bit each link is priced at
@@ -59,8 +60,8 @@ class ScaleProfile:
     links: tuple[str, ...] = ("wifi", "lte", "5g")
     rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     headline_rate: float = 0.3
-    images: int = 200  # the headline rate's and the baselines' images
-    sweep_images: int = 100  # the other rates' (the first of the same images)
+    images: int = 150  # the headline rate's and the baselines' images
+    sweep_images: int = 75  # the other rates' (the first of the same images)
     encodings: tuple[str, ...] = ("png", "jpeg:85")  # collaborative at the headline rate and full offload, besides raw
     k: int = 3
 
@@ -157,7 +158,7 @@ class _Measure:
 
     def run(self, cell: Cell, n: int) -> list[SampleTrace]:
         rate = cell.rate if cell.rate is not None else 0.0
-        policy = RoutingPolicy(tau=tau_for(self.conf[:n], rate), k=self.k, temperature=1.0)
+        policy = RoutingPolicy(tau=tau_for_offload(self.conf[:n], rate), k=self.k, temperature=1.0)
         kind = "full-offload-general" if cell.system == "full-offload" else cell.system
         return self.edge.call(run_on_edge, kind=kind, generalist_onnx=self.bundle.generalist_onnx,
                               local_models=self.local_models, policy=policy,
@@ -171,13 +172,13 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
                     profile: ScaleProfile = ScaleProfile(), system: CostSystem = CostSystem(), fresh: bool = False,
                     edge_mode: Mode = "auto", server_profile: str | None = None,
                     console: Console | None = None) -> ScaleResult:
-    import torch
 
     console = console or Console(stderr=True)
     work = Path(output_dir) / "paper-scale"
     started = time.perf_counter()
     images = photo_crops(profile.images, system.size)
-    console.rule(f"paper scale: {system.generalist} edge, {system.expert} experts, 224x224x3, {system.weights()}")
+    console.rule(f"paper scale: {system.generalist} edge, {system.expert} experts, {system.size}x{system.size}x3, "
+                 f"{system.weights()}")
     bundle_dir = work / "bundle"
     if fresh or not (bundle_dir / "system.json").is_file():
         console.log("building the cost bundle (models, ONNX generalist) ...")
@@ -186,11 +187,11 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
     from askexpert.models.checkpoint import load_checkpoint
 
     bundle = load_bundle(bundle_dir)
-    gen = load_checkpoint(bundle.path(bundle.manifest.generalist.checkpoint)).model
-    conf = confidences(gen, _spec(bundle), images)
+    gen = load_checkpoint(bundle.path(bundle.manifest.generalist.checkpoint))
+    conf = confidences(gen.model, gen.meta.model, images)
     console.log("the experts and general model in ONNX, for edge execution ...")
     local_models = export_edge_models(bundle, work / "edge-onnx")
-    server_name = server_profile or server_profile_for(torch.cuda.is_available())
+    server_name = server_profile or server_profile_for(on_gpu())
     rows, placements, measured = [], {}, []
     cells_plan = plan(profile)
     for dev in profile.devices:
@@ -236,9 +237,3 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
     result.report = str(write_scale_report(result, results_dir))
     (results_dir / "paper-scale.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
-
-
-def _spec(bundle):
-    from askexpert.models import read_meta
-
-    return read_meta(bundle.path(bundle.manifest.generalist.checkpoint)).model

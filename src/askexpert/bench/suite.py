@@ -33,7 +33,7 @@ from askexpert.costs.energy import CostModel
 from askexpert.costs.meters import measured_meter
 from askexpert.costs.profiles import device, network, server_profile_for
 from askexpert.data import load_dataset
-from askexpert.devices import where
+from askexpert.devices import on_gpu, where
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
@@ -281,7 +281,7 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     torch.set_num_threads(profile.threads)
     edge = EmulatedEdge(edge_device, mode=edge_mode)
     costs = CostModel(device(edge_profile or edge.energy_profile("raspberry-pi-4")),
-                      device(server_profile or server_profile_for(torch.cuda.is_available())), network(radio),
+                      device(server_profile or server_profile_for(on_gpu())), network(radio),
                       server_where=where())
     started = time.perf_counter()
 

@@ -22,13 +22,21 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401 (loaded now: else the first offload pays)
 
 PNG, JPEG, WEBP = "image/png", "image/jpeg", "image/webp"
 FORMATS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WEBP"}  # content type -> Pillow's format name
 LOSSY = {"jpeg": JPEG, "webp": WEBP}
 DEFAULT_QUALITY = 85
 _SPEC = re.compile(r"^(raw|npy|png|jpeg|webp)(?::(\d{1,3}))?$")
+
+
+def pillow():
+    """Pillow's ``Image`` with the three formats' plugins loaded. Imported on first use, not with the
+    protocol (a raw-bytes edge or server never pays for it); an edge that sends compressed images calls
+    it when its client is made, so its first offload does not pay the import either."""
+    from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401 (the plugins register)
+
+    return Image
 
 
 class CodecError(ValueError):
@@ -72,6 +80,7 @@ class Encoding:
 
 def compress(images: np.ndarray, encoding: Encoding) -> bytes:
     """The picture of a ``uint8 [N, C, H, W]`` batch (C 1 or 3) in ``encoding``'s compressed form."""
+    Image = pillow()  # noqa: N806 (Pillow's module)
     n, c, h, w = images.shape
     if c not in (1, 3):
         raise CodecError(f"compressed forms carry 1 or 3 channels, got {c}: send raw or npy")
@@ -94,6 +103,7 @@ def compress(images: np.ndarray, encoding: Encoding) -> bytes:
 def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int]) -> np.ndarray:
     """The ``uint8 [N, C, H, W]`` batch of a compressed ``body`` that must hold ``shape`` (checked in the
     picture's header before it is decoded: a decompression bomb is refused without its pixels)."""
+    Image = pillow()  # noqa: N806 (Pillow's module)
     n, c, h, w = shape
     fmt = FORMATS[content_type]
     try:

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from pydantic import TypeAdapter
 
-from askexpert.contract.codecs import Encoding
+from askexpert.contract.codecs import Encoding, pillow
 from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, encode_images
 from askexpert.runtime.link import LinkProfile
 
@@ -130,6 +130,8 @@ class HttpExpertClient:
         sequential stream, where waiting would change nothing but the wall time). ``encoding``: how the
         images travel (raw bytes, .npy, PNG, JPEG or WebP at a quality); its bytes set the link's time."""
         self.encoding = encoding
+        if encoding.content_type is not None:
+            pillow()  # the codec's import now, not inside the first offload's timing
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s, self.down_for_s = retries, backoff_s, down_for_s
         self.deadline_s = deadline_s if deadline_s is not None else (retries + 1) * timeout_s

@@ -356,7 +356,6 @@ class EdgeSummary:
     offloaded_generalist_accuracy: float | None = None
     up_bytes_per_offload: float = 0.0  # mean bytes an offloaded image sent (its share of its request)
     down_bytes_per_offload: float = 0.0
-    bytes_per_image: float = 0.0  # up and down over every image, kept ones included
 
 
 def summarize(traces: list[SampleTrace]) -> EdgeSummary:
@@ -388,5 +387,4 @@ def summarize(traces: list[SampleTrace]) -> EdgeSummary:
         offloaded_accuracy=pct([t.pred == t.label for t in off]),
         offloaded_generalist_accuracy=pct([t.local_pred == t.label for t in off]),
         up_bytes_per_offload=mean("up_bytes", offloaded), down_bytes_per_offload=mean("down_bytes", offloaded),
-        bytes_per_image=sum(t.up_bytes + t.down_bytes for t in traces) / n if n else 0.0,
     )

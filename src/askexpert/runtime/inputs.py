@@ -129,4 +129,4 @@ def _npz(path: Path, spec: InputSpec, limit: int | None, seed: int, batch_size: 
     if limit and limit < len(images):
         keep = stratified_subset(labels, limit, seed) if labels is not None else np.arange(limit)
         images, labels = images[keep], None if labels is None else labels[keep]
-    return InputSource(_arrays(images, labels, batch_size), len(images), f"{path.name}")
+    return InputSource(_arrays(images, labels, batch_size), len(images), path.name)

@@ -45,6 +45,14 @@ from askexpert.system.calibrate import (
 )
 
 
+def entry_fields(stem: Path, checkpoint: str, source: str) -> dict:
+    """The fields of a bundle's model entry (``ModelEntry``) for the checkpoint ``stem``, which the bundle
+    holds at ``checkpoint`` (relative to its root)."""
+    meta = read_meta(stem)
+    return {"checkpoint": checkpoint, "model": meta.model.model_dump(mode="json"), "parameters": meta.parameters,
+            "source": source, "weights_sha256": meta.weights_sha256}
+
+
 def _copy_checkpoint(stem: Path, root: Path, relative: str) -> dict:
     """Copy a checkpoint (weights + its ``.json``, which names the weights file) into ``root/relative/``;
     returns the entry fields of the model."""
@@ -53,8 +61,7 @@ def _copy_checkpoint(stem: Path, root: Path, relative: str) -> dict:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stem.parent / meta.weights_file, target / meta.weights_file)
     shutil.copyfile(stem.with_suffix(".json"), target / f"{stem.name}.json")
-    return {"checkpoint": f"{relative}/{stem.name}", "model": meta.model.model_dump(mode="json"),
-            "parameters": meta.parameters, "source": str(stem), "weights_sha256": meta.weights_sha256}
+    return entry_fields(stem, f"{relative}/{stem.name}", str(stem))
 
 
 def _runs(generalist: Path, experts_run: Path):

@@ -39,6 +39,8 @@ from askexpert.errors import ConfigError
 from askexpert.models.checkpoint import save_checkpoint
 from askexpert.models.factory import build_model, resolve_spec
 from askexpert.routing.policy import confidence_scores
+from askexpert.routing.thresholds import tau_for_offload
+from askexpert.system.build import entry_fields
 
 COST_ONLY = "cost-only"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -97,18 +99,6 @@ def confidences(generalist: torch.nn.Module, spec, images: np.ndarray) -> np.nda
     return confidence_scores(torch.softmax(logits.float(), 1).numpy())
 
 
-def tau_for(conf: np.ndarray, offload: float) -> float:
-    """The tau below which a share ``offload`` of these confidences lies (an image is offloaded when its
-    confidence is under tau)."""
-    if offload <= 0:
-        return 0.0
-    if offload >= 1:
-        return 1.0 + 1e-6
-    ranked = np.sort(conf)
-    i = int(round(offload * len(ranked)))
-    return float((ranked[i - 1] + ranked[i]) / 2) if 0 < i < len(ranked) else float(ranked[min(i, len(ranked) - 1)])
-
-
 def build_cost_bundle(out: Path, system: CostSystem, images: np.ndarray, *, offload: float = 0.3, k: int = 3,
                       overwrite: bool = False) -> Bundle:
     """Write the cost bundle of ``system`` into ``out``, tau set so that a share ``offload`` of ``images``
@@ -125,7 +115,7 @@ def build_cost_bundle(out: Path, system: CostSystem, images: np.ndarray, *, offl
     partition = _partition(system.classes, system.experts)
     gen, gen_spec = _model(system.generalist, system.classes, system.generalist_weights, system.seed)
     conf = confidences(gen, gen_spec, images)
-    tau = tau_for(conf, offload)
+    tau = tau_for_offload(conf, offload)
     share = 100 * float(np.mean(conf < tau))
     stem = save_checkpoint(staging / "generalist" / "model", gen, spec=gen_spec, kind="generalist",
                            class_names=partition.class_names, extra={"weights": system.weights()})
@@ -138,12 +128,12 @@ def build_cost_bundle(out: Path, system: CostSystem, images: np.ndarray, *, offl
         stem = save_checkpoint(staging / "experts" / f"expert-{e}" / "model", model, spec=spec, kind="expert",
                                class_names=partition.names(e) + [OTHER_NAME], extra={"expert_id": e, "subset": subset})
         entries.append(ExpertEntry(id=str(e), classes=subset, class_names=partition.names(e), temperature=1.0,
-                                   **_entry(stem, staging, spec)))
+                                   **_entry(stem, staging)))
     general, spec = _model(system.expert, system.classes, system.expert_weights, system.seed + 1 + system.experts)
     stem = save_checkpoint(staging / "general" / "model", general, spec=spec, kind="general",
                            class_names=partition.class_names)
-    general_entry = GeneralEntry(temperature=1.0, **_entry(stem, staging, spec))
-    gen_entry = GeneralistEntry(onnx="generalist.onnx", **_entry(staging / "generalist" / "model", staging, gen_spec))
+    general_entry = GeneralEntry(temperature=1.0, **_entry(stem, staging))
+    gen_entry = GeneralistEntry(onnx="generalist.onnx", **_entry(staging / "generalist" / "model", staging))
     empty = hashlib.sha256(b"").hexdigest()
     files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
     manifest = SystemManifest(
@@ -162,10 +152,7 @@ def build_cost_bundle(out: Path, system: CostSystem, images: np.ndarray, *, offl
     return load_bundle(out)
 
 
-def _entry(stem: Path, root: Path, spec) -> dict:
-    from askexpert.models import read_meta
-
-    meta = read_meta(stem)
-    return {"checkpoint": str(stem.relative_to(root)), "model": spec.model_dump(mode="json"),
-            "parameters": meta.parameters, "source": f"{COST_ONLY}: {stem.relative_to(root)}",
-            "weights_sha256": meta.weights_sha256}
+def _entry(stem: Path, root: Path) -> dict:
+    """A checkpoint written in place into the bundle (``root``): its entry, its source saying so."""
+    relative = str(stem.relative_to(root))
+    return entry_fields(stem, relative, f"{COST_ONLY}: {relative}")
