@@ -55,6 +55,12 @@ def test_encoding_specs_parse_and_refuse_clearly():
             Encoding.parse(bad)
 
 
+def test_the_edge_cli_refuses_an_unknown_encoding_naming_the_forms(tiny_system, capsys):
+    assert main(["edge", str(tiny_system["bundle"]), "--encode", "jpeg:0"]) == 2  # before anything is sent
+    err = capsys.readouterr().err
+    assert "quality must be 1..100" in err and "raw, npy, png, jpeg:Q or webp:Q" in err
+
+
 def _png(size: tuple[int, int], mode: str = "L") -> bytes:
     out = io.BytesIO()
     Image.new(mode, size).save(out, "PNG")

@@ -1106,8 +1106,8 @@ def _bench_command(sub) -> None:
                        "recipes. Interrupted runs resume at the first missing measurement.")
     p.add_argument("--profile", choices=["quick", "full", "paper-scale"], default="quick",
                    help="paper-scale: DeiT-Tiny on the emulated edge devices, DeiT-Small experts on the server, "
-                   "224x224 images, untrained weights unless given; costs only (17 min at --scale-images 150 on "
-                   "2 CPU cores)")
+                   "224x224 images, untrained weights unless given; costs only (about 18 min at --scale-images 150 "
+                   "on 2 CPU cores)")
     p.add_argument("--devices", nargs="+", default=["rpi4", "snapdragon-820"],
                    help="paper-scale: the emulated edge devices (costs/profiles.yaml edge_speeds)")
     p.add_argument("--scale-images", type=int, default=150,

@@ -207,8 +207,8 @@ class EmulatedEdge:
         """The threads a model runs on the emulated edge: one. The edge is one core slowed until the
         reference runs there, on one thread, as fast as the device's published figure (taken at the
         device's own thread count): that one core stands for the whole device, and more threads on it
-        only contend (ONNX Runtime's spinning threads eat the quota: a ViT at 4 threads ran 2.7x slower).
-        None on the host (the caller's own choice)."""
+        only contend (ONNX Runtime's spinning threads eat the quota: DeiT-Tiny at 4 threads took 4.5x
+        its one-thread time). None on the host (the caller's own choice)."""
         return 1 if self.profile is not None else None
 
     def energy_profile(self, default: str) -> str:
