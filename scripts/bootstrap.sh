@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for askexpert: a virtual environment with the package and its dev tools,
-# and the offline Fashion-MNIST dataset (Debian package dataset-fashion-mnist) where apt can get it.
+# the offline Fashion-MNIST dataset (Debian package dataset-fashion-mnist) and the fonts and Unicode data
+# the han100 task is rendered from, where apt can get them.
 # Idempotent: each step is skipped when already done. Used by `make` and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +36,25 @@ if ! have_fmnist; then
   else
     echo "[bootstrap] Fashion-MNIST is not installed and apt-get is not usable here; askexpert will"
     echo "            download it on first use where a network exists (or set ASKEXPERT_DATA)."
+  fi
+fi
+
+# The han100 task (askexpert data build han100) renders Han characters from Debian's font packages and
+# reads the Unicode Han database (unicode-data); the package list is the font catalogue's own.
+HAN_PACKAGES="$("$VENV/bin/python" -c 'from askexpert.data.han_fonts import packages; print(" ".join(packages()))') unicode-data"
+MISSING=""
+for p in $HAN_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || MISSING="$MISSING $p"
+done
+if [ -n "$MISSING" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || $SUDO true 2>/dev/null; }; then
+    echo "[bootstrap] installing the fonts and Unicode data of the han100 task:$MISSING"
+    $SUDO apt-get update -qq || true
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
+  else
+    echo "[bootstrap] the han100 task's fonts are not installed and apt-get is not usable here:$MISSING"
   fi
 fi

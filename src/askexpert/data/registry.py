@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from askexpert.config import DataConfig
-from askexpert.data import cifar, fashion_mnist, imagefolder
+from askexpert.data import cifar, fashion_mnist, han, imagefolder
 from askexpert.data.base import ArraySplit, DatasetBundle, ImageSplit
 from askexpert.errors import DatasetError
 from askexpert.splits import stratified_split, stratified_subset
@@ -23,7 +23,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _carve(cfg: DataConfig, train_all: ImageSplit, test: ImageSplit) -> tuple[ImageSplit, ...]:
     keep, held = stratified_split(train_all.labels, cfg.val_fraction, cfg.split_seed)
-    train, val = train_all.take(keep), train_all.take(held)
+    return _subsets(cfg, train_all.take(keep), train_all.take(held), test)
+
+
+def _subsets(cfg: DataConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit) -> tuple[ImageSplit, ...]:
+    """The stratified subsets a config asks for, of splits that come as they are (no validation carved)."""
     if cfg.train_subset:
         train = train.take(stratified_subset(train.labels, cfg.train_subset, cfg.split_seed + 1))
     if cfg.val_subset:
@@ -31,6 +35,34 @@ def _carve(cfg: DataConfig, train_all: ImageSplit, test: ImageSplit) -> tuple[Im
     if cfg.test_subset:
         test = test.take(stratified_subset(test.labels, cfg.test_subset, cfg.split_seed + 3))
     return train, val, test
+
+
+def _han_split(directory, part: str, split: str) -> ArraySplit:
+    import torch
+
+    d = han.load_part(directory, part, split)
+    coarse = torch.from_numpy(d["coarse"]) if "coarse" in d else None
+    return ArraySplit(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]), coarse)
+
+
+def _han(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
+    """The Han character task (``han100``) or its pretraining pool (``han100-pool``): the splits as built,
+    each in its own fonts, so no validation split is carved (``data.val_fraction`` does not apply)."""
+    manifest = han.read_manifest(directory)
+    if cfg.name == han.POOL:
+        train, val = _han_split(directory, "pool", "train"), _han_split(directory, "pool", "val")
+        test, names, coarse = val, [c["name"] for c in manifest["pool_classes"]], None  # a pool's test is its val
+    else:
+        train, val, test = (_han_split(directory, "task", s) for s in ("train", "val", "test"))
+        names, coarse = [c["name"] for c in manifest["classes"]], manifest["coarse_names"]
+    train, val, test = _subsets(cfg, train, val, test)
+    flip = bool(cfg.flip)  # a mirrored character is another glyph: never by default
+    augment = "crop-flip" if flip else "crop"
+    why = "shifts (pad and crop)" + (", mirrored half the time (data.flip)" if flip else
+                                     "; never mirrored (a mirrored character is another glyph)")
+    return DatasetBundle(cfg.name, names, train, val, test, 1, manifest["spec"]["size"], (manifest["mean"],),
+                         (manifest["std"],), str(directory), coarse_names=coarse, default_augment=augment,
+                         augment_reason=why)
 
 
 def _fashion_mnist(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
@@ -97,6 +129,11 @@ REGISTRY: tuple[DatasetEntry, ...] = (
                  lambda cfg: fashion_mnist.locate(cfg.root, allow_download=cfg.download), _fashion_mnist),
     _cifar_entry("cifar10", "CIFAR-10, 60k 32x32 RGB images, 10 classes"),
     _cifar_entry("cifar100", "CIFAR-100, 60k 32x32 RGB images, 100 classes in 20 superclasses"),
+    DatasetEntry(han.TASK, "Han characters rendered from Debian's fonts: 100 classes in 20 radical groups, 500 train / "
+                 "50 val / 100 test 32x32 grey images a class, each split in fonts of its own (offline: askexpert "
+                 "data build han100)", lambda cfg: han.locate(cfg.root), _han),
+    DatasetEntry(han.POOL, "han100's pretraining pool: 1,000 other characters, 100 train / 10 val images each "
+                 "(built with han100)", lambda cfg: han.locate(cfg.root), _han),
     DatasetEntry("imagefolder:PATH", "your own images, one folder per class (PATH/{train,test}/<class>/ or "
                  "PATH/<class>/)", lambda cfg: cfg.name[len(IMAGEFOLDER_PREFIX):], _imagefolder,
                  prefix=IMAGEFOLDER_PREFIX),
