@@ -293,3 +293,72 @@ def test_the_specialists_benchmark_smoke_profile(tmp_path):
     curve = summary["screens"]["smoke"]["curve_val_subset"]
     assert set(curve) == {"static", "static-other", "progressive"} and all(len(v) == 2 for v in curve.values())
     assert (results / "budget.png").stat().st_size > 10_000 and "progressive - static" in run.stdout
+
+
+def test_subset_accuracy_is_reported_with_and_without_other():
+    from askexpert.training.evaluate import subset_metrics
+
+    # expert over classes {0, 1} (+ "other" at index 2): four subset images, two outside
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 5.0], [1.0, 2.0, 0.0], [2.0, 1.0, 4.0],
+                           [0.0, 0.0, 3.0], [2.0, 0.0, 1.0]])
+    targets = torch.tensor([0, 1, 1, 0, 2, 2])
+    m = subset_metrics(logits, targets, 2)
+    assert m.subset_accuracy == 50.0  # two "other" answers to its own images count as errors
+    assert m.subset_accuracy_no_other == 100.0  # the argmax over its classes alone names all four
+    assert m.other_recall == 50.0
+    answers = ExpertAnswers.from_logits([logits.numpy()], [[0, 1]])
+    labels = np.array([0, 1, 1, 0, 5, 6])
+    assert subset_accuracies(answers, [[0, 1]], labels) == [50.0]
+    assert subset_accuracies(answers, [[0, 1]], labels, other=False) == [100.0]
+
+
+def test_a_random_partition_deals_equal_groups_from_its_seed():
+    from askexpert.training.partition import partition_from_random
+
+    names = [f"c{i}" for i in range(100)]
+    a, b = partition_from_random(names, 4, seed=3), partition_from_random(names, 4, seed=3)
+    assert a.experts == b.experts and [len(g) for g in a.experts] == [25] * 4
+    assert sorted(c for g in a.experts for c in g) == list(range(100))
+    assert partition_from_random(names, 4, seed=4).experts != a.experts
+    with pytest.raises(ConfigError, match="at least"):
+        partition_from_random(names[:5], 4, min_size=2)
+
+
+@pytest.mark.slow
+def test_a_kept_head_trains_every_stage_in_one_run_of_the_loop(tmp_path, tiny_system):
+    """experts.head: collapse: no head surgery, one optimiser and one schedule over all the stages, validation
+    only where the targets are the subset's, and the same budget as a static expert."""
+    from askexpert.models.collapse import head_of
+    from askexpert.training.experts import experts_run_config
+
+    general = tmp_path / "general"
+    shutil.copytree(tiny_system["general"], general)
+    runs = {}
+    for strategy in ("static", "progressive"):
+        overrides = [f"output_dir={tmp_path}", f"name={strategy}", f"experts.strategy={strategy}",
+                     "experts.init_from=scratch", f"experts.init={general}", "experts.head=collapse",
+                     f"experts.partition={tiny_system['partition']}", "experts.passes=3", "train.lr=0.003",
+                     "data.train_subset=600",
+                     "experts.stages=[{fraction: 0.34, labels: all}, {fraction: 0.33, out_share: 0.3}, "
+                     "{fraction: 0.33, out_share: 0.1}]"]
+        runs[strategy] = train_experts(experts_run_config(None, overrides, base={"experts": {}}))
+    expert = runs["progressive"].run_dir / "expert-0"
+    assert not (expert / "all-classes").exists()
+    records = [json.loads(line) for line in (expert / "metrics.jsonl").open()]
+    assert [r["labels"] for r in records] == ["all", "subset", "subset"]
+    assert "val_acc" not in records[0] and all("val_acc" in r for r in records[1:])
+    steps = runs["progressive"].experts[0].budget.steps // 3
+    assert [r["step"] for r in records] == [steps, 2 * steps, 3 * steps]
+    assert [(s.budget.steps, s.budget.images) for s in runs["static"].experts] == \
+        [(s.budget.steps, s.budget.images) for s in runs["progressive"].experts]
+    ckpt = load_checkpoint(expert)
+    subset = ckpt.meta.extra["subset"]
+    head = head_of(ckpt.model)
+    assert head is not None and not head.wide and ckpt.meta.model.timm_name == "askexpert_collapsed"
+    x = torch.randn(4, 1, 28, 28)
+    out = ckpt.model.eval()(x)
+    assert out.shape == (4, len(subset) + 1)
+    head.wide = True
+    full = ckpt.model(x)
+    rest = [c for c in range(10) if c not in subset]
+    assert torch.allclose(out, collapse_logits(full, torch.tensor(subset), torch.tensor(rest)), atol=1e-4)

@@ -140,6 +140,12 @@ class ExpertsConfig(_Strict):
         "experts.init_seed, bit-identical for every strategy; pretrained: timm's weights of that architecture "
         "(model.pretrained_file, or the Hugging Face cache)")
     init_seed: int | None = Field(None, description="seed of the scratch weights (default: train.seed)")
+    head: Literal["cut", "collapse"] = Field(
+        "cut", description="where training narrows to subset + 'other': cut: the all-class head is cut to the "
+        "subset's rows plus an 'other' row made from the rest, and a fresh optimiser trains the cut model; "
+        "collapse: the all-class head is kept and answers as its subset's logits plus the log-sum-exp of the "
+        "others' ('other' gets exactly the probability outside the subset), one model and one optimiser "
+        "throughout (models.collapse)")
     partition: Path | None = Field(None, description="partition file (askexpert partition)")
     init: Path | None = Field(None, description="the general model the experts start from (a run directory): its "
                               "architecture and data always, its weights with init_from: general")

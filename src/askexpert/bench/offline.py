@@ -82,6 +82,9 @@ class SystemEvaluation:
     # classes" (one row per distinct partition, named "... the experts' classes" when all sets share one)
     controls: dict[str, GridRow] = field(default_factory=dict)
     subset_accuracy: dict[str, list[float]] = field(default_factory=dict)  # test, per expert, per set
+    # the same with the argmax over each expert's own classes ("other" never answered): like for like with the
+    # restricted general models, which cannot say "other"
+    subset_accuracy_no_other: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,13 +123,14 @@ def _headline(systems: list[ExpertSet], rows: list[GridRow], rate: float, k: int
 def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path], *,
                     ks=DEFAULT_KS, rates=DEFAULT_RATES, headline_rate: float = 0.3, headline_k: int | None = DEFAULT_K,
                     target_accuracy: float | None = None, confidence: str = "max-prob", fallback: str = "other",
-                    device: str = "auto") -> SystemEvaluation:
+                    device: str = "auto", other_generals: dict[str, Path] | None = None) -> SystemEvaluation:
     """Sweep (target offload rate, k) for every expert run; tau is always chosen on validation.
 
     With ``target_accuracy``, also the least offloading that reaches that accuracy on validation,
     for every system and k (rows with ``target_accuracy`` set). The headline rows use ``headline_k``
     (the edge's default, so the table shows what a deployed system does), or with None the k that
-    is best on validation.
+    is best on validation. ``other_generals`` (label -> run) are further all-class models (trained at
+    other budgets) whose restricted answers are control rows of their own.
     """
     if headline_k is not None and headline_k not in ks:
         ks = sorted({*ks, headline_k})
@@ -156,8 +160,13 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                 rows.append(_evaluate(gen, gen_model, system, k, policy.tau, t_gen, confidence, fallback, test_conf,
                                       target_accuracy=target_accuracy))
     headline = _headline(systems, rows, headline_rate, headline_k)
-    controls, subset_accuracy = _controls(systems[:-1], headline, gen, gen_model, t_gen, t_general, confidence,
-                                          fallback, test_conf)
+    restricted = {"": (gen_model, t_general)}
+    for label, run in (other_generals or {}).items():
+        out = outputs_of(run, f"the general model ({label})", device)
+        require_same_images(gen, out)
+        restricted[label] = (out, fit_temperature(out.val_logits, out.val_labels))
+    controls, subset_accuracy, no_other = _controls(systems[:-1], headline, gen, gen_model, restricted, t_gen,
+                                                    confidence, fallback, test_conf)
     offloaded = None
     if headline:
         offloaded = test_conf < next(iter(headline.values())).tau
@@ -171,31 +180,42 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
         headline_offload=headline_rate, headline=headline, grid=rows,
         settings={"confidence": confidence, "fallback": fallback, "ks": list(ks), "rates": list(rates),
                   "target_accuracy": target_accuracy, "headline_k": headline_k},
-        controls=controls, subset_accuracy=subset_accuracy,
+        controls=controls, subset_accuracy=subset_accuracy, subset_accuracy_no_other=no_other,
     )
 
 
+def restricted_name(label: str, of: str | None) -> str:
+    """The control row of a general model (``label``: "" for the system's own) restricted to an expert
+    set's classes (``of``: None when every set shares one partition)."""
+    model = "general model" + (f" ({label})" if label else "")
+    return f"{model} restricted to the experts' classes" if of is None else f"{model} restricted to {of}'s classes"
+
+
 def _controls(expert_sets: list[ExpertSet], headline: dict[str, GridRow], gen: Outputs, general: Outputs,
-              t_gen: float, t_general: float, confidence: str, fallback: str,
-              test_conf: np.ndarray) -> tuple[dict[str, GridRow], dict[str, list[float]]]:
-    """Oracle routing and the restricted general model at each expert set's headline point, and every
-    expert's test accuracy on its own subset."""
+              restricted_models: dict[str, tuple[Outputs, float]], t_gen: float, confidence: str, fallback: str,
+              test_conf: np.ndarray) -> tuple[dict[str, GridRow], dict[str, list[float]], dict[str, list[float]]]:
+    """Oracle routing and each general model restricted to the experts' classes at each expert set's
+    headline point, and every expert's test accuracy on its own subset (with and without "other")."""
     controls: dict[str, GridRow] = {}
     subset_accuracy: dict[str, list[float]] = {}
+    no_other: dict[str, list[float]] = {}
     partitions = {tuple(map(tuple, s.subsets)) for s in expert_sets}
     for system in expert_sets:
         subset_accuracy[system.label] = subset_accuracies(system.test, system.subsets, gen.test_labels)
+        no_other[system.label] = subset_accuracies(system.test, system.subsets, gen.test_labels, other=False)
         row = headline.get(system.label)
         if row is None:
             continue
         controls[f"{system.label}: oracle routing"] = _evaluate(
             gen, general, system, row.k, row.tau, t_gen, confidence, fallback, test_conf, oracle=True,
             label=f"{system.label}: oracle routing", target_offload=row.target_offload)
-        name = ("general model restricted to the experts' classes" if len(partitions) == 1
-                else f"general model restricted to {system.label}'s classes")
-        if name not in controls:
-            restricted = general_restricted(general, t_general, system.subsets, name)
+        for label, (outputs, temperature) in restricted_models.items():
+            name = restricted_name(label, None if len(partitions) == 1 else system.label)
+            if name in controls:
+                continue
+            restricted = general_restricted(outputs, temperature, system.subsets, name)
             controls[name] = _evaluate(gen, general, restricted, row.k, row.tau, t_gen, confidence, fallback,
                                        test_conf, target_offload=row.target_offload)
-            subset_accuracy[name] = subset_accuracies(restricted.test, restricted.subsets, gen.test_labels)
-    return controls, subset_accuracy
+            subset_accuracy[name] = no_other[name] = subset_accuracies(restricted.test, restricted.subsets,
+                                                                       gen.test_labels)
+    return controls, subset_accuracy, no_other

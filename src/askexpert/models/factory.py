@@ -17,6 +17,7 @@ from askexpert.config import ModelConfig
 from askexpert.contract.bundle import sha256_file
 from askexpert.data.transforms import InputSpec
 from askexpert.errors import ModelError
+from askexpert.models import collapse as _registered_collapse  # noqa: F401  (registers askexpert_collapsed)
 from askexpert.models import vit as _registered_vits  # noqa: F401  (registers askexpert's timm models)
 from askexpert.models.presets import PRESETS
 

@@ -17,10 +17,12 @@ from askexpert.routing.policy import OTHER, RoutingPolicy, finalize, route
 
 @dataclass
 class ExpertAnswers:
-    """Every expert's answer for every sample: global class id (or OTHER) and confidence, ``[E, N]``."""
+    """Every expert's answer for every sample: global class id (or OTHER) and confidence, ``[E, N]``;
+    ``pred_no_other``: the answer of the argmax over the expert's own classes alone (never OTHER)."""
 
     pred: np.ndarray
     conf: np.ndarray
+    pred_no_other: np.ndarray | None = None
 
     @classmethod
     def from_logits(cls, logits: list, subsets: list[list[int]],
@@ -30,14 +32,15 @@ class ExpertAnswers:
 
         A logits matrix without the extra column (a model over exactly its subset) never says "other".
         """
-        preds, confs = [], []
+        preds, confs, inside = [], [], []
         for e, (z, subset) in enumerate(zip(logits, subsets, strict=True)):
             p = softmax(np.asarray(z), temperatures[e] if temperatures else 1.0)
             idx = p.argmax(1)
             ids = np.array(list(subset) + [OTHER], dtype=np.int64)[: p.shape[1]]
             preds.append(ids[idx])
             confs.append(p[np.arange(len(idx)), idx])
-        return cls(np.stack(preds), np.stack(confs))
+            inside.append(ids[p[:, :len(subset)].argmax(1)])
+        return cls(np.stack(preds), np.stack(confs), np.stack(inside))
 
     def for_route(self, expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The answers of each sample's chosen expert (kept samples get OTHER / 0)."""
@@ -68,11 +71,14 @@ class SystemMetrics:
     offloaded_accuracy_general: float | None = None  # the general model on the same offloaded samples
 
 
-def subset_accuracies(answers: ExpertAnswers, subsets: list[list[int]], labels) -> list[float]:
-    """Each expert's accuracy on the samples of its own subset (its answer names the true class)."""
+def subset_accuracies(answers: ExpertAnswers, subsets: list[list[int]], labels, *, other: bool = True) -> list[float]:
+    """Each expert's accuracy on the samples of its own subset (its answer names the true class). With
+    ``other`` an "other" answer counts as an error (what the system meets); without, the argmax over the
+    expert's own classes alone is scored (like for like with a model that cannot say "other")."""
     labels = np.asarray(labels, dtype=np.int64)
+    pred = answers.pred if other or answers.pred_no_other is None else answers.pred_no_other
     inside = [np.isin(labels, subset) for subset in subsets]
-    return [share(answers.pred[e][mask] == labels[mask]) for e, mask in enumerate(inside)]
+    return [share(pred[e][mask] == labels[mask]) for e, mask in enumerate(inside)]
 
 
 def share(hits: np.ndarray) -> float:

@@ -24,6 +24,8 @@ class ExpertsStep:
     config: str | None
     overrides: tuple[str, ...] = ()
     router: bool = False  # progressive draws follow the generalist's router (experts.router)
+    init: str | None = None  # the label of one of PipelineSpec.other_generals to start from (None: the general model)
+    partition: str | None = None  # the label of one of PipelineSpec.other_partitions (None: the main partition)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class PipelineSpec:
     general_overrides: tuple[str, ...] = ()
     n_experts: int = 3
     suffix: str = ""
+    # further all-class models of the general model's architecture (label, config, overrides), trained after it:
+    # other budgets (controls), or a shared all-class stage that experts start from (ExpertsStep.init)
+    other_generals: tuple[tuple[str, str | None, tuple[str, ...]], ...] = ()
+    partition_overrides: dict = field(default_factory=dict)  # make_partition's keywords (max_size, min_size, ...)
+    other_partitions: tuple[tuple[str, dict], ...] = ()  # (label, make_partition's keywords): e.g. a random one
 
 
 @dataclass
@@ -47,6 +54,7 @@ class TrainedSystem:
     general: Path
     partition: Path
     experts: dict[str, Path]
+    other_generals: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
 
@@ -81,17 +89,26 @@ def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | Non
     general = timed("general", _config(spec.general, output_dir, spec.common, spec.general_overrides, spec.suffix,
                                        experts_run_defaults()), "metrics.json",
                     lambda c: train_experts(c, resume=True, console=console))
+    others = {label: timed(label, _config(config, output_dir, spec.common, overrides, spec.suffix,
+                                          experts_run_defaults()), "metrics.json",
+                           lambda c: train_experts(c, resume=True, console=console))
+              for label, config, overrides in spec.other_generals}
     partition = output_dir / f"partition{spec.suffix}.json"
+    partitions = {None: (partition, spec.partition_overrides)}
+    partitions.update({label: (output_dir / f"partition-{label}{spec.suffix}.json", kw)
+                       for label, kw in spec.other_partitions})
     t0 = time.perf_counter()
-    if not partition.is_file():
-        make_partition(gen, spec.n_experts).save(partition)
+    for path, keywords in partitions.values():
+        if not path.is_file():
+            make_partition(gen, spec.n_experts, **keywords).save(path)
     seconds["partition"] = time.perf_counter() - t0
     experts = {}
     for step in spec.experts:
-        links = [f"experts.init={general}", f"experts.partition={partition}",
+        start = others[step.init] if step.init is not None else general
+        links = [f"experts.init={start}", f"experts.partition={partitions[step.partition][0]}",
                  *([f"experts.router={gen}"] if step.router else [])]
         cfg = _config(step.config, output_dir, spec.common, (*links, *step.overrides), spec.suffix,
                       experts_run_defaults())
         experts[step.label] = timed(step.label, cfg, "experts.json",
                                     lambda c: train_experts(c, resume=True, console=console))
-    return TrainedSystem(gen, general, partition, experts, seconds, reused)
+    return TrainedSystem(gen, general, partition, experts, other_generals=others, seconds=seconds, reused=reused)

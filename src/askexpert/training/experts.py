@@ -63,6 +63,7 @@ from askexpert.models import (
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models.collapse import CollapseHead, collapse_head
 from askexpert.training.engine import FitResult, fit, images_per_second
 from askexpert.training.evaluate import (
     SubsetMetrics,
@@ -119,15 +120,20 @@ class ExpertObjective:
     """
 
     def __init__(self, *, subset: list[int], label_smoothing: float, teacher: torch.nn.Module | None = None,
-                 distill: float = 0.0, temperature: float = 2.0, earlier: torch.nn.Module | None = None) -> None:
+                 distill: float = 0.0, temperature: float = 2.0, earlier: torch.nn.Module | None = None,
+                 head: CollapseHead | None = None) -> None:
         self.subset = torch.tensor(subset)
         self.label_smoothing = label_smoothing
         self.teacher, self.distill, self.temperature = teacher, distill, temperature
         self.earlier, self.lwf = earlier, 0.0
         self.rest: torch.Tensor | None = None
+        self.head, self.wide = head, False  # a kept all-class head: full width in the all-class stages
 
     def set_stage(self, stage: StageConfig) -> None:
         self.lwf = stage.lwf if self.earlier is not None else 0.0
+        self.wide = stage.labels == "all"
+        if self.head is not None:
+            self.head.wide = self.wide
 
     def collapse(self, teacher_logits: torch.Tensor) -> torch.Tensor:
         if self.rest is None:
@@ -145,6 +151,8 @@ class ExpertObjective:
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        if self.wide:  # every class with its true label: plain cross-entropy, as the all-class stage of "cut" trains
+            return loss
         distill = self.distill if self.teacher is not None else 0.0
         if distill <= 0 and self.lwf <= 0:
             return loss
@@ -403,7 +411,10 @@ def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bun
                           f"images, the general model {spec.input.channels}x{spec.input.size}^2",
                           fix="train the general model at the pretrained weights' input size")
     pspec = pspec.model_copy(update={"name": spec.name})
-    model = build_model(pspec, pretrained=True)
+    seed = cfg.train.seed if ecfg.init_seed is None else ecfg.init_seed
+    with torch.random.fork_rng(devices=[]):  # a new head where the pretrained one has other classes: seeded, so
+        torch.manual_seed(seed)  # every recipe of a seed starts from the same weights
+        model = build_model(pspec, pretrained=True)
     return Start(model, pspec, f"pretrained weights ({pspec.pretrained_source})", weights_sha256(model))
 
 
@@ -581,6 +592,8 @@ def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
     # validation (a log line an epoch) where each stage ends: the expert's own figures come after training
     stage_ends = {epoch for epoch in range(1, plan.epochs + 1)
                   if epoch == plan.epochs or plan.stage_index(epoch + 1) != plan.stage_index(epoch)}
+    if ecfg.head == "collapse":
+        return _train_collapsed(job, e, plan, teacher, val, augment, stage_ends)
     phase = _Phase(plan, spec, augment, stage_ends)
     full, results = _all_class_phase(job, e, phase, val_in, expert_dir)
     earlier = _frozen(copy.deepcopy(full).to(job.device)) if any(st.lwf > 0 for st in plan.stages) else None
@@ -594,6 +607,38 @@ def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
                        label=f"expert {e}", window=(wide + 1, plan.epochs), val_epochs=stage_ends))
     set_frozen(model)
     return _finish(job, e, model, spec, results, _budget(plan, objective, job.distill, job.steering.images))
+
+
+def collapsed_spec(spec: ModelSpec, subset: list[int]) -> ModelSpec:
+    """The spec of ``spec``'s model with its all-class head answering as ``subset`` + "other"."""
+    kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
+    return spec.model_copy(update={"timm_name": "askexpert_collapsed", "kwargs": {
+        "base": spec.timm_name, "base_classes": spec.num_classes, "subset": list(subset),
+        "num_classes": len(subset) + 1, **kwargs}})
+
+
+def _train_collapsed(job: ExpertJob, e: int, plan: MixturePlan, teacher: torch.nn.Module | None, val: ImageSplit,
+                     augment: str, stage_ends: set[int]) -> ExpertSummary:
+    """``experts.head: collapse``: the starting model keeps its all-class head, which answers as subset +
+    "other" (:mod:`askexpert.models.collapse`); the all-class stages train it at full width, the later ones
+    through the collapse, all in one run of the loop (one optimiser, one warm-up and one cosine decay)."""
+    cfg, subset = job.cfg, job.partition.experts[e]
+    if any(st.lwf > 0 for st in plan.stages):
+        raise ConfigError("experts.head: collapse keeps one model throughout, so there is no earlier state to "
+                          "distil (lwf)", fix="drop lwf from the stages, or use experts.head: cut")
+    model = copy.deepcopy(job.start.model)
+    head = collapse_head(model, subset)
+    spec = collapsed_spec(job.start.spec, subset)
+    objective = ExpertObjective(subset=subset, label_smoothing=cfg.train.label_smoothing, teacher=teacher,
+                                distill=job.distill, temperature=job.ecfg.distill_temperature, head=head)
+    plan.on_stage = objective.set_stage
+    narrow_ends = {epoch for epoch in stage_ends if plan.stage(epoch).labels == "subset"}  # val has subset targets
+    result = fit(model, plan=plan, val=val, spec=spec.input, cfg=cfg.train, augment=augment,
+                 run_dir=job.run_dir / f"expert-{e}", resume=job.resume, loss_fn=objective, console=job.console,
+                 label=f"expert {e}", val_epochs=narrow_ends)
+    head.wide = False
+    set_frozen(model)
+    return _finish(job, e, model, spec, [result], _budget(plan, objective, job.distill, job.steering.images))
 
 
 def _finish(job: ExpertJob, e: int, model: torch.nn.Module, spec: ModelSpec, results: list[FitResult],

@@ -1,7 +1,8 @@
 """Class partitions: which classes each expert specialises in.
 
-Three sources: the generalist's confusion on the validation split (classes it confuses go to the
-same expert), coarse labels (CIFAR-100's superclasses, grouped), or a hand-written YAML file. The
+Four sources: the generalist's confusion on the validation split (classes it confuses go to the
+same expert), coarse labels (CIFAR-100's superclasses, grouped), a seeded random deal (the control
+for the confusion partition), or a hand-written YAML file. The
 grouping is agglomerative clustering with average linkage over a symmetric confusion affinity and
 a maximum group size, which keeps the experts balanced, and a minimum one (default 2: a one-class
 expert is right by construction and says nothing about specialisation); it is deterministic (ties go to the pair
@@ -20,7 +21,7 @@ from askexpert.contract.schema import DEFAULT_MIN_SIZE, Partition
 from askexpert.errors import ConfigError
 
 __all__ = ["Partition", "make_partition", "confusion_affinity", "agglomerate", "add_overlap",
-           "partition_from_confusion", "partition_from_coarse", "partition_from_file"]
+           "partition_from_confusion", "partition_from_coarse", "partition_from_random", "partition_from_file"]
 
 
 def confusion_affinity(confusion: torch.Tensor) -> torch.Tensor:
@@ -158,6 +159,22 @@ def partition_from_coarse(coarse_of_class: list[int], coarse_names: list[str], c
                               "max_size": max_size}).check()
 
 
+def partition_from_random(class_names: list[str], n_experts: int, *, seed: int = 0,
+                          min_size: int = DEFAULT_MIN_SIZE) -> Partition:
+    """Classes dealt at random (seeded) into ``n_experts`` groups as equal as sizes allow: the control for a
+    confusion partition (does grouping the confused classes matter?)."""
+    import numpy as np
+
+    n = len(class_names)
+    if n_experts * min_size > n:
+        raise ConfigError(f"{n_experts} experts of at least {min_size} classes need {n_experts * min_size} classes "
+                          f"(there are {n})", fix="use fewer experts, or a smaller --min-size")
+    order = np.random.default_rng(seed).permutation(n)
+    groups = [sorted(int(c) for c in chunk) for chunk in np.array_split(order, n_experts)]
+    return Partition(method="random", class_names=class_names, experts=sorted(groups, key=lambda g: g[0]),
+                     overlap=False, details={"seed": seed, "min_size": min_size}).check()
+
+
 def partition_from_file(path: Path, class_names: list[str]) -> Partition:
     """A hand-written YAML file: ``experts:`` a list of lists of class names or ids."""
     data = read_yaml(path)
@@ -185,7 +202,7 @@ def partition_from_file(path: Path, class_names: list[str]) -> Partition:
 
 def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion", file: Path | None = None,
                    max_size: int | None = None, min_size: int = DEFAULT_MIN_SIZE, overlap: float | None = None,
-                   device: str = "auto") -> Partition:
+                   device: str = "auto", seed: int = 0) -> Partition:
     """A partition of the generalist's classes, from its validation confusion, coarse labels or a file."""
     from askexpert.data import load_dataset
     from askexpert.models import read_meta
@@ -197,6 +214,10 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
         if file is None:
             raise ConfigError("--method file needs --file PATH", fix="pass the YAML file of expert class lists")
         return partition_from_file(file, names)
+    if method == "random":
+        part = partition_from_random(names, n_experts, seed=seed, min_size=min_size)
+        part.details["generalist"] = str(generalist)
+        return part
     logits, labels = cached_logits(generalist, "val", device=device)
     n = len(names)
     confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
@@ -218,7 +239,7 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
         part = partition_from_coarse(coarse_of_class, bundle.coarse_names, names, n_experts, confusion=confusion,
                                      max_size=max_size, overlap=overlap)
     else:
-        raise ConfigError(f"unknown partition method {method!r}", fix="use confusion, coarse or file")
+        raise ConfigError(f"unknown partition method {method!r}", fix="use confusion, coarse, random or file")
     part.details["generalist"] = str(generalist)
     part.details["generalist_sha256"] = meta.weights_sha256
     return part
