@@ -1,5 +1,15 @@
 """Benchmark: progressive vs static specialists, from one generic start at equal budget.
 
+    python benchmarks/specialists.py --task han100 --seeds 0 --sweep    # han100: pretraining, screens, seed 0
+    python benchmarks/specialists.py --task han100 --seeds 1 2 --git-commit
+    python benchmarks/specialists.py --task fashion-mnist --regime 500fix --seeds 0 1 2 --sweep  # the reviewed recipe
+    python benchmarks/specialists.py --task han100 --profile smoke --seeds 0 --sweep  # the test suite's version
+
+``--task han100`` and ``--regime 500fix`` run the reviewed recipe (``benchmarks/specialist_recipes.py``:
+kept all-class heads collapsed onto subset + "other", one optimiser, the controls at equal per-expert
+and equal system budget, subset accuracy with and without "other"); the Fashion-MNIST regimes ``500``
+and ``full`` below are the first recipe, kept to reproduce the earlier table.
+
     python benchmarks/specialists.py --regime 500 --seeds 0 --sweep   # seed 0 + the screens (~25 min, 2 cores)
     python benchmarks/specialists.py --regime 500 --seeds 1 2 --git-commit
     python benchmarks/specialists.py --regime full --seeds 0 --variant-from 500  # the full training set
@@ -41,6 +51,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from experts_table import _model_record, git_commit
+from specialist_recipes import SETTINGS, UNSCREENED, make_starts, run_seed_v2, screen_v2
+from specialist_recipes import SMOKE as V2_SMOKE
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.offline import evaluate_system
@@ -182,6 +194,75 @@ def paired(a: list[float], b: list[float]) -> dict:
     return out
 
 
+V2_KEYS = ("subset_accuracy_test_mean", "subset_accuracy_no_other_test_mean", "subset_accuracy_val_mean",
+           "subset_accuracy_no_other_val_mean", "system_accuracy", "offloaded_accuracy", "offload_rate",
+           "oracle_accuracy")
+CONTROL_KEYS = ("restricted_general_system_budget_subset_accuracy_test_mean",
+                "restricted_general_system_budget_system_accuracy",
+                "restricted_general_per_expert_budget_subset_accuracy_test_mean",
+                "restricted_general_per_expert_budget_system_accuracy")
+
+
+def _recipes_v2(rows_by_recipe: dict[str, list[dict]]) -> dict:
+    out = {}
+    for label, rows in rows_by_recipe.items():
+        budget = [b for r in rows for b in r["budget"] if b]
+        out[label] = {**{k: _ms([r[k] for r in rows]) for k in V2_KEYS},
+                      "steps_per_expert": _ms([b["steps"] for b in budget] or [0]),
+                      "images_per_expert": _ms([b["images"] for b in budget] or [0]),
+                      "wide_images_per_expert": _ms([b.get("wide_images", 0) for b in budget] or [0]),
+                      "teacher_images_per_expert": _ms([b.get("teacher_images", 0) for b in budget] or [0])}
+    return out
+
+
+def summarise_v2(seeds: dict[int, dict]) -> dict:
+    """One regime of the reviewed recipe: every recipe and control over seeds, and the paired differences."""
+    rs = [seeds[s] for s in sorted(seeds)]
+    labels = list(rs[0]["recipes"])
+    recipes = _recipes_v2({label: [r["recipes"][label] for r in rs] for label in labels})
+    c = [r["controls"] for r in rs]
+    controls = {k: _ms([x[k] for x in c]) for k in (*CONTROL_KEYS, "general_as_expert_system_accuracy")}
+    controls.update(generalist_accuracy=_ms([r["baselines"]["generalist"]["accuracy"] for r in rs]),
+                    general_accuracy=_ms([r["baselines"]["general"]["accuracy"] for r in rs]),
+                    per_expert_general_test_top1=_ms([r["models"]["per-expert budget"]["test_top1"] for r in rs]))
+    col = {label: [r["recipes"][label] for r in rs] for label in labels}
+
+    def diff(a: str, b: str, key: str) -> dict:
+        return paired([x[key] for x in col[a]], [x[key] for x in col[b]])
+
+    def vs_control(a: str, key: str, control: str) -> dict:
+        return paired([x[key] for x in col[a]], [x[control] for x in c])
+
+    pairs = {}
+    for a in (x for x in ("progressive", "progressive-shared") if x in col):
+        for key, tag in (("subset_accuracy_test_mean", "subset"), ("subset_accuracy_no_other_test_mean",
+                                                                    "subset_no_other"), ("system_accuracy", "system")):
+            pairs[f"{a}_minus_static_{tag}"] = diff(a, "static", key)
+    for a in labels:
+        for budget in ("system_budget", "per_expert_budget"):
+            pairs[f"{a}_minus_restricted_{budget}_subset_no_other"] = vs_control(
+                a, "subset_accuracy_no_other_test_mean", f"restricted_general_{budget}_subset_accuracy_test_mean")
+            pairs[f"{a}_minus_restricted_{budget}_system"] = vs_control(
+                a, "system_accuracy", f"restricted_general_{budget}_system_accuracy")
+    out = {"task": rs[0]["task"], "seeds": sorted(seeds), "setting": rs[0]["setting"],
+           "progressive_variant": rs[0]["progressive_variant"], "lr": rs[0]["lr"], "starts": rs[0].get("starts", []),
+           "recipes": recipes, "controls": controls, "paired": pairs,
+           "partition_sizes": [len(g) for g in rs[0]["partition"]],
+           "wall_minutes_per_seed": {s: seeds[s]["timings"]["total_s"] / 60 for s in sorted(seeds)},
+           "machines": sorted({describe(seeds[s]["machine"]) for s in seeds})}
+    if all("random" in r for r in rs):
+        rlabels = list(rs[0]["random"]["recipes"])
+        rc = [r["random"]["controls"] for r in rs]
+        rcol = {label: [r["random"]["recipes"][label] for r in rs] for label in rlabels}
+        out["random"] = {"recipes": _recipes_v2(rcol), "controls": {k: _ms([x[k] for x in rc]) for k in CONTROL_KEYS},
+                         "paired": {f"progressive_minus_static_{tag}": paired(
+                             [x[key] for x in rcol["progressive-random"]], [x[key] for x in rcol["static-random"]])
+                             for key, tag in (("subset_accuracy_test_mean", "subset"),
+                                              ("subset_accuracy_no_other_test_mean", "subset_no_other"),
+                                              ("system_accuracy", "system"))}}
+    return out
+
+
 def summarise(directory: Path) -> dict:
     """Mean and std over the seed files present, per regime and recipe, with the paired differences."""
     summary: dict = {"regimes": {}}
@@ -189,6 +270,9 @@ def summarise(directory: Path) -> dict:
         seeds = {int(f.stem.split("seed")[1]): json.loads(f.read_text())
                  for f in sorted(directory.glob(f"{regime}-seed*.json"))}
         rs = [seeds[s] for s in sorted(seeds)]
+        if "setting" in rs[0]:
+            summary["regimes"][regime] = summarise_v2(seeds)
+            continue
         recipes = {}
         for label in rs[0]["recipes"]:
             rows = [r["recipes"][label] for r in rs]
@@ -239,9 +323,59 @@ def summarise(directory: Path) -> dict:
     return summary
 
 
+def _ci(p: dict) -> str:
+    ci = f" (95% CI {p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f})" if p["ci95"] else ""
+    return f"{p['mean']:+.2f}{ci}; per seed " + ", ".join(f"{v:+.2f}" for v in p["per_seed"])
+
+
+def table_v2(regime: str, s: dict) -> list[str]:
+    st = s["setting"]
+    lines = [f"regime {regime} ({s['task']}; seeds {', '.join(map(str, s['seeds']))}; {st['n_experts']} experts of "
+             f"{'/'.join(map(str, s['partition_sizes']))} classes; {st['passes']:g} passes a subset; start "
+             f"{st['start']}; progressive = {s['progressive_variant']}; lr {s['lr']})", "",
+             "| recipe | subsets % | subsets, no 'other' % | system overall % | on offloaded % | offload % | "
+             "oracle routing % | steps / expert | images / expert |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in s["recipes"].items():
+        lines.append(f"| {label} | {_fmt(r['subset_accuracy_test_mean'])} | "
+                     f"{_fmt(r['subset_accuracy_no_other_test_mean'])} | {_fmt(r['system_accuracy'])} | "
+                     f"{_fmt(r['offloaded_accuracy'])} | {_fmt(r['offload_rate'], 1)} | {_fmt(r['oracle_accuracy'])} | "
+                     f"{r['steps_per_expert']['mean']:.0f} | {r['images_per_expert']['mean']:.0f} |")
+    c = s["controls"]
+    for budget, name in (("system_budget", "equal system budget"), ("per_expert_budget", "equal per-expert budget")):
+        lines.append(f"| control: general model restricted to the experts' classes, {name} | "
+                     f"{_fmt(c[f'restricted_general_{budget}_subset_accuracy_test_mean'])} | (same) | "
+                     f"{_fmt(c[f'restricted_general_{budget}_system_accuracy'])} | | | | | |")
+    lines.append(f"| control: general model as the one expert | | | {_fmt(c['general_as_expert_system_accuracy'])} "
+                 "| | | | | |")
+    lines.append(f"| generalist alone / general model alone | | | {_fmt(c['generalist_accuracy'])} / "
+                 f"{_fmt(c['general_accuracy'])} | | | | | |")
+    lines.append("")
+    for key, p in s["paired"].items():
+        lines.append(f"- {key.replace('_', ' ')}: {_ci(p)}")
+    if "random" in s:
+        lines += ["", "random partition (same sizes, seeded):", "",
+                  "| recipe | subsets % | subsets, no 'other' % | system overall % |", "|---|---|---|---|"]
+        for label, r in s["random"]["recipes"].items():
+            lines.append(f"| {label} | {_fmt(r['subset_accuracy_test_mean'])} | "
+                         f"{_fmt(r['subset_accuracy_no_other_test_mean'])} | {_fmt(r['system_accuracy'])} |")
+        rc = s["random"]["controls"]
+        lines.append(f"| restricted general, system budget | "
+                     f"{_fmt(rc['restricted_general_system_budget_subset_accuracy_test_mean'])} | (same) | "
+                     f"{_fmt(rc['restricted_general_system_budget_system_accuracy'])} |")
+        for key, p in s["random"]["paired"].items():
+            lines.append(f"- random partition, {key.replace('_', ' ')}: {_ci(p)}")
+    lines.append("\nwall time per seed: " + ", ".join(f"seed {k}: {v:.1f} min" for k, v in
+                                                    s["wall_minutes_per_seed"].items())
+                 + f" ({'; '.join(s['machines'])})\n")
+    return lines
+
+
 def table(summary: dict) -> str:
     lines = []
     for regime, s in summary["regimes"].items():
+        if "setting" in s:
+            lines += table_v2(regime, s)
+            continue
         lines += [f"regime {regime} (seeds {', '.join(map(str, s['seeds']))}; {s['passes']} passes a subset)", "",
                   "| recipe | experts on their subsets % | system overall % | on offloaded % | offload % | "
                   "oracle routing % | steps / expert | images / expert |", "|---|---|---|---|---|---|---|---|"]
@@ -298,15 +432,60 @@ def plot(summary: dict, directory: Path) -> Path | None:
     return path
 
 
+def main_v2(args, command: str) -> None:
+    """``--task han100`` or ``--regime 500fix``: the reviewed recipe (benchmarks/specialist_recipes.py)."""
+    key = "han100" if args.task == "han100" else args.regime
+    setting = V2_SMOKE[key] if args.profile == "smoke" else SETTINGS[key]
+    out = args.output_dir or Path(f"runs/specialists-{setting.regime}")
+    data_root = None
+    if args.profile == "smoke" and setting.task == "han100":
+        from askexpert.data import han
+
+        data_root = out / "data"
+        han.build(data_root, spec=han.TINY, workers=2)
+    directory = args.results
+    screen_file = directory / f"{setting.regime}-screen.json"
+    starts = make_starts(setting, data_root, out if args.profile == "smoke" else None)
+    for i, seed in enumerate(args.seeds):
+        if args.sweep and i == 0:
+            sc = screen_v2(setting, starts, out, data_root)
+            screen_file.write_text(json.dumps({"seed": 0, "command": command, "machine": machine_info(), **sc},
+                                              indent=1))
+            print(f"screen: {sc['chosen']} chosen on validation ({sc['variants_val_subset']}); lr {sc['lr']}",
+                  flush=True)
+        if args.unscreened:
+            choice = UNSCREENED
+        elif not screen_file.is_file():
+            raise SystemExit(f"no screen in {screen_file}: run seed 0 with --sweep first, or pass --unscreened "
+                             "for the default variant and lr")
+        else:
+            choice = json.loads(screen_file.read_text())
+        info = machine_info()
+        report = run_seed_v2(setting, seed, starts, choice, out, data_root, args.offload)
+        path = directory / f"{setting.regime}-seed{seed}.json"
+        path.write_text(json.dumps({"machine": info, "command": command, **report}, indent=1))
+        print(f"{setting.regime} seed {seed}: {report['timings']['total_s'] / 60:.1f} min on {describe(info)}; "
+              f"{path}", flush=True)
+        if args.git_commit:
+            git_commit(path, f"Specialists benchmark ({setting.regime}): seed {seed}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--regime", choices=sorted(REGIMES), default="500")
+    ap.add_argument("--task", choices=("fashion-mnist", "han100"), default="fashion-mnist",
+                    help="han100: the 100-class Han character task from a pretrained start (askexpert data build "
+                    "han100 first)")
+    ap.add_argument("--regime", choices=sorted({*REGIMES, "500fix"}), default="500",
+                    help="fashion-mnist only: 500 / full (the first recipe), 500fix (the reviewed recipe)")
     ap.add_argument("--profile", choices=("cpu", "gpu", "smoke"), default="cpu",
                     help="cpu: budgets for 2 CPU cores; gpu: longer ones for an accelerator; smoke: a few hundred "
                     "images and a few passes (the test suite)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--sweep", action="store_true", help="with the first seed: the screens on validation")
     ap.add_argument("--summary", action="store_true", help="train nothing: summarise the seed files present")
+    ap.add_argument("--unscreened", action="store_true",
+                    help="--task han100 without a screen: progressive-third and lr 1e-3 for every recipe (recorded "
+                    "as unscreened in each seed's file)")
     ap.add_argument("--git-commit", action="store_true", help="commit each seed's file when it is written")
     ap.add_argument("--output-dir", type=Path, default=None, help="run directories (default runs/specialists-REGIME)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -314,12 +493,15 @@ def main() -> None:
     ap.add_argument("--variant-from", default=None, metavar="REGIME",
                     help="without a screen of this regime: the progressive variant chosen in REGIME's (e.g. 500)")
     args = ap.parse_args()
+    command = "python benchmarks/specialists.py " + " ".join(sys.argv[1:])
+    args.results.mkdir(parents=True, exist_ok=True)
+    if not args.summary and (args.task == "han100" or args.regime == "500fix"):
+        main_v2(args, command)
+        args.summary = True
     regime = {"smoke": SMOKE, "gpu": GPU_REGIMES.get(args.regime)}.get(args.profile) or REGIMES[args.regime]
     name = {"smoke": "smoke", "gpu": f"gpu{args.regime}"}.get(args.profile, args.regime)
     out = args.output_dir or Path(f"runs/specialists-{name}")
     directory = args.results
-    directory.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/specialists.py " + " ".join(sys.argv[1:])
     screen_file = directory / f"{name}-screen.json"
     if not args.summary:
         for i, seed in enumerate(args.seeds):

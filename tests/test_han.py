@@ -1,0 +1,207 @@
+"""han100: the Han character task built offline from Debian's fonts, its pretraining pool, the pretrained
+starts, the collapsed expert head and the specialists benchmark on a tiny build of the task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from askexpert.config import DataConfig
+from askexpert.data import han, han_fonts, load_dataset
+from askexpert.errors import DatasetError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    han_fonts.require_installed()
+    FONTS = None
+except DatasetError as err:  # scripts/bootstrap.sh installs them wherever apt-get is usable (CI does)
+    FONTS = str(err)
+needs_fonts = pytest.mark.skipif(FONTS is not None, reason=f"fonts missing: {FONTS}")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("han")
+    han.build(root, spec=han.TINY, workers=2)
+    return root
+
+
+def _arrays(directory: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for part, splits in (("task", ("train", "val", "test")), ("pool", ("train", "val"))):
+        for split in splits:
+            for key, value in han.load_part(directory, part, split).items():
+                out[f"{part}-{split}-{key}"] = value
+    return out
+
+
+@needs_fonts
+def test_the_build_is_deterministic_whatever_the_worker_count(tiny, tmp_path):
+    again = han.build(tmp_path, spec=han.TINY, workers=1)
+    first, second = _arrays(tiny / "han100"), _arrays(again)
+    assert first.keys() == second.keys()
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    a, b = (han.read_manifest(d) for d in (tiny / "han100", again))
+    assert a["classes"] == b["classes"] and a["pool_classes"] == b["pool_classes"] and a["designs"] == b["designs"]
+    other = han.build(tmp_path / "seed1", seed=1, spec=han.TINY, workers=2)
+    assert not np.array_equal(_arrays(other)["task-train-images"], first["task-train-images"])
+
+
+@needs_fonts
+def test_every_split_is_drawn_in_designs_no_other_split_uses(tiny):
+    directory = tiny / "han100"
+    manifest = han.read_manifest(directory)
+    faces_of = {}
+    for design in manifest["designs"]:
+        faces_of.setdefault(design["split"], set()).update(f["id"] for f in design["faces"])
+    files_of = {split: {f["file"] for d in manifest["designs"] if d["split"] == split for f in d["faces"]}
+                for split in han_fonts.SPLITS}
+    for a in han_fonts.SPLITS:  # no font file, and no design, in two splits
+        for b in han_fonts.SPLITS:
+            if a < b:
+                assert not files_of[a] & files_of[b] and not faces_of[a] & faces_of[b]
+    for part, split, fonts in (("task", "train", "train"), ("task", "val", "val"), ("task", "test", "test"),
+                               ("pool", "train", "train"), ("pool", "val", "val")):
+        used = set(np.unique(han.load_part(directory, part, split)["faces"]).tolist())
+        assert used <= faces_of[fonts] and len(used) > 1
+    task = {c["codepoint"] for c in manifest["classes"]}
+    pool = {c["codepoint"] for c in manifest["pool_classes"]}
+    fillers = {ord(c) for c in manifest["fillers"]}
+    assert not task & pool and not (task | pool) & fillers
+    assert all(p["version"] for p in manifest["packages"])  # every package's version recorded
+    assert all(f["sha256"] for d in manifest["designs"] for f in d["faces"])
+
+
+@needs_fonts
+def test_the_registry_loads_the_task_and_its_pool(tiny):
+    task = load_dataset(DataConfig(name="han100", root=tiny))
+    assert (task.num_classes, task.channels, task.image_size) == (10, 1, 32)
+    assert (len(task.train), len(task.val), len(task.test)) == (400, 100, 200)
+    assert task.coarse_names and len(task.coarse_names) == 2 and task.train.coarse_labels is not None
+    assert task.train.images.dtype == torch.uint8 and task.default_augment == "crop"  # never mirrored
+    pool = load_dataset(DataConfig(name="han100-pool", root=tiny))
+    assert pool.num_classes == 30 and not set(pool.class_names) & set(task.class_names)
+    small = load_dataset(DataConfig(name="han100", root=tiny, train_subset=100))
+    assert len(small.train) == 100 and len(small.val) == 100
+
+
+def test_an_unbuilt_task_names_the_command_that_builds_it(tmp_path):
+    with pytest.raises(DatasetError, match="askexpert data build han100"):
+        load_dataset(DataConfig(name="han100", root=tmp_path))
+
+
+def test_missing_fonts_name_the_packages_to_install(monkeypatch):
+    design = han_fonts.Design("gone", "sans", "train", ("fonts-nothing-here",), (("/nonexistent/a.ttf", 0),))
+    with pytest.raises(DatasetError, match="apt-get install fonts-nothing-here"):
+        han_fonts.require_installed((design,))
+
+
+@needs_fonts
+def test_the_command_line_builds_it(tmp_path, capsys):
+    from askexpert.cli import main
+
+    assert main(["data", "build", "han100", "--tiny", "--root", str(tmp_path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "task" in out and "pool" in out and (tmp_path / "han100" / "samples.png").stat().st_size > 1000
+    assert main(["data", "build", "cifar100"]) == 2
+
+
+@pytest.fixture(scope="module")
+def starts(tiny, tmp_path_factory):
+    from askexpert.training.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pretrained")
+    return {m: pretrain(m, epochs=1, out=out / m, overrides=[f"data.root={tiny}"])
+            for m in ("vit-micro-edge-32g", "vit-mini-expert-32g")}
+
+
+@needs_fonts
+@pytest.mark.slow
+def test_a_pretrained_start_loads_into_both_architectures(tiny, starts):
+    import safetensors.torch
+
+    from askexpert.config import ModelConfig
+    from askexpert.models import build_model, resolve_spec
+    from askexpert.training.pretrain import pretrain
+
+    for name, result in starts.items():
+        record = json.loads((result.run_dir / "pretrained.json").read_text())
+        assert record["pool"] == "han100-pool" and record["val_top1"] == result.val_top1
+        again = pretrain(name, epochs=1, out=result.run_dir, overrides=[f"data.root={tiny}"])
+        assert again.reused and again.weights == result.weights  # cached
+        weights = safetensors.torch.load_file(str(result.weights))
+        assert weights["head.weight"].shape[0] == 30  # the pool's classes
+        spec, pretrained = resolve_spec(ModelConfig(name=name, pretrained_file=str(result.weights)), num_classes=10,
+                                        mean=(0.5,), std=(0.3,))
+        model = build_model(spec, pretrained=pretrained)
+        state = model.state_dict()
+        assert state["head.weight"].shape[0] == 10  # a fresh head of the task's classes
+        body = [k for k in weights if not k.startswith("head.")]
+        assert body and all(torch.equal(state[k], weights[k]) for k in body)
+
+
+def test_a_collapsed_head_answers_as_subset_and_other_and_rebuilds_from_its_spec(tmp_path):
+    from askexpert.config import ModelConfig
+    from askexpert.models import build_model, load_checkpoint, resolve_spec, save_checkpoint
+    from askexpert.models.collapse import collapse_head
+    from askexpert.models.onnx_export import export_onnx
+    from askexpert.training.experts import collapse_logits, collapsed_spec
+
+    spec, _ = resolve_spec(ModelConfig(name="vit-micro-edge-32g"), num_classes=8, mean=(0.5,), std=(0.3,))
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x = torch.randn(3, 1, 32, 32)
+    full = model(x)
+    head = collapse_head(model, [2, 5])
+    out = model(x)
+    assert out.shape == (3, 3)
+    assert torch.allclose(out, collapse_logits(full, torch.tensor([2, 5]), torch.tensor([0, 1, 3, 4, 6, 7])), atol=1e-5)
+    head.wide = True
+    assert torch.allclose(model(x), full, atol=1e-6)
+    head.wide = False
+    cspec = collapsed_spec(spec, [2, 5])
+    assert cspec.num_classes == 3
+    stem = tmp_path / "expert"
+    save_checkpoint(stem, model, spec=cspec, kind="expert", class_names=["a", "b", "other"])
+    loaded = load_checkpoint(stem).model.eval()
+    assert torch.allclose(loaded(x), out, atol=1e-5)
+    export_onnx(stem, tmp_path / "expert.onnx")  # checked against torch inside
+
+
+@needs_fonts
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_specialists_benchmark_smoke_profile_on_a_tiny_han100(tmp_path):
+    """The benchmark end to end on a tiny build: pretrained starts, the screens, a seed, the summary."""
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "specialists.py"), "--task", "han100",
+                          "--profile", "smoke", "--seeds", "0", "--sweep", "--output-dir", str(tmp_path / "runs"),
+                          "--results", str(results)], capture_output=True, text=True, cwd=ROOT, timeout=880)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seed = json.loads((results / "hansmoke-seed0.json").read_text())
+    assert set(seed["recipes"]) == {"static", "static-other", "progressive", "progressive-shared", "original"}
+    fresh = [seed["recipes"][r] for r in ("static", "static-other", "progressive")]
+    assert len({tuple(r["init_sha256"]) for r in fresh}) == 1  # one pretrained start for the three recipes
+    assert len({json.dumps([(b["steps"], b["images"]) for b in r["budget"]]) for r in fresh}) == 1
+    assert all(b["wide_images"] > 0 for b in seed["recipes"]["progressive"]["budget"])
+    assert {s["model"] for s in seed["starts"]} == {"vit-micro-edge-32g", "vit-mini-expert-32g"}
+    assert set(seed["random"]["recipes"]) == {"static-random", "progressive-random"}
+    assert seed["random"]["partition"] != seed["partition"]
+    assert all(len(g) == 5 for g in seed["partition"])
+    for r in seed["recipes"].values():  # the subset argmax without "other" is never below the one with it
+        assert r["subset_accuracy_no_other_test_mean"] >= r["subset_accuracy_test_mean"] - 1e-9
+    screen = json.loads((results / "hansmoke-screen.json").read_text())
+    assert screen["chosen"] in screen["variants_val_subset"] and seed["progressive_variant"] == screen["chosen"]
+    regime = json.loads((results / "summary.json").read_text())["regimes"]["hansmoke"]
+    p = regime["paired"]["progressive_minus_static_subset"]
+    assert p["mean"] == pytest.approx(seed["recipes"]["progressive"]["subset_accuracy_test_mean"]
+                                      - seed["recipes"]["static"]["subset_accuracy_test_mean"])
+    assert "restricted_general_per_expert_budget_system_accuracy" in regime["controls"]
+    assert "progressive minus static" in run.stdout
