@@ -432,10 +432,53 @@ def plot(summary: dict, directory: Path) -> Path | None:
     return path
 
 
+def plot_recipes(regime: str, s: dict, directory: Path) -> Path:
+    """``recipes-REGIME.png``: each recipe's subset accuracy (argmax without "other") and system accuracy, mean
+    and std over the seeds, against the restricted general model at both budgets and the generalist alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(s["recipes"])
+    c = s["controls"]
+    panels = (("subset_accuracy_no_other_test_mean", "experts on their subsets (test, no 'other') %",
+               (("system_budget", "restricted general, system budget"),
+                ("per_expert_budget", "restricted general, per-expert budget")), "_subset_accuracy_test_mean"),
+              ("system_accuracy", f"system overall at ~{s['setting'].get('offload', 0.3) * 100:.0f}% offload (test) %",
+               (("system_budget", "restricted general, system budget"),
+                ("per_expert_budget", "restricted general, per-expert budget")), "_system_accuracy"))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, (key, title, controls, suffix) in zip(axes, panels, strict=True):
+        means = [s["recipes"][r][key]["mean"] for r in labels]
+        stds = [s["recipes"][r][key]["std"] or 0.0 for r in labels]
+        ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="#4c72b0")
+        for (budget, name), style in zip(controls, ("--", ":"), strict=True):
+            ax.axhline(c[f"restricted_general_{budget}{suffix}"]["mean"], color="#c44e52", ls=style, label=name)
+        if key == "system_accuracy":
+            ax.axhline(c["generalist_accuracy"]["mean"], color="#55a868", ls="-.", label="generalist alone")
+        low = min(means + [c[f"restricted_general_{b}{suffix}"]["mean"] for b, _ in controls]) - 5
+        ax.set_ylim(max(0, low), None)
+        ax.set_xticks(range(len(labels)), labels, rotation=20)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{regime}: seeds {', '.join(map(str, s['seeds']))} (mean and std)")
+    fig.tight_layout()
+    path = directory / f"recipes-{regime}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main_v2(args, command: str) -> None:
     """``--task han100`` or ``--regime 500fix``: the reviewed recipe (benchmarks/specialist_recipes.py)."""
     key = "han100" if args.task == "han100" else args.regime
     setting = V2_SMOKE[key] if args.profile == "smoke" else SETTINGS[key]
+    if args.threads:  # every run of this process (training and evaluation); each seed file records it
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = args.output_dir or Path(f"runs/specialists-{setting.regime}")
     data_root = None
     if args.profile == "smoke" and setting.task == "han100":
@@ -490,6 +533,9 @@ def main() -> None:
     ap.add_argument("--output-dir", type=Path, default=None, help="run directories (default runs/specialists-REGIME)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--offload", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for this process (default: torch's); two seeds side by side on 2 cores "
+                    "take --threads 1 each")
     ap.add_argument("--variant-from", default=None, metavar="REGIME",
                     help="without a screen of this regime: the progressive variant chosen in REGIME's (e.g. 500)")
     args = ap.parse_args()
@@ -532,8 +578,9 @@ def main() -> None:
     (directory / "summary.json").write_text(json.dumps(summary, indent=1))
     text = table(summary)
     (directory / "summary.md").write_text(text + "\n")
-    picture = plot(summary, directory)
-    print("\n" + text + (f"\nplot: {picture}" if picture else ""))
+    pictures = [p for p in [plot(summary, directory)] if p]
+    pictures += [plot_recipes(regime, s, directory) for regime, s in summary["regimes"].items() if "setting" in s]
+    print("\n" + text + "".join(f"\nplot: {p}" for p in pictures))
 
 
 if __name__ == "__main__":

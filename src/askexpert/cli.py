@@ -135,7 +135,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from askexpert.training.partition import make_partition
 
     part = make_partition(args.generalist, args.num_experts, method=args.method, file=args.file,
-                          max_size=args.max_size, min_size=args.min_size, overlap=args.overlap, device=args.device)
+                          max_size=args.max_size, min_size=args.min_size, overlap=args.overlap, device=args.device,
+                          seed=args.seed)
     out = args.out or (args.generalist if args.generalist.is_dir() else args.generalist.parent) / (
         f"partition-{args.method}-{len(part.experts)}.json")
     part.save(out)
@@ -895,10 +896,12 @@ def _partition_command(sub) -> None:
     p = sub.add_parser("partition", help="group classes into expert subsets",
                        description="Group the classes into expert subsets: from the generalist's confusion on the "
                        "validation split (agglomerative, size-bounded), from coarse labels (CIFAR-100 "
-                       "superclasses) or from a YAML file of class lists.")
+                       "superclasses), dealt at random (seeded: the control for a confusion partition) or from a "
+                       "YAML file of class lists.")
     p.add_argument("generalist", type=Path, help="run directory (or checkpoint) of the generalist")
     p.add_argument("--num-experts", type=int, default=3, help="number of experts (default 3)")
-    p.add_argument("--method", choices=["confusion", "coarse", "file"], default="confusion")
+    p.add_argument("--method", choices=["confusion", "coarse", "random", "file"], default="confusion")
+    p.add_argument("--seed", type=int, default=0, help="with --method random: the deal's seed")
     p.add_argument("--file", type=Path, help="with --method file: YAML with experts: [[class, ...], ...]")
     p.add_argument("--max-size", type=int, help="most classes an expert may hold (default: 1.5 x the mean)")
     p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
