@@ -1249,7 +1249,8 @@ def _pretrain_command(sub) -> None:
                        "and experts.init_from: pretrained read. Cached: a finished run is reused.")
     p.add_argument("model", help="a model preset or timm name (e.g. vit-mini-expert-32g)")
     p.add_argument("--pool", default="han100-pool")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20,
+                   help="epochs on the pool (default 20; 5 leave the medium model near chance)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="run directory (default: ~/.cache/askexpert/pretrained/POOL/...)")
