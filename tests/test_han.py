@@ -76,6 +76,7 @@ def test_every_split_is_drawn_in_designs_no_other_split_uses(tiny):
     fillers = {ord(c) for c in manifest["fillers"]}
     assert not task & pool and not (task | pool) & fillers
     assert all(p["version"] for p in manifest["packages"])  # every package's version recorded
+    assert not [p for p in manifest["packages"] if p["licence"].startswith("see ")]  # and its licence named
     assert all(f["sha256"] for d in manifest["designs"] for f in d["faces"])
 
 

@@ -166,7 +166,8 @@ def sha256_file(path: str | Path) -> str:
 
 def package_record(package: str) -> dict:
     """A package's version (dpkg) and the licence of its files (its Debian copyright file: the
-    ``Files: *`` paragraph where the file is machine-readable, else the file's path)."""
+    ``Files: *`` paragraph where the file is machine-readable, else the licence's title line, such as
+    ``ARPHIC PUBLIC LICENSE``, else the file's path)."""
     try:
         version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True,
                                  text=True, timeout=10).stdout.strip() or None
@@ -182,5 +183,8 @@ def package_record(package: str) -> dict:
             if files and found and not files.group(1).strip().startswith("debian/"):
                 licence = found.group(1).strip()
                 break
+        if licence is None:  # a copyright file in free form: the licence's title, written in capitals
+            title = re.search(r"^\s*([A-Z][A-Z0-9 ,.()-]*\bLICEN[CS]E\b[A-Z0-9 ,.()-]*?)\s*$", text, re.M)
+            licence = title.group(1) if title else None
     return {"package": package, "version": version, "licence": licence or f"see {copyright_file}",
             "copyright_file": str(copyright_file)}
