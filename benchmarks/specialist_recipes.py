@@ -39,18 +39,15 @@ from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
 PER_EXPERT = "per-expert budget"
 NARROW = "{fraction: %s, out_share: 0.3}, {fraction: %s, out_share: 0.1}"
+THIRD = "experts.stages=[{fraction: 0.3334, labels: all}, " + NARROW % ("0.3333", "0.3333") + "]"
 VARIANTS = {  # progressive variants screened on validation (seed 0); all at the setting's budget
-    "progressive-third": ("experts.stages=[{fraction: 0.3334, labels: all}, " + NARROW % ("0.3333", "0.3333") + "]",),
+    "progressive-third": (THIRD,),
     "progressive-half": ("experts.stages=[{fraction: 0.5, labels: all}, " + NARROW % ("0.25", "0.25") + "]",),
-    "progressive-cut": ("experts.stages=[{fraction: 0.3334, labels: all}, " + NARROW % ("0.3333", "0.3333") + "]",
-                        "experts.head=cut"),
-    "progressive-distill": ("experts.stages=[{fraction: 0.3334, labels: all}, " + NARROW % ("0.3333", "0.3333")
-                            + "]", "experts.distill=0.5"),
-    "progressive-router": ("experts.stages=[{fraction: 0.3334, labels: all}, " + NARROW % ("0.3333", "0.3333")
-                           + "]", "experts.hard_negatives=0.5"),
+    "progressive-cut": (THIRD, "experts.head=cut"),
+    "progressive-distill": (THIRD, "experts.distill=0.5"),  # distils the per-expert-budget general model
+    "progressive-router": (THIRD, "experts.hard_negatives=0.5"),
 }
 ROUTED = {"progressive-router"}  # draws steered by the edge generalist (experts.router)
-TEACHER = {"progressive-distill"}  # distils the per-expert-budget general model (experts.init)
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class Setting:
 
 SETTINGS = {
     # 4 passes over each expert's 12,500 images = 1 epoch of the task per expert (the per-expert budget) and 4
-    # epochs for the 4 experts together (the system budget); ~27 min a seed on 2 CPU cores. The starts: 20 epochs
+    # epochs for the 4 experts together (the system budget); 27-35 min a seed on 2 CPU cores. The starts: 20 epochs
     # on the 1,000-class pool (5 left the medium model at 4% on the pool: a start that carried nothing)
     "han100": Setting("han100", "han100", (), "generalist-han100", "general-han100", "experts-han100", 10, 4, 1,
                       4, 3, 2, 4, {"max_size": 25, "min_size": 25}, False, "pretrained",
