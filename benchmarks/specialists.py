@@ -1,7 +1,7 @@
 """Benchmark: progressive vs static specialists, from one generic start at equal budget.
 
-    python benchmarks/specialists.py --task han100 --seeds 0 --sweep    # han100: pretraining, screens, seed 0
-    python benchmarks/specialists.py --task han100 --seeds 1 2 --git-commit
+    python benchmarks/specialists.py --task han100 --seeds 0 --sweep --results benchmarks/results/han100
+    python benchmarks/specialists.py --task han100 --seeds 1 2 --git-commit --results benchmarks/results/han100
     python benchmarks/specialists.py --task fashion-mnist --regime 500fix --seeds 0 1 2 --sweep  # the reviewed recipe
     python benchmarks/specialists.py --task han100 --profile smoke --seeds 0 --sweep  # the test suite's version
 
