@@ -83,7 +83,7 @@ SETTINGS = {
     # epochs for the 4 experts together (the system budget); 27-35 min a seed on 2 CPU cores. The starts: 20 epochs
     # on the 1,000-class pool (5 left the medium model at 4% on the pool: a start that carried nothing)
     "han100": Setting("han100", "han100", (), "generalist-han100", "general-han100", "experts-han100", 10, 4, 1,
-                      4, 3, 2, 4, {"max_size": 25, "min_size": 25}, False, "pretrained",
+                      4, 3, 2, 4, {"max_size": 25, "min_size": 25}, True, "pretrained",
                       ("vit-micro-edge-32g", "vit-mini-expert-32g", 20), (2, 4, 8)),
     "500fix": Setting("fashion-mnist", "500fix", ("data.train_subset=5000",), "generalist-fmnist-cpu",
                       "general-fmnist-cpu", "experts-scratch-fmnist-cpu", 30, 24, 8, 24, 16, 2, 3, {}, False,
@@ -248,6 +248,8 @@ def _recipe_record(label: str, run: Path, report, trained) -> dict:
         "other_recall_test": [e["test"]["other_recall"] for e in rows],
         "system_accuracy": row.test.accuracy, "offloaded_accuracy": row.test.offloaded_accuracy_system,
         "offload_rate": row.test.offload_rate, "tau": row.tau,
+        "routing_hit_rate": row.test.routing_hit_rate,  # offloaded images sent to an expert that holds their class
+        "offloaded_generalist_accuracy": row.test.offloaded_accuracy_generalist,
         "oracle_accuracy": report.controls[f"{label}: oracle routing"].test.accuracy,
         "budget": [e.get("budget") for e in rows],
         "init_sha256": sorted({e.get("init_sha256", "") for e in rows}),

@@ -197,6 +197,7 @@ def paired(a: list[float], b: list[float]) -> dict:
 V2_KEYS = ("subset_accuracy_test_mean", "subset_accuracy_no_other_test_mean", "subset_accuracy_val_mean",
            "subset_accuracy_no_other_val_mean", "system_accuracy", "offloaded_accuracy", "offload_rate",
            "oracle_accuracy")
+OPTIONAL_V2_KEYS = ("routing_hit_rate", "offloaded_generalist_accuracy")  # seed files from before they were recorded
 CONTROL_KEYS = ("restricted_general_system_budget_subset_accuracy_test_mean",
                 "restricted_general_system_budget_system_accuracy",
                 "restricted_general_per_expert_budget_subset_accuracy_test_mean",
@@ -208,6 +209,7 @@ def _recipes_v2(rows_by_recipe: dict[str, list[dict]]) -> dict:
     for label, rows in rows_by_recipe.items():
         budget = [b for r in rows for b in r["budget"] if b]
         out[label] = {**{k: _ms([r[k] for r in rows]) for k in V2_KEYS},
+                      **{k: _ms([r[k] for r in rows]) for k in OPTIONAL_V2_KEYS if all(k in r for r in rows)},
                       "steps_per_expert": _ms([b["steps"] for b in budget] or [0]),
                       "images_per_expert": _ms([b["images"] for b in budget] or [0]),
                       "wide_images_per_expert": _ms([b.get("wide_images", 0) for b in budget] or [0]),
@@ -334,21 +336,24 @@ def table_v2(regime: str, s: dict) -> list[str]:
              f"{'/'.join(map(str, s['partition_sizes']))} classes; {st['passes']:g} passes a subset; start "
              f"{st['start']}; progressive = {s['progressive_variant']}; lr {s['lr']})", "",
              "| recipe | subsets % | subsets, no 'other' % | system overall % | on offloaded % | offload % | "
-             "oracle routing % | steps / expert | images / expert |", "|---|---|---|---|---|---|---|---|---|"]
+             "routed to an expert holding the class % | oracle routing % | steps / expert | images / expert |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in s["recipes"].items():
+        hit = _fmt(r["routing_hit_rate"], 1) if "routing_hit_rate" in r else "n/a"
         lines.append(f"| {label} | {_fmt(r['subset_accuracy_test_mean'])} | "
                      f"{_fmt(r['subset_accuracy_no_other_test_mean'])} | {_fmt(r['system_accuracy'])} | "
-                     f"{_fmt(r['offloaded_accuracy'])} | {_fmt(r['offload_rate'], 1)} | {_fmt(r['oracle_accuracy'])} | "
+                     f"{_fmt(r['offloaded_accuracy'])} | {_fmt(r['offload_rate'], 1)} | {hit} | "
+                     f"{_fmt(r['oracle_accuracy'])} | "
                      f"{r['steps_per_expert']['mean']:.0f} | {r['images_per_expert']['mean']:.0f} |")
     c = s["controls"]
     for budget, name in (("system_budget", "equal system budget"), ("per_expert_budget", "equal per-expert budget")):
         lines.append(f"| control: general model restricted to the experts' classes, {name} | "
                      f"{_fmt(c[f'restricted_general_{budget}_subset_accuracy_test_mean'])} | (same) | "
-                     f"{_fmt(c[f'restricted_general_{budget}_system_accuracy'])} | | | | | |")
+                     f"{_fmt(c[f'restricted_general_{budget}_system_accuracy'])} | | | | | | |")
     lines.append(f"| control: general model as the one expert | | | {_fmt(c['general_as_expert_system_accuracy'])} "
-                 "| | | | | |")
+                 "| | | | | | |")
     lines.append(f"| generalist alone / general model alone | | | {_fmt(c['generalist_accuracy'])} / "
-                 f"{_fmt(c['general_accuracy'])} | | | | | |")
+                 f"{_fmt(c['general_accuracy'])} | | | | | | |")
     lines.append("")
     for key, p in s["paired"].items():
         lines.append(f"- {key.replace('_', ' ')}: {_ci(p)}")
@@ -471,6 +476,25 @@ def plot_recipes(regime: str, s: dict, directory: Path) -> Path:
     return path
 
 
+def keep_earlier_times(report: dict, path: Path) -> dict:
+    """A seed run again to add recipes (e.g. the random partition) reuses its finished runs, which then
+    take no time: their times, and the seed's wall time, come from the seed's earlier file."""
+    if not report["reused_runs"] or not path.is_file():
+        return report
+    old = json.loads(path.read_text())
+    before, now = old["timings"], report["timings"]
+    reused = {f"{label}_s" for label in report["reused_runs"]}
+    new_work = sum(v for k, v in now.items() if k not in reused and k not in ("evaluation_s", "total_s"))
+    report["timings"] = {**now, **{k: before[k] for k in reused if k in before},
+                         "total_s": before["total_s"] + new_work}
+    for label, record in report["recipes"].items():
+        if label in report["reused_runs"] and label in old.get("recipes", {}):
+            record["train_seconds"] = old["recipes"][label].get("train_seconds")
+    report["earlier_run"] = {"command": old.get("command"), "machine": old.get("machine"),
+                             "total_s": before["total_s"]}
+    return report
+
+
 def main_v2(args, command: str) -> None:
     """``--task han100`` or ``--regime 500fix``: the reviewed recipe (benchmarks/specialist_recipes.py)."""
     key = "han100" if args.task == "han100" else args.regime
@@ -506,6 +530,7 @@ def main_v2(args, command: str) -> None:
         info = machine_info()
         report = run_seed_v2(setting, seed, starts, choice, out, data_root, args.offload)
         path = directory / f"{setting.regime}-seed{seed}.json"
+        report = keep_earlier_times(report, path)
         path.write_text(json.dumps({"machine": info, "command": command, **report}, indent=1))
         print(f"{setting.regime} seed {seed}: {report['timings']['total_s'] / 60:.1f} min on {describe(info)}; "
               f"{path}", flush=True)

@@ -206,3 +206,27 @@ def test_the_specialists_benchmark_smoke_profile_on_a_tiny_han100(tmp_path):
                                       - seed["recipes"]["static"]["subset_accuracy_test_mean"])
     assert "restricted_general_per_expert_budget_system_accuracy" in regime["controls"]
     assert "progressive minus static" in run.stdout
+
+
+def test_a_seed_run_again_to_add_recipes_keeps_the_times_of_the_runs_it_reuses(tmp_path, monkeypatch):
+    """Adding the random partition to a finished seed reuses its runs (0 s each): the seed's file keeps
+    their earlier times and adds the new work to the earlier wall time."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from specialists import keep_earlier_times
+
+    path = tmp_path / "han100-seed1.json"
+    path.write_text(json.dumps({"command": "first", "machine": {"host": "a"},
+                                "timings": {"generalist_s": 240.0, "static_s": 300.0, "evaluation_s": 20.0,
+                                            "total_s": 600.0},
+                                "recipes": {"static": {"train_seconds": 300.0}}}))
+    again = {"reused_runs": ["generalist", "static"],
+             "timings": {"generalist_s": 0.01, "static_s": 0.02, "static-random_s": 280.0, "partition_s": 1.0,
+                         "evaluation_s": 25.0, "total_s": 310.0},
+             "recipes": {"static": {"train_seconds": 0.02}}}
+    merged = keep_earlier_times(again, path)
+    assert merged["timings"]["generalist_s"] == 240.0 and merged["timings"]["static_s"] == 300.0
+    assert merged["timings"]["total_s"] == pytest.approx(600.0 + 281.0)
+    assert merged["recipes"]["static"]["train_seconds"] == 300.0
+    assert merged["earlier_run"]["command"] == "first"
+    fresh = {"reused_runs": [], "timings": {"total_s": 5.0}, "recipes": {}}
+    assert keep_earlier_times(fresh, path)["timings"]["total_s"] == 5.0  # nothing reused: its own time
