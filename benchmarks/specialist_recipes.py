@@ -80,8 +80,9 @@ class Setting:
 
 SETTINGS = {
     # 4 passes over each expert's 12,500 images = 1 epoch of the task per expert (the per-expert budget) and 4
-    # epochs for the 4 experts together (the system budget); 27-35 min a seed on 2 CPU cores. The starts: 20 epochs
-    # on the 1,000-class pool (5 left the medium model at 4% on the pool: a start that carried nothing)
+    # epochs for the 4 experts together (the system budget); 35 min a seed on 2 CPU cores, about 55 with the random
+    # partition's two recipes. The starts: 20 epochs on the 1,000-class pool (5 left the medium model at 4% on the
+    # pool: a start that carried nothing)
     "han100": Setting("han100", "han100", (), "generalist-han100", "general-han100", "experts-han100", 10, 4, 1,
                       4, 3, 2, 4, {"max_size": 25, "min_size": 25}, True, "pretrained",
                       ("vit-micro-edge-32g", "vit-mini-expert-32g", 20), (2, 4, 8)),

@@ -359,14 +359,17 @@ def table_v2(regime: str, s: dict) -> list[str]:
         lines.append(f"- {key.replace('_', ' ')}: {_ci(p)}")
     if "random" in s:
         lines += ["", "random partition (same sizes, seeded):", "",
-                  "| recipe | subsets % | subsets, no 'other' % | system overall % |", "|---|---|---|---|"]
+                  "| recipe | subsets % | subsets, no 'other' % | system overall % | routed to an expert holding the "
+                  "class % | oracle routing % |", "|---|---|---|---|---|---|"]
         for label, r in s["random"]["recipes"].items():
+            hit = _fmt(r["routing_hit_rate"], 1) if "routing_hit_rate" in r else "n/a"
             lines.append(f"| {label} | {_fmt(r['subset_accuracy_test_mean'])} | "
-                         f"{_fmt(r['subset_accuracy_no_other_test_mean'])} | {_fmt(r['system_accuracy'])} |")
+                         f"{_fmt(r['subset_accuracy_no_other_test_mean'])} | {_fmt(r['system_accuracy'])} | {hit} | "
+                         f"{_fmt(r['oracle_accuracy'])} |")
         rc = s["random"]["controls"]
         lines.append(f"| restricted general, system budget | "
                      f"{_fmt(rc['restricted_general_system_budget_subset_accuracy_test_mean'])} | (same) | "
-                     f"{_fmt(rc['restricted_general_system_budget_system_accuracy'])} |")
+                     f"{_fmt(rc['restricted_general_system_budget_system_accuracy'])} | | |")
         for key, p in s["random"]["paired"].items():
             lines.append(f"- random partition, {key.replace('_', ' ')}: {_ci(p)}")
     lines.append("\nwall time per seed: " + ", ".join(f"seed {k}: {v:.1f} min" for k, v in
