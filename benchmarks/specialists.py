@@ -572,7 +572,8 @@ def main() -> None:
     if not args.summary and (args.task == "han100" or args.regime == "500fix"):
         main_v2(args, command)
         args.summary = True
-    regime = {"smoke": SMOKE, "gpu": GPU_REGIMES.get(args.regime)}.get(args.profile) or REGIMES[args.regime]
+    # the first recipe's regimes (the reviewed recipe's, e.g. 500fix, have trained above and only summarise here)
+    regime = {"smoke": SMOKE, "gpu": GPU_REGIMES.get(args.regime)}.get(args.profile) or REGIMES.get(args.regime)
     name = {"smoke": "smoke", "gpu": f"gpu{args.regime}"}.get(args.profile, args.regime)
     out = args.output_dir or Path(f"runs/specialists-{name}")
     directory = args.results

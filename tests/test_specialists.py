@@ -362,3 +362,13 @@ def test_a_kept_head_trains_every_stage_in_one_run_of_the_loop(tmp_path, tiny_sy
     full = ckpt.model(x)
     rest = [c for c in range(10) if c not in subset]
     assert torch.allclose(out, collapse_logits(full, torch.tensor(subset), torch.tensor(rest)), atol=1e-4)
+
+
+def test_the_reviewed_recipes_regime_summarises_like_the_others(tmp_path):
+    """``--regime 500fix --summary`` reads the seed files present (none here: the message names the run
+    to make), instead of looking the regime up among the first recipe's."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "specialists.py"), "--regime", "500fix",
+                          "--summary", "--results", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert run.returncode != 0 and "KeyError" not in run.stderr
+    assert "no seed results in" in run.stderr and "run without --summary first" in run.stderr
