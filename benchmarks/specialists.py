@@ -480,8 +480,9 @@ def plot_recipes(regime: str, s: dict, directory: Path) -> Path:
 
 
 def keep_earlier_times(report: dict, path: Path) -> dict:
-    """A seed run again to add recipes (e.g. the random partition) reuses its finished runs, which then
-    take no time: their times, and the seed's wall time, come from the seed's earlier file."""
+    """A seed run again to add recipes (e.g. the random partition) reuses its finished runs, which report
+    only the training time they recorded: their step times (with evaluation), and the seed's wall time,
+    come from the seed's earlier file."""
     if not report["reused_runs"] or not path.is_file():
         return report
     old = json.loads(path.read_text())

@@ -185,4 +185,6 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     assert len((report / "trace.jsonl").read_text().splitlines()) == 150
     again = run_demo(output_dir=tmp_path, limit=50, overrides=small, edge_device="host")  # reuses every model
     assert again.models.reused == ["generalist", "general", "progressive"]
+    recorded = json.loads((again.models.experts["progressive"] / "experts.json").read_text())["experts"]
+    assert again.models.seconds["progressive"] == sum(e["train_seconds"] for e in recorded) > 0  # not the reuse's 0 s
     assert again.models.experts == result.models.experts

@@ -7,6 +7,7 @@ the sequence. The bundle is written afterwards by :func:`askexpert.system.build.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,17 @@ class TrainedSystem:
     partition: Path
     experts: dict[str, Path]
     other_generals: dict[str, Path] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # each step's wall time; a reused run's recorded training
     reused: list[str] = field(default_factory=list)
+
+
+def recorded_train_seconds(run_dir: Path) -> float:
+    """The training time a finished run recorded (every resumed part counted): an all-class model's
+    ``metrics.json``, or the sum over a set of experts' ``experts.json``."""
+    experts = run_dir / "experts.json"
+    if experts.is_file():
+        return sum(e.get("train_seconds", 0.0) for e in json.loads(experts.read_text())["experts"])
+    return float(json.loads((run_dir / "metrics.json").read_text())["train"]["seconds"])
 
 
 def _config(name: str | None, output_dir: Path, common: tuple[str, ...], overrides: tuple[str, ...], suffix: str,
@@ -76,11 +86,13 @@ def train_system(spec: PipelineSpec, output_dir: Path, *, console: Console | Non
     reused: list[str] = []
 
     def timed(label: str, cfg: RunConfig, marker: str, train):
-        if (cfg.run_dir / marker).is_file():
-            reused.append(label)
+        finished = (cfg.run_dir / marker).is_file()
         t0 = time.perf_counter()
         result = train(cfg)
-        seconds[label] = time.perf_counter() - t0
+        # a reused run took no time now: it reports the training time it recorded when it ran
+        seconds[label] = recorded_train_seconds(result.run_dir) if finished else time.perf_counter() - t0
+        if finished:
+            reused.append(label)
         return result.run_dir
 
     gen = timed("generalist", _config(spec.generalist, output_dir, spec.common, spec.generalist_overrides,
