@@ -378,8 +378,31 @@ def table_v2(regime: str, s: dict) -> list[str]:
     return lines
 
 
+def screen_lines(regime: str, sc: dict, lr: float) -> list[str]:
+    """The reviewed recipe's screen (seed 0, validation): the progressive variants (against static, all at the
+    setting's ``lr``), the learning rates and the budget sweep, each as the experts' mean subset accuracy."""
+    static = sc["lr_val_subset"].get(f"static@{lr:g}")
+    lines = [f"screen of {regime} (seed {sc['seed']}, validation, experts' mean subset accuracy %; "
+             f"{sc['seconds'] / 60:.1f} min)", "",
+             f"| progressive variant (lr {lr:g}) | val subsets % | minus static |", "|---|---|---|"]
+    lines += [f"| {v}{' (chosen)' if v == sc['chosen'] else ''} | {a:.2f} | "
+              f"{'' if static is None else f'{a - static:+.2f}'} |" for v, a in sc["variants_val_subset"].items()]
+    lines += ["", "| recipe @ lr | val subsets % |", "|---|---|"]
+    lines += [f"| {k}{' (chosen)' if float(k.partition('@')[2]) == sc['lr'][k.partition('@')[0]] else ''} | {a:.2f} |"
+              for k, a in sc["lr_val_subset"].items()]
+    passes = sorted({p for points in sc["curve_val_subset"].values() for p in points}, key=float)
+    lines += ["", "| passes a subset | " + " | ".join(sc["curve_val_subset"]) + " |",
+              "|---|" + "---|" * len(sc["curve_val_subset"])]
+    lines += [f"| {float(p):g} | " + " | ".join(f"{pts[p]:.2f}" if p in pts else "" for pts in
+                                              sc["curve_val_subset"].values()) + " |" for p in passes]
+    return [*lines, ""]
+
+
 def table(summary: dict) -> str:
     lines = []
+    for regime, sc in summary.get("screens", {}).items():
+        if "lr_val_subset" in sc:  # the reviewed recipe's screen (the first recipe's are in the plot)
+            lines += screen_lines(regime, sc, summary["regimes"].get(regime, {}).get("setting", {}).get("lr", 1e-3))
     for regime, s in summary["regimes"].items():
         if "setting" in s:
             lines += table_v2(regime, s)
