@@ -206,6 +206,7 @@ def test_the_specialists_benchmark_smoke_profile_on_a_tiny_han100(tmp_path):
                                       - seed["recipes"]["static"]["subset_accuracy_test_mean"])
     assert "restricted_general_per_expert_budget_system_accuracy" in regime["controls"]
     assert "progressive minus static" in run.stdout
+    assert "screen of hansmoke" in run.stdout and f"| {screen['chosen']} (chosen) |" in run.stdout  # the screen's table
 
 
 def test_a_seed_run_again_to_add_recipes_keeps_the_times_of_the_runs_it_reuses(tmp_path, monkeypatch):
