@@ -514,9 +514,12 @@ def keep_earlier_times(report: dict, path: Path) -> dict:
     new_work = sum(v for k, v in now.items() if k not in reused and k not in ("evaluation_s", "total_s"))
     report["timings"] = {**now, **{k: before[k] for k in reused if k in before},
                          "total_s": before["total_s"] + new_work}
-    for label, record in report["recipes"].items():
-        if label in report["reused_runs"] and label in old.get("recipes", {}):
-            record["train_seconds"] = old["recipes"][label].get("train_seconds")
+    for part in ("recipes", "random"):  # the random partition's recipes sit under "random"
+        records = report.get(part, {}).get("recipes", {}) if part == "random" else report.get(part, {})
+        earlier = old.get(part, {}).get("recipes", {}) if part == "random" else old.get(part, {})
+        for label, record in records.items():
+            if label in report["reused_runs"] and label in earlier:
+                record["train_seconds"] = earlier[label].get("train_seconds")
     report["earlier_run"] = {"command": old.get("command"), "machine": old.get("machine"),
                              "total_s": before["total_s"]}
     return report

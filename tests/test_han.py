@@ -219,15 +219,20 @@ def test_a_seed_run_again_to_add_recipes_keeps_the_times_of_the_runs_it_reuses(t
     path.write_text(json.dumps({"command": "first", "machine": {"host": "a"},
                                 "timings": {"generalist_s": 240.0, "static_s": 300.0, "evaluation_s": 20.0,
                                             "total_s": 600.0},
-                                "recipes": {"static": {"train_seconds": 300.0}}}))
-    again = {"reused_runs": ["generalist", "static"],
-             "timings": {"generalist_s": 0.01, "static_s": 0.02, "static-random_s": 280.0, "partition_s": 1.0,
-                         "evaluation_s": 25.0, "total_s": 310.0},
-             "recipes": {"static": {"train_seconds": 0.02}}}
+                                "recipes": {"static": {"train_seconds": 300.0}},
+                                "random": {"recipes": {"static-random": {"train_seconds": 280.0}}}}))
+    again = {"reused_runs": ["generalist", "static", "static-random"],
+             "timings": {"generalist_s": 0.01, "static_s": 0.02, "static-random_s": 0.03, "progressive-random_s": 290.0,
+                         "partition_s": 1.0, "evaluation_s": 25.0, "total_s": 310.0},
+             "recipes": {"static": {"train_seconds": 0.02}},
+             "random": {"recipes": {"static-random": {"train_seconds": 0.03}, "progressive-random": {
+                 "train_seconds": 290.0}}}}
     merged = keep_earlier_times(again, path)
     assert merged["timings"]["generalist_s"] == 240.0 and merged["timings"]["static_s"] == 300.0
-    assert merged["timings"]["total_s"] == pytest.approx(600.0 + 281.0)
+    assert merged["timings"]["total_s"] == pytest.approx(600.0 + 291.0)
     assert merged["recipes"]["static"]["train_seconds"] == 300.0
+    assert merged["random"]["recipes"]["static-random"]["train_seconds"] == 280.0  # the random partition's too
+    assert merged["random"]["recipes"]["progressive-random"]["train_seconds"] == 290.0  # new work: its own
     assert merged["earlier_run"]["command"] == "first"
     fresh = {"reused_runs": [], "timings": {"total_s": 5.0}, "recipes": {}}
     assert keep_earlier_times(fresh, path)["timings"]["total_s"] == 5.0  # nothing reused: its own time
