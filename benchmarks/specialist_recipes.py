@@ -204,6 +204,7 @@ def screen_v2(setting: Setting, starts: Starts, out: Path, data_root: Path | Non
     steps = [(v, v) for v in setting.variants] + [("static", "static")]
     trained = train_system(pipeline(setting, 0, starts, steps, data_root), out)
     variants = {v: _val(trained.experts[v]) for v in setting.variants}
+    no_other = {v: _val(trained.experts[v], "subset_accuracy_no_other") for v in (*setting.variants, "static")}
     chosen = max(variants, key=variants.get)
     lr_steps = [(f"{r}@{lr:g}", f"{r}@{lr:g}") for r in ("static", chosen) for lr in setting.lrs]
     trained = train_system(pipeline(setting, 0, starts, lr_steps, data_root), out)
@@ -215,7 +216,8 @@ def screen_v2(setting: Setting, starts: Starts, out: Path, data_root: Path | Non
     for label, run in trained.experts.items():
         recipe, _, p = label.partition(":")
         curve["static" if recipe == "static" else "progressive"][str(float(p))] = _val(run)
-    return {"variants_val_subset": variants, "chosen": chosen, "lr_val_subset": lr_val, "lr": best_lr,
+    return {"variants_val_subset": variants, "variants_val_subset_no_other": no_other,
+            "chosen": chosen, "lr_val_subset": lr_val, "lr": best_lr,
             "curve_val_subset": curve, "passes": setting.passes, "seconds": time.perf_counter() - t0}
 
 

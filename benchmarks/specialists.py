@@ -382,11 +382,16 @@ def screen_lines(regime: str, sc: dict, lr: float) -> list[str]:
     """The reviewed recipe's screen (seed 0, validation): the progressive variants (against static, all at the
     setting's ``lr``), the learning rates and the budget sweep, each as the experts' mean subset accuracy."""
     static = sc["lr_val_subset"].get(f"static@{lr:g}")
+    no_other = sc.get("variants_val_subset_no_other", {})  # screens from before 2026-12-06 lack it
     lines = [f"screen of {regime} (seed {sc['seed']}, validation, experts' mean subset accuracy %; "
              f"{sc['seconds'] / 60:.1f} min)", "",
-             f"| progressive variant (lr {lr:g}) | val subsets % | minus static |", "|---|---|---|"]
-    lines += [f"| {v}{' (chosen)' if v == sc['chosen'] else ''} | {a:.2f} | "
-              f"{'' if static is None else f'{a - static:+.2f}'} |" for v, a in sc["variants_val_subset"].items()]
+             f"| progressive variant (lr {lr:g}) | val subsets % | minus static | no 'other' % | minus static |",
+             "|---|---|---|---|---|"]
+    for v, a in sc["variants_val_subset"].items():
+        b, base = no_other.get(v), no_other.get("static")
+        lines.append(f"| {v}{' (chosen)' if v == sc['chosen'] else ''} | {a:.2f} | "
+                     f"{'' if static is None else f'{a - static:+.2f}'} | {'' if b is None else f'{b:.2f}'} | "
+                     f"{'' if b is None or base is None else f'{b - base:+.2f}'} |")
     lines += ["", "| recipe @ lr | val subsets % |", "|---|---|"]
     lines += [f"| {k}{' (chosen)' if float(k.partition('@')[2]) == sc['lr'][k.partition('@')[0]] else ''} | {a:.2f} |"
               for k, a in sc["lr_val_subset"].items()]

@@ -200,6 +200,7 @@ def test_the_specialists_benchmark_smoke_profile_on_a_tiny_han100(tmp_path):
         assert r["subset_accuracy_no_other_test_mean"] >= r["subset_accuracy_test_mean"] - 1e-9
     screen = json.loads((results / "hansmoke-screen.json").read_text())
     assert screen["chosen"] in screen["variants_val_subset"] and seed["progressive_variant"] == screen["chosen"]
+    assert set(screen["variants_val_subset_no_other"]) == {*screen["variants_val_subset"], "static"}
     regime = json.loads((results / "summary.json").read_text())["regimes"]["hansmoke"]
     p = regime["paired"]["progressive_minus_static_subset"]
     assert p["mean"] == pytest.approx(seed["recipes"]["progressive"]["subset_accuracy_test_mean"]
