@@ -318,9 +318,11 @@ def summarise(directory: Path) -> dict:
         regime = f.name.split("-")[0]
         main_run = directory / f"{regime}-seed{sc['seed']}.json"
         if main_run.is_file():  # the full budget's point of the curve: the same seed's main runs, on validation
-            recipes = json.loads(main_run.read_text())["recipes"]
+            main = json.loads(main_run.read_text())
             for recipe, points in sc["curve_val_subset"].items():
-                points[str(float(sc["passes"]))] = recipes[recipe]["subset_accuracy_val_mean"]
+                if recipe == "progressive" and main.get("progressive_variant", sc["chosen"]) != sc["chosen"]:
+                    continue  # the seeds ran another variant (unscreened): the screen's own point stands
+                points[str(float(sc["passes"]))] = main["recipes"][recipe]["subset_accuracy_val_mean"]
         summary["screens"][regime] = sc
     return summary
 
