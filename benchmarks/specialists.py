@@ -389,8 +389,9 @@ def screen_lines(regime: str, sc: dict, lr: float) -> list[str]:
              f"{sc['seconds'] / 60:.1f} min)", "",
              f"| progressive variant (lr {lr:g}) | val subsets % | minus static | no 'other' % | minus static |",
              "|---|---|---|---|---|"]
+    base = no_other.get("static")
     for v, a in sc["variants_val_subset"].items():
-        b, base = no_other.get(v), no_other.get("static")
+        b = no_other.get(v)
         lines.append(f"| {v}{' (chosen)' if v == sc['chosen'] else ''} | {a:.2f} | "
                      f"{'' if static is None else f'{a - static:+.2f}'} | {'' if b is None else f'{b:.2f}'} | "
                      f"{'' if b is None or base is None else f'{b - base:+.2f}'} |")
@@ -521,9 +522,9 @@ def keep_earlier_times(report: dict, path: Path) -> dict:
     new_work = sum(v for k, v in now.items() if k not in reused and k not in ("evaluation_s", "total_s"))
     report["timings"] = {**now, **{k: before[k] for k in reused if k in before},
                          "total_s": before["total_s"] + new_work}
-    for part in ("recipes", "random"):  # the random partition's recipes sit under "random"
-        records = report.get(part, {}).get("recipes", {}) if part == "random" else report.get(part, {})
-        earlier = old.get(part, {}).get("recipes", {}) if part == "random" else old.get(part, {})
+    pairs = ((report["recipes"], old.get("recipes", {})),  # the random partition's recipes sit under "random"
+             (report.get("random", {}).get("recipes", {}), old.get("random", {}).get("recipes", {})))
+    for records, earlier in pairs:
         for label, record in records.items():
             if label in report["reused_runs"] and label in earlier:
                 record["train_seconds"] = earlier[label].get("train_seconds")
