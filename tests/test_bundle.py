@@ -34,7 +34,7 @@ HEAVY = ("torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "m
 def test_bundle_holds_every_file_with_its_hash_and_the_calibration(tiny_system):
     bundle = load_bundle(tiny_system["bundle"])
     m = bundle.manifest
-    assert m.schema_version == 2 and len(m.experts) == 3 and m.general is not None
+    assert m.schema_version == 3 and len(m.experts) == 3 and m.general is not None
     assert {"generalist.onnx", "generalist/model.safetensors", "generalist/model.json",
             "experts/expert-0/model.safetensors", "general/model.safetensors"} <= set(m.files)
     assert all(e.temperature > 0 for e in m.experts) and m.routing.temperature > 0
@@ -67,7 +67,7 @@ def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
         load_bundle(copy)
     manifest = json.loads((tiny_system["bundle"] / SYSTEM_FILE).read_text())
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(CheckpointError, match="schema version 99.*this askexpert reads versions 1, 2 .it writes 2"):
+    with pytest.raises(CheckpointError, match="schema version 99.*this askexpert reads versions 1, 2, 3 .it writes 3"):
         load_bundle(copy)
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "routing": {**manifest["routing"], "k": 0}}))
     with pytest.raises(CheckpointError, match="routing.k"):
@@ -216,6 +216,39 @@ def test_offline_and_live_answers_agree_image_by_image(tiny_system, bundle_serve
     assert [t.route is Route.EXPERT_FALLBACK for t in traces] == fell_back.tolist()
     if fallback == "other-or-less-confident":
         assert fell_back.sum() > 0  # the rule did act on some images
+
+
+@pytest.mark.timeout(300)
+def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_server, tmp_path, capsys):
+    """build-system --deferral learned: the rule fitted on validation travels in system.json (schema 3), tau
+    is chosen on its score, and the edge, one image at a time over HTTP, answers what the offline evaluation
+    computes; the edge refuses another k for it, and runs the bundle end to end against its own server."""
+    out = tmp_path / "learned"
+    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
+                 "--deferral", "learned", "--no-general"]) == 0
+    assert "learned deferral" in capsys.readouterr().out
+    bundle = load_bundle(out)
+    m, r = bundle.manifest, bundle.manifest.routing
+    assert m.schema_version == 3 and r.confidence == "learned" and r.deferral.fitted_on == 600
+    assert m.curve.ks == [r.k] == [3] and abs(r.operating_point.val_offload_rate - 30) < 1
+    policy = RoutingPolicy.from_spec(r)
+    d, final, _, labels = _offline_answers(tiny_system, policy)
+    images = np.load(_test_npz(tiny_system, tmp_path / "t.npz", 600))["images"]
+    experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
+    with HttpExpertClient(bundle_server) as client:  # the same experts at the same temperatures
+        runner = EdgeRunner(OnnxGeneralist(bundle.generalist_onnx, threads=1), policy, client, experts)
+        traces = list(runner.run((images[i:i + 1], labels[i:i + 1]) for i in range(len(images))))
+    assert np.array_equal(np.array([t.route.offloaded for t in traces]), d.offload)
+    assert np.array_equal(np.array([t.pred for t in traces]), final)
+    assert 0.2 < d.offload.mean() < 0.4
+    from askexpert.errors import ConfigError
+    from askexpert.runtime.session import EdgeSettings, run_edge
+
+    with ServerProcess(out, threads=1) as url:
+        report = run_edge(EdgeSettings(system=out, server=url, limit=60, threads=1))
+        assert report.summary.degraded == 0 and report.policy.confidence == "learned"
+        with pytest.raises(ConfigError, match="fitted at k 3, not k 2.*--confidence max-prob"):
+            run_edge(EdgeSettings(system=out, server=url, limit=10, threads=1, k=2))
 
 
 @pytest.mark.timeout(300)

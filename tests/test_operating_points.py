@@ -17,6 +17,7 @@ from askexpert.contract.bundle import load_bundle
 from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.corruptions import SEVERITIES, Corruption, parse_corruption
 from askexpert.errors import ConfigError
+from askexpert.routing import RoutingPolicy
 from askexpert.runtime.link import LinkSchedule, parse_link, parse_link_arg, parse_schedule
 from askexpert.runtime.session import EdgeSettings, _link_signal, run_edge
 from askexpert.serving.process import ServerProcess
@@ -31,8 +32,23 @@ def _v1_copy(bundle, target):
     raw["schema_version"] = 1
     raw.pop("curve")
     raw["routing"]["operating_point"].pop("predicted")
+    raw["routing"].pop("deferral")
     (target / SYSTEM_FILE).write_text(json.dumps(raw, indent=1))
     return target
+
+
+def test_a_version_2_bundle_still_loads_with_its_confidence_rule(tiny_system, tmp_path):
+    """A bundle written before the learned deferral rule (schema 2: no routing.deferral) loads as it was."""
+    old = tmp_path / "v2"
+    shutil.copytree(tiny_system["bundle"], old)
+    raw = json.loads((old / SYSTEM_FILE).read_text())
+    raw["schema_version"] = 2
+    raw["routing"].pop("deferral")
+    (old / SYSTEM_FILE).write_text(json.dumps(raw, indent=1))
+    m = load_bundle(old).manifest
+    assert m.schema_version == 2 and m.routing.deferral is None and m.curve is not None
+    policy = RoutingPolicy.from_spec(m.routing)
+    assert policy.confidence == "max-prob" and policy.deferral is None and policy.tau == m.routing.tau
 
 
 def test_a_version_1_bundle_still_loads_and_runs(tiny_system, bundle_server, tmp_path):

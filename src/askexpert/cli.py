@@ -272,7 +272,8 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     bundle = build_system(args.generalist, args.experts, args.out, offload=args.offload, accuracy=args.accuracy,
                           tau=args.tau, k=args.k or DEFAULT_K, confidence=args.confidence, fallback=args.fallback,
                           include_general=not args.no_general, archive=args.archive and not budget, name=args.name,
-                          device=args.device, overwrite=args.overwrite, curve_ks=args.curve_k)
+                          device=args.device, overwrite=args.overwrite, curve_ks=args.curve_k,
+                          deferral=args.deferral)
     if budget:
         bundle = _plan_bundle(bundle, args)
         if args.archive:
@@ -290,6 +291,9 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     table.add_row("general model", "included" if m.general else "left out")
     op = r.operating_point
     table.add_row("routing", f"tau {r.tau:.4f}, k {r.k}, {r.confidence}, fallback {r.fallback}")
+    if r.deferral is not None:
+        table.add_row("learned deferral", f"{len(r.deferral.features)} features, L2 {r.deferral.l2:g} (5-fold CV), "
+                      f"fitted on {r.deferral.fitted_on} validation images at k {r.deferral.k}")
     table.add_row("operating point", f"{op.target} {op.value:g}: on validation {op.val_offload_rate:.1f}% offloaded, "
                   f"{op.val_accuracy:.2f}% accurate")
     if op.predicted is not None:
@@ -814,11 +818,12 @@ def _add_rule_flags(p: argparse.ArgumentParser, default_from: str | None = None)
     ``default_from`` the flags default to None (the caller's own value wins, e.g. a bundle's)."""
     from typing import get_args
 
-    from askexpert.routing.policy import Confidence, Fallback
+    from askexpert.contract.labels import CONFIDENCE_RULES, Fallback
 
-    for flag, kind, what in (("--confidence", Confidence, "confidence score"),
-                             ("--fallback", Fallback, "when the generalist's answer stands after an offload")):
-        choices = get_args(kind)
+    for flag, choices, what in (("--confidence", CONFIDENCE_RULES, "confidence score (a bundle built with "
+                                 "--deferral learned scores with its learned rule unless this is given)"),
+                                ("--fallback", get_args(Fallback), "when the generalist's answer stands after an "
+                                 "offload")):
         if default_from is None:
             p.add_argument(flag, choices=choices, default=choices[0], help=f"{what} (default {choices[0]})")
         else:
@@ -953,7 +958,8 @@ def _build_system_command(sub) -> None:
                        "safetensors. The edge then needs only ONNX Runtime, NumPy and httpx.",
                        epilog="examples:\n"
                        "  askexpert build-system runs/generalist runs/experts-progressive --out system\n"
-                       "  askexpert build-system runs/g runs/experts --out system --accuracy 92 --k 2 --archive")
+                       "  askexpert build-system runs/g runs/experts --out system --accuracy 92 --k 2 --archive\n"
+                       "  askexpert build-system runs/g runs/experts --out system --deferral learned")
     p.add_argument("generalist", type=Path, help="the generalist's run directory")
     p.add_argument("experts", type=Path, help="an expert run directory (askexpert train experts)")
     p.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
@@ -983,6 +989,10 @@ def _build_system_command(sub) -> None:
                    "raspberry-pi-4)")
     p.add_argument("--radio", help="the radio's energy profile (default: wifi for wifi, cellular for lte and 5g)")
     _add_rule_flags(p)
+    p.add_argument("--deferral", choices=("confidence", "learned"), default="confidence",
+                   help="which images to offload: those whose --confidence is under tau (the paper's rule, the "
+                   "default), or 'learned': a rule fitted on validation to offload the images the routed expert "
+                   "gets right and the generalist wrong (tau applies to its score; the bundle carries it)")
     p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
     p.add_argument("--name", help="the system's name (default: the directory's)")

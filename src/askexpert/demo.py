@@ -107,8 +107,7 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
             report = edge.call(run_edge, s=settings)
         console.rule("5/5 the same images: the generalist alone (edge only), every image to the server (full offload)")
         r = built.manifest.routing
-        policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature, confidence=r.confidence,
-                               fallback=r.fallback)
+        policy = RoutingPolicy.from_spec(r)
         experts = [ExpertTarget(e.id, list(e.classes)) for e in built.manifest.experts]
         baselines = {}
         for kind in ("edge-only", "full-offload-general"):

@@ -291,7 +291,7 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     cells.put("models", models)
     bundle = load_bundle(Path(models["bundle-progressive"]))
     r = bundle.manifest.routing
-    policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature, confidence=r.confidence, fallback=r.fallback)
+    policy = RoutingPolicy.from_spec(r)
     images, labels = _test_images(bundle.manifest.data, bundle, profile.test_images)
     sweep = stratified_subset(labels, min(profile.sweep_images, len(images)), seed=1)
     meter, meter_notes = measured_meter()

@@ -3,8 +3,9 @@
 Pydantic only (no torch, no dataset code), so the edge device, the server and the training code all
 read the same definitions. ``system.json`` is schema-versioned; a bundle whose version this code does
 not know is refused with the fix named. Version 2 added the operating curve (``curve``) and a
-budget's prediction (``operating_point.predicted``); a version-1 ``system.json`` still loads, without
-a curve, and runs at its one tau.
+budget's prediction (``operating_point.predicted``); version 3 the learned deferral rule
+(``routing.deferral``, with ``routing.confidence: learned``). Older versions still load: a version-1
+``system.json`` without a curve, at its one tau; a version-2 one with its confidence rule.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from askexpert.contract.labels import Confidence, Fallback
 from askexpert.errors import ConfigError
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # what this code loads: version 1 has no operating curve
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # what this code loads: version 1 has no operating curve, 2 no learned deferral
 SYSTEM_FILE = "system.json"
 
 
@@ -154,6 +155,21 @@ class OperatingCurve(_Strict):
         return sorted({p.k for p in self.points})
 
 
+class DeferralSpec(_Strict):
+    """A learned deferral rule (``askexpert.routing.deferral``): a multinomial logistic regression from the
+    edge's own features to the outcome of an offload (-1, 0, +1), fitted on validation."""
+
+    features: list[str] = Field(description="the features, in order (checked against the code that computes them)")
+    mean: list[float] = Field(description="each feature's mean on validation (standardisation)")
+    scale: list[float] = Field(description="each feature's standard deviation on validation")
+    weights: list[list[float]] = Field(description="[features + 1][3]: the weights of outcomes -1, 0, +1, then bias")
+    num_experts: int = Field(ge=1)
+    num_classes: int = Field(ge=2)
+    k: int = Field(ge=1, description="the router's k it was fitted at (its features read the top-k mass)")
+    l2: float = Field(ge=0, description="the L2 strength chosen by 5-fold cross-validation on validation")
+    fitted_on: int = Field(default=0, ge=0, description="validation images it was fitted on")
+
+
 class RoutingSpec(_Strict):
     temperature: float = Field(gt=0, description="the generalist's softmax temperature (fitted on validation)")
     tau: float = Field(ge=0, description="confidence threshold: below it an image is offloaded")
@@ -161,6 +177,15 @@ class RoutingSpec(_Strict):
     confidence: Confidence = "max-prob"
     fallback: Fallback = "other"
     operating_point: OperatingPoint
+    deferral: DeferralSpec | None = Field(default=None, description="the learned rule behind confidence 'learned'")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingSpec:
+        if (self.confidence == "learned") != (self.deferral is not None):
+            raise ValueError("confidence 'learned' needs its fitted rule (routing.deferral), and only it carries one")
+        if self.deferral is not None and self.deferral.k != self.k:
+            raise ValueError(f"the learned rule was fitted at k {self.deferral.k}, the routing says k {self.k}")
+        return self
 
 
 class ModelEntry(_Strict):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from askexpert.contract.labels import OTHER, Confidence, Fallback
+from askexpert.routing.deferral import DeferralModel, base_features, base_features_one, deferral_features
 
 
 def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:
@@ -31,6 +32,9 @@ def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:
     if kind == "entropy":
         ent = -(p * np.log(np.maximum(p, 1e-12))).sum(1)
         return 1.0 - ent / np.log(p.shape[1])
+    if kind == "learned":
+        raise ValueError("the learned deferral score needs its fitted rule and the experts: route with a "
+                         "RoutingPolicy that carries the rule (deferral=...)")
     raise ValueError(f"unknown confidence {kind!r}: use max-prob, margin or entropy")
 
 
@@ -59,6 +63,30 @@ class RoutingPolicy:
     temperature: float = 1.0
     confidence: Confidence = "max-prob"
     fallback: Fallback = "other"
+    deferral: DeferralModel | None = None  # the fitted rule behind confidence "learned" (routing.deferral)
+
+    def __post_init__(self) -> None:
+        if (self.confidence == "learned") != (self.deferral is not None):
+            raise ValueError("confidence 'learned' and a fitted deferral rule go together: pass both or neither")
+
+    @classmethod
+    def from_spec(cls, spec, *, tau: float | None = None, k: int | None = None, temperature: float | None = None,
+                  confidence: str | None = None, fallback: str | None = None) -> RoutingPolicy:
+        """The policy a bundle's ``routing`` (``contract.schema.RoutingSpec``) describes, with any field given
+        here in its place. A learned rule comes with it unless another confidence is given; it reads the top-k
+        mass it was fitted at, so it refuses another k."""
+        confidence = confidence or spec.confidence
+        deferral = None
+        if confidence == "learned":
+            if spec.deferral is None:
+                raise ValueError("this bundle carries no learned deferral rule: build it with --deferral learned")
+            deferral = DeferralModel.from_dict(spec.deferral.model_dump())
+            if k is not None and k != deferral.k:
+                raise ValueError(f"the bundle's learned deferral rule was fitted at k {deferral.k}, not k {k}: run "
+                                 f"at k {deferral.k}, or with --confidence max-prob")
+        return cls(tau=spec.tau if tau is None else tau, k=spec.k if k is None else k,
+                   temperature=spec.temperature if temperature is None else temperature, confidence=confidence,
+                   fallback=fallback or spec.fallback, deferral=deferral)
 
 
 @dataclass
@@ -87,6 +115,8 @@ class Router:
     def __init__(self, policy: RoutingPolicy, membership) -> None:
         self.policy = policy
         self.member_t = np.ascontiguousarray(np.asarray(membership, dtype=np.float32).T)  # [C, E]
+        if policy.deferral is not None:
+            policy.deferral.check(self.member_t.shape[1], self.member_t.shape[0])
 
     def with_policy(self, policy: RoutingPolicy) -> Router:
         """The same experts under another policy (a controller moved tau)."""
@@ -100,18 +130,36 @@ class Router:
         if z.shape[0] == 1:
             return self._route_one(z[0])
         policy = self.policy
+        p, order, top_p, mass = self._ranked(z, 2 if policy.deferral is None else 3)
+        if policy.deferral is None:
+            conf = _confidence(p, top_p, policy.confidence)
+        else:
+            best = mass.argmax(1)
+            conf = policy.deferral.score_parts(base_features(p, top_p, mass, best, min(policy.k, p.shape[1])), best,
+                                               order[:, 0])
+        offload = conf < policy.tau
+        expert = np.where(offload, mass.argmax(1), -1).astype(np.int64)
+        return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64))
+
+    def _ranked(self, z: np.ndarray, least: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The calibrated probabilities ``p``, the top classes and their probabilities (k of them, and at
+        least ``least``) and the top-k probability mass each expert's classes hold ``[N, E]``."""
+        policy = self.policy
         z = z / np.float32(policy.temperature)
         e = np.exp(z - z.max(1, keepdims=True))
         p = e / e.sum(1, keepdims=True)
         k = min(policy.k, p.shape[1])
-        order = _top_classes(p, min(max(k, 2), p.shape[1]))
+        order = _top_classes(p, min(max(k, least), p.shape[1]))
         top_p = np.take_along_axis(p, order, 1)
-        conf = _confidence(p, top_p, policy.confidence)
         # mass[n, e] = the top-k probability held by expert e's classes; argmax takes the lowest id on a tie
         mass = (top_p[:, :k, None] * self.member_t[order[:, :k]]).sum(1)
-        offload = conf < policy.tau
-        expert = np.where(offload, mass.argmax(1), -1).astype(np.int64)
-        return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64))
+        return p, order, top_p, mass
+
+    def deferral_inputs(self, logits) -> np.ndarray:
+        """The learned rule's features of every row of ``logits`` under this router's temperature and k
+        (what :func:`askexpert.routing.deferral.fit_deferral` is fitted on)."""
+        p, order, top_p, mass = self._ranked(np.asarray(logits, dtype=np.float32), 3)
+        return deferral_features(p, top_p, order[:, 0], mass, min(self.policy.k, p.shape[1]))
 
     def _route_one(self, z: np.ndarray) -> RouteDecision:
         """The same policy for one row (what an edge streaming one image at a time asks for): the same
@@ -123,16 +171,23 @@ class Router:
         e = np.exp(z - z.max())
         p = e / e.sum()
         k = min(policy.k, c)
-        kk = min(max(k, 2), c)
+        kk = min(max(k, 2 if policy.deferral is None else 3), c)
         if c <= 16:
             order = np.argsort(-p, kind="stable")[:kk]
         else:
             part = np.argpartition(-p, kk - 1)[:kk]
             order = part[np.lexsort((part, -p[part]))]
         top_p = p[order]
-        conf = _confidence(p[None], top_p[None], policy.confidence)[0]
-        offload = bool(conf < policy.tau)
-        expert = int((top_p[:k, None] * self.member_t[order[:k]]).sum(0).argmax()) if offload else -1
+        if policy.deferral is None:
+            conf = _confidence(p[None], top_p[None], policy.confidence)[0]
+            offload = bool(conf < policy.tau)
+            expert = int((top_p[:k, None] * self.member_t[order[:k]]).sum(0).argmax()) if offload else -1
+        else:
+            mass = (top_p[:k, None] * self.member_t[order[:k]]).sum(0)
+            best = int(mass.argmax())
+            conf = policy.deferral.score_one(base_features_one(p, top_p, mass[best], k), best, int(order[0]))
+            offload = bool(conf < policy.tau)
+            expert = int(best) if offload else -1
         return RouteDecision(np.array([offload]), np.array([expert], dtype=np.int64),
                              np.array([conf]), np.array([order[0]], dtype=np.int64))
 

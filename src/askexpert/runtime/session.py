@@ -107,10 +107,12 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
 
         bundle = load_bundle(s.system, expect_id=s.expect_system_id)
         m, r = bundle.manifest, bundle.manifest.routing
-        policy = RoutingPolicy(
-            tau=r.tau if s.tau is None else s.tau, k=r.k if s.k is None else s.k,
-            temperature=r.temperature if s.temperature is None else s.temperature,
-            confidence=s.confidence or r.confidence, fallback=s.fallback or r.fallback)
+        try:
+            policy = RoutingPolicy.from_spec(r, tau=s.tau, k=s.k, temperature=s.temperature, confidence=s.confidence,
+                                             fallback=s.fallback)
+        except ValueError as err:
+            raise ConfigError(f"bundle {bundle.root}: {err}", fix="run at the bundle's k, or pass --confidence "
+                              "max-prob (or margin, entropy) to use a confidence rule instead") from err
         experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
         return EdgeSystem(OnnxGeneralist(bundle.generalist_onnx, threads=s.threads), policy, experts,
                           dict(m.data.config), bundle.system_id, f"bundle {bundle.root}", m.curve)

@@ -21,7 +21,7 @@ Each run yields a :class:`SystemRow`: the summary of its traces plus their energ
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +118,12 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
     """
     batches = ((images[i:i + 1], labels[i:i + 1]) for i in range(len(images)))
     if kind in ("edge-only", "edge-general"):  # one model on the edge for every image, nothing offloaded
-        model, temperature = ((generalist, policy.temperature) if kind == "edge-only"
-                              else (local.model(GENERAL), 1.0))
-        never = RoutingPolicy(tau=0.0, k=policy.k, temperature=temperature, confidence=policy.confidence)
+        if kind == "edge-only":
+            model, never = generalist, replace(policy, tau=0.0)
+        else:  # the general model's own confidence (a learned rule reads the generalist's outputs only)
+            model = local.model(GENERAL)
+            never = RoutingPolicy(tau=0.0, k=policy.k, temperature=1.0,
+                                  confidence="max-prob" if policy.deferral else policy.confidence)
         return list(EdgeRunner(model, never, None, experts).run(batches))
     if kind == "edge-execution":
         runner = EdgeRunner(generalist, policy, local, experts, experts_on_edge=True)
@@ -129,8 +132,7 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
         if kind == "full-offload-expert":
-            everything = RoutingPolicy(tau=ALL, k=policy.k, temperature=policy.temperature,
-                                       confidence=policy.confidence, fallback=policy.fallback)
+            everything = replace(policy, tau=ALL)
             return list(EdgeRunner(generalist, everything, client, experts).run(batches))
         if kind == "collaborative":
             return list(EdgeRunner(generalist, policy, client, experts).run(batches))

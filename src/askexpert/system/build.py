@@ -24,6 +24,7 @@ from askexpert.contract.bundle import Bundle, load_bundle, sha256_file
 from askexpert.contract.schema import (
     SCHEMA_VERSION,
     SYSTEM_FILE,
+    DeferralSpec,
     ExpertEntry,
     GeneralEntry,
     GeneralistEntry,
@@ -38,6 +39,7 @@ from askexpert.system.calibrate import (
     choose_tau,
     data_identity,
     expert_run,
+    fit_learned_deferral,
     load_experts,
     operating_curve,
     outputs_of,
@@ -83,9 +85,15 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
                  accuracy: float | None = None, tau: float | None = None, k: int = 3,
                  confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
                  archive: bool = False, name: str | None = None, device: str = "auto",
-                 overwrite: bool = False, curve_ks: list[int] | None = None) -> Bundle:
+                 overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence") -> Bundle:
     """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``, with
-    its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes)."""
+    its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes).
+
+    ``deferral``: ``confidence`` offloads the images whose ``confidence`` score is under tau (the paper's
+    rule); ``learned`` fits a deferral rule on validation (:mod:`askexpert.routing.deferral`), which the
+    bundle carries, and tau applies to its score (the curve then holds the one k it was fitted at)."""
+    if deferral not in ("confidence", "learned"):
+        raise ConfigError(f"unknown deferral {deferral!r}", fix="use --deferral confidence or --deferral learned")
     if offload is None and accuracy is None and tau is None:
         offload = 0.3
     out = Path(out)
@@ -97,12 +105,16 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     gen = outputs_of(gen_stem, "the generalist", device)
     experts = load_experts(experts_run, str(experts_run), gen, device)
     t_gen = fit_temperature(gen.val_logits, gen.val_labels)
-    policy, point = choose_tau(gen, experts, temperature=t_gen, k=k, confidence=confidence, fallback=fallback,
-                               offload=offload, accuracy=accuracy, tau=tau)
     classes = len(gen_meta.class_names)
+    rule, rule_spec = None, None
+    if deferral == "learned":
+        rule, fitted_on = fit_learned_deferral(gen, experts, temperature=t_gen, k=min(k, classes), fallback=fallback)
+        rule_spec = DeferralSpec(**rule.to_dict(), fitted_on=fitted_on)
+    policy, point = choose_tau(gen, experts, temperature=t_gen, k=min(k, classes), confidence=confidence,
+                               fallback=fallback, offload=offload, accuracy=accuracy, tau=tau, deferral=rule)
     ks = sorted({min(x, classes) for x in (curve_ks or [1, 2, 3]) + [k]})
     curve = operating_curve(gen, experts, temperature=t_gen, ks=ks, confidence=confidence, fallback=fallback,
-                            spec=gen_meta.model.input)
+                            spec=gen_meta.model.input, deferral=rule)
 
     staging = out.with_name(f".{out.name}.building")
     if staging.exists():
@@ -128,8 +140,8 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         schema_version=SCHEMA_VERSION, name=name or out.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), askexpert_version=askexpert.__version__,
         classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=partition,
-        routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=confidence,
-                            fallback=fallback, operating_point=point),
+        routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=policy.confidence,
+                            fallback=fallback, operating_point=point, deferral=rule_spec),
         generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, files=files,
     )
     (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")

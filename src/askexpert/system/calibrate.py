@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from askexpert.models.checkpoint import checkpoint_stem
 from askexpert.routing import (
     ALL,
     ExpertAnswers,
+    Router,
     RoutingPolicy,
     confidence_scores,
     finalize,
@@ -34,6 +35,7 @@ from askexpert.routing import (
     tau_for_accuracy,
     tau_for_offload,
 )
+from askexpert.routing.deferral import DeferralModel, fit_deferral, gains
 from askexpert.training.evaluate import subset_targets
 from askexpert.training.logits import cached_logits
 
@@ -160,28 +162,61 @@ def validation_confidence(generalist: Outputs, temperature: float, confidence: s
     return scaled_confidence(generalist.val_logits, temperature, confidence)
 
 
+def routed_outcomes(generalist: Outputs, experts: ExpertSet, policy: RoutingPolicy, split: str = "val"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of ``split``: whether the answer is right when kept on the edge, and when offloaded to the
+    expert the policy's router picks (after the fallback, as the edge would answer)."""
+    logits, labels = getattr(generalist, f"{split}_logits"), getattr(generalist, f"{split}_labels")
+    everything = replace(policy, tau=ALL)
+    d = route(logits, everything, experts.membership(logits.shape[1]))
+    final, _ = finalize(d, *getattr(experts, split).for_route(d.expert), everything)
+    return d.local_pred == labels, final == labels
+
+
+def fit_learned_deferral(generalist: Outputs, experts: ExpertSet, *, temperature: float, k: int,
+                         fallback: str) -> tuple[DeferralModel, int]:
+    """The learned deferral rule (:mod:`askexpert.routing.deferral`) of this system at ``k``, fitted on
+    validation: the edge's features against the gain of offloading each image. Returns it and the number of
+    validation images it was fitted on."""
+    policy = RoutingPolicy(tau=ALL, k=k, temperature=temperature, fallback=fallback)
+    n = generalist.val_logits.shape[1]
+    local, remote = routed_outcomes(generalist, experts, policy)
+    features = Router(policy, experts.membership(n)).deferral_inputs(generalist.val_logits)
+    return fit_deferral(features, gains(local, remote), num_experts=len(experts.subsets), num_classes=n,
+                        k=k), len(local)
+
+
+def _base_policy(temperature: float, k: int, confidence: str, fallback: str,
+                 deferral: DeferralModel | None) -> RoutingPolicy:
+    return RoutingPolicy(tau=ALL, k=k, temperature=temperature, confidence="learned" if deferral else confidence,
+                         fallback=fallback, deferral=deferral)
+
+
+def policy_scores(logits: np.ndarray, policy: RoutingPolicy, experts: ExpertSet) -> np.ndarray:
+    """The keep-score of every row under ``policy`` (its confidence rule, or its learned rule)."""
+    return Router(policy, experts.membership(logits.shape[1])).route(logits).confidence
+
+
 def choose_tau(generalist: Outputs, experts: ExpertSet, *, temperature: float, k: int, confidence: str,
                fallback: str, offload: float | None = None, accuracy: float | None = None,
-               tau: float | None = None) -> tuple[RoutingPolicy, OperatingPoint]:
+               tau: float | None = None, deferral: DeferralModel | None = None) -> tuple[RoutingPolicy, OperatingPoint]:
     """The policy for one operating point, chosen on validation: a target offload share, a target
-    accuracy (the least offloading that reaches it) or a given tau; with what it gives on validation."""
+    accuracy (the least offloading that reaches it) or a given tau; with what it gives on validation.
+    With ``deferral`` (a learned rule) tau applies to its score instead of ``confidence``."""
     if sum(v is not None for v in (offload, accuracy, tau)) != 1:
         raise ConfigError("choose exactly one operating point", fix="pass one of --offload, --accuracy or --tau")
-    conf = validation_confidence(generalist, temperature, confidence)
-    n = generalist.val_logits.shape[1]
-    membership = experts.membership(n)
+    base = _base_policy(temperature, k, confidence, fallback, deferral)
+    conf = policy_scores(generalist.val_logits, base, experts)
+    membership = experts.membership(generalist.val_logits.shape[1])
     if offload is not None:
         chosen, target, value = tau_for_offload(conf, offload), "offload", offload
     elif accuracy is not None:
-        everything = RoutingPolicy(tau=ALL, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
-        d = route(generalist.val_logits, everything, membership)
-        final, _ = finalize(d, *experts.val.for_route(d.expert), everything)
-        chosen, _ = tau_for_accuracy(conf, d.local_pred == generalist.val_labels, final == generalist.val_labels,
-                                     accuracy)
+        local, remote = routed_outcomes(generalist, experts, base)
+        chosen, _ = tau_for_accuracy(conf, local, remote, accuracy)
         target, value = "accuracy", accuracy
     else:
         chosen, target, value = float(tau), "tau", float(tau)
-    policy = RoutingPolicy(tau=chosen, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
+    policy = replace(base, tau=chosen)
     m = system_metrics(generalist.val_logits, generalist.val_labels, membership, experts.val, policy)
     return policy, OperatingPoint(target=target, value=value, val_offload_rate=m.offload_rate,
                                   val_accuracy=m.accuracy)
@@ -217,17 +252,22 @@ def one_image_bytes(spec: InputSpec, topk: int = 3) -> tuple[int, int]:
 
 
 def operating_curve(generalist: Outputs, experts: ExpertSet, *, temperature: float, ks: list[int],
-                    confidence: str, fallback: str, spec: InputSpec) -> OperatingCurve:
+                    confidence: str, fallback: str, spec: InputSpec,
+                    deferral: DeferralModel | None = None) -> OperatingCurve:
     """The system on validation over a grid of tau (:func:`curve_rates`) for every k in ``ks``: offload
-    rate, accuracy, accuracy on the offloaded images and each expert's share, as the bundle carries it."""
-    conf = validation_confidence(generalist, temperature, confidence)
+    rate, accuracy, accuracy on the offloaded images and each expert's share, as the bundle carries it.
+    A learned rule (``deferral``) reads the top-k mass it was fitted at: its curve holds that k alone."""
     n = generalist.val_logits.shape[1]
     membership = experts.membership(n)
+    if deferral is not None:
+        ks = [deferral.k]
+    base = _base_policy(temperature, min(ks), confidence, fallback, deferral)
+    conf = policy_scores(generalist.val_logits, base, experts)
     taus = sorted({tau_for_offload(conf, r) for r in curve_rates()})
     points = []
     for k in sorted(set(ks)):
         for tau in taus:
-            policy = RoutingPolicy(tau=tau, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
+            policy = replace(base, tau=tau, k=k)
             m = system_metrics(generalist.val_logits, generalist.val_labels, membership, experts.val, policy)
             load = np.asarray(m.expert_load, dtype=np.float64)
             points.append(CurvePoint(

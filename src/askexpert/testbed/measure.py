@@ -54,8 +54,7 @@ def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads
     batches = [(images[i:i + 1], None) for i in range(len(images))]
 
     def runner(at: float, client) -> EdgeRunner:
-        return EdgeRunner(model, RoutingPolicy(tau=at, k=r.k, temperature=r.temperature, confidence=r.confidence,
-                                               fallback=r.fallback), client, targets)
+        return EdgeRunner(model, RoutingPolicy.from_spec(r, tau=at), client, targets)
 
     with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id, link=link) as client:
         list(runner(ALL, client).run(batches[:10]))  # warm: the session, the connection, the experts' batchers
