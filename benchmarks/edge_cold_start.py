@@ -4,6 +4,7 @@ before bundles: checkpoint in torch, calibration from the cached validation logi
 
     python benchmarks/edge_cold_start.py                 # the demo's models (trained or reused in runs/demo)
     python benchmarks/edge_cold_start.py --repeats 7 --generalist RUN --experts RUN
+    python benchmarks/edge_cold_start.py --learned        # also a bundle with the learned deferral rule
 
 One expert server (the bundle, 1 thread) answers both. Each repeat starts a fresh process per edge,
 interleaved, that answers one image file (``askexpert edge ... --input one.png``) and exits: the
@@ -15,6 +16,7 @@ Writes benchmarks/results/<date>-<host>-edge-cold-start.json and prints a Markdo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slim-venv", type=Path,
                     help="also run the bundle edge from this venv (pip install askexpert: the edge install, no torch)")
+    ap.add_argument("--learned", action="store_true",
+                    help="also the bundle built with --deferral learned (its own server: another system id)")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     launcher = Launcher()  # before torch is imported
@@ -97,13 +101,23 @@ def main() -> None:
         rows: dict[str, list[tuple[float, float]]] = {"run directory (torch)": [], "bundle (ONNX Runtime)": []}
         if args.slim_venv:
             rows["bundle, slim edge install (no torch)"] = []
-        with ServerProcess(bundle, threads=1) as url:
+        learned = None
+        if args.learned:
+            learned = build_system(args.generalist, args.experts, Path(tmp) / "learned", deferral="learned").root
+            rows["bundle, learned deferral (ONNX Runtime)"] = []
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(ServerProcess(bundle, threads=1))
             common = ["--server", url, "--input", str(image), "--threads", "1"]
             run_dir = [*cli, str(args.generalist), *common]
             bundled = [*cli, str(bundle), *common]
-            slim = [str(args.slim_venv / "bin" / "askexpert"), "edge", str(bundle), *common]
-            commands = {"run directory (torch)": run_dir, "bundle (ONNX Runtime)": bundled,
-                        "bundle, slim edge install (no torch)": slim}
+            commands = {"run directory (torch)": run_dir, "bundle (ONNX Runtime)": bundled}
+            if args.slim_venv:
+                commands["bundle, slim edge install (no torch)"] = [str(args.slim_venv / "bin" / "askexpert"), "edge",
+                                                                   str(bundle), *common]
+            if learned is not None:
+                learned_url = stack.enter_context(ServerProcess(learned, threads=1))
+                commands["bundle, learned deferral (ONNX Runtime)"] = [*cli, str(learned), "--server", learned_url,
+                                                                       *common[2:]]
             for name in rows:  # warm the logits cache and the page cache once, untimed
                 launcher.run(commands[name])
             for _ in range(args.repeats):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from specialist_recipes import SMOKE as V2_SMOKE
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.offline import evaluate_system
+from askexpert.bench.stats import paired
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
 RESULTS = Path(__file__).parent / "results" / "specialists"
@@ -78,7 +78,6 @@ GPU_REGIMES = {  # the same recipes at longer budgets, for an accelerator (bench
 SMOKE = {"data": ("data.train_subset=600", "data.val_subset=200", "data.test_subset=200"), "generalist_epochs": 2,
          "general_epochs": 2, "passes": 3}
 PAPER = {"subset": 4.12, "overall": 2.76}
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def recipe_overrides(recipe: str, passes: float, progressive: str) -> tuple[str, ...]:
@@ -182,16 +181,6 @@ def run_seed(regime_name: str, regime: dict, seed: int, out: Path, progressive: 
 def _ms(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
             "n": len(values)}
-
-
-def paired(a: list[float], b: list[float]) -> dict:
-    """Per-seed differences a - b, their mean and a 95% t interval (None with one seed)."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    out = {"per_seed": d, "mean": statistics.mean(d), "ci95": None}
-    if len(d) > 1:
-        half = T95.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
-        out["ci95"] = [out["mean"] - half, out["mean"] + half]
-    return out
 
 
 V2_KEYS = ("subset_accuracy_test_mean", "subset_accuracy_no_other_test_mean", "subset_accuracy_val_mean",
