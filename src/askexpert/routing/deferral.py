@@ -257,10 +257,26 @@ def _folds(n: int, folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % folds
 
 
-def fit_deferral(features, gain, *, num_experts: int, num_classes: int, k: int, l2: float | None = None,
-                 seed: int = 0) -> DeferralModel:
-    """The rule fitted on ``features`` (:func:`deferral_features`) and each row's ``gain`` (:func:`gains`);
-    ``l2`` chosen by 5-fold cross-validated NLL from :data:`L2_GRID` unless given (folds drawn by ``seed``)."""
+@dataclass(frozen=True)
+class OutcomeFit:
+    """A multinomial logistic regression from any features to the outcome of an offload (-1, 0, +1): the
+    standardisation, the weights ``[F + 1, 3]`` (the last row the bias) and the L2 strength it used."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    l2: float
+
+    def keep_score(self, features) -> np.ndarray:
+        """``(1 - expected gain) / 2`` of each row, through the design matrix (fitting and screening; the
+        edge scores through :class:`DeferralModel`)."""
+        z = _design(np.asarray(features, dtype=np.float64), self.mean, self.scale) @ self.weights
+        return _keep_score(z)
+
+
+def fit_outcome_model(features, gain, *, l2: float | None = None, seed: int = 0) -> OutcomeFit:
+    """Fitted on ``features`` ``[N, F]`` and each row's ``gain`` (:func:`gains`) by Newton's method; ``l2``
+    chosen by 5-fold cross-validated NLL from :data:`L2_GRID` unless given (folds drawn by ``seed``)."""
     features = np.asarray(features, dtype=np.float64)
     gain = np.asarray(gain, dtype=np.int64)
     if features.ndim != 2 or len(features) != len(gain) or len(gain) < 2 * FOLDS:
@@ -281,9 +297,16 @@ def fit_deferral(features, gain, *, num_experts: int, num_classes: int, k: int, 
             losses.append(loss)
         l2 = L2_GRID[int(np.argmin(losses))]
     mean, scale = _standardise(features)
-    w = _newton(_design(features, mean, scale), onehot, l2)
-    return DeferralModel(mean.astype(np.float32), scale.astype(np.float32), w.astype(np.float32), num_experts,
-                         num_classes, k, float(l2))
+    return OutcomeFit(mean, scale, _newton(_design(features, mean, scale), onehot, l2), float(l2))
+
+
+def fit_deferral(features, gain, *, num_experts: int, num_classes: int, k: int, l2: float | None = None,
+                 seed: int = 0) -> DeferralModel:
+    """The rule fitted on ``features`` (:func:`deferral_features`) and each row's ``gain`` (:func:`gains`):
+    :func:`fit_outcome_model`, kept in the form the edge scores with."""
+    fit = fit_outcome_model(features, gain, l2=l2, seed=seed)
+    return DeferralModel(fit.mean.astype(np.float32), fit.scale.astype(np.float32), fit.weights.astype(np.float32),
+                         num_experts, num_classes, k, fit.l2)
 
 
 def cross_fitted_scores(features, gain, *, num_experts: int, num_classes: int, k: int, l2: float,
