@@ -38,10 +38,17 @@ import numpy as np
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.stats import paired
-from askexpert.routing import ALL, Router, RoutingPolicy, confidence_scores, fit_temperature, softmax
+from askexpert.routing import ALL, RoutingPolicy, fit_temperature
 from askexpert.routing.deferral import oracle_accuracy
 from askexpert.routing.thresholds import tau_for_offload
-from askexpert.system.calibrate import fit_learned_deferral, load_experts, outputs_of, routed_outcomes
+from askexpert.system.calibrate import (
+    fit_learned_deferral,
+    load_experts,
+    outputs_of,
+    policy_scores,
+    routed_outcomes,
+    scaled_confidence,
+)
 
 RESULTS = Path(__file__).parent / "results" / "deferral"
 SHARES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
@@ -65,14 +72,13 @@ def evaluate(generalist: Path, experts_run: Path, *, k: int = K, fallback: str =
     t0 = time.perf_counter()
     rule, fitted_on = fit_learned_deferral(gen, experts, temperature=t_gen, k=k, fallback=fallback)
     fit_s = time.perf_counter() - t0
-    learned = Router(replace(base, confidence="learned", deferral=rule), experts.membership(gen.val_logits.shape[1]))
+    learned = replace(base, confidence="learned", deferral=rule)
     scores = {}
     for split in ("val", "test"):
         logits = getattr(gen, f"{split}_logits")
-        p = softmax(logits, t_gen)
         for name in RULES[:3]:
-            scores[name, split] = confidence_scores(p, name)
-        scores["learned", split] = learned.route(logits).confidence
+            scores[name, split] = scaled_confidence(logits, t_gen, name)
+        scores["learned", split] = policy_scores(logits, learned, experts)
     local, remote = outcomes["test"]
     rows = []
     for share in SHARES:
@@ -194,7 +200,8 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def write_summary(results: Path) -> dict:
-    seeds = {json.loads(f.read_text())["seed"]: json.loads(f.read_text()) for f in sorted(results.glob("seed*.json"))}
+    files = [json.loads(f.read_text()) for f in sorted(results.glob("seed*.json"))]
+    seeds = {result["seed"]: result for result in files}
     if not seeds:
         raise SystemExit(f"no seed files in {results}: run python benchmarks/deferral.py --seeds 0 1 2 first")
     summary = summarise(seeds)

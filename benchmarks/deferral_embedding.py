@@ -23,10 +23,10 @@ from askexpert.bench.machine import machine_info
 from askexpert.data import load_dataset
 from askexpert.models import load_checkpoint, read_meta
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.routing import ALL, Router, RoutingPolicy, confidence_scores, fit_temperature, softmax
+from askexpert.routing import ALL, Router, RoutingPolicy, fit_temperature
 from askexpert.routing.deferral import fit_outcome_model, gains, oracle_accuracy
 from askexpert.routing.thresholds import tau_for_offload
-from askexpert.system.calibrate import load_experts, outputs_of, routed_outcomes
+from askexpert.system.calibrate import load_experts, outputs_of, routed_outcomes, scaled_confidence
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.logits import data_config_of
 
@@ -72,8 +72,8 @@ def screen(generalist: Path, experts_run: Path, k: int = 3) -> dict:
                          "rule + 48 PCs": np.concatenate([features, projected], 1)}
         outcomes[split] = routed_outcomes(gen, experts, base, split)
     g = gains(*outcomes["val"])
-    scores = {"max-prob": (confidence_scores(softmax(gen.val_logits, t)),
-                           confidence_scores(softmax(gen.test_logits, t)))}
+    scores = {"max-prob": (scaled_confidence(gen.val_logits, t, "max-prob"),
+                           scaled_confidence(gen.test_logits, t, "max-prob"))}
     l2 = {}
     for name in inputs["val"]:
         fit = fit_outcome_model(inputs["val"][name], g)

@@ -91,8 +91,8 @@ def main() -> None:
     out = results / f"{info['date']}-{info['host']}-router-latency.json"
     out.write_text(json.dumps({"machine": info, "rows": rows, "device": device,
                                "one_image_on_device": [row for row, _, _ in one_image if "device_mean_us" in row],
-                               "command": "python benchmarks/router_latency.py " + " ".join(
-                                   f"--device {args.device}".split() if args.device else [])}, indent=1))
+                               "command": "python benchmarks/router_latency.py"
+                               + (f" --device {args.device}" if args.device else "")}, indent=1))
     print(f"machine: {describe(info)} (router on 1 thread); results: {out}")
     print("| classes | experts | k | rule | batch | median us / sample |")
     print("|---|---|---|---|---|---|")

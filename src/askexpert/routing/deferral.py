@@ -1,7 +1,7 @@
 """A learned deferral rule: offload the images the routed expert will get right and the generalist wrong.
 
 The paper's rule offloads the images the generalist is least sure of. That offloads many images the
-expert answers no better (BENCHMARKS.md, "Learned deferral"), and confidence-based deferral is known to
+expert answers no better (BENCHMARKS.md, "Which images to offload"), and confidence-based deferral is known to
 fall short exactly when the second stage is a set of specialists (Jitkrittum et al., "When does
 confidence-based deferral suffice?", NeurIPS 2023). This rule models the *gain* of offloading an image
 instead, from what the edge already has at no extra cost:
@@ -41,26 +41,15 @@ def feature_names(num_experts: int, num_classes: int) -> list[str]:
             + [f"expert {e} x p1" for e in range(num_experts)] + [f"top class {c}" for c in range(num_classes)])
 
 
-def base_features(p: np.ndarray, top_p: np.ndarray, mass: np.ndarray, expert, k: int) -> list:
-    """The :data:`BASE_FEATURES` of each row (``p`` ``[N, C]`` or one row ``[C]``; ``top_p`` its largest
-    probabilities by falling value, at least two; ``mass`` the top-k probability each expert's classes hold;
-    ``expert`` the routed expert): a list of ``[N]`` arrays, or of scalars for one row."""
+def base_features(p: np.ndarray, top_p: np.ndarray, routed_mass, k: int) -> list:
+    """The :data:`BASE_FEATURES` of each row (``p`` ``[N, C]``, or one row ``[C]``; ``top_p`` its largest
+    probabilities by falling value, at least two; ``routed_mass`` the top-k probability the routed expert's
+    classes hold): a list of ``[N]`` arrays, or of scalars for one row, by the same NumPy operations either way."""
     c = p.shape[-1]
     p1, p2 = top_p[..., 0], top_p[..., 1]
     p3 = top_p[..., 2] if top_p.shape[-1] > 2 else p1 * 0
     entropy = 1.0 - (-(p * np.log(np.maximum(p, 1e-12))).sum(-1)) / np.float32(np.log(max(c, 2)))
-    routed = np.take_along_axis(mass, np.asarray(expert)[..., None], -1)[..., 0]
-    share = routed / np.maximum(top_p[..., :k].sum(-1), 1e-12)
-    return [p1, p2, p3, p1 - p2, entropy, p1 * p1, share]
-
-
-def base_features_one(p: np.ndarray, top_p: np.ndarray, routed_mass, k: int) -> list:
-    """:func:`base_features` of one row (``p`` ``[C]``, ``routed_mass`` the routed expert's top-k mass), by
-    the same NumPy operations on the same float32 values, a third of the calls."""
-    p1, p2 = top_p[0], top_p[1]
-    p3 = top_p[2] if len(top_p) > 2 else p1 * 0
-    entropy = 1.0 - (-(p * np.log(np.maximum(p, 1e-12))).sum(-1)) / np.float32(np.log(max(len(p), 2)))
-    share = routed_mass / np.maximum(top_p[:k].sum(-1), 1e-12)
+    share = routed_mass / np.maximum(top_p[..., :k].sum(-1), 1e-12)
     return [p1, p2, p3, p1 - p2, entropy, p1 * p1, share]
 
 
@@ -74,7 +63,7 @@ def deferral_features(p: np.ndarray, top_p: np.ndarray, top1: np.ndarray, mass: 
     expert = mass.argmax(1)
     out = np.zeros((n, len(BASE_FEATURES) + 2 * e + c), dtype=np.float32)
     base = len(BASE_FEATURES)
-    out[:, :base] = np.stack(base_features(p, top_p, mass, expert, k), 1)
+    out[:, :base] = np.stack(base_features(p, top_p, mass[np.arange(n), expert], k), 1)
     out[np.arange(n), base + expert] = 1.0
     out[np.arange(n), base + e + expert] = top_p[:, 0]
     out[np.arange(n), base + 2 * e + top1] = 1.0
@@ -137,17 +126,6 @@ class DeferralModel:
     def _folded_lists(self) -> tuple[list, list]:
         w, bias = self._folded
         return w.tolist(), bias.tolist()
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """The keep-score in [0, 1] (higher: keep the generalist's answer) of each row of a
-        :func:`deferral_features` matrix, float32."""
-        f = np.asarray(features, dtype=np.float32)
-        nb, e = len(BASE_FEATURES), self.num_experts
-        return self.score_parts([f[:, j] for j in range(nb)], f[:, nb:nb + e].argmax(1), f[:, nb + 2 * e:].argmax(1))
-
-    def gain(self, features: np.ndarray) -> np.ndarray:
-        """Expected gain of offloading each row, in [-1, 1]."""
-        return 1.0 - 2.0 * self.score(features).astype(np.float64)
 
     def check(self, num_experts: int, num_classes: int) -> None:
         if (num_experts, num_classes) != (self.num_experts, self.num_classes):
@@ -307,22 +285,6 @@ def fit_deferral(features, gain, *, num_experts: int, num_classes: int, k: int, 
     fit = fit_outcome_model(features, gain, l2=l2, seed=seed)
     return DeferralModel(fit.mean.astype(np.float32), fit.scale.astype(np.float32), fit.weights.astype(np.float32),
                          num_experts, num_classes, k, fit.l2)
-
-
-def cross_fitted_scores(features, gain, *, num_experts: int, num_classes: int, k: int, l2: float,
-                        seed: int = 0) -> np.ndarray:
-    """Each validation row scored by a rule fitted on the other folds: what the rule does on images it was not
-    fitted on, for choosing tau and drawing the operating curve without the in-sample optimism."""
-    features = np.asarray(features, dtype=np.float64)
-    gain = np.asarray(gain, dtype=np.int64)
-    fold = _folds(len(gain), FOLDS, seed)
-    out = np.empty(len(gain), dtype=np.float32)
-    for f in range(FOLDS):
-        train = fold != f
-        model = fit_deferral(features[train], gain[train], num_experts=num_experts, num_classes=num_classes, k=k,
-                             l2=l2)
-        out[~train] = model.score(features[~train])
-    return out
 
 
 def oracle_accuracy(local_correct, offload_correct, share: float) -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from askexpert.contract.labels import OTHER, Confidence, Fallback
-from askexpert.routing.deferral import DeferralModel, base_features, base_features_one, deferral_features
+from askexpert.routing.deferral import DeferralModel, base_features, deferral_features
 
 
 def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:
@@ -131,14 +131,15 @@ class Router:
             return self._route_one(z[0])
         policy = self.policy
         p, order, top_p, mass = self._ranked(z, 2 if policy.deferral is None else 3)
+        best = mass.argmax(1)
         if policy.deferral is None:
             conf = _confidence(p, top_p, policy.confidence)
         else:
-            best = mass.argmax(1)
-            conf = policy.deferral.score_parts(base_features(p, top_p, mass, best, min(policy.k, p.shape[1])), best,
+            routed = mass[np.arange(len(best)), best]
+            conf = policy.deferral.score_parts(base_features(p, top_p, routed, min(policy.k, p.shape[1])), best,
                                                order[:, 0])
         offload = conf < policy.tau
-        expert = np.where(offload, mass.argmax(1), -1).astype(np.int64)
+        expert = np.where(offload, best, -1).astype(np.int64)
         return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64))
 
     def _ranked(self, z: np.ndarray, least: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -185,9 +186,9 @@ class Router:
         else:
             mass = (top_p[:k, None] * self.member_t[order[:k]]).sum(0)
             best = int(mass.argmax())
-            conf = policy.deferral.score_one(base_features_one(p, top_p, mass[best], k), best, int(order[0]))
+            conf = policy.deferral.score_one(base_features(p, top_p, mass[best], k), best, int(order[0]))
             offload = bool(conf < policy.tau)
-            expert = int(best) if offload else -1
+            expert = best if offload else -1
         return RouteDecision(np.array([offload]), np.array([expert], dtype=np.int64),
                              np.array([conf]), np.array([order[0]], dtype=np.int64))
 

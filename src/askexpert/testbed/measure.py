@@ -18,6 +18,7 @@ is modelled from its round trip and bandwidth and the bytes an offload really mo
 from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,10 @@ def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads
     targets = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
     batches = [(images[i:i + 1], None) for i in range(len(images))]
 
+    policy = RoutingPolicy.from_spec(r)
+
     def runner(at: float, client) -> EdgeRunner:
-        return EdgeRunner(model, RoutingPolicy.from_spec(r, tau=at), client, targets)
+        return EdgeRunner(model, replace(policy, tau=at), client, targets)
 
     with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id, link=link) as client:
         list(runner(ALL, client).run(batches[:10]))  # warm: the session, the connection, the experts' batchers
