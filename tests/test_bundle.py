@@ -249,6 +249,12 @@ def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_s
         assert report.summary.degraded == 0 and report.policy.confidence == "learned"
         with pytest.raises(ConfigError, match="fitted at k 3, not k 2.*--confidence max-prob"):
             run_edge(EdgeSettings(system=out, server=url, limit=10, threads=1, k=2))
+    # a rule on features this code does not compute (another askexpert's) is refused, naming the fixes
+    raw = json.loads((out / SYSTEM_FILE).read_text())
+    raw["routing"]["deferral"]["features"][0] = "p1 from elsewhere"
+    (out / SYSTEM_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="other features than this version computes.*build the bundle again"):
+        run_edge(EdgeSettings(system=out, server=None, limit=1, threads=1))
 
 
 @pytest.mark.timeout(300)

@@ -112,7 +112,8 @@ def open_system(s: EdgeSettings) -> EdgeSystem:
                                              fallback=s.fallback)
         except ValueError as err:
             raise ConfigError(f"bundle {bundle.root}: {err}", fix="run at the bundle's k, or pass --confidence "
-                              "max-prob (or margin, entropy) to use a confidence rule instead") from err
+                              "max-prob (or margin, entropy) to use a confidence rule instead; a rule this askexpert "
+                              "cannot read: build the bundle again with it") from err
         experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
         return EdgeSystem(OnnxGeneralist(bundle.generalist_onnx, threads=s.threads), policy, experts,
                           dict(m.data.config), bundle.system_id, f"bundle {bundle.root}", m.curve)
