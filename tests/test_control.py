@@ -182,3 +182,100 @@ def test_the_report_counts_windows_within_the_target():
     assert (r.windows, r.windows_within, r.offload_by_window) == (2, 1, [5.0, 10.0])
     r = control_report("target-offload", 0.08, [], traces)
     assert r.windows_within == 2
+
+
+def accuracy_stream(keeper, phases, seed: int = 0, expert_skill: float = 1.0):
+    """Feed ``keeper`` images whose calibrated confidence is uniform on [0.3, 1): in a phase ``(n, (a, b))`` the
+    generalist is right with probability sigmoid(a + b logit(confidence)) ((0, 1): calibrated; a < 0, b < 1:
+    overconfident, as under drift); an expert answers every offload (a routine one or a probe), right with
+    probability ``expert_skill``, and bears the generalist out when both are right. Returns per image (kept,
+    generalist right, tau in force, confidence)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    index = 0
+    for n, (a, b) in phases:
+        for _ in range(n):
+            tau = keeper.tau
+            conf = float(rng.uniform(0.3, 1.0))
+            right = bool(rng.random() < 1 / (1 + math.exp(-(a + b * math.log(conf / (1 - conf))))))
+            offload = conf < tau
+            probe = bool(keeper.probes(index, np.array([not offload]))[0])
+            sent = offload or probe
+            backs = float(right and bool(rng.random() < expert_skill)) if sent else None
+            keeper.observe(Observation(10.0, conf, 5.0 if sent else None, 0.0, conf, not sent, probe, backs))
+            out.append((not sent, right, tau, conf))
+            index += 1
+    return out
+
+
+def test_probes_are_drawn_per_image_whatever_the_batching():
+    from askexpert.runtime.control import AccuracyKeeper, uniform_draws
+
+    one = np.concatenate([uniform_draws(7, i, 1) for i in range(2000)])
+    assert np.array_equal(one, np.concatenate([uniform_draws(7, 0, 1500), uniform_draws(7, 1500, 500)]))
+    assert not np.array_equal(one, uniform_draws(8, 0, 2000)) and one.min() >= 0.0 and one.max() < 1.0
+    assert abs(one.mean() - 0.5) < 0.03 and abs((one < 0.1).mean() - 0.1) < 0.02
+    keeper = AccuracyKeeper(0.9, 0.5, probe=0.1, seed=7)
+    kept = np.arange(2000) % 3 > 0
+    probes = keeper.probes(0, kept)
+    assert not probes[~kept].any() and np.array_equal(probes, kept & (one < 0.1))
+
+
+def test_the_backing_fit_recovers_a_known_calibration():
+    from askexpert.runtime.control import fit_backing
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.3, 0.99, 20000)
+    z = np.log(p / (1 - p))
+    y = rng.random(len(p)) < 1 / (1 + np.exp(-(-0.5 + 0.8 * z)))
+    a, b = fit_backing(p, y)
+    assert a == pytest.approx(-0.5, abs=0.1) and b == pytest.approx(0.8, abs=0.1)
+    assert fit_backing(p[:0], y[:0]) == pytest.approx((0.0, 1.0))  # no answers: the prior
+
+
+def test_accuracy_is_held_on_a_stream_of_known_accuracy_and_followed_through_a_drift():
+    """A calibrated generalist, then (from image 4,000) an overconfident one (right 69% of the time at 80%
+    confidence, 89% at 95%), and an expert that is always right, with a prior of one pseudo-image (the
+    default, 1,000, was chosen on a benchmark where the experts are as overconfident as the generalist, and
+    trusts them less). Before the drift and from image 5,000 on, the keeper's estimate of the kept answers'
+    accuracy (500-image windows, each by the fit of its time) is within 4 points of the truth, where the
+    generalist's own confidence overstates it by more than 5 after the drift; tau rises (more offloads) and
+    the kept answers stay within 4 points of the target. (The margins hold on every seed tried, 0-5: a
+    500-image window's kept accuracy alone scatters by ~2 points.)"""
+    from askexpert.runtime.control import AccuracyKeeper
+
+    keeper = AccuracyKeeper(0.85, 0.6, probe=0.1, seed=0, prior=1.0)
+    out = accuracy_stream(keeper, [(4000, (0.0, 1.0)), (6000, (-0.3, 0.8))])
+    for lo, hi in ((1000, 4000), (5000, 10000)):
+        estimated, right, conf = 0.0, [], []
+        for w in range(lo, hi, 500):
+            kept = [(r, c) for k, r, _, c in out[w:w + 500] if k]
+            estimated += keeper.estimate(np.array([c for _, c in kept]), keeper.fit_at(w + 500)) * len(kept)
+            right += [r for r, _ in kept]
+            conf += [c for _, c in kept]
+        true = float(np.mean(right))
+        assert abs(estimated / len(right) - true) < 0.04 and abs(true - 0.85) < 0.04, (lo, estimated, true)
+        if lo == 5000:
+            assert np.mean(conf) - true > 0.05  # the drift shows in the experts' answers, not in the confidence
+    taus = np.array([t for _, _, t, _ in out])
+    assert np.median(taus[3000:4000]) + 0.05 < np.median(taus[8000:])
+
+
+def test_the_accuracy_keeper_reports_its_estimate_and_yields_to_a_budget():
+    """An SLO the offloads break caps tau below what the accuracy target asks; the report gives, per
+    500-image window, the estimate beside the true kept accuracy."""
+    from askexpert.runtime.control import AccuracyKeeper
+
+    slow = BudgetController(curve(), 0.3, slo_p95_ms=100.0, clock=Clock())
+    keeper = AccuracyKeeper(0.97, 0.3, probe=0.1, budget=slow)
+    rng = np.random.default_rng(0)
+    for i in range(1500):
+        conf = float(rng.uniform(0.3, 1.0))
+        sent = conf < keeper.tau or bool(keeper.probes(i, np.array([conf >= keeper.tau]))[0])
+        keeper.observe(Observation(10.0, conf, 400.0 if sent else None, 0.0, conf, not sent,
+                                   sent and conf >= keeper.tau, float(rng.random() < conf) if sent else None))
+    assert keeper.tau <= slow.tau and "capped by the SLO p95 100 ms" in keeper.why
+    with pytest.raises(ConfigError, match="target-accuracy"):
+        AccuracyKeeper(90, 0.5)
+    with pytest.raises(ConfigError, match="--probe"):
+        AccuracyKeeper(0.9, 0.5, probe=1.0)

@@ -163,3 +163,53 @@ def test_the_benchmark_scores_every_rule_on_the_same_images_and_pairs_the_seeds(
     first = bench.at(result, "learned", 0.3)["accuracy"] - bench.at(result, "max-prob", 0.3)["accuracy"]
     assert diff["per_seed"] == pytest.approx([first, first + 1.0]) and diff["ci95"] is not None
     assert len(summary["curves"]["oracle"]) == len(bench.SHARES)
+
+
+@pytest.mark.timeout(300)
+def test_accuracy_held_online_runs_live_as_the_benchmark_replays_it(tiny_system, bundle_server, tmp_path, capsys,
+                                                                    monkeypatch):
+    """`askexpert edge --target-accuracy` over HTTP on drifted images, one at a time: the probes go to their
+    expert and count as offloads, every answered offload gives the expert's probability for the generalist's answer,
+    the summary sets the estimate beside the true kept accuracy, and the benchmark's in-process edge (the
+    server's expert pool called directly) takes every decision the live edge took."""
+    from askexpert.cli import main
+    from askexpert.corruptions import parse_corruption
+    from askexpert.runtime.control import AccuracyKeeper
+    from askexpert.runtime.edge import Route
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import deferral_drift as bench
+
+    images, labels = bench.stream(tiny_system["bundle"], "test", None, n=600)
+    np.savez(tmp_path / "test.npz", images=images, labels=labels)
+    trace = tmp_path / "trace.jsonl"
+    assert main(["edge", str(tiny_system["bundle"]), "--server", bundle_server, "--input", str(tmp_path / "test.npz"),
+                 "--corrupt", "gaussian_noise:5@300", "--target-accuracy", "0.8", "--probe", "0.2",
+                 "--trace", str(trace), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "kept accuracy by window: estimated / true %" in out and "kept accuracy >= 80% - 2 points" in out
+    live = [json.loads(line) for line in trace.read_text().splitlines()]
+    probes = [t for t in live if t["probe"]]
+    assert probes and all(t["route"] in ("expert", "expert-fallback") for t in probes)
+    answered = [t for t in live if t["route"] in ("expert", "expert-fallback")]
+    assert all(t["expert_backs"] is None for t in live if t["route"] == "local")
+    assert all(0 <= t["expert_backs"] <= 1 for t in answered if t["expert_backs"] is not None)
+    assert sum(t["expert_backs"] is not None for t in answered) > len(answered) / 2
+    assert all(0 < t["top_prob"] <= 1 for t in live)
+
+    edge = bench.Edge(tiny_system["bundle"])
+    keeper = AccuracyKeeper(0.8, edge.system.policy.tau, probe=0.2)
+    mine = edge.run(parse_corruption("gaussian_noise:5@300").apply(images), labels, controller=keeper)
+    assert [(t.route.value, t.probe, t.tau, t.pred, t.expert_backs) for t in mine] == [
+        (t["route"], t["probe"], t["tau"], t["pred"], t["expert_backs"]) for t in live]
+    assert len(keeper.changes) > 1  # tau moved
+    # the benchmark's replay over every image's answers takes the same decisions
+    from askexpert.routing.thresholds import ALL
+
+    answers = bench.Answers.of(edge.run(parse_corruption("gaussian_noise:5@300").apply(images), labels, tau=ALL))
+    replayed = bench.replay(answers, controller=AccuracyKeeper(0.8, edge.system.policy.tau, probe=0.2))
+    assert replayed["kept"].tolist() == [t.route is Route.LOCAL for t in mine]
+    assert replayed["probe"].tolist() == [t.probe for t in mine]
+    assert replayed["right"].tolist() == [t.pred == t.label for t in mine]
+    kept = [t.pred == t.label for t in mine[:500] if t.route is Route.LOCAL]
+    assert f"/ {100 * np.mean(kept):.1f}" in out  # the true kept accuracy of the one 500-image window

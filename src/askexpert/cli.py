@@ -419,7 +419,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
         trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
         ca_file=args.ca_file, expect_system_id=args.expect_system_id, slo_p95_ms=args.slo_p95,
-        energy_budget_mj=args.energy_budget, target_offload=args.target_offload, radio=args.radio,
+        energy_budget_mj=args.energy_budget, target_offload=args.target_offload,
+        target_accuracy=args.target_accuracy, probe=args.probe, radio=args.radio,
         energy_profile=args.edge_profile or _edge_energy_profile(args.device), encoding=_encoding(args.encode),
     )
     placement = None
@@ -505,9 +506,14 @@ def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
     c = report.control
     if c is not None:
         unit = {"slo-p95": f"p95 <= {c.target:g} ms", "energy-budget": f"edge energy <= {c.target:g} mJ",
-                "target-offload": f"offload {100 * c.target:g}% +/- 3 points"}[c.mode]
+                "target-offload": f"offload {100 * c.target:g}% +/- 3 points",
+                "target-accuracy": f"kept accuracy >= {100 * c.target:g}% - 2 points"}[c.mode]
         table.add_row(f"windows of {c.window} images within {unit}",
                       f"{c.windows_within} of {c.windows} ({c.share_within:.1f}%)" if c.windows else "none complete")
+        if c.estimate_by_window:
+            table.add_row("kept accuracy by window: estimated / true %", ", ".join(
+                f"{e:.1f} / {'-' if t is None else f'{t:.1f}'}"
+                for e, t in zip(c.estimate_by_window, c.kept_accuracy_by_window, strict=True)))
         table.add_row("tau's path", f"{len(c.changes) - 1} changes, tau {c.tau_min:.4f}..{c.tau_max:.4f}; last: "
                       f"{c.changes[-1].why}")
     if report.corruption:
@@ -1100,6 +1106,13 @@ def _edge_command(sub) -> None:
     hold.add_argument("--target-offload", type=float, metavar="SHARE",
                       help="hold the offload share at SHARE (0..1) as the inputs drift, without labels (tau follows "
                       "the confidence's quantile over the last 500 images)")
+    p.add_argument("--target-accuracy", type=float, metavar="ACC",
+                   help="hold the accuracy of the answers the edge keeps at ACC (0..1), estimated from the experts' "
+                   "answers (with --probe's random extra offloads); with --slo-p95 or --energy-budget, that budget "
+                   "caps it")
+    p.add_argument("--probe", type=float, default=0.05, metavar="SHARE",
+                   help="with --target-accuracy: the share of the images the edge keeps that go to their expert "
+                   "anyway, to check the kept answers (counted in the offload rate; default 0.05)")
     p.add_argument("--edge-profile", help="the edge's power for --energy-budget (costs/profiles.yaml; default: the "
                    "emulated device's, else raspberry-pi-4)")
     p.add_argument("--radio", default="wifi", help="the radio's energy for --energy-budget: wifi or cellular")

@@ -95,8 +95,9 @@ class RouteDecision:
 
     offload: np.ndarray  # bool: send to an expert
     expert: np.ndarray  # int64 expert id, -1 where kept locally
-    confidence: np.ndarray  # float32, the generalist's calibrated confidence
+    confidence: np.ndarray  # float32, the score tau is compared with (the calibrated confidence or the rule's)
     local_pred: np.ndarray  # int64, the generalist's answer
+    top_prob: np.ndarray | None = None  # float32, the generalist's calibrated probability of its answer
 
 
 def _top_classes(p: np.ndarray, k: int) -> np.ndarray:
@@ -140,7 +141,8 @@ class Router:
                                                order[:, 0])
         offload = conf < policy.tau
         expert = np.where(offload, best, -1).astype(np.int64)
-        return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64))
+        return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64),
+                             np.ascontiguousarray(top_p[:, 0]))
 
     def _ranked(self, z: np.ndarray, least: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The calibrated probabilities ``p``, the top classes and their probabilities (k of them, and at
@@ -190,7 +192,7 @@ class Router:
             offload = bool(conf < policy.tau)
             expert = best if offload else -1
         return RouteDecision(np.array([offload]), np.array([expert], dtype=np.int64),
-                             np.array([conf]), np.array([order[0]], dtype=np.int64))
+                             np.array([conf]), np.array([order[0]], dtype=np.int64), top_p[:1].copy())
 
 
 def route(logits, policy: RoutingPolicy, membership) -> RouteDecision:

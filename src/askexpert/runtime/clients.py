@@ -52,13 +52,20 @@ class ExpertReply:
     up_bytes: int
     down_bytes: int
     server: str | None = None  # the URL of the server that answered
+    # per image, the expert's most probable outputs and their probabilities ({global class id or -1: p}):
+    # what it says of the generalist's answer (None: the client does not read them)
+    ranked: list[dict[int, float]] | None = None
+
+
+def _ranked(results) -> list[dict[int, float]]:
+    return [dict(zip(r.topk, r.probs, strict=True)) for r in results]
 
 
 def _reply(resp: InferResponse, **kw) -> ExpertReply:
     return ExpertReply(pred=np.array([r.pred for r in resp.results], dtype=np.int64),
                        confidence=np.array([r.confidence for r in resp.results], dtype=np.float32),
                        queue_ms=resp.timings.queue_ms, compute_ms=resp.timings.compute_ms,
-                       batch_size=resp.timings.batch_size, **kw)
+                       batch_size=resp.timings.batch_size, ranked=_ranked(resp.results), **kw)
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -363,4 +370,4 @@ class InProcessExpertClient:
         return ExpertReply(pred=np.array([r.pred for r in results], dtype=np.int64),
                            confidence=np.array([r.confidence for r in results], dtype=np.float32),
                            queue_ms=0.0, compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0,
-                           link_ms=0.0, up_bytes=0, down_bytes=0)
+                           link_ms=0.0, up_bytes=0, down_bytes=0, ranked=_ranked(results))

@@ -42,7 +42,7 @@ from askexpert.costs.energy import expected_edge_mj
 from askexpert.costs.plan import LatencyMix, window_breach
 from askexpert.costs.profiles import DeviceProfile, NetworkProfile
 from askexpert.errors import ConfigError
-from askexpert.routing.thresholds import tau_for_offload
+from askexpert.routing.thresholds import ALL, tau_for_offload
 
 Clock = Callable[[], float]
 WINDOW = 100  # images a window (the controllers' target and the report's unit)
@@ -56,6 +56,10 @@ class Observation:
     confidence: float  # the generalist's calibrated confidence
     offload_ms: float | None = None  # the offload's whole time, None when kept (inf: it failed)
     moved_bytes: float = 0.0
+    top_prob: float = math.nan  # the generalist's calibrated probability of its answer
+    kept: bool = True  # the generalist's answer was kept (not offloaded)
+    probe: bool = False  # offloaded at random although the rule kept it
+    backs: float | None = None  # the expert's probability that the generalist's answer is right (None: unknown)
 
     @classmethod
     def of(cls, trace) -> Observation:
@@ -64,7 +68,9 @@ class Observation:
         if trace.route.offloaded and not trace.expert_on_edge:
             offload = math.inf if trace.degraded else (trace.encode_ms + trace.network_ms + trace.link_ms
                                                        + trace.queue_ms + trace.expert_ms)
-        return cls(trace.edge_ms, trace.confidence, offload, trace.up_bytes + trace.down_bytes)
+        top = math.nan if trace.top_prob is None else trace.top_prob
+        return cls(trace.edge_ms, trace.confidence, offload, trace.up_bytes + trace.down_bytes, top,
+                   not trace.route.offloaded, trace.probe, trace.expert_backs)
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,145 @@ class OffloadTracker:
         self.changes.append(TauChange(self.images, self.clock() - self.t0, tau, None, self.why))
 
 
+def uniform_draws(seed: int, first: int, n: int) -> np.ndarray:
+    """``n`` uniform numbers in [0, 1) for the images ``first .. first + n - 1`` of a stream: a function of
+    (seed, image) alone (splitmix64), so a batch size, a restart or a resumed run draws the same ones."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed) << np.uint64(32)) ^ np.arange(first, first + n, dtype=np.uint64)
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_backing(top_prob, backs, prior: float = 1.0, steps: int = 25) -> tuple[float, float]:
+    """(a, b) of E[the experts' probability for the generalist's answer] = sigmoid(a + b logit(top_prob)),
+    fitted by maximum likelihood on soft labels (cross-entropy, Newton's method) with a Gaussian prior of
+    ``prior`` pseudo-images pulling it to (0, 1), the generalist's own calibration: with few answers it
+    trusts that, with many it follows them; an infinite prior keeps it (the answers are not read)."""
+    if math.isinf(prior) or len(backs) == 0:
+        return 0.0, 1.0
+    x = _logit(top_prob)
+    y = np.asarray(backs, dtype=np.float64)
+    theta = np.array([0.0, 1.0])
+    for _ in range(steps):
+        q = 1 / (1 + np.exp(-(theta[0] + theta[1] * x)))
+        r = q * (1 - q)
+        grad = np.array([np.sum(q - y), np.sum((q - y) * x)]) + prior * (theta - [0.0, 1.0])
+        hess = np.array([[r.sum(), (r * x).sum()], [(r * x).sum(), (r * x * x).sum()]]) + prior * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        theta = theta - step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+class AccuracyKeeper:
+    """Holds the accuracy of the answers the edge keeps at ``target`` (0..1), from the experts' answers.
+
+    Every offload an expert answers gives its probability that the generalist's answer is right (a free,
+    noisy soft label: :attr:`askexpert.runtime.edge.SampleTrace.expert_backs`); a random ``probe`` share of
+    the images the rule keeps is offloaded too (drawn by :func:`uniform_draws`, counted in the offload
+    rate), so the answers also cover the confident images the edge keeps. From the answers of the last
+    ``memory`` images it fits what the experts say of the generalist's answers at each calibrated
+    confidence (:func:`fit_backing`; the images answered were chosen by their confidence alone, so the fit
+    needs no weights: the probes reach the confidences the rule never offloads), and estimates the accuracy
+    the edge would keep at any tau as the mean fitted backing of the last ``window`` images above it.
+    Every ``every`` images tau moves to the one that keeps the most images while that estimate holds the
+    target; a ``budget`` controller (--slo-p95 or --energy-budget) caps it: the budget wins.
+
+    The estimate is as good as the experts' probabilities: where they are overconfident (drifted inputs
+    they were not trained on), so is it (the benchmark measures it against the true accuracy)."""
+
+    def __init__(self, target: float, start_tau: float, *, probe: float = 0.05, seed: int = 0, window: int = 500,
+                 memory: int = 1000, every: int = 20, min_images: int = 100, min_answers: int = 20,
+                 prior: float = 1000.0, budget: BudgetController | None = None, clock: Clock = time.monotonic) -> None:
+        if not 0.0 < target < 1.0:
+            raise ConfigError(f"--target-accuracy is a share in 0..1 (the accuracy of the answers the edge keeps), "
+                              f"got {target}", fix="e.g. --target-accuracy 0.9")
+        if not 0.0 <= probe < 1.0:
+            raise ConfigError(f"--probe is a share in [0, 1) of the kept images offloaded to check them, got {probe}",
+                              fix="e.g. --probe 0.05")
+        self.target, self.probe, self.seed, self.every, self.memory = target, probe, seed, every, memory
+        self.min_images, self.min_answers, self.prior, self.budget, self.clock = (
+            min_images, min_answers, prior, budget, clock)
+        self.scores: deque[float] = deque(maxlen=window)
+        self.tops: deque[float] = deque(maxlen=window)
+        self.answers: deque[tuple[int, float, float]] = deque()  # (image, top prob, the expert's backing)
+        self.tau = float(start_tau)
+        self.fit = (0.0, 1.0)
+        self.fits: list[tuple[int, tuple[float, float]]] = [(0, self.fit)]  # (from image, fit): each refit
+        self.t0 = clock()
+        self.images = 0
+        self.why = f"start: the bundle's operating point (tau {start_tau:.4f})"
+        self.changes = [TauChange(0, 0.0, self.tau, None, self.why)]
+
+    def probes(self, first: int, kept: np.ndarray) -> np.ndarray:
+        """Which of a batch's kept images (images ``first`` on) go to their expert anyway."""
+        return np.asarray(kept, dtype=bool) & (uniform_draws(self.seed, first, len(kept)) < self.probe)
+
+    def backing(self, top_prob, fit: tuple[float, float] | None = None) -> np.ndarray:
+        """The fitted probability the experts give answers of these calibrated confidences."""
+        a, b = self.fit if fit is None else fit
+        return 1 / (1 + np.exp(-(a + b * _logit(top_prob))))
+
+    def estimate(self, top_prob, fit: tuple[float, float] | None = None) -> float:
+        """The estimated accuracy of answers of these calibrated confidences, were they all kept."""
+        return float(np.mean(self.backing(top_prob, fit)))
+
+    def fit_at(self, image: int) -> tuple[float, float]:
+        """The fit in force when the controller's ``image``-th image was answered."""
+        return next(fit for first, fit in reversed(self.fits) if first <= image)
+
+    def observe(self, o: Observation) -> None:
+        self.images += 1
+        if self.budget is not None:
+            self.budget.observe(o)
+        self.scores.append(o.confidence)
+        self.tops.append(o.top_prob)
+        if o.backs is not None and math.isfinite(o.top_prob):
+            self.answers.append((self.images, o.top_prob, o.backs))
+        while self.answers and self.answers[0][0] <= self.images - self.memory:
+            self.answers.popleft()
+        if self.images % self.every or len(self.scores) < self.min_images or len(self.answers) < self.min_answers:
+            return
+        _, top, backs = zip(*self.answers, strict=True)
+        self.fit = fit_backing(top, backs, self.prior)
+        self.fits.append((self.images, self.fit))
+        self._move()
+
+    def _move(self) -> None:
+        order = np.argsort(-np.asarray(self.scores), kind="stable")
+        scores = np.asarray(self.scores)[order]
+        kept = np.cumsum(self.backing(np.asarray(self.tops)[order])) / np.arange(1, len(order) + 1)
+        holds = np.flatnonzero(kept >= self.target)
+        m = int(holds[-1]) + 1 if holds.size else 0  # the most images kept with the estimate at the target
+        tau = ALL if m == 0 else float(np.nextafter(scores[m - 1], -np.inf)) if m == len(scores) else float(
+            scores[m - 1])
+        estimate = float(kept[m - 1]) if m else float(kept[0])
+        why = (f"holding {self.target:.1%} kept accuracy: at tau {tau:.4f} the last {len(scores)} images would "
+               f"keep {m} at an estimated {estimate:.1%} ({len(self.answers)} expert answers)")
+        if self.budget is not None and self.budget.tau < tau:
+            tau, why = self.budget.tau, f"{why}; capped by the {self.budget.budget_text} at tau {self.budget.tau:.4f}"
+        if tau == self.tau:
+            return
+        self.tau, self.why = tau, why
+        self.changes.append(TauChange(self.images, self.clock() - self.t0, tau, None, why))
+
+    def kept_estimate(self, traces, image: int) -> float:
+        """The estimated accuracy of the answers kept among ``traces`` (a window whose last image was the
+        controller's ``image``-th), by the fit in force then: what the edge believed, to be set against the
+        true accuracy where labels exist."""
+        kept = [t.top_prob for t in traces if not t.route.offloaded and t.top_prob is not None]
+        return self.estimate(kept, self.fit_at(image)) if kept else math.nan
+
+
 @dataclass
 class ControlReport:
     """What holding the operating point did over a run."""
@@ -263,24 +408,43 @@ class ControlReport:
     changes: list[TauChange] = field(default_factory=list)
     tau_min: float = math.nan
     tau_max: float = math.nan
+    # --target-accuracy: per window, the accuracy of the kept answers as the edge estimated it and as it was
+    # (None without labels), in %
+    estimate_by_window: list[float] = field(default_factory=list)
+    kept_accuracy_by_window: list[float | None] = field(default_factory=list)
+
+
+ACCURACY_WINDOW = 500  # images a window of a --target-accuracy report
 
 
 def control_report(mode: str, target: float, changes: list[TauChange], traces, *, window: int = WINDOW,
-                   energy_mj: Callable[[list], float] | None = None, tolerance_points: float = 3.0) -> ControlReport:
+                   energy_mj: Callable[[list], float] | None = None, tolerance_points: float = 3.0,
+                   kept_estimate: Callable[[list, int], float] | None = None) -> ControlReport:
     """Windows of ``window`` answered images (the last partial one left out): their p95 latency and
     realised offload, and how many kept the target (a p95 within the SLO; an edge energy within the
-    budget, by ``energy_mj`` of the window's traces; an offload within ``tolerance_points`` of it)."""
+    budget, by ``energy_mj`` of the window's traces; an offload within ``tolerance_points`` of it; a kept
+    accuracy, true where labels exist and else as estimated, no more than 2 points under it).
+    ``kept_estimate(chunk, images)``: the edge's estimate of a window's kept accuracy once it had answered
+    ``images`` images (mode target-accuracy)."""
     timed = [t for t in traces if math.isfinite(t.total_ms)]
     chunks = [timed[i:i + window] for i in range(0, len(timed) - window + 1, window)]
     p95 = [float(np.percentile([t.total_ms for t in c], 95)) for c in chunks]
     off = [100 * sum(t.route.offloaded for t in c) / len(c) for c in chunks]
+    estimates: list[float] = []
+    true: list[float | None] = []
     if mode == "slo-p95":
         within = [v <= target for v in p95]
     elif mode == "energy-budget":
         within = [energy_mj(c) <= target for c in chunks] if energy_mj else []
+    elif mode == "target-accuracy":
+        for j, c in enumerate(chunks):
+            estimates.append(100 * kept_estimate(c, (j + 1) * window) if kept_estimate else math.nan)
+            kept = [t.pred == t.label for t in c if not t.route.offloaded and t.label is not None]
+            true.append(100 * float(np.mean(kept)) if kept else None)
+        within = [(t if t is not None else e) >= 100 * target - 2.0 for t, e in zip(true, estimates, strict=True)]
     else:
         within = [abs(v - 100 * target) <= tolerance_points for v in off]
     taus = [c.tau for c in changes] or [math.nan]
     return ControlReport(mode, target, window, len(chunks), sum(within),
                          100 * sum(within) / len(within) if within else math.nan, off, p95, list(changes),
-                         float(min(taus)), float(max(taus)))
+                         float(min(taus)), float(max(taus)), estimates, true)

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from askexpert.contract.protocol import ExpertInfo
-from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
+from askexpert.routing import ALL, OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.routing.system import share
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
 from askexpert.runtime.control import Controller, Observation
@@ -102,6 +102,7 @@ class _Offloads:
         self.pred = np.full(n, OTHER, dtype=np.int64)
         self.conf = np.zeros(n, dtype=np.float32)
         self.answered = np.zeros(n, dtype=bool)
+        self.ranked: dict[int, dict[int, float]] = {}  # the expert's top outputs and their probabilities
         self.timing: dict[int, OffloadTiming] = {}
         self.errors: dict[int, str] = {}
 
@@ -132,6 +133,11 @@ class SampleTrace:
     tau: float | None = None  # the threshold in force for this image
     tau_why: str | None = None  # why it last changed ("fixed": no controller)
     link: str | None = None  # the emulated link in force (a schedule's entry)
+    top_prob: float | None = None  # the generalist's calibrated probability of its own answer
+    probe: bool = False  # kept by the rule, offloaded at random to check the kept answers (--target-accuracy)
+    # the answering expert's probability that the generalist's answer is right (None: no expert answered, or
+    # the answer is not one of its classes, or the client gave no probabilities)
+    expert_backs: float | None = None
 
     def lived(self, t: OffloadTiming) -> None:
         """Take the timing of the offload this image went through."""
@@ -254,6 +260,7 @@ class EdgeRunner:
         unknown = self._ensure_experts()
         router = self.router or Router(self.policy, np.ones((1, len(self.generalist.class_names)), np.float32))
         decision = router.route(logits)
+        probe = self._probes(decision, logits, start_index)
         asked = _Offloads(n)
         expert = decision.expert
         for e in np.unique(expert[expert >= 0]):
@@ -271,13 +278,15 @@ class EdgeRunner:
             t = SampleTrace(index=start_index + i, label=None if labels is None else int(labels[i]),
                             pred=int(final[i]), local_pred=int(decision.local_pred[i]),
                             confidence=float(decision.confidence[i]), route=Route.LOCAL, expert=None,
-                            degraded=False, edge_ms=edge_ms, edge_share_ms=edge_ms / n)
+                            degraded=False, edge_ms=edge_ms, edge_share_ms=edge_ms / n,
+                            top_prob=float(decision.top_prob[i]), probe=bool(probe[i]))
             if decision.offload[i]:
                 t.expert = self.expert_ids[expert[i]] if unknown is None else None
                 if not asked.answered[i]:
                     t.route, t.degraded, t.error = Route.DEGRADED, True, asked.errors.get(i)
                 else:
                     t.route = Route.EXPERT_FALLBACK if fell_back[i] else Route.EXPERT
+                    t.expert_backs = self._backs(int(expert[i]), asked.ranked.get(i), t.local_pred)
                 t.lived(asked.timing.get(i, OffloadTiming()))
             t.tau, t.tau_why = self.policy.tau, self.controller.why if self.controller is not None else "fixed"
             t.link = self.link.name if self.link is not None else None
@@ -286,6 +295,28 @@ class EdgeRunner:
             for t in traces:
                 self.controller.observe(Observation.of(t))
         return traces
+
+    def _probes(self, decision, logits: np.ndarray, start_index: int) -> np.ndarray:
+        """The kept images the controller sends to their routed expert anyway (``probe``: a check on the
+        answers the edge keeps, :class:`askexpert.runtime.control.AccuracyKeeper`); marked offloaded in
+        ``decision``."""
+        pick = getattr(self.controller, "probes", None)
+        if pick is None or self.router is None:
+            return np.zeros(len(decision.offload), dtype=bool)
+        probe = pick(start_index, ~decision.offload)
+        if probe.any():
+            idx = np.flatnonzero(probe)
+            routed = self.router.with_policy(replace(self.policy, tau=ALL)).route(logits[idx])
+            decision.offload[idx], decision.expert[idx] = True, routed.expert
+        return probe
+
+    def _backs(self, e: int, ranked: dict[int, float] | None, local_pred: int) -> float | None:
+        """Expert ``e``'s probability for the generalist's answer (0 outside its top outputs): a soft label of
+        whether that answer is right. None for an answer that is not one of the expert's classes (its "other"
+        covers it and many more) or a reply without probabilities."""
+        if ranked is None or local_pred not in self.expert_classes[e]:
+            return None
+        return float(ranked.get(local_pred, 0.0))
 
     def _offload(self, e: int, images: np.ndarray, idx: np.ndarray, start_index: int, asked: _Offloads) -> None:
         """Ask expert ``e`` about the images ``idx`` of the batch; its valid answers, the time each image
@@ -309,6 +340,8 @@ class EdgeRunner:
         valid = self._check_answers(e, reply, idx, start_index, asked.errors)
         asked.pred[idx[valid]], asked.conf[idx[valid]], asked.answered[idx[valid]] = (
             reply.pred[valid], reply.confidence[valid], True)
+        if reply.ranked is not None and len(reply.ranked) == len(idx):
+            asked.ranked.update((int(idx[j]), reply.ranked[j]) for j in np.flatnonzero(valid))
         lived = OffloadTiming.of(reply, len(idx), on_edge=self.experts_on_edge)
         for i in idx:
             asked.timing[i] = lived

@@ -83,7 +83,10 @@ class LocalExperts:
         probs = softmax(self.models[expert_id].logits(images), spec.temperature)  # float32, as the server
         top = probs.argmax(axis=1)
         ms = (time.perf_counter() - t0) * 1000
-        return ExpertReply(pred=np.asarray(spec.output_ids, dtype=np.int64)[top],
+        ids = np.asarray(spec.output_ids, dtype=np.int64)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :self.topk]
+        ranked = [dict(zip(ids[o].tolist(), row[o].tolist(), strict=True)) for o, row in zip(order, probs, strict=True)]
+        return ExpertReply(pred=ids[top], ranked=ranked,
                            confidence=probs[np.arange(len(top)), top], queue_ms=0.0,
                            compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0, link_ms=0.0,
                            up_bytes=0, down_bytes=0)

@@ -28,7 +28,16 @@ from askexpert.costs.profiles import device, network
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.routing import DEFAULT_K, RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, ServerSet
-from askexpert.runtime.control import BudgetController, Controller, ControlReport, OffloadTracker, control_report
+from askexpert.runtime.control import (
+    ACCURACY_WINDOW,
+    WINDOW,
+    AccuracyKeeper,
+    BudgetController,
+    Controller,
+    ControlReport,
+    OffloadTracker,
+    control_report,
+)
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile, LinkSchedule
@@ -65,6 +74,8 @@ class EdgeSettings:
     slo_p95_ms: float | None = None  # hold a p95 latency: tau moves along the bundle's curve
     energy_budget_mj: float | None = None  # hold an edge energy an image (with energy_profile and radio)
     target_offload: float | None = None  # hold the offload share (0..1), label-free
+    target_accuracy: float | None = None  # hold the kept answers' accuracy (0..1), from the experts' answers
+    probe: float = 0.05  # with target_accuracy: the share of kept images offloaded anyway, to check them
     energy_profile: str = "raspberry-pi-4"  # the edge's power (costs/profiles.yaml) for --energy-budget
     radio: str = "wifi"
     encoding: Encoding = RAW  # how offloaded images travel (raw, npy, png, jpeg:Q, webp:Q)
@@ -150,31 +161,42 @@ def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
 
 
 def controller_for(s: EdgeSettings, system: EdgeSystem) -> tuple[str, float, Controller] | None:
-    """The controller the settings ask for (mode, target, controller), or None for a fixed tau."""
+    """The controller the settings ask for (mode, target, controller), or None for a fixed tau.
+    --target-accuracy may go with one budget (--slo-p95 or --energy-budget), which caps it."""
     asked = [(flag, v) for flag, v in (("--slo-p95", s.slo_p95_ms), ("--energy-budget", s.energy_budget_mj),
-                                       ("--target-offload", s.target_offload)) if v is not None]
+                                       ("--target-offload", s.target_offload),
+                                       ("--target-accuracy", s.target_accuracy)) if v is not None]
     if not asked:
         return None
-    if len(asked) > 1:
-        raise ConfigError(f"{' and '.join(f for f, _ in asked)} each move tau: give one",
-                          fix="hold one target: --slo-p95, --energy-budget or --target-offload")
+    budgets = [f for f, _ in asked if f != "--target-accuracy"]
+    if len(budgets) > 1 or (s.target_accuracy is not None and s.target_offload is not None):
+        raise ConfigError(f"{' and '.join(f for f, _ in asked)} each move tau: give one (--target-accuracy may "
+                          f"go with --slo-p95 or --energy-budget, which caps it)",
+                          fix="hold one target: --slo-p95, --energy-budget, --target-offload or --target-accuracy")
     if s.tau is not None:
         raise ConfigError(f"--tau fixes the threshold and {asked[0][0]} moves it", fix="leave out --tau")
     tau = system.policy.tau
     if s.target_offload is not None:
         return "target-offload", s.target_offload, OffloadTracker(s.target_offload, tau)
-    if system.curve is None:
-        why = "a generalist's run directory" if system.system_id is None else "a schema-1 bundle"
-        raise ConfigError(f"{asked[0][0]} moves tau along the bundle's operating curve, and {system.source} has "
-                          f"none ({why})", fix="build the bundle with this askexpert (askexpert build-system)")
-    points = system.curve.for_k(system.policy.k)
-    if not points:
-        raise ConfigError(f"the bundle's operating curve has no point with k {system.policy.k}",
-                          fix=f"run with --k among {system.curve.ks}")
+    budget = None
+    if budgets:
+        if system.curve is None:
+            why = "a generalist's run directory" if system.system_id is None else "a schema-1 bundle"
+            raise ConfigError(f"{budgets[0]} moves tau along the bundle's operating curve, and {system.source} has "
+                              f"none ({why})", fix="build the bundle with this askexpert (askexpert build-system)")
+        points = system.curve.for_k(system.policy.k)
+        if not points:
+            raise ConfigError(f"the bundle's operating curve has no point with k {system.policy.k}",
+                              fix=f"run with --k among {system.curve.ks}")
+        budget = (BudgetController(points, tau, slo_p95_ms=s.slo_p95_ms) if s.slo_p95_ms is not None else
+                  BudgetController(points, tau, energy_mj=s.energy_budget_mj, edge=device(s.energy_profile),
+                                   radio=network(s.radio)))
+    if s.target_accuracy is not None:
+        return "target-accuracy", s.target_accuracy, AccuracyKeeper(s.target_accuracy, tau, probe=s.probe,
+                                                                    budget=budget)
     if s.slo_p95_ms is not None:
-        return "slo-p95", s.slo_p95_ms, BudgetController(points, tau, slo_p95_ms=s.slo_p95_ms)
-    return "energy-budget", s.energy_budget_mj, BudgetController(
-        points, tau, energy_mj=s.energy_budget_mj, edge=device(s.energy_profile), radio=network(s.radio))
+        return "slo-p95", s.slo_p95_ms, budget
+    return "energy-budget", s.energy_budget_mj, budget
 
 
 @contextmanager
@@ -235,7 +257,10 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
         mode, target, controller = control
         energy = ((lambda chunk: edge_mj_per_image(chunk, device(s.energy_profile), network(s.radio)))
                   if mode == "energy-budget" else None)
-        report = control_report(mode, target, controller.changes, traces[len(restored):], energy_mj=energy)
+        accuracy = mode == "target-accuracy"
+        report = control_report(mode, target, controller.changes, traces[len(restored):], energy_mj=energy,
+                                window=ACCURACY_WINDOW if accuracy else WINDOW,
+                                kept_estimate=controller.kept_estimate if accuracy else None)
     return EdgeReport(summarize(traces), traces, runner.policy, model.backend, source.description,
                       s.link.describe() if s.link else "loopback (none)", ", ".join(urls) or None, system.source,
                       list(model.class_names), source.files, len(restored), report,
