@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import httpx
@@ -67,6 +69,15 @@ def _png(size: tuple[int, int], mode: str = "L") -> bytes:
     return out.getvalue()
 
 
+def _raw_png(width: int, height: int, idat: bytes) -> bytes:
+    """A grey 8-bit PNG written chunk by chunk around the compressed stream ``idat``."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def test_pictures_that_do_not_match_the_request_are_refused_before_decoding():
     with pytest.raises(ProtocolError, match="declares 8000x8000 pixels"):
         decode_images(_png((8000, 8000)), "image/png", None, expect=[1, 28, 28])
@@ -78,6 +89,14 @@ def test_pictures_that_do_not_match_the_request_are_refused_before_decoding():
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(noisy, "PNG")
     with pytest.raises(ProtocolError, match="could not be decoded"):  # cut short
         decode_images(noisy.getvalue()[:400], "image/png", None, expect=[1, 28, 28])
+    # a complete compressed stream that holds 5 of the 28 rows: Pillow would fill the rest with zeros
+    rows = b"".join(b"\x00" + bytes([9 * i] * 28) for i in range(5))
+    short = _raw_png(28, 28, zlib.compress(rows))
+    with pytest.raises(ProtocolError, match="ends after 145 of the 812 bytes its 28 rows need"):
+        decode_images(short, "image/png", None, expect=[1, 28, 28])
+    whole = b"".join(b"\x00" + bytes([i] * 28) for i in range(28))
+    assert decode_images(_raw_png(28, 28, zlib.compress(whole)), "image/png", None,
+                         expect=[1, 28, 28])[0, 0, :, 0].tolist() == list(range(28))
     with pytest.raises(ProtocolError, match="takes images of shape"):
         decode_images(_png((28, 56)), "image/png", "2,1,28,28", expect=[3, 28, 28])
     with pytest.raises(ProtocolError, match="needs the expert's input shape"):

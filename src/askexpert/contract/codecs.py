@@ -11,7 +11,9 @@ back as their luma.
 Decoding is guarded before any pixel is decompressed: the format must be the one the content type
 names, and the picture's declared size (read from its header, a few bytes) must be exactly what the
 request declares and the expert takes. A small file that declares a huge picture (a decompression
-bomb) is refused by its header alone, so it costs the server no memory.
+bomb) is refused by its header alone, so it costs the server no memory. A PNG whose compressed stream
+is complete but holds fewer rows than its header declares (which Pillow would fill with zeros) is
+refused too: a truncated picture is a ``400``, never a guess.
 """
 
 from __future__ import annotations
@@ -100,6 +102,48 @@ def compress(images: np.ndarray, encoding: Encoding) -> bytes:
     return out.getvalue()
 
 
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples a pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_rows_missing(body: bytes) -> str | None:
+    """Why a PNG's image data holds fewer bytes than its header's rows need, or None when it holds them all.
+    Pillow fills the rows of a complete compressed stream that ends early with zeros; this reads the IDAT
+    chunks' stream itself (at most one byte past what the rows need, so it costs no more than the picture)."""
+    import struct
+    import zlib
+
+    pos, data, header = 8, [], None
+    while pos + 8 <= len(body):
+        length, kind = struct.unpack(">I4s", body[pos:pos + 8])
+        chunk = body[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk[:13])
+        elif kind == b"IDAT":
+            data.append(chunk)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        return "it has no IHDR header"
+    width, height, depth, colour, _, _, interlace = header
+    bits = depth * _PNG_SAMPLES.get(colour, 1)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    need = 0
+    for x0, y0, dx, dy in passes:
+        cols, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if cols > 0 and rows > 0:
+            need += rows * (1 + -(-cols * bits // 8))  # a filter byte a row, then its pixels
+    inflate = zlib.decompressobj()
+    try:
+        got = len(inflate.decompress(b"".join(data), need + 1))
+    except zlib.error as err:
+        return f"its image data is corrupt ({err})"
+    if got < need:
+        return f"its image data ends after {got} of the {need} bytes its {height} rows need (truncated)"
+    return None
+
+
 def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int]) -> np.ndarray:
     """The ``uint8 [N, C, H, W]`` batch of a compressed ``body`` that must hold ``shape`` (checked in the
     picture's header before it is decoded: a decompression bomb is refused without its pixels)."""
@@ -122,6 +166,8 @@ def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int])
         picture.load()
     except Exception as err:  # noqa: BLE001 - a truncated or corrupt stream
         raise CodecError(f"the {fmt} picture could not be decoded ({type(err).__name__}: {err})") from err
+    if fmt == "PNG" and (why := _png_rows_missing(body)):
+        raise CodecError(f"the PNG picture could not be decoded: {why}")
     if picture.mode == "P":
         picture = picture.convert("RGB")
     if modes[picture.mode] != c:
