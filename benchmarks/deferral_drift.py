@@ -140,17 +140,17 @@ def replay(answers: Answers, *, tau: float | None = None, controller=None) -> di
     the edge's own classes; :func:`run_seed` checks the result against the edge's runner."""
     n = len(answers.score)
     kept, probe, taus = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)
+    picker = getattr(controller, "probes", None)
     for i in range(n):
         taus[i] = controller.tau if controller is not None else tau
         sent = bool(answers.score[i] < taus[i])
-        picker = getattr(controller, "probes", None)
         if not sent and picker is not None:
             probe[i] = sent = bool(picker(i, np.array([True]))[0])
         kept[i] = not sent
         if controller is not None:
             backs = None if not sent or np.isnan(answers.backs[i]) else float(answers.backs[i])
             controller.observe(Observation(0.0, float(answers.score[i]), 1.0 if sent else None, 0.0,
-                                           float(answers.top[i]), not sent, bool(probe[i]), backs))
+                                           float(answers.top[i]), backs))
     return {"kept": kept, "probe": probe, "right": np.where(kept, answers.local_right, answers.remote_right),
             "tau": taus}
 

@@ -202,7 +202,7 @@ def accuracy_stream(keeper, phases, seed: int = 0, expert_skill: float = 1.0):
             probe = bool(keeper.probes(index, np.array([not offload]))[0])
             sent = offload or probe
             backs = float(right and bool(rng.random() < expert_skill)) if sent else None
-            keeper.observe(Observation(10.0, conf, 5.0 if sent else None, 0.0, conf, not sent, probe, backs))
+            keeper.observe(Observation(10.0, conf, 5.0 if sent else None, 0.0, conf, backs))
             out.append((not sent, right, tau, conf))
             index += 1
     return out
@@ -272,8 +272,8 @@ def test_the_accuracy_keeper_reports_its_estimate_and_yields_to_a_budget():
     for i in range(1500):
         conf = float(rng.uniform(0.3, 1.0))
         sent = conf < keeper.tau or bool(keeper.probes(i, np.array([conf >= keeper.tau]))[0])
-        keeper.observe(Observation(10.0, conf, 400.0 if sent else None, 0.0, conf, not sent,
-                                   sent and conf >= keeper.tau, float(rng.random() < conf) if sent else None))
+        keeper.observe(Observation(10.0, conf, 400.0 if sent else None, 0.0, conf,
+                                   float(rng.random() < conf) if sent else None))
     assert keeper.tau <= slow.tau and "capped by the SLO p95 100 ms" in keeper.why
     with pytest.raises(ConfigError, match="target-accuracy"):
         AccuracyKeeper(90, 0.5)

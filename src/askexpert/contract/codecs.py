@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,9 +112,6 @@ def _png_rows_missing(body: bytes) -> str | None:
     """Why a PNG's image data holds fewer bytes than its header's rows need, or None when it holds them all.
     Pillow fills the rows of a complete compressed stream that ends early with zeros; this reads the IDAT
     chunks' stream itself (at most one byte past what the rows need, so it costs no more than the picture)."""
-    import struct
-    import zlib
-
     pos, data, header = 8, [], None
     while pos + 8 <= len(body):
         length, kind = struct.unpack(">I4s", body[pos:pos + 8])

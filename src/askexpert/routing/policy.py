@@ -97,7 +97,7 @@ class RouteDecision:
     expert: np.ndarray  # int64 expert id, -1 where kept locally
     confidence: np.ndarray  # float32, the score tau is compared with (the calibrated confidence or the rule's)
     local_pred: np.ndarray  # int64, the generalist's answer
-    top_prob: np.ndarray | None = None  # float32, the generalist's calibrated probability of its answer
+    top_prob: np.ndarray  # float32, the generalist's calibrated probability of its answer
 
 
 def _top_classes(p: np.ndarray, k: int) -> np.ndarray:

@@ -57,8 +57,6 @@ class Observation:
     offload_ms: float | None = None  # the offload's whole time, None when kept (inf: it failed)
     moved_bytes: float = 0.0
     top_prob: float = math.nan  # the generalist's calibrated probability of its answer
-    kept: bool = True  # the generalist's answer was kept (not offloaded)
-    probe: bool = False  # offloaded at random although the rule kept it
     backs: float | None = None  # the expert's probability that the generalist's answer is right (None: unknown)
 
     @classmethod
@@ -70,7 +68,7 @@ class Observation:
                                                        + trace.queue_ms + trace.expert_ms)
         top = math.nan if trace.top_prob is None else trace.top_prob
         return cls(trace.edge_ms, trace.confidence, offload, trace.up_bytes + trace.down_bytes, top,
-                   not trace.route.offloaded, trace.probe, trace.expert_backs)
+                   trace.expert_backs)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from askexpert.contract.bundle import Bundle
 from askexpert.contract.labels import GENERAL, OTHER
-from askexpert.contract.protocol import ExpertInfo
+from askexpert.contract.protocol import ExpertInfo, image_results
 from askexpert.routing import softmax
 from askexpert.runtime.clients import ExpertReply
 from askexpert.runtime.onnx_model import OnnxGeneralist
@@ -83,10 +83,9 @@ class LocalExperts:
         probs = softmax(self.models[expert_id].logits(images), spec.temperature)  # float32, as the server
         top = probs.argmax(axis=1)
         ms = (time.perf_counter() - t0) * 1000
-        ids = np.asarray(spec.output_ids, dtype=np.int64)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :self.topk]
-        ranked = [dict(zip(ids[o].tolist(), row[o].tolist(), strict=True)) for o, row in zip(order, probs, strict=True)]
-        return ExpertReply(pred=ids[top], ranked=ranked,
+        ranked = [dict(zip(r["topk"], r["probs"], strict=True)) for r in image_results(probs, spec.output_ids,
+                                                                                        self.topk)]
+        return ExpertReply(pred=np.asarray(spec.output_ids, dtype=np.int64)[top], ranked=ranked,
                            confidence=probs[np.arange(len(top)), top], queue_ms=0.0,
                            compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0, link_ms=0.0,
                            up_bytes=0, down_bytes=0)
