@@ -279,3 +279,34 @@ def test_the_accuracy_keeper_reports_its_estimate_and_yields_to_a_budget():
         AccuracyKeeper(90, 0.5)
     with pytest.raises(ConfigError, match="--probe"):
         AccuracyKeeper(0.9, 0.5, probe=1.0)
+
+
+def test_the_edge_settings_choose_one_controller_and_refuse_what_conflicts():
+    """--target-accuracy alone (no curve needed) or capped by one budget; two targets, a fixed --tau beside a
+    target, or a budget without a curve are refused, each naming the fix."""
+    from askexpert.routing import RoutingPolicy
+    from askexpert.runtime.control import AccuracyKeeper
+    from askexpert.runtime.session import EdgeSettings, EdgeSystem, controller_for
+
+    bundle = EdgeSystem(None, RoutingPolicy(tau=0.3, k=3), None, None, "id", "bundle b",
+                        OperatingCurve(points=curve(), up_bytes=784, down_bytes=250))
+    run_dir = EdgeSystem(None, RoutingPolicy(tau=0.3, k=3), None, None, None, "run r")
+
+    def settings(**kw) -> EdgeSettings:
+        return EdgeSettings(system="b", server=None, **kw)
+
+    mode, target, keeper = controller_for(settings(target_accuracy=0.9, probe=0.1), run_dir)
+    assert (mode, target) == ("target-accuracy", 0.9) and isinstance(keeper, AccuracyKeeper)
+    assert keeper.probe == 0.1 and keeper.budget is None and keeper.tau == 0.3
+    mode, _, keeper = controller_for(settings(target_accuracy=0.9, slo_p95_ms=40.0), bundle)
+    assert mode == "target-accuracy" and keeper.budget is not None and keeper.budget.slo == 40.0
+    with pytest.raises(ConfigError, match="--target-offload and --target-accuracy each move tau") as err:
+        controller_for(settings(target_accuracy=0.9, target_offload=0.3), bundle)
+    assert "--target-accuracy" in err.value.fix
+    with pytest.raises(ConfigError, match="--slo-p95 and --energy-budget each move tau"):
+        controller_for(settings(slo_p95_ms=40.0, energy_budget_mj=5.0), bundle)
+    with pytest.raises(ConfigError, match="--tau fixes the threshold and --target-accuracy moves it"):
+        controller_for(settings(target_accuracy=0.9, tau=0.5), bundle)
+    with pytest.raises(ConfigError, match="--slo-p95 moves tau along the bundle's operating curve") as err:
+        controller_for(settings(target_accuracy=0.9, slo_p95_ms=40.0), run_dir)
+    assert "build-system" in err.value.fix
