@@ -41,7 +41,8 @@ fi
 
 # The han100 task (askexpert data build han100) renders Han characters from Debian's font packages and
 # reads the Unicode Han database (unicode-data); the package list is the font catalogue's own.
-HAN_PACKAGES="$("$VENV/bin/python" -c 'from askexpert.data.han_fonts import packages; print(" ".join(packages()))') unicode-data"
+# sysbench: the emulated edge's scalar-code benchmark (costs/profiles.yaml edge_speeds.*.scalar).
+HAN_PACKAGES="$("$VENV/bin/python" -c 'from askexpert.data.han_fonts import packages; print(" ".join(packages()))') unicode-data sysbench"
 MISSING=""
 for p in $HAN_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || MISSING="$MISSING $p"
@@ -50,7 +51,7 @@ if [ -n "$MISSING" ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
   if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || $SUDO true 2>/dev/null; }; then
-    echo "[bootstrap] installing the fonts and Unicode data of the han100 task:$MISSING"
+    echo "[bootstrap] installing the han100 task's fonts and Unicode data, and sysbench:$MISSING"
     $SUDO apt-get update -qq || true
     # shellcheck disable=SC2086
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null

@@ -167,7 +167,7 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     result = run_demo(output_dir=tmp_path, limit=150, overrides=small)  # the default edge: an emulated Pi 4
     s = result.report.summary
     assert s.samples == 150 and s.degraded == 0 and 10 < s.offload_rate < 60
-    assert result.placement.device == "rpi4" and result.placement.mode in ("kernel-throttled", "paced")
+    assert result.placement.device == "rpi4" and result.placement.mode == "device-model"
     assert result.report.backend == "onnx" and (result.bundle / "system.json").is_file()
     assert result.energy.edge_energy_kind == "modelled" and result.energy.total_mj_per_image > 0
     assert result.energy.edge_wait_mj_per_image > 0  # the demo counts the edge's idle wait (the bench's formula)

@@ -144,7 +144,7 @@ def test_cgroups_are_gone_after_sigterm(tmp_path, host_reference_ms):
 def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
     from askexpert.serving.process import ServerProcess
 
-    with EmulatedEdge(slower_device(host_reference_ms), calibration_runs=3) as edge:
+    with EmulatedEdge(slower_device(host_reference_ms), mode="paced", calibration_runs=3) as edge:
         server = ServerProcess(tiny_system["bundle"], cpus=edge.server_cores)
         with server:
             threads = [int(t.name) for t in Path(f"/proc/{server.proc.pid}/task").iterdir()]
@@ -157,7 +157,7 @@ def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
 
 @pytest.mark.slow
 def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, tmp_path):
-    """``askexpert edge BUNDLE --device rpi4``: the bundle's edge in its own throttled (or paced) process,
+    """``askexpert edge BUNDLE --device rpi4``: the bundle's edge in its own process, paced by the device model,
     answering over real HTTP, with the placement in the summary."""
     from askexpert.contract.bundle import load_bundle
     from askexpert.serving.process import ServerProcess
@@ -175,7 +175,8 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
     summary = json.loads((tmp_path / "s.json").read_text())
     p = summary["placement"]
     assert summary["samples"] == 40 and p["device"] == "rpi4"
-    assert p["mode"] in ("kernel-throttled", "paced") and p["label"] in out.stdout.replace("\n", " ")
+    assert p["mode"] == "device-model" and p["label"] in out.stdout.replace("\n", " ")
+    assert len(p["device_model"]["fitted_on"]) == len(edge_speed("rpi4").published_ms)
     # slowed towards the device (how close is the calibration tests' subject; this VM drifts +-20%)
     assert p["achieved_ms"] > 1.5 * p["host_ms"] and p["checks"] and "ncnn" in p["source"]
 

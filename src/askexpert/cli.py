@@ -480,9 +480,11 @@ def _add_edge_device_flags(p: argparse.ArgumentParser, flag: str, default: str =
                    help="emulate this edge device on one core of this host, slowed by the kernel's CPU quota to the "
                    "device's published speed (costs/profiles.yaml edge_speeds), the server pinned to the other "
                    f"cores; host: the edge runs unthrottled in this process (default: {default})")
-    p.add_argument("--edge-mode", default="auto", choices=["auto", "kernel", "paced"],
-                   help="how the edge is slowed: kernel (a cgroup CPU quota; needs a writable CPU controller), "
-                   "paced (sleep after each model call), auto (kernel where possible, else paced; default)")
+    p.add_argument("--edge-mode", default="auto", choices=["auto", "model", "kernel", "paced"],
+                   help="how the edge is slowed: model (each model call lasts the device model's prediction for its "
+                   "graph, other work dilated by the device's sysbench figure; auto, the default, is model), or the "
+                   "older one-ratio emulation: kernel (a cgroup CPU quota at the reference model's ratio; needs a "
+                   "writable CPU controller), paced (each model call at least its CPU time x that ratio)")
 
 
 def _print_edge_summary(report, title: str = "edge run", energy=None) -> None:
@@ -1281,6 +1283,61 @@ def _pretrain_command(sub) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
+def cmd_testbed_check(args) -> int:
+    from askexpert.bench.machine import describe, machine_info
+    from askexpert.testbed.check import run_check
+    from askexpert.testbed.reference import refresh_features
+
+    console = Console(stderr=True)
+    if args.refresh:
+        with console.status("exporting the published models and reading their graphs ...") as status:
+            path = refresh_features(lambda name: status.update(f"exporting and reading {name} ..."))
+        console.log(f"wrote {path}")
+        from askexpert.costs.device_model import reference_features
+
+        reference_features.cache_clear()
+    result = run_check(args.device or None, runs=args.runs, out_dir=args.out, emulate=not args.no_emulate,
+                       machine=describe(machine_info()), log=console.log)
+    for p in result["profiles"]:
+        table = Table(title=f"{p['device']}: device model against {len(p['models'])} published figures"
+                      + (f" (caveat: {p['caveat']})" if p["caveat"] else ""))
+        for col in ("model", "published ms", "emulated ms", "in-sample", "leave-one-out"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for m, r in p["models"].items():
+            emu = f"{r['emulated_ms']:.1f}" if r["emulated_ms"] is not None else "-"
+            table.add_row(m, f"{r['published_ms']:.1f}", emu, f"{r['predicted_ms']:.1f} ({r['error_pct']:+.1f}%)",
+                          f"{r['loo_ms']:.1f} ({r['loo_error_pct']:+.1f}%)")
+        Console().print(table)
+        w = p["within"]
+        print(f"  within +/-10% in-sample: {w['in_sample']} of {w['of']}; within +/-25% leave-one-out: "
+              f"{w['leave_one_out']} of {w['of']}"
+              + (f"; not emulated: {p['not_emulated']}" if p["not_emulated"] else ""))
+        for m, r in p["paper_models"].items():
+            print(f"  {m} at 224 predicted: {r['predicted_ms']:.0f} ms")
+    if args.out:
+        print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
+    return 0
+
+
+def _testbed_command(sub, exact) -> None:
+    """The ``askexpert testbed check`` command and its flags."""
+    p = sub.add_parser("testbed", help="the emulated edge's device models against their published figures")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=exact)
+    c = tsub.add_parser("check", help="each published model: its figure, the device model in-sample and leave-one-"
+                        "out, and its latency on the emulated edge",
+                        description="For every edge profile with a published per-model table (costs/profiles.yaml): "
+                        "fit the device model, predict each published model in-sample and leave-one-out, run its "
+                        "graph on the emulated edge, and predict DeiT-Tiny and DeiT-Small. The first run exports the "
+                        "published models (about 1.5 GB under ~/.cache/askexpert/reference; needs torch).")
+    c.add_argument("--device", action="append", help="a profile (repeatable; default: every profile with a table)")
+    c.add_argument("--runs", type=int, default=3, help="timed runs a model on the emulated edge (median; default 3)")
+    c.add_argument("--out", type=Path, help="write summary.json and summary.md here")
+    c.add_argument("--no-emulate", action="store_true", help="the fit and its validation only")
+    c.add_argument("--refresh", action="store_true",
+                   help="export the published models again and rewrite costs/reference_graphs.json")
+    c.set_defaults(func=cmd_testbed_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one function a command (above) adds its parser."""
     parser = argparse.ArgumentParser(
@@ -1293,6 +1350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact)
     _demo_command(sub)
     _train_command(sub, exact)
+    _testbed_command(sub, exact)
     _partition_command(sub)
     _evaluate_system_command(sub)
     _build_system_command(sub)

@@ -91,6 +91,42 @@ class SpeedProfile:
     threads: int
     source: str | None
     energy_profile: str | None = None
+    transformer: bool = False  # the published table holds a transformer
+    published: dict | None = None  # {runtime, threads, source, ms: {model: ms}}: the device model's data
+    scalar: dict | None = None  # {benchmark, events_per_s, source}: scalar code's speed on the device
+
+    @property
+    def published_ms(self) -> dict[str, float]:
+        return {k: float(v) for k, v in ((self.published or {}).get("ms") or {}).items()}
+
+    def device_model(self):
+        """The device model fitted to the published table (:mod:`askexpert.costs.device_model`), or a
+        ConfigError naming the fix where the profile has none."""
+        from askexpert.costs.device_model import fit, reference_features
+
+        if not self.published_ms or not (self.published or {}).get("source"):
+            raise ConfigError(f"edge device {self.name} has no published per-model figures, so no device model",
+                              fix=f"add a sourced `published` table to {self.name} in {PROFILE_FILE}, or use "
+                              "--edge-mode kernel / paced (one reference model's ratio)")
+        return fit(self.name, reference_features(), self.published_ms, self.prior_model())
+
+    def prior_model(self):
+        """For a table without a transformer: the device model of the first profile whose table has one
+        (its op-class proportions, scaled to this device, are the prior); None otherwise."""
+        if self.transformer:
+            return None
+        donor = next((p for p in map(edge_speed, edge_speed_names()) if p.transformer and p.published_ms), None)
+        return donor.device_model() if donor is not None else None
+
+    @property
+    def caveat(self) -> str | None:
+        """What a report using this profile must say about its device model, if anything."""
+        if not self.published_ms:
+            return f"{self.name} has no published per-model table: no device model"
+        if not self.transformer:
+            return (f"{self.name}'s published table has no transformer: its device model prices a ViT's dense and "
+                    "attention layers from the CNNs' fully connected layers alone")
+        return None
 
     def check(self) -> SpeedProfile:
         if self.reference_ms is None or not self.source:

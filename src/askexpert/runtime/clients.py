@@ -28,6 +28,7 @@ from pydantic import TypeAdapter
 from askexpert.contract.codecs import Encoding, pillow
 from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, encode_images
 from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.pacing import dilated
 
 
 class ExpertUnavailable(RuntimeError):
@@ -270,12 +271,12 @@ class HttpExpertClient:
     def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
         self._ensure_trusted()
         t0 = time.perf_counter()
-        body, headers = encode_images(images, self.encoding)
+        body, headers = dilated(lambda: encode_images(images, self.encoding))
         t1 = time.perf_counter()
         url = self._urls.get(expert_id)
         if url is None:
             url = self._urls[expert_id] = httpx.URL(f"{self.base_url}/v1/experts/{expert_id}/infer?topk={self.topk}")
-        resp = self._request("POST", url, content=body, headers=headers)
+        resp = dilated(lambda: self._request("POST", url, content=body, headers=headers))
         t2 = time.perf_counter()
         parsed = self._parse(f"expert {expert_id}'s answer", resp, InferResponse.model_validate_json)
         link_ms = 0.0

@@ -23,7 +23,7 @@ class OnnxGeneralist:
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        path = Path(path)
+        path = self.path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"no ONNX model at {path}", fix="create it with: askexpert export-onnx CHECKPOINT")
         options = ort.SessionOptions()
@@ -42,4 +42,4 @@ class OnnxGeneralist:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images)
-        return paced(lambda: self.session.run(None, {"images": x})[0])
+        return paced(lambda: self.session.run(None, {"images": x})[0], self.path, len(x))

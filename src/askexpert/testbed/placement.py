@@ -35,12 +35,12 @@ from askexpert.errors import AskExpertError
 from askexpert.testbed.cgroups import CpuCgroup, find_controller, remove_stale
 from askexpert.testbed.reference import ensure_reference
 
-Mode = Literal["auto", "kernel", "paced"]
+Mode = Literal["auto", "model", "kernel", "paced"]
 DEFAULT_PERIOD_US = 5_000
 TOLERANCE = 0.10  # correct the speed when a check is further than this from the device (the host drifts)
 
-LABELS = {"host": "host CPU (no edge emulation)", "kernel-throttled": "emulated edge (kernel-throttled)",
-          "paced": "emulated edge (paced)"}
+LABELS = {"host": "host CPU (no edge emulation)", "device-model": "emulated edge (device model)",
+          "kernel-throttled": "emulated edge (kernel-throttled)", "paced": "emulated edge (paced)"}
 
 
 def _cores() -> list[int]:
@@ -52,7 +52,7 @@ class Placement:
     """How the edge and the server were placed and how fast the edge was made, with what was measured."""
 
     device: str
-    mode: str  # host | kernel-throttled | paced
+    mode: str  # host | device-model | kernel-throttled | paced
     edge_cores: list[int]
     server_cores: list[int]
     description: str = "the host's CPU"
@@ -68,6 +68,10 @@ class Placement:
     pace_factor: float | None = None
     adjustments: list[dict] = field(default_factory=list)  # corrections: when, before and after
     checks: list[dict] = field(default_factory=list)  # every calibration check (the bench: one per measurement)
+    device_model: dict | None = None  # device-model mode: the fitted op-class costs
+    scalar_ratio: float | None = None  # device-model mode: how much slower the device runs scalar code
+    scalar_host_eps: float | None = None  # sysbench cpu on the edge core, events/s
+    caveat: str | None = None  # what every report using this placement must say about its device model
 
     @property
     def label(self) -> str:
@@ -97,6 +101,16 @@ class Placement:
     def describe(self) -> str:
         if self.mode == "host":
             return f"{self.label}: edge and server share the host's cores {self.edge_cores}"
+        if self.mode == "device-model":
+            scalar = (f"other edge work dilated x{self.scalar_ratio:.2f} (sysbench cpu: {self.scalar_host_eps:.0f} "
+                      f"events/s on the edge core)" if self.scalar_ratio and self.scalar_ratio > 1
+                      else "other edge work at the host's speed (no sourced scalar figure for this device)")
+            return (f"{self.label} as {self.device} ({self.description}): edge on core(s) {self.edge_cores}, server "
+                    f"on core(s) {self.server_cores}; each model call lasts the device model's prediction (op "
+                    f"classes fitted to {len(self.device_model['fitted_on'])} published models), {scalar}; "
+                    f"{self.reference} {self.host_ms:.1f} ms on the host -> {self.achieved_ms:.1f} ms emulated vs "
+                    f"{self.device_ms:.1f} ms published ({self.error_pct:+.1f}%)"
+                    + (f". Caveat: {self.caveat}" if self.caveat else ""))
         how = (f"{self.controller}, quota {self.quota_us} us every {self.period_us} us "
                f"({100 * self.quota_us / self.period_us:.1f}% of a core), each model call at least its CPU time "
                f"x{self.pace_factor:.2f}" if self.mode == "kernel-throttled"
@@ -111,14 +125,34 @@ class DeviceTooFast(AskExpertError):
     pass
 
 
+def sysbench_events_per_s(cores: list[int], seconds: int = 2) -> float:
+    """sysbench 1.0's single-thread CPU benchmark on ``cores`` (events per second): the host's side of
+    the device's scalar slowdown."""
+    import shutil
+
+    exe = shutil.which("sysbench")
+    if exe is None:
+        raise AskExpertError("the emulated edge slows its non-model work by the device's sysbench figure, and "
+                             "sysbench is not installed", fix="apt-get install sysbench (Debian/Ubuntu), or "
+                             "--edge-mode paced (model calls only)")
+    out = subprocess.run(["taskset", "-c", ",".join(map(str, cores)), exe, "cpu", "--threads=1",
+                          f"--time={seconds}", "run"] if shutil.which("taskset") else
+                         [exe, "cpu", "--threads=1", f"--time={seconds}", "run"],
+                         capture_output=True, text=True, timeout=60 + seconds, check=True).stdout
+    for line in out.splitlines():
+        if "events per second" in line:
+            return float(line.split(":")[1])
+    raise AskExpertError(f"sysbench printed no 'events per second': {out[-300:]}", fix="check `sysbench cpu run`")
+
+
 class EmulatedEdge:
     """The edge's process and its placement; a context manager that always cleans up."""
 
     def __init__(self, device: str | SpeedProfile = "host", *, mode: Mode = "auto",
                  period_us: int = DEFAULT_PERIOD_US, calibration_runs: int = 11) -> None:
         """``device``: ``host``, a speed profile's name (``costs/profiles.yaml``) or a :class:`SpeedProfile`."""
-        if mode not in ("auto", "kernel", "paced"):
-            raise AskExpertError(f"unknown emulation mode {mode!r}", fix="use auto, kernel or paced")
+        if mode not in ("auto", "model", "kernel", "paced"):
+            raise AskExpertError(f"unknown emulation mode {mode!r}", fix="use auto (= model), model, kernel or paced")
         self.profile = (device.check() if isinstance(device, SpeedProfile)
                         else None if device == "host" else edge_speed(device))
         device = self.profile.name if self.profile else "host"
@@ -239,7 +273,12 @@ class EmulatedEdge:
 
     def reference_times(self, runs: int | None = None) -> tuple[float, float]:
         """Median wall-clock and CPU milliseconds of the reference workload on the edge."""
-        return self._request("reference", self._reference_path, runs or self.runs)
+        return self.graph_times(self._reference_path, runs)
+
+    def graph_times(self, path, runs: int | None = None) -> tuple[float, float]:
+        """Median wall-clock and CPU milliseconds of one batch-1 call of the ONNX graph at ``path`` on the edge
+        (random input, after two warm-up calls)."""
+        return self._request("reference", path, runs or self.runs)
 
     # ---- calibration --------------------------------------------------------------------------
     def _calibrate(self) -> None:
@@ -252,6 +291,10 @@ class EmulatedEdge:
             raise DeviceTooFast(f"{self.device} runs {profile.reference} in {p.device_ms:.1f} ms, this host's edge "
                                 f"core in {p.host_ms:.1f} ms: a faster device cannot be emulated by slowing this one",
                                 fix="pick a slower device profile or --edge-device host")
+        if self.mode in ("auto", "model"):
+            self._use_device_model()
+            self.recalibrate("start")
+            return
         controller, why = (None, "paced mode asked for") if self.mode == "paced" else find_controller()
         if controller is None and self.mode == "kernel":
             raise AskExpertError(f"no writable CPU controller: {why}", fix="run as root, or use the paced mode")
@@ -267,6 +310,17 @@ class EmulatedEdge:
             self.cgroup.add(self.pid)
         self._set_pace(p.device_ms / host_cpu)
         self.recalibrate("start")
+
+    def _use_device_model(self) -> None:
+        """Every model call at the device model's prediction, other work dilated by the scalar ratio."""
+        p, profile = self.placement, self.profile
+        model = profile.device_model()
+        p.mode, p.device_model, p.caveat = "device-model", model.to_dict(), profile.caveat
+        p.scalar_ratio, p.scalar_host_eps = 1.0, None
+        if profile.scalar:
+            p.scalar_host_eps = sysbench_events_per_s(self.edge_cores)
+            p.scalar_ratio = max(p.scalar_host_eps / float(profile.scalar["events_per_s"]), 1.0)
+        self._request("device", p.device_model, p.scalar_ratio)
 
     def _set_pace(self, factor: float) -> None:
         self.placement.pace_factor = factor
@@ -285,6 +339,10 @@ class EmulatedEdge:
             return None
         p = self.placement
         wall, cpu = self.reference_times()
+        if p.mode == "device-model":  # nothing to correct: a call lasts its prediction unless the host is slower
+            p.achieved_ms = wall
+            p.checks.append({"at": at, "achieved_ms": wall})
+            return wall
         if abs(wall / p.device_ms - 1) > TOLERANCE:
             first = wall
             self._set_pace(p.device_ms / cpu)

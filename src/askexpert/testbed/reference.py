@@ -18,15 +18,108 @@ from askexpert.errors import AskExpertError
 from askexpert.paths import user_cache_dir
 from askexpert.runtime.pacing import paced
 
-REFERENCES = {"resnet18": (3, 224)}  # name -> (channels, size) of its input
+# The published models, by the name the device tables use (Tencent ncnn's benchmark), each built here with
+# random weights as the closest public definition: (library, constructor, input size). ncnn's graphs come
+# from Caffe and other sources; these are the same architectures, not the same files (docs/testbed.md).
+REFERENCES = {
+    "squeezenet": ("torchvision", "squeezenet1_1", 227),
+    "mobilenet": ("timm", "mobilenetv1_100", 224),
+    "mobilenet_v2": ("torchvision", "mobilenet_v2", 224),
+    "mobilenet_v3": ("torchvision", "mobilenet_v3_large", 224),
+    "shufflenet_v2": ("torchvision", "shufflenet_v2_x1_0", 224),
+    "mnasnet": ("torchvision", "mnasnet1_0", 224),
+    "efficientnet_b0": ("torchvision", "efficientnet_b0", 224),
+    "regnety_400m": ("torchvision", "regnet_y_400mf", 224),
+    "googlenet": ("caffe", "bvlc_googlenet", 224),
+    "resnet18": ("torchvision", "resnet18", 224),
+    "alexnet": ("caffe", "bvlc_alexnet", 227),
+    "vgg16": ("torchvision", "vgg16", 224),
+    "resnet50": ("torchvision", "resnet50", 224),
+    # ViT-B/32 at 384 x 384 (ncnn's vision_transformer): torchvision's VisionTransformer at that size
+    "vision_transformer": ("torchvision-vit", "vit_b_32", 384),
+    # not in any published table: the paper's edge generalist and experts, predicted from the device models
+    "deit_tiny": ("timm", "deit_tiny_patch16_224", 224),
+    "deit_small": ("timm", "deit_small_patch16_224", 224),
+}
 
 
 def reference_path(name: str) -> Path:
     return user_cache_dir() / "reference" / f"{name}-fp32-b1.onnx"
 
 
+def _build(name: str):
+    library, constructor, size = REFERENCES[name]
+    import torch
+
+    torch.manual_seed(0)
+    if library == "caffe":
+        return (_bvlc_alexnet() if constructor == "bvlc_alexnet" else _bvlc_googlenet()), size
+    if library == "timm":
+        import timm
+
+        return timm.create_model(constructor, pretrained=False).eval(), size
+    import torchvision
+
+    if library == "torchvision-vit":
+        return torchvision.models.VisionTransformer(image_size=size, patch_size=32, num_layers=12, num_heads=12,
+                                                    hidden_dim=768, mlp_dim=3072).eval(), size
+    kwargs = {"aux_logits": False, "init_weights": False} if constructor == "googlenet" else {}
+    return torchvision.models.get_model(constructor, weights=None, **kwargs).eval(), size
+
+
+def _bvlc_alexnet():
+    """Caffe's BVLC AlexNet (ncnn's alexnet): 96 first filters, local response normalisation, two-group
+    convolutions 2, 4 and 5, 227 x 227 input; torchvision's AlexNet is the one-group variant without LRN."""
+    from torch import nn
+
+    def block(cin, cout, k, *, stride=1, pad=0, groups=1, lrn=False, pool=False):
+        layers = [nn.Conv2d(cin, cout, k, stride, pad, groups=groups), nn.ReLU()]
+        layers += [nn.LocalResponseNorm(5, 1e-4, 0.75)] if lrn else []
+        layers += [nn.MaxPool2d(3, 2)] if pool else []
+        return layers
+
+    return nn.Sequential(*block(3, 96, 11, stride=4, lrn=True, pool=True),
+                         *block(96, 256, 5, pad=2, groups=2, lrn=True, pool=True), *block(256, 384, 3, pad=1),
+                         *block(384, 384, 3, pad=1, groups=2), *block(384, 256, 3, pad=1, groups=2, pool=True),
+                         nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                         nn.Linear(4096, 1000)).eval()
+
+
+def _bvlc_googlenet():
+    """Caffe's BVLC GoogLeNet (ncnn's googlenet): local response normalisation, true 5x5 branches, no batch
+    normalisation; torchvision's GoogLeNet has batch norm and 3x3 convolutions in its "5x5" branches."""
+    import torch
+    from torch import nn
+
+    def conv(cin, cout, k, stride=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2), nn.ReLU())
+
+    class Inception(nn.Module):
+        def __init__(self, cin, c1, r3, c3, r5, c5, cp):
+            super().__init__()
+            self.b1, self.b3 = conv(cin, c1, 1), nn.Sequential(conv(cin, r3, 1), conv(r3, c3, 3))
+            self.b5 = nn.Sequential(conv(cin, r5, 1), conv(r5, c5, 5))
+            self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(cin, cp, 1))
+
+        def forward(self, x):
+            return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+    def pool():
+        return nn.MaxPool2d(3, 2, ceil_mode=True)
+
+    return nn.Sequential(
+        conv(3, 64, 7, 2), pool(), nn.LocalResponseNorm(5, 1e-4, 0.75), conv(64, 64, 1), conv(64, 192, 3),
+        nn.LocalResponseNorm(5, 1e-4, 0.75), pool(),
+        Inception(192, 64, 96, 128, 16, 32, 32), Inception(256, 128, 128, 192, 32, 96, 64), pool(),
+        Inception(480, 192, 96, 208, 16, 48, 64), Inception(512, 160, 112, 224, 24, 64, 64),
+        Inception(512, 128, 128, 256, 24, 64, 64), Inception(512, 112, 144, 288, 32, 64, 64),
+        Inception(528, 256, 160, 320, 32, 128, 128), pool(),
+        Inception(832, 256, 160, 320, 32, 128, 128), Inception(832, 384, 192, 384, 48, 128, 128),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000)).eval()
+
+
 def ensure_reference(name: str) -> Path:
-    """The reference model's ONNX file, exported now (needs torch and torchvision) if not cached."""
+    """The published model's ONNX file, exported now (needs torch, torchvision and timm) if not cached."""
     if name not in REFERENCES:
         raise AskExpertError(f"no reference workload {name!r}", fix=f"use one of: {', '.join(REFERENCES)}")
     path = reference_path(name)
@@ -34,20 +127,22 @@ def ensure_reference(name: str) -> Path:
         return path
     try:
         import torch
-        import torchvision
     except ImportError as err:
         raise AskExpertError(f"the reference workload {name} is not cached at {path} and exporting it needs torch "
                              f"({err})", fix="run once on a full install: pip install 'askexpert[all]' && "
                              "askexpert edge SYSTEM --device DEVICE (it caches the file), or copy the file there"
                              ) from err
-    channels, size = REFERENCES[name]
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    model, size = _build(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(1, channels, size, size),), str(tmp), input_names=["x"],
-                          output_names=["y"], dynamo=False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # attention as plain ops: the fused kernel has no ONNX form
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(tmp), input_names=["x"],
+                              output_names=["y"], dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     tmp.replace(path)
     return path
 
@@ -58,6 +153,7 @@ class ReferenceWorkload:
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
 
+        self.path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -71,7 +167,7 @@ class ReferenceWorkload:
     def run_once(self) -> tuple[float, float]:
         """Wall-clock and CPU milliseconds of one batch-1 inference."""
         t0, c0 = time.perf_counter(), time.process_time()
-        paced(lambda: self.session.run(None, {self.name: self.x}))
+        paced(lambda: self.session.run(None, {self.name: self.x}), self.path)
         return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
 
     def time_ms(self, runs: int = 7, warmup: int = 2) -> float:
@@ -84,3 +180,22 @@ class ReferenceWorkload:
             self.run_once()
         walls, cpus = zip(*(self.run_once() for _ in range(runs)), strict=True)
         return statistics.median(walls), statistics.median(cpus)
+
+
+def refresh_features(progress=None) -> Path:
+    """Export every published model (``REFERENCES``), read its op-class features and write them to
+    ``costs/reference_graphs.json`` (what a device model is fitted on without torch)."""
+    import json
+
+    from askexpert.costs.device_model import FEATURE_FILE, graph_features
+
+    models = {}
+    for name, (library, constructor, size) in REFERENCES.items():
+        if progress is not None:
+            progress(name)
+        models[name] = {"built_as": f"{library}:{constructor}", "input": [1, 3, size, size],
+                        "features": graph_features(ensure_reference(name)).to_dict()}
+    FEATURE_FILE.write_text(json.dumps({"note": "op-class work at batch 1 of each published model's graph, written "
+                                        "by `askexpert testbed check --refresh` (askexpert.testbed.reference)",
+                                        "models": models}, indent=1) + "\n")
+    return FEATURE_FILE

@@ -1,6 +1,7 @@
 """The edge's own process: pinned to the edge core, running whatever the placement sends it.
 
-It answers three requests over a pipe: time the reference workload, set the pace factor, and call a
+It answers four requests over a pipe: time the reference workload, set the pace factor or the device
+model, and call a
 module-level function with keyword arguments (the edge runner, a bench system). Exceptions come
 back as they are (pickled), so the caller sees the edge's own error. Torch-free by construction:
 the edge imports what the deployed edge imports.
@@ -41,6 +42,11 @@ def worker_main(conn, cores: list[int]) -> None:
                 from askexpert.runtime.pacing import set_pace
 
                 set_pace(request[1])
+                result = None
+            elif kind == "device":
+                from askexpert.runtime.pacing import set_device
+
+                set_device(request[1], request[2])
                 result = None
             elif kind == "call":
                 fn, kwargs = request[1], request[2]

@@ -1,0 +1,151 @@
+"""The device model: op classes read from a graph, a non-negative fit to a published table, leave-one-out,
+a model call paced to its prediction, and the refusal of a profile with no figures."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from askexpert.costs.device_model import OP_CLASSES, DeviceModel, GraphFeatures, fit, graph_features, validate
+from askexpert.costs.profiles import SpeedProfile, edge_speed, edge_speed_names
+from askexpert.errors import ConfigError
+from askexpert.runtime import pacing
+
+
+def _graph(path):
+    """A hand-built ONNX graph with one op of each class at known sizes (batch 1)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def w(name, *shape):
+        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w3"], ["a"], pads=[1, 1, 1, 1]),  # 3x3 s1: 8*4*9 * 8*8 MACs
+        helper.make_node("Relu", ["a"], ["b"]),  # 8*8*8 floats written
+        helper.make_node("Conv", ["b", "w1"], ["c"]),  # 1x1: 16*8 * 8*8
+        helper.make_node("Conv", ["c", "wd"], ["d"], group=16, pads=[1, 1, 1, 1]),  # depthwise: 16*9 * 8*8
+        helper.make_node("Reshape", ["d", "shape"], ["e"]),  # a view: not counted
+        helper.make_node("MatMul", ["e", "wl"], ["f"]),  # dense: 16 rows x 64 -> 32
+        helper.make_node("Transpose", ["f"], ["ft"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["f", "ft"], ["y"]),  # attention: 16x32 by 32x16
+    ]
+    inits = [w("w3", 8, 4, 3, 3), w("w1", 16, 8, 1, 1), w("wd", 16, 1, 3, 3), w("wl", 64, 32),
+             numpy_helper.from_array(np.array([1, 16, 64], np.int64), "shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_graph_is_read_as_op_classes_at_batch_one(tmp_path):
+    f = graph_features(_graph(tmp_path / "g.onnx")).values
+    assert f["conv_3x3"] == pytest.approx(8 * 4 * 9 * 64 / 1e6)
+    assert f["conv_pointwise"] == pytest.approx(16 * 8 * 64 / 1e6)
+    assert f["conv_grouped"] == pytest.approx(16 * 9 * 64 / 1e6)
+    assert f["dense"] == pytest.approx(16 * 64 * 32 / 1e6)
+    assert f["attention"] == pytest.approx(16 * 32 * 16 / 1e6)
+    assert f["conv_spatial"] == 0
+    assert f["elementwise"] == pytest.approx(4 * (8 * 64 + 16 * 32) / 1e6)  # the Relu and the Transpose
+    assert f["layers"] == 7  # every op but the Reshape (a view)
+
+
+COEF = {"conv_3x3": 0.1, "conv_pointwise": 0.2, "dense": 0.5, "elementwise": 1.0, "layers": 0.3}
+
+
+def _table():
+    """Hand-made models and their times under known op-class costs (``COEF``)."""
+    rows = {"a": {"conv_3x3": 1000, "layers": 40, "elementwise": 10}, "b": {"conv_pointwise": 300, "layers": 100},
+            "c": {"conv_3x3": 200, "conv_pointwise": 100, "elementwise": 30, "layers": 60},
+            "d": {"dense": 50, "conv_3x3": 500, "layers": 20, "elementwise": 5},
+            "e": {"dense": 400, "layers": 200, "elementwise": 40}, "f": {"conv_pointwise": 800, "layers": 30}}
+    feats = {n: GraphFeatures({c: float(v.get(c, 0)) for c in OP_CLASSES}) for n, v in rows.items()}
+    truth = DeviceModel("hand", {c: COEF.get(c, 0.0) for c in OP_CLASSES}, tuple(rows))
+    return feats, {n: truth.predict_ms(f) for n, f in feats.items()}
+
+
+def test_the_fit_recovers_a_hand_made_table():
+    feats, published = _table()
+    model = fit("hand", feats, published)
+    for c in OP_CLASSES:
+        assert model.coef[c] == pytest.approx(COEF.get(c, 0.0), abs=1e-6)
+    assert all(model.coef[c] >= 0 for c in OP_CLASSES)
+
+
+def test_leave_one_out_refits_without_the_model():
+    feats, published = _table()
+    published = {**published, "e": published["e"] * 1.5}  # one figure off the others' costs
+    rows = {r.model: r for r in validate("hand", feats, published)}
+    rest = fit("hand", feats, {n: v for n, v in published.items() if n != "e"})
+    assert rows["e"].loo_ms == pytest.approx(rest.predict_ms(feats["e"]))
+    assert rows["e"].loo_error_pct == pytest.approx(100 * (rest.predict_ms(feats["e"]) / published["e"] - 1))
+    assert rows["a"].predicted_ms == pytest.approx(fit("hand", feats, published).predict_ms(feats["a"]))
+    assert abs(rows["e"].loo_error_pct) > abs(rows["e"].error_pct)  # held out, it is predicted worse
+
+
+def test_a_model_call_lasts_its_prediction_on_a_fake_clock(tmp_path):
+    path = _graph(tmp_path / "g.onnx")
+    feats = graph_features(path)
+    model = DeviceModel("hand", {c: 1.0 for c in OP_CLASSES}, ("a",))
+    now, slept = [0.0], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    pacing.use_clock(lambda: now[0], sleep)
+    try:
+        pacing.set_device(model)
+        predicted = model.predict_ms(feats)
+
+        def call(ms):
+            now[0] += ms / 1000
+            return "answer"
+
+        assert pacing.paced(lambda: call(2.0), path, 3) == "answer"  # three images: three batch-1 calls
+        assert sum(slept) == pytest.approx((3 * predicted - 2.0) / 1000)
+        assert pacing.device_ms(path, 3) == pytest.approx(3 * predicted)
+        slept.clear()
+        pacing.paced(lambda: call(3 * predicted + 5), path, 3)  # the host slower than the device: no sleep
+        assert slept == []
+        pacing.set_device(None)
+        pacing.paced(lambda: call(1.0), path)
+        assert slept == []  # no device model: the call runs as it is
+    finally:
+        pacing.set_device(None)
+        pacing.use_clock(time.perf_counter, time.sleep)
+
+
+def test_other_work_is_dilated_by_its_cpu_time():
+    slept = []
+    pacing.use_clock(time.perf_counter, slept.append)
+    try:
+        pacing.set_device(None, scalar_ratio=3.0)
+        c0 = time.process_time()
+        pacing.dilated(lambda: sum(i * i for i in range(300_000)))
+        used = time.process_time() - c0
+        assert len(slept) == 1 and 0 < slept[0] <= 2.0 * used + 1e-9
+    finally:
+        pacing.set_device(None)
+        pacing.use_clock(time.perf_counter, time.sleep)
+
+
+def test_a_profile_without_published_figures_is_refused_with_its_fix():
+    bare = SpeedProfile("bare", "no table", "resnet18", reference_ms=100.0, threads=1, source="a test")
+    with pytest.raises(ConfigError, match="no published per-model figures") as err:
+        bare.device_model()
+    assert "published" in err.value.fix and "--edge-mode kernel" in err.value.fix
+    with pytest.raises(ConfigError, match="at least two"):
+        fit("one", {"a": GraphFeatures({"layers": 1.0})}, {"a": 5.0})
+
+
+def test_every_shipped_table_fits_and_says_whether_it_holds_a_transformer():
+    for name in edge_speed_names():
+        p = edge_speed(name)
+        assert p.published_ms and "http" in p.published["source"] and p.published["threads"] >= 1
+        model = p.device_model()
+        assert set(model.fitted_on) == set(p.published_ms)  # every published model has its graph's features
+        assert (p.caveat is None) == p.transformer and (p.prior_model() is None) == p.transformer
+    assert edge_speed("rpi4").transformer and "vision_transformer" in edge_speed("rpi4").published_ms
