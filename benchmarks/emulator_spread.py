@@ -1,12 +1,14 @@
 """Benchmark: how far the same edge run moves on the emulated device when repeated in one placement.
 
     python benchmarks/emulator_spread.py --bundle BUNDLE [--device rpi4] [--runs 4] [--images 1000]
+                                         [--edge-mode model|kernel|paced] [--images-file split:test]
 
 The bundle served on the server cores, the edge emulated as ``--device`` on its core, the same fixed tau,
 link and images ``--runs`` times back to back (no recalibration between them): each run's p95 latency
 and edge energy (Raspberry Pi 4 power, wifi radio), and the reference workload's time before it. The
 spread is the floor under any prediction on this testbed (BENCHMARKS.md, "Operating points that hold").
-Without --images-file it reads the operating-points benchmark's test images.
+Without --images-file it reads the operating-points benchmark's test images where they exist, else the
+generalist's own test split. ``--edge-mode``: the device model (default) or the older one-ratio emulation.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ def main() -> None:
     ap.add_argument("--device", default="rpi4")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--images-file", type=Path, default=Path("runs/operating-points/test.npz"))
+    ap.add_argument("--images-file", default=None)
     ap.add_argument("--link", default="wifi")
+    ap.add_argument("--edge-mode", default="model", choices=["model", "kernel", "paced"])
+    ap.add_argument("--out", type=Path, help="write the runs and the placement here (JSON)")
     args = ap.parse_args()
+    images = args.images_file or ("runs/operating-points/test.npz" if Path("runs/operating-points/test.npz").is_file()
+                                  else "split:test")
     rows = []
-    with EmulatedEdge(args.device) as edge, ServerProcess(args.bundle, threads=1, cpus=edge.server_cores,
-                                                          extra_args=["--no-general"]) as url:
-        s = EdgeSettings(system=args.bundle, server=url, inputs=[str(args.images_file)], limit=args.images,
+    with EmulatedEdge(args.device, mode=args.edge_mode) as edge, \
+            ServerProcess(args.bundle, threads=1, cpus=edge.server_cores, extra_args=["--no-general"]) as url:
+        s = EdgeSettings(system=args.bundle, server=url, inputs=[str(images)], limit=args.images,
                          threads=edge_speed(args.device).threads, link=parse_link(args.link))
         for i in range(args.runs):
             ref = edge.reference_ms()
@@ -49,10 +55,17 @@ def main() -> None:
             rows.append(row)
             print(f"run {i}: reference {ref:.0f} ms, offload {row['offload_rate']:.1f}%, p95 {row['p95_ms']:.1f} ms, "
                   f"generalist mean {row['edge_ms']:.2f} ms, edge {row['edge_mj']:.1f} mJ", flush=True)
+    spread = {}
     for key in ("p95_ms", "edge_mj"):
         v = [r[key] for r in rows]
-        print(f"{key}: {min(v):.1f}..{max(v):.1f} (+/- {50 * (max(v) - min(v)) / np.mean(v):.1f}% about the mean)")
-    print(json.dumps({"placement": edge.placement.to_dict(), "runs": rows}))
+        spread[key] = 50 * (max(v) - min(v)) / np.mean(v)
+        print(f"{key}: {min(v):.1f}..{max(v):.1f} (+/- {spread[key]:.1f}% about the mean)")
+    out = {"edge_mode": args.edge_mode, "bundle": str(args.bundle), "images": images, "placement":
+           edge.placement.to_dict(), "runs": rows, "spread_pct": spread}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

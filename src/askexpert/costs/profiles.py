@@ -125,7 +125,8 @@ class SpeedProfile:
             return f"{self.name} has no published per-model table: no device model"
         if not self.transformer:
             return (f"{self.name}'s published table has no transformer: its device model prices a ViT's dense and "
-                    "attention layers from the CNNs' fully connected layers alone")
+                    "attention layers from its CNNs' layers, leaning on the op-class costs of a profile whose table "
+                    "has one (scaled to this device)")
         return None
 
     def check(self) -> SpeedProfile:

@@ -60,7 +60,7 @@ def _md(result: dict) -> str:
     for p in result["profiles"]:
         lines += [f"## {p['device']}: {p['description']}", "", f"Data: {p['published']['source']}", ""]
         if p["caveat"]:
-            lines += [f"**Caveat:** {p['caveat']} (prior: {p['prior']}'s op-class costs, scaled).", ""]
+            lines += [f"**Caveat:** {p['caveat']} (here: {p['prior']}).", ""]
         if p["not_emulated"]:
             lines += [f"Not emulated on this host: {p['not_emulated']}", ""]
         lines += ["| model | published ms | emulated ms | in-sample ms | error | leave-one-out ms | error |",
