@@ -51,10 +51,13 @@ def main() -> None:
             row = {"run": i, "reference_ms": ref, "offload_rate": rep.summary.offload_rate,
                    "p95_ms": rep.summary.latency_ms.p95,
                    "edge_ms": float(np.mean([t.edge_ms for t in rep.traces])),
-                   "edge_mj": edge_mj_per_image(rep.traces, device("raspberry-pi-4"), network("wifi"))}
+                   "edge_mj": edge_mj_per_image(rep.traces, device("raspberry-pi-4"), network("wifi")),
+                   "offloaded_breakdown_ms": rep.summary.breakdown_ms_offloaded}
             rows.append(row)
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in row["offloaded_breakdown_ms"].items())
             print(f"run {i}: reference {ref:.0f} ms, offload {row['offload_rate']:.1f}%, p95 {row['p95_ms']:.1f} ms, "
-                  f"generalist mean {row['edge_ms']:.2f} ms, edge {row['edge_mj']:.1f} mJ", flush=True)
+                  f"generalist mean {row['edge_ms']:.2f} ms, edge {row['edge_mj']:.1f} mJ; an offload's parts: {parts}",
+                  flush=True)
     spread = {}
     for key in ("p95_ms", "edge_mj"):
         v = [r[key] for r in rows]

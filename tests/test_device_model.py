@@ -149,3 +149,29 @@ def test_every_shipped_table_fits_and_says_whether_it_holds_a_transformer():
         assert set(model.fitted_on) == set(p.published_ms)  # every published model has its graph's features
         assert (p.caveat is None) == p.transformer and (p.prior_model() is None) == p.transformer
     assert edge_speed("rpi4").transformer and "vision_transformer" in edge_speed("rpi4").published_ms
+
+
+def test_a_chain_of_pointwise_ops_counts_once_however_it_was_exported(tmp_path):
+    """GELU as one op (opset 20) and as erf, add and multiplies (what older exporters write): one pass over
+    memory either way, so one price."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def save(nodes, inits, name, opset):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        path = tmp_path / name
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+        return graph_features(path).values
+
+    w = numpy_helper.from_array(np.zeros((64, 64), np.float32), "w")
+    one = save([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gelu", ["h"], ["g"]),
+                helper.make_node("MatMul", ["g", "w"], ["y"])], [w], "one.onnx", 20)
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+              (("r2", 1.4142135), ("one", 1.0), ("half", 0.5))]
+    chain = save([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "r2"], ["a"]),
+                  helper.make_node("Erf", ["a"], ["b"]), helper.make_node("Add", ["b", "one"], ["c"]),
+                  helper.make_node("Mul", ["h", "c"], ["d"]), helper.make_node("Mul", ["d", "half"], ["g"]),
+                  helper.make_node("MatMul", ["g", "w"], ["y"])], [w, *consts], "chain.onnx", 17)
+    assert one == chain
+    assert one["elementwise"] == pytest.approx(4 * 16 * 64 / 1e6) and one["layers"] == 3

@@ -477,8 +477,8 @@ def _add_edge_device_flags(p: argparse.ArgumentParser, flag: str, default: str =
     from askexpert.costs.profiles import edge_speed_names
 
     p.add_argument(flag, default=default, choices=["host", *edge_speed_names()],
-                   help="emulate this edge device on one core of this host, slowed by the kernel's CPU quota to the "
-                   "device's published speed (costs/profiles.yaml edge_speeds), the server pinned to the other "
+                   help="emulate this edge device on one core of this host, each model call lasting the device "
+                   "model's time for it (costs/profiles.yaml edge_speeds), the server pinned to the other "
                    f"cores; host: the edge runs unthrottled in this process (default: {default})")
     p.add_argument("--edge-mode", default="auto", choices=["auto", "model", "kernel", "paced"],
                    help="how the edge is slowed: model (each model call lasts the device model's prediction for its "

@@ -8,7 +8,7 @@ what it buys against its two alternatives.
    cores the edge does not use.
 4. Stream the test images through the bundle's edge runner (ONNX Runtime), one at a time, over HTTP and
    the emulated link, on an emulated Raspberry Pi 4 by default (:mod:`askexpert.testbed.placement`:
-   kernel-throttled where a CPU controller is writable, paced otherwise; ``host``: unthrottled).
+   each model call at the Pi's device model's time; ``host``: unthrottled).
 5. On the same images and edge: the generalist alone (edge only) and every image to the server's
    general model (full offload).
 6. Print the three side by side (accuracy, latency p50 / p95, edge and total energy, bytes sent) and

@@ -1,7 +1,7 @@
 """``askexpert bench --profile paper-scale``: what the system costs at the paper's scale.
 
 A DeiT-Tiny generalist on the emulated edge device (``rpi4``, ``snapdragon-820``; one core of this
-host, kernel-throttled to the device's published speed) and DeiT-Small experts and general model on
+host, each model call at the device model's time for it: docs/testbed.md) and DeiT-Small experts and general model on
 an expert server pinned to the other core, 224x224x3 images, as a cost bundle
 (:mod:`askexpert.system.costing`: weights untrained unless files are given; accuracy is not measured
 at this scale, the miniature shows it). Per device, over the same natural-photo crops:

@@ -40,8 +40,9 @@ DESCRIBE = {
     "dense": "fully connected layers and matrix products with a weight (Gemm, MatMul by a constant): the "
              "weights streamed once per row",
     "attention": "matrix products of two activations (attention's QK^T and AV)",
-    "elementwise": "every other op's output bytes (normalisation, activation, pooling, softmax, copies)",
-    "layers": "ops that compute (not shape bookkeeping)",
+    "elementwise": "every other op's output bytes (normalisation, activation, pooling, softmax, copies; a "
+                   "chain of pointwise ops counts once)",
+    "layers": "ops that compute (not shape bookkeeping; a chain of pointwise ops counts once)",
 }
 VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant"}  # no data moved
 # How hard a table without a transformer leans on the prior device's op-class costs: chosen by the mean
@@ -112,10 +113,10 @@ def graph_features(path: Path | str) -> GraphFeatures:
         if n.op_type in ("Transpose", "Cast", "Identity") and n.input and n.input[0] in constants:
             constants |= set(n.output)
     out = dict.fromkeys(OP_CLASSES, 0.0)
-    fused = _fused_activations(model)
+    fused = _fused(model)
     for node in model.graph.node:
         y = shapes.get(node.output[0]) if node.output else None
-        if node.op_type in VIEWS or node.output[0] in constants or y is None or node.name in fused:
+        if node.op_type in VIEWS or node.output[0] in constants or y is None or node.output[0] in fused:
             continue
         out["layers"] += 1
         if node.op_type == "Conv":
@@ -141,18 +142,23 @@ def graph_features(path: Path | str) -> GraphFeatures:
     return GraphFeatures(out)
 
 
-def _fused_activations(model) -> set[str]:
-    """The Sigmoid nodes of x * sigmoid(x) (SiLU / swish, exported as two ops; one op in a runtime's
-    graph, so its bytes count once)."""
-    by_output = {o: n for n in model.graph.node for o in n.output}
-    fused = set()
-    for node in model.graph.node:
-        if node.op_type == "Mul" and len(node.input) == 2:
-            for a, b in (node.input, node.input[::-1]):
-                s = by_output.get(b)
-                if s is not None and s.op_type == "Sigmoid" and s.input[0] == a:
-                    fused.add(s.name)
-    return fused
+POINTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Exp", "Erf", "Tanh",
+             "Sigmoid", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Min", "Max"}
+
+
+def _fused(model) -> set[str]:
+    """Outputs of pointwise ops whose one consumer is another pointwise op: a runtime runs such a chain as
+    one kernel (a GELU exported as erf, add and multiplies, a SiLU as sigmoid and multiply), so only the
+    chain's last op writes memory and counts. Without this the same model, exported two ways, is priced
+    two ways."""
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    return {n.output[0] for n in model.graph.node
+            if n.op_type in POINTWISE and n.output and n.output[0] not in outputs
+            and len(consumers.get(n.output[0], [])) == 1 and consumers[n.output[0]][0].op_type in POINTWISE}
 
 
 @dataclass(frozen=True)

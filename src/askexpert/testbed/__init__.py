@@ -1,1 +1,1 @@
-"""A kernel-throttled edge next to a pinned server on one host (see :mod:`askexpert.testbed.placement`)."""
+"""An emulated edge device next to a pinned server on one host (see :mod:`askexpert.testbed.placement`)."""

@@ -1,19 +1,21 @@
 """Where the edge and the server run on one host, and how slow the edge is made.
 
 ``with EmulatedEdge("rpi4") as edge:`` starts the edge's own process on one core
-(``sched_setaffinity``), times the device profile's reference workload there at full speed, puts the
-process under a CPU quota (cgroup v2 or v1, whichever is writable) so that the workload runs as fast
-as the device's published figure, measures it again and records target vs achieved
-(:class:`Placement`). ``edge.call(fn, **kw)`` runs ``fn`` in that process; ``edge.server_cores`` is
-where the expert server belongs (:class:`askexpert.serving.process.ServerProcess` ``cpus=``).
+(``sched_setaffinity``), times the device profile's reference workload there at full speed, and slows
+the process to the device (:class:`Placement` records how, with target vs achieved). ``edge.call(fn,
+**kw)`` runs ``fn`` in that process; ``edge.server_cores`` is where the expert server belongs
+(:class:`askexpert.serving.process.ServerProcess` ``cpus=``).
 
-Where no CPU controller is writable (not root, a read-only hierarchy) the edge is *paced* instead:
-each model call is timed and followed by a sleep to the device's speed; every figure is then
-labelled "paced". ``"host"`` keeps today's behaviour: the edge in the calling process, unthrottled.
+Modes. ``model`` (``auto``'s choice): the profile's device model (:mod:`askexpert.costs.device_model`,
+fitted to its published table) is sent to the process, where every model call lasts its prediction and
+other work is dilated by the device's sysbench figure against the host's (:mod:`askexpert.runtime.pacing`).
+The older one-ratio emulation: ``kernel`` puts the process under a CPU quota (cgroup v2 or v1) so the
+reference runs as fast as the device's figure, with each model call floored at its CPU time x that
+ratio; ``paced`` keeps the floor alone (no writable controller needed). ``"host"``: the edge in the
+calling process, unthrottled.
 
-The cgroup is removed, and the edge process stopped, on normal exit, on an exception and on
-SIGINT/SIGTERM (the handler turns SIGTERM into ``SystemExit`` while the placement is open).
-"""
+Any cgroup is removed, and the edge process stopped, on normal exit, on an exception and on
+SIGINT/SIGTERM (the handler turns SIGTERM into ``SystemExit`` while the placement is open)."""
 
 from __future__ import annotations
 
