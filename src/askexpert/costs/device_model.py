@@ -26,24 +26,20 @@ import numpy as np
 
 from askexpert.errors import AskExpertError, ConfigError
 
-# The op classes and their units: multiply-accumulates (millions) for the first five, megabytes written for
+# The op classes and their units: multiply-accumulates (millions) for the first six, megabytes written for
 # "elementwise", a count for "layers" (each a fixed per-op cost: dispatch, packing, a pass over memory).
+#   conv_3x3        3x3 convolutions of stride 1, one group (the Winograd kernels' case)
+#   conv_spatial    other kxk convolutions, k > 1, one group (strided, 5x5, 7x7, patch embeddings)
+#   conv_pointwise  1x1 convolutions, one group (a matrix product over pixels)
+#   conv_grouped    grouped and depthwise convolutions
+#   dense           fully connected layers and matrix products by a weight (Gemm, MatMul by a constant)
+#   attention       matrix products of two activations (attention's QK^T and AV)
+#   elementwise     every other computing op's output bytes (a chain of pointwise ops counts once)
+#   layers          computing ops (not shape bookkeeping; a chain of pointwise ops counts once)
 OP_CLASSES = ("conv_3x3", "conv_spatial", "conv_pointwise", "conv_grouped", "dense", "attention", "elementwise",
               "layers")
-UNITS = {"conv_3x3": "MMAC", "conv_spatial": "MMAC", "conv_pointwise": "MMAC", "conv_grouped": "MMAC", "dense": "MMAC",
-         "attention": "MMAC", "elementwise": "MB", "layers": "ops"}
-DESCRIBE = {
-    "conv_3x3": "3x3 convolutions of stride 1, one group (the Winograd kernels' case)",
-    "conv_spatial": "other convolutions with a kxk kernel, k > 1, one group (strided, 5x5, 7x7, patch embeddings)",
-    "conv_pointwise": "1x1 convolutions, one group (a matrix product over pixels)",
-    "conv_grouped": "grouped and depthwise convolutions",
-    "dense": "fully connected layers and matrix products with a weight (Gemm, MatMul by a constant): the "
-             "weights streamed once per row",
-    "attention": "matrix products of two activations (attention's QK^T and AV)",
-    "elementwise": "every other op's output bytes (normalisation, activation, pooling, softmax, copies; a "
-                   "chain of pointwise ops counts once)",
-    "layers": "ops that compute (not shape bookkeeping; a chain of pointwise ops counts once)",
-}
+UNITS = {"conv_3x3": "MMAC", "conv_spatial": "MMAC", "conv_pointwise": "MMAC", "conv_grouped": "MMAC",
+         "dense": "MMAC", "attention": "MMAC", "elementwise": "MB", "layers": "ops"}
 VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant"}  # no data moved
 # How hard a table without a transformer leans on the prior device's op-class costs: chosen by the mean
 # leave-one-out error over the two such tables (snapdragon-820, jetson-agx-orin-cpu) among 0.01, 0.03, 0.1,

@@ -28,10 +28,10 @@ def check_profile(name: str, *, runs: int = 3, emulate: bool = True, log=print) 
     """One profile's validation rows, emulated where the host is slower than the device allows."""
     profile = edge_speed(name)
     features = reference_features()
-    model = profile.device_model()
+    model, prior = profile.device_model(), profile.prior_model()
     rows = {c.model: {"published_ms": c.published_ms, "predicted_ms": c.predicted_ms, "loo_ms": c.loo_ms,
                       "error_pct": c.error_pct, "loo_error_pct": c.loo_error_pct, "emulated_ms": None}
-            for c in validate(name, features, profile.published_ms, profile.prior_model())}
+            for c in validate(name, features, profile.published_ms, prior)}
     why_not, placement = (None, None) if emulate else ("--no-emulate", None)
     if emulate:
         try:
@@ -48,7 +48,7 @@ def check_profile(name: str, *, runs: int = 3, emulate: bool = True, log=print) 
              for m in PAPER_MODELS if m in features}
     return {"device": name, "description": profile.description, "published": profile.published,
             "transformer_in_table": profile.transformer, "caveat": profile.caveat, "scalar": profile.scalar,
-            "device_model": model.to_dict(), "prior": profile.prior_model().device if profile.prior_model() else None,
+            "device_model": model.to_dict(), "prior": prior.device if prior else None,
             "models": rows, "paper_models": paper, "placement": placement, "not_emulated": why_not,
             "within": {"in_sample": sum(abs(r["error_pct"]) <= IN_SAMPLE for r in rows.values()),
                        "leave_one_out": sum(abs(r["loo_error_pct"]) <= LEAVE_ONE_OUT for r in rows.values()),

@@ -137,10 +137,10 @@ def sysbench_events_per_s(cores: list[int], seconds: int = 2) -> float:
         raise AskExpertError("the emulated edge slows its non-model work by the device's sysbench figure, and "
                              "sysbench is not installed", fix="apt-get install sysbench (Debian/Ubuntu), or "
                              "--edge-mode paced (model calls only)")
-    out = subprocess.run(["taskset", "-c", ",".join(map(str, cores)), exe, "cpu", "--threads=1",
-                          f"--time={seconds}", "run"] if shutil.which("taskset") else
-                         [exe, "cpu", "--threads=1", f"--time={seconds}", "run"],
-                         capture_output=True, text=True, timeout=60 + seconds, check=True).stdout
+    command = [exe, "cpu", "--threads=1", f"--time={seconds}", "run"]
+    if shutil.which("taskset"):  # on the edge core, where the edge's own work will run
+        command = ["taskset", "-c", ",".join(map(str, cores)), *command]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60 + seconds, check=True).stdout
     for line in out.splitlines():
         if "events per second" in line:
             return float(line.split(":")[1])

@@ -1,10 +1,10 @@
-"""The reference workload that ties a device's published speed to this host's edge core.
+"""The published models, built here so their graphs can be read and run on this host.
 
-A speed profile gives a model's published batch-1 latency on the device (``resnet18``: torchvision's
-architecture, fp32, 224x224). Its ONNX graph (weights drawn at random with a fixed seed: latency
-depends on the architecture, not the weights) is exported once with torch and cached under the
-user cache directory, so the edge process times it with ONNX Runtime alone.
-"""
+A device profile's published table (``costs/profiles.yaml``) names models by the device benchmark's names
+(Tencent ncnn's). :data:`REFERENCES` builds each as the closest public definition with weights drawn at
+random with a fixed seed (latency depends on the architecture, not the weights); its ONNX graph is
+exported once with torch and cached under the user cache directory, so the edge process times it with
+ONNX Runtime alone and the device model reads its op classes (:func:`refresh_features`)."""
 
 from __future__ import annotations
 
@@ -63,8 +63,7 @@ def _build(name: str):
     if library == "torchvision-vit":
         return torchvision.models.VisionTransformer(image_size=size, patch_size=32, num_layers=12, num_heads=12,
                                                     hidden_dim=768, mlp_dim=3072).eval(), size
-    kwargs = {"aux_logits": False, "init_weights": False} if constructor == "googlenet" else {}
-    return torchvision.models.get_model(constructor, weights=None, **kwargs).eval(), size
+    return torchvision.models.get_model(constructor, weights=None).eval(), size
 
 
 def _bvlc_alexnet():
