@@ -175,3 +175,17 @@ def test_a_chain_of_pointwise_ops_counts_once_however_it_was_exported(tmp_path):
                   helper.make_node("MatMul", ["g", "w"], ["y"])], [w, *consts], "chain.onnx", 17)
     assert one == chain
     assert one["elementwise"] == pytest.approx(4 * 16 * 64 / 1e6) and one["layers"] == 3
+
+
+def test_an_emulated_edge_without_sysbench_says_how_to_get_it(monkeypatch):
+    """The scalar slowdown needs sysbench on the host: without it, an error naming the install (and the mode
+    that does without), not a traceback."""
+    import shutil
+
+    from askexpert.errors import AskExpertError
+    from askexpert.testbed.placement import sysbench_events_per_s
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(AskExpertError, match="sysbench is not installed") as err:
+        sysbench_events_per_s([0])
+    assert "apt-get install sysbench" in err.value.fix and "--edge-mode paced" in err.value.fix
