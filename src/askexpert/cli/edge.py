@@ -1,0 +1,183 @@
+"""The ``askexpert edge`` command: its parser and its handler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from askexpert.cli._common import (
+    add_edge_device_flags,
+    add_rule_flags,
+    log_console,
+    print_edge_summary,
+    require_positive,
+    table_console,
+)
+from askexpert.errors import ConfigError
+from askexpert.security import TOKEN_ENV
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
+    from askexpert.console import logs_on, progress_bar
+    from askexpert.corruptions import parse_corruption
+    from askexpert.runtime.link import parse_link_arg
+    from askexpert.runtime.session import EdgeSettings, run_edge
+    from askexpert.security import read_token
+
+    require_positive(("--timeout", args.timeout), ("--deadline", args.deadline), ("--slo-p95", args.slo_p95),
+                      ("--energy-budget", args.energy_budget))
+    if args.retries < 0:
+        raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
+    settings = EdgeSettings(
+        system=args.system, server=args.server[0] if args.server and len(args.server) == 1 else args.server,
+        inputs=args.input, link=parse_link_arg(args.link),
+        corrupt=parse_corruption(args.corrupt) if args.corrupt else None,
+        offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,
+        confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
+        threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
+        trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
+        ca_file=args.ca_file, expect_system_id=args.expect_system_id, slo_p95_ms=args.slo_p95,
+        energy_budget_mj=args.energy_budget, target_offload=args.target_offload,
+        target_accuracy=args.target_accuracy, probe=args.probe, radio=args.radio,
+        energy_profile=args.edge_profile or _edge_energy_profile(args.device), encoding=_encoding(args.encode),
+    )
+    placement = None
+    if args.device == "host":
+        console = log_console()
+        with logs_on(console), progress_bar(console, transient=True) as progress:
+            report = run_edge(settings, progress=progress)
+    else:
+        import tempfile
+
+        from askexpert.runtime.session import freeze_split
+        from askexpert.testbed.placement import EmulatedEdge
+
+        with EmulatedEdge(args.device, mode=args.edge_mode) as edge, tempfile.TemporaryDirectory() as tmp:
+            log_console().log(edge.placement.describe())
+            settings = freeze_split(settings, Path(tmp) / "inputs.npz")  # the throttled edge reads no dataset
+            if settings.threads is None:  # one thread on the one edge core, not the host's count
+                settings = replace(settings, threads=edge.threads)
+            log_console().log(f"streaming {' '.join(settings.inputs)} through the {edge.placement.label} ...")
+            report = edge.call(run_edge, s=settings)
+        placement = edge.placement
+        table_console().print(f"[bold]edge[/bold]: {placement.describe()}")
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps({**asdict(report.summary), "policy": asdict(report.policy),
+                                            "control": asdict(report.control) if report.control else None,
+                                            "corruption": report.corruption, "encoding": report.encoding,
+                                            "backend": report.backend, "input": report.input, "link": report.link,
+                                            "system": report.source,
+                                            "placement": placement.to_dict() if placement else None,
+                                            "settings": {k: "(set)" if k == "token" and v else str(v)  # no secret
+                                                         for k, v in asdict(settings).items()}}, indent=1))
+    print_edge_summary(report)
+    return 0
+
+
+def _encoding(text: str):
+    from askexpert.contract.codecs import Encoding
+
+    try:
+        return Encoding.parse(text)
+    except ValueError as err:
+        raise ConfigError(str(err), fix="give --encode raw, npy, png, jpeg:Q or webp:Q with Q in 1..100") from err
+
+
+def _edge_energy_profile(device: str) -> str:
+    """The energy profile of an emulated edge device (costs/profiles.yaml), else the Raspberry Pi 4's."""
+    from askexpert.costs.profiles import edge_speed
+
+    return (edge_speed(device).energy_profile if device != "host" else None) or "raspberry-pi-4"
+
+
+def register(sub) -> None:
+    """The ``askexpert edge`` command and its flags."""
+    p = sub.add_parser("edge", help="run the edge side: generalist, router, experts over HTTP",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run the generalist over the inputs, keep its confident answers, send the rest to "
+                       "the chosen expert on --server. Every input gets a prediction: when the server is down, slow "
+                       "or failing, the generalist's answer stands, flagged degraded. With a bundle the edge runs the "
+                       "ONNX generalist with the bundle's calibration (ONNX Runtime, NumPy, httpx; no torch, no "
+                       "dataset); with a generalist's run directory it runs torch and calibrates on validation.",
+                       epilog="examples:\n"
+                       "  askexpert edge system --server http://127.0.0.1:8000 --input photos/\n"
+                       "  askexpert edge system --server http://h:8000 --input images.npz --link lte\n"
+                       "  askexpert edge runs/generalist-fmnist --server http://127.0.0.1:8000 --input split:test")
+    p.add_argument("system", type=Path, help="a bundle (askexpert build-system), or a generalist's run directory")
+    p.add_argument("--server", nargs="+", metavar="URL",
+                   help="expert server URL, e.g. http://127.0.0.1:8000, or several (each expert is asked on a "
+                   "server that lists it; a dead server degrades only its experts); none: generalist only")
+    p.add_argument("--input", nargs="+", default=["split:test"],
+                   help="image files, an image folder (one sub-folder per class: labelled), a .npz with 'images' "
+                   "(and 'labels'), or split:test|val|train of the generalist's dataset (full install)")
+    p.add_argument("--limit", type=int, help="use at most this many inputs (a stratified subset when labelled)")
+    p.add_argument("--batch-size", type=int, default=1, help="inputs processed together (1: a live stream)")
+    p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit; or a schedule, "
+                   "wifi@0,lte@500 (lte from image 500 on; SIGUSR1 to the edge moves to the next entry at once)")
+    p.add_argument("--encode", default="raw", metavar="FORM",
+                   help="how offloaded images travel: raw (uint8 bytes, default), npy, png (lossless), jpeg:Q or "
+                   "webp:Q (lossy at quality Q, 1..100); fewer bytes mean less link time and radio energy")
+    p.add_argument("--corrupt", metavar="NAME:SEVERITY[@IMAGE]",
+                   help="drift the inputs: gaussian_noise, brightness, contrast or gaussian_blur at severity 1..5 "
+                   "(CIFAR-10-C's settings), from image IMAGE on (default 0), e.g. gaussian_noise:3@1000")
+    _operating_point_flags(p)
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds any one network wait of a request may take (connect, send, each read)")
+    p.add_argument("--retries", type=int, default=1, help="tries after a failed one, within --deadline")
+    p.add_argument("--deadline", type=float, help="seconds one offload may take in all, retries included; then the "
+                   "generalist's answer stands, flagged degraded (default: (retries + 1) x timeout)")
+    _output_flags(p)
+    add_edge_device_flags(p, "--device")
+    p.set_defaults(func=cmd_edge)
+
+
+def _operating_point_flags(p: argparse.ArgumentParser) -> None:
+    """The operating point: held to a latency, energy, offload or accuracy target, or set by tau and k."""
+    from askexpert.routing import DEFAULT_K
+
+    hold = p.add_mutually_exclusive_group()
+    hold.add_argument("--slo-p95", type=float, metavar="MS",
+                      help="hold the p95 latency under MS: tau moves along the bundle's operating curve as offloads "
+                      "get slower or faster (windows of 100 images)")
+    hold.add_argument("--energy-budget", type=float, metavar="MJ",
+                      help="hold the edge's energy an image under MJ (the --edge-profile's power, the --radio's cost)")
+    hold.add_argument("--target-offload", type=float, metavar="SHARE",
+                      help="hold the offload share at SHARE (0..1) as the inputs drift, without labels (tau follows "
+                      "the confidence's quantile over the last 500 images)")
+    p.add_argument("--target-accuracy", type=float, metavar="ACC",
+                   help="hold the accuracy of the answers the edge keeps at ACC (0..1), estimated from the experts' "
+                   "answers (with --probe's random extra offloads); with --slo-p95 or --energy-budget, that budget "
+                   "caps it")
+    p.add_argument("--probe", type=float, default=0.05, metavar="SHARE",
+                   help="with --target-accuracy: the share of the images the edge keeps that go to their expert "
+                   "anyway, to check the kept answers (counted in the offload rate; default 0.05)")
+    p.add_argument("--edge-profile", help="the edge's power for --energy-budget (costs/profiles.yaml; default: the "
+                   "emulated device's, else raspberry-pi-4)")
+    p.add_argument("--radio", default="wifi", help="the radio's energy for --energy-budget: wifi or cellular")
+    p.add_argument("--offload-rate", type=float, default=0.3,
+                   help="run directories only: target offload rate for tau on validation (a bundle has its own)")
+    p.add_argument("--tau", type=float, help="confidence threshold (overrides the bundle's / --offload-rate)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: the calibrated one)")
+    p.add_argument("--k", type=int,
+                   help=f"Top-k classes that choose the expert (default: the bundle's, or {DEFAULT_K})")
+    add_rule_flags(p, default_from="the bundle's, or")
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """Where the answers go, and how the edge trusts the server and the bundle."""
+    p.add_argument("--threads", type=int, help="CPU threads for the generalist")
+    p.add_argument("--trace", type=Path, help="write one JSON line per input (route and timings), as answered")
+    p.add_argument("--predictions", type=Path, help="write a CSV of every input's prediction as it is made: file, "
+                   "true and predicted class (id and name), the generalist's answer, confidence, route, expert, "
+                   "degraded")
+    p.add_argument("--resume", action="store_true", help="go on after the answers --predictions / --trace already "
+                   "hold (an interrupted run with the same --input)")
+    p.add_argument("--token-file", type=Path, help=f"the server's bearer token (default: ${TOKEN_ENV} when set)")
+    p.add_argument("--ca-file", type=Path, help="the certificate authority of an https server (a self-signed one)")
+    p.add_argument("--expect-system-id", metavar="SHA256",
+                   help="run the bundle only if its system.json has this published sha256")
+    p.add_argument("--summary", type=Path, help="write the summary as JSON")
