@@ -15,7 +15,7 @@ from askexpert.config import ModelConfig, StageConfig
 from askexpert.data import ArraySplit
 from askexpert.models import build_model, resolve_spec
 from askexpert.training.evaluate import subset_targets
-from askexpert.training.experts import ExpertObjective, expert_from_general
+from askexpert.training.objective import ExpertObjective, expert_from_general
 from askexpert.training.plans import MixturePlan
 
 

@@ -153,7 +153,7 @@ def test_a_collapsed_head_answers_as_subset_and_other_and_rebuilds_from_its_spec
     from askexpert.models import build_model, load_checkpoint, resolve_spec, save_checkpoint
     from askexpert.models.collapse import collapse_head
     from askexpert.models.onnx_export import export_onnx
-    from askexpert.training.experts import collapse_logits, collapsed_spec
+    from askexpert.training.objective import collapse_logits, collapsed_spec
 
     spec, _ = resolve_spec(ModelConfig(name="vit-micro-edge-32g"), num_classes=8, mean=(0.5,), std=(0.3,))
     torch.manual_seed(0)

@@ -18,8 +18,8 @@ from askexpert.data import load_dataset
 from askexpert.errors import ConfigError
 from askexpert.models import PRESETS, build_model, explicit_attention, flops_per_image, resolve_spec
 from askexpert.training.engine import cpu_has_native_bf16, fit, training_precision
-from askexpert.training.experts import Steering, _steering
 from askexpert.training.plans import SplitPlan
+from askexpert.training.recipes import Steering, draw_steering
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_router_steering_weighs_each_image_by_what_the_router_sends():
 def test_router_without_a_trained_model_is_refused(tmp_path):
     ecfg = ExpertsConfig(strategy="progressive", router=tmp_path)
     with pytest.raises(ConfigError, match="holds no trained model") as err:
-        _steering(None, ecfg, None, None, torch.device("cpu"))
+        draw_steering(None, ecfg, None, None, torch.device("cpu"))
     assert "generalist" in err.value.fix
 
 

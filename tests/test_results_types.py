@@ -12,7 +12,8 @@ import torch
 from askexpert.data.base import DatasetRecord
 from askexpert.training.engine import EpochRecord
 from askexpert.training.evaluate import SubsetMetrics, subset_metrics, subset_targets
-from askexpert.training.experts import Budget, ExpertSummary
+from askexpert.training.experts import ExpertSummary
+from askexpert.training.recipes import Budget
 
 
 def test_an_epoch_record_is_its_metrics_line_and_back():

@@ -22,15 +22,11 @@ from askexpert.routing import RoutingPolicy, system_metrics
 from askexpert.routing.system import ExpertAnswers, oracle_experts, subset_accuracies
 from askexpert.system.calibrate import Outputs, general_restricted
 from askexpert.training.evaluate import subset_targets
-from askexpert.training.experts import (
-    ExpertObjective,
-    collapse_logits,
-    starting_model,
-    train_experts,
-    weights_sha256,
-)
+from askexpert.training.experts import train_experts
+from askexpert.training.objective import ExpertObjective, collapse_logits
 from askexpert.training.partition import agglomerate, partition_from_confusion
 from askexpert.training.plans import MixturePlan, set_frozen
+from askexpert.training.recipes import starting_model, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 

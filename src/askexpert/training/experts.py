@@ -36,18 +36,15 @@ expert's ``budget`` records its steps, images, and the forward passes of any tea
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
-from askexpert.config import ExpertsConfig, ModelConfig, RunConfig, StageConfig
+from askexpert.config import ExpertsConfig, RunConfig
 from askexpert.console import stderr_console
 from askexpert.contract.labels import OTHER_NAME
 from askexpert.data import ArraySplit, DatasetBundle, FileSplit, ImageSplit, load_dataset
@@ -56,14 +53,12 @@ from askexpert.errors import ConfigError
 from askexpert.models import (
     Checkpoint,
     ModelSpec,
-    build_model,
     load_checkpoint,
     read_meta,
-    resolve_spec,
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
-from askexpert.models.collapse import CollapseHead, collapse_head
+from askexpert.models.collapse import collapse_head
 from askexpert.training.engine import FitResult, fit, images_per_second
 from askexpert.training.evaluate import (
     SubsetMetrics,
@@ -74,94 +69,19 @@ from askexpert.training.evaluate import (
 )
 from askexpert.training.generalist import dataset_record, train_generalist
 from askexpert.training.logits import cached_logits, store_logits
-from askexpert.training.partition import Partition, confusion_affinity
+from askexpert.training.objective import ExpertObjective, collapsed_spec, expert_from_general
+from askexpert.training.partition import Partition
 from askexpert.training.plans import MixturePlan, set_frozen
+from askexpert.training.recipes import (
+    Budget,
+    Start,
+    Steering,
+    draw_steering,
+    spent_budget,
+    starting_model,
+    strategy_stages,
+)
 from askexpert.training.rundir import prepare_run_dir
-
-
-def expert_from_general(general: torch.nn.Module, subset: list[int]) -> torch.nn.Module:
-    """A copy of ``general`` whose head outputs ``subset`` (same rows) plus "other"."""
-    model = copy.deepcopy(general)
-    old = general.get_classifier()
-    if not isinstance(old, torch.nn.Linear):
-        raise ConfigError(f"cannot derive an expert from a model whose head is {type(old).__name__}",
-                          fix="use a model with a linear classifier head (every ViT preset has one)")
-    n = old.out_features
-    rest = [c for c in range(n) if c not in set(subset)]
-    model.reset_classifier(len(subset) + 1)
-    head = model.get_classifier()
-    with torch.no_grad():
-        head.weight[: len(subset)] = old.weight[subset]
-        head.bias[: len(subset)] = old.bias[subset]
-        if rest:
-            head.weight[-1] = old.weight[rest].mean(0)
-            head.bias[-1] = old.bias[rest].mean() + math.log(len(rest))
-        else:
-            head.weight[-1].zero_()
-            head.bias[-1] = -10.0
-    return model
-
-
-def collapse_logits(logits: torch.Tensor, subset: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-    """A full-width model's answer as an expert's: its subset's logits, then the log-sum-exp of the rest
-    as the "other" logit (so softmax gives "other" exactly the probability of all the other classes)."""
-    inside = logits[:, subset.to(logits.device)]
-    if len(rest) == 0:
-        return torch.cat([inside, torch.full_like(inside[:, :1], -1e4)], 1)
-    return torch.cat([inside, torch.logsumexp(logits[:, rest.to(logits.device)], dim=1, keepdim=True)], 1)
-
-
-class ExpertObjective:
-    """Cross-entropy on subset/"other" targets, optionally mixed with distillation from the general
-    model (``distill``) and from the expert's own earlier state (``lwf``, set per stage).
-
-    A teacher's all-class logits are collapsed onto the expert's outputs exactly
-    (:func:`collapse_logits`).
-    """
-
-    def __init__(self, *, subset: list[int], label_smoothing: float, teacher: torch.nn.Module | None = None,
-                 distill: float = 0.0, temperature: float = 2.0, earlier: torch.nn.Module | None = None,
-                 head: CollapseHead | None = None) -> None:
-        self.subset = torch.tensor(subset)
-        self.label_smoothing = label_smoothing
-        self.teacher, self.distill, self.temperature = teacher, distill, temperature
-        self.earlier, self.lwf = earlier, 0.0
-        self.rest: torch.Tensor | None = None
-        self.head, self.wide = head, False  # a kept all-class head: full width in the all-class stages
-
-    def set_stage(self, stage: StageConfig) -> None:
-        self.lwf = stage.lwf if self.earlier is not None else 0.0
-        self.wide = stage.labels == "all"
-        if self.head is not None:
-            self.head.wide = self.wide
-
-    def collapse(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        if self.rest is None:
-            mask = torch.ones(teacher_logits.shape[1], dtype=torch.bool)
-            mask[self.subset] = False
-            self.rest = torch.nonzero(mask).flatten()
-        return collapse_logits(teacher_logits, self.subset, self.rest)
-
-    def _kd(self, logits: torch.Tensor, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            soft = self.collapse(model(inputs).float())
-        t = self.temperature
-        return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(soft / t, 1), log_target=True,
-                        reduction="batchmean") * t * t
-
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        if self.wide:  # every class with its true label: plain cross-entropy, as the all-class stage of "cut" trains
-            return loss
-        distill = self.distill if self.teacher is not None else 0.0
-        if distill <= 0 and self.lwf <= 0:
-            return loss
-        total = (1 - distill - self.lwf) * loss
-        if distill > 0:
-            total = total + distill * self._kd(logits, self.teacher, inputs)
-        if self.lwf > 0:
-            total = total + self.lwf * self._kd(logits, self.earlier, inputs)
-        return total
 
 
 def _with_labels(split: ImageSplit, indices: torch.Tensor, labels: torch.Tensor) -> ImageSplit:
@@ -169,14 +89,6 @@ def _with_labels(split: ImageSplit, indices: torch.Tensor, labels: torch.Tensor)
     if isinstance(part, ArraySplit):
         return ArraySplit(part.images, labels)
     return FileSplit(part.paths, labels, part.size, part.channels)
-
-
-def strategy_stages(cfg: ExpertsConfig) -> list[StageConfig]:
-    if cfg.strategy == "static":
-        return [StageConfig(fraction=1.0, out_share=0.0, focus=0.0)]
-    if cfg.strategy == "static-other":
-        return [StageConfig(fraction=1.0, out_share=cfg.other_share, focus=0.0)]
-    return cfg.stages
 
 
 @dataclass
@@ -295,7 +207,7 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
         note = weaker_than_generalist(f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
         if note:
             console.log(f"[yellow]warning:[/yellow] {note}")
-    steering = _steering(general, ecfg, bundle, cfg, device)
+    steering = draw_steering(general, ecfg, bundle, cfg, device)
 
     job = ExpertJob(cfg, ecfg, partition, general, start, bundle, run_dir, steering, device, resume, console)
     summaries = []
@@ -315,132 +227,6 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
          "init_sha256": start.sha256, "partition": partition.model_dump(),
          "experts": [s.to_json() for s in summaries]}, indent=1))
     return ExpertsResult(run_dir, summaries)
-
-
-@dataclass
-class Steering:
-    """What steers the progressive draws: per-training-image hardness of in-subset images (focus),
-    and either a class-level affinity (general model's confusion) or the router's per-image
-    probabilities (to weigh out-of-subset images by the probability mass it puts on a subset)."""
-
-    hardness: torch.Tensor | None  # [N train]
-    class_affinity: torch.Tensor | None  # [C, C]
-    router_probs: torch.Tensor | None  # [N train, C]
-    images: int = 0  # images the general model or router forwarded for the draws that use them (once a run)
-
-    def negative_weight(self, labels: torch.Tensor, out_subset: torch.Tensor, subset: list[int]) -> torch.Tensor:
-        if self.router_probs is not None:
-            return self.router_probs[out_subset][:, subset].sum(1)
-        return self.class_affinity[labels[out_subset]][:, subset].sum(1)
-
-
-def _steering(general: Checkpoint, ecfg: ExpertsConfig, bundle: DatasetBundle, cfg: RunConfig, device) -> Steering:
-    focus = any(s.focus > 0 for s in strategy_stages(ecfg))
-    if ecfg.strategy == "progressive" and ecfg.router is not None:
-        router = checkpoint_stem(ecfg.router)
-        if not router.with_suffix(".json").is_file():
-            raise ConfigError(f"experts.router {ecfg.router} holds no trained model",
-                              fix="pass the edge generalist's run directory (askexpert train generalist)")
-        if read_meta(router).class_names != bundle.class_names:
-            raise ConfigError(f"the router {ecfg.router} predicts other classes than {bundle.name} has",
-                              fix="pass the generalist trained on the dataset of this run")
-        logits, _ = cached_logits(router, "train", data_cfg=cfg.data, device=str(device),
-                                  batch_size=cfg.train.eval_batch_size)
-        probs = torch.softmax(logits, 1)
-        used = focus or ecfg.hard_negatives > 0
-        return Steering(1 - probs.max(1).values if focus else None, None, probs, len(bundle.train) if used else 0)
-    negatives = ecfg.strategy == "progressive" and ecfg.hard_negatives > 0
-    return Steering(_general_hardness(general, bundle, cfg, device) if focus else None,
-                    _general_confusion(general, bundle, cfg, device), None,
-                    len(bundle.train) * focus + len(bundle.val) * negatives)
-
-
-def _general_confusion(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
-    """Affinity between classes from the general model's validation confusion (for hard negatives)."""
-    logits, labels = cached_logits(general.path, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
-                                   batch_size=cfg.train.eval_batch_size)
-    n = bundle.num_classes
-    confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
-    return confusion_affinity(confusion)
-
-
-def _general_hardness(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
-    """1 - the general model's probability of the true class, for every training image."""
-    logits, labels = cached_logits(general.path, "train", data_cfg=cfg.data, bundle=bundle, device=str(device),
-                                   batch_size=cfg.train.eval_batch_size)
-    p_true = torch.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1)
-    return 1 - p_true
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """A digest of a model's weights (names, shapes and bytes, in order): equal digests, equal weights."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-@dataclass
-class Start:
-    """Where an expert starts: an all-class model (never trained in place), and what it is."""
-
-    model: torch.nn.Module
-    spec: ModelSpec
-    source: str  # general | scratch (seed N) | pretrained (file)
-    sha256: str
-
-
-def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bundle: DatasetBundle) -> Start:
-    """The all-class model every expert of this run starts from (``experts.init_from``)."""
-    spec = general.meta.model
-    if ecfg.init_from == "general":
-        return Start(general.model, spec, f"the general model {ecfg.init}", general.meta.weights_sha256)
-    if ecfg.init_from == "scratch":
-        seed = cfg.train.seed if ecfg.init_seed is None else ecfg.init_seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(spec)
-        return Start(model, spec, f"random weights (seed {seed})", weights_sha256(model))
-    kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
-    mcfg = ModelConfig(name=spec.timm_name, kwargs=kwargs, pretrained=True, pretrained_file=cfg.model.pretrained_file)
-    pspec, _ = resolve_spec(mcfg, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
-    if pspec.input.size != spec.input.size or pspec.input.channels != spec.input.channels:
-        raise ConfigError(f"pretrained {pspec.timm_name} expects {pspec.input.channels}x{pspec.input.size}^2 "
-                          f"images, the general model {spec.input.channels}x{spec.input.size}^2",
-                          fix="train the general model at the pretrained weights' input size")
-    pspec = pspec.model_copy(update={"name": spec.name})
-    seed = cfg.train.seed if ecfg.init_seed is None else ecfg.init_seed
-    with torch.random.fork_rng(devices=[]):  # a new head where the pretrained one has other classes: seeded, so
-        torch.manual_seed(seed)  # every recipe of a seed starts from the same weights
-        model = build_model(pspec, pretrained=True)
-    return Start(model, pspec, f"pretrained weights ({pspec.pretrained_source})", weights_sha256(model))
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What training an expert costs: optimiser steps, images seen (of them, on every class with its own
-    label), teacher forward passes (each distilled image once per teacher), and the general model's or
-    router's passes over the training images that steer the draws (shared by every expert of the run)."""
-
-    passes: int
-    steps: int
-    images: int
-    wide_images: int
-    teacher_images: int
-    steering_images_shared: int
-
-
-def _budget(plan: MixturePlan, objective: ExpertObjective, distill: float, steering_images: int) -> Budget:
-    per_epoch = plan.steps_per_epoch * plan.batch_size
-    teacher = 0
-    for epoch in range(1, plan.epochs + 1):
-        stage = plan.stage(epoch)
-        if stage.labels == "subset":
-            teacher += per_epoch * ((distill > 0) + (stage.lwf > 0 and objective.earlier is not None))
-    return Budget(plan.epochs, plan.epochs * plan.steps_per_epoch, plan.epochs * per_epoch,
-                  plan.wide_epochs() * per_epoch, teacher, steering_images)
 
 
 @dataclass(frozen=True)
@@ -606,15 +392,7 @@ def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
                        run_dir=expert_dir, resume=job.resume, loss_fn=objective, console=console,
                        label=f"expert {e}", window=(wide + 1, plan.epochs), val_epochs=stage_ends))
     set_frozen(model)
-    return _finish(job, e, model, spec, results, _budget(plan, objective, job.distill, job.steering.images))
-
-
-def collapsed_spec(spec: ModelSpec, subset: list[int]) -> ModelSpec:
-    """The spec of ``spec``'s model with its all-class head answering as ``subset`` + "other"."""
-    kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
-    return spec.model_copy(update={"timm_name": "askexpert_collapsed", "kwargs": {
-        "base": spec.timm_name, "base_classes": spec.num_classes, "subset": list(subset),
-        "num_classes": len(subset) + 1, **kwargs}})
+    return _finish(job, e, model, spec, results, spent_budget(plan, objective, job.distill, job.steering.images))
 
 
 def _train_collapsed(job: ExpertJob, e: int, plan: MixturePlan, teacher: torch.nn.Module | None, val: ImageSplit,
@@ -638,7 +416,7 @@ def _train_collapsed(job: ExpertJob, e: int, plan: MixturePlan, teacher: torch.n
                  label=f"expert {e}", val_epochs=narrow_ends)
     head.wide = False
     set_frozen(model)
-    return _finish(job, e, model, spec, [result], _budget(plan, objective, job.distill, job.steering.images))
+    return _finish(job, e, model, spec, [result], spent_budget(plan, objective, job.distill, job.steering.images))
 
 
 def _finish(job: ExpertJob, e: int, model: torch.nn.Module, spec: ModelSpec, results: list[FitResult],
