@@ -7,7 +7,7 @@ Each pair starts the old server (``PYTHONPATH=OLD_SRC``) and then this checkout'
 bundle with one torch thread, and measures on each: 16 closed-loop batch-1 clients (bare asyncio
 streams, as in benchmarks/serving.py) for ``--seconds`` and the batch-1 offload overhead of one
 client (end to end minus expert compute). On a noisy shared VM only alternating pairs compare.
-Writes benchmarks/results/<date>-<host>-ab-server.json.
+Writes results/<date>-<host>-ab-server.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serving import _closed_loop_raw, overhead  # noqa: E402 (the same measurements as serving.py)
 
 from askexpert.bench.machine import describe, machine_info  # noqa: E402
-from askexpert.serving.process import ServerProcess  # noqa: E402
+from askexpert.testbed.server import ServerProcess  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--expert", default="0")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     images = np.random.default_rng(0).integers(0, 256, (256, 1, 28, 28), dtype=np.uint8)
     runs: dict[str, list[dict]] = {"old": [], "new": []}

@@ -6,7 +6,7 @@ The same generalist run (Fashion-MNIST, no augmentation, batch 128) three ways, 
 one process with 1 torch thread, one process with 2 threads (the usual way to use 2 cores), and
 ``torchrun --nproc-per-node 2`` with 1 thread each. Reports the training throughput each run logged
 (images/s over the epoch, all processes together) and the final train loss. Writes
-benchmarks/results/<date>-<host>-ddp-cpu.json.
+results/<date>-<host>-ddp-cpu.json.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--model", default="vit-edge-28")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ fitted on validation and k = 3 (the edge's default):
 
 Every rule's tau is chosen on validation for each target share and applied to the test images; the
 offloaded image's answer is the routed expert's after the fallback, as the edge answers. Writes
-``benchmarks/results/deferral/seed<N>.json`` (and ``system-<label>.json``); ``--summary`` writes
+``results/deferral/seed<N>.json`` (and ``system-<label>.json``); ``--summary`` writes
 ``summary.json`` (per rule and share: mean and std over seeds of overall accuracy, and the paired
 differences at 30%), ``summary.md`` and ``curve.png``.
 """
@@ -38,6 +38,8 @@ import numpy as np
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.stats import paired
+from askexpert.models import open_checkpoint
+from askexpert.models.runs import open_expert_run
 from askexpert.routing import ALL, RoutingPolicy, fit_temperature
 from askexpert.routing.deferral import oracle_accuracy
 from askexpert.routing.thresholds import tau_for_offload
@@ -50,7 +52,7 @@ from askexpert.system.calibrate import (
     scaled_confidence,
 )
 
-RESULTS = Path(__file__).parent / "results" / "deferral"
+RESULTS = Path(__file__).parents[1] / "results" / "deferral"
 SHARES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 RULES = ("max-prob", "margin", "entropy", "learned")
 HEADLINE = 0.3
@@ -64,8 +66,8 @@ PROFILES = {
 
 def evaluate(generalist: Path, experts_run: Path, *, k: int = K, fallback: str = "other") -> dict:
     """Every rule at every share on test (tau chosen on validation), and the oracle, for one system."""
-    gen = outputs_of(generalist, "the generalist")
-    experts = load_experts(experts_run, str(experts_run), gen)
+    gen = outputs_of(open_checkpoint(generalist), "the generalist")
+    experts = load_experts(open_expert_run(experts_run), str(experts_run), gen)
     t_gen = fit_temperature(gen.val_logits, gen.val_labels)
     base = RoutingPolicy(tau=ALL, k=k, temperature=t_gen, fallback=fallback)
     outcomes = {split: routed_outcomes(gen, experts, base, split) for split in ("val", "test")}

@@ -25,7 +25,7 @@ classes), and the first is also run through the runner, which must take the same
 The controllers' decisions depend on the answers alone, not on timing (``tests/test_deferral.py``
 checks that an edge against a real server over HTTP takes the runner's decisions). The estimator's
 settings (probe share, prior) are chosen on the validation stream (``--split val`` adds the grid); the
-report is on test. Per-seed files ``benchmarks/results/deferral/drift-<split>-seed<N>.json``;
+report is on test. Per-seed files ``results/deferral/drift-<split>-seed<N>.json``;
 ``--summary`` writes ``drift-<split>-summary.json``, ``drift-<split>-summary.md`` and
 ``drift-<split>.png``.
 """
@@ -50,7 +50,7 @@ from askexpert.routing.thresholds import ALL, tau_for_offload
 from askexpert.runtime.control import ACCURACY_WINDOW, AccuracyKeeper, Observation, OffloadTracker
 from askexpert.runtime.edge import EdgeRunner
 
-RESULTS = Path(__file__).parent / "results" / "deferral"
+RESULTS = Path(__file__).parents[1] / "results" / "deferral"
 DRIFT = "gaussian_noise:5@1000"
 IMAGES = 3000
 SETTINGS = {"probe": 0.05, "prior": 1000.0}  # the estimator's, chosen on the validation stream (--split val)
@@ -69,11 +69,11 @@ def bundle_for(runs: Path, seed: int) -> Path:
 def stream(bundle: Path, split: str, drift: str | None, n: int = IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """``n`` stratified images of the bundle's ``split``, drifted from the corruption's start on."""
     from askexpert.config import DataConfig
-    from askexpert.contract.bundle import load_bundle
+    from askexpert.contract.bundle import open_system
     from askexpert.data import load_dataset
     from askexpert.splits import stratified_subset
 
-    data = load_dataset(DataConfig(**load_bundle(bundle).manifest.data.config))
+    data = load_dataset(DataConfig(**open_system(bundle).manifest.data.config))
     part = data.val if split == "val" else data.test
     idx = stratified_subset(part.labels.numpy(), n, 0)
     images, labels = part.images.numpy()[idx], part.labels.numpy()[idx]
@@ -86,10 +86,10 @@ class Edge:
 
     def __init__(self, bundle: Path) -> None:
         from askexpert.runtime.clients import InProcessExpertClient
-        from askexpert.runtime.session import EdgeSettings, open_system
+        from askexpert.runtime.session import EdgeSettings, edge_system
         from askexpert.serving.pool import ExpertPool
 
-        self.system = open_system(EdgeSettings(system=bundle, server=None, threads=1))
+        self.system = edge_system(EdgeSettings(system=bundle, server=None, threads=1))
         self.experts = InProcessExpertClient(ExpertPool(bundle, device="cpu", include_general=False))
 
     def run(self, images: np.ndarray, labels: np.ndarray, *, tau: float | None = None, controller=None) -> list:

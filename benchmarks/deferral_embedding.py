@@ -7,7 +7,7 @@ classes). This screen adds the generalist's pooled embedding (its pre-logits fea
 first 16 or 48 principal components of the validation embeddings) and fits the same outcome model
 (``askexpert.routing.deferral.fit_outcome_model``, L2 by 5-fold cross-validation) on validation. Test
 accuracy at 10% and 30% offload, tau on validation, against max-prob and the oracle, per seed. Writes
-``benchmarks/results/deferral/embedding.json``. Torch is needed (the embedding is not in the ONNX graph).
+``results/deferral/embedding.json``. Torch is needed (the embedding is not in the ONNX graph).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 
 from askexpert.bench.machine import machine_info
 from askexpert.data import load_dataset
-from askexpert.models import load_checkpoint, read_meta
-from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models import load_checkpoint, open_checkpoint
+from askexpert.models.runs import open_expert_run
 from askexpert.routing import ALL, Router, RoutingPolicy, fit_temperature
 from askexpert.routing.deferral import fit_outcome_model, gains, oracle_accuracy
 from askexpert.routing.thresholds import tau_for_offload
@@ -30,7 +30,7 @@ from askexpert.system.calibrate import load_experts, outputs_of, routed_outcomes
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.logits import data_config_of
 
-OUT = Path(__file__).parent / "results" / "deferral" / "embedding.json"
+OUT = Path(__file__).parents[1] / "results" / "deferral" / "embedding.json"
 SHARES = (0.1, 0.3)
 
 
@@ -46,17 +46,17 @@ class PooledEmbedding(torch.nn.Module):
 
 
 def embeddings(generalist: Path) -> dict[str, np.ndarray]:
-    stem = checkpoint_stem(generalist)
-    meta = read_meta(stem)
-    data = load_dataset(data_config_of(stem), image_size=meta.model.input.size, channels=meta.model.input.channels)
-    model = PooledEmbedding(load_checkpoint(stem).model).eval()
+    stored = open_checkpoint(generalist)
+    meta = stored.meta
+    data = load_dataset(data_config_of(stored), image_size=meta.model.input.size, channels=meta.model.input.channels)
+    model = PooledEmbedding(load_checkpoint(stored).model).eval()
     return {s: predict_logits(model, data.split(s), meta.model.input, batch_size=512, device="cpu").float().numpy()
             for s in ("val", "test")}
 
 
 def screen(generalist: Path, experts_run: Path, k: int = 3) -> dict:
-    gen = outputs_of(generalist, "the generalist")
-    experts = load_experts(experts_run, str(experts_run), gen)
+    gen = outputs_of(open_checkpoint(generalist), "the generalist")
+    experts = load_experts(open_expert_run(experts_run), str(experts_run), gen)
     t = fit_temperature(gen.val_logits, gen.val_labels)
     base = RoutingPolicy(tau=ALL, k=k, temperature=t)
     router = Router(base, experts.membership(gen.val_logits.shape[1]))

@@ -10,7 +10,7 @@ One expert server (the bundle, 1 thread) answers both. Each repeat starts a fres
 interleaved, that answers one image file (``askexpert edge ... --input one.png``) and exits: the
 process's wall time from ``Popen`` to exit bounds its cold start, and ``os.wait4`` gives its peak
 resident memory. Medians over the repeats; goals: cold start <= 1 s, RSS <= 150 MB on this machine.
-Writes benchmarks/results/<date>-<host>-edge-cold-start.json and prints a Markdown table.
+Writes results/<date>-<host>-edge-cold-start.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -74,14 +74,14 @@ def main() -> None:
                     help="also run the bundle edge from this venv (pip install askexpert: the edge install, no torch)")
     ap.add_argument("--learned", action="store_true",
                     help="also the bundle built with --deferral learned (its own server: another system id)")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     launcher = Launcher()  # before torch is imported
     from PIL import Image
 
     from askexpert.bench.machine import describe, machine_info
-    from askexpert.serving.process import ServerProcess
     from askexpert.system.build import build_system
+    from askexpert.testbed.server import ServerProcess
 
     if args.generalist is None or args.experts is None:
         from askexpert.demo import demo_pipeline

@@ -23,8 +23,8 @@ from askexpert.costs.energy import edge_mj_per_image
 from askexpert.costs.profiles import device, edge_speed, network
 from askexpert.runtime.link import parse_link
 from askexpert.runtime.session import EdgeSettings, run_edge
-from askexpert.serving.process import ServerProcess
 from askexpert.testbed.placement import EmulatedEdge
+from askexpert.testbed.server import ServerProcess
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ from askexpert.console import stdout_console
 from askexpert.contract.codecs import Encoding
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.session import EdgeSettings, run_edge
-from askexpert.serving.process import ServerProcess
 from askexpert.system.build import build_system
+from askexpert.testbed.server import ServerProcess
 
 RUNS = Path("runs/specialists-full")
-OUT = Path(__file__).parent / "results" / "encodings"
+OUT = Path(__file__).parents[1] / "results" / "encodings"
 FORMS = ("raw", "png", "jpeg:95", "jpeg:85", "jpeg:75", "webp:95", "webp:85", "webp:75")
 LINKS = ("wifi", "lte", "5g")
 

@@ -16,7 +16,7 @@ budget, then the offline system evaluation with tau chosen on validation for 30%
   progressive experts router-aware as in ``cpu``;
 - ``smoke``: the ``cpu`` profile on a few hundred images for one epoch (the test suite runs it).
 
-Each seed's result is written to benchmarks/results/experts-table-<profile>/seed<N>.json as soon as
+Each seed's result is written to results/experts-table-<profile>/seed<N>.json as soon as
 that seed finishes (``--git-commit`` also commits the file), and the summary aggregates every seed
 file present, so seeds can be produced over several sittings. Finished runs are reused and
 interrupted ones resumed, so the command can be stopped and restarted at will.
@@ -130,7 +130,7 @@ def main() -> None:
     for part in PARTS:
         ap.add_argument(f"--set-{part}", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a key of the {part} config")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     out = args.output_dir or f"runs/table-{args.profile}"
     directory = seed_dir(args.results, args.profile)

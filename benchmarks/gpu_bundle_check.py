@@ -28,6 +28,8 @@ RULES = ("other", "other-or-less-confident")
 def prepare(args: argparse.Namespace) -> None:
     from askexpert.config import DataConfig
     from askexpert.data import load_dataset
+    from askexpert.models import open_checkpoint
+    from askexpert.models.runs import open_expert_run
     from askexpert.routing import RoutingPolicy, finalize, membership_matrix, route
     from askexpert.system.build import build_system
     from askexpert.system.calibrate import load_experts, outputs_of
@@ -35,8 +37,8 @@ def prepare(args: argparse.Namespace) -> None:
     bundle = build_system(args.generalist, args.experts, args.out / "system", overwrite=True)
     m = bundle.manifest
     test = load_dataset(DataConfig(**m.data.config)).test
-    gen = outputs_of(args.generalist, "the generalist")
-    experts = load_experts(args.experts, "experts", gen)
+    gen = outputs_of(open_checkpoint(args.generalist), "the generalist")
+    experts = load_experts(open_expert_run(args.experts), "experts", gen)
     expected = {}
     for rule in RULES:
         policy = RoutingPolicy(tau=m.routing.tau, k=m.routing.k, temperature=m.routing.temperature, fallback=rule)
@@ -49,15 +51,15 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    from askexpert.contract.bundle import load_bundle
+    from askexpert.contract.bundle import open_system
     from askexpert.costs.meters import MeterUnavailable, NvmlMeter
     from askexpert.routing import RoutingPolicy
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget, summarize
     from askexpert.runtime.onnx_model import OnnxGeneralist
-    from askexpert.serving.process import ServerProcess
+    from askexpert.testbed.server import ServerProcess
 
-    bundle = load_bundle(args.dir / "system")
+    bundle = open_system(args.dir / "system")
     m = bundle.manifest
     data = np.load(args.dir / "expected.npz")
     images, labels = data["images"][: args.limit], data["labels"][: args.limit]

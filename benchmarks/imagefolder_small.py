@@ -13,7 +13,7 @@ Two real data sets are written as PNG image folders (one sub-folder per class, l
 
 Study ``augment``: the edge generalist (vit-edge-28) with each augmentation at 5 and 15 epochs.
 Study ``budget``: the generalist and the general model (vit-expert-28) with ``augment: auto`` at 4, 10
-and 20 epochs: where the near-edge model overtakes the edge one. Writes benchmarks/results/<date>-
+and 20 epochs: where the near-edge model overtakes the edge one. Writes results/<date>-
 <host>-imagefolder-small-<data>-<study>-seeds<S>.json and prints Markdown tables for BENCHMARKS.md.
 """
 
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["fmnist", "digits", "both"], default="both")
     ap.add_argument("--study", choices=["augment", "budget", "both"], default="both")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     info = machine_info()
     record = {"benchmark": "imagefolder_small", "machine": info, "studies": {},

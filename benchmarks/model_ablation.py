@@ -14,7 +14,7 @@ images. Suites:
   and peak learning rate varied, beside the generalist preset at its own lr; the medium model is
   only worth offloading to if it learns more per image than the generalist.
 
-Prints a Markdown table and writes benchmarks/results/<date>-<host>-<suite>-ablation.json.
+Prints a Markdown table and writes results/<date>-<host>-<suite>-ablation.json.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0, help="training seed (the data subset stays the same)")
     ap.add_argument("--output-dir", default="runs/ablation")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     info = machine_info()
     variants = list(SUITES[args.suite].items())

@@ -36,19 +36,19 @@ import numpy as np
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.console import stdout_console
-from askexpert.contract.bundle import load_bundle
+from askexpert.contract.bundle import open_system
 from askexpert.corruptions import parse_corruption
 from askexpert.costs.energy import edge_mj_per_image
 from askexpert.costs.profiles import device, network
 from askexpert.runtime.link import parse_link, parse_link_arg
 from askexpert.runtime.session import EdgeSettings, run_edge
-from askexpert.serving.process import ServerProcess
-from askexpert.testbed.load import CompetingLoad
+from askexpert.testbed.competing import CompetingLoad
 from askexpert.testbed.measure import plan_bundle
 from askexpert.testbed.placement import EmulatedEdge
+from askexpert.testbed.server import ServerProcess
 
 WINDOW = 100
-OUT = Path(__file__).parent / "results" / "operating-points"
+OUT = Path(__file__).parents[1] / "results" / "operating-points"
 
 
 def test_images(bundle_root: Path, n: int, path: Path) -> Path:
@@ -57,7 +57,7 @@ def test_images(bundle_root: Path, n: int, path: Path) -> Path:
     from askexpert.data import load_dataset
     from askexpert.splits import stratified_subset
 
-    test = load_dataset(DataConfig(**load_bundle(bundle_root).manifest.data.config)).test
+    test = load_dataset(DataConfig(**open_system(bundle_root).manifest.data.config)).test
     idx = stratified_subset(test.labels.numpy(), n, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=test.images.numpy()[idx], labels=test.labels.numpy()[idx])
@@ -130,7 +130,7 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
         return
     schedule = parse_link_arg(f"wifi@0,lte@{third}")
     drift = parse_corruption(f"{args.corruption}@{third}")
-    m = load_bundle(bundle).manifest
+    m = open_system(bundle).manifest
     with EmulatedEdge(args.device) as edge, ServerProcess(bundle, threads=1, cpus=edge.server_cores,
                                                           extra_args=["--no-general"]) as url:
         say(f"repeat {r}: {edge.placement.describe()}")

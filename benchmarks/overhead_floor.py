@@ -15,7 +15,7 @@ it spends on the request's "compute" subtracted:
 - ``spin``: the endpoint busy-loops as long, touching no memory (the server's core stays busy).
 
 If ``sleep`` pays what ``model`` pays, the extra cost is that of waiting (idle cores waking up on this
-VM), not of the model or of askexpert's code. Writes benchmarks/results/<date>-<host>-overhead-floor.json.
+VM), not of the model or of askexpert's code. Writes results/<date>-<host>-overhead-floor.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serving import floor, overhead  # noqa: E402 (the same measurements as serving.py)
 
 from askexpert.bench.machine import describe, machine_info  # noqa: E402
-from askexpert.serving.process import ServerProcess  # noqa: E402
+from askexpert.testbed.server import ServerProcess  # noqa: E402
 
 FLOORS = ("bare", "model", "sleep", "spin")
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--expert", default="0")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     info = machine_info()
     images = np.random.default_rng(0).integers(0, 256, (256, 1, 28, 28), dtype=np.uint8)

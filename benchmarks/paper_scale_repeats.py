@@ -1,7 +1,7 @@
 """Benchmark: the paper-scale ratios, repeated, on the emulated devices.
 
     python benchmarks/paper_scale_repeats.py [--repeats 3] [--images 60] [--edge-mode model]
-                                             [--out benchmarks/results/paper-scale-repeats]
+                                             [--out results/paper-scale-repeats]
 
 Each repeat is a fresh run of the paper-scale bench (askexpert.bench.scale: DeiT-Tiny on the edge,
 DeiT-Small experts, 224x224 photo crops, untrained weights) at the headline offload rate only (30%, raw
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--edge-mode", default="model", choices=["model", "kernel", "paced"])
     ap.add_argument("--devices", nargs="+", default=["rpi4", "snapdragon-820"])
     ap.add_argument("--work", type=Path, default=Path("runs/paper-scale-repeats"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/paper-scale-repeats"))
+    ap.add_argument("--out", type=Path, default=Path("results/paper-scale-repeats"))
     args = ap.parse_args()
     profile = ScaleProfile(devices=tuple(args.devices), rates=(0.3,), images=args.images, sweep_images=args.images,
                            encodings=())

@@ -9,7 +9,7 @@ the batch-1 per-request overhead of one client (end to end minus the expert's co
 and the throughput of 16 closed-loop batch-1 clients (bare asyncio streams, a light load generator).
 Ray starts a local cluster for each run (the replicas, the ingress, the proxy and the controller are
 processes of their own, sharing this machine's cores with the load generator).
-Writes benchmarks/results/<date>-<host>-ray-serve.json and prints a Markdown table.
+Writes results/<date>-<host>-ray-serve.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serving import _closed_loop_raw, overhead  # noqa: E402 (the same measurements as serving.py)
 
 from askexpert.bench.machine import describe, machine_info  # noqa: E402
-from askexpert.serving.process import ServerProcess  # noqa: E402
+from askexpert.testbed.server import ServerProcess  # noqa: E402
 
 VARIANTS = {"uvicorn": [], "ray, 1 replica": ["--backend", "ray"],
             "ray, 2 replicas": ["--backend", "ray", "--ray-set", "experts.replicas=2"]}
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     info = machine_info()
     from askexpert.serving.pool import ExpertPool

@@ -9,7 +9,7 @@ confidence; fitted here on random outcomes: its cost does not depend on its weig
 Goal: < 50 microseconds a sample. With ``--device``, batch 1 is also timed as a mean over 20,000 calls
 in this process and on the emulated device (``askexpert.testbed.placement``: one core under the CPU
 quota that makes the device's reference model run at its published speed). Prints a Markdown table and writes
-benchmarks/results/<date>-<host>-router-latency.json.
+results/<date>-<host>-router-latency.json.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
                 edge.recalibrate(f"{row['classes']} classes, {row['rule']}")
                 row["host_mean_us"] = route_cost_us(router, logits)
                 row["device_mean_us"] = edge.call(route_cost_us, router=router, logits=logits)
-    results = Path(__file__).parent / "results"
+    results = Path(__file__).parents[1] / "results"
     results.mkdir(exist_ok=True)
     out = results / f"{info['date']}-{info['host']}-router-latency.json"
     out.write_text(json.dumps({"machine": info, "rows": rows, "device": device,

@@ -15,7 +15,7 @@ every figure on validation:
 - (b) not saturated: the medium model under 85%;
 - (c) the generalist at least 10 points under the medium model.
 
-Writes ``benchmarks/results/han100/screen.json``.
+Writes ``results/han100/screen.json``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import torch
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.config import load_run_config
+from askexpert.models import open_checkpoint
 from askexpert.training.generalist import train_generalist
 from askexpert.training.logits import cached_logits
 from askexpert.training.partition import partition_from_confusion
 
-RESULTS = Path(__file__).parent / "results" / "han100"
+RESULTS = Path(__file__).parents[1] / "results" / "han100"
 MODELS = {  # run name -> (preset, peak lr)
     "edge-d32x4": ("vit-micro-edge-32g", 2e-3),
     "edge-d64x4": ("vit-mini-edge-32g", 2e-3),
@@ -62,7 +63,8 @@ def restricted_subset_accuracy(logits: torch.Tensor, labels: torch.Tensor, subse
 
 
 def summarise(out: Path, epochs: int) -> dict:
-    val = {name: cached_logits(out / name, "val") for name in MODELS if (out / name / "metrics.json").is_file()}
+    val = {name: cached_logits(open_checkpoint(out / name), "val") for name in MODELS
+           if (out / name / "metrics.json").is_file()}
     acc = {name: 100.0 * float((z.argmax(1) == y).float().mean()) for name, (z, y) in val.items()}
     report: dict = {"epochs": epochs, "val_top1": acc, "test_top1": {
         name: json.loads((out / name / "metrics.json").read_text())["test"]["top1"] for name in val}}

@@ -14,7 +14,7 @@ budget, and evaluates each system offline on validation with tau for 30% offload
 
 Runs are independent processes (``python -m askexpert.cli ...``), ``--jobs`` at a time: on a GPU
 machine many small runs share the card; on 2 CPU cores use ``--jobs 1``. Runs resume, so an
-interrupted screen continues. Writes benchmarks/results/<date>-<host>-miniature-screen.json.
+interrupted screen continues. Writes results/<date>-<host>-miniature-screen.json.
 """
 
 from __future__ import annotations
@@ -128,11 +128,11 @@ def stage_experts(args, pool, models: dict) -> None:
 def pair_report(edge: Path, medium: Path, rate: float) -> dict:
     import torch
 
-    from askexpert.models.checkpoint import checkpoint_stem
+    from askexpert.models import open_checkpoint
     from askexpert.routing import confidence_scores, fit_temperature, tau_for_offload
     from askexpert.training.logits import cached_logits
 
-    (e_logits, labels), (m_logits, m_labels) = (cached_logits(checkpoint_stem(p), "val") for p in (edge, medium))
+    (e_logits, labels), (m_logits, m_labels) = (cached_logits(open_checkpoint(p), "val") for p in (edge, medium))
     assert torch.equal(labels, m_labels)
     t = fit_temperature(e_logits, labels)
     conf = confidence_scores(torch.softmax(e_logits / t, 1), "max-prob")
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--pair", nargs=2, default=["edge-d96x4", "medium-d192x4-lr1e-3"], metavar=("EDGE", "MEDIUM"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in every run")
     ap.add_argument("--output-dir", default="runs/screen")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     info = machine_info()

@@ -17,7 +17,7 @@
 
 The server runs as its own process with one torch thread; the clients run here. Without --experts
 the demo's models (runs/demo, trained by `askexpert demo` if missing) are used.
-Writes benchmarks/results/<date>-<host>-serving.json and prints Markdown tables.
+Writes results/<date>-<host>-serving.json and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.serving.pool import ExpertPool
-from askexpert.serving.process import ServerProcess
+from askexpert.testbed.server import ServerProcess
 
 
 def percentile(values, q):
@@ -113,7 +113,7 @@ def floor(source: Path, expert: str, images: np.ndarray, n: int, variant: str, w
     busy-loops ``wait_ms`` instead): time minus its compute (or wait)."""
     import subprocess
 
-    from askexpert.serving.process import free_port
+    from askexpert.testbed.server import free_port
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -307,7 +307,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3, help="side-by-side repeats of the server measurements")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     if args.experts is None or args.generalist is None:
         from askexpert.demo import run_demo

@@ -1,7 +1,7 @@
 """Benchmark: progressive vs static specialists, from one generic start at equal budget.
 
-    python benchmarks/specialists.py --task han100 --seeds 0 --sweep --results benchmarks/results/han100
-    python benchmarks/specialists.py --task han100 --seeds 1 2 --git-commit --results benchmarks/results/han100
+    python benchmarks/specialists.py --task han100 --seeds 0 --sweep --results results/han100
+    python benchmarks/specialists.py --task han100 --seeds 1 2 --git-commit --results results/han100
     python benchmarks/specialists.py --task fashion-mnist --regime 500fix --seeds 0 1 2 --sweep  # the reviewed recipe
     python benchmarks/specialists.py --task han100 --profile smoke --seeds 0 --sweep  # the test suite's version
 
@@ -58,7 +58,7 @@ from askexpert.bench.offline import evaluate_system
 from askexpert.bench.stats import paired
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
-RESULTS = Path(__file__).parent / "results" / "specialists"
+RESULTS = Path(__file__).parents[1] / "results" / "specialists"
 STATIC_CFG = "experts-static-fmnist-cpu"
 SCRATCH = ("experts.init_from=scratch", "train.warmup_epochs=null", "train.warmup_fraction=0.05")
 NARROW = "{fraction: 0.3333, out_share: 0.3%s}, {fraction: 0.3333, out_share: 0.1%s}"

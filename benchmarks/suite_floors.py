@@ -13,7 +13,7 @@ Each (precision, seed) is one pytest run of just those tests, with ``ASKEXPERT_P
 ``ASKEXPERT_SEED`` set and ``ASKEXPERT_FLOOR_LOG`` collecting the values; the table gives, per floor
 and precision, the lowest, mean and highest value and the margin (lowest - floor). A floor is sound
 when its margin is several times the spread between seeds on both paths. Results go to
-``benchmarks/results/test-floors.json`` (with the CPU and the date); docs/testing.md quotes them.
+``results/test-floors.json`` (with the CPU and the date); docs/testing.md quotes them.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", choices=["bf16", "fp32"], default=None,
                         help="default: bf16 where this CPU has it natively, and fp32")
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="floor logs of earlier runs to add")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "test-floors.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "test-floors.json")
     args = parser.parse_args()
     console = Console(stderr=True)
     precisions = args.precisions or (["bf16", "fp32"] if cpu_has_native_bf16() else ["fp32"])

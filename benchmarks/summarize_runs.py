@@ -1,6 +1,6 @@
 """Benchmark tables from the metrics files of the reference-table runs, seed by seed.
 
-    python benchmarks/summarize_runs.py benchmarks/results/gpu-2026-11-26
+    python benchmarks/summarize_runs.py results/gpu-2026-11-26
 
 Reads the copies that benchmarks/gpu_session.sh collects from each run directory
 (``<run>-seed<N>-metrics.json`` of the generalist and the general model, with its per-epoch

@@ -3,7 +3,7 @@
     python benchmarks/train_generalist.py                       # configs/generalist-fmnist.yaml, seed 0
     python benchmarks/train_generalist.py --seeds 0 1 2 --set train.epochs=30
 
-Writes benchmarks/results/<date>-<host>-generalist.json (accuracy, images/s, wall time, machine)
+Writes results/<date>-<host>-generalist.json (accuracy, images/s, wall time, machine)
 and prints a Markdown table for BENCHMARKS.md.
 """
 
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--output-dir", default="runs/bench")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
 
     info = machine_info()

@@ -22,7 +22,7 @@ The data path alone (batching and the conversion to augmented inputs, no model) 
 show how small a share of a step it is.
 
 Prints the median images/s of each mode and its ratio to ``fp32`` and writes
-benchmarks/results/<date>-<host>-train-throughput.json.
+results/<date>-<host>-train-throughput.json.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128 * 12, help="images per epoch (two epochs per measurement)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time bf16 + torch.compile")
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     info = machine_info()
     torch.set_num_threads(torch.get_num_threads())

@@ -21,7 +21,7 @@ os.environ.pop("ASKEXPERT_TOKEN", None)
 
 
 def pytest_report_header(config) -> str:
-    """Which arithmetic the suite's training runs use: the suite must pass on both (README, 'Tests')."""
+    """Which arithmetic the suite's training runs use: the suite must pass on both (README, 'Development')."""
     import torch
 
     from askexpert.training.engine import PRECISION_ENV, cpu_has_native_bf16, training_precision
@@ -188,7 +188,7 @@ def tiny_system(tmp_path_factory, fmnist_dir):
 def bundle_server_process(tiny_system):
     """One real server (a child process on a loopback port) over the tiny system's bundle, shared by the
     tests that only send it requests: each start costs seconds (torch, the models, TorchScript)."""
-    from askexpert.serving.process import ServerProcess
+    from askexpert.testbed.server import ServerProcess
 
     server = ServerProcess(tiny_system["bundle"], threads=1)
     with server:
@@ -204,7 +204,7 @@ def bundle_server(bundle_server_process):
 @pytest.fixture(scope="session")
 def experts_server(tiny_system):
     """The same over the tiny system's expert run directory (no system id)."""
-    from askexpert.serving.process import ServerProcess
+    from askexpert.testbed.server import ServerProcess
 
     with ServerProcess(tiny_system["experts"], threads=1) as url:
         yield url

@@ -17,10 +17,10 @@ LAYERS = [
     {"routing", "config", "costs"},
     {"data"},
     {"models"},
+    {"runtime", "serving"},  # run time sits below build time: nothing it imports can reach training
     {"training"},
     {"system"},
-    {"runtime"},
-    {"serving", "testbed"},
+    {"testbed"},
     {"bench", "demo"},
     {"cli", "__main__"},
 ]
@@ -116,15 +116,49 @@ def test_the_contract_imports_neither_torch_nor_build_time():
         assert not heavy and not ours, f"{m} imports {heavy | ours}"
 
 
-def test_runtime_and_serving_import_neither_training_nor_bench():
+def reaches(module: str) -> set[str]:
+    """Every askexpert module ``module`` imports, directly or through others (lazy imports included)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for t in GRAPH[todo.pop()] - seen:
+            seen.add(t)
+            todo.append(t)
+    return seen
+
+
+BUILD_TIME = {"training", "system", "bench", "testbed", "demo", "cli"}
+
+
+def test_run_time_never_reaches_build_time():
+    """The edge (runtime), the server (serving) and the contract between them reach nothing that trains,
+    builds, benches or emulates, through any chain of imports."""
+    for m in (m for m in MODULES if _part(m) in ("runtime", "serving", "contract")):
+        bad = sorted(t for t in reaches(m) if _part(t) in BUILD_TIME)
+        assert not bad, f"{m} reaches {bad}"
+
+
+def test_runtime_and_serving_stand_side_by_side():
+    """Neither half of run time imports the other: the edge needs no server code, the server no edge code."""
     for m in (m for m in MODULES if _part(m) in ("runtime", "serving")):
-        bad = {n for n in _imported(MODULES[m]) if _part(n) in ("training", "bench") and n.startswith("askexpert.")}
-        assert not bad, f"{m} imports {bad}"
+        other = "serving" if _part(m) == "runtime" else "runtime"
+        assert not {t for t in GRAPH[m] if _part(t) == other}, f"{m} imports {other}"
+
+
+def test_every_package_has_an_init():
+    """Every folder of askexpert's code is a package, with a docstring that says what it holds."""
+    for folder in (p for p in SRC.rglob("*") if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))):
+        init = folder / "__init__.py"
+        assert init.is_file(), f"{folder} has no __init__.py"
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
 
 
 def test_the_rule_checks_see_a_violation(tmp_path):
-    """The checks are not vacuous: an import of training from the contract is seen as one."""
+    """The checks are not vacuous: an import of training from the contract is seen as one, and a chain of
+    imports is followed to its end."""
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from askexpert.training.engine import fit\n")
     assert "askexpert.training.engine" in _imported(bad)
     assert RANK[_part("askexpert.training.engine")] > RANK[_part("askexpert.contract.schema")]
+    chain = reaches("askexpert.system.build")
+    assert "askexpert.models.checkpoint" in chain and "askexpert.errors" in chain  # through calibrate and models

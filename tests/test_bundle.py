@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from askexpert.cli import main
-from askexpert.contract.bundle import load_bundle
+from askexpert.contract.bundle import open_system
 from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.costs.energy import CostModel
 from askexpert.costs.profiles import device, network
@@ -25,14 +25,14 @@ from askexpert.runtime.clients import HttpExpertClient, InProcessExpertClient
 from askexpert.runtime.edge import EdgeRunner, ExpertTarget, Route, summarize
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.serving.pool import ExpertPool
-from askexpert.serving.process import ServerProcess
+from askexpert.testbed.server import ServerProcess
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "askexpert"
 HEAVY = ("torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx")
 
 
 def test_bundle_holds_every_file_with_its_hash_and_the_calibration(tiny_system):
-    bundle = load_bundle(tiny_system["bundle"])
+    bundle = open_system(tiny_system["bundle"])
     m = bundle.manifest
     assert m.schema_version == 3 and len(m.experts) == 3 and m.general is not None
     assert {"generalist.onnx", "generalist/model.safetensors", "generalist/model.json",
@@ -61,19 +61,19 @@ def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
     weights = copy / "experts" / "expert-1" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(CheckpointError, match="does not match its sha256.*fix: copy the bundle again"):
-        load_bundle(copy)
+        open_system(copy)
     weights.unlink()
     with pytest.raises(CheckpointError, match="lacks experts/expert-1/model.safetensors"):
-        load_bundle(copy)
+        open_system(copy)
     manifest = json.loads((tiny_system["bundle"] / SYSTEM_FILE).read_text())
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "schema_version": 99}))
     with pytest.raises(CheckpointError, match="schema version 99.*this askexpert reads versions 1, 2, 3 .it writes 3"):
-        load_bundle(copy)
+        open_system(copy)
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "routing": {**manifest["routing"], "k": 0}}))
     with pytest.raises(CheckpointError, match="routing.k"):
-        load_bundle(copy)
+        open_system(copy)
     with pytest.raises(CheckpointError, match="not a system bundle"):
-        load_bundle(tmp_path)
+        open_system(tmp_path)
 
 
 def test_build_system_cli_writes_an_archive_that_serves(tiny_system, tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_build_system_cli_writes_an_archive_that_serves(tiny_system, tmp_path, c
                  "--accuracy", "40", "--k", "2", "--fallback", "other-or-less-confident", "--archive",
                  "--no-general"]) == 0
     assert "operating point" in capsys.readouterr().out
-    bundle = load_bundle(tmp_path / "sys.tar.gz")  # the archive unpacks to the same, verified, system
+    bundle = open_system(tmp_path / "sys.tar.gz")  # the archive unpacks to the same, verified, system
     m = bundle.manifest
     assert m.routing.k == 2 and m.routing.fallback == "other-or-less-confident" and m.general is None
     assert m.routing.operating_point.target == "accuracy" and m.routing.operating_point.val_accuracy >= 40
@@ -104,7 +104,7 @@ def test_an_edge_refuses_a_server_holding_another_system(tiny_system, tmp_path, 
                      "--predictions", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
     assert "serves another system" in err and "askexpert serve BUNDLE" in err
-    assert load_bundle(other).system_id[:12] in err
+    assert open_system(other).system_id[:12] in err
 
 
 def _imports(path: Path) -> set[str]:
@@ -128,7 +128,7 @@ def test_import_rules():
               SRC / "runtime" / "edge.py", SRC / "runtime" / "onnx_model.py", SRC / "runtime" / "session.py",
               SRC / "runtime" / "clients.py", SRC / "runtime" / "inputs.py",
               SRC / "costs" / "energy.py", SRC / "imageio.py", SRC / "splits.py", SRC / "paths.py",
-              SRC / "runtime" / "pacing.py", SRC / "runtime" / "local_experts.py", SRC / "runtime" / "records.py",
+              SRC / "runtime" / "pacing.py", SRC / "bench" / "local_experts.py", SRC / "runtime" / "records.py",
               SRC / "security.py", SRC / "corruptions.py", SRC / "runtime" / "control.py",
               SRC / "runtime" / "link.py", SRC / "costs" / "plan.py",
               *(f for f in (SRC / "testbed").glob("*.py") if f.name != "reference.py")]:  # exports it with torch once
@@ -137,8 +137,8 @@ def test_import_rules():
     # and at run time: importing the edge's modules loads no heavy package
     code = ("import sys; import askexpert.cli, askexpert.runtime.session, askexpert.runtime.onnx_model, "
             "askexpert.routing, askexpert.costs.energy, askexpert.testbed.placement, askexpert.testbed.worker, "
-            "askexpert.runtime.local_experts, askexpert.runtime.control, askexpert.costs.plan, "
-            "askexpert.corruptions, askexpert.testbed.measure, askexpert.testbed.load; "
+            "askexpert.bench.local_experts, askexpert.runtime.control, askexpert.costs.plan, "
+            "askexpert.corruptions, askexpert.testbed.measure, askexpert.testbed.competing; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
             "or m.startswith('askexpert.training')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -149,7 +149,7 @@ def _test_npz(tiny_system, path: Path, n: int) -> Path:
     from askexpert.config import DataConfig
     from askexpert.data import load_dataset
 
-    cfg = load_bundle(tiny_system["bundle"]).manifest.data.config
+    cfg = open_system(tiny_system["bundle"]).manifest.data.config
     test = load_dataset(DataConfig(**cfg)).test
     np.savez(path, images=test.images[:n].numpy(), labels=test.labels[:n].numpy())
     return path
@@ -187,10 +187,12 @@ def test_a_fresh_venv_without_torch_answers_from_the_bundle(tiny_system, bundle_
 
 def _offline_answers(tiny_system, policy: RoutingPolicy):
     """What the offline evaluation says the system answers on the bundle's test images."""
+    from askexpert.models import open_checkpoint
+    from askexpert.models.runs import open_expert_run
     from askexpert.system.calibrate import load_experts, outputs_of
 
-    gen = outputs_of(tiny_system["generalist"], "the generalist")
-    experts = load_experts(tiny_system["experts"], "static", gen)
+    gen = outputs_of(open_checkpoint(tiny_system["generalist"]), "the generalist")
+    experts = load_experts(open_expert_run(tiny_system["experts"]), "static", gen)
     d = route(gen.test_logits, policy, membership_matrix(experts.subsets, 10))
     final, fell_back = finalize(d, *experts.test.for_route(d.expert), policy)
     return d, final, fell_back, gen.test_labels
@@ -201,7 +203,7 @@ def _offline_answers(tiny_system, policy: RoutingPolicy):
 def test_offline_and_live_answers_agree_image_by_image(tiny_system, bundle_server, tmp_path, fallback):
     """The server answers with the experts' calibrated temperatures (from the bundle), so the live system
     over HTTP gives, image by image, what the offline evaluation computes from saved logits."""
-    bundle = load_bundle(tiny_system["bundle"])
+    bundle = open_system(tiny_system["bundle"])
     r = bundle.manifest.routing
     policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature, fallback=fallback)
     d, final, fell_back, labels = _offline_answers(tiny_system, policy)
@@ -227,7 +229,7 @@ def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_s
     assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
                  "--deferral", "learned", "--no-general"]) == 0
     assert "learned deferral" in capsys.readouterr().out
-    bundle = load_bundle(out)
+    bundle = open_system(out)
     m, r = bundle.manifest, bundle.manifest.routing
     assert m.schema_version == 3 and r.confidence == "learned" and r.deferral.fitted_on == 600
     assert m.curve.ks == [r.k] == [3] and abs(r.operating_point.val_offload_rate - 30) < 1
@@ -260,7 +262,7 @@ def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_s
 @pytest.mark.timeout(300)
 def test_edge_execution_counts_its_fallbacks(tiny_system):
     """Experts run on the edge (edge execution) report their fallbacks like the offloaded system does."""
-    bundle = load_bundle(tiny_system["bundle"])
+    bundle = open_system(tiny_system["bundle"])
     r = bundle.manifest.routing
     policy = RoutingPolicy(tau=r.tau, k=r.k, temperature=r.temperature, fallback="other-or-less-confident")
     d, final, fell_back, labels = _offline_answers(tiny_system, policy)
@@ -280,7 +282,7 @@ def test_edge_execution_counts_its_fallbacks(tiny_system):
 
 @pytest.mark.timeout(300)
 def test_per_image_costs_at_batch_four_add_up_to_the_measured_batch(tiny_system, bundle_server, tmp_path):
-    bundle = load_bundle(tiny_system["bundle"])
+    bundle = open_system(tiny_system["bundle"])
     data = np.load(_test_npz(tiny_system, tmp_path / "t.npz", 200))
     images, labels = data["images"], data["labels"]
     r = bundle.manifest.routing
@@ -319,5 +321,5 @@ def test_an_archive_that_climbs_out_of_its_folder_is_refused(tmp_path):
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     with pytest.raises(CheckpointError, match="bundle archive"):
-        load_bundle(archive)
+        open_system(archive)
     assert not (tmp_path / "escaped").exists() and not list(Path("/tmp").glob("escaped/system.json"))

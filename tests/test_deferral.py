@@ -140,6 +140,8 @@ def test_the_benchmark_scores_every_rule_on_the_same_images_and_pairs_the_seeds(
     import deferral as bench
 
     from askexpert.bench.machine import machine_info
+    from askexpert.models import open_checkpoint
+    from askexpert.models.runs import open_expert_run
     from askexpert.system.calibrate import load_experts, outputs_of, routed_outcomes
 
     result = bench.evaluate(tiny_system["generalist"], tiny_system["experts"])
@@ -148,8 +150,8 @@ def test_the_benchmark_scores_every_rule_on_the_same_images_and_pairs_the_seeds(
         for rule in bench.RULES:
             row = bench.at(result, rule, share)
             assert abs(row["offload_rate"] - share * 100) < 8  # tau from validation, applied to test
-    gen = outputs_of(tiny_system["generalist"], "the generalist")
-    experts = load_experts(tiny_system["experts"], "static", gen)
+    gen = outputs_of(open_checkpoint(tiny_system["generalist"]), "the generalist")
+    experts = load_experts(open_expert_run(tiny_system["experts"]), "static", gen)
     local, remote = routed_outcomes(gen, experts, RoutingPolicy(tau=ALL, k=3, temperature=result["temperature"]),
                                     "test")
     assert bench.at(result, "oracle", 0.3)["accuracy"] == oracle_accuracy(local, remote, 0.3)

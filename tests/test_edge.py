@@ -16,7 +16,7 @@ from askexpert.errors import CheckpointError
 from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
-from askexpert.serving.process import free_port
+from askexpert.testbed.server import free_port
 
 
 def test_onnx_export_matches_torch_and_carries_class_names(tiny_system, tmp_path):

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from askexpert.contract.bundle import load_bundle
+from askexpert.contract.bundle import open_system
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
-from askexpert.runtime.session import EdgeSettings, open_system, run_edge
+from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,7 +34,7 @@ class FakeServer:
     """An expert server that answers as told: ``mode`` picks the misbehaviour of the next requests."""
 
     def __init__(self, bundle: Path) -> None:
-        b = load_bundle(bundle)
+        b = open_system(bundle)
         self.system_id = b.system_id
         self.experts = [{"id": e.id, "classes": list(e.classes), "class_names": list(e.class_names),
                          "has_other": True, "model": "m", "timm_name": "t", "parameters": 1,
@@ -149,13 +149,13 @@ def _images(tiny_system, n: int) -> tuple[np.ndarray, np.ndarray]:
     from askexpert.config import DataConfig
     from askexpert.data import load_dataset
 
-    cfg = load_bundle(tiny_system["bundle"]).manifest.data.config
+    cfg = open_system(tiny_system["bundle"]).manifest.data.config
     test = load_dataset(DataConfig(**cfg)).test
     return test.images[:n].numpy(), test.labels[:n].numpy()
 
 
 def _runner(tiny_system, url: str, *, from_server: bool, **client_kw) -> EdgeRunner:
-    system = open_system(EdgeSettings(system=tiny_system["bundle"], server=None))
+    system = edge_system(EdgeSettings(system=tiny_system["bundle"], server=None))
     client = HttpExpertClient(url, down_for_s=0.0, **client_kw)
     return EdgeRunner(system.model, system.policy, client, None if from_server else system.experts)
 
@@ -325,7 +325,7 @@ def test_a_bundles_edge_sends_nothing_to_a_server_that_does_not_name_its_system(
 def test_a_server_is_asked_again_and_trusted_once_its_health_names_the_system(tiny_system, fake):
     """Distrust is an outage, not a verdict: after ``down_for_s`` the health is asked again; once it names
     the bundle's system the answers are used, and after a failure the server must show it again."""
-    system = open_system(EdgeSettings(system=tiny_system["bundle"], server=None))
+    system = edge_system(EdgeSettings(system=tiny_system["bundle"], server=None))
     client = HttpExpertClient(fake.url, down_for_s=0.0, system_id=system.system_id)
     runner = EdgeRunner(system.model, system.policy, client, system.experts)
     images, labels = _images(tiny_system, 80)
@@ -366,7 +366,7 @@ def test_a_server_set_trusts_each_server_on_its_own(tiny_system):
 
     bad, good = FakeServer(tiny_system["bundle"]), FakeServer(tiny_system["bundle"])
     bad.health = "html"
-    system_id = load_bundle(tiny_system["bundle"]).system_id
+    system_id = open_system(tiny_system["bundle"]).system_id
     servers = ServerSet([HttpExpertClient(u, retries=0, system_id=system_id) for u in (bad.url, good.url)])
     try:
         images = np.zeros((2, 1, 28, 28), np.uint8)

@@ -2,7 +2,7 @@
 
 The folder is written as a user's would be: real PNG files (half grayscale, half tinted RGB), one sub-folder
 per class, class names of the user's choosing, no Fashion-MNIST name anywhere. The images are real
-Fashion-MNIST garments. Every step is the README's walk-through; each message a user can meet on
+Fashion-MNIST garments. Every step is docs/usage.md's walk-through; each message a user can meet on
 the way is checked to name the fix that works, and the fix is then applied.
 """
 
@@ -19,7 +19,7 @@ from askexpert.cli import main
 from askexpert.contract.schema import Partition
 from askexpert.data import fashion_mnist
 from askexpert.data.fashion_mnist import load_split
-from askexpert.serving.process import ServerProcess
+from askexpert.testbed.server import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -71,10 +71,10 @@ def _in_process_answers(bundle, folder):
     from askexpert.runtime.clients import InProcessExpertClient
     from askexpert.runtime.edge import EdgeRunner
     from askexpert.runtime.inputs import open_input
-    from askexpert.runtime.session import EdgeSettings, open_system
+    from askexpert.runtime.session import EdgeSettings, edge_system
     from askexpert.serving.pool import ExpertPool
 
-    system = open_system(EdgeSettings(system=bundle, server=None, threads=1))
+    system = edge_system(EdgeSettings(system=bundle, server=None, threads=1))
     source = open_input([str(folder)], input_spec=system.model.input, class_names=system.model.class_names,
                         data=system.data, batch_size=1)
     client = InProcessExpertClient(ExpertPool(bundle, device="cpu", include_general=False), topk=3)

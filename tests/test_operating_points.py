@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from askexpert.cli import main
-from askexpert.contract.bundle import load_bundle
+from askexpert.contract.bundle import open_system
 from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.corruptions import SEVERITIES, Corruption, parse_corruption
 from askexpert.errors import ConfigError
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.link import LinkSchedule, parse_link, parse_link_arg, parse_schedule
 from askexpert.runtime.session import EdgeSettings, _link_signal, run_edge
-from askexpert.serving.process import ServerProcess
+from askexpert.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)  # real servers
 
@@ -45,7 +45,7 @@ def test_a_version_2_bundle_still_loads_with_its_confidence_rule(tiny_system, tm
     raw["schema_version"] = 2
     raw["routing"].pop("deferral")
     (old / SYSTEM_FILE).write_text(json.dumps(raw, indent=1))
-    m = load_bundle(old).manifest
+    m = open_system(old).manifest
     assert m.schema_version == 2 and m.routing.deferral is None and m.curve is not None
     policy = RoutingPolicy.from_spec(m.routing)
     assert policy.confidence == "max-prob" and policy.deferral is None and policy.tau == m.routing.tau
@@ -54,7 +54,7 @@ def test_a_version_2_bundle_still_loads_with_its_confidence_rule(tiny_system, tm
 def test_a_version_1_bundle_still_loads_and_runs(tiny_system, bundle_server, tmp_path):
     """Its answers are the new bundle's, image for image; what needs the curve says so."""
     old = _v1_copy(tiny_system["bundle"], tmp_path / "v1")
-    m = load_bundle(old).manifest
+    m = open_system(old).manifest
     assert m.schema_version == 1 and m.curve is None
     with ServerProcess(old, threads=1) as url:
         then = run_edge(EdgeSettings(system=old, server=url, limit=120, threads=1))
@@ -80,7 +80,7 @@ def test_the_edge_holds_its_slo_when_the_link_changes(tiny_system, bundle_server
     assert all(t.tau_why for t in traces) and traces[0].tau_why.startswith("start")
     c = report.control
     assert c.mode == "slo-p95" and c.windows == 3 and len(c.p95_by_window) == 3
-    bundle = load_bundle(tiny_system["bundle"]).manifest
+    bundle = open_system(tiny_system["bundle"]).manifest
     assert c.changes[0].tau == bundle.routing.tau  # it starts at the bundle's point
     moved = c.changes[1:]
     assert any(ch.image > 20 and ch.why.startswith("down") and "SLO p95 30 ms" in ch.why for ch in moved)
@@ -110,7 +110,7 @@ def test_build_system_chooses_from_a_measured_latency_budget(tiny_system, tmp_pa
     args = ["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
             "--edge-device", "host", "--link", "wifi", "--server-load", "1", "--plan-images", "200"]
     assert main([*args, "--p95-latency", "1000"]) == 0
-    m = load_bundle(out).manifest
+    m = open_system(out).manifest
     op = m.routing.operating_point
     assert op.target == "p95-latency" and op.value == 1000 and op.predicted.p95_ms <= 1000
     assert op.predicted.load == 1 and op.predicted.link_ms == pytest.approx(5.0, abs=0.5)  # wifi: 5 ms RTT

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from askexpert.bench.cost_bundle import COST_ONLY, CostSystem
 from askexpert.bench.scale import ScaleProfile, on_link, photo_crops, run_paper_scale
 from askexpert.bench.scale_report import ratios
-from askexpert.contract.bundle import load_bundle
+from askexpert.contract.bundle import open_system
 from askexpert.routing.thresholds import tau_for_offload
 from askexpert.runtime.edge import Route, SampleTrace
 from askexpert.runtime.link import PRESETS
-from askexpert.system.costing import COST_ONLY, CostSystem
 
 pytestmark = pytest.mark.timeout(600)
 SMALL = CostSystem(generalist="vit-edge-32", expert="vit-edge-32", classes=6, experts=2)
@@ -66,7 +66,7 @@ def test_the_bench_on_the_host_writes_its_tables_and_plots(tmp_path):
     saved = json.loads((tmp_path / "results" / "paper-scale.json").read_text())
     assert saved["system"]["weights"].startswith("untrained") and len(saved["rows"]) == len(result.rows)
     # the cost bundle it measured: an ordinary, verified bundle that says what it is
-    m = load_bundle(tmp_path / "paper-scale" / "bundle", verify=True).manifest
+    m = open_system(tmp_path / "paper-scale" / "bundle", verify=True).manifest
     assert m.data.name == COST_ONLY and "untrained" in m.name and "accuracy not measured" in m.name
     assert m.routing.operating_point.val_offload_rate == 25.0 and len(m.experts) == 2 and m.general is not None
     assert [e.classes for e in m.experts] == [[0, 1, 2], [3, 4, 5]]

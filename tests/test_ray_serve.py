@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from askexpert.contract.protocol import encode_images
-from askexpert.serving.process import ServerProcess
+from askexpert.testbed.server import ServerProcess
 
 TOKEN = "ray-test-token"
 
@@ -60,7 +60,7 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
 
     from askexpert.runtime.clients import InProcessExpertClient
     from askexpert.runtime.edge import EdgeRunner
-    from askexpert.runtime.session import EdgeSettings, open_system, run_edge
+    from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
     from askexpert.serving.app import create_app
     from askexpert.serving.local import LocalExperts
     from askexpert.serving.pool import ExpertPool
@@ -80,7 +80,7 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
         experts = local.get("/v1/experts").json()
         schema = local.get("/openapi.json").json()
         metrics = _metric_names(local.get("/metrics").text)
-    system = open_system(EdgeSettings(system=bundle, server=None))
+    system = edge_system(EdgeSettings(system=bundle, server=None))
     in_process = EdgeRunner(system.model, system.policy, InProcessExpertClient(pool), system.experts)
     local_edge = [t.pred for t in in_process.run([(images, np.zeros(len(images), np.int64))])]
 

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from askexpert.cli import main
-from askexpert.contract.bundle import load_bundle, sha256_file
+from askexpert.contract.bundle import open_system, sha256_file
 from askexpert.contract.protocol import ProtocolError, decode_images, encode_images
 from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.serving.pool import ExpertPool
-from askexpert.serving.process import ServerProcess
+from askexpert.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "s3cret-token-for-tests"
@@ -295,8 +295,8 @@ def test_checkpoints_cannot_name_files_outside_their_directory(tiny_system, tmp_
 
 
 def test_a_pinned_system_id_catches_a_consistently_tampered_bundle(tiny_system, tmp_path, capsys):
-    published = load_bundle(tiny_system["bundle"]).system_id
-    assert load_bundle(tiny_system["bundle"], expect_id=published).system_id == published
+    published = open_system(tiny_system["bundle"]).system_id
+    assert open_system(tiny_system["bundle"], expect_id=published).system_id == published
     copy = tmp_path / "b"
     shutil.copytree(tiny_system["bundle"], copy)
     # a tamperer swaps an expert's weights and rewrites system.json with the new sha256: the bundle
@@ -306,14 +306,14 @@ def test_a_pinned_system_id_catches_a_consistently_tampered_bundle(tiny_system, 
     manifest = json.loads((copy / SYSTEM_FILE).read_text())
     manifest["files"]["experts/expert-1/model.safetensors"] = sha256_file(weights)
     (copy / SYSTEM_FILE).write_text(json.dumps(manifest))
-    load_bundle(copy)
+    open_system(copy)
     with pytest.raises(CheckpointError, match="not the expected system"):
-        load_bundle(copy, expect_id=published)
+        open_system(copy, expect_id=published)
     with pytest.raises(ConfigError, match="64 hex digits"):
-        load_bundle(copy, expect_id=published[:12])
+        open_system(copy, expect_id=published[:12])
     assert main(["serve", str(copy), "--expect-system-id", published]) == 2
     assert "not the expected system" in capsys.readouterr().err
     manifest["files"]["../../etc/passwd"] = "0" * 64  # a file list may not leave the bundle either
     (copy / SYSTEM_FILE).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="outside"):
-        load_bundle(copy)
+        open_system(copy)

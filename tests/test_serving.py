@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from askexpert.contract.protocol import InferResponse, encode_images, image_results_batched
+from askexpert.models import open_checkpoint
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InProcessExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.inputs import open_input
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
-from askexpert.serving.process import ServerProcess, free_port
 from askexpert.system.calibrate import generalist_policy
+from askexpert.testbed.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(300)  # every test here talks to a real server
 
@@ -71,7 +72,7 @@ def test_predictions_through_the_server_equal_in_process(server, pool, tiny_syst
 
 def test_edge_over_http_equals_edge_in_process(server, pool, tiny_system):
     gen = TorchGeneralist(tiny_system["generalist"])
-    policy = generalist_policy(tiny_system["generalist"], offload_rate=0.3, k=3)
+    policy = generalist_policy(open_checkpoint(tiny_system["generalist"]), offload_rate=0.3, k=3)
     traces = {}
     for name, client in (("http", HttpExpertClient(server)), ("local", InProcessExpertClient(pool))):
         batches, n, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
@@ -220,7 +221,7 @@ def test_a_lone_small_batch_runs_on_the_event_loop_thread_and_a_burst_still_batc
 @pytest.mark.slow
 def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_system):
     gen = TorchGeneralist(tiny_system["generalist"])
-    policy = generalist_policy(tiny_system["generalist"], offload_rate=0.4, k=3)
+    policy = generalist_policy(open_checkpoint(tiny_system["generalist"]), offload_rate=0.4, k=3)
     port = free_port()
     server = ServerProcess(tiny_system["experts"], port=port, threads=1)
     server.start()
@@ -349,10 +350,10 @@ def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny
     """The experts split between two servers, one expert alone on the second: one edge run over both
     answers as one server would; with the second server killed, only the samples routed to its expert
     degrade. Which experts the trained router uses is the model's: the split is made from that."""
-    from askexpert.runtime.session import EdgeSettings, open_system, run_edge
+    from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
 
     bundle = tiny_system["bundle"]
-    system = open_system(EdgeSettings(system=bundle, server=None))
+    system = edge_system(EdgeSettings(system=bundle, server=None))
     local = EdgeRunner(system.model, system.policy, InProcessExpertClient(ExpertPool(bundle)), system.experts)
     images, labels = _test_images(tiny_system, 600)
     routed = [t.expert for t in local.run([(images, labels)])]

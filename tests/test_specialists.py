@@ -19,7 +19,7 @@ from askexpert.data import ArraySplit
 from askexpert.errors import ConfigError
 from askexpert.models import load_checkpoint
 from askexpert.routing import RoutingPolicy, system_metrics
-from askexpert.routing.system import ExpertAnswers, oracle_experts, subset_accuracies
+from askexpert.routing.metrics import ExpertAnswers, oracle_experts, subset_accuracies
 from askexpert.system.calibrate import Outputs, general_restricted
 from askexpert.training.evaluate import subset_targets
 from askexpert.training.experts import train_experts

@@ -142,7 +142,7 @@ def test_cgroups_are_gone_after_sigterm(tmp_path, host_reference_ms):
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: edge and server share it (said in the placement)")
 def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
-    from askexpert.serving.process import ServerProcess
+    from askexpert.testbed.server import ServerProcess
 
     with EmulatedEdge(slower_device(host_reference_ms), mode="paced", calibration_runs=3) as edge:
         server = ServerProcess(tiny_system["bundle"], cpus=edge.server_cores)
@@ -159,10 +159,10 @@ def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
 def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, tmp_path):
     """``askexpert edge BUNDLE --device rpi4``: the bundle's edge in its own process, paced by the device model,
     answering over real HTTP, with the placement in the summary."""
-    from askexpert.contract.bundle import load_bundle
-    from askexpert.serving.process import ServerProcess
+    from askexpert.contract.bundle import open_system
+    from askexpert.testbed.server import ServerProcess
 
-    bundle = load_bundle(tiny_system["bundle"])
+    bundle = open_system(tiny_system["bundle"])
     rng = np.random.default_rng(0)
     spec = bundle.manifest.input
     images = rng.integers(0, 256, (40, spec.channels, spec.size, spec.size), dtype=np.uint8)
@@ -184,14 +184,14 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
 def test_local_experts_answer_as_the_server(tiny_system, tmp_path):
     """The edge-execution baselines run the bundle's experts in ONNX on the edge: same answers as the
     server's torch models (one expert and the general model here; the bench exports them all)."""
-    from askexpert.contract.bundle import load_bundle
+    from askexpert.bench.local_experts import LocalExperts, LocalModelSpec
+    from askexpert.contract.bundle import open_system
     from askexpert.contract.labels import GENERAL, OTHER
     from askexpert.models.onnx_export import export_onnx
     from askexpert.runtime.clients import InProcessExpertClient
-    from askexpert.runtime.local_experts import LocalExperts, LocalModelSpec
     from askexpert.serving.pool import ExpertPool
 
-    bundle = load_bundle(tiny_system["bundle"])
+    bundle = open_system(tiny_system["bundle"])
     m = bundle.manifest
     expert = m.experts[0]
     specs = [LocalModelSpec(expert.id, tmp_path / "e.onnx", (*expert.classes, OTHER), expert.temperature),

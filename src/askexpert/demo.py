@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from askexpert.bench.baselines import SystemRow, measure, run_on_edge
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.costs.profiles import device, network, server_profile_for
@@ -33,11 +34,10 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS, LinkProfile
 from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, run_edge
-from askexpert.runtime.systems import SystemRow, measure, run_on_edge
-from askexpert.serving.process import ServerProcess
 from askexpert.system.build import build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
 from askexpert.testbed.placement import EmulatedEdge, Mode, Placement
+from askexpert.testbed.server import ServerProcess
 
 EDGE_DEVICE = "raspberry-pi-4"  # the energy profile when the edge is not emulated (costs/profiles.yaml)
 DEFAULT_LINK = PRESETS["wifi"]
@@ -93,7 +93,7 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
         console.log(edge.placement.describe())
         console.rule(f"4/5 collaborative: the ONNX generalist on the {edge.placement.label}, unsure images to the "
                      "experts over HTTP")
-        settings = EdgeSettings(system=bundle, server=url, inputs=["split:test"], limit=limit, link=link, threads=1,
+        settings = EdgeSettings(system=built, server=url, inputs=["split:test"], limit=limit, link=link, threads=1,
                                 trace=report_dir / "trace.jsonl")
         # the edge reads a file of the test images, as a deployed edge would (no dataset); the baselines too
         settings = freeze_split(settings, report_dir / "test-images.npz")
@@ -123,17 +123,23 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
                SystemRow("collaborative", "collaborative", report.summary, energy, "progressive",
                          link.name if link else None, k=report.policy.k, tau=report.policy.tau)]
     result = DemoResult(report, energy, models, bundle, report_dir, edge.placement, systems)
-    (report_dir / "summary.json").write_text(json.dumps({
-        "summary": asdict(report.summary), "energy": asdict(energy), "policy": asdict(report.policy),
-        "systems": [s.to_dict() for s in systems],
-        "input": report.input, "backend": report.backend, "link": report.link, "bundle": str(bundle),
-        "placement": edge.placement.to_dict(),
+    (report_dir / "summary.json").write_text(json.dumps(_summary(result, settings), indent=1))
+    (report_dir / "report.md").write_text(markdown(result))
+    return result
+
+
+def _summary(result: DemoResult, settings: EdgeSettings) -> dict:
+    """What ``summary.json`` holds: the collaborative run, the three systems, the placement, the models."""
+    report, models = result.report, result.models
+    return {
+        "summary": asdict(report.summary), "energy": asdict(result.energy), "policy": asdict(report.policy),
+        "systems": [s.to_dict() for s in result.systems],
+        "input": report.input, "backend": report.backend, "link": report.link, "bundle": str(result.bundle),
+        "placement": result.placement.to_dict(),
         "models": {"generalist": str(models.generalist), "general": str(models.general),
                    "experts": str(models.experts["progressive"]),
                    "partition": json.loads(models.partition.read_text())["experts"]},
-        "settings": {k: str(v) for k, v in asdict(settings).items()}}, indent=1))
-    (report_dir / "report.md").write_text(markdown(result))
-    return result
+        "settings": {k: str(v) for k, v in asdict(settings).items()}}
 
 
 COMPARISON = (  # (label, value of a SystemRow, format)

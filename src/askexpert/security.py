@@ -1,5 +1,6 @@
 """Who may talk to a server and which files may be trusted (torch-free: the edge imports it).
 
+* TLS: an https server's certificate checked against the system's authorities or a given one.
 * Bearer tokens: one secret shared by the server and its edges, read from a file (``--token-file``) or
   the environment (``ASKEXPERT_TOKEN``), never from the command line (it would show in ``ps``).
 * Binding beyond loopback: refused without a token unless the user says ``--insecure``.
@@ -14,11 +15,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from pathlib import Path
 
 from askexpert.errors import CheckpointError, ConfigError
 
 TOKEN_ENV = "ASKEXPERT_TOKEN"
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificate checks against the system's authorities, or against ``ca_file`` (a self-signed server)."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 def read_token(token_file: Path | None) -> str | None:

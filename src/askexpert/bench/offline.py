@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.errors import ConfigError
-from askexpert.models import read_meta
+from askexpert.models import open_checkpoint
+from askexpert.models.runs import open_expert_run
 from askexpert.routing import (
     DEFAULT_K,
     RoutingPolicy,
@@ -31,7 +32,7 @@ from askexpert.routing import (
     system_metrics,
     tau_for_offload,
 )
-from askexpert.routing.system import share, subset_accuracies
+from askexpert.routing.metrics import share, subset_accuracies
 from askexpert.system.calibrate import (
     ExpertSet,
     Outputs,
@@ -134,17 +135,11 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
     """
     if headline_k is not None and headline_k not in ks:
         ks = sorted({*ks, headline_k})
-    classes = read_meta(generalist).class_names
+    gen, gen_model, classes = _generalist_and_general(generalist, general, device)
     n = len(classes)
-    if read_meta(general).class_names != classes:
-        raise ConfigError("the generalist and the general model predict different classes",
-                          fix="use models trained on the same dataset")
-    gen = outputs_of(generalist, "the generalist", device)
-    gen_model = outputs_of(general, "the general model", device)
-    require_same_images(gen, gen_model)
     t_gen = fit_temperature(gen.val_logits, gen.val_labels)
     t_general = fit_temperature(gen_model.val_logits, gen_model.val_labels)
-    systems = [load_experts(run, label, gen, device) for label, run in expert_runs.items()]
+    systems = [load_experts(open_expert_run(run), label, gen, device) for label, run in expert_runs.items()]
     systems.append(general_as_expert(gen_model, t_general, n))
     val_conf = validation_confidence(gen, t_gen, confidence)
     test_conf = scaled_confidence(gen.test_logits, t_gen, confidence)  # the generalist's, once for every row
@@ -162,7 +157,7 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
     headline = _headline(systems, rows, headline_rate, headline_k)
     restricted = {"": (gen_model, t_general)}
     for label, run in (other_generals or {}).items():
-        out = outputs_of(run, f"the general model ({label})", device)
+        out = outputs_of(open_checkpoint(run), f"the general model ({label})", device)
         require_same_images(gen, out)
         restricted[label] = (out, fit_temperature(out.val_logits, out.val_labels))
     controls, subset_accuracy, no_other = _controls(systems[:-1], headline, gen, gen_model, restricted, t_gen,
@@ -182,6 +177,18 @@ def evaluate_system(generalist: Path, general: Path, expert_runs: dict[str, Path
                   "target_accuracy": target_accuracy, "headline_k": headline_k},
         controls=controls, subset_accuracy=subset_accuracy, subset_accuracy_no_other=no_other,
     )
+
+
+def _generalist_and_general(generalist: Path, general: Path, device: str) -> tuple[Outputs, Outputs, list[str]]:
+    """Both models' logits, checked to predict the same classes (returned) on the same images."""
+    generalist, general = open_checkpoint(generalist), open_checkpoint(general)
+    if general.meta.class_names != generalist.meta.class_names:
+        raise ConfigError("the generalist and the general model predict different classes",
+                          fix="use models trained on the same dataset")
+    gen = outputs_of(generalist, "the generalist", device)
+    gen_model = outputs_of(general, "the general model", device)
+    require_same_images(gen, gen_model)
+    return gen, gen_model, generalist.meta.class_names
 
 
 def restricted_name(label: str, of: str | None) -> str:

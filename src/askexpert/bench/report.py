@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from askexpert.bench.baselines import SystemRow
 from askexpert.bench.results import BenchResult, ClientsRow
-from askexpert.runtime.systems import SystemRow
 from askexpert.testbed.placement import Placement
 
 BASELINES = [
@@ -85,6 +85,27 @@ def goals(result: BenchResult) -> list[Goal]:
     return out
 
 
+def _accuracy_against(plt, metric: str, xlabel: str, base: list, taus: list[SystemRow], sweep_images: int):
+    """Accuracy against mean latency (``metric`` "latency") or edge energy: the baselines as points, the tau
+    sweep as one line a k."""
+    def x(row: SystemRow) -> float:
+        return row.summary.latency_ms.mean if metric == "latency" else row.energy.edge_mj_per_image
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    markers = "osD^vP"
+    for i, (label, row) in enumerate(base):
+        ax.scatter(x(row), row.summary.accuracy, s=70, marker=markers[i % len(markers)], label=label, zorder=3)
+    for k in sorted({r.k for r in taus}):
+        pts = [r for r in taus if r.k == k]
+        ax.plot([x(r) for r in pts], [r.summary.accuracy for r in pts], "--", marker="x", alpha=0.7,
+                label=f"collaborative, tau sweep, k={k} ({sweep_images} images, stratified)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
 def plots(result: BenchResult, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -105,22 +126,7 @@ def plots(result: BenchResult, out_dir: Path) -> list[Path]:
     taus = sorted(_systems(result, "tau-"), key=lambda r: (r.k, r.tau))
     for metric, xlabel, name in (("latency", "mean latency an image (ms)", "accuracy_vs_latency.png"),
                                  ("edge", "edge energy an image (mJ, modelled)", "accuracy_vs_edge_energy.png")):
-        def x(row: SystemRow, metric=metric) -> float:
-            return row.summary.latency_ms.mean if metric == "latency" else row.energy.edge_mj_per_image
-
-        fig, ax = plt.subplots(figsize=(8, 4.8))
-        markers = "osD^vP"
-        for i, (label, row) in enumerate(base):
-            ax.scatter(x(row), row.summary.accuracy, s=70, marker=markers[i % len(markers)], label=label, zorder=3)
-        for k in sorted({r.k for r in taus}):
-            pts = [r for r in taus if r.k == k]
-            ax.plot([x(r) for r in pts], [r.summary.accuracy for r in pts], "--", marker="x", alpha=0.7,
-                    label=f"collaborative, tau sweep, k={k} ({result.sweep_images} images, stratified)")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        save(fig, name)
+        save(_accuracy_against(plt, metric, xlabel, base, taus, result.sweep_images), name)
 
     if taus:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -210,9 +216,18 @@ def write_report(result: BenchResult, out_dir: Path) -> Path:
     lines += ["", "## Goals (ratios from this run)", "", "| goal | ratio | met | detail |", "|---|---|---|---|"]
     for g in goals(result):
         lines.append(f"| {g.goal} | {g.ratio:.2f}x | {'yes' if g.met else 'no'} | {g.detail} |")
-    lines += ["", "## Sweep: tau and k (collaborative, progressive experts)", "",
-              "| target offload | k | tau | offload % | accuracy % | latency mean ms | edge mJ/img |",
-              "|---|---|---|---|---|---|---|"]
+    lines += _sweep_lines(result)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in made]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _sweep_lines(result: BenchResult) -> list[str]:
+    """The report's three sweeps: tau and k, the links, the clients sharing one server."""
+    lines = ["", "## Sweep: tau and k (collaborative, progressive experts)", "",
+             "| target offload | k | tau | offload % | accuracy % | latency mean ms | edge mJ/img |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(_systems(result, "tau-"), key=lambda r: (r.k, r.target_offload)):
         lines.append(f"| {100 * r.target_offload:.0f}% | {r.k} | {r.tau:.3f} | {r.summary.offload_rate:.1f} | "
                      f"{r.summary.accuracy:.2f} | {r.summary.latency_ms.mean:.2f} | {r.energy.edge_mj_per_image:.2f} |")
@@ -226,7 +241,4 @@ def write_report(result: BenchResult, out_dir: Path) -> Path:
     for r in _clients(result):
         lines.append(f"| {r.clients} | {r.images_per_s:.0f} | {r.mean_batch:.1f} | {r.server_ms_per_image:.2f} | "
                      f"{r.server_mj_per_image:.1f} |")
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in made]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from askexpert.runtime.systems import SystemRow
+from askexpert.bench.baselines import SystemRow
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A DeiT-Tiny generalist on the emulated edge device (``rpi4``, ``snapdragon-820``; one core of this
 host, each model call at the device model's time for it: docs/testbed.md) and DeiT-Small experts and general model on
 an expert server pinned to the other core, 224x224x3 images, as a cost bundle
-(:mod:`askexpert.system.costing`: weights untrained unless files are given; accuracy is not measured
+(:mod:`askexpert.bench.cost_bundle`: weights untrained unless files are given; accuracy is not measured
 at this scale, the miniature shows it). Per device, over the same natural-photo crops:
 
 * ``edge-only``: DeiT-Tiny for every image;
@@ -31,11 +31,15 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from askexpert.bench.baselines import run_on_edge
+from askexpert.bench.cost_bundle import CostSystem, build_cost_bundle, confidences
+from askexpert.bench.local_experts import export_edge_models
 from askexpert.bench.machine import describe, machine_info
 from askexpert.bench.scale_report import write_scale_report
 from askexpert.bench.scale_results import H100_DEIT_SMALL_MS, Row, ScaleResult
 from askexpert.bench.suite import Cells
 from askexpert.console import progress_bar
+from askexpert.contract.bundle import System, open_system
 from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import RAW
 from askexpert.costs.energy import CostModel
@@ -45,11 +49,8 @@ from askexpert.routing import RoutingPolicy
 from askexpert.routing.thresholds import tau_for_offload
 from askexpert.runtime.edge import ExpertTarget, Route, SampleTrace, summarize
 from askexpert.runtime.link import PRESETS
-from askexpert.runtime.local_experts import export_edge_models
-from askexpert.runtime.systems import run_on_edge
-from askexpert.serving.process import ServerProcess
-from askexpert.system.costing import CostSystem, build_cost_bundle, confidences
 from askexpert.testbed.placement import EmulatedEdge, Mode
+from askexpert.testbed.server import ServerProcess
 
 RADIO = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the radio whose J/bit each link is priced at
 
@@ -168,6 +169,38 @@ class _Measure:
                               encoding=Encoding.parse(cell.encoding) if cell.encoding != "raw" else RAW)
 
 
+def _cost_bundle(bundle_dir: Path, system: CostSystem, images: np.ndarray, profile: ScaleProfile, fresh: bool,
+                 console: Console) -> System:
+    """The cost bundle at ``bundle_dir``: built (``fresh``, or none there yet) or opened."""
+    if fresh or not (bundle_dir / "system.json").is_file():
+        console.log("building the cost bundle (models, ONNX generalist) ...")
+        return build_cost_bundle(bundle_dir, system, images, offload=profile.headline_rate, k=profile.k,
+                                 overwrite=True)
+    return open_system(bundle_dir)
+
+
+def _cells_on(dev: str, m: _Measure, cells: Cells, cells_plan: list, profile: ScaleProfile, costs: dict,
+              console: Console, measured: list[str]) -> list:
+    """Every cell of the plan on device ``dev``, measured (or read back from ``cells``), as result rows;
+    the cells measured now are named in ``measured``."""
+    rows = []
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"paper scale on {dev}", total=len(cells_plan), info="")
+        for cell in cells_plan:
+            n = profile.images if cell.rate in (None, profile.headline_rate) else profile.sweep_images
+            stored = cells.get(cell.name)
+            if stored is None:
+                progress.update(task, info=cell.name)
+                m.edge.recalibrate(f"{dev}:{cell.name}")
+                t0 = time.perf_counter()
+                stored = {"traces": [_trace_dict(t) for t in m.run(cell, n)], "seconds": time.perf_counter() - t0}
+                cells.put(cell.name, stored)
+                measured.append(f"{dev}/{cell.name}")
+            rows += rows_of(dev, cell, [_trace(d) for d in stored["traces"]], profile.links, costs)
+            progress.advance(task)
+    return rows
+
+
 def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path("results/paper-scale"),
                     profile: ScaleProfile = ScaleProfile(), system: CostSystem = CostSystem(), fresh: bool = False,
                     edge_mode: Mode = "auto", server_profile: str | None = None,
@@ -180,13 +213,9 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
     console.rule(f"paper scale: {system.generalist} edge, {system.expert} experts, {system.size}x{system.size}x3, "
                  f"{system.weights()}")
     bundle_dir = work / "bundle"
-    if fresh or not (bundle_dir / "system.json").is_file():
-        console.log("building the cost bundle (models, ONNX generalist) ...")
-        build_cost_bundle(bundle_dir, system, images, offload=profile.headline_rate, k=profile.k, overwrite=True)
-    from askexpert.contract.bundle import load_bundle
     from askexpert.models.checkpoint import load_checkpoint
 
-    bundle = load_bundle(bundle_dir)
+    bundle = _cost_bundle(bundle_dir, system, images, profile, fresh, console)
     gen = load_checkpoint(bundle.path(bundle.manifest.generalist.checkpoint))
     conf = confidences(gen.model, gen.meta.model, images)
     console.log("the experts and general model in ONNX, for edge execution ...")
@@ -206,21 +235,7 @@ def run_paper_scale(*, output_dir: Path = Path("runs"), results_dir: Path = Path
             with ServerProcess(bundle_dir, threads=1, cpus=edge.server_cores, startup_timeout_s=600,
                                log_path=work / f"server-{dev}.log") as url:
                 m = _Measure(edge, bundle, local_models, images, conf, url, profile.k)
-                with progress_bar(console) as progress:
-                    task = progress.add_task(f"paper scale on {dev}", total=len(cells_plan), info="")
-                    for cell in cells_plan:
-                        n = profile.images if cell.rate in (None, profile.headline_rate) else profile.sweep_images
-                        stored = cells.get(cell.name)
-                        if stored is None:
-                            progress.update(task, info=cell.name)
-                            edge.recalibrate(f"{dev}:{cell.name}")
-                            t0 = time.perf_counter()
-                            stored = {"traces": [_trace_dict(t) for t in m.run(cell, n)],
-                                      "seconds": time.perf_counter() - t0}
-                            cells.put(cell.name, stored)
-                            measured.append(f"{dev}/{cell.name}")
-                        rows += rows_of(dev, cell, [_trace(d) for d in stored["traces"]], profile.links, costs)
-                        progress.advance(task)
+                rows += _cells_on(dev, m, cells, cells_plan, profile, costs, console, measured)
             placements[dev] = edge.placement.to_dict()
     machine = machine_info()
     result = ScaleResult(

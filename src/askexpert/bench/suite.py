@@ -22,11 +22,13 @@ from typing import Literal
 import numpy as np
 from rich.console import Console
 
+from askexpert.bench.baselines import ON_EDGE, measure, run_on_edge
+from askexpert.bench.local_experts import LocalModelSpec, export_edge_models
 from askexpert.bench.machine import machine_info
 from askexpert.bench.report import write_report
 from askexpert.bench.results import BenchResult, ClientsRow, Row, row_from_dict
 from askexpert.console import progress_bar
-from askexpert.contract.bundle import Bundle, load_bundle
+from askexpert.contract.bundle import System, open_system
 from askexpert.contract.protocol import InferResponse, encode_images
 from askexpert.contract.schema import DataIdentity
 from askexpert.costs.energy import CostModel
@@ -34,17 +36,16 @@ from askexpert.costs.meters import measured_meter
 from askexpert.costs.profiles import device, network, server_profile_for
 from askexpert.data import load_dataset
 from askexpert.devices import on_gpu, where
+from askexpert.models import open_checkpoint
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
-from askexpert.runtime.local_experts import LocalModelSpec, export_edge_models
-from askexpert.runtime.systems import ON_EDGE, measure, run_on_edge
-from askexpert.serving.process import ServerProcess
 from askexpert.splits import stratified_subset
 from askexpert.system.build import build_system
 from askexpert.system.calibrate import generalist_policy
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 from askexpert.testbed.placement import EmulatedEdge, Mode
+from askexpert.testbed.server import ServerProcess
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _models(profile: Profile, work: Path, console: Console) -> dict:
             "partition": json.loads(trained.partition.read_text())["experts"]}
 
 
-def _test_images(data: DataIdentity, bundle: Bundle, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _test_images(data: DataIdentity, bundle: System, n: int) -> tuple[np.ndarray, np.ndarray]:
     from askexpert.config import DataConfig
 
     spec = bundle.manifest.input
@@ -235,7 +236,7 @@ class _Bench:
             return measure(cell.name, cell.system, traces, self.costs, experts=cell.experts,
                            link=p.headline_link).to_dict()
         if cell.kind == "tau":
-            policy = generalist_policy(Path(self.models["generalist"]), offload_rate=cell.rate, k=cell.k,
+            policy = generalist_policy(open_checkpoint(self.models["generalist"]), offload_rate=cell.rate, k=cell.k,
                                        temperature=self.policy.temperature)
             traces = self.on_edge("collaborative", self.images[self.sweep], self.labels[self.sweep], policy=policy)
             return measure(cell.name, "collaborative", traces, self.costs, target_offload=cell.rate, k=cell.k,
@@ -289,7 +290,7 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     models = cells.get("models") or (Cells(work / "cells").get("models") if edge_device != "host" else None)
     models = _bundles(models or _models(profile, work, console), profile, work)
     cells.put("models", models)
-    bundle = load_bundle(Path(models["bundle-progressive"]))
+    bundle = open_system(Path(models["bundle-progressive"]))
     r = bundle.manifest.routing
     policy = RoutingPolicy.from_spec(r)
     images, labels = _test_images(bundle.manifest.data, bundle, profile.test_images)

@@ -30,9 +30,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _paper_scale(args: argparse.Namespace) -> int:
+    from askexpert.bench.cost_bundle import CostSystem
     from askexpert.bench.scale import ScaleProfile, run_paper_scale
     from askexpert.bench.scale_report import ratios
-    from askexpert.system.costing import CostSystem
 
     profile = ScaleProfile(devices=tuple(args.devices), images=args.scale_images,
                            sweep_images=min(args.scale_images, max(args.scale_images // 2, 1)))

@@ -29,10 +29,10 @@ def _plan_bundle(bundle, args: argparse.Namespace):
     try:
         with logs_on(console):
             bundle, choice, parts, placement = plan_bundle(
-                bundle.root, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
+                bundle, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
                 k=args.k, load=args.server_load, mode=args.edge_mode,
                 edge_profile=args.edge_profile, radio=args.radio, say=console.log,
-                images=validation_images(bundle.root, args.plan_images))
+                images=validation_images(bundle, args.plan_images))
     except BaseException:
         shutil.rmtree(bundle.root, ignore_errors=True)
         raise

@@ -32,10 +32,10 @@ def cmd_edge(args: argparse.Namespace) -> int:
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
     settings = EdgeSettings(
-        system=args.system, server=args.server[0] if args.server and len(args.server) == 1 else args.server,
+        system=_system(args), server=args.server[0] if args.server and len(args.server) == 1 else args.server,
         inputs=args.input, link=parse_link_arg(args.link),
         corrupt=parse_corruption(args.corrupt) if args.corrupt else None,
-        offload_rate=args.offload_rate, tau=args.tau, temperature=args.temperature, k=args.k,
+        tau=args.tau, temperature=args.temperature, k=args.k,
         confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
         threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
         trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
@@ -85,6 +85,24 @@ def _encoding(text: str):
         return Encoding.parse(text)
     except ValueError as err:
         raise ConfigError(str(err), fix="give --encode raw, npy, png, jpeg:Q or webp:Q with Q in 1..100") from err
+
+
+def _system(args: argparse.Namespace):
+    """The system the edge runs: a bundle, opened once here; or a generalist's run directory, calibrated
+    here at build time (torch and its dataset: the full install), so the edge's run time never calibrates."""
+    from askexpert.contract.bundle import is_bundle, open_system
+
+    if is_bundle(args.system):
+        return open_system(args.system, expect_id=args.expect_system_id)
+    if args.expect_system_id is not None:
+        raise ConfigError(f"--expect-system-id pins a bundle, and {args.system} is a generalist's run directory",
+                          fix="run the bundle (askexpert build-system), or leave out --expect-system-id")
+    from askexpert.routing import DEFAULT_K
+    from askexpert.system.calibrate import calibrated_run
+
+    return calibrated_run(args.system, offload_rate=args.offload_rate, k=args.k or DEFAULT_K,
+                          confidence=args.confidence or "max-prob", fallback=args.fallback or "other", tau=args.tau,
+                          temperature=args.temperature)
 
 
 def _edge_energy_profile(device: str) -> str:

@@ -17,9 +17,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               batch_size=args.batch_size, save_logits=args.save_logits, console=log_console())
     console = table_console()
     if (args.checkpoint / "partition.json").is_file():  # an expert run: every expert, one row each
-        from askexpert.system.calibrate import expert_run
+        from askexpert.models.runs import open_expert_run
 
-        _, stems, _ = expert_run(args.checkpoint)
+        stems = [c.stem for c in open_expert_run(args.checkpoint).checkpoints]
         table = Table(title=f"experts of {args.checkpoint} on {args.split}")
         for col in ("expert", "classes", "subset %", "subset images", "'other' recall %", "top-1 with 'other' %"):
             table.add_column(col, justify="left" if col == "classes" else "right")

@@ -16,7 +16,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
     from askexpert.security import read_token
-    from askexpert.testbed.load import CompetingLoad
+    from askexpert.testbed.competing import CompetingLoad
 
     require_positive(("--clients", args.clients), ("--seconds", args.seconds))
     token = read_token(args.token_file)

@@ -1,4 +1,4 @@
-"""Open a system bundle (a directory, or a ``.tar.gz`` of one) and verify it: torch-free.
+"""Open a system from its bundle (a directory, or a ``.tar.gz`` of one), once, and verify it: torch-free.
 
 A bundle is ``system.json`` plus the files it lists, each with its sha256. Opening one checks the
 schema version, that every listed file exists and that its hash matches, so a half-copied or
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from askexpert.contract.labels import GENERAL
 from askexpert.contract.schema import READABLE_VERSIONS, SCHEMA_VERSION, SYSTEM_FILE, OperatingPoint, SystemManifest
 from askexpert.errors import CheckpointError
 from askexpert.security import check_system_id, confined
@@ -34,11 +35,15 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A verified bundle on disk: its directory and its manifest."""
+class System:
+    """A collaborative system, opened once from its bundle: the directory, the manifest (partition,
+    routing, every model's entry) and the system id, read when it was opened. Every run-time consumer
+    (the edge session, the server's pool, the Ray app, the testbed, the demo, the bench) takes this
+    object; a model's weights are read where that model is loaded, from :meth:`path`."""
 
     root: Path
     manifest: SystemManifest
+    system_id: str  # the sha256 of system.json: names this exact system (the server reports it)
 
     def path(self, relative: str) -> Path:
         return confined(self.root, relative, f"bundle {self.root / SYSTEM_FILE}")
@@ -47,13 +52,29 @@ class Bundle:
     def generalist_onnx(self) -> Path:
         return self.path(self.manifest.generalist.onnx)
 
-    @property
-    def system_id(self) -> str:
-        """The sha256 of ``system.json``: names this exact system (the server reports it)."""
-        return sha256_file(self.root / SYSTEM_FILE)
+    def expert_checkpoint(self, expert_id: str) -> Path:
+        """The checkpoint stem of expert ``expert_id`` (``general``: the general model's)."""
+        m = self.manifest
+        if expert_id == GENERAL and m.general is not None:
+            return self.path(m.general.checkpoint)
+        for e in m.experts:
+            if e.id == expert_id:
+                return self.path(e.checkpoint)
+        raise KeyError(expert_id)
+
+    def repoint(self, *, tau: float, k: int, point: OperatingPoint) -> System:
+        """This system at another operating point of its curve: ``system.json``'s routing rewritten (its
+        system id changes with it; every other file, and its hash, stays)."""
+        m = self.manifest
+        routing = m.routing.model_copy(update={"tau": tau, "k": k, "operating_point": point})
+        manifest = SystemManifest.model_validate(m.model_copy(update={"routing": routing}).model_dump())
+        (self.root / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
+        return System(self.root, manifest, sha256_file(self.root / SYSTEM_FILE))
 
 
-def is_bundle(path: Path) -> bool:
+def is_bundle(path: Path | System) -> bool:
+    if isinstance(path, System):
+        return True
     path = Path(path)
     return (path / SYSTEM_FILE).is_file() or (path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES))
 
@@ -91,9 +112,13 @@ def _extract(archive: Path) -> Path:
     raise CheckpointError(f"{archive} holds no {SYSTEM_FILE}", fix="build it with: askexpert build-system")
 
 
-def load_bundle(path: Path, *, verify: bool = True, expect_id: str | None = None) -> Bundle:
-    """The bundle at ``path`` (directory or archive), every file's sha256 checked unless ``verify`` is off;
-    with ``expect_id`` (a published system id), refused unless its ``system.json`` has that sha256."""
+def open_system(path: Path | System, *, verify: bool = True, expect_id: str | None = None) -> System:
+    """The one door to a system: the bundle at ``path`` (directory or archive), every file's sha256 checked
+    unless ``verify`` is off; with ``expect_id`` (a published system id), refused unless its ``system.json``
+    has that sha256. A :class:`System` already open is returned as it is (its id checked)."""
+    if isinstance(path, System):
+        check_system_id(path.system_id, expect_id, f"bundle {path.root}")
+        return path
     path = Path(path)
     if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
         path = _extract(path)
@@ -118,7 +143,8 @@ def load_bundle(path: Path, *, verify: bool = True, expect_id: str | None = None
         where = ".".join(str(p) for p in first["loc"])
         raise CheckpointError(f"{manifest_file} is not a valid system description ({where}: {first['msg']})",
                               fix="build the bundle again with: askexpert build-system") from err
-    check_system_id(sha256_file(manifest_file), expect_id, f"bundle {path}")
+    system_id = sha256_file(manifest_file)
+    check_system_id(system_id, expect_id, f"bundle {path}")
     if verify:
         for relative, digest in manifest.files.items():
             f = confined(path, relative, f"bundle {manifest_file}")
@@ -127,14 +153,4 @@ def load_bundle(path: Path, *, verify: bool = True, expect_id: str | None = None
             if sha256_file(f) != digest:
                 raise CheckpointError(f"bundle file {f} does not match its sha256 in {SYSTEM_FILE} (damaged or "
                                       "changed after the build)", fix="copy the bundle again, or rebuild it")
-    return Bundle(path, manifest)
-
-
-def repoint(bundle: Bundle, *, tau: float, k: int, point: OperatingPoint) -> Bundle:
-    """The bundle at another operating point of its curve: ``system.json``'s routing rewritten (its
-    system id changes with it; every other file, and its hash, stays)."""
-    m = bundle.manifest
-    routing = m.routing.model_copy(update={"tau": tau, "k": k, "operating_point": point})
-    manifest = SystemManifest.model_validate(m.model_copy(update={"routing": routing}).model_dump())
-    (bundle.root / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
-    return load_bundle(bundle.root)
+    return System(path, manifest, system_id)

@@ -184,7 +184,7 @@ def build(root: Path | None = None, *, seed: int = 0, spec: BuildSpec = FULL, wo
     """Render the task and the pool into ``root/han100`` (default: the user cache); returns the directory.
 
     A finished build is kept unless ``force``; its manifest says how it was made."""
-    from askexpert.console import progress_bar, stderr_console
+    from askexpert.console import stderr_console
 
     console = console or stderr_console()
     out = default_directory(root)
@@ -208,11 +208,27 @@ def build(root: Path | None = None, *, seed: int = 0, spec: BuildSpec = FULL, wo
     for part, classes in (("task", choice.task), ("pool", choice.pool)):
         for split_id, (split, count) in enumerate(spec.per_split(part).items()):
             jobs += [_Job(part, split, split_id, label, c.char, count) for label, c in enumerate(classes)]
-    arrays: dict[tuple[str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     out.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers or min(os.cpu_count() or 1, 8))
     init = (seed, spec.augment, spec.size, [c.char for c in choice.fillers], face_ids)
     total = sum(j.count for j in jobs)
+    arrays = _render(jobs, init, max(1, workers or min(os.cpu_count() or 1, 8)), total, console)
+    files = _write_splits(out, arrays, np.asarray(choice.coarse, dtype=np.int64))
+    pool_train = arrays[("pool", "train")]
+    pixels = np.concatenate([v[0] for v in pool_train.values()]).astype(np.float64) / 255.0
+    mean, std = float(pixels.mean()), float(pixels.std())
+    manifest = _manifest(seed, spec, choice, every_face, face_ids, files, mean, std, time.perf_counter() - started)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+    contact_sheet(out)
+    console.log(f"{TASK}: {total:,} images in {time.perf_counter() - started:.0f} s -> {out}")
+    return out
+
+
+def _render(jobs: list[_Job], init: tuple, workers: int, total: int,
+            console) -> dict[tuple[str, str], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Every job's images and faces, by (part, split) and label: in ``workers`` processes (or this one)."""
+    from askexpert.console import progress_bar
+
+    arrays: dict[tuple[str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     with progress_bar(console) as progress:
         task = progress.add_task(f"rendering {total:,} images", total=total, info="")
         if workers == 1:
@@ -230,8 +246,13 @@ def build(root: Path | None = None, *, seed: int = 0, spec: BuildSpec = FULL, wo
             if pool is not None:
                 pool.close()
                 pool.join()
+    return arrays
+
+
+def _write_splits(out: Path, arrays: dict, coarse: np.ndarray) -> dict:
+    """One ``PART-SPLIT.npz`` a split (images, labels, faces; the task's coarse labels), each file's count and
+    sha256 returned for the manifest."""
     files = {}
-    coarse = np.asarray(choice.coarse, dtype=np.int64)
     for (part, split), by_label in sorted(arrays.items()):
         labels = np.concatenate([np.full(len(by_label[k][0]), k, dtype=np.int64) for k in sorted(by_label)])
         data = {"images": np.concatenate([by_label[k][0] for k in sorted(by_label)]), "labels": labels,
@@ -241,14 +262,7 @@ def build(root: Path | None = None, *, seed: int = 0, spec: BuildSpec = FULL, wo
         path = out / f"{part}-{split}.npz"
         np.savez_compressed(path, **data)
         files[path.name] = {"images": len(labels), "sha256": han_fonts.sha256_file(path)}
-    pool_train = arrays[("pool", "train")]
-    pixels = np.concatenate([v[0] for v in pool_train.values()]).astype(np.float64) / 255.0
-    mean, std = float(pixels.mean()), float(pixels.std())
-    manifest = _manifest(seed, spec, choice, every_face, face_ids, files, mean, std, time.perf_counter() - started)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    contact_sheet(out)
-    console.log(f"{TASK}: {total:,} images in {time.perf_counter() - started:.0f} s -> {out}")
-    return out
+    return files
 
 
 def _manifest(seed: int, spec: BuildSpec, choice, every_face, face_ids, files, mean, std, seconds) -> dict:

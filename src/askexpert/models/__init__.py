@@ -3,7 +3,9 @@
 from askexpert.models.checkpoint import (
     Checkpoint,
     CheckpointMeta,
+    StoredCheckpoint,
     load_checkpoint,
+    open_checkpoint,
     read_meta,
     save_checkpoint,
 )
@@ -18,6 +20,7 @@ from askexpert.models.factory import (
 from askexpert.models.presets import PRESETS, Preset
 
 __all__ = [
-    "Checkpoint", "CheckpointMeta", "load_checkpoint", "read_meta", "save_checkpoint", "ModelSpec",
+    "Checkpoint", "CheckpointMeta", "load_checkpoint", "read_meta", "save_checkpoint",
+    "StoredCheckpoint", "open_checkpoint", "ModelSpec",
     "build_model", "count_parameters", "explicit_attention", "flops_per_image", "resolve_spec", "PRESETS", "Preset",
 ]  # fmt: skip

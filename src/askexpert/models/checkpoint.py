@@ -57,6 +57,29 @@ class Checkpoint:
     meta: CheckpointMeta
     path: Path  # the STEM (no suffix)
 
+    @property
+    def stored(self) -> StoredCheckpoint:
+        """The checkpoint on disk this model was loaded from, its metadata as read then."""
+        return StoredCheckpoint(self.path, self.meta)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint on disk with its metadata read once (:func:`open_checkpoint`): what the steps of a build
+    pass each other, so that none of them reads the same metadata again."""
+
+    stem: Path
+    meta: CheckpointMeta
+
+
+def open_checkpoint(path: str | os.PathLike | StoredCheckpoint) -> StoredCheckpoint:
+    """The checkpoint at ``path`` (a run directory, a stem, or either file), its metadata read and validated;
+    one already open is returned as it is."""
+    if isinstance(path, StoredCheckpoint):
+        return path
+    stem = checkpoint_stem(path)
+    return StoredCheckpoint(stem, read_meta(stem))
+
 
 def checkpoint_stem(path: str | os.PathLike) -> Path:
     """``run_dir`` -> ``run_dir/model``; ``x.safetensors`` or ``x.json`` -> ``x``."""
@@ -124,10 +147,10 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
         ) from err
 
 
-def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike | StoredCheckpoint, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model of a checkpoint and load its weights, after checking their sha256."""
-    stem = checkpoint_stem(path)
-    meta = read_meta(stem)
+    stored = open_checkpoint(path)
+    stem, meta = stored.stem, stored.meta
     weights = confined(stem.parent, meta.weights_file, f"checkpoint metadata {stem.with_suffix('.json')}")
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} are missing",

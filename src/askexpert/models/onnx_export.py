@@ -16,7 +16,7 @@ import torch
 from askexpert.contract.onnx import METADATA_KEY, metadata_value
 from askexpert.data import InputSpec, to_model_input
 from askexpert.errors import CheckpointError
-from askexpert.models.checkpoint import checkpoint_stem, load_checkpoint
+from askexpert.models.checkpoint import StoredCheckpoint, load_checkpoint
 
 
 class _WithPreprocessing(torch.nn.Module):
@@ -32,7 +32,7 @@ class _WithPreprocessing(torch.nn.Module):
         return self.model((images.float() - self.mean) / self.std)
 
 
-def export_onnx(checkpoint: Path, out: Path, *, opset: int = 18, check_atol: float = 1e-3) -> dict:
+def export_onnx(checkpoint: Path | StoredCheckpoint, out: Path, *, opset: int = 18, check_atol: float = 1e-3) -> dict:
     """Export a checkpoint to ONNX (uint8 input, dynamic batch) and verify it against torch."""
     import onnx
     import onnxruntime as ort
@@ -50,7 +50,7 @@ def export_onnx(checkpoint: Path, out: Path, *, opset: int = 18, check_atol: flo
     model_proto = program.model_proto
     entry = model_proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata_value(
-        ckpt.meta.class_names, spec, kind=ckpt.meta.kind, source=str(checkpoint_stem(checkpoint)),
+        ckpt.meta.class_names, spec, kind=ckpt.meta.kind, source=str(ckpt.path),
         weights_sha256=ckpt.meta.weights_sha256, model=ckpt.meta.model.name)
     onnx.save(model_proto, str(out))
     seconds = time.perf_counter() - t0

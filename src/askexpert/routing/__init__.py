@@ -3,6 +3,7 @@ system evaluation. NumPy arrays in, decisions out: no torch and no I/O here, so 
 runs exactly this code next to ONNX Runtime."""
 
 from askexpert.routing.calibration import fit_temperature, softmax
+from askexpert.routing.metrics import ExpertAnswers, SystemMetrics, system_metrics
 from askexpert.routing.policy import (
     DEFAULT_K,
     OTHER,
@@ -14,7 +15,6 @@ from askexpert.routing.policy import (
     membership_matrix,
     route,
 )
-from askexpert.routing.system import ExpertAnswers, SystemMetrics, system_metrics
 from askexpert.routing.thresholds import ALL, tau_for_accuracy, tau_for_offload
 
 __all__ = [

@@ -29,6 +29,7 @@ from askexpert.contract.codecs import Encoding, pillow
 from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, encode_images
 from askexpert.runtime.link import LinkProfile
 from askexpert.runtime.pacing import dilated
+from askexpert.security import tls_context
 
 
 class ExpertUnavailable(RuntimeError):
@@ -117,11 +118,6 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self.inner.sleep(seconds)
-
-
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Certificate checks against the system's authorities, or against ``ca_file`` (a self-signed server)."""
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 class HttpExpertClient:

@@ -28,7 +28,7 @@ import numpy as np
 
 from askexpert.contract.protocol import ExpertInfo
 from askexpert.routing import ALL, OTHER, Router, RoutingPolicy, finalize, membership_matrix
-from askexpert.routing.system import share
+from askexpert.routing.metrics import share
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable
 from askexpert.runtime.control import Controller, Observation
 from askexpert.runtime.link import LinkSchedule

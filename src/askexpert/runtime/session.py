@@ -1,10 +1,12 @@
 """One edge session, end to end: open the system, the inputs and the expert server, stream everything
 through the edge runner, summarise.
 
-With a bundle (``askexpert build-system``) the edge reads ``system.json`` and runs the ONNX generalist:
-ONNX Runtime, NumPy and httpx, no torch, no dataset, no calibration at start. With a generalist's run
-directory it runs the checkpoint in torch and calibrates on the validation split first (the full
-install; kept for experiments).
+With a system (:func:`askexpert.contract.bundle.open_system`: a bundle, opened once) the edge reads
+``system.json`` and runs the ONNX generalist: ONNX Runtime, NumPy and httpx, no torch, no dataset, no
+calibration at start. A generalist's run directory comes calibrated from build time
+(:func:`askexpert.system.calibrate.calibrated_run`, which ``askexpert edge`` calls), as a
+:class:`GeneralistRun`: the checkpoint in torch with that policy (the full install; kept for experiments).
+Run time never calibrates, and never imports training.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.bundle import System, open_system
 from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import RAW
 from askexpert.contract.schema import OperatingCurve
@@ -26,7 +28,7 @@ from askexpert.corruptions import Corruption
 from askexpert.costs.energy import edge_mj_per_image
 from askexpert.costs.profiles import device, network
 from askexpert.errors import AskExpertError, ConfigError
-from askexpert.routing import DEFAULT_K, RoutingPolicy
+from askexpert.routing import RoutingPolicy
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, ServerSet
 from askexpert.runtime.control import (
     ACCURACY_WINDOW,
@@ -46,14 +48,22 @@ from askexpert.runtime.records import AnswerLog, resume, skip
 log = logging.getLogger("askexpert.edge")
 
 
+@dataclass(frozen=True)
+class GeneralistRun:
+    """A generalist's run directory with the routing policy build time calibrated for it on validation."""
+
+    run_dir: Path
+    policy: RoutingPolicy
+    data: dict | None  # the generalist's dataset config (for split: inputs)
+
+
 @dataclass
 class EdgeSettings:
-    system: Path  # a bundle (directory or archive), or a generalist's run directory
+    system: Path | System | GeneralistRun  # a bundle (path or opened), or a calibrated generalist run
     server: str | list[str] | None  # one expert server's URL, or several (each expert asked where it is)
     inputs: list[str] = field(default_factory=lambda: ["split:test"])
     link: LinkProfile | LinkSchedule | None = None  # a schedule changes it during the run (and on SIGUSR1)
     corrupt: Corruption | None = None  # drifted inputs: a corruption applied to the stream
-    offload_rate: float = 0.3  # run directories only: the bundle fixed its operating point at build time
     tau: float | None = None  # overrides
     temperature: float | None = None
     k: int | None = None
@@ -112,34 +122,33 @@ class EdgeReport:
     encoding: str | None = None  # how offloaded images travelled (None: nothing was sent)
 
 
-def open_system(s: EdgeSettings) -> EdgeSystem:
-    if is_bundle(s.system):
-        from askexpert.runtime.onnx_model import OnnxGeneralist
+def edge_system(s: EdgeSettings) -> EdgeSystem:
+    """What the edge runs: the opened system's ONNX generalist and routing (the settings' overrides applied),
+    or a calibrated generalist run's checkpoint in torch."""
+    if isinstance(s.system, GeneralistRun):
+        if s.expect_system_id is not None:
+            raise ConfigError(f"--expect-system-id pins a bundle, and {s.system.run_dir} is a generalist's run "
+                              "directory", fix="run the bundle (askexpert build-system), or leave out "
+                              "--expect-system-id")
+        from askexpert.runtime.edge_models import TorchGeneralist  # a run directory: the torch path
 
-        bundle = load_bundle(s.system, expect_id=s.expect_system_id)
-        m, r = bundle.manifest, bundle.manifest.routing
-        try:
-            policy = RoutingPolicy.from_spec(r, tau=s.tau, k=s.k, temperature=s.temperature, confidence=s.confidence,
-                                             fallback=s.fallback)
-        except ValueError as err:
-            raise ConfigError(f"bundle {bundle.root}: {err}", fix="run at the bundle's k, or pass --confidence "
-                              "max-prob (or margin, entropy) to use a confidence rule instead; a rule this askexpert "
-                              "cannot read: build the bundle again with it") from err
-        experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
-        return EdgeSystem(OnnxGeneralist(bundle.generalist_onnx, threads=s.threads), policy, experts,
-                          dict(m.data.config), bundle.system_id, f"bundle {bundle.root}", m.curve)
-    if s.expect_system_id is not None:
-        raise ConfigError(f"--expect-system-id pins a bundle, and {s.system} is a generalist's run directory",
-                          fix="run the bundle (askexpert build-system), or leave out --expect-system-id")
-    from askexpert.models import read_meta  # a run directory: the torch path
-    from askexpert.runtime.edge_models import TorchGeneralist
-    from askexpert.system.calibrate import generalist_policy
+        run = s.system
+        return EdgeSystem(TorchGeneralist(run.run_dir, threads=s.threads), run.policy, None, run.data, None,
+                          f"run {run.run_dir}")
+    from askexpert.runtime.onnx_model import OnnxGeneralist
 
-    policy = generalist_policy(s.system, offload_rate=s.offload_rate, k=s.k or DEFAULT_K,
-                               confidence=s.confidence or "max-prob", fallback=s.fallback or "other", tau=s.tau,
-                               temperature=s.temperature)
-    return EdgeSystem(TorchGeneralist(s.system, threads=s.threads), policy, None,
-                      read_meta(s.system).dataset.config or None, None, f"run {s.system}")
+    system = open_system(s.system, expect_id=s.expect_system_id)
+    m, r = system.manifest, system.manifest.routing
+    try:
+        policy = RoutingPolicy.from_spec(r, tau=s.tau, k=s.k, temperature=s.temperature, confidence=s.confidence,
+                                         fallback=s.fallback)
+    except ValueError as err:
+        raise ConfigError(f"bundle {system.root}: {err}", fix="run at the bundle's k, or pass --confidence "
+                          "max-prob (or margin, entropy) to use a confidence rule instead; a rule this askexpert "
+                          "cannot read: build the bundle again with it") from err
+    experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
+    return EdgeSystem(OnnxGeneralist(system.generalist_onnx, threads=s.threads), policy, experts,
+                      dict(m.data.config), system.system_id, f"bundle {system.root}", m.curve)
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
@@ -223,7 +232,7 @@ def _corrupted(batches, corruption: Corruption | None, first: int):
 def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
     """Answer every input, each batch's answers written (flushed) to ``s.predictions`` / ``s.trace`` as
     soon as it is made; with ``s.resume``, go on after the answers those files already hold."""
-    system = open_system(s)
+    system = edge_system(s)
     model = system.model
     source = open_input(s.inputs, input_spec=model.input, class_names=model.class_names, data=system.data,
                         batch_size=s.batch_size, limit=s.limit)
@@ -272,7 +281,7 @@ def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:
     stratified subset): what an emulated edge reads, as a deployed one would (no dataset, no torch)."""
     if not (len(s.inputs) == 1 and s.inputs[0].startswith("split:")):
         return s
-    system = open_system(s)
+    system = edge_system(s)
     source = open_input(s.inputs, input_spec=system.model.input, class_names=system.model.class_names,
                         data=system.data, batch_size=256, limit=s.limit)
     images, labels = zip(*source.batches, strict=True)

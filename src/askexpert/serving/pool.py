@@ -13,7 +13,6 @@ needs Python's GIL for every module call, so the server's event loop cannot stal
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import warnings
@@ -24,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.bundle import System, is_bundle, open_system
 from askexpert.contract.labels import GENERAL, OTHER
 from askexpert.contract.protocol import ExpertInfo, ImageResult, image_results
-from askexpert.contract.schema import Partition
 from askexpert.data import to_model_input
 from askexpert.devices import resolve_device
 from askexpert.errors import CheckpointError, ConfigError
-from askexpert.models import Checkpoint, ModelSpec, count_parameters, load_checkpoint
+from askexpert.models import Checkpoint, ModelSpec, StoredCheckpoint, count_parameters, load_checkpoint
+from askexpert.models.runs import ExpertRun, open_expert_run
 
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # batch sizes captured as CUDA graphs
 log = logging.getLogger(__name__)
@@ -134,16 +133,24 @@ class ServedModel:
         )
 
 
-def _expert_run(source: Path) -> tuple[Partition, str | None]:
-    """An expert run directory's partition and the general model it started from (``experts.json``'s
-    ``init``, if any), or the error naming what can be served."""
-    if not (source / "partition.json").is_file():
-        raise ConfigError(f"{source} is neither a system bundle nor an expert run (no system.json, no "
-                          "partition.json)", fix="serve a bundle (askexpert build-system) or a directory made "
-                          "by: askexpert train experts --strategy static|progressive")
-    summary = source / "experts.json"
-    init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
-    return Partition.load(source / "partition.json"), init
+def open_source(source: Path | System | ExpertRun, *, expect_system_id: str | None = None,
+                verify: bool = True) -> System | ExpertRun:
+    """What a server serves, opened once: a system (its bundle), or for experiments an expert run directory."""
+    if isinstance(source, ExpertRun):
+        return source
+    if is_bundle(source):
+        return open_system(source, verify=verify, expect_id=expect_system_id)
+    if expect_system_id is not None:
+        raise ConfigError(f"--expect-system-id pins a bundle, and {source} is an expert run directory",
+                          fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
+    return open_expert_run(source)
+
+
+def _catalogue(source: System | ExpertRun) -> tuple[list[str], bool]:
+    """The expert ids a source holds, and whether it holds a general model."""
+    if isinstance(source, System):
+        return [e.id for e in source.manifest.experts], source.manifest.general is not None
+    return [str(e) for e in range(len(source.partition.experts))], source.init is not None
 
 
 def _select(source: Path, ids: list[str], has_general: bool, include_general: bool,
@@ -161,66 +168,56 @@ def _select(source: Path, ids: list[str], has_general: bool, include_general: bo
     return keep
 
 
-def served_ids(source: Path, *, include_general: bool = True, only: list[str] | None = None,
+def served_ids(source: Path | System | ExpertRun, *, include_general: bool = True, only: list[str] | None = None,
                expect_system_id: str | None = None, verify: bool = False) -> list[str]:
     """The ids of the experts an :class:`ExpertPool` of ``source`` would serve, without loading a model
     (``verify``: check every file of a bundle against its sha256 first)."""
-    source = Path(source)
-    if is_bundle(source):
-        manifest = load_bundle(source, verify=verify, expect_id=expect_system_id).manifest
-        return _select(source, [e.id for e in manifest.experts], manifest.general is not None, include_general, only)
-    partition, init = _expert_run(source)
-    return _select(source, [str(e) for e in range(len(partition.experts))], bool(init), include_general, only)
+    opened = open_source(source, expect_system_id=expect_system_id, verify=verify)
+    return _select(opened.root, *_catalogue(opened), include_general, only)
 
 
 class ExpertPool:
     """Every expert of a bundle or an expert run, loaded once, answering batches of ``uint8`` images."""
 
-    def __init__(self, source: Path, *, device: str = "auto", include_general: bool = True,
+    def __init__(self, source: Path | System | ExpertRun, *, device: str = "auto", include_general: bool = True,
                  cuda_graphs: bool | None = None, trace: bool = True, expect_system_id: str | None = None,
                  only: list[str] | None = None, verify: bool = True) -> None:
         """``expect_system_id``: serve the bundle only if its ``system.json`` has this (published) sha256.
         ``only``: load just these experts (several servers sharing a system's experts; ``general`` is the
         general model). ``verify``: check every file of a bundle against its sha256 (off only where the
         bundle was just checked)."""
-        self.source = Path(source)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self.half = cuda
         self.dtype = torch.float16 if self.half else torch.float32
         use_graphs = cuda if cuda_graphs is None else cuda_graphs and cuda
         self.models: dict[str, ServedModel] = {}
-        self.system_id: str | None = None
-        if expect_system_id is not None and not is_bundle(self.source):
-            raise ConfigError(f"--expect-system-id pins a bundle, and {self.source} is an expert run directory",
-                              fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
-        if is_bundle(self.source):
-            bundle = load_bundle(self.source, verify=verify, expect_id=expect_system_id)
-            self.system_id = bundle.system_id
-            m = bundle.manifest
+        opened = open_source(source, expect_system_id=expect_system_id, verify=verify)
+        self.source = opened.root
+        keep = _select(self.source, *_catalogue(opened), include_general, only)
+        if isinstance(opened, System):
+            self.system_id: str | None = opened.system_id
+            m = opened.manifest
             partition = m.partition
-            keep = _select(self.source, [e.id for e in m.experts], m.general is not None, include_general, only)
             for e in m.experts:
                 if e.id in keep:
-                    self.models[e.id] = ServedModel(e.id, self._load(bundle.path(e.checkpoint)),
+                    self.models[e.id] = ServedModel(e.id, self._load(opened.path(e.checkpoint)),
                                                     list(e.classes) + [OTHER], e.class_names,
                                                     temperature=e.temperature)
             if GENERAL in keep:
-                n = len(m.classes)
-                self.models[GENERAL] = ServedModel(GENERAL, self._load(bundle.path(m.general.checkpoint)),
-                                                   list(range(n)), m.classes, temperature=m.general.temperature)
+                self.models[GENERAL] = ServedModel(GENERAL, self._load(opened.path(m.general.checkpoint)),
+                                                   list(range(len(m.classes))), m.classes,
+                                                   temperature=m.general.temperature)
         else:
-            partition, init = _expert_run(self.source)
-            keep = _select(self.source, [str(e) for e in range(len(partition.experts))], bool(init),
-                           include_general, only)
+            self.system_id, partition = None, opened.partition
             for e, subset in enumerate(partition.experts):
                 if str(e) in keep:
-                    self.models[str(e)] = ServedModel(str(e), self._load(self.source / f"expert-{e}"),
+                    self.models[str(e)] = ServedModel(str(e), self._load(opened.checkpoints[e]),
                                                       list(subset) + [OTHER], partition.names(e))
             if GENERAL in keep:
-                ckpt = self._load(Path(init))
-                n = len(ckpt.meta.class_names)
-                self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(n)), ckpt.meta.class_names)
+                ckpt = self._load(opened.init)
+                self.models[GENERAL] = ServedModel(GENERAL, ckpt, list(range(len(ckpt.meta.class_names))),
+                                                   ckpt.meta.class_names)
         self.class_names = partition.class_names
         self.subsets = [list(s) for s in partition.experts]
         for served in self.models.values():
@@ -232,7 +229,7 @@ class ExpertPool:
                 served.traced = _traced(served.checkpoint.model, example)
         self.warm_up()
 
-    def _load(self, path: Path) -> Checkpoint:
+    def _load(self, path: Path | StoredCheckpoint) -> Checkpoint:
         try:
             ckpt = load_checkpoint(path, device=self.device)
         except CheckpointError as err:

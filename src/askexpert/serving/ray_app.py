@@ -37,12 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from askexpert.config import apply_overrides, read_yaml, validate
-from askexpert.contract.bundle import is_bundle, load_bundle
+from askexpert.contract.bundle import System, is_bundle, open_system
 from askexpert.contract.protocol import ExpertInfo
 from askexpert.errors import AskExpertError
 from askexpert.serving.app import ServerLimits, create_app
 from askexpert.serving.batcher import BatchTimings
-from askexpert.serving.pool import ExpertOutput, ExpertPool, served_ids
+from askexpert.serving.pool import ExpertOutput, ExpertPool, open_source, served_ids
 
 log = logging.getLogger("askexpert.server")
 APP_NAME = "askexpert"
@@ -142,6 +142,7 @@ class ExpertReplica:
         sys.setswitchinterval(0.0002)  # the event loop and the model thread share the GIL: hand it over often
         self._load_args = dict(device=device, trace=trace, expect_system_id=expect_system_id)
         self.source = source
+        self.system: System | None = None  # the bundle opened once, where a replica loads experts on demand
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="askexpert-model")
         self._pool = ExpertPool(Path(source), only=keys, **self._load_args) if keys is not None else None
         self.infer.set_max_batch_size(max_batch)
@@ -193,14 +194,13 @@ def _multiplexed_replica(models_per_replica: int) -> type:
             super().__init__(*args, **kwargs)
             self._loaded: dict[str, ExpertPool] = {}
             if is_bundle(Path(self.source)):  # checked (and an archive unpacked) once, not at every load
-                bundle = load_bundle(Path(self.source), expect_id=self._load_args["expect_system_id"])
-                self.source = str(bundle.root)
+                self.system = open_system(Path(self.source), expect_id=self._load_args["expect_system_id"])
                 self._load_args["verify"] = False
 
         @serve.multiplexed(max_num_models_per_replica=models_per_replica)
         async def pool_for(self, key: str) -> ExpertPool:
             pool = await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: ExpertPool(Path(self.source), only=[key], **self._load_args))
+                self._executor, lambda: ExpertPool(self.system or Path(self.source), only=[key], **self._load_args))
             self._loaded[key] = pool
             return _Evicting(pool, self._loaded, key)
 
@@ -348,8 +348,9 @@ def run_server(source: Path, settings: RaySettings, *, address: str | None, host
     """Start (or join, with ``address``) a Ray cluster, deploy the experts of ``source`` on it and serve
     them on ``host:port`` until SIGINT or SIGTERM; then take the application down (and the cluster, if
     this process started it)."""
-    keys = served_ids(source, include_general=include_general, only=only, verify=True,  # damage: said here,
-                      expect_system_id=app_args.get("expect_system_id"))  # not by replicas failing in turn
+    opened = open_source(source, verify=True,  # damage: said here, not by replicas failing in turn
+                         expect_system_id=app_args.get("expect_system_id"))
+    keys = served_ids(opened, include_general=include_general, only=only)
     level = getattr(logging, log_level.upper(), logging.WARNING)
     ray.init(address=address, logging_level=level, include_dashboard=False, log_to_driver=level <= logging.INFO,
              configure_logging=True)

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import askexpert
-from askexpert.contract.bundle import Bundle, load_bundle, sha256_file
+from askexpert.contract.bundle import System, sha256_file
 from askexpert.contract.schema import (
     SCHEMA_VERSION,
     SYSTEM_FILE,
@@ -32,13 +32,14 @@ from askexpert.contract.schema import (
     SystemManifest,
 )
 from askexpert.errors import ConfigError
-from askexpert.models import read_meta
-from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models import StoredCheckpoint, open_checkpoint
+from askexpert.models.runs import ExpertRun, open_expert_run
 from askexpert.routing import fit_temperature
 from askexpert.system.calibrate import (
+    ExpertSet,
+    Outputs,
     choose_tau,
     data_identity,
-    expert_run,
     fit_learned_deferral,
     load_experts,
     operating_curve,
@@ -47,45 +48,44 @@ from askexpert.system.calibrate import (
 )
 
 
-def entry_fields(stem: Path, checkpoint: str, source: str) -> dict:
-    """The fields of a bundle's model entry (``ModelEntry``) for the checkpoint ``stem``, which the bundle
+def entry_fields(stored: StoredCheckpoint, checkpoint: str, source: str) -> dict:
+    """The fields of a bundle's model entry (``ModelEntry``) for the checkpoint ``stored``, which the bundle
     holds at ``checkpoint`` (relative to its root)."""
-    meta = read_meta(stem)
+    meta = stored.meta
     return {"checkpoint": checkpoint, "model": meta.model.model_dump(mode="json"), "parameters": meta.parameters,
             "source": source, "weights_sha256": meta.weights_sha256}
 
 
-def _copy_checkpoint(stem: Path, root: Path, relative: str) -> dict:
+def _copy_checkpoint(stored: StoredCheckpoint, root: Path, relative: str) -> dict:
     """Copy a checkpoint (weights + its ``.json``, which names the weights file) into ``root/relative/``;
     returns the entry fields of the model."""
-    meta = read_meta(stem)
+    stem, meta = stored.stem, stored.meta
     target = root / relative
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stem.parent / meta.weights_file, target / meta.weights_file)
     shutil.copyfile(stem.with_suffix(".json"), target / f"{stem.name}.json")
-    return entry_fields(stem, f"{relative}/{stem.name}", str(stem))
+    return entry_fields(stored, f"{relative}/{stem.name}", str(stem))
 
 
-def _runs(generalist: Path, experts_run: Path):
-    """The generalist's checkpoint and metadata, and the expert run's partition and general model, checked
-    to be a generalist over the classes the experts cover."""
-    gen_stem = checkpoint_stem(generalist)
-    gen_meta = read_meta(gen_stem)
-    if gen_meta.kind == "expert":
+def _runs(generalist: Path, experts_run: Path) -> tuple[StoredCheckpoint, ExpertRun]:
+    """The generalist's checkpoint and the expert run, each opened once, checked to be a generalist over the
+    classes the experts cover."""
+    gen = open_checkpoint(generalist)
+    if gen.meta.kind == "expert":
         raise ConfigError(f"{generalist} holds an expert, not a generalist over every class",
                           fix="pass the run directory of: askexpert train generalist")
-    partition, _, init = expert_run(experts_run)
-    if partition.class_names != gen_meta.class_names:
+    run = open_expert_run(experts_run)
+    if run.partition.class_names != gen.meta.class_names:
         raise ConfigError(f"the experts of {experts_run} cover other classes than the generalist",
                           fix="train both on the same dataset")
-    return gen_stem, gen_meta, partition, init
+    return gen, run
 
 
 def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: float | None = None,
                  accuracy: float | None = None, tau: float | None = None, k: int = 3,
                  confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
                  archive: bool = False, name: str | None = None, device: str = "auto",
-                 overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence") -> Bundle:
+                 overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence") -> System:
     """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``, with
     its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes).
 
@@ -96,14 +96,11 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         raise ConfigError(f"unknown deferral {deferral!r}", fix="use --deferral confidence or --deferral learned")
     if offload is None and accuracy is None and tau is None:
         offload = 0.3
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} exists and is not empty", fix="choose another --out, or pass --overwrite")
-        shutil.rmtree(out)
-    gen_stem, gen_meta, partition, init = _runs(generalist, experts_run)
-    gen = outputs_of(gen_stem, "the generalist", device)
-    experts = load_experts(experts_run, str(experts_run), gen, device)
+    out = _fresh_out(Path(out), overwrite)
+    gen_ckpt, run = _runs(generalist, experts_run)
+    gen_meta, partition = gen_ckpt.meta, run.partition
+    gen = outputs_of(gen_ckpt, "the generalist", device)
+    experts = load_experts(run, str(experts_run), gen, device)
     t_gen = fit_temperature(gen.val_logits, gen.val_labels)
     classes = len(gen_meta.class_names)
     rule, rule_spec = None, None
@@ -120,21 +117,8 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    from askexpert.models.onnx_export import export_onnx
-
-    export_onnx(gen_stem, staging / "generalist.onnx")
-    gen_entry = GeneralistEntry(onnx="generalist.onnx", **_copy_checkpoint(gen_stem, staging, "generalist"))
-    expert_entries = [
-        ExpertEntry(id=str(e), classes=list(subset), class_names=partition.names(e), temperature=temp,
-                    **_copy_checkpoint(stem, staging, f"experts/expert-{e}"))
-        for e, (subset, stem, temp) in enumerate(zip(partition.experts, experts.checkpoints, experts.temperatures,
-                                                      strict=True))]
-    general_entry = None
-    if include_general and init is not None:
-        general = outputs_of(init, "the general model", device)
-        require_same_images(gen, general)
-        general_entry = GeneralEntry(temperature=fit_temperature(general.val_logits, general.val_labels),
-                                     **_copy_checkpoint(checkpoint_stem(init), staging, "general"))
+    gen_entry, expert_entries, general_entry = _model_entries(staging, gen_ckpt, run, gen, experts,
+                                                              include_general, device)
     files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
     manifest = SystemManifest(
         schema_version=SCHEMA_VERSION, name=name or out.name,
@@ -149,7 +133,40 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     staging.replace(out)
     if archive:
         archive_bundle(out)
-    return load_bundle(out)
+    return System(out, manifest, sha256_file(out / SYSTEM_FILE))  # its files were hashed above
+
+
+def _fresh_out(out: Path, overwrite: bool) -> Path:
+    """``out``, emptied when ``overwrite`` allows; refused when it holds something and does not."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} exists and is not empty", fix="choose another --out, or pass --overwrite")
+        shutil.rmtree(out)
+    return out
+
+
+def _model_entries(staging: Path, gen_ckpt: StoredCheckpoint, run: ExpertRun, gen: Outputs, experts: ExpertSet,
+                   include_general: bool,
+                   device: str) -> tuple[GeneralistEntry, list[ExpertEntry], GeneralEntry | None]:
+    """Every model of the bundle written into ``staging`` (the generalist also in ONNX), as manifest entries."""
+    from askexpert.models.onnx_export import export_onnx
+
+    export_onnx(gen_ckpt, staging / "generalist.onnx")
+    gen_entry = GeneralistEntry(onnx="generalist.onnx", **_copy_checkpoint(gen_ckpt, staging, "generalist"))
+    partition = run.partition
+    expert_entries = [
+        ExpertEntry(id=str(e), classes=list(subset), class_names=partition.names(e), temperature=temp,
+                    **_copy_checkpoint(stem, staging, f"experts/expert-{e}"))
+        for e, (subset, stem, temp) in enumerate(zip(partition.experts, experts.checkpoints, experts.temperatures,
+                                                      strict=True))]
+    general_entry = None
+    if include_general and run.init is not None:
+        init = open_checkpoint(run.init)
+        general = outputs_of(init, "the general model", device)
+        require_same_images(gen, general)
+        general_entry = GeneralEntry(temperature=fit_temperature(general.val_logits, general.val_labels),
+                                     **_copy_checkpoint(init, staging, "general"))
+    return gen_entry, expert_entries, general_entry
 
 
 def archive_bundle(root: Path) -> Path:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from askexpert.contract.protocol import infer_response
-from askexpert.contract.schema import CurvePoint, DataIdentity, InputSpec, OperatingCurve, OperatingPoint, Partition
+from askexpert.contract.schema import CurvePoint, DataIdentity, InputSpec, OperatingCurve, OperatingPoint
 from askexpert.errors import ConfigError
-from askexpert.models import read_meta
-from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models import StoredCheckpoint, open_checkpoint
+from askexpert.models.runs import ExpertRun
 from askexpert.routing import (
     ALL,
     ExpertAnswers,
@@ -36,6 +36,7 @@ from askexpert.routing import (
     tau_for_offload,
 )
 from askexpert.routing.deferral import DeferralModel, fit_deferral, gains
+from askexpert.runtime.session import GeneralistRun
 from askexpert.training.evaluate import subset_targets
 from askexpert.training.logits import cached_logits
 
@@ -55,11 +56,11 @@ class Outputs:
     data_config: dict
 
 
-def outputs_of(checkpoint: Path, label: str, device: str = "auto") -> Outputs:
-    stem = checkpoint_stem(checkpoint)
-    (vz, vy), (tz, ty) = (cached_logits(stem, s, device=device) for s in ("val", "test"))
-    return Outputs(label, stem, vz.numpy(), vy.numpy(), tz.numpy(), ty.numpy(),
-                   read_meta(stem).dataset.config)
+def outputs_of(checkpoint: StoredCheckpoint, label: str, device: str = "auto") -> Outputs:
+    """A checkpoint's logits on validation and test (cached next to it), and its dataset."""
+    (vz, vy), (tz, ty) = (cached_logits(checkpoint, s, device=device) for s in ("val", "test"))
+    return Outputs(label, checkpoint.stem, vz.numpy(), vy.numpy(), tz.numpy(), ty.numpy(),
+                   checkpoint.meta.dataset.config)
 
 
 def require_same_images(reference: Outputs, other: Outputs) -> None:
@@ -99,30 +100,15 @@ class ExpertSet:
     temperatures: list[float]
     val: ExpertAnswers
     test: ExpertAnswers
-    checkpoints: list[Path]
+    checkpoints: list[StoredCheckpoint]
 
     def membership(self, num_classes: int) -> np.ndarray:
         return membership_matrix(self.subsets, num_classes)
 
 
-def expert_run(run_dir: Path) -> tuple[Partition, list[Path], Path | None]:
-    """An expert run's partition, its expert checkpoints and the general model it started from."""
-    run_dir = Path(run_dir)
-    partition = Partition.load(run_dir / "partition.json")
-    stems = []
-    for e in range(len(partition.experts)):
-        stem = checkpoint_stem(run_dir / f"expert-{e}")
-        if not stem.with_suffix(".json").is_file():
-            raise ConfigError(f"{run_dir} has no trained expert {e}", fix="finish: askexpert train experts --resume")
-        stems.append(stem)
-    summary = run_dir / "experts.json"
-    init = json.loads(summary.read_text()).get("init") if summary.is_file() else None
-    return partition, stems, Path(init) if init else None
-
-
-def load_experts(run_dir: Path, label: str, reference: Outputs, device: str = "auto") -> ExpertSet:
+def load_experts(run: ExpertRun, label: str, reference: Outputs, device: str = "auto") -> ExpertSet:
     """The experts of an expert run, checked against the reference's images, temperatures fitted on val."""
-    partition, stems, _ = expert_run(run_dir)
+    partition, stems = run.partition, run.checkpoints
     n = len(partition.class_names)
     vals, tests, temps = [], [], []
     for e, (subset, stem) in enumerate(zip(partition.experts, stems, strict=True)):
@@ -222,7 +208,7 @@ def choose_tau(generalist: Outputs, experts: ExpertSet, *, temperature: float, k
                                   val_accuracy=m.accuracy)
 
 
-def generalist_policy(generalist: Path, *, offload_rate: float, k: int, confidence: str = "max-prob",
+def generalist_policy(generalist: StoredCheckpoint, *, offload_rate: float, k: int, confidence: str = "max-prob",
                       fallback: str = "other", tau: float | None = None, temperature: float | None = None,
                       device: str = "cpu") -> RoutingPolicy:
     """A routing policy from the generalist's validation split alone (temperature fitted and tau chosen
@@ -233,6 +219,17 @@ def generalist_policy(generalist: Path, *, offload_rate: float, k: int, confiden
         if tau is None:
             tau = tau_for_offload(validation_confidence(gen, temperature, confidence), offload_rate)
     return RoutingPolicy(tau=tau, k=k, temperature=temperature, confidence=confidence, fallback=fallback)
+
+
+def calibrated_run(run_dir: Path, *, offload_rate: float, k: int, confidence: str = "max-prob",
+                   fallback: str = "other", tau: float | None = None, temperature: float | None = None,
+                   device: str = "cpu") -> GeneralistRun:
+    """A generalist's run directory made ready for the edge at build time: its routing policy from
+    validation (:func:`generalist_policy`) and its dataset, so the edge's run time never calibrates."""
+    generalist = open_checkpoint(run_dir)
+    policy = generalist_policy(generalist, offload_rate=offload_rate, k=k, confidence=confidence, fallback=fallback,
+                               tau=tau, temperature=temperature, device=device)
+    return GeneralistRun(Path(run_dir), policy, generalist.meta.dataset.config or None)
 
 
 def curve_rates() -> list[float]:

@@ -3,7 +3,7 @@ pointed at the most accurate operating point a budget allows (``build-system --p
 
 :class:`PartsBench` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
 serves the bundle on the other cores (a real ``askexpert serve``), optionally with competing clients
-(:class:`~askexpert.testbed.load.CompetingLoad`: the server's queue at a stated load), and in the edge's
+(:class:`~askexpert.testbed.competing.CompetingLoad`: the server's queue at a stated load), and in the edge's
 own process streams real images (the bundle's validation split) through the deployed edge's own
 runner at a given tau: the generalist's time of every image and each offload's time (encoding, round
 trip, queue, compute), per expert, as a run at that point lives them. The point matters under the older
@@ -24,21 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.contract.bundle import Bundle, load_bundle, repoint
+from askexpert.contract.bundle import System, open_system
 from askexpert.contract.schema import OperatingPoint
 from askexpert.costs.plan import Choice, CostParts, choose
 from askexpert.costs.profiles import device as device_profile
 from askexpert.costs.profiles import network
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.runtime.link import LinkProfile
-from askexpert.serving.process import ServerProcess
-from askexpert.testbed.load import CompetingLoad
+from askexpert.testbed.competing import CompetingLoad
 from askexpert.testbed.placement import EmulatedEdge, Placement
+from askexpert.testbed.server import ServerProcess
 
 RADIO_OF_LINK = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the radio profile a link preset uses
 
 
-def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads: int | None,
+def _time_on_edge(system: System, url: str, images: np.ndarray, tau: float, threads: int | None,
                   token: str | None, link: LinkProfile | None = None, min_offloads: int = 30) -> dict:
     """In the edge's process, the real edge runner over ``images`` at ``tau``, its client waiting out the
     ``link`` as a run does: every image's generalist time and every offload's (without the link's share,
@@ -49,7 +49,7 @@ def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget
     from askexpert.runtime.onnx_model import OnnxGeneralist
 
-    b = load_bundle(bundle, verify=False)
+    b = system  # opened once, in the bench's process
     m, r = b.manifest, b.manifest.routing
     model = OnnxGeneralist(b.generalist_onnx, threads=threads)
     targets = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
@@ -80,25 +80,25 @@ def _time_on_edge(bundle: str, url: str, images: np.ndarray, tau: float, threads
             "down_bytes": int(np.mean([t.down_bytes for t in sent]))}
 
 
-def validation_images(bundle: Path, limit: int = 1000) -> np.ndarray:
-    """A stratified ``limit`` of the bundle's validation images (the full install: it reads the dataset)."""
+def validation_images(system: System, limit: int = 1000) -> np.ndarray:
+    """A stratified ``limit`` of the system's validation images (the full install: it reads the dataset)."""
     from askexpert.runtime.inputs import open_input
 
-    m = load_bundle(bundle, verify=False).manifest
+    m = system.manifest
     source = open_input(["split:val"], input_spec=m.input, class_names=m.classes, data=dict(m.data.config),
                         batch_size=256, limit=limit)
     return np.concatenate([images for images, _ in source.batches])
 
 
 class PartsBench:
-    """``with PartsBench(bundle, device, link) as bench: parts = bench.at(tau, images)``: the edge placed as
+    """``with PartsBench(system, device, link) as bench: parts = bench.at(tau, images)``: the edge placed as
     ``device`` (or in the open placement ``edge``), the bundle served on the other cores, ``load`` competing
     clients, held open for as many measurements as asked."""
 
-    def __init__(self, bundle: Path, device: str, link: LinkProfile | None, *, load: int = 0,
+    def __init__(self, system: System, device: str, link: LinkProfile | None, *, load: int = 0,
                  think_ms: float = 30.0, mode: str = "auto", edge_profile: str | None = None,
                  radio: str | None = None, edge: EmulatedEdge | None = None) -> None:
-        self.bundle = load_bundle(bundle)
+        self.bundle = system
         self.device, self.link, self.load, self.think_ms = device, link, load, think_ms
         self._edge, self._mode = edge, mode
         self._edge_profile, self._radio = edge_profile, radio
@@ -132,7 +132,7 @@ class PartsBench:
     def at(self, tau: float, images: np.ndarray) -> CostParts:
         """The parts, measured by streaming ``images`` through the edge runner at ``tau``."""
         self.edge.recalibrate("cost model")  # the host's speed drifts: the device's must not
-        raw = self.edge.call(_time_on_edge, bundle=str(self.bundle.root), url=self.url, images=images, tau=tau,
+        raw = self.edge.call(_time_on_edge, system=self.bundle, url=self.url, images=images, tau=tau,
                              threads=self.threads, token=None, link=self.link)
         link, load = self.link, self.load
         radio_name = self._radio or (RADIO_OF_LINK.get(link.name) if link is not None else None)
@@ -150,21 +150,22 @@ class PartsBench:
                          notes=notes)
 
 
-def plan_bundle(bundle: Path, *, p95_ms: float | None = None, edge_mj: float | None = None, device: str = "host",
-                link: LinkProfile | None = None, k: int | None = None, images: np.ndarray | None = None,
-                rounds: int = 3, say=None, **bench) -> tuple[Bundle, Choice, CostParts, Placement]:
+def plan_bundle(bundle: Path | System, *, p95_ms: float | None = None, edge_mj: float | None = None,
+                device: str = "host", link: LinkProfile | None = None, k: int | None = None,
+                images: np.ndarray | None = None, rounds: int = 3, say=None,
+                **bench) -> tuple[System, Choice, CostParts, Placement]:
     """Measure the parts at the bundle's point, choose the most accurate point within the budget, measure
     again at the chosen point until the share offloaded while measuring is within 5 points of it (at most
     ``rounds`` rounds, in one placement and one server), and rewrite the bundle's routing there (with the
     prediction). ``images``: what to stream (default: 1,000 of the bundle's validation images). Refuses
     (:class:`ConfigError`) when no point fits."""
-    b = load_bundle(bundle)
+    b = open_system(bundle)
     if b.manifest.curve is None:
         raise ConfigError(f"{bundle} has no operating curve (a schema-1 bundle)",
                           fix="build it again with this askexpert: askexpert build-system ...")
-    images = validation_images(b.root) if images is None else images
+    images = validation_images(b) if images is None else images
     tau = b.manifest.routing.tau
-    with PartsBench(b.root, device, link, **bench) as measuring:
+    with PartsBench(b, device, link, **bench) as measuring:
         for _ in range(rounds):
             parts = measuring.at(tau, images)
             choice = choose(b.manifest.curve, parts, p95_ms=p95_ms, edge_mj=edge_mj, k=k)
@@ -178,4 +179,4 @@ def plan_bundle(bundle: Path, *, p95_ms: float | None = None, edge_mj: float | N
     target, value = ("p95-latency", p95_ms) if p95_ms is not None else ("edge-energy", edge_mj)
     point = OperatingPoint(target=target, value=value, val_offload_rate=choice.point.offload_rate,
                            val_accuracy=choice.point.accuracy, predicted=choice.prediction)
-    return repoint(b, tau=choice.point.tau, k=choice.point.k, point=point), choice, parts, placement
+    return b.repoint(tau=choice.point.tau, k=choice.point.k, point=point), choice, parts, placement

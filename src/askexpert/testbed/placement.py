@@ -4,7 +4,7 @@
 (``sched_setaffinity``), times the device profile's reference workload there at full speed, and slows
 the process to the device (:class:`Placement` records how, with target vs achieved). ``edge.call(fn,
 **kw)`` runs ``fn`` in that process; ``edge.server_cores`` is where the expert server belongs
-(:class:`askexpert.serving.process.ServerProcess` ``cpus=``).
+(:class:`askexpert.testbed.server.ServerProcess` ``cpus=``).
 
 Modes. ``model`` (``auto``'s choice): the profile's device model (:mod:`askexpert.costs.device_model`,
 fitted to its published table) is sent to the process, where every model call lasts its prediction and

@@ -57,7 +57,7 @@ from askexpert.models import (
     read_meta,
     save_checkpoint,
 )
-from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models.checkpoint import checkpoint_stem, open_checkpoint
 from askexpert.models.collapse import collapse_head
 from askexpert.training.engine import FitResult, fit, images_per_second
 from askexpert.training.evaluate import (
@@ -155,7 +155,7 @@ def _generalist_val(partition: Partition, cfg: RunConfig, device) -> tuple[str, 
     source = partition.details.get("generalist")
     if not source or not checkpoint_stem(Path(source)).with_suffix(".json").is_file():
         return None
-    logits, labels = cached_logits(Path(source), "val", data_cfg=cfg.data, device=str(device),
+    logits, labels = cached_logits(open_checkpoint(source), "val", data_cfg=cfg.data, device=str(device),
                                    batch_size=cfg.train.eval_batch_size)
     return source, logits, labels
 
@@ -166,7 +166,7 @@ def weaker_than_generalist(name: str, accuracy: float, reference: float, source:
         return None
     return (f"{name} reaches {accuracy:.2f}% {what} on validation, below the generalist {source} "
             f"({reference:.2f}%): offloading to it can lower accuracy -- fix: train it longer (more --epochs, "
-            f"or --passes for experts; README: 'Small data sets') or start it from a stronger general model")
+            f"or --passes for experts; docs/usage.md: 'Small data sets') or start it from a stronger general model")
 
 
 def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
@@ -201,7 +201,7 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
         source, gen_logits, gen_labels = reference
     if reference is not None and ecfg.init_from == "general":
         gen_acc = accuracy(gen_logits, gen_labels)
-        general_logits, _ = cached_logits(general.path, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
+        general_logits, _ = cached_logits(general.stored, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
                                           batch_size=cfg.train.eval_batch_size)  # the same images as the generalist's
         general_acc = accuracy(general_logits, gen_labels)
         note = weaker_than_generalist(f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
@@ -437,8 +437,9 @@ def _finish(job: ExpertJob, e: int, model: torch.nn.Module, spec: ModelSpec, res
                     dataset=dataset_record(cfg, bundle), training=cfg.model_dump(mode="json"),
                     metrics=metrics, extra={"expert_id": e, "subset": subset, "strategy": ecfg.strategy,
                                             "init_from": ecfg.init_from, "init_sha256": job.start.sha256})
+    stored = open_checkpoint(stem)
     for split, z in logits.items():  # the system evaluation reads these instead of predicting again
-        store_logits(stem, split, cfg.data, z, bundle.split(split).labels)
+        store_logits(stored, split, cfg.data, z, bundle.split(split).labels)
     (stem.parent / "metrics.json").write_text(json.dumps(metrics, indent=1))
     job.console.log(f"expert {e}: {summary.val.subset_accuracy:.2f}% on its subset (val), "
                     f"'other' recall {summary.val.other_recall or 0:.1f}%")

@@ -17,17 +17,16 @@ from askexpert.config import DataConfig
 from askexpert.data import DatasetBundle, load_dataset
 from askexpert.devices import resolve_device
 from askexpert.errors import DatasetError
-from askexpert.models import load_checkpoint, read_meta
-from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models import StoredCheckpoint, load_checkpoint
 from askexpert.training.evaluate import predict_logits
 
 
-def data_config_of(checkpoint: Path) -> DataConfig:
+def data_config_of(checkpoint: StoredCheckpoint) -> DataConfig:
     """The dataset config a checkpoint was trained with."""
-    return DataConfig(**read_meta(checkpoint).dataset.config)
+    return DataConfig(**checkpoint.meta.dataset.config)
 
 
-def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None = None,
+def cached_logits(checkpoint: StoredCheckpoint, split: str, *, data_cfg: DataConfig | None = None,
                   bundle: DatasetBundle | None = None, device: str = "auto",
                   batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits [N, outputs], labels [N])`` of ``checkpoint`` on ``split``.
@@ -35,10 +34,9 @@ def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None =
     The dataset is ``data_cfg`` (default: the checkpoint's own); ``bundle``, when given, must be that
     dataset already loaded.
     """
-    stem = checkpoint_stem(checkpoint)
-    meta = read_meta(stem)
-    data_cfg = data_cfg or data_config_of(stem)
-    cache, key = _cache(stem, split, data_cfg)
+    stem, meta = checkpoint.stem, checkpoint.meta
+    data_cfg = data_cfg or data_config_of(checkpoint)
+    cache, key = _cache(checkpoint, split, data_cfg)
     if cache.is_file():
         with safetensors.safe_open(str(cache), "pt") as f:
             if f.metadata() == key:
@@ -48,24 +46,25 @@ def cached_logits(checkpoint: Path, split: str, *, data_cfg: DataConfig | None =
     if bundle.class_names != (meta.dataset.class_names or bundle.class_names):
         raise DatasetError(f"{stem} was trained on other classes than {bundle.name} has",
                            fix="evaluate it on the dataset it was trained on")
-    ckpt = load_checkpoint(stem, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
     data = bundle.split(split)
     logits = predict_logits(ckpt.model, data, meta.model.input, batch_size=batch_size,
                             device=resolve_device(device))
-    store_logits(stem, split, data_cfg, logits, data.labels)
+    store_logits(checkpoint, split, data_cfg, logits, data.labels)
     return logits, data.labels
 
 
-def _cache(stem: Path, split: str, data_cfg: DataConfig) -> tuple[Path, dict[str, str]]:
-    key = {"weights_sha256": read_meta(stem).weights_sha256,
+def _cache(checkpoint: StoredCheckpoint, split: str, data_cfg: DataConfig) -> tuple[Path, dict[str, str]]:
+    stem = checkpoint.stem
+    key = {"weights_sha256": checkpoint.meta.weights_sha256,
            "data": json.dumps(data_cfg.model_dump(mode="json"), sort_keys=True), "split": split}
     return stem.parent / "logits" / f"{stem.name}-{split}.safetensors", key
 
 
-def store_logits(checkpoint: Path, split: str, data_cfg: DataConfig, logits: torch.Tensor,
+def store_logits(checkpoint: StoredCheckpoint, split: str, data_cfg: DataConfig, logits: torch.Tensor,
                  labels: torch.Tensor) -> None:
     """Cache logits computed elsewhere (by the training run, on the saved weights) for ``cached_logits``."""
-    cache, key = _cache(checkpoint_stem(checkpoint), split, data_cfg)
+    cache, key = _cache(checkpoint, split, data_cfg)
     cache.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({"logits": logits.contiguous(), "labels": labels.contiguous()}, str(cache),
                                 metadata=key)

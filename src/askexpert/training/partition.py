@@ -205,10 +205,11 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
                    device: str = "auto", seed: int = 0) -> Partition:
     """A partition of the generalist's classes, from its validation confusion, coarse labels or a file."""
     from askexpert.data import load_dataset
-    from askexpert.models import read_meta
+    from askexpert.models import open_checkpoint
     from askexpert.training.logits import cached_logits, data_config_of
 
-    meta = read_meta(generalist)
+    gen = open_checkpoint(generalist)
+    meta = gen.meta
     names = meta.class_names
     if method == "file":
         if file is None:
@@ -218,14 +219,14 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
         part = partition_from_random(names, n_experts, seed=seed, min_size=min_size)
         part.details["generalist"] = str(generalist)
         return part
-    logits, labels = cached_logits(generalist, "val", device=device)
+    logits, labels = cached_logits(gen, "val", device=device)
     n = len(names)
     confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
     if method == "confusion":
         part = partition_from_confusion(confusion, names, n_experts, max_size=max_size, min_size=min_size,
                                         overlap=overlap)
     elif method == "coarse":
-        bundle = load_dataset(data_config_of(generalist), image_size=meta.model.input.size,
+        bundle = load_dataset(data_config_of(gen), image_size=meta.model.input.size,
                               channels=meta.model.input.channels)
         if not bundle.coarse_names or bundle.train.coarse_labels is None:
             raise ConfigError(f"{bundle.name} has no coarse labels", fix="use --method confusion or --method file")

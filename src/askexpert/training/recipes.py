@@ -15,10 +15,9 @@ from askexpert.models import (
     Checkpoint,
     ModelSpec,
     build_model,
-    read_meta,
     resolve_spec,
 )
-from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models.checkpoint import checkpoint_stem, open_checkpoint
 from askexpert.training.logits import cached_logits
 from askexpert.training.objective import ExpertObjective
 from askexpert.training.partition import confusion_affinity
@@ -53,11 +52,11 @@ class Steering:
 def draw_steering(general: Checkpoint, ecfg: ExpertsConfig, bundle: DatasetBundle, cfg: RunConfig, device) -> Steering:
     focus = any(s.focus > 0 for s in strategy_stages(ecfg))
     if ecfg.strategy == "progressive" and ecfg.router is not None:
-        router = checkpoint_stem(ecfg.router)
-        if not router.with_suffix(".json").is_file():
+        if not checkpoint_stem(ecfg.router).with_suffix(".json").is_file():
             raise ConfigError(f"experts.router {ecfg.router} holds no trained model",
                               fix="pass the edge generalist's run directory (askexpert train generalist)")
-        if read_meta(router).class_names != bundle.class_names:
+        router = open_checkpoint(ecfg.router)
+        if router.meta.class_names != bundle.class_names:
             raise ConfigError(f"the router {ecfg.router} predicts other classes than {bundle.name} has",
                               fix="pass the generalist trained on the dataset of this run")
         logits, _ = cached_logits(router, "train", data_cfg=cfg.data, device=str(device),
@@ -73,7 +72,7 @@ def draw_steering(general: Checkpoint, ecfg: ExpertsConfig, bundle: DatasetBundl
 
 def _general_confusion(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
     """Affinity between classes from the general model's validation confusion (for hard negatives)."""
-    logits, labels = cached_logits(general.path, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
+    logits, labels = cached_logits(general.stored, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
                                    batch_size=cfg.train.eval_batch_size)
     n = bundle.num_classes
     confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
@@ -82,7 +81,7 @@ def _general_confusion(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfi
 
 def _general_hardness(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
     """1 - the general model's probability of the true class, for every training image."""
-    logits, labels = cached_logits(general.path, "train", data_cfg=cfg.data, bundle=bundle, device=str(device),
+    logits, labels = cached_logits(general.stored, "train", data_cfg=cfg.data, bundle=bundle, device=str(device),
                                    batch_size=cfg.train.eval_batch_size)
     p_true = torch.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1)
     return 1 - p_true

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert.bench.local_experts import LocalExperts, LocalModelSpec
 from askexpert.contract.codecs import Encoding
 from askexpert.contract.labels import GENERAL
 from askexpert.contract.protocol import RAW
@@ -44,7 +45,6 @@ from askexpert.runtime.edge import (
     summarize,
 )
 from askexpert.runtime.link import LinkProfile
-from askexpert.runtime.local_experts import LocalExperts, LocalModelSpec
 from askexpert.runtime.onnx_model import OnnxGeneralist
 
 SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",

@@ -21,7 +21,7 @@ import torch
 
 import askexpert
 from askexpert.config import ModelConfig
-from askexpert.contract.bundle import Bundle, load_bundle, sha256_file
+from askexpert.contract.bundle import System, open_system, sha256_file
 from askexpert.contract.labels import OTHER_NAME
 from askexpert.contract.schema import (
     SCHEMA_VERSION,
@@ -36,7 +36,7 @@ from askexpert.contract.schema import (
     SystemManifest,
 )
 from askexpert.errors import ConfigError
-from askexpert.models.checkpoint import save_checkpoint
+from askexpert.models.checkpoint import open_checkpoint, save_checkpoint
 from askexpert.models.factory import build_model, resolve_spec
 from askexpert.routing.policy import confidence_scores
 from askexpert.routing.thresholds import tau_for_offload
@@ -100,7 +100,7 @@ def confidences(generalist: torch.nn.Module, spec, images: np.ndarray) -> np.nda
 
 
 def build_cost_bundle(out: Path, system: CostSystem, images: np.ndarray, *, offload: float = 0.3, k: int = 3,
-                      overwrite: bool = False) -> Bundle:
+                      overwrite: bool = False) -> System:
     """Write the cost bundle of ``system`` into ``out``, tau set so that a share ``offload`` of ``images``
     (the images the bench streams) is offloaded."""
     out = Path(out)
@@ -149,10 +149,10 @@ def build_cost_bundle(out: Path, system: CostSystem, images: np.ndarray, *, offl
     (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.replace(out)
-    return load_bundle(out)
+    return open_system(out)
 
 
 def _entry(stem: Path, root: Path) -> dict:
     """A checkpoint written in place into the bundle (``root``): its entry, its source saying so."""
     relative = str(stem.relative_to(root))
-    return entry_fields(stem, relative, f"{COST_ONLY}: {relative}")
+    return entry_fields(open_checkpoint(stem), relative, f"{COST_ONLY}: {relative}")

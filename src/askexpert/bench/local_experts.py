@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.contract.bundle import Bundle
+from askexpert.contract.bundle import System
 from askexpert.contract.labels import GENERAL, OTHER
 from askexpert.contract.protocol import ExpertInfo, image_results
 from askexpert.routing import softmax
@@ -32,7 +32,7 @@ class LocalModelSpec:
     temperature: float = 1.0
 
 
-def export_edge_models(bundle: Bundle, out_dir: Path) -> list[LocalModelSpec]:
+def export_edge_models(bundle: System, out_dir: Path) -> list[LocalModelSpec]:
     """Export every expert of an opened bundle and its general model to ONNX under ``out_dir`` (reused
     when present)."""
     from askexpert.models.onnx_export import export_onnx

@@ -1,7 +1,7 @@
 """Competing load on an expert server: other edges sharing it, each a process in a closed loop.
 
 ``with CompetingLoad(url, clients=15, experts=["0", "1", "2"], shape=(1, 28, 28)) as load:`` starts
-``clients`` processes (``python -m askexpert.testbed.load``, pinned to ``cpus`` when given), each
+``clients`` processes (``python -m askexpert.testbed.competing``, pinned to ``cpus`` when given), each
 sending one image at a time to an expert drawn at random, and pausing ``think_ms`` between answers
 (an edge that offloads a share of its images: the generalist's time between offloads). On exit they
 stop and report what they sent (:class:`LoadStats`). Real HTTP through the edge's own client.
@@ -48,7 +48,7 @@ class CompetingLoad:
             env["ASKEXPERT_LOAD_TOKEN"] = self.token  # not on the command line, where ps would show it
         self._t0 = time.monotonic()
         for i in range(self.clients):
-            args = [sys.executable, "-m", "askexpert.testbed.load", self.url, ",".join(self.experts),
+            args = [sys.executable, "-m", "askexpert.testbed.competing", self.url, ",".join(self.experts),
                     ",".join(map(str, self.shape)), str(self.think_ms), str(self.seed + i),
                     str(self.ca_file or "")]
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
@@ -106,6 +106,6 @@ def _client(url: str, experts: list[str], shape: tuple[int, ...], think_ms: floa
     print(json.dumps({"requests": requests, "failures": failures}), flush=True)
 
 
-if __name__ == "__main__":  # python -m askexpert.testbed.load URL EXPERTS C,H,W THINK_MS SEED CA_FILE
+if __name__ == "__main__":  # python -m askexpert.testbed.competing URL EXPERTS C,H,W THINK_MS SEED CA_FILE
     _client(sys.argv[1], sys.argv[2].split(","), tuple(int(v) for v in sys.argv[3].split(",")), float(sys.argv[4]),
             int(sys.argv[5]), sys.argv[6] if len(sys.argv) > 6 else "")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from askexpert.errors import AskExpertError
-from askexpert.runtime.clients import tls_context
+from askexpert.security import tls_context
 
 # the ports a local Ray cluster takes by default once it starts (GCS, dashboard, client server, the dashboard
 # agent's HTTP port, Serve's HTTP port): a port picked free before Ray starts may be taken by it after
