@@ -310,3 +310,14 @@ def test_the_edge_settings_choose_one_controller_and_refuse_what_conflicts():
     with pytest.raises(ConfigError, match="--slo-p95 moves tau along the bundle's operating curve") as err:
         controller_for(settings(target_accuracy=0.9, slo_p95_ms=40.0), run_dir)
     assert "build-system" in err.value.fix
+
+
+def test_the_settings_as_a_summary_writes_them_name_the_system_by_its_directory_and_hide_the_token(tmp_path):
+    from askexpert.routing import RoutingPolicy
+    from askexpert.runtime.session import EdgeSettings, GeneralistRun
+
+    run = GeneralistRun(tmp_path / "generalist", RoutingPolicy(tau=0.3, k=3), None)
+    described = EdgeSettings(system=run, server="http://127.0.0.1:1", token="secret").described()
+    assert described["system"] == str(tmp_path / "generalist") and described["token"] == "(set)"
+    assert "secret" not in str(described)
+    assert EdgeSettings(system=tmp_path / "b", server=None).described()["token"] == "None"

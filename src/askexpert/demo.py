@@ -139,7 +139,7 @@ def _summary(result: DemoResult, settings: EdgeSettings) -> dict:
         "models": {"generalist": str(models.generalist), "general": str(models.general),
                    "experts": str(models.experts["progressive"]),
                    "partition": json.loads(models.partition.read_text())["experts"]},
-        "settings": {k: str(v) for k, v in asdict(settings).items()}}
+        "settings": settings.described()}
 
 
 COMPARISON = (  # (label, value of a SystemRow, format)

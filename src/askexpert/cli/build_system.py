@@ -21,7 +21,7 @@ def _plan_bundle(bundle, args: argparse.Namespace):
     from askexpert.testbed.measure import plan_bundle, validation_images
 
     require_positive(("--p95-latency", args.p95_latency), ("--edge-energy", args.edge_energy),
-                      ("--plan-images", args.plan_images))
+                     ("--plan-images", args.plan_images))
     link = parse_link(args.link)
     console = log_console()
     console.log(f"measuring the cost model's parts on {args.edge_device} over "

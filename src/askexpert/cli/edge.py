@@ -28,7 +28,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from askexpert.security import read_token
 
     require_positive(("--timeout", args.timeout), ("--deadline", args.deadline), ("--slo-p95", args.slo_p95),
-                      ("--energy-budget", args.energy_budget))
+                     ("--energy-budget", args.energy_budget))
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
     settings = EdgeSettings(
@@ -72,8 +72,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
                                             "backend": report.backend, "input": report.input, "link": report.link,
                                             "system": report.source,
                                             "placement": placement.to_dict() if placement else None,
-                                            "settings": {k: "(set)" if k == "token" and v else str(v)  # no secret
-                                                         for k, v in asdict(settings).items()}}, indent=1))
+                                            "settings": settings.described()}, indent=1))
     print_edge_summary(report)
     return 0
 

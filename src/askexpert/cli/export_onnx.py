@@ -15,7 +15,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     out = args.out or checkpoint_stem(args.checkpoint).with_suffix(".onnx")
     info = export_onnx(args.checkpoint, out, opset=args.opset)
     table_console().print(f"wrote {info['path']} (opset {info['opset']}, {info['export_seconds']:.1f} s); "
-                 f"largest difference from torch on 5 random images: {info['max_abs_diff']:.2e}")
+                          f"largest difference from torch on 5 random images: {info['max_abs_diff']:.2e}")
     return 0
 
 

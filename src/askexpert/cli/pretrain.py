@@ -15,8 +15,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                       overrides=list(args.set or []), console=log_console())
     state = "reused" if result.reused else f"trained in {result.seconds / 60:.1f} min"
     table_console().print(f"{result.model} pretrained on {result.pool} ({result.epochs} epochs, {state}): "
-                 f"{result.val_top1:.2f}% top-1 on the pool's validation split\n"
-                 f"weights: {result.weights}\nstart from it: --set model.pretrained_file={result.weights}")
+                          f"{result.val_top1:.2f}% top-1 on the pool's validation split\n"
+                          f"weights: {result.weights}\nstart from it: --set model.pretrained_file={result.weights}")
     return 0
 
 

@@ -23,8 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)
     check_exposure(args.host, token, args.insecure)  # before minutes of loading models
     require_positive(("--max-request-images", args.max_request_images), ("--max-in-flight", args.max_in_flight),
-                      ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
-                      ("--max-body-bytes", args.max_body_bytes))
+                     ("--body-timeout", args.body_timeout), ("--max-batch", args.max_batch),
+                     ("--max-body-bytes", args.max_body_bytes))
     if args.inline_max is not None and args.inline_max < 0:
         raise ConfigError(f"--inline-max must be 0 or more, got {args.inline_max}",
                           fix="give the most images a batch may have to run on the event loop (0: never)")
@@ -55,8 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                   inline_max=INLINE_MAX if args.inline_max is None else args.inline_max),
                      limits=limits, token=token)
     log_console().log(f"serving {len(pool.ids())} experts ({', '.join(pool.ids())}) of {args.source} on "
-                   f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"
-                   + ("; bearer token required" if token else ""))
+                      f"{scheme}://{args.host}:{args.port} ({pool.device}); API docs at /docs"
+                      + ("; bearer token required" if token else ""))
     if token and scheme == "http" and not is_loopback(args.host):
         log_console().log("[yellow]the token travels in clear text over plain HTTP: add --ssl-certfile/--ssl-keyfile")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
@@ -80,8 +80,8 @@ def _serve_on_ray(args: argparse.Namespace, limits, token: str | None, only: lis
     def ready(keys: list[str], cluster_cpus: float) -> None:
         where = f"the Ray cluster at {args.address}" if args.address else f"a local Ray cluster ({cluster_cpus:g} CPUs)"
         log_console().log(f"serving {len(keys)} experts ({', '.join(keys)}) of {args.source} on Ray Serve, "
-                       f"{where}, at {scheme}://{args.host}:{args.port}; API docs at /docs"
-                       + ("; bearer token required" if token else "") + "; Ctrl-C stops")
+                          f"{where}, at {scheme}://{args.host}:{args.port}; API docs at /docs"
+                          + ("; bearer token required" if token else "") + "; Ctrl-C stops")
 
     run_server(args.source, settings, address=args.address, host=args.host, port=args.port,
                include_general=not args.no_general, only=only, ssl_certfile=args.ssl_certfile,

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,12 @@ class EdgeSettings:
     energy_profile: str = "raspberry-pi-4"  # the edge's power (costs/profiles.yaml) for --energy-budget
     radio: str = "wifi"
     encoding: Encoding = RAW  # how offloaded images travel (raw, npy, png, jpeg:Q, webp:Q)
+
+    def described(self) -> dict[str, str]:
+        """Every setting as text, for a summary: the system named by its directory, the token never written."""
+        system = getattr(self.system, "root", getattr(self.system, "run_dir", self.system))
+        return {k: ("(set)" if v else "None") if k == "token" else str(v)
+                for k, v in asdict(replace(self, system=system)).items()}
 
 
 @dataclass
