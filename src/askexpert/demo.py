@@ -189,8 +189,8 @@ def markdown(r: DemoResult) -> str:
         *(f"| {label} | " + " | ".join(values) + " |" for label, values in comparison(r)), "",
         *(f"- Collaborative {line}." for line in reading(r)), "",
         "On the 28x28 miniature an image is 784 bytes and the generalist costs the edge more than sending it "
-        "does; what collaboration buys grows with the image and the radio's cost (BENCHMARKS.md, \"The paper's "
-        "scale\").", "",
+        "does; what collaboration buys grows with the image and the radio's cost "
+        "(benchmarks/topics/paper-scale.md).", "",
         "## Collaborative, in detail", "",
         "| metric | value |", "|---|---|",
         f"| accuracy, collaborative | {s.accuracy:.2f}% |",

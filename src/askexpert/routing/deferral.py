@@ -1,8 +1,8 @@
 """A learned deferral rule: offload the images the routed expert will get right and the generalist wrong.
 
-The paper's rule offloads the images the generalist is least sure of. That offloads many images the
-expert answers no better (BENCHMARKS.md, "Which images to offload"), and confidence-based deferral is known to
-fall short exactly when the second stage is a set of specialists (Jitkrittum et al., "When does
+The paper's rule offloads the images the generalist is least sure of. That offloads many images the expert
+answers no better (benchmarks/topics/routing.md, "Which images to offload"), and confidence-based deferral is
+known to fall short exactly when the second stage is a set of specialists (Jitkrittum et al., "When does
 confidence-based deferral suffice?", NeurIPS 2023). This rule models the *gain* of offloading an image
 instead, from what the edge already has at no extra cost:
 

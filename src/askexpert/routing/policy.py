@@ -10,7 +10,7 @@ under the ``other-or-less-confident`` rule, it is less confident than the genera
 NumPy only, no torch: the edge device runs this next to ONNX Runtime. Anything array-like is
 accepted (a CPU torch tensor converts without a copy). A router sees one sample at a time on an
 edge device, and a dozen NumPy operations on a 10-element row cost a fraction of the same dozen
-torch dispatches (BENCHMARKS.md, "Router cost").
+torch dispatches (benchmarks/topics/routing.md, "Router cost").
 """
 
 from __future__ import annotations

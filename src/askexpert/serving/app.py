@@ -464,7 +464,7 @@ class InferFastPath:
 
     The infer request is the hot path, and its endpoint (:class:`InferEndpoint`) needs none of FastAPI's
     middleware layers (exception, body-limit, telemetry, exit-stack): it answers every failure itself as
-    the documented JSON (BENCHMARKS.md, "The offload hot path").
+    the documented JSON (benchmarks/topics/serving.md, "The offload hot path").
     """
 
     def __init__(self, app: FastAPI, infer: Callable) -> None:

@@ -4,15 +4,15 @@ pointed at the most accurate operating point a budget allows (``build-system --p
 :class:`PartsBench` places the edge as ``device`` (:class:`~askexpert.testbed.placement.EmulatedEdge`),
 serves the bundle on the other cores (a real ``askexpert serve``), optionally with competing clients
 (:class:`~askexpert.testbed.competing.CompetingLoad`: the server's queue at a stated load), and in the edge's
-own process streams real images (the bundle's validation split) through the deployed edge's own
-runner at a given tau: the generalist's time of every image and each offload's time (encoding, round
-trip, queue, compute), per expert, as a run at that point lives them. The point matters under the older
-kernel-quota emulation (how fast the generalist runs on a throttled core depends on how often the edge
-idles waiting for an offload; BENCHMARKS.md, "Operating points that hold"), and the offloads' share of
-the server's queue depends on it under any, so :func:`plan_bundle`
-measures at the bundle's point, chooses (:mod:`askexpert.costs.plan`), and measures again at the
-chosen point until the offload share it measured at is within 5 points of the chosen one (three
-rounds at most); then it rewrites the bundle's routing there, with what it predicts. The link's share
+own process streams real images (the bundle's validation split) through the deployed edge's own runner at a
+given tau: the generalist's time of every image and each offload's time (encoding, round trip, queue,
+compute), per expert, as a run at that point lives them. The point matters under the older kernel-quota
+emulation (how fast the generalist runs on a throttled core depends on how often the edge idles waiting for an
+offload; benchmarks/topics/operating-points.md, "Operating points that hold"), and the offloads' share of the
+server's queue depends on it under any, so :func:`plan_bundle` measures at the bundle's point, chooses
+(:mod:`askexpert.costs.plan`), and measures again at the chosen point until the offload share it measured at
+is within 5 points of the chosen one (three rounds at most); then it rewrites the bundle's routing there, with
+what it predicts. The link's share
 is modelled from its round trip and bandwidth and the bytes an offload really moved.
 """
 
