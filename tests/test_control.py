@@ -321,3 +321,20 @@ def test_the_settings_as_a_summary_writes_them_name_the_system_by_its_directory_
     assert described["system"] == str(tmp_path / "generalist") and described["token"] == "(set)"
     assert "secret" not in str(described)
     assert EdgeSettings(system=tmp_path / "b", server=None).described()["token"] == "None"
+
+
+def test_a_published_id_is_refused_on_run_directories_with_the_bundle_named_as_the_fix(tmp_path):
+    """--expect-system-id pins a bundle: on a generalist's calibrated run (the edge) or an expert run (the
+    server) it is refused before any model loads, naming the bundle as the fix."""
+    from askexpert.errors import ConfigError
+    from askexpert.routing import RoutingPolicy
+    from askexpert.runtime.session import EdgeSettings, GeneralistRun, edge_system
+    from askexpert.serving.pool import open_source
+
+    run = GeneralistRun(tmp_path / "generalist", RoutingPolicy(tau=0.3, k=3), None)
+    with pytest.raises(ConfigError, match="is a generalist's run directory") as err:
+        edge_system(EdgeSettings(system=run, server=None, expect_system_id="0" * 64))
+    assert err.value.fix.startswith("run the bundle")
+    with pytest.raises(ConfigError, match="is an expert run directory") as err:
+        open_source(tmp_path / "experts", expect_system_id="0" * 64)
+    assert err.value.fix.startswith("serve the bundle")

@@ -75,6 +75,14 @@ def confined(root: Path, relative: str, what: str) -> Path:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def refuse_pin_without_bundle(expected: str | None, source, what: str, use: str) -> None:
+    """Refuse ``--expect-system-id`` on ``source``, a run directory (``what``): only a bundle has an id to pin;
+    ``use`` is what to do with the bundle instead (run, serve)."""
+    if expected is not None:
+        raise ConfigError(f"--expect-system-id pins a bundle, and {source} is {what}",
+                          fix=f"{use} the bundle (askexpert build-system), or leave out --expect-system-id")
+
+
 def check_system_id(actual: str, expected: str | None, where: str) -> None:
     """Refuse a bundle whose ``system.json`` sha256 is not the published one."""
     if expected is None:

@@ -15,7 +15,7 @@ from askexpert.cli._common import (
     table_console,
 )
 from askexpert.errors import ConfigError
-from askexpert.security import TOKEN_ENV
+from askexpert.security import TOKEN_ENV, refuse_pin_without_bundle
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
@@ -93,9 +93,7 @@ def _system(args: argparse.Namespace):
 
     if is_bundle(args.system):
         return open_system(args.system, expect_id=args.expect_system_id)
-    if args.expect_system_id is not None:
-        raise ConfigError(f"--expect-system-id pins a bundle, and {args.system} is a generalist's run directory",
-                          fix="run the bundle (askexpert build-system), or leave out --expect-system-id")
+    refuse_pin_without_bundle(args.expect_system_id, args.system, "a generalist's run directory", "run")
     from askexpert.routing import DEFAULT_K
     from askexpert.system.calibrate import calibrated_run
 

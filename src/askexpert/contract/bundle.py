@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from askexpert.contract.labels import GENERAL
 from askexpert.contract.schema import READABLE_VERSIONS, SCHEMA_VERSION, SYSTEM_FILE, OperatingPoint, SystemManifest
 from askexpert.errors import CheckpointError
 from askexpert.security import check_system_id, confined
@@ -51,16 +50,6 @@ class System:
     @property
     def generalist_onnx(self) -> Path:
         return self.path(self.manifest.generalist.onnx)
-
-    def expert_checkpoint(self, expert_id: str) -> Path:
-        """The checkpoint stem of expert ``expert_id`` (``general``: the general model's)."""
-        m = self.manifest
-        if expert_id == GENERAL and m.general is not None:
-            return self.path(m.general.checkpoint)
-        for e in m.experts:
-            if e.id == expert_id:
-                return self.path(e.checkpoint)
-        raise KeyError(expert_id)
 
     def repoint(self, *, tau: float, k: int, point: OperatingPoint) -> System:
         """This system at another operating point of its curve: ``system.json``'s routing rewritten (its

@@ -44,6 +44,7 @@ from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTar
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import LinkProfile, LinkSchedule
 from askexpert.runtime.records import AnswerLog, resume, skip
+from askexpert.security import refuse_pin_without_bundle
 
 log = logging.getLogger("askexpert.edge")
 
@@ -132,10 +133,7 @@ def edge_system(s: EdgeSettings) -> EdgeSystem:
     """What the edge runs: the opened system's ONNX generalist and routing (the settings' overrides applied),
     or a calibrated generalist run's checkpoint in torch."""
     if isinstance(s.system, GeneralistRun):
-        if s.expect_system_id is not None:
-            raise ConfigError(f"--expect-system-id pins a bundle, and {s.system.run_dir} is a generalist's run "
-                              "directory", fix="run the bundle (askexpert build-system), or leave out "
-                              "--expect-system-id")
+        refuse_pin_without_bundle(s.expect_system_id, s.system.run_dir, "a generalist's run directory", "run")
         from askexpert.runtime.edge_models import TorchGeneralist  # a run directory: the torch path
 
         run = s.system

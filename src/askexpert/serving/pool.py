@@ -31,6 +31,7 @@ from askexpert.devices import resolve_device
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.models import Checkpoint, ModelSpec, StoredCheckpoint, count_parameters, load_checkpoint
 from askexpert.models.runs import ExpertRun, open_expert_run
+from askexpert.security import refuse_pin_without_bundle
 
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # batch sizes captured as CUDA graphs
 log = logging.getLogger(__name__)
@@ -140,9 +141,7 @@ def open_source(source: Path | System | ExpertRun, *, expect_system_id: str | No
         return source
     if is_bundle(source):
         return open_system(source, verify=verify, expect_id=expect_system_id)
-    if expect_system_id is not None:
-        raise ConfigError(f"--expect-system-id pins a bundle, and {source} is an expert run directory",
-                          fix="serve the bundle (askexpert build-system), or leave out --expect-system-id")
+    refuse_pin_without_bundle(expect_system_id, source, "an expert run directory", "serve")
     return open_expert_run(source)
 
 
