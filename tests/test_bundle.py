@@ -16,7 +16,7 @@ import pytest
 
 from askexpert.cli import main
 from askexpert.contract.bundle import open_system
-from askexpert.contract.schema import SYSTEM_FILE
+from askexpert.contract.schema import SCHEMA_VERSION, SYSTEM_FILE
 from askexpert.costs.energy import CostModel
 from askexpert.costs.profiles import device, network
 from askexpert.errors import CheckpointError
@@ -34,7 +34,7 @@ HEAVY = ("torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "m
 def test_bundle_holds_every_file_with_its_hash_and_the_calibration(tiny_system):
     bundle = open_system(tiny_system["bundle"])
     m = bundle.manifest
-    assert m.schema_version == 3 and len(m.experts) == 3 and m.general is not None
+    assert m.schema_version == SCHEMA_VERSION and len(m.experts) == 3 and m.general is not None
     assert {"generalist.onnx", "generalist/model.safetensors", "generalist/model.json",
             "experts/expert-0/model.safetensors", "general/model.safetensors"} <= set(m.files)
     assert all(e.temperature > 0 for e in m.experts) and m.routing.temperature > 0
@@ -231,7 +231,7 @@ def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_s
     assert "learned deferral" in capsys.readouterr().out
     bundle = open_system(out)
     m, r = bundle.manifest, bundle.manifest.routing
-    assert m.schema_version == 3 and r.confidence == "learned" and r.deferral.fitted_on == 600
+    assert m.schema_version == SCHEMA_VERSION and r.confidence == "learned" and r.deferral.fitted_on == 600
     assert m.curve.ks == [r.k] == [3] and abs(r.operating_point.val_offload_rate - 30) < 1
     policy = RoutingPolicy.from_spec(r)
     d, final, _, labels = _offline_answers(tiny_system, policy)

@@ -4,6 +4,7 @@ starts, the collapsed expert head and the specialists benchmark on a tiny build 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,56 @@ def test_a_pretrained_start_loads_into_both_architectures(tiny, starts):
         assert state["head.weight"].shape[0] == 10  # a fresh head of the task's classes
         body = [k for k in weights if not k.startswith("head.")]
         assert body and all(torch.equal(state[k], weights[k]) for k in body)
+
+
+@needs_fonts
+@pytest.mark.slow
+def test_a_committed_start_is_reused_checked_and_resumed_from_its_unfinished_state(tiny, tmp_path, monkeypatch):
+    """A start committed to the store (float16 + manifest) is what ``pretrain`` returns without training, its
+    float32 copy loads into its architecture; a corrupted or mislabelled file is refused with the fix; a run
+    stopped at its budget commits its state, and the next call resumes it after that epoch."""
+    import safetensors.torch
+
+    from askexpert.errors import ModelError
+    from askexpert.models import starts
+    from askexpert.training.pretrain import pretrain
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    store, over = tmp_path / "starts", [f"data.root={tiny}"]
+    model = "vit-micro-edge-32g"
+    first = pretrain(model, epochs=3, lr=1e-3, overrides=over, commit=True, budget_min=1e-6, store=store)
+    assert first.weights is None and first.stopped_after == 1  # stopped at the first epoch boundary
+    partial = starts.partial_dir("han100-pool", model, 3, 1e-3, 0, store)
+    assert json.loads((partial / "state.json").read_text())["epoch"] == 1
+    shutil.rmtree(first.run_dir)  # a new machine: only the store survives
+    done = pretrain(model, epochs=3, lr=1e-3, overrides=over, commit=True, store=store)
+    log = (done.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]  # epoch 1 came from the store
+    record = done.committed
+    assert record is not None and not partial.exists()
+    manifest = json.loads((store / "han100-pool" / "manifest.json").read_text())["starts"][model]
+    assert manifest["sha256"] == starts.sha256_file(record.path(store)) and manifest["dtype"] == "float16"
+    assert manifest["epochs"] == 3 and manifest["seed"] == 0 and "askexpert pretrain" in manifest["command"]
+    assert abs(manifest["val_top1_stored"] - manifest["val_top1"]) <= 5.0
+    assert safetensors.torch.load_file(str(record.path(store)))["head.weight"].dtype == torch.float16
+
+    shutil.rmtree(done.run_dir)
+    again = pretrain(model, epochs=3, lr=1e-3, overrides=over, store=store)  # no training: the committed start
+    assert again.reused and again.committed == record and not done.run_dir.exists()
+    restored = safetensors.torch.load_file(str(again.weights))
+    assert restored["head.weight"].dtype == torch.float32 and restored["head.weight"].shape[0] == 30
+
+    bytes_ = bytearray(record.path(store).read_bytes())
+    bytes_[-1] ^= 0xFF
+    record.path(store).write_bytes(bytes(bytes_))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    with pytest.raises(ModelError, match="corrupted.*fix: restore it.*askexpert pretrain"):
+        pretrain(model, epochs=3, lr=1e-3, overrides=over, store=store)
+    wrong = starts.StartRecord(**{**manifest, "model": "vit-mini-expert-32g"})
+    bytes_[-1] ^= 0xFF
+    record.path(store).write_bytes(bytes(bytes_))
+    with pytest.raises(ModelError, match="does not fit vit-mini-expert-32g.*fix:"):
+        starts.restored_file(wrong, store)
 
 
 def test_a_collapsed_head_answers_as_subset_and_other_and_rebuilds_from_its_spec(tmp_path):

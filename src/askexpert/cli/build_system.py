@@ -53,7 +53,8 @@ def cmd_build_system(args: argparse.Namespace) -> int:
                           tau=args.tau, k=args.k or DEFAULT_K, confidence=args.confidence, fallback=args.fallback,
                           include_general=not args.no_general, archive=args.archive and not budget, name=args.name,
                           device=args.device, overwrite=args.overwrite, curve_ks=args.curve_k,
-                          deferral=args.deferral)
+                          deferral=args.deferral, reroute=args.reroute, reroute_tries=args.reroute_tries,
+                          reroute_below=args.reroute_below)
     if budget:
         bundle = _plan_bundle(bundle, args)
         if args.archive:
@@ -74,6 +75,14 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     if r.deferral is not None:
         table.add_row("learned deferral", f"{len(r.deferral.features)} features, L2 {r.deferral.l2:g} (5-fold CV), "
                       f"fitted on {r.deferral.fitted_on} validation images at k {r.deferral.k}")
+    if r.reroute is not None:
+        v = r.reroute.validation
+        what = "the next expert" if r.reroute.to == "next" else "the general model"
+        table.add_row("re-routing", f"on 'other' or under {r.reroute.below:g}, to {what}, at most "
+                      f"{r.reroute.tries} experts an image; on "
+                      f"validation {v['accuracy']:.2f}% (without {v['accuracy_without']:.2f}%), coverage "
+                      f"{v['coverage']:.1f}% (without {v['coverage_without']:.1f}%), "
+                      f"{v['expert_calls_per_offload']:.2f} expert calls an offload")
     table.add_row("operating point", f"{op.target} {op.value:g}: on validation {op.val_offload_rate:.1f}% offloaded, "
                   f"{op.val_accuracy:.2f}% accurate")
     if op.predicted is not None:
@@ -139,6 +148,13 @@ def register(sub) -> None:
                    help="which images to offload: those whose --confidence is under tau (the paper's rule, the "
                    "default), or 'learned': a rule fitted on validation to offload the images the routed expert "
                    "gets right and the generalist wrong (tau applies to its score; the bundle carries it)")
+    p.add_argument("--reroute", choices=("none", "next", "general"), default="none",
+                   help="when the routed expert says 'other' (or is unsure), the server asks the next expert of the "
+                   "generalist's ranking, or the general model, within the same request (default none)")
+    p.add_argument("--reroute-tries", type=int, default=2, metavar="N",
+                   help="experts asked at most an image, the routed one included (default 2)")
+    p.add_argument("--reroute-below", type=float, metavar="CONF",
+                   help="also re-ask under this confidence (default: chosen on validation among 0, .3, .5, .7, .9)")
     p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
     p.add_argument("--name", help="the system's name (default: the directory's)")

@@ -13,6 +13,10 @@ Request: ``POST /v1/experts/{id}/infer?topk=K`` with a batch of images as the bo
 Response (JSON, :class:`InferResponse`): per image, the expert's top-k global class ids with their
 probabilities (``-1`` stands for "other", i.e. "not one of my classes"), its answer and confidence,
 plus the server's timings for the request (time queued, time computing, size of the batch it ran in).
+
+Re-routing (:mod:`askexpert.contract.reroute`): ``?next=E2,E3`` gives the generalist's ranking of the
+other experts; a server whose bundle re-routes asks them (or the general model) when the routed expert
+says "other", within the request, and each image's result names the expert that answered and every try.
 """
 
 from __future__ import annotations
@@ -190,12 +194,27 @@ def infer_response(expert: str, results: list[dict], queue_ms: float, compute_ms
             "timings": {"queue_ms": queue_ms, "compute_ms": compute_ms, "batch_size": batch_size}}
 
 
+class TryResult(BaseModel):
+    """One expert asked about one image of a re-routed request (contract.reroute)."""
+
+    expert: str
+    pred: int = Field(description="its answer as a global class id; -1 means 'other'")
+    confidence: float
+    queue_ms: float = Field(description="time the image waited for this expert's batch")
+    compute_ms: float = Field(description="time that batch took on the model")
+    batch_size: int = Field(description="images in that batch")
+
+
 class ImageResult(BaseModel):
     pred: int = Field(description="the expert's answer as a global class id; -1 means 'other'")
     confidence: float = Field(description="the expert's probability of its answer")
     other: bool = Field(description="the expert says the image is not one of its classes")
     topk: list[int] = Field(description="global class ids, most probable first (-1: 'other')")
     probs: list[float] = Field(description="probabilities of the topk entries")
+    expert: str | None = Field(None, description="the expert whose answer this is (a re-routed request: the "
+                                                 "try that stands, contract.reroute)")
+    tries: list[TryResult] | None = Field(None, description="every expert asked, in order (a request with "
+                                                           "'next', on a server whose bundle re-routes)")
 
 
 class ServerTimings(BaseModel):

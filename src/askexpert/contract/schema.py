@@ -4,8 +4,9 @@ Pydantic only (no torch, no dataset code), so the edge device, the server and th
 read the same definitions. ``system.json`` is schema-versioned; a bundle whose version this code does
 not know is refused with the fix named. Version 2 added the operating curve (``curve``) and a
 budget's prediction (``operating_point.predicted``); version 3 the learned deferral rule
-(``routing.deferral``, with ``routing.confidence: learned``). Older versions still load: a version-1
-``system.json`` without a curve, at its one tau; a version-2 one with its confidence rule.
+(``routing.deferral``, with ``routing.confidence: learned``); version 4 re-routing on the server
+(``routing.reroute``). Older versions still load: a version-1 ``system.json`` without a curve, at its
+one tau; a version-2 one with its confidence rule; a version-3 one without re-routing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from askexpert.contract.labels import Confidence, Fallback
+from askexpert.contract.reroute import Reroute
 from askexpert.errors import ConfigError
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # what this code loads: version 1 has no operating curve, 2 no learned deferral
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # what this code loads: 1 has no operating curve, 2 no learned deferral, 3 no reroute
 SYSTEM_FILE = "system.json"
 
 
@@ -170,6 +172,21 @@ class DeferralSpec(_Strict):
     fitted_on: int = Field(default=0, ge=0, description="validation images it was fitted on")
 
 
+class RerouteSpec(_Strict):
+    """Re-routing on the server (:mod:`askexpert.contract.reroute`): when the routed expert says "other" (or
+    answers under ``below``), the server asks the next expert of the generalist's ranking or the general model,
+    within the request, at most ``tries`` experts in all."""
+
+    tries: int = Field(ge=1, description="experts asked at most, the routed one included")
+    to: Literal["next", "general"] = "next"
+    below: float = Field(0.0, ge=0, le=1, description="re-ask under this confidence too (0: on 'other' only; "
+                                                      "chosen on validation)")
+    validation: dict[str, float] = Field(default_factory=dict, description="what it gave on validation when chosen")
+
+    def rule(self) -> Reroute:
+        return Reroute(self.tries, self.to, self.below)
+
+
 class RoutingSpec(_Strict):
     temperature: float = Field(gt=0, description="the generalist's softmax temperature (fitted on validation)")
     tau: float = Field(ge=0, description="confidence threshold: below it an image is offloaded")
@@ -178,6 +195,7 @@ class RoutingSpec(_Strict):
     fallback: Fallback = "other"
     operating_point: OperatingPoint
     deferral: DeferralSpec | None = Field(default=None, description="the learned rule behind confidence 'learned'")
+    reroute: RerouteSpec | None = Field(default=None, description="re-routing on the server (schema 4 on)")
 
     @model_validator(mode="after")
     def _check(self) -> RoutingSpec:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from askexpert.contract.reroute import Reroute
 from askexpert.routing.calibration import softmax
 from askexpert.routing.policy import OTHER, RoutingPolicy, finalize, route
 
@@ -69,6 +70,10 @@ class SystemMetrics:
     expert_other_rate: float
     fallback_rate: float
     offloaded_accuracy_general: float | None = None  # the general model on the same offloaded samples
+    # share (%) of the offloaded samples that reach an expert holding their class (any try when re-routed;
+    # the general model holds every class)
+    coverage: float = float("nan")
+    expert_calls_per_offload: float = 1.0  # experts asked an offload on the server (above 1: re-routing)
 
 
 def subset_accuracies(answers: ExpertAnswers, subsets: list[list[int]], labels, *, other: bool = True) -> list[float]:
@@ -94,16 +99,82 @@ def oracle_experts(labels: np.ndarray, membership: np.ndarray, offload: np.ndarr
     return np.where(offload, holds.argmax(0), -1).astype(np.int64)
 
 
+@dataclass
+class Rerouted:
+    """What the server answers each sample under a re-routing rule (contract.reroute), simulated: the answer
+    that stands, its confidence, the experts asked, and whether any of them holds the sample's class."""
+
+    pred: np.ndarray
+    conf: np.ndarray
+    calls: np.ndarray  # experts asked (0 where kept)
+    covered: np.ndarray  # bool: an expert asked holds the class
+
+
+def chains(decision, rule: Reroute, experts: int) -> np.ndarray:
+    """``[N, T]`` expert indices each offloaded sample is asked of, in order (``experts`` stands for the general
+    model; -1: no try), as the server builds them (:meth:`Reroute.chain`)."""
+    routed = decision.expert
+    if rule.to == "general":
+        chain = np.stack([routed, np.full_like(routed, experts)], 1)[:, : rule.tries]
+    else:
+        chain = decision.ranking[:, : rule.tries].copy()
+        chain[:, 0] = routed
+    chain[routed < 0] = -1
+    return chain
+
+
+def rerouted_answers(answers: ExpertAnswers, general: ExpertAnswers | None, decision, rule: Reroute,
+                     labels: np.ndarray, membership: np.ndarray) -> Rerouted:
+    """Every offloaded sample's answer as the server settles it (:func:`askexpert.contract.reroute.settle`,
+    vectorised): the first try neither "other" nor under ``rule.below``; else the most confident answer that
+    is not "other"; else "other"."""
+    experts, n = answers.pred.shape
+    if rule.to == "general" and general is None:
+        raise ValueError("re-routing to the general model needs its answers (general=...)")
+    chain = chains(decision, rule, experts)
+    t = chain.shape[1]
+    pred = np.full((n, t), OTHER, dtype=np.int64)
+    conf = np.zeros((n, t), dtype=np.float32)
+    held = np.zeros((n, t), dtype=bool)
+    cols = np.arange(n)
+    for j in range(t):
+        e = chain[:, j]
+        mine = (e >= 0) & (e < experts)
+        pred[mine, j] = answers.pred[e[mine], cols[mine]]
+        conf[mine, j] = answers.conf[e[mine], cols[mine]]
+        held[mine, j] = membership[e[mine], labels[mine]] > 0
+        if general is not None:
+            gen = e == experts
+            pred[gen, j], conf[gen, j], held[gen, j] = general.pred[0, gen], general.conf[0, gen], True
+    retry = (pred == OTHER) | (conf < np.float32(rule.below)) | (chain < 0)
+    passes = ~retry & (chain >= 0)
+    first_pass = np.where(passes.any(1), passes.argmax(1), -1)
+    calls = np.where(first_pass >= 0, first_pass + 1, (chain >= 0).sum(1))
+    asked = np.arange(t)[None, :] < calls[:, None]
+    answered = asked & (pred != OTHER)
+    best = np.where(answered, conf, -1.0).argmax(1)  # the earliest of the most confident
+    stands = np.where(first_pass >= 0, first_pass, np.where(answered.any(1), best, np.maximum(calls - 1, 0)))
+    return Rerouted(pred[cols, stands], conf[cols, stands], calls, (held & asked).any(1))
+
+
 def system_metrics(gen_logits, labels, membership, answers: ExpertAnswers, policy: RoutingPolicy, *,
-                   oracle: bool = False) -> SystemMetrics:
+                   oracle: bool = False, general: ExpertAnswers | None = None) -> SystemMetrics:
     """What the collaborative system achieves on these samples under ``policy``; with ``oracle``, on the
-    same offloaded samples with each sent to an expert that holds its true class."""
+    same offloaded samples with each sent to an expert that holds its true class. Under a re-routing
+    policy (``policy.reroute``) the server's tries are simulated (``general``: the general model's answers,
+    for re-routing to it)."""
     labels = np.asarray(labels, dtype=np.int64)
     membership = np.asarray(membership, dtype=np.float32)
     d = route(gen_logits, policy, membership)
     if oracle:
         d.expert = oracle_experts(labels, membership, d.offload)
     pred, conf = answers.for_route(d.expert)
+    calls = d.offload.astype(np.int64)
+    covered = np.zeros(len(labels), dtype=bool)
+    covered[d.offload] = membership[d.expert[d.offload], labels[d.offload]] > 0
+    if policy.reroute is not None and not oracle:
+        r = rerouted_answers(answers, general, d, policy.reroute, labels, membership)
+        pred, conf, calls, covered = r.pred, r.conf, r.calls, r.covered
     final, fell_back = finalize(d, pred, conf, policy)
     off = d.offload
     n, n_off = len(labels), int(off.sum())
@@ -117,5 +188,6 @@ def system_metrics(gen_logits, labels, membership, answers: ExpertAnswers, polic
         offload_rate=100.0 * n_off / n, offloaded=n_off, offloaded_accuracy_generalist=share(local_ok[off]),
         offloaded_accuracy_system=share(final_ok[off]), routing_hit_rate=share(hit),
         expert_load=[int(v) for v in load], expert_other_rate=share(pred[off] == OTHER),
-        fallback_rate=share(fell_back[off]),
+        fallback_rate=share(fell_back[off]), coverage=share(covered[off]),
+        expert_calls_per_offload=float(calls[off].mean()) if n_off else 0.0,
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from askexpert.contract.labels import OTHER, Confidence, Fallback
+from askexpert.contract.reroute import Reroute
 from askexpert.routing.deferral import DeferralModel, base_features, deferral_features
 
 
@@ -64,6 +65,7 @@ class RoutingPolicy:
     confidence: Confidence = "max-prob"
     fallback: Fallback = "other"
     deferral: DeferralModel | None = None  # the fitted rule behind confidence "learned" (routing.deferral)
+    reroute: Reroute | None = None  # re-routing on the server (contract.reroute): the decision carries a ranking
 
     def __post_init__(self) -> None:
         if (self.confidence == "learned") != (self.deferral is not None):
@@ -84,9 +86,11 @@ class RoutingPolicy:
             if k is not None and k != deferral.k:
                 raise ValueError(f"the bundle's learned deferral rule was fitted at k {deferral.k}, not k {k}: run "
                                  f"at k {deferral.k}, or with --confidence max-prob")
+        reroute = spec.reroute.rule() if getattr(spec, "reroute", None) is not None else None
         return cls(tau=spec.tau if tau is None else tau, k=spec.k if k is None else k,
                    temperature=spec.temperature if temperature is None else temperature, confidence=confidence,
-                   fallback=fallback or spec.fallback, deferral=deferral)
+                   fallback=fallback or spec.fallback, deferral=deferral,
+                   reroute=reroute if reroute is not None and reroute.active else None)
 
 
 @dataclass
@@ -98,6 +102,9 @@ class RouteDecision:
     confidence: np.ndarray  # float32, the score tau is compared with (the calibrated confidence or the rule's)
     local_pred: np.ndarray  # int64, the generalist's answer
     top_prob: np.ndarray  # float32, the generalist's calibrated probability of its answer
+    # [N, E] int64: every expert by falling routing mass (ties: whole probability mass, then the lower id); the
+    # first is the routed one. Only under a re-routing policy (None otherwise)
+    ranking: np.ndarray | None = None
 
 
 def _top_classes(p: np.ndarray, k: int) -> np.ndarray:
@@ -141,8 +148,17 @@ class Router:
                                                order[:, 0])
         offload = conf < policy.tau
         expert = np.where(offload, best, -1).astype(np.int64)
+        ranking = self._ranking(p, mass) if policy.reroute is not None else None
         return RouteDecision(offload, expert, np.ascontiguousarray(conf), order[:, 0].astype(np.int64),
-                             np.ascontiguousarray(top_p[:, 0]))
+                             np.ascontiguousarray(top_p[:, 0]), ranking)
+
+    def _ranking(self, p: np.ndarray, mass: np.ndarray) -> np.ndarray:
+        """``[N, E]``: the routed expert (``mass.argmax``) first, then the others by falling routing ``mass``,
+        ties (the experts the top-k classes do not reach) by falling whole probability mass, then by id."""
+        whole = p @ self.member_t  # [N, E]
+        ids = np.broadcast_to(np.arange(mass.shape[1]), mass.shape)
+        routed = ids != mass.argmax(1)[:, None]
+        return np.lexsort((ids, -whole, -mass, routed), axis=1).astype(np.int64)
 
     def _ranked(self, z: np.ndarray, least: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The calibrated probabilities ``p``, the top classes and their probabilities (k of them, and at
@@ -191,8 +207,11 @@ class Router:
             conf = policy.deferral.score_one(base_features(p, top_p, mass[best], k), best, int(order[0]))
             offload = bool(conf < policy.tau)
             expert = best if offload else -1
+        ranking = None
+        if policy.reroute is not None:
+            ranking = self._ranking(p[None], (top_p[:k, None] * self.member_t[order[:k]]).sum(0)[None])
         return RouteDecision(np.array([offload]), np.array([expert], dtype=np.int64),
-                             np.array([conf]), np.array([order[0]], dtype=np.int64), top_p[:1].copy())
+                             np.array([conf]), np.array([order[0]], dtype=np.int64), top_p[:1].copy(), ranking)
 
 
 def route(logits, policy: RoutingPolicy, membership) -> RouteDecision:

@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import TypeAdapter
 
 from askexpert.contract.codecs import Encoding, pillow
-from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, encode_images
+from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, TryResult, encode_images
+from askexpert.contract.reroute import settle
 from askexpert.runtime.link import LinkProfile
 from askexpert.runtime.pacing import dilated
 from askexpert.security import tls_context
@@ -57,6 +58,9 @@ class ExpertReply:
     # per image, the expert's most probable outputs and their probabilities ({global class id or -1: p}):
     # what it says of the generalist's answer (None: the client does not read them)
     ranked: list[dict[int, float]] | None = None
+    # a re-routed request (contract.reroute): per image, the expert whose answer stands and every try
+    answered_by: list[str] | None = None
+    tries: list[list[TryResult]] | None = None
 
 
 def _ranked(results) -> list[dict[int, float]]:
@@ -64,10 +68,18 @@ def _ranked(results) -> list[dict[int, float]]:
 
 
 def _reply(resp: InferResponse, **kw) -> ExpertReply:
+    rerouted = resp.results and resp.results[0].tries is not None
     return ExpertReply(pred=np.array([r.pred for r in resp.results], dtype=np.int64),
                        confidence=np.array([r.confidence for r in resp.results], dtype=np.float32),
                        queue_ms=resp.timings.queue_ms, compute_ms=resp.timings.compute_ms,
-                       batch_size=resp.timings.batch_size, ranked=_ranked(resp.results), **kw)
+                       batch_size=resp.timings.batch_size, ranked=_ranked(resp.results),
+                       answered_by=[r.expert or resp.expert for r in resp.results] if rerouted else None,
+                       tries=[r.tries or [] for r in resp.results] if rerouted else None, **kw)
+
+
+def _next_query(ranking: list[str] | None) -> str:
+    """The ``next`` query parameter of a re-routed request ("" when the request is not re-routed)."""
+    return "" if ranking is None else "&next=" + ",".join(ranking)
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -155,7 +167,7 @@ class HttpExpertClient:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s), transport=transport,
                                  headers=headers)
-        self._urls: dict[str, httpx.URL] = {}  # parsed once per expert: URL parsing is a real cost per request
+        self._urls: dict = {}  # parsed once per expert (and ranking): URL parsing is a real cost per request
 
     def close(self) -> None:
         self.http.close()
@@ -264,14 +276,18 @@ class HttpExpertClient:
     def health(self) -> HealthResponse:
         return self._parse("the health answer", self._request("GET", "/v1/health"), HealthResponse.model_validate_json)
 
-    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+    def infer(self, expert_id: str, images: np.ndarray, ranking: list[str] | None = None) -> ExpertReply:
+        """Expert ``expert_id``'s answers; ``ranking``: the generalist's ranking of the other experts, for a
+        server that re-routes (its answers then name who answered and every try)."""
         self._ensure_trusted()
         t0 = time.perf_counter()
         body, headers = dilated(lambda: encode_images(images, self.encoding))
         t1 = time.perf_counter()
-        url = self._urls.get(expert_id)
+        key = expert_id if ranking is None else (expert_id, *ranking)
+        url = self._urls.get(key)
         if url is None:
-            url = self._urls[expert_id] = httpx.URL(f"{self.base_url}/v1/experts/{expert_id}/infer?topk={self.topk}")
+            url = self._urls[key] = httpx.URL(f"{self.base_url}/v1/experts/{expert_id}/infer?topk={self.topk}"
+                                              + _next_query(ranking))
         resp = dilated(lambda: self._request("POST", url, content=body, headers=headers))
         t2 = time.perf_counter()
         parsed = self._parse(f"expert {expert_id}'s answer", resp, InferResponse.model_validate_json)
@@ -327,7 +343,7 @@ class ServerSet:
             raise ExpertUnavailable("no expert server answered the expert list: " + "; ".join(failures))
         return list(self.infos.values())
 
-    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+    def infer(self, expert_id: str, images: np.ndarray, ranking: list[str] | None = None) -> ExpertReply:
         if expert_id not in self.where:
             self._learn()
         holders = self.where.get(expert_id)
@@ -337,7 +353,7 @@ class ServerSet:
         failures = []
         for client in sorted(holders, key=lambda c: c.is_down):  # servers not marked down first
             try:
-                return client.infer(expert_id, images)
+                return client.infer(expert_id, images, ranking)
             except ExpertUnavailable as err:
                 if err.status is not None and 400 <= err.status < 500:
                     raise  # our request is wrong: another server would say the same
@@ -359,7 +375,12 @@ class InProcessExpertClient:
     def experts(self) -> list[ExpertInfo]:
         return [self.pool.get(k).info() for k in self.pool.ids()]
 
-    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+    def infer(self, expert_id: str, images: np.ndarray, ranking: list[str] | None = None) -> ExpertReply:
+        """The pool's answers; with ``ranking`` and a pool whose bundle re-routes, re-asked as the server does
+        (:mod:`askexpert.contract.reroute`), one image at a time."""
+        rule = getattr(self.pool, "reroute", None)
+        if ranking is not None and rule is not None and rule.active:
+            return self._rerouted(expert_id, images, rule.chain(expert_id, ranking), rule)
         t0 = time.perf_counter()
         out = self.pool.infer(expert_id, images)
         ms = (time.perf_counter() - t0) * 1000
@@ -368,3 +389,28 @@ class InProcessExpertClient:
                            confidence=np.array([r.confidence for r in results], dtype=np.float32),
                            queue_ms=0.0, compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0,
                            link_ms=0.0, up_bytes=0, down_bytes=0, ranked=_ranked(results))
+
+    def _rerouted(self, expert_id: str, images: np.ndarray, chain: list[str], rule) -> ExpertReply:
+        chain = [e for e in chain if e in self.pool.ids()]
+        t0 = time.perf_counter()
+        results, answered_by, tries = [], [], []
+        for image in images:
+            said, asked = [], []
+            for e in chain:
+                t = time.perf_counter()
+                r = self.pool.infer(e, image[None]).results(self.topk)[0]
+                said.append(r)
+                asked.append(TryResult(expert=e, pred=r.pred, confidence=r.confidence, queue_ms=0.0,
+                                       compute_ms=(time.perf_counter() - t) * 1000, batch_size=1))
+                if not rule.retry(r.pred, r.confidence):
+                    break
+            stands = settle(rule, [(r.pred, r.confidence) for r in said])
+            results.append(said[stands])
+            answered_by.append(chain[stands])
+            tries.append(asked)
+        ms = (time.perf_counter() - t0) * 1000
+        return ExpertReply(pred=np.array([r.pred for r in results], dtype=np.int64),
+                           confidence=np.array([r.confidence for r in results], dtype=np.float32),
+                           queue_ms=0.0, compute_ms=ms, batch_size=len(images), round_trip_ms=ms, encode_ms=0.0,
+                           link_ms=0.0, up_bytes=0, down_bytes=0, ranked=_ranked(results), answered_by=answered_by,
+                           tries=tries)

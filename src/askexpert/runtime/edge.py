@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from askexpert.contract.labels import GENERAL
 from askexpert.contract.protocol import ExpertInfo
 from askexpert.routing import ALL, OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.routing.metrics import share
@@ -57,7 +58,8 @@ class EdgeModel(Protocol):
 
 
 class ExpertClient(Protocol):
-    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply: ...
+    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+        """(A client that re-routes also takes ``ranking``: the generalist's ranking of the other experts.)"""
 
     def experts(self) -> list[ExpertInfo]: ...
 
@@ -93,6 +95,22 @@ class OffloadTiming:
                    reply.compute_ms, reply.compute_ms / max(reply.batch_size, 1), on_edge,
                    reply.up_bytes / images, reply.down_bytes / images)
 
+    @classmethod
+    def of_tries(cls, reply: ExpertReply, *, on_edge: bool) -> list[OffloadTiming]:
+        """Each image of one re-routed request: its tries' model time summed (latency lived, and each try's
+        share of its batch: the energy of every expert asked); the time it waited for the other images of
+        its request counts as queueing."""
+        n = len(reply.tries)
+        server = [sum(t.queue_ms + t.compute_ms for t in tries) for tries in reply.tries]
+        network = max(reply.round_trip_ms - max(server), 0.0)
+        out = []
+        for tries in reply.tries:
+            compute = sum(t.compute_ms for t in tries)
+            out.append(cls(reply.encode_ms, network, reply.link_ms, max(server) - compute, compute,
+                           sum(t.compute_ms / max(t.batch_size, 1) for t in tries), on_edge,
+                           reply.up_bytes / n, reply.down_bytes / n))
+        return out
+
 
 class _Offloads:
     """What the experts answered for one batch: per image the answer, its confidence, whether it is a valid
@@ -103,6 +121,8 @@ class _Offloads:
         self.conf = np.zeros(n, dtype=np.float32)
         self.answered = np.zeros(n, dtype=bool)
         self.ranked: dict[int, dict[int, float]] = {}  # the expert's top outputs and their probabilities
+        self.answered_by: dict[int, str] = {}  # a re-routed image: the expert whose answer stands
+        self.tries: dict[int, int] = {}  # a re-routed image: the experts asked
         self.timing: dict[int, OffloadTiming] = {}
         self.errors: dict[int, str] = {}
 
@@ -138,6 +158,8 @@ class SampleTrace:
     # the answering expert's probability that the generalist's answer is right (None: no expert answered, or
     # the answer is not one of its classes, or the client gave no probabilities)
     expert_backs: float | None = None
+    answered_by: str | None = None  # the expert whose answer came back (re-routing: maybe not the routed one)
+    tries: int = 0  # experts asked on the server (1 without re-routing; 0: kept, or no answer)
 
     def lived(self, t: OffloadTiming) -> None:
         """Take the timing of the offload this image went through."""
@@ -228,15 +250,24 @@ class EdgeRunner:
         self._set_experts(targets)
         return None
 
+    def _classes_of(self, expert_id: str) -> set[int] | range | None:
+        """The classes expert ``expert_id`` may answer (the general model: all), None for one not routed to."""
+        if expert_id == GENERAL:
+            return range(len(self.generalist.class_names))
+        return self.expert_classes[self.expert_ids.index(expert_id)] if expert_id in self.expert_ids else None
+
     def _check_answers(self, e: int, reply: ExpertReply, idx: np.ndarray, start_index: int,
                        errors: dict[int, str]) -> np.ndarray:
-        """Which answers of expert ``e`` are valid: a class of its own or 'other', a finite confidence in
-        [0, 1]. The invalid ones are recorded in ``errors`` (said once a run in the log)."""
-        classes = self.expert_classes[e]
-        ok = np.array([(p == OTHER or int(p) in classes) and math.isfinite(c) and -1e-6 <= c <= 1 + 1e-6
-                       for p, c in zip(reply.pred.tolist(), reply.confidence.tolist(), strict=True)], dtype=bool)
+        """Which answers of expert ``e`` (or, re-routed, of the expert that answered) are valid: a class of
+        its own or 'other', a finite confidence in [0, 1]. The invalid ones are recorded in ``errors`` (said
+        once a run in the log)."""
+        by = reply.answered_by or [self.expert_ids[e]] * len(reply.pred)
+        allowed = [self._classes_of(x) for x in by]
+        ok = np.array([(p == OTHER or (cl is not None and int(p) in cl)) and math.isfinite(c) and -1e-6 <= c <= 1 + 1e-6
+                       for p, c, cl in zip(reply.pred.tolist(), reply.confidence.tolist(), allowed, strict=True)],
+                      dtype=bool)
         for j in np.flatnonzero(~ok):
-            why = (f"expert {self.expert_ids[e]} answered class {int(reply.pred[j])} with confidence "
+            why = (f"expert {by[j]} answered class {int(reply.pred[j])} with confidence "
                    f"{float(reply.confidence[j])}: not one of its classes or not a probability")
             errors[idx[j]] = why
             if not self.invalid_answers:
@@ -263,15 +294,14 @@ class EdgeRunner:
         probe = self._probes(decision, logits, start_index)
         asked = _Offloads(n)
         expert = decision.expert
-        for e in np.unique(expert[expert >= 0]):
-            idx = np.flatnonzero(expert == e)
+        for e, ranking, idx in self._requests(decision):
             if unknown is not None or self.client is None:
                 why = unknown or "no expert server configured"
                 asked.errors.update((i, why) for i in idx)
                 if self.client is not None:
                     self._server_failed("the expert server", start_index + int(idx[0]), len(idx), why)
             else:
-                self._offload(int(e), images, idx, start_index, asked)
+                self._offload(e, images, idx, start_index, asked, ranking)
         final, fell_back = finalize(decision, asked.pred, asked.conf, self.policy, answered=asked.answered)
         traces = []
         for i in range(n):
@@ -286,7 +316,9 @@ class EdgeRunner:
                     t.route, t.degraded, t.error = Route.DEGRADED, True, asked.errors.get(i)
                 else:
                     t.route = Route.EXPERT_FALLBACK if fell_back[i] else Route.EXPERT
-                    t.expert_backs = self._backs(int(expert[i]), asked.ranked.get(i), t.local_pred)
+                    t.answered_by, t.tries = asked.answered_by.get(i, t.expert), asked.tries.get(i, 1)
+                    if t.answered_by == t.expert:
+                        t.expert_backs = self._backs(int(expert[i]), asked.ranked.get(i), t.local_pred)
                 t.lived(asked.timing.get(i, OffloadTiming()))
             t.tau, t.tau_why = self.policy.tau, self.controller.why if self.controller is not None else "fixed"
             t.link = self.link.name if self.link is not None else None
@@ -318,12 +350,28 @@ class EdgeRunner:
             return None
         return float(ranked.get(local_pred, 0.0))
 
-    def _offload(self, e: int, images: np.ndarray, idx: np.ndarray, start_index: int, asked: _Offloads) -> None:
-        """Ask expert ``e`` about the images ``idx`` of the batch; its valid answers, the time each image
-        lived through and any failure go into ``asked``."""
+    def _requests(self, decision) -> list[tuple[int, list[str] | None, np.ndarray]]:
+        """The requests a batch's offloads make: (routed expert, the ranking of the others sent with it
+        under a re-routing policy, else None; the images), one per expert and ranking."""
+        expert, rule = decision.expert, self.policy.reroute
+        if rule is None or decision.ranking is None or self.router is None:
+            return [(int(e), None, np.flatnonzero(expert == e)) for e in np.unique(expert[expert >= 0])]
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for i in np.flatnonzero(expert >= 0):
+            rest = () if rule.to == "general" else \
+                tuple(self.expert_ids[j] for j in decision.ranking[i][1:rule.tries])
+            groups.setdefault((int(expert[i]), rest), []).append(int(i))
+        return [(e, list(rest), np.array(idx)) for (e, rest), idx in groups.items()]
+
+    def _offload(self, e: int, images: np.ndarray, idx: np.ndarray, start_index: int, asked: _Offloads,
+                 ranking: list[str] | None = None) -> None:
+        """Ask expert ``e`` about the images ``idx`` of the batch (with the ranking of the others, for a
+        server that re-routes); its valid answers, the time each image lived through and any failure go
+        into ``asked``."""
         t_ask = time.perf_counter()
         try:
-            reply = self.client.infer(self.expert_ids[e], images[idx])
+            reply = self.client.infer(self.expert_ids[e], images[idx]) if ranking is None else \
+                self.client.infer(self.expert_ids[e], images[idx], ranking)
             if len(reply.pred) != len(idx) or len(reply.confidence) != len(idx):
                 raise ExpertUnavailable(f"expert {self.expert_ids[e]} answered {len(reply.pred)} results for "
                                         f"{len(idx)} images")
@@ -342,6 +390,11 @@ class EdgeRunner:
             reply.pred[valid], reply.confidence[valid], True)
         if reply.ranked is not None and len(reply.ranked) == len(idx):
             asked.ranked.update((int(idx[j]), reply.ranked[j]) for j in np.flatnonzero(valid))
+        if reply.tries is not None and len(reply.tries) == len(idx):
+            for j, (i, lived) in enumerate(zip(idx, OffloadTiming.of_tries(reply, on_edge=self.experts_on_edge),
+                                               strict=True)):
+                asked.timing[i], asked.tries[i], asked.answered_by[i] = lived, len(reply.tries[j]), reply.answered_by[j]
+            return
         lived = OffloadTiming.of(reply, len(idx), on_edge=self.experts_on_edge)
         for i in idx:
             asked.timing[i] = lived
@@ -389,6 +442,8 @@ class EdgeSummary:
     offloaded_generalist_accuracy: float | None = None
     up_bytes_per_offload: float = 0.0  # mean bytes an offloaded image sent (its share of its request)
     down_bytes_per_offload: float = 0.0
+    expert_calls_per_offload: float = 0.0  # experts asked an answered offload (above 1: re-routing)
+    rerouted: int = 0  # offloads answered by another expert than the routed one
 
 
 def summarize(traces: list[SampleTrace]) -> EdgeSummary:
@@ -420,4 +475,6 @@ def summarize(traces: list[SampleTrace]) -> EdgeSummary:
         offloaded_accuracy=pct([t.pred == t.label for t in off]),
         offloaded_generalist_accuracy=pct([t.local_pred == t.label for t in off]),
         up_bytes_per_offload=mean("up_bytes", offloaded), down_bytes_per_offload=mean("down_bytes", offloaded),
+        expert_calls_per_offload=mean("tries", [t for t in offloaded if t.tries]),
+        rerouted=sum(t.answered_by is not None and t.answered_by != t.expert for t in offloaded),
     )

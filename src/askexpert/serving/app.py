@@ -46,6 +46,7 @@ from askexpert.contract.protocol import (
     infer_response,
     max_body_bytes,
 )
+from askexpert.contract.reroute import Reroute, RerouteError, parse_next, settle
 from askexpert.serving.batcher import BatchTimings
 from askexpert.serving.pool import ExpertOutput
 
@@ -83,6 +84,8 @@ class Metrics:
                                     buckets=_MS_BUCKETS)
         self.request_ms = Histogram("askexpert_request_ms", "Server time per request (ms)", ["expert"], registry=r,
                                     buckets=_MS_BUCKETS)
+        self.reroutes = Counter("askexpert_reroutes_total", "Images re-asked of another expert within their request",
+                                ["expert", "to"], registry=r)
 
 
 def _with_infer_docs(schema: dict) -> dict:
@@ -102,6 +105,9 @@ def _with_infer_docs(schema: dict) -> dict:
              "description": "expert id (see /v1/experts), or 'general'"},
             {"name": "topk", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3}},
+            {"name": "next", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "the generalist's ranking of the other experts (comma-separated ids): a server whose "
+                            "bundle re-routes asks them in turn when the routed expert says 'other'"},
             *_INFER_BODY["parameters"]],
         "requestBody": _INFER_BODY["requestBody"],
         "responses": {"200": ok, "400": _ERROR_DOC("malformed body or wrong image shape"),
@@ -252,6 +258,7 @@ class Experts(Protocol):
     infos: dict[str, ExpertInfo]  # every expert this server answers for, by id
     device: str
     system_id: str | None
+    reroute: Reroute | None  # the bundle's re-routing rule (None: the routed expert's answer stands)
     on_batch: Callable[[str, int, float], None] | None  # (expert, images, seconds) after each model batch
 
     def depth(self, key: str) -> int:
@@ -292,10 +299,12 @@ def _observe(metrics: Metrics, experts: Experts) -> dict[str, _ExpertMetrics]:
     return per_expert
 
 
-def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None) -> Guard:
+def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: str | None = None,
+               reroute: Reroute | None = None) -> Guard:
     """The ASGI application serving ``experts``: :class:`Guard`, then :class:`InferFastPath` (the infer
     endpoint) and FastAPI (the rest). Both backends serve this same application, so they share one
-    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits)."""
+    HTTP contract (routes, wire format, OpenAPI schema, metrics, limits) and re-route alike: ``reroute``
+    (the bundle's rule, :mod:`askexpert.contract.reroute`) applies to requests that carry ``next``."""
     limits = limits or ServerLimits()
     metrics = Metrics()
     infos = experts.infos
@@ -321,7 +330,8 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
     def expert_list() -> list[ExpertInfo]:
         return list(infos.values())
 
-    infer = InferEndpoint(experts, per_expert, metrics, body_limits, limits)
+    infer = InferEndpoint(experts, per_expert, metrics, body_limits, limits,
+                          reroute if reroute is not None else getattr(experts, "reroute", None))
     app.router.add_route("/v1/experts/{expert_id}/infer", infer, methods=["POST"])
 
     def openapi() -> dict:
@@ -359,20 +369,24 @@ class InferEndpoint:
     documented JSON ``{"detail": ...}``; the OpenAPI entry is added in :func:`_with_infer_docs`."""
 
     def __init__(self, experts: Experts, per_expert: dict[str, _ExpertMetrics], metrics: Metrics,
-                 body_limits: dict[str, int], limits: ServerLimits) -> None:
+                 body_limits: dict[str, int], limits: ServerLimits, reroute: Reroute | None = None) -> None:
         self.experts, self.per_expert, self.metrics = experts, per_expert, metrics
         self.body_limits, self.limits = body_limits, limits
+        self.reroute = reroute if reroute is not None and reroute.active else None
 
     async def __call__(self, scope, receive, send) -> None:
         started = time.perf_counter()
         expert_id = scope["path_params"]["expert_id"]
         try:
             m = self._expert(expert_id)
-            topk = _topk(scope["query_string"])
+            topk, ranking = _query(scope["query_string"])
             if not 1 <= topk <= 1000:
                 raise Refusal(422, None, "topk must be an integer from 1 to 1000")
             images = await self._images(scope, receive, expert_id, m)
             output, timings = await self._answer(expert_id, images, m)
+            results = output.result_dicts(topk)
+            if ranking is not None and self.reroute is not None:
+                results = await self._rerouted(expert_id, ranking, images, results, timings, topk)
         except Refusal as refusal:
             if refusal.reason is not None:
                 self.metrics.errors.labels(expert_id if expert_id in self.per_expert else "unknown",
@@ -385,7 +399,7 @@ class InferEndpoint:
             return
         # the body follows InferResponse (the documented response model), built from plain values and
         # serialised once
-        data = _JSON(infer_response(expert_id, output.result_dicts(topk), timings.queue_ms, timings.compute_ms,
+        data = _JSON(infer_response(expert_id, results, timings.queue_ms, timings.compute_ms,
                                     timings.batch_size)).encode()
         elapsed_ms = (time.perf_counter() - started) * 1000
         await send({"type": "http.response.start", "status": 200,
@@ -396,6 +410,36 @@ class InferEndpoint:
         m.queue_ms.observe(timings.queue_ms)
         m.request_ms.observe(elapsed_ms)
         m.queue_depth.set(self.experts.depth(expert_id))
+
+    async def _rerouted(self, expert_id: str, ranking: list[str], images: np.ndarray, first: list[dict],
+                        timings: BatchTimings, topk: int) -> list[dict]:
+        """Every image's answer under the bundle's re-routing rule: the images whose routed expert said "other"
+        (or answered under the rule's confidence) asked of the next expert of their chain, in turn, within this
+        request; each result names the expert that answered and lists every try (contract.reroute)."""
+        rule = self.reroute
+        shape = self.experts.infos[expert_id].input_shape
+        chain = [e for e in rule.chain(expert_id, ranking)
+                 if e in self.per_expert and self.experts.infos[e].input_shape == shape]  # held here, same input
+        answers = [[r] for r in first]
+        tries = [[_try(expert_id, r, timings)] for r in first]
+        pending = [i for i, r in enumerate(first) if rule.retry(r["pred"], r["confidence"])]
+        for nxt in chain[1:]:
+            if not pending:
+                break
+            self.metrics.reroutes.labels(expert_id, nxt).inc(len(pending))
+            output, t = await self._answer(nxt, images[pending], self.per_expert[nxt])
+            still = []
+            for i, r in zip(pending, output.result_dicts(topk), strict=True):
+                answers[i].append(r)
+                tries[i].append(_try(nxt, r, t))
+                if rule.retry(r["pred"], r["confidence"]):
+                    still.append(i)
+            pending = still
+        results = []
+        for said, asked in zip(answers, tries, strict=True):
+            stands = settle(rule, [(r["pred"], r["confidence"]) for r in said])
+            results.append({**said[stands], "expert": asked[stands]["expert"], "tries": asked})
+        return results
 
     def _expert(self, expert_id: str) -> _ExpertMetrics:
         m = self.per_expert.get(expert_id)
@@ -443,16 +487,28 @@ class InferEndpoint:
         return output, timings
 
 
-def _topk(query: bytes) -> int:
-    """The ``topk`` query parameter (the last one given, as Starlette reads it; 3 when absent), or 0 when it
-    is not an integer."""
+def _query(query: bytes) -> tuple[int, list[str] | None]:
+    """The ``topk`` query parameter (the last one given, as Starlette reads it; 3 when absent; 0 when it is not
+    an integer) and ``next``, the generalist's ranking of the other experts (None when absent)."""
     if not query:
-        return 3
-    value = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("topk", "3")
+        return 3, None
+    params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    ranking = None
+    if "next" in params:
+        try:
+            ranking = parse_next(params["next"])
+        except RerouteError as err:
+            raise Refusal(422, None, str(err)) from err
     try:
-        return int(value)
+        return int(params.get("topk", "3")), ranking
     except ValueError:
-        return 0
+        return 0, ranking
+
+
+def _try(expert: str, result: dict, timings: BatchTimings) -> dict:
+    """One try of a re-routed image (:class:`~askexpert.contract.protocol.TryResult`) as plain values."""
+    return {"expert": expert, "pred": result["pred"], "confidence": result["confidence"],
+            "queue_ms": timings.queue_ms, "compute_ms": timings.compute_ms, "batch_size": timings.batch_size}
 
 
 _INFER_PATH = re.compile(r"^/v1/experts/(?P<expert_id>[^/]+)/infer$")

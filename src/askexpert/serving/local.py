@@ -25,6 +25,7 @@ class LocalExperts:
         self.pool = pool
         self.infos = {key: pool.get(key).info() for key in pool.ids()}
         self.device, self.system_id = str(pool.device), pool.system_id
+        self.reroute = pool.reroute  # the bundle's re-routing rule, which the app applies
         self.on_batch: Callable[[str, int, float], None] | None = None
         self._executors = {key: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"askexpert-model-{key}")
                            for key in pool.ids()}

@@ -26,6 +26,7 @@ import torch
 from askexpert.contract.bundle import System, is_bundle, open_system
 from askexpert.contract.labels import GENERAL, OTHER
 from askexpert.contract.protocol import ExpertInfo, ImageResult, image_results
+from askexpert.contract.reroute import Reroute
 from askexpert.data import to_model_input
 from askexpert.devices import resolve_device
 from askexpert.errors import CheckpointError, ConfigError
@@ -194,9 +195,11 @@ class ExpertPool:
         opened = open_source(source, expect_system_id=expect_system_id, verify=verify)
         self.source = opened.root
         keep = _select(self.source, *_catalogue(opened), include_general, only)
+        self.reroute: Reroute | None = None  # the bundle's re-routing rule (contract.reroute); none for a run
         if isinstance(opened, System):
             self.system_id: str | None = opened.system_id
             m = opened.manifest
+            self.reroute = m.routing.reroute.rule() if m.routing.reroute is not None else None
             partition = m.partition
             for e in m.experts:
                 if e.id in keep:

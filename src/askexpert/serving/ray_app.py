@@ -39,6 +39,7 @@ from ray import serve
 from askexpert.config import apply_overrides, read_yaml, validate
 from askexpert.contract.bundle import System, is_bundle, open_system
 from askexpert.contract.protocol import ExpertInfo
+from askexpert.contract.reroute import Reroute
 from askexpert.errors import AskExpertError
 from askexpert.serving.app import ServerLimits, create_app
 from askexpert.serving.batcher import BatchTimings
@@ -228,6 +229,7 @@ class RayExperts:
         self._handles, self._max_batch, self._multiplexed = handles, max_batch, multiplexed
         self.infos: dict[str, ExpertInfo] = {}
         self.device, self.system_id = "", None
+        self.reroute = None  # the Ingress passes the bundle's rule to create_app
         self.on_batch = None
         self._output_ids: dict[str, list[int]] = {}
         self._waiting = dict.fromkeys(handles, 0)
@@ -281,13 +283,13 @@ class Ingress:
     """The HTTP face: the uvicorn server's application over :class:`RayExperts`."""
 
     async def __init__(self, handles: dict, *, max_batch: int, multiplexed: bool, limits: ServerLimits,
-                       token: str | None) -> None:
+                       token: str | None, reroute: Reroute | None = None) -> None:
         self.experts = RayExperts(handles, max_batch=max_batch, multiplexed=multiplexed)
         await self.experts.describe()
-        self._limits, self._token = limits, token
+        self._limits, self._token, self._reroute = limits, token, reroute
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.experts, limits=self._limits, token=self._token)
+        return create_app(self.experts, limits=self._limits, token=self._token, reroute=self._reroute)
 
 
 def _deployment_options(settings: DeploymentSettings, cpus: float) -> dict:
@@ -310,8 +312,9 @@ def _replicas(settings: DeploymentSettings) -> int:
 def build_app(source: Path, settings: RaySettings, *, keys: list[str], cluster_cpus: float, device: str = "auto",
               trace: bool = True, threads: int | None = None, expect_system_id: str | None = None,
               max_batch: int = 64, max_wait_ms: float = 0.0, limits: ServerLimits | None = None,
-              token: str | None = None):
-    """The Ray Serve application (``serve.run`` it) serving experts ``keys`` of ``source``."""
+              token: str | None = None, reroute: Reroute | None = None):
+    """The Ray Serve application (``serve.run`` it) serving experts ``keys`` of ``source``; ``reroute``: the
+    bundle's re-routing rule, applied by the ingress as by the uvicorn server."""
     source = Path(source).resolve()  # replicas may start in another working directory
     groups = {"experts": settings.experts} if settings.multiplex else {k: settings.for_expert(k) for k in keys}
     needed = sum(_replicas(s) for s in groups.values() if s.cpus is None)
@@ -335,7 +338,7 @@ def build_app(source: Path, settings: RaySettings, *, keys: list[str], cluster_c
     return serve.deployment(Ingress, name="ingress").options(
         **_deployment_options(ingress, ingress.cpus if ingress.cpus is not None else 0.0)).bind(
         deployments, max_batch=max_batch, multiplexed=settings.multiplex is not None,
-        limits=limits or ServerLimits(), token=token)
+        limits=limits or ServerLimits(), token=token, reroute=reroute)
 
 
 class _Stopped(Exception):
@@ -369,7 +372,9 @@ def run_server(source: Path, settings: RaySettings, *, address: str | None, host
         if ssl_certfile:
             http.update(ssl_certfile=str(ssl_certfile), ssl_keyfile=str(ssl_keyfile))
         serve.start(http_options=http)
-        app = build_app(source, settings, keys=keys, cluster_cpus=cluster_cpus, **app_args)
+        reroute = opened.manifest.routing.reroute if isinstance(opened, System) else None
+        app = build_app(source, settings, keys=keys, cluster_cpus=cluster_cpus,
+                        reroute=reroute.rule() if reroute is not None else None, **app_args)
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": log_level.upper()})
         except RuntimeError as err:  # a replica failed to start: Ray's message says which and why

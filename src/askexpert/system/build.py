@@ -21,6 +21,7 @@ from pathlib import Path
 
 import askexpert
 from askexpert.contract.bundle import System, sha256_file
+from askexpert.contract.reroute import Reroute
 from askexpert.contract.schema import (
     SCHEMA_VERSION,
     SYSTEM_FILE,
@@ -38,9 +39,11 @@ from askexpert.routing import fit_temperature
 from askexpert.system.calibrate import (
     ExpertSet,
     Outputs,
+    choose_reroute,
     choose_tau,
     data_identity,
     fit_learned_deferral,
+    general_as_expert,
     load_experts,
     operating_curve,
     outputs_of,
@@ -85,15 +88,24 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
                  accuracy: float | None = None, tau: float | None = None, k: int = 3,
                  confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
                  archive: bool = False, name: str | None = None, device: str = "auto",
-                 overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence") -> System:
+                 overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence",
+                 reroute: str = "none", reroute_tries: int = 2, reroute_below: float | None = None) -> System:
     """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``, with
     its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes).
 
     ``deferral``: ``confidence`` offloads the images whose ``confidence`` score is under tau (the paper's
     rule); ``learned`` fits a deferral rule on validation (:mod:`askexpert.routing.deferral`), which the
-    bundle carries, and tau applies to its score (the curve then holds the one k it was fitted at)."""
+    bundle carries, and tau applies to its score (the curve then holds the one k it was fitted at).
+
+    ``reroute``: ``next`` or ``general`` has the server re-ask the next expert of the generalist's ranking, or
+    the general model, when the routed expert says "other" (:mod:`askexpert.contract.reroute`), at most
+    ``reroute_tries`` experts an image, and under a confidence chosen on validation (``reroute_below``: given)."""
     if deferral not in ("confidence", "learned"):
         raise ConfigError(f"unknown deferral {deferral!r}", fix="use --deferral confidence or --deferral learned")
+    if reroute not in ("none", "next", "general"):
+        raise ConfigError(f"unknown re-routing {reroute!r}", fix="use --reroute none, next or general")
+    if reroute != "none":
+        Reroute(reroute_tries, reroute, reroute_below or 0.0)  # a bad rule is refused before any work
     if offload is None and accuracy is None and tau is None:
         offload = 0.3
     out = _fresh_out(Path(out), overwrite)
@@ -109,6 +121,16 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         rule_spec = DeferralSpec(**rule.to_dict(), fitted_on=fitted_on)
     policy, point = choose_tau(gen, experts, temperature=t_gen, k=min(k, classes), confidence=confidence,
                                fallback=fallback, offload=offload, accuracy=accuracy, tau=tau, deferral=rule)
+    reroute_spec = None
+    if reroute != "none":
+        general_set = None
+        if include_general and run.init is not None:
+            general_out = outputs_of(open_checkpoint(run.init), "the general model", device)
+            require_same_images(gen, general_out)
+            general_set = general_as_expert(general_out, fit_temperature(general_out.val_logits,
+                                                                         general_out.val_labels), classes)
+        reroute_spec = choose_reroute(gen, experts, policy, tries=reroute_tries, to=reroute, general=general_set,
+                                      below=reroute_below)
     ks = sorted({min(x, classes) for x in (curve_ks or [1, 2, 3]) + [k]})
     curve = operating_curve(gen, experts, temperature=t_gen, ks=ks, confidence=confidence, fallback=fallback,
                             spec=gen_meta.model.input, deferral=rule)
@@ -125,7 +147,7 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), askexpert_version=askexpert.__version__,
         classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=partition,
         routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=policy.confidence,
-                            fallback=fallback, operating_point=point, deferral=rule_spec),
+                            fallback=fallback, operating_point=point, deferral=rule_spec, reroute=reroute_spec),
         generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, files=files,
     )
     (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from askexpert.contract.protocol import infer_response
-from askexpert.contract.schema import CurvePoint, DataIdentity, InputSpec, OperatingCurve, OperatingPoint
+from askexpert.contract.reroute import Reroute
+from askexpert.contract.schema import (
+    CurvePoint,
+    DataIdentity,
+    InputSpec,
+    OperatingCurve,
+    OperatingPoint,
+    RerouteSpec,
+)
 from askexpert.errors import ConfigError
 from askexpert.models import StoredCheckpoint, open_checkpoint
 from askexpert.models.runs import ExpertRun
@@ -206,6 +214,32 @@ def choose_tau(generalist: Outputs, experts: ExpertSet, *, temperature: float, k
     m = system_metrics(generalist.val_logits, generalist.val_labels, membership, experts.val, policy)
     return policy, OperatingPoint(target=target, value=value, val_offload_rate=m.offload_rate,
                                   val_accuracy=m.accuracy)
+
+
+REROUTE_BELOW = (0.0, 0.3, 0.5, 0.7, 0.9)  # the confidences build-system screens re-routing under, on validation
+
+
+def choose_reroute(generalist: Outputs, experts: ExpertSet, policy: RoutingPolicy, *, tries: int, to: str,
+                   general: ExpertSet | None = None, below: float | None = None) -> RerouteSpec:
+    """The re-routing rule for ``policy``'s operating point, its confidence (``below``: re-ask under it too)
+    chosen on validation among :data:`REROUTE_BELOW` (most accurate, then the lowest: the fewest expert calls)
+    unless given; with what it gives there against the routed expert alone."""
+    if to == "general" and general is None:
+        raise ConfigError("re-routing to the general model needs it in the bundle",
+                          fix="drop --no-general (the expert run must name its general model), or --reroute next")
+    membership = experts.membership(generalist.val_logits.shape[1])
+    answers = None if general is None else general.val
+
+    def on_val(rule: Reroute | None):
+        return system_metrics(generalist.val_logits, generalist.val_labels, membership, experts.val,
+                              replace(policy, reroute=rule), general=answers)
+
+    plain = on_val(None)
+    scored = [(on_val(Reroute(tries, to, b)), b) for b in ((below,) if below is not None else REROUTE_BELOW)]
+    best, chosen = max(scored, key=lambda mb: (mb[0].accuracy, -mb[1]))
+    return RerouteSpec(tries=tries, to=to, below=chosen, validation={
+        "accuracy": best.accuracy, "accuracy_without": plain.accuracy, "coverage": best.coverage,
+        "coverage_without": plain.coverage, "expert_calls_per_offload": best.expert_calls_per_offload})
 
 
 def generalist_policy(generalist: StoredCheckpoint, *, offload_rate: float, k: int, confidence: str = "max-prob",

@@ -119,6 +119,7 @@ class FitResult:
     resumed_from_epoch: int = 0
     seconds: float = 0.0
     precision: str = "fp32"
+    stopped_after: int | None = None  # the epoch a deadline stopped the run after (None: it ran its window)
 
     @property
     def trained(self) -> tuple[int, float]:
@@ -291,7 +292,8 @@ def _keep(run_dir: Path, log, loop: _Loop, result: FitResult, record: EpochRecor
 def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec: InputSpec,
         cfg: TrainConfig, augment: str, run_dir: Path | None = None, resume: bool = False,
         loss_fn: LossFn | None = None, console: Console | None = None, label: str = "train",
-        window: tuple[int, int] | None = None, val_epochs: Collection[int] | None = None) -> FitResult:
+        window: tuple[int, int] | None = None, val_epochs: Collection[int] | None = None,
+        deadline: float | None = None) -> FitResult:
     """Train ``model`` in place over the ``plan.epochs`` epochs of ``plan``.
 
     With ``run_dir`` set, every epoch appends to ``metrics.jsonl`` and ``train.log`` and saves a
@@ -303,6 +305,8 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
     the whole plan: a run split where its model changes shape (an expert's head cut after its
     all-class stage) keeps one warm-up and one cosine decay. Each call starts a fresh optimizer.
     ``val_epochs`` limits the per-epoch validation (a log line) to those epochs (default: every one).
+    ``deadline`` (a ``time.monotonic()`` value): stop at the first epoch boundary from which another epoch
+    as long as the last would end past it (the state saved, ``stopped_after`` set; resume to go on).
     """
     console = console or stderr_console()
     device = resolve_device(cfg.device)
@@ -332,6 +336,7 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
         # bf16 on a CPU: explicit attention (bf16 matrix products), not the slow fused bf16 backward
         with progress_bar(console) as progress, explicit_attention(model, device.type == "cpu" and loop.use_amp):
             for epoch in range(start_epoch, last + 1):
+                epoch_started = time.perf_counter()
                 task = progress.add_task(f"{label} epoch {epoch}/{plan.epochs}", total=plan.steps_per_epoch, info="")
                 step, record = train_one_epoch(loop, epoch, step, progress, task)
                 if val is not None and len(val) and (val_epochs is None or epoch in val_epochs):
@@ -341,6 +346,12 @@ def fit(model: torch.nn.Module, *, plan: BatchPlan, val: ImageSplit | None, spec
                 result.history.append(record)
                 if run_dir is not None:
                     _keep(run_dir, log, loop, result, record)
+                if deadline is not None and epoch < last and \
+                        time.monotonic() + (time.perf_counter() - epoch_started) > deadline:
+                    result.stopped_after = epoch
+                    console.log(f"stopping after epoch {epoch}/{plan.epochs}: another would end past the deadline "
+                                "(resume to go on)")
+                    break
     finally:
         if log is not None:
             log.close()

@@ -26,6 +26,7 @@ from askexpert.models import (
     save_checkpoint,
 )
 from askexpert.models.checkpoint import checkpoint_stem
+from askexpert.models.starts import committed_weights
 from askexpert.training.engine import fit
 from askexpert.training.evaluate import classification_metrics, predict_logits, write_report
 from askexpert.training.plans import SplitPlan
@@ -35,12 +36,16 @@ from askexpert.training.rundir import prepare_run_dir
 @dataclass
 class TrainedModel:
     run_dir: Path
-    checkpoint: Path
+    checkpoint: Path | None  # None: stopped at a deadline, unfinished
     metrics: dict
 
 
 def load_for_model(cfg: RunConfig) -> tuple[DatasetBundle, ModelSpec, bool]:
     """The dataset and the full model spec of a run (an image folder is decoded at the model's size)."""
+    if cfg.model.pretrained and not cfg.model.pretrained_file:  # the task's committed start, where it has one
+        file = committed_weights(cfg.model.name, cfg.data.name)
+        if file is not None:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_file": str(file)})})
     probe, _ = resolve_spec(cfg.model, num_classes=2, mean=(0.5,), std=(0.5,))
     bundle = load_dataset(cfg.data, image_size=probe.input.size, channels=probe.input.channels)
     spec, pretrained = resolve_spec(cfg.model, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
@@ -64,11 +69,14 @@ def evaluate_split(model: torch.nn.Module, spec: ModelSpec, bundle: DatasetBundl
 
 
 def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-                     console: Console | None = None, kind: str = "generalist") -> TrainedModel:
+                     console: Console | None = None, kind: str = "generalist",
+                     deadline: float | None = None) -> TrainedModel:
     """Train the all-class model of ``cfg`` into ``cfg.run_dir`` and report validation and test metrics.
 
     ``kind`` is recorded in the checkpoint: ``generalist`` (edge) or ``general`` (the medium model).
     The test split is evaluated once, after training, and only reported: no choice depends on it.
+    ``deadline`` (``time.monotonic()``): stop at an epoch boundary before it (:func:`~.engine.fit`); the run is
+    then unfinished (``checkpoint`` None, ``metrics`` ``{"stopped_after": epoch}``) and resumes where it stopped.
     """
     console = console or stderr_console()
     if cfg.train.threads:
@@ -93,7 +101,9 @@ def train_generalist(cfg: RunConfig, *, resume: bool = False, overwrite: bool = 
     console.log(f"augmentation {augment}: {why}")
     plan = SplitPlan(bundle.train, cfg.train.batch_size, cfg.train.epochs, cfg.train.num_workers)
     result = fit(model, plan=plan, val=bundle.val, spec=spec.input, cfg=cfg.train, augment=augment,
-                 run_dir=run_dir, resume=resume, console=console, label=kind)
+                 run_dir=run_dir, resume=resume, console=console, label=kind, deadline=deadline)
+    if result.stopped_after is not None:
+        return TrainedModel(run_dir, None, {"stopped_after": result.stopped_after})
 
     device = resolve_device(cfg.train.device)
     metrics = {}

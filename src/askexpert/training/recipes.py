@@ -18,6 +18,7 @@ from askexpert.models import (
     resolve_spec,
 )
 from askexpert.models.checkpoint import checkpoint_stem, open_checkpoint
+from askexpert.models.starts import committed_weights
 from askexpert.training.logits import cached_logits
 from askexpert.training.objective import ExpertObjective
 from askexpert.training.partition import confusion_affinity
@@ -119,7 +120,8 @@ def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bun
             model = build_model(spec)
         return Start(model, spec, f"random weights (seed {seed})", weights_sha256(model))
     kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
-    mcfg = ModelConfig(name=spec.timm_name, kwargs=kwargs, pretrained=True, pretrained_file=cfg.model.pretrained_file)
+    file = cfg.model.pretrained_file or committed_weights(spec.name, cfg.data.name)  # else timm's published weights
+    mcfg = ModelConfig(name=spec.timm_name, kwargs=kwargs, pretrained=True, pretrained_file=str(file) if file else None)
     pspec, _ = resolve_spec(mcfg, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
     if pspec.input.size != spec.input.size or pspec.input.channels != spec.input.channels:
         raise ConfigError(f"pretrained {pspec.timm_name} expects {pspec.input.channels}x{pspec.input.size}^2 "

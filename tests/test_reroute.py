@@ -1,0 +1,154 @@
+"""Re-routing on the server (contract.reroute): the rule, its simulation offline, and the live system over
+HTTP giving, image by image, what the offline evaluation computes."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from askexpert.cli import main
+from askexpert.contract.bundle import open_system
+from askexpert.contract.labels import GENERAL, OTHER
+from askexpert.contract.reroute import Reroute, RerouteError, parse_next, settle
+from askexpert.routing import RoutingPolicy, finalize, membership_matrix, route
+from askexpert.routing.metrics import ExpertAnswers, rerouted_answers, system_metrics
+
+
+def test_the_rule_asks_in_order_stops_at_its_cap_and_settles_on_the_first_sure_answer():
+    rule = Reroute(tries=3, to="next", below=0.5)
+    assert rule.chain("2", ["2", "0", "1", "3"]) == ["2", "0", "1"]  # the routed one first, at most 3
+    assert Reroute(2, "general").chain("1", ["0", "2"]) == ["1", GENERAL]
+    assert not Reroute(1).active and Reroute(1).chain("0", ["1"]) == ["0"]
+    assert settle(rule, [(OTHER, 0.9), (4, 0.4), (7, 0.8)]) == 2  # the first neither "other" nor unsure
+    assert settle(rule, [(OTHER, 0.9), (4, 0.4), (7, 0.3)]) == 1  # none sure: the most confident answer
+    assert settle(rule, [(OTHER, 0.9), (OTHER, 0.8)]) == 1  # all "other": "other"
+    assert parse_next("2,0") == ["2", "0"] and parse_next("") == []
+    for bad, match in ((dict(tries=0), "cap of 0 tries.*at least 1.*fix: --reroute-tries"),
+                       (dict(tries=2, below=1.5), "confidence is in \\[0, 1\\]"),
+                       (dict(tries=2, to="elsewhere"), "fix: --reroute next or --reroute general")):
+        with pytest.raises(RerouteError, match=match):
+            Reroute(**bad)
+    with pytest.raises(RerouteError, match="comma-separated expert ids"):
+        parse_next("1,,2")
+
+
+def test_the_offline_simulation_follows_the_ranking_and_counts_coverage():
+    """Three experts over six classes; the generalist's top class is in expert 0, its second in expert 2:
+    the ranking is 0, 2, 1. Expert 0 says "other", expert 2 answers: two calls, the answer expert 2's."""
+    subsets = [[0, 1], [2, 3], [4, 5]]
+    member = membership_matrix(subsets, 6)
+    logits = np.log(np.array([[0.5, 0.05, 0.05, 0.05, 0.3, 0.05],  # routed to 0, then 2
+                              [0.05, 0.05, 0.6, 0.2, 0.05, 0.05]], dtype=np.float32))  # routed to 1, which answers
+    labels = np.array([4, 2])
+    answers = ExpertAnswers(pred=np.array([[OTHER, 0], [3, 2], [4, 5]]),
+                            conf=np.array([[0.9, 0.6], [0.7, 0.95], [0.8, 0.7]], dtype=np.float32))
+    policy = RoutingPolicy(tau=1.1, k=3, reroute=Reroute(3, "next"))  # everything offloaded
+    d = route(logits, policy, member)
+    assert d.expert.tolist() == [0, 1] and d.ranking[0].tolist() == [0, 2, 1]
+    r = rerouted_answers(answers, None, d, policy.reroute, labels, member)
+    assert r.pred.tolist() == [4, 2] and r.calls.tolist() == [2, 1] and r.covered.tolist() == [True, True]
+    capped = rerouted_answers(answers, None, d, Reroute(1, "next"), labels, member)
+    assert capped.pred.tolist() == [OTHER, 2] and capped.calls.tolist() == [1, 1]
+    m = system_metrics(logits, labels, member, answers, policy)
+    plain = system_metrics(logits, labels, member, answers, RoutingPolicy(tau=1.1, k=3))
+    assert (m.accuracy, m.coverage, m.expert_calls_per_offload) == (100.0, 100.0, 1.5)
+    assert (plain.accuracy, plain.coverage, plain.expert_calls_per_offload) == (50.0, 50.0, 1.0)
+
+
+def _answers_far_from(conf: np.ndarray) -> float:
+    """A re-routing confidence in [0.5, 0.95] as far as can be from every expert confidence (a test whose
+    outcome no last-bit difference between torch and NumPy can flip)."""
+    grid = np.linspace(0.5, 0.95, 451)
+    gaps = np.abs(grid[:, None] - conf.reshape(-1)[None, :]).min(1)
+    return float(round(grid[gaps.argmax()], 3))
+
+
+def _offline(tiny_system, bundle, general: bool):
+    """The offline evaluation's answers on the bundle's test images under the bundle's routing."""
+    from askexpert.models import open_checkpoint
+    from askexpert.models.runs import open_expert_run
+    from askexpert.routing import fit_temperature
+    from askexpert.system.calibrate import general_as_expert, load_experts, outputs_of
+
+    gen = outputs_of(open_checkpoint(tiny_system["generalist"]), "the generalist")
+    experts = load_experts(open_expert_run(tiny_system["experts"]), "static", gen)
+    general_set = None
+    if general:
+        out = outputs_of(open_checkpoint(tiny_system["general"]), "the general model")
+        general_set = general_as_expert(out, fit_temperature(out.val_logits, out.val_labels), 10)
+    policy = RoutingPolicy.from_spec(bundle.manifest.routing)
+    member = membership_matrix(experts.subsets, 10)
+    d = route(gen.test_logits, policy, member)
+    r = rerouted_answers(experts.test, None if general_set is None else general_set.test, d, policy.reroute,
+                         gen.test_labels, member)
+    final, _ = finalize(d, r.pred, r.conf, policy)
+    confidences = experts.test.conf.reshape(-1)
+    if general_set is not None:
+        confidences = np.concatenate([confidences, general_set.test.conf.reshape(-1)])
+    return policy, d, r, final, gen.test_labels, confidences
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("to", ["next", "general"])
+def test_a_rerouting_bundle_answers_live_as_offline(tiny_system, tmp_path, capsys, to):
+    """build-system --reroute: the rule travels in system.json; a real server re-asks within the request, the
+    edge streams images one at a time over HTTP, and every answer, every count of experts asked and every
+    answering expert equals the offline simulation's; the server counts its re-routes."""
+    from test_bundle import _test_npz
+
+    from askexpert.runtime.clients import HttpExpertClient
+    from askexpert.runtime.edge import EdgeRunner, ExpertTarget, summarize
+    from askexpert.runtime.onnx_model import OnnxGeneralist
+    from askexpert.testbed.server import ServerProcess
+
+    probe = tmp_path / "probe"
+    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(probe),
+                 "--reroute", to, "--reroute-tries", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "re-routing" in out and "expert calls an offload" in out
+    *_, confidences = _offline(tiny_system, open_system(probe), to == "general")
+    below = _answers_far_from(confidences)
+    system = tmp_path / "system"
+    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(system),
+                 "--reroute", to, "--reroute-tries", "3", "--reroute-below", str(below)]) == 0
+    bundle = open_system(system)
+    spec = bundle.manifest.routing.reroute
+    assert (spec.tries, spec.to, spec.below) == (3, to, below) and bundle.manifest.schema_version == 4
+    policy, d, r, final, labels, _ = _offline(tiny_system, bundle, to == "general")
+    n = 300
+    images = np.load(_test_npz(tiny_system, tmp_path / "t.npz", n))["images"]
+    targets = [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts]
+    with ServerProcess(system, threads=1) as url, HttpExpertClient(url) as client:
+        runner = EdgeRunner(OnnxGeneralist(bundle.generalist_onnx, threads=1), policy, client, targets)
+        traces = list(runner.run((images[i:i + 1], labels[i:i + 1]) for i in range(n)))
+        metrics = httpx.get(f"{url}/metrics").text
+        # a request whose ranking is not one is refused with the fix
+        bad = httpx.post(f"{url}/v1/experts/0/infer?next=1,,2", content=images[:1].tobytes(),
+                         headers={"Content-Type": "application/octet-stream", "X-Shape": "1,1,28,28"})
+    assert bad.status_code == 422 and "fix:" in bad.json()["detail"]
+    off = d.offload[:n]
+    assert [t.route.offloaded for t in traces] == off.tolist()
+    live = np.array([t.pred for t in traces])
+    assert np.array_equal(live, final[:n]), f"{int((live != final[:n]).sum())} of {n} answers differ"
+    calls = np.array([t.tries for t in traces])
+    assert np.array_equal(calls[off], r.calls[:n][off]) and calls.max() <= 3  # the cap holds
+    rerouted = sum(t.answered_by != t.expert for t in traces if t.route.offloaded)
+    assert rerouted > 0 and (calls[off] > 1).sum() >= rerouted  # it did act, and only by asking again
+    ids = [e.id for e in bundle.manifest.experts]
+    for t, rank in zip(traces, d.ranking[:n], strict=True):
+        if t.route.offloaded and t.tries > 1 and to == "next":
+            assert t.answered_by in [ids[j] for j in rank[: t.tries]]  # in the ranking's order
+        if t.route.offloaded and t.tries > 1 and to == "general":
+            assert t.tries == 2 and t.answered_by in (t.expert, GENERAL)
+    summary = summarize(traces)
+    assert summary.expert_calls_per_offload > 1 and summary.rerouted == rerouted
+    assert "askexpert_reroutes_total" in metrics
+
+
+def test_build_system_refuses_a_reroute_cap_below_one(tiny_system, tmp_path, capsys):
+    code = main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out",
+                 str(tmp_path / "s"), "--reroute", "next", "--reroute-tries", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "at least 1" in err and "fix: --reroute-tries" in err
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
