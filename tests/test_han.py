@@ -229,6 +229,35 @@ def test_a_collapsed_head_answers_as_subset_and_other_and_rebuilds_from_its_spec
 
 @needs_fonts
 @pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_capacity_map_writes_a_unit_and_a_rerun_skips_it(tmp_path):
+    """benchmarks/capacity_map.py on a tiny build: one unit (width x seed) trained, evaluated and written; a
+    rerun trains nothing and says the unit is finished; the map's summary has the documented layout."""
+    results = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "capacity_map.py"), "--profile", "smoke", "--widths", "d32",
+           "--seeds", "0", "--output-dir", str(tmp_path / "runs"), "--results", str(results)]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=580)
+    assert first.returncode == 0, first.stderr[-3000:]
+    unit = results / "map" / "units" / "d32-seed0.json"
+    written = unit.read_bytes()
+    record = json.loads(written)
+    assert set(record["experts"]) == {"static", "progressive", "static-overlap"}
+    assert record["experts"]["static-overlap"]["class_slots"] > record["experts"]["static"]["class_slots"]
+    assert {r["variant"] for r in record["routing"]} >= {"top-3", "whole mass", "re-route next x2",
+                                                         "re-route general", "learned deferral"}
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=580)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "unit d32 seed 0: finished" in again.stdout and "skipped" in again.stdout
+    assert unit.read_bytes() == written  # not run again
+    width = json.loads((results / "map.json").read_text())["widths"]["d32"]
+    assert "static: re-route next x2" in width["coverage"]
+    for key in ("experts_minus_general_as_expert_system", "progressive_minus_static_subset_no_other"):
+        assert set(width["paired"][key]) == {"per_seed", "mean", "ci95"}
+    assert (results / "map.png").stat().st_size > 10_000
+
+
+@needs_fonts
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_specialists_benchmark_smoke_profile_on_a_tiny_han100(tmp_path):
     """The benchmark end to end on a tiny build: pretrained starts, the screens, a seed, the summary."""

@@ -64,6 +64,21 @@ def test_overlap_adds_the_most_confused_outside_class():
     assert sum(map(len, part.experts)) > sum(map(len, plain.experts)) == 10
 
 
+def test_holders_put_each_class_in_the_experts_it_is_confused_with():
+    conf = block_confusion([[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]])
+    conf[2, 3] += 60  # class 2 is taken for class 3, less often for class 8
+    conf[2, 8] += 30
+    two = partition_from_confusion(conf, NAMES, 3, holders=2)
+    assert 2 in two.experts[0] and 2 in two.experts[1] and 2 not in two.experts[2]  # the most confused first
+    assert two.details["core"] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    three = partition_from_confusion(conf, NAMES, 3, holders=3)
+    assert all(2 in e for e in three.experts)
+    assert sum(map(len, three.experts)) == three.details["class_slots"] > two.details["class_slots"]
+    assert all(len([e for e in three.experts if c in e]) <= 3 for c in range(10))
+    with pytest.raises(ConfigError, match="overlap of 4 experts a class with 3 experts.*fix: --holders from 1"):
+        partition_from_confusion(conf, NAMES, 3, holders=4)
+
+
 def test_impossible_requests_are_clear_errors():
     conf = block_confusion([[0, 1]])
     with pytest.raises(ConfigError, match="cannot split 10 classes into 11 experts"):

@@ -152,3 +152,23 @@ def test_build_system_refuses_a_reroute_cap_below_one(tiny_system, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "at least 1" in err and "fix: --reroute-tries" in err
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_every_routing_variant_is_measured_and_re_routing_only_adds_coverage(tiny_system):
+    """The routing study on the tiny system: every variant at the same offload share; re-routing asks the
+    routed expert first and more after it, so its coverage is never under top-k's, and it costs calls."""
+    from askexpert.bench.routing import routing_variants
+
+    rows = {r.variant: r for r in routing_variants(tiny_system["generalist"], tiny_system["general"],
+                                                   {"static": tiny_system["experts"]})}
+    assert {"top-3", "whole mass", "re-route next x2", "re-route next x3", "re-route general",
+            "learned deferral"} <= set(rows)
+    top = rows["top-3"]
+    assert top.expert_calls_per_offload == 1 and top.reroute is None
+    for name in ("re-route next x2", "re-route next x3", "re-route general"):
+        r = rows[name]
+        assert r.test_offload_rate == top.test_offload_rate  # the same images offloaded
+        assert r.coverage >= top.coverage and 1 <= r.expert_calls_per_offload <= r.reroute["tries"]
+        assert r.up_bytes == top.up_bytes and r.down_bytes > top.down_bytes  # the tries travel back, nothing up
+    general = rows["re-route general"]  # re-asked images reach the general model, which holds every class
+    assert general.coverage > top.coverage or general.expert_calls_per_offload == 1

@@ -15,7 +15,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     part = make_partition(args.generalist, args.num_experts, method=args.method, file=args.file,
                           max_size=args.max_size, min_size=args.min_size, overlap=args.overlap, device=args.device,
-                          seed=args.seed)
+                          seed=args.seed, holders=args.holders)
     out = args.out or (args.generalist if args.generalist.is_dir() else args.generalist.parent) / (
         f"partition-{args.method}-{len(part.experts)}.json")
     part.save(out)
@@ -49,6 +49,9 @@ def register(sub) -> None:
                    "subset accuracy is trivially 100%%, unless asked for with --min-size 1)")
     p.add_argument("--overlap", type=float, metavar="THRESHOLD",
                    help="a class also joins the other expert it is most confused with, above this affinity")
+    p.add_argument("--holders", type=int, default=1, metavar="N",
+                   help="overlapping subsets: each class is held by up to N experts, joining those it is most "
+                   "confused with on validation (default 1: none; --overlap sets the least affinity)")
     p.add_argument("--out", type=Path, help="output file (default: GENERALIST/partition-METHOD-E.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_partition)

@@ -6,7 +6,8 @@ for the confusion partition), or a hand-written YAML file. The
 grouping is agglomerative clustering with average linkage over a symmetric confusion affinity and
 a maximum group size, which keeps the experts balanced, and a minimum one (default 2: a one-class
 expert is right by construction and says nothing about specialisation); it is deterministic (ties go to the pair
-with the lowest ids). Optionally a class also joins the other expert it is most confused with.
+with the lowest ids). Optionally a class also joins the other experts it is most confused with (up to
+``holders`` experts hold it: overlapping subsets).
 """
 
 from __future__ import annotations
@@ -107,30 +108,47 @@ def agglomerate(affinity: torch.Tensor, n_groups: int, max_size: int, min_size: 
     return sorted(groups, key=lambda g: g[0])
 
 
-def add_overlap(groups: list[list[int]], affinity: torch.Tensor, threshold: float) -> list[list[int]]:
-    """Each class also joins the other group it is most confused with, if that affinity >= threshold."""
+def check_holders(holders: int, n_experts: int) -> None:
+    """An overlap of ``holders`` experts a class: at least 1 (no overlap), at most every expert."""
+    if not 1 <= holders <= n_experts:
+        raise ConfigError(f"an overlap of {holders} experts a class with {n_experts} experts: a class is held by "
+                          f"1 to {n_experts} of them", fix=f"--holders from 1 (no overlap) to {n_experts}")
+
+
+def add_overlap(groups: list[list[int]], affinity: torch.Tensor, threshold: float | None,
+                holders: int = 2) -> list[list[int]]:
+    """Each class also joins the ``holders - 1`` other groups it is most confused with (its largest affinity to
+    any of their classes; ties: the lower group), those whose affinity is at least ``threshold`` (None: any
+    confusion at all, an affinity above 0), so that up to ``holders`` experts hold it (Hinton et al. 2015:
+    specialists covering a class together)."""
+    check_holders(holders, len(groups))
     out = [list(g) for g in groups]
     for gi, group in enumerate(groups):
         for c in group:
-            scores = [(float(affinity[c, other].max()) if hi != gi else -1.0, hi)
-                      for hi, other in enumerate(groups)]
-            score, hi = max(scores, key=lambda t: (t[0], -t[1]))
-            if hi != gi and score >= threshold and c not in out[hi]:
-                out[hi].append(c)
+            scores = sorted(((float(affinity[c, other].max()), hi) for hi, other in enumerate(groups) if hi != gi),
+                            key=lambda t: (-t[0], t[1]))
+            for score, hi in scores[: holders - 1]:
+                if (score > 0 if threshold is None else score >= threshold) and c not in out[hi]:
+                    out[hi].append(c)
     return [sorted(g) for g in out]
 
 
 def partition_from_confusion(confusion: torch.Tensor, class_names: list[str], n_experts: int, *,
                              max_size: int | None = None, min_size: int = DEFAULT_MIN_SIZE,
-                             overlap: float | None = None) -> Partition:
+                             overlap: float | None = None, holders: int = 1) -> Partition:
+    """Groups of confused classes (``max_size`` bounds the core groups); with ``overlap`` (a threshold) or
+    ``holders`` > 1, each class also joins the other groups it is most confused with (:func:`add_overlap`)."""
+    check_holders(holders, n_experts)
+    if overlap is not None and holders == 1:
+        holders = 2  # the earlier meaning of --overlap alone: one more expert, above the threshold
     aff = confusion_affinity(confusion)
     max_size = max_size or default_max_size(len(class_names), n_experts)
-    groups = agglomerate(aff, n_experts, max_size, min_size)
-    if overlap is not None:
-        groups = add_overlap(groups, aff, overlap)
-    return Partition(method="confusion", class_names=class_names, experts=groups, overlap=overlap is not None,
-                     details={"max_size": max_size, "min_size": min_size,
-                              "overlap_threshold": overlap}).check()
+    core = agglomerate(aff, n_experts, max_size, min_size)
+    groups = add_overlap(core, aff, overlap, holders) if holders > 1 else core
+    return Partition(method="confusion", class_names=class_names, experts=groups, overlap=holders > 1,
+                     details={"max_size": max_size, "min_size": min_size, "overlap_threshold": overlap,
+                              "holders": holders, "core": core,
+                              "class_slots": sum(map(len, groups))}).check()
 
 
 def partition_from_coarse(coarse_of_class: list[int], coarse_names: list[str], class_names: list[str],
@@ -202,8 +220,13 @@ def partition_from_file(path: Path, class_names: list[str]) -> Partition:
 
 def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion", file: Path | None = None,
                    max_size: int | None = None, min_size: int = DEFAULT_MIN_SIZE, overlap: float | None = None,
-                   device: str = "auto", seed: int = 0) -> Partition:
-    """A partition of the generalist's classes, from its validation confusion, coarse labels or a file."""
+                   device: str = "auto", seed: int = 0, holders: int = 1) -> Partition:
+    """A partition of the generalist's classes, from its validation confusion, coarse labels or a file;
+    ``holders`` (confusion only): up to that many experts hold a class (overlapping subsets)."""
+    check_holders(holders, n_experts)
+    if holders > 1 and method != "confusion":
+        raise ConfigError(f"--holders {holders} overlaps the subsets from the generalist's confusions",
+                          fix="use it with --method confusion")
     from askexpert.data import load_dataset
     from askexpert.models import open_checkpoint
     from askexpert.training.logits import cached_logits, data_config_of
@@ -224,7 +247,7 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
     confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
     if method == "confusion":
         part = partition_from_confusion(confusion, names, n_experts, max_size=max_size, min_size=min_size,
-                                        overlap=overlap)
+                                        overlap=overlap, holders=holders)
     elif method == "coarse":
         bundle = load_dataset(data_config_of(gen), image_size=meta.model.input.size,
                               channels=meta.model.input.channels)
