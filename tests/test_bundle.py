@@ -67,7 +67,7 @@ def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
         open_system(copy)
     manifest = json.loads((tiny_system["bundle"] / SYSTEM_FILE).read_text())
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(CheckpointError, match="schema version 99.*this askexpert reads versions 1, 2, 3 .it writes 3"):
+    with pytest.raises(CheckpointError, match="schema version 99.*reads versions 1, 2, 3, 4 .it writes 4"):
         open_system(copy)
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "routing": {**manifest["routing"], "k": 0}}))
     with pytest.raises(CheckpointError, match="routing.k"):
@@ -78,7 +78,8 @@ def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
 
 def test_build_system_cli_writes_an_archive_that_serves(tiny_system, tmp_path, capsys):
     out = tmp_path / "sys"
-    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
+    assert main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
                  "--accuracy", "40", "--k", "2", "--fallback", "other-or-less-confident", "--archive",
                  "--no-general"]) == 0
     assert "operating point" in capsys.readouterr().out
@@ -86,7 +87,8 @@ def test_build_system_cli_writes_an_archive_that_serves(tiny_system, tmp_path, c
     m = bundle.manifest
     assert m.routing.k == 2 and m.routing.fallback == "other-or-less-confident" and m.general is None
     assert m.routing.operating_point.target == "accuracy" and m.routing.operating_point.val_accuracy >= 40
-    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out",
+    assert main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out",
                  str(out)]) == 2  # an existing bundle is not overwritten silently
     assert "--overwrite" in capsys.readouterr().err
 
@@ -96,7 +98,8 @@ def test_an_edge_refuses_a_server_holding_another_system(tiny_system, tmp_path, 
     """A bundle's edge routes by its own partition: against a server holding another system it would
     send images to the wrong experts, so it stops at once, naming both systems and the fix."""
     other = tmp_path / "other"
-    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(other),
+    assert main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(other),
                  "--offload", "0.5"]) == 0
     capsys.readouterr()
     with ServerProcess(tiny_system["bundle"], threads=1) as url:
@@ -226,7 +229,8 @@ def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_s
     is chosen on its score, and the edge, one image at a time over HTTP, answers what the offline evaluation
     computes; the edge refuses another k for it, and runs the bundle end to end against its own server."""
     out = tmp_path / "learned"
-    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
+    assert main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
                  "--deferral", "learned", "--no-general"]) == 0
     assert "learned deferral" in capsys.readouterr().out
     bundle = open_system(out)

@@ -25,10 +25,19 @@ from askexpert.testbed.server import ServerProcess
 pytestmark = pytest.mark.timeout(300)  # real servers
 
 
+def _before_v4(raw: dict) -> dict:
+    """A system.json without what schema 4 added: re-routing, the server design, experts' has_other."""
+    raw["routing"].pop("reroute")
+    raw.pop("design")
+    for e in raw["experts"]:
+        e.pop("has_other")
+    return raw
+
+
 def _v1_copy(bundle, target):
     """The bundle as askexpert 0.x wrote it: schema version 1, no curve, no prediction."""
     shutil.copytree(bundle, target)
-    raw = json.loads((target / SYSTEM_FILE).read_text())
+    raw = _before_v4(json.loads((target / SYSTEM_FILE).read_text()))
     raw["schema_version"] = 1
     raw.pop("curve")
     raw["routing"]["operating_point"].pop("predicted")
@@ -37,11 +46,24 @@ def _v1_copy(bundle, target):
     return target
 
 
+def test_a_version_3_bundle_still_loads_without_re_routing(tiny_system, tmp_path):
+    """A bundle written before re-routing and the server design (schema 3) loads as it was: every expert
+    with "other", no re-routing, no design record."""
+    old = tmp_path / "v3"
+    shutil.copytree(tiny_system["bundle"], old)
+    raw = _before_v4(json.loads((old / SYSTEM_FILE).read_text()))
+    raw["schema_version"] = 3
+    (old / SYSTEM_FILE).write_text(json.dumps(raw, indent=1))
+    m = open_system(old).manifest
+    assert m.schema_version == 3 and m.routing.reroute is None and m.design is None
+    assert all(e.has_other for e in m.experts) and RoutingPolicy.from_spec(m.routing).reroute is None
+
+
 def test_a_version_2_bundle_still_loads_with_its_confidence_rule(tiny_system, tmp_path):
     """A bundle written before the learned deferral rule (schema 2: no routing.deferral) loads as it was."""
     old = tmp_path / "v2"
     shutil.copytree(tiny_system["bundle"], old)
-    raw = json.loads((old / SYSTEM_FILE).read_text())
+    raw = _before_v4(json.loads((old / SYSTEM_FILE).read_text()))
     raw["schema_version"] = 2
     raw["routing"].pop("deferral")
     (old / SYSTEM_FILE).write_text(json.dumps(raw, indent=1))
@@ -107,7 +129,8 @@ def test_build_system_chooses_from_a_measured_latency_budget(tiny_system, tmp_pa
     """The parts measured here (host, a real server with a competing client), the most accurate point within
     the budget kept, its prediction in system.json; an impossible budget refused naming the nearest one."""
     out = tmp_path / "sys"
-    args = ["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
+    args = ["build-system", "--server", "experts",
+            str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
             "--edge-device", "host", "--link", "wifi", "--server-load", "1", "--plan-images", "200"]
     assert main([*args, "--p95-latency", "1000"]) == 0
     m = open_system(out).manifest

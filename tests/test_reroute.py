@@ -3,6 +3,8 @@ HTTP giving, image by image, what the offline evaluation computes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -103,14 +105,16 @@ def test_a_rerouting_bundle_answers_live_as_offline(tiny_system, tmp_path, capsy
     from askexpert.testbed.server import ServerProcess
 
     probe = tmp_path / "probe"
-    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(probe),
+    assert main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(probe),
                  "--reroute", to, "--reroute-tries", "3"]) == 0
     out = capsys.readouterr().out
     assert "re-routing" in out and "expert calls an offload" in out
     *_, confidences = _offline(tiny_system, open_system(probe), to == "general")
     below = _answers_far_from(confidences)
     system = tmp_path / "system"
-    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(system),
+    assert main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(system),
                  "--reroute", to, "--reroute-tries", "3", "--reroute-below", str(below)]) == 0
     bundle = open_system(system)
     spec = bundle.manifest.routing.reroute
@@ -147,7 +151,8 @@ def test_a_rerouting_bundle_answers_live_as_offline(tiny_system, tmp_path, capsy
 
 
 def test_build_system_refuses_a_reroute_cap_below_one(tiny_system, tmp_path, capsys):
-    code = main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out",
+    code = main(["build-system", "--server", "experts",
+                 str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out",
                  str(tmp_path / "s"), "--reroute", "next", "--reroute-tries", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "at least 1" in err and "fix: --reroute-tries" in err
@@ -172,3 +177,86 @@ def test_every_routing_variant_is_measured_and_re_routing_only_adds_coverage(tin
         assert r.up_bytes == top.up_bytes and r.down_bytes > top.down_bytes  # the tries travel back, nothing up
     general = rows["re-route general"]  # re-asked images reach the general model, which holds every class
     assert general.coverage > top.coverage or general.expert_calls_per_offload == 1
+
+
+def _synthetic(right: str):
+    """A system known by construction: 200 images of 4 classes, the generalist unsure of all of them, two
+    experts of two classes each, and a general model; ``right`` names which of the two answers every image
+    correctly (the other answers a wrong class of its own every time)."""
+    from askexpert.system.calibrate import ExpertSet, Outputs
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    logits = rng.normal(0, 0.01, (200, 4)).astype(np.float32)
+    logits[np.arange(200), labels] += 0.3  # the generalist is right, barely sure (its mass in the right expert)
+    logits[np.arange(200), labels ^ 1] += 0.25
+    gen = Outputs("g", Path("g"), logits, labels, logits, labels, {})
+    subsets = [[0, 1], [2, 3]]
+    good = np.stack([np.where(np.isin(labels, s), labels, OTHER) for s in subsets])
+    bad = np.stack([np.where(np.isin(labels, s), s[0] + s[1] - labels, OTHER) for s in subsets])  # its other class
+    conf = np.full((2, 200), 0.9, dtype=np.float32)
+    expert_answers = ExpertAnswers(good if right == "experts" else bad, conf)
+    general_pred = labels if right == "general" else (labels + 1) % 4
+    general_answers = ExpertAnswers(general_pred[None], conf[:1])
+    experts = ExpertSet("experts", subsets, [1.0, 1.0], expert_answers, expert_answers, [])
+    general = ExpertSet("general", [[0, 1, 2, 3]], [1.0], general_answers, general_answers, [])
+    return gen, experts, general
+
+
+@pytest.mark.parametrize("right", ["experts", "general"])
+def test_the_server_design_follows_the_validation_figures(right):
+    """build-system --server auto builds the design that answers better on validation; a named design is
+    built as asked, saying which leads; without a general model, the experts, saying why."""
+    from askexpert.system.calibrate import choose_design
+
+    gen, experts, general = _synthetic(right)
+    policy = RoutingPolicy(tau=1.1, k=2)  # every image offloaded
+    auto = choose_design("auto", gen, experts, general, policy)
+    assert auto.server == right and auto.chosen_by == "validation"
+    wrong_acc, right_acc = (auto.general_val_accuracy, auto.experts_val_accuracy) if right == "experts" else \
+        (auto.experts_val_accuracy, auto.general_val_accuracy)
+    assert right_acc == 100.0 and wrong_acc < 100.0 and "100.00%" in auto.reason
+    other = "general" if right == "experts" else "experts"
+    told = choose_design(other, gen, experts, general, policy)
+    assert told.server == other and told.chosen_by == "user" and f"the {right} lead" in told.reason
+    alone = choose_design("auto", gen, experts, None, policy)
+    assert alone.server == "experts" and "no general model" in alone.reason
+    with pytest.raises(Exception, match="--server general needs the general model.*fix:"):
+        choose_design("general", gen, experts, None, policy)
+
+
+@pytest.mark.timeout(300)
+def test_a_general_model_bundle_serves_it_as_the_one_expert(tiny_system, tmp_path, capsys):
+    """build-system --server general: one expert, the general model, without 'other'; the edge's answers over
+    HTTP are the general model's on every offloaded image, the generalist's elsewhere, as offline."""
+    from test_bundle import _test_npz
+
+    from askexpert.models import open_checkpoint
+    from askexpert.routing import fit_temperature
+    from askexpert.runtime.clients import HttpExpertClient
+    from askexpert.runtime.edge import EdgeRunner, ExpertTarget
+    from askexpert.runtime.onnx_model import OnnxGeneralist
+    from askexpert.system.calibrate import general_as_expert, outputs_of
+    from askexpert.testbed.server import ServerProcess
+
+    out = tmp_path / "general"
+    assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),
+                 "--server", "general"]) == 0
+    assert "server design" in capsys.readouterr().out
+    m = open_system(out).manifest
+    assert m.design.server == "general" and m.design.chosen_by == "user" and len(m.experts) == 1
+    assert not m.experts[0].has_other and m.experts[0].classes == list(range(10)) and m.routing.reroute is None
+    gen = outputs_of(open_checkpoint(tiny_system["generalist"]), "the generalist")
+    g = outputs_of(open_checkpoint(tiny_system["general"]), "the general model")
+    general = general_as_expert(g, fit_temperature(g.val_logits, g.val_labels), 10)
+    policy = RoutingPolicy.from_spec(m.routing)
+    d = route(gen.test_logits, policy, membership_matrix(general.subsets, 10))
+    final, _ = finalize(d, *general.test.for_route(d.expert), policy)
+    n = 200
+    images = np.load(_test_npz(tiny_system, tmp_path / "t.npz", n))["images"]
+    with ServerProcess(out, threads=1) as url, HttpExpertClient(url) as client:
+        runner = EdgeRunner(OnnxGeneralist(open_system(out).generalist_onnx, threads=1), policy, client,
+                            [ExpertTarget(e.id, list(e.classes)) for e in m.experts])
+        traces = list(runner.run((images[i:i + 4], gen.test_labels[i:i + 4]) for i in range(0, n, 4)))
+    assert [t.route.offloaded for t in traces] == d.offload[:n].tolist() and not any(t.degraded for t in traces)
+    assert np.array_equal(np.array([t.pred for t in traces]), final[:n])

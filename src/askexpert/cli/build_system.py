@@ -54,7 +54,7 @@ def cmd_build_system(args: argparse.Namespace) -> int:
                           include_general=not args.no_general, archive=args.archive and not budget, name=args.name,
                           device=args.device, overwrite=args.overwrite, curve_ks=args.curve_k,
                           deferral=args.deferral, reroute=args.reroute, reroute_tries=args.reroute_tries,
-                          reroute_below=args.reroute_below)
+                          reroute_below=args.reroute_below, server=args.server)
     if budget:
         bundle = _plan_bundle(bundle, args)
         if args.archive:
@@ -75,6 +75,9 @@ def cmd_build_system(args: argparse.Namespace) -> int:
     if r.deferral is not None:
         table.add_row("learned deferral", f"{len(r.deferral.features)} features, L2 {r.deferral.l2:g} (5-fold CV), "
                       f"fitted on {r.deferral.fitted_on} validation images at k {r.deferral.k}")
+    if m.design is not None:
+        how = "chosen on validation" if m.design.chosen_by == "validation" else "as asked"
+        table.add_row("server design", f"{m.design.server} ({how}): {m.design.reason}")
     if r.reroute is not None:
         v = r.reroute.validation
         what = "the next expert" if r.reroute.to == "next" else "the general model"
@@ -155,6 +158,10 @@ def register(sub) -> None:
                    help="experts asked at most an image, the routed one included (default 2)")
     p.add_argument("--reroute-below", type=float, metavar="CONF",
                    help="also re-ask under this confidence (default: chosen on validation among 0, .3, .5, .7, .9)")
+    p.add_argument("--server", choices=("auto", "experts", "general"), default="auto",
+                   help="what the server holds: auto compares on validation the experts with their routing against "
+                   "the general model as the one expert (same offloaded images) and builds the better; experts or "
+                   "general builds that one (default auto)")
     p.add_argument("--no-general", action="store_true", help="leave the general model out of the bundle")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
     p.add_argument("--name", help="the system's name (default: the directory's)")

@@ -5,7 +5,8 @@ read the same definitions. ``system.json`` is schema-versioned; a bundle whose v
 not know is refused with the fix named. Version 2 added the operating curve (``curve``) and a
 budget's prediction (``operating_point.predicted``); version 3 the learned deferral rule
 (``routing.deferral``, with ``routing.confidence: learned``); version 4 re-routing on the server
-(``routing.reroute``). Older versions still load: a version-1 ``system.json`` without a curve, at its
+(``routing.reroute``) and the server design chosen on validation (``design``, ``experts[].has_other``). Older
+versions still load: a version-1 ``system.json`` without a curve, at its
 one tau; a version-2 one with its confidence rule; a version-3 one without re-routing.
 """
 
@@ -221,6 +222,19 @@ class ExpertEntry(ModelEntry):
     classes: list[int]
     class_names: list[str]
     temperature: float = Field(gt=0, description="softmax temperature of its answers (fitted on validation)")
+    has_other: bool = Field(True, description="its last output is 'other' (false: a general model serving as "
+                                              "the one expert, schema 4 on)")
+
+
+class DesignChoice(_Strict):
+    """Which server design the bundle holds (``build-system --server``), and the validation figures behind it:
+    the experts with their routing, or the general model as the one expert, at the same operating point."""
+
+    server: Literal["experts", "general"]
+    chosen_by: Literal["validation", "user"]
+    experts_val_accuracy: float | None = None
+    general_val_accuracy: float | None = None
+    reason: str
 
 
 class GeneralistEntry(ModelEntry):
@@ -258,6 +272,7 @@ class SystemManifest(_Strict):
     experts: list[ExpertEntry]
     general: GeneralEntry | None = None
     curve: OperatingCurve | None = Field(default=None, description="the operating curve (schema 2 on; none in 1)")
+    design: DesignChoice | None = Field(default=None, description="the server design and why (schema 4 on)")
     files: dict[str, str] = Field(description="path inside the bundle -> sha256 of the file")
 
     @model_validator(mode="after")

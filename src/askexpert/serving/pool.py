@@ -204,8 +204,8 @@ class ExpertPool:
             for e in m.experts:
                 if e.id in keep:
                     self.models[e.id] = ServedModel(e.id, self._load(opened.path(e.checkpoint)),
-                                                    list(e.classes) + [OTHER], e.class_names,
-                                                    temperature=e.temperature)
+                                                    list(e.classes) + ([OTHER] if e.has_other else []),
+                                                    e.class_names, temperature=e.temperature)
             if GENERAL in keep:
                 self.models[GENERAL] = ServedModel(GENERAL, self._load(opened.path(m.general.checkpoint)),
                                                    list(range(len(m.classes))), m.classes,

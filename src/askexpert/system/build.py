@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from askexpert.contract.schema import (
     ExpertEntry,
     GeneralEntry,
     GeneralistEntry,
+    Partition,
     RoutingSpec,
     SystemManifest,
 )
@@ -38,12 +40,13 @@ from askexpert.models.runs import ExpertRun, open_expert_run
 from askexpert.routing import fit_temperature
 from askexpert.system.calibrate import (
     ExpertSet,
-    Outputs,
+    choose_design,
     choose_reroute,
     choose_tau,
     data_identity,
     fit_learned_deferral,
     general_as_expert,
+    general_partition,
     load_experts,
     operating_curve,
     outputs_of,
@@ -89,7 +92,8 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
                  confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
                  archive: bool = False, name: str | None = None, device: str = "auto",
                  overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence",
-                 reroute: str = "none", reroute_tries: int = 2, reroute_below: float | None = None) -> System:
+                 reroute: str = "none", reroute_tries: int = 2, reroute_below: float | None = None,
+                 server: str = "experts") -> System:
     """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``, with
     its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes).
 
@@ -99,7 +103,16 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
 
     ``reroute``: ``next`` or ``general`` has the server re-ask the next expert of the generalist's ranking, or
     the general model, when the routed expert says "other" (:mod:`askexpert.contract.reroute`), at most
-    ``reroute_tries`` experts an image, and under a confidence chosen on validation (``reroute_below``: given)."""
+    ``reroute_tries`` experts an image, and under a confidence chosen on validation (``reroute_below``: given).
+
+    ``server`` (``askexpert build-system --server``, whose default is ``auto``; here ``experts``, what the caller
+    asked for): ``auto`` compares, on validation at the chosen operating point, the experts with their routing
+    against the general model as the one expert on the same offloaded images, and builds the better (the
+    experts on a tie); ``experts`` or ``general`` builds that design. The bundle records both figures and
+    the reason (``design``). A general-model bundle serves it as its one expert (no "other", no re-routing),
+    its operating point chosen again with it (max-prob where the experts' rule was learned)."""
+    if server not in ("auto", "experts", "general"):
+        raise ConfigError(f"unknown server design {server!r}", fix="use --server auto, experts or general")
     if deferral not in ("confidence", "learned"):
         raise ConfigError(f"unknown deferral {deferral!r}", fix="use --deferral confidence or --deferral learned")
     if reroute not in ("none", "next", "general"):
@@ -121,16 +134,24 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         rule_spec = DeferralSpec(**rule.to_dict(), fitted_on=fitted_on)
     policy, point = choose_tau(gen, experts, temperature=t_gen, k=min(k, classes), confidence=confidence,
                                fallback=fallback, offload=offload, accuracy=accuracy, tau=tau, deferral=rule)
+    general_set = None
+    if include_general and run.init is not None:
+        general_out = outputs_of(open_checkpoint(run.init), "the general model", device)
+        require_same_images(gen, general_out)
+        general_set = general_as_expert(general_out, fit_temperature(general_out.val_logits, general_out.val_labels),
+                                        classes)
     reroute_spec = None
     if reroute != "none":
-        general_set = None
-        if include_general and run.init is not None:
-            general_out = outputs_of(open_checkpoint(run.init), "the general model", device)
-            require_same_images(gen, general_out)
-            general_set = general_as_expert(general_out, fit_temperature(general_out.val_logits,
-                                                                         general_out.val_labels), classes)
         reroute_spec = choose_reroute(gen, experts, policy, tries=reroute_tries, to=reroute, general=general_set,
                                       below=reroute_below)
+    design = choose_design(server, gen, experts, general_set, replace(
+        policy, reroute=reroute_spec.rule() if reroute_spec is not None else None))
+    if design.server == "general":
+        experts, partition, reroute_spec, rule, rule_spec = general_set, general_partition(gen_meta.class_names), \
+            None, None, None
+        confidence = "max-prob" if confidence == "learned" else confidence
+        policy, point = choose_tau(gen, experts, temperature=t_gen, k=min(k, classes), confidence=confidence,
+                                   fallback=fallback, offload=offload, accuracy=accuracy, tau=tau)
     ks = sorted({min(x, classes) for x in (curve_ks or [1, 2, 3]) + [k]})
     curve = operating_curve(gen, experts, temperature=t_gen, ks=ks, confidence=confidence, fallback=fallback,
                             spec=gen_meta.model.input, deferral=rule)
@@ -139,8 +160,9 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    gen_entry, expert_entries, general_entry = _model_entries(staging, gen_ckpt, run, gen, experts,
-                                                              include_general, device)
+    gen_entry, expert_entries, general_entry = _model_entries(staging, gen_ckpt, partition, experts,
+                                                              general_set if include_general else None,
+                                                              has_other=design.server == "experts")
     files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
     manifest = SystemManifest(
         schema_version=SCHEMA_VERSION, name=name or out.name,
@@ -148,7 +170,8 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
         classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=partition,
         routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=policy.confidence,
                             fallback=fallback, operating_point=point, deferral=rule_spec, reroute=reroute_spec),
-        generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, files=files,
+        generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, design=design,
+        files=files,
     )
     (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,27 +190,23 @@ def _fresh_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _model_entries(staging: Path, gen_ckpt: StoredCheckpoint, run: ExpertRun, gen: Outputs, experts: ExpertSet,
-                   include_general: bool,
-                   device: str) -> tuple[GeneralistEntry, list[ExpertEntry], GeneralEntry | None]:
+def _model_entries(staging: Path, gen_ckpt: StoredCheckpoint, partition: Partition, experts: ExpertSet,
+                   general: ExpertSet | None, *,
+                   has_other: bool) -> tuple[GeneralistEntry, list[ExpertEntry], GeneralEntry | None]:
     """Every model of the bundle written into ``staging`` (the generalist also in ONNX), as manifest entries."""
     from askexpert.models.onnx_export import export_onnx
 
     export_onnx(gen_ckpt, staging / "generalist.onnx")
     gen_entry = GeneralistEntry(onnx="generalist.onnx", **_copy_checkpoint(gen_ckpt, staging, "generalist"))
-    partition = run.partition
     expert_entries = [
         ExpertEntry(id=str(e), classes=list(subset), class_names=partition.names(e), temperature=temp,
-                    **_copy_checkpoint(stem, staging, f"experts/expert-{e}"))
+                    has_other=has_other, **_copy_checkpoint(open_checkpoint(stem), staging, f"experts/expert-{e}"))
         for e, (subset, stem, temp) in enumerate(zip(partition.experts, experts.checkpoints, experts.temperatures,
                                                       strict=True))]
     general_entry = None
-    if include_general and run.init is not None:
-        init = open_checkpoint(run.init)
-        general = outputs_of(init, "the general model", device)
-        require_same_images(gen, general)
-        general_entry = GeneralEntry(temperature=fit_temperature(general.val_logits, general.val_labels),
-                                     **_copy_checkpoint(init, staging, "general"))
+    if general is not None:
+        general_entry = GeneralEntry(temperature=general.temperatures[0],
+                                     **_copy_checkpoint(open_checkpoint(general.checkpoints[0]), staging, "general"))
     return gen_entry, expert_entries, general_entry
 
 

@@ -20,9 +20,11 @@ from askexpert.contract.reroute import Reroute
 from askexpert.contract.schema import (
     CurvePoint,
     DataIdentity,
+    DesignChoice,
     InputSpec,
     OperatingCurve,
     OperatingPoint,
+    Partition,
     RerouteSpec,
 )
 from askexpert.errors import ConfigError
@@ -44,6 +46,7 @@ from askexpert.routing import (
     tau_for_offload,
 )
 from askexpert.routing.deferral import DeferralModel, fit_deferral, gains
+from askexpert.routing.metrics import share
 from askexpert.runtime.session import GeneralistRun
 from askexpert.training.evaluate import subset_targets
 from askexpert.training.logits import cached_logits
@@ -240,6 +243,43 @@ def choose_reroute(generalist: Outputs, experts: ExpertSet, policy: RoutingPolic
     return RerouteSpec(tries=tries, to=to, below=chosen, validation={
         "accuracy": best.accuracy, "accuracy_without": plain.accuracy, "coverage": best.coverage,
         "coverage_without": plain.coverage, "expert_calls_per_offload": best.expert_calls_per_offload})
+
+
+def general_partition(class_names: list[str]) -> Partition:
+    """The one-expert partition of a bundle whose server is the general model (``--server general``)."""
+    return Partition(method="general", class_names=list(class_names), experts=[list(range(len(class_names)))],
+                     details={"why": "the general model as the one expert"}).check()
+
+
+def choose_design(server: str, generalist: Outputs, experts: ExpertSet, general: ExpertSet | None,
+                  policy: RoutingPolicy) -> DesignChoice:
+    """Experts or the general model on the server: both on validation at ``policy`` (the experts with its
+    routing, re-routing included; the general model answering the same offloaded images), the better built
+    under ``auto`` (the experts on a tie), or the one the user named."""
+    if general is None:
+        if server == "general":
+            raise ConfigError("--server general needs the general model in the bundle",
+                              fix="drop --no-general (the expert run must name its general model), or --server experts")
+        return DesignChoice(server="experts", chosen_by="user" if server == "experts" else "validation",
+                            reason="no general model to compare with (the expert run names none, or --no-general)")
+    n = generalist.val_logits.shape[1]
+    labels = generalist.val_labels
+    e_acc = system_metrics(generalist.val_logits, labels, experts.membership(n), experts.val, policy,
+                           general=general.val).accuracy
+    d = Router(replace(policy, reroute=None), experts.membership(n)).route(generalist.val_logits)
+    g_final, _ = finalize(d, general.val.pred[0], general.val.conf[0], policy)
+    g_acc = share(g_final == labels)
+    figures = (f"on validation, offloading the same {100 * float(d.offload.mean()):.1f}% of images, the experts with "
+               f"their routing answer {e_acc:.2f}%, the general model as the one expert {g_acc:.2f}%")
+    if server == "auto":
+        chosen = "general" if g_acc > e_acc else "experts"
+        reason = f"{figures}: the {'general model' if chosen == 'general' else 'experts'} built"
+        return DesignChoice(server=chosen, chosen_by="validation", experts_val_accuracy=e_acc,
+                            general_val_accuracy=g_acc, reason=reason)
+    better = "general" if g_acc > e_acc else "experts"
+    reason = f"{figures}: --server {server} as asked" + ("" if better == server else f" (the {better} lead)")
+    return DesignChoice(server=server, chosen_by="user", experts_val_accuracy=e_acc, general_val_accuracy=g_acc,
+                        reason=reason)
 
 
 def generalist_policy(generalist: StoredCheckpoint, *, offload_rate: float, k: int, confidence: str = "max-prob",
