@@ -10,7 +10,8 @@ it finishes; a rerun skips the finished units and says so. One seed is the small
 alone: its system-level comparisons need the generalist, the general models and every expert together, and
 trained models do not outlive a session (a d128 unit takes well under a session). ``--git-commit`` commits
 each unit's file as it is written, so a study spans sessions. A unit whose starts are not committed yet is
-skipped, naming the command that makes them.
+skipped, naming the command that makes them (``--prepare`` trains the rest of it meanwhile, where only the next
+width's start is missing; for d128 that start, the 3.5 M model's, is optional).
 
 Per unit (width W: d32 = the edge generalist's size, d64, d128; the generalist is d32 in every unit):
 
@@ -58,6 +59,7 @@ WIDTHS = {"d32": "vit-micro-edge-32g", "d64": "vit-mini-edge-32g", "d128": "vit-
           "d256": "vit-mini-large-32g"}
 NEXT = {"d32": "d64", "d64": "d128", "d128": "d256"}
 RECIPES = ("static", "progressive", "static-overlap")
+OPTIONAL_NEXT = {"d128"}  # the next width's start (3.5 M, about 4 hours of pretraining) is optional there
 FOURX = "equal memory (next width)"
 OFFLOAD = 0.3
 
@@ -74,20 +76,27 @@ def starts_for(width: str, profile: str, data_root: Path | None, out: Path) -> d
     """The weights files of the edge, width-W and next-width starts; or why the unit cannot run yet. The full
     profile uses committed starts only (never an hour of pretraining inside a unit); the smoke profile
     pretrains one epoch on the tiny pool."""
-    from askexpert.models.starts import find_start, restored_file
-    from askexpert.training.pretrain import command, pretrain
+    from askexpert.training.pretrain import pretrain
 
     models = {"edge": EDGE, "width": WIDTHS[width], "next": WIDTHS[NEXT[width]]}
     if profile == "smoke":
         extra = [f"data.root={data_root}"]
         return {k: str(pretrain(m, epochs=1, out=out / f"start-{m}", overrides=extra).weights)
                 for k, m in models.items()}
+    return committed_starts(width, with_next=width not in OPTIONAL_NEXT)
+
+
+def committed_starts(width: str, *, with_next: bool) -> dict[str, str | None] | str:
+    """The committed starts of a unit (the next width's required only ``with_next``), or why it cannot run."""
+    from askexpert.models.starts import find_start, restored_file
+    from askexpert.training.pretrain import command
+
     files = {}
-    for key, model in models.items():
+    for key, model in (("edge", EDGE), ("width", WIDTHS[width]), ("next", WIDTHS[NEXT[width]])):
         record = find_start("han100-pool", model)
-        if record is None:
+        if record is None and (key != "next" or with_next):
             return f"no committed start of {model}: make it with {command(model, 'han100-pool', 20, 1e-3, 0)}"
-        files[key] = str(restored_file(record))
+        files[key] = str(restored_file(record)) if record is not None else None
     return files
 
 
@@ -107,6 +116,9 @@ def pipeline(setting: Setting, width: str, seed: int, starts: dict[str, str], da
                                                             *over), router=router, init=init, partition=partition))
     medium = (f"model.name={WIDTHS[width]}", f"model.pretrained_file={starts['width']}")
     nxt = NEXT[width]
+    fourx = ((FOURX, setting.general, (f"name={setting.general}-{nxt}", f"model.name={WIDTHS[nxt]}",
+                                       f"model.pretrained_file={starts['next']}",
+                                       f"train.epochs={setting.general_epochs}")),) if starts.get("next") else ()
     return PipelineSpec(
         setting.generalist, setting.general, tuple(experts), common=tuple(common),
         generalist_overrides=(f"train.epochs={setting.generalist_epochs}", f"model.pretrained_file={starts['edge']}"),
@@ -114,9 +126,7 @@ def pipeline(setting: Setting, width: str, seed: int, starts: dict[str, str], da
         n_experts=setting.n_experts, suffix=f"-seed{seed}",
         other_generals=((PER_EXPERT, setting.general, (f"name={setting.general}-{width}-b",
                                                        f"train.epochs={setting.general_b_epochs}", *medium)),
-                        (FOURX, setting.general, (f"name={setting.general}-{nxt}", f"model.name={WIDTHS[nxt]}",
-                                                  f"model.pretrained_file={starts['next']}",
-                                                  f"train.epochs={setting.general_epochs}"))),
+                        *fourx),
         partition_overrides=dict(setting.partition),
         other_partitions=(("overlap", {**setting.partition, "holders": 2}),))
 
@@ -140,7 +150,10 @@ def run_unit(setting: Setting, width: str, seed: int, starts: dict[str, str], ou
     kw = dict(ks=(3,), rates=(OFFLOAD,), headline_rate=OFFLOAD, headline_k=3)
     report = evaluate_system(trained.generalist, trained.general, trained.experts,
                              other_generals={PER_EXPERT: trained.other_generals[PER_EXPERT]}, **kw)
-    fourx = evaluate_system(trained.generalist, trained.other_generals[FOURX], {}, **kw)
+    fourx = None
+    if FOURX in trained.other_generals:
+        fourx = evaluate_system(trained.generalist, trained.other_generals[FOURX], {}, **kw)
+        fourx = fourx.headline["general model as the expert"]
     routing = routing_variants(trained.generalist, trained.general, trained.experts)
     restricted = restricted_name("", None)  # the partitions differ (overlap): the static experts' one
     restricted = restricted if restricted in report.controls else restricted_name("", "static")
@@ -149,14 +162,14 @@ def run_unit(setting: Setting, width: str, seed: int, starts: dict[str, str], ou
         "partition": json.loads(trained.partition.read_text())["experts"],
         "partition_overlap": json.loads((out / f"partition-overlap-seed{seed}.json").read_text())["experts"],
         "models": {k: _model_record(p) for k, p in (("generalist", trained.generalist), ("general", trained.general),
-                                                    (FOURX, trained.other_generals[FOURX]))},
+                                                    *trained.other_generals.items()) if k != PER_EXPERT},
         "experts": {label: _expert_record(label, run, report, trained) for label, run in trained.experts.items()},
         "routing": [r.to_json() for r in routing],
         "controls": {
             "general_as_expert_system_accuracy": report.headline["general model as the expert"].test.accuracy,
             "general_as_expert_val_accuracy": report.headline["general model as the expert"].val.accuracy,
-            "next_width_as_expert_system_accuracy": fourx.headline["general model as the expert"].test.accuracy,
-            "next_width_as_expert_val_accuracy": fourx.headline["general model as the expert"].val.accuracy,
+            "next_width_as_expert_system_accuracy": fourx.test.accuracy if fourx else None,
+            "next_width_as_expert_val_accuracy": fourx.val.accuracy if fourx else None,
             "restricted_general_subset_accuracy_test_mean": statistics.mean(report.subset_accuracy[restricted]),
             "restricted_general_system_accuracy": report.controls[restricted].test.accuracy,
             "generalist_alone": report.baselines["generalist"].accuracy,
@@ -187,6 +200,15 @@ def run_units(args, command: str) -> None:
                 print(f"unit {width} seed {seed}: finished ({path}), skipped", flush=True)
                 continue
             starts = starts_for(width, args.profile, data_root, out)
+            if isinstance(starts, str) and args.prepare:
+                partial = committed_starts(width, with_next=False)
+                if isinstance(partial, str):
+                    print(f"unit {width} seed {seed}: not prepared, {partial}", flush=True)
+                    continue
+                train_system(pipeline(setting, width, seed, partial, data_root), out)
+                print(f"unit {width} seed {seed}: prepared (every model but the next width's, whose start is "
+                      f"missing: {starts})", flush=True)
+                continue
             if isinstance(starts, str):
                 print(f"unit {width} seed {seed}: not run, {starts}", flush=True)
                 continue
@@ -223,6 +245,7 @@ def summarise_width(units: list[dict]) -> dict:
     system_any = [_variant(u, *best_any)["test_accuracy"] for u in units]
     general = [u["controls"]["general_as_expert_system_accuracy"] for u in units]
     nxt = [u["controls"]["next_width_as_expert_system_accuracy"] for u in units]
+    nxt = nxt if all(v is not None for v in nxt) else None  # the next width's control (optional for d128)
     sub = {r: [u["experts"][r]["subset_accuracy_no_other_test_mean"] for u in units] for r in ("static", "progressive")}
     models = units[0]["models"]
     return {
@@ -235,17 +258,17 @@ def summarise_width(units: list[dict]) -> dict:
                                                                     for u in units])} for e, v in names},
         "chosen": {"equal_compute": " / ".join(best), "any": " / ".join(best_any)},
         "system": {"experts": _ms(system), "experts_any_routing": _ms(system_any),
-                   "general_as_expert": _ms(general), "next_width_as_expert": _ms(nxt)},
+                   "general_as_expert": _ms(general), "next_width_as_expert": _ms(nxt) if nxt else None},
         "paired": {"experts_minus_general_as_expert_system": paired(system, general),
                    "experts_any_routing_minus_general_as_expert_system": paired(system_any, general),
-                   "experts_minus_next_width_as_expert_system": paired(system, nxt),
+                   "experts_minus_next_width_as_expert_system": paired(system, nxt) if nxt else None,
                    "progressive_minus_static_subset_no_other": paired(sub["progressive"], sub["static"])},
         "server": {"expert_parameters": models["general"]["parameters"],
                    "experts_parameters": 4 * models["general"]["parameters"],
                    "general_parameters": models["general"]["parameters"],
-                   "next_width_parameters": models[FOURX]["parameters"],
+                   "next_width_parameters": models[FOURX]["parameters"] if FOURX in models else None,
                    "expert_flops": models["general"]["flops_per_image"],
-                   "next_width_flops": models[FOURX]["flops_per_image"]},
+                   "next_width_flops": models[FOURX]["flops_per_image"] if FOURX in models else None},
         "minutes_per_unit": _ms([u["timings"]["total_s"] / 60 for u in units]),
         "cpu": units[0]["machine"]["cpu"],
     }
@@ -257,6 +280,21 @@ def summarise(results: Path) -> dict:
         unit = json.loads(f.read_text())
         by_width.setdefault(unit["width"], []).append(unit)
     return {"widths": {w: summarise_width(us) for w, us in sorted(by_width.items(), key=lambda kv: int(kv[0][1:]))}}
+
+
+def merge_into_summary(results: Path, summary: dict) -> None:
+    """The map in the han100 experiment's ``summary.json``: one regime a width (``han100-d32`` ...) beside the
+    d128 regime's own (``han100``, unchanged), and a ``routing`` section (coverage of every variant, a width)."""
+    path = results / "summary.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {"regimes": {}}
+    for w, s in summary["widths"].items():
+        merged.setdefault("regimes", {})[f"han100-{w}"] = s
+    merged["routing"] = {w: s["coverage"] for w, s in summary["widths"].items()}
+    path.write_text(json.dumps(merged, indent=1))
+
+
+def _fmt(m: dict | None) -> str:
+    return "not run" if m is None else f"{m['mean']:.2f} +/- {m['std']:.2f}"
 
 
 def _ci(p: dict) -> str:
@@ -272,7 +310,8 @@ def table(summary: dict) -> str:
         sy = s["system"]
         lines.append(f"| {w} | {len(s['seeds'])} | {sy['experts']['mean']:.2f} +/- {sy['experts']['std']:.2f} "
                      f"({s['chosen']['equal_compute']}) | {sy['general_as_expert']['mean']:.2f} +/- "
-                     f"{sy['general_as_expert']['std']:.2f} | {sy['next_width_as_expert']['mean']:.2f} | "
+                     f"{sy['general_as_expert']['std']:.2f} | "
+                     f"{_fmt(sy['next_width_as_expert'])} | "
                      f"{_ci(s['paired']['experts_minus_general_as_expert_system'])} | "
                      f"{_ci(s['paired']['progressive_minus_static_subset_no_other'])} | "
                      f"{s['minutes_per_unit']['mean']:.1f} |")
@@ -305,6 +344,9 @@ def plot(summary: dict, results: Path) -> Path:
                                        s["server"]["next_width_parameters"], s["server"]["next_width_flops"],
                                        s["system"]["next_width_as_expert"]))):
             pts = [pick(s) for s in summary["widths"].values()]
+            pts = [p for p in pts if p[2] is not None and p[0] is not None]
+            if not pts:
+                continue
             xs = [p[0] if key == "parameters" else p[1] / 1e6 for p in pts]
             ax.errorbar(xs, [p[2]["mean"] for p in pts], yerr=[p[2]["std"] for p in pts], fmt=style, capsize=3,
                         label=label)
@@ -329,6 +371,9 @@ def main() -> None:
     ap.add_argument("--profile", choices=("cpu", "smoke"), default="cpu")
     ap.add_argument("--summary", action="store_true", help="train nothing: summarise the unit files present")
     ap.add_argument("--force", action="store_true", help="run finished units again")
+    ap.add_argument("--prepare", action="store_true",
+                    help="for a unit whose next width's start is not committed yet: train every other model now "
+                    "(the unit, run later in the same output directory, reuses them)")
     ap.add_argument("--git-commit", action="store_true", help="commit each unit's file when it is written")
     ap.add_argument("--output-dir", type=Path, default=None, help="run directories (default runs/map-REGIME)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -342,9 +387,12 @@ def main() -> None:
     if not args.summary:
         run_units(args, command)
     summary = summarise(args.results)
+    if args.prepare and not summary["widths"]:
+        return  # models trained ahead of their units: nothing to summarise yet
     if not summary["widths"]:
         raise SystemExit(f"no unit files in {args.results / 'map' / 'units'}: run units first")
     (args.results / "map.json").write_text(json.dumps(summary, indent=1))
+    merge_into_summary(args.results, summary)
     text = table(summary)
     (args.results / "map.md").write_text(text + "\n")
     print("\n" + text + f"\nplot: {plot(summary, args.results)}")

@@ -629,6 +629,10 @@ def main() -> None:
     if not summary["regimes"]:
         raise SystemExit(f"no seed results in {directory}: run without --summary first")
     (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+    if (directory / "map.json").is_file():  # the capacity map's widths and routing (benchmarks/capacity_map.py)
+        from capacity_map import merge_into_summary
+
+        merge_into_summary(directory, json.loads((directory / "map.json").read_text()))
     text = table(summary)
     (directory / "summary.md").write_text(text + "\n")
     pictures = [p for p in [plot(summary, directory)] if p]

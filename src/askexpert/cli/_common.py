@@ -64,6 +64,9 @@ def print_edge_summary(report, title: str = "edge run", energy=None) -> None:
                           f"{s.offloaded_accuracy:.2f} / {s.offloaded_generalist_accuracy:.2f}")
     table.add_row("offload rate %", f"{s.offload_rate:.1f} (tau {p.tau:.3f}, k {p.k}, {p.confidence})")
     table.add_row("expert fallbacks ('other') / degraded (no answer)", f"{s.expert_fallbacks} / {s.degraded}")
+    if s.expert_calls_per_offload > 1:
+        table.add_row("re-routing on the server", f"{s.expert_calls_per_offload:.2f} experts asked an offload; "
+                      f"{s.rerouted} answered by another expert than the routed one")
     if report.resumed:
         table.add_row("resumed", f"{report.resumed} answers from the interrupted run (latency: this run's only)")
     lat = s.latency_ms

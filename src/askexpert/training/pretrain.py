@@ -31,6 +31,7 @@ from askexpert.config import load_run_config
 from askexpert.data import load_dataset
 from askexpert.data.han import POOL
 from askexpert.devices import cpu_model, resolve_device
+from askexpert.errors import ConfigError
 from askexpert.models import load_checkpoint
 from askexpert.models.starts import (
     StartRecord,
@@ -98,6 +99,9 @@ def pretrain(model: str, *, pool: str = POOL, epochs: int = DEFAULT_EPOCHS, lr: 
     weights file. ``fresh``: neither reuse nor resume anything. ``commit``: keep the result in the store
     (the start when finished, its training state when ``budget_min`` stopped it). ``store``: the starts'
     folder (default :func:`askexpert.models.starts.store_dir`)."""
+    if budget_min is not None and budget_min <= 0:
+        raise ConfigError(f"a budget of {budget_min:g} minutes trains nothing",
+                          fix="give --budget-min a positive number of minutes, or leave it out")
     record = None if fresh else find_start(pool, model, store)
     if out is None and _matches(record, epochs, lr, seed):
         return Pretrained(restored_file(record, store), default_dir(pool, model, epochs, seed, lr), pool, model,
