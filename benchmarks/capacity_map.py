@@ -269,6 +269,9 @@ def summarise_width(units: list[dict]) -> dict:
                    "next_width_parameters": models[FOURX]["parameters"] if FOURX in models else None,
                    "expert_flops": models["general"]["flops_per_image"],
                    "next_width_flops": models[FOURX]["flops_per_image"] if FOURX in models else None},
+        "training_images": {r: statistics.mean(sum((b or {}).get("images", 0) for b in u["experts"][r]["budget"])
+                                               for u in units) for r in RECIPES if r in units[0]["experts"]},
+        "class_slots": {r: units[0]["experts"][r]["class_slots"] for r in RECIPES if r in units[0]["experts"]},
         "minutes_per_unit": _ms([u["timings"]["total_s"] / 60 for u in units]),
         "cpu": units[0]["machine"]["cpu"],
     }
@@ -315,6 +318,11 @@ def table(summary: dict) -> str:
                      f"{_ci(s['paired']['experts_minus_general_as_expert_system'])} | "
                      f"{_ci(s['paired']['progressive_minus_static_subset_no_other'])} | "
                      f"{s['minutes_per_unit']['mean']:.1f} |")
+    lines += ["", "| width | experts | classes held (all experts) | training images (all experts) |",
+              "|---|---|---|---|"]
+    for w, s in summary["widths"].items():
+        for r, images in s["training_images"].items():
+            lines.append(f"| {w} | {r} | {s['class_slots'][r]} | {images:,.0f} |")
     lines += ["", "| width | experts / routing | val % | test % | coverage % | expert calls an offload |",
               "|---|---|---|---|---|---|"]
     for w, s in summary["widths"].items():
