@@ -216,8 +216,8 @@ def run_units(args, command: str) -> None:
             unit = run_unit(setting, width, seed, starts, out, data_root)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"machine": info, "command": command, **unit}, indent=1))
-            print(f"unit {width} seed {seed}: {unit['timings']['total_s'] / 60:.1f} min on {describe(info)}; {path}",
-                  flush=True)
+            print(f"unit {width} seed {seed}: {unit_minutes(unit):.1f} min of training and evaluation "
+                  f"({unit['timings']['total_s'] / 60:.1f} min this call) on {describe(info)}; {path}", flush=True)
             if args.git_commit:
                 git_commit(path, f"Capacity map: unit {width} seed {seed}")
 
@@ -229,6 +229,12 @@ def _ms(values: list[float]) -> dict:
 
 def _variant(unit: dict, recipe: str, name: str) -> dict:
     return next(r for r in unit["routing"] if r["experts"] == recipe and r["variant"] == name)
+
+
+def unit_minutes(unit: dict) -> float:
+    """A unit's compute: every model's training time as its run recorded it (a model trained ahead of the unit,
+    by --prepare or an interrupted invocation, included) and the evaluation; not the wall time of one call."""
+    return sum(v for k, v in unit["timings"].items() if k != "total_s") / 60
 
 
 def summarise_width(units: list[dict]) -> dict:
@@ -272,7 +278,7 @@ def summarise_width(units: list[dict]) -> dict:
         "training_images": {r: statistics.mean(sum((b or {}).get("images", 0) for b in u["experts"][r]["budget"])
                                                for u in units) for r in RECIPES if r in units[0]["experts"]},
         "class_slots": {r: units[0]["experts"][r]["class_slots"] for r in RECIPES if r in units[0]["experts"]},
-        "minutes_per_unit": _ms([u["timings"]["total_s"] / 60 for u in units]),
+        "minutes_per_unit": _ms([unit_minutes(u) for u in units]),
         "cpu": units[0]["machine"]["cpu"],
     }
 
