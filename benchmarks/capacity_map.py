@@ -59,6 +59,7 @@ WIDTHS = {"d32": "vit-micro-edge-32g", "d64": "vit-mini-edge-32g", "d128": "vit-
           "d256": "vit-mini-large-32g"}
 NEXT = {"d32": "d64", "d64": "d128", "d128": "d256"}
 RECIPES = ("static", "progressive", "static-overlap")
+GENERAL_ONE, NEXT_ONE = "general model (width W)", "general model (next width)"  # the one-expert designs' rows
 OPTIONAL_NEXT = {"d128"}  # the next width's start (3.5 M, about 4 hours of pretraining) is optional there
 FOURX = "equal memory (next width)"
 OFFLOAD = 0.3
@@ -154,7 +155,8 @@ def run_unit(setting: Setting, width: str, seed: int, starts: dict[str, str], ou
     if FOURX in trained.other_generals:
         fourx = evaluate_system(trained.generalist, trained.other_generals[FOURX], {}, **kw)
         fourx = fourx.headline["general model as the expert"]
-    routing = routing_variants(trained.generalist, trained.general, trained.experts)
+    ones = {GENERAL_ONE: trained.general, **({NEXT_ONE: trained.other_generals[FOURX]} if fourx else {})}
+    routing = routing_variants(trained.generalist, trained.general, trained.experts, one_models=ones)
     restricted = restricted_name("", None)  # the partitions differ (overlap): the static experts' one
     restricted = restricted if restricted in report.controls else restricted_name("", "static")
     return {
@@ -240,34 +242,51 @@ def unit_minutes(unit: dict) -> float:
 def summarise_width(units: list[dict]) -> dict:
     """One width's figures over its seeds (module docstring: the experts' system chosen on validation)."""
     units = sorted(units, key=lambda u: u["seed"])
-    names = sorted({(r["experts"], r["variant"]) for r in units[0]["routing"]})
+    every = sorted({(r["experts"], r["variant"]) for r in units[0]["routing"]})
+    names = [n for n in every if n[0] not in (GENERAL_ONE, NEXT_ONE)]
     single = [n for n in names if _variant(units[0], *n)["expert_calls_per_offload"] <= 1.0]
 
     def val(n):
         return statistics.mean(_variant(u, *n)["val_accuracy"] for u in units)
 
+    def one(label):  # a one-expert design with its best routing on validation (None: not in these units)
+        rows = [n for n in every if n[0] == label]
+        return max(rows, key=val) if rows and all(any(r["experts"] == label for r in u["routing"]) for u in units) \
+            else None
+
     best, best_any = max(single, key=val), max(names, key=val)
     system = [_variant(u, *best)["test_accuracy"] for u in units]
     system_any = [_variant(u, *best_any)["test_accuracy"] for u in units]
-    general = [u["controls"]["general_as_expert_system_accuracy"] for u in units]
-    nxt = [u["controls"]["next_width_as_expert_system_accuracy"] for u in units]
+    general_best, next_best = one(GENERAL_ONE), one(NEXT_ONE)
+    general = [_variant(u, *general_best)["test_accuracy"] if general_best else
+               u["controls"]["general_as_expert_system_accuracy"] for u in units]
+    nxt = [_variant(u, *next_best)["test_accuracy"] if next_best else
+           u["controls"]["next_width_as_expert_system_accuracy"] for u in units]
     nxt = nxt if all(v is not None for v in nxt) else None  # the next width's control (optional for d128)
     sub = {r: [u["experts"][r]["subset_accuracy_no_other_test_mean"] for u in units] for r in ("static", "progressive")}
     models = units[0]["models"]
     return {
         "seeds": [u["seed"] for u in units],
         "coverage": {f"{e}: {v}": statistics.mean(_variant(u, e, v)["coverage"] for u in units) for e, v in names},
+        "top3_system": {r: _ms([u["experts"][r]["system_accuracy_top3"] for u in units]) for r in RECIPES
+                        if r in units[0]["experts"]},
         "variants": {f"{e}: {v}": {"val_accuracy": _ms([_variant(u, e, v)["val_accuracy"] for u in units]),
                                    "test_accuracy": _ms([_variant(u, e, v)["test_accuracy"] for u in units]),
                                    "coverage": _ms([_variant(u, e, v)["coverage"] for u in units]),
                                    "expert_calls_per_offload": _ms([_variant(u, e, v)["expert_calls_per_offload"]
-                                                                    for u in units])} for e, v in names},
-        "chosen": {"equal_compute": " / ".join(best), "any": " / ".join(best_any)},
+                                                                    for u in units])}
+                     for e, v in every if all(any(r["experts"] == e for r in u["routing"]) for u in units)},
+        "chosen": {"equal_compute": " / ".join(best), "any": " / ".join(best_any),
+                   "general": " / ".join(general_best) if general_best else "top-3",
+                   "next_width": " / ".join(next_best) if next_best else "top-3"},
         "system": {"experts": _ms(system), "experts_any_routing": _ms(system_any),
                    "general_as_expert": _ms(general), "next_width_as_expert": _ms(nxt) if nxt else None},
         "paired": {"experts_minus_general_as_expert_system": paired(system, general),
                    "experts_any_routing_minus_general_as_expert_system": paired(system_any, general),
                    "experts_minus_next_width_as_expert_system": paired(system, nxt) if nxt else None,
+                   "top3_progressive_minus_general_as_expert_top3": paired(
+                       [u["experts"]["progressive"]["system_accuracy_top3"] for u in units],
+                       [u["controls"]["general_as_expert_system_accuracy"] for u in units]),
                    "progressive_minus_static_subset_no_other": paired(sub["progressive"], sub["static"])},
         "server": {"expert_parameters": models["general"]["parameters"],
                    "experts_parameters": 4 * models["general"]["parameters"],
@@ -312,15 +331,16 @@ def _ci(p: dict) -> str:
 
 
 def table(summary: dict) -> str:
-    lines = ["| width | seeds | experts' system (routing chosen on val, 1 call) | general model as the one expert | "
-             "next width as the one expert (equal memory) | experts - general (equal compute) | "
+    lines = ["| width | seeds | experts' system (routing chosen on val, 1 call) | general model as the one expert "
+             "(routing chosen on val) | next width as the one expert (equal memory) | "
+             "experts - general (equal compute) | "
              "progressive - static, subsets no 'other' | min a unit |", "|---|---|---|---|---|---|---|---|"]
     for w, s in summary["widths"].items():
         sy = s["system"]
         lines.append(f"| {w} | {len(s['seeds'])} | {sy['experts']['mean']:.2f} +/- {sy['experts']['std']:.2f} "
-                     f"({s['chosen']['equal_compute']}) | {sy['general_as_expert']['mean']:.2f} +/- "
-                     f"{sy['general_as_expert']['std']:.2f} | "
-                     f"{_fmt(sy['next_width_as_expert'])} | "
+                     f"({s['chosen']['equal_compute']}) | {_fmt(sy['general_as_expert'])} "
+                     f"({s['chosen']['general']}) | "
+                     f"{_fmt(sy['next_width_as_expert'])} ({s['chosen']['next_width']}) | "
                      f"{_ci(s['paired']['experts_minus_general_as_expert_system'])} | "
                      f"{_ci(s['paired']['progressive_minus_static_subset_no_other'])} | "
                      f"{s['minutes_per_unit']['mean']:.1f} |")

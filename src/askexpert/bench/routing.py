@@ -85,7 +85,7 @@ def variants_of(gen: Outputs, general: ExpertSet, experts: ExpertSet, *, offload
     tau = tau_for_offload(validation_confidence(gen, t_gen, "max-prob"), offload)
     base = RoutingPolicy(tau=tau, k=min(k, n), temperature=t_gen, fallback=fallback)
     whole = replace(base, k=n)
-    up, down = one_image_bytes(experts.checkpoints[0].meta.model.input)
+    up, down = one_image_bytes(open_checkpoint(experts.checkpoints[0]).meta.model.input)
     label = experts.label
 
     def rerouted(policy: RoutingPolicy, tries: int, to: str) -> RoutingPolicy:
@@ -106,10 +106,30 @@ def variants_of(gen: Outputs, general: ExpertSet, experts: ExpertSet, *, offload
     return [_row(label, name, gen, experts, general, policy, up, down) for name, policy in policies]
 
 
+def one_model_variants(gen: Outputs, model: ExpertSet, *, offload: float = 0.3, k: int = 3, fallback: str = "other",
+                       learned: bool = True) -> list[VariantRow]:
+    """A general model as the one expert under the variants that apply to one expert (the top-k rule, and
+    the learned deferral rule fitted for it): the other design, each with its own best routing."""
+    n = gen.val_logits.shape[1]
+    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
+    base = RoutingPolicy(tau=tau_for_offload(validation_confidence(gen, t_gen, "max-prob"), offload), k=min(k, n),
+                         temperature=t_gen, fallback=fallback)
+    up, down = one_image_bytes(open_checkpoint(model.checkpoints[0]).meta.model.input)
+    policies = [(f"top-{base.k}", base)]
+    if learned:
+        rule, _ = fit_learned_deferral(gen, model, temperature=t_gen, k=base.k, fallback=fallback)
+        scored = replace(base, confidence="learned", deferral=rule, tau=1.0)
+        policies.append(("learned deferral", replace(scored, tau=tau_for_offload(
+            policy_scores(gen.val_logits, scored, model), offload))))
+    return [_row(model.label, name, gen, model, model, policy, up, down) for name, policy in policies]
+
+
 def routing_variants(generalist: Path, general: Path, expert_runs: dict[str, Path], *, offload: float = 0.3,
-                     k: int = 3, device: str = "auto", learned: bool = True) -> list[VariantRow]:
+                     k: int = 3, device: str = "auto", learned: bool = True,
+                     one_models: dict[str, Path] | None = None) -> list[VariantRow]:
     """Every routing variant (module docstring) of every expert run, from the saved models (logits cached
-    beside each checkpoint)."""
+    beside each checkpoint); ``one_models`` (label -> run): all-class models evaluated as the one expert
+    (:func:`one_model_variants`), each row's ``experts`` its label."""
     gen = outputs_of(open_checkpoint(generalist), "the generalist", device)
     general_out = outputs_of(open_checkpoint(general), "the general model", device)
     require_same_images(gen, general_out)
@@ -119,4 +139,9 @@ def routing_variants(generalist: Path, general: Path, expert_runs: dict[str, Pat
     for label, run in expert_runs.items():
         experts = load_experts(open_expert_run(run), label, gen, device)
         rows += variants_of(gen, general_set, experts, offload=offload, k=k, learned=learned)
+    for label, run in (one_models or {}).items():
+        out = outputs_of(open_checkpoint(run), label, device)
+        require_same_images(gen, out)
+        model = replace(general_as_expert(out, fit_temperature(out.val_logits, out.val_labels), n), label=label)
+        rows += one_model_variants(gen, model, offload=offload, k=k, learned=learned)
     return rows
