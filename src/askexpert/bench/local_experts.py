@@ -77,7 +77,9 @@ class LocalExperts:
                                   temperature=spec.temperature))
         return out
 
-    def infer(self, expert_id: str, images: np.ndarray) -> ExpertReply:
+    def infer(self, expert_id: str, images: np.ndarray, ranking: list[str] | None = None) -> ExpertReply:
+        """The routed expert's answers. ``ranking`` (a re-routing bundle's) is not followed: edge execution is
+        the paper's baseline, the routed expert run on the edge, one model an offload."""
         spec = self.specs[expert_id]
         t0 = time.perf_counter()
         probs = softmax(self.models[expert_id].logits(images), spec.temperature)  # float32, as the server
