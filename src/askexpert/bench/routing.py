@@ -77,16 +77,30 @@ def _row(label: str, variant: str, gen: Outputs, experts: ExpertSet, general: Ex
                       test.expert_calls_per_offload, float(up), float(down + extra))
 
 
+def _policies(gen: Outputs, experts: ExpertSet, *, offload: float, k: int, fallback: str,
+              learned: bool) -> tuple[RoutingPolicy, RoutingPolicy | None]:
+    """The top-k policy at ``offload`` (tau on the generalist's validation confidence) and, with ``learned``, the
+    learned deferral rule fitted for ``experts`` with its own tau for the same share."""
+    n = gen.val_logits.shape[1]
+    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
+    base = RoutingPolicy(tau=tau_for_offload(validation_confidence(gen, t_gen, "max-prob"), offload), k=min(k, n),
+                         temperature=t_gen, fallback=fallback)
+    if not learned:
+        return base, None
+    rule, _ = fit_learned_deferral(gen, experts, temperature=t_gen, k=base.k, fallback=fallback)
+    scored = replace(base, confidence="learned", deferral=rule, tau=1.0)
+    return base, replace(scored, tau=tau_for_offload(policy_scores(gen.val_logits, scored, experts), offload))
+
+
+def _bytes(experts: ExpertSet) -> tuple[int, int]:
+    return one_image_bytes(open_checkpoint(experts.checkpoints[0]).meta.model.input)
+
+
 def variants_of(gen: Outputs, general: ExpertSet, experts: ExpertSet, *, offload: float = 0.3, k: int = 3,
                 fallback: str = "other", learned: bool = True) -> list[VariantRow]:
     """Every routing variant of one expert set at ``offload`` (module docstring)."""
-    n = gen.val_logits.shape[1]
-    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
-    tau = tau_for_offload(validation_confidence(gen, t_gen, "max-prob"), offload)
-    base = RoutingPolicy(tau=tau, k=min(k, n), temperature=t_gen, fallback=fallback)
-    whole = replace(base, k=n)
-    up, down = one_image_bytes(open_checkpoint(experts.checkpoints[0]).meta.model.input)
-    label = experts.label
+    base, scored = _policies(gen, experts, offload=offload, k=k, fallback=fallback, learned=learned)
+    whole = replace(base, k=gen.val_logits.shape[1])
 
     def rerouted(policy: RoutingPolicy, tries: int, to: str) -> RoutingPolicy:
         spec = choose_reroute(gen, experts, policy, tries=tries, to=to, general=general)
@@ -98,29 +112,19 @@ def variants_of(gen: Outputs, general: ExpertSet, experts: ExpertSet, *, offload
                 (f"re-route next x{e}", rerouted(base, e, "next")),
                 ("re-route general", rerouted(base, 2, "general")),
                 ("whole mass + re-route next x2", rerouted(whole, 2, "next"))]
-    if learned:
-        rule, _ = fit_learned_deferral(gen, experts, temperature=t_gen, k=base.k, fallback=fallback)
-        scored = replace(base, confidence="learned", deferral=rule, tau=1.0)
-        scored = replace(scored, tau=tau_for_offload(policy_scores(gen.val_logits, scored, experts), offload))
+    if scored is not None:
         policies += [("learned deferral", scored), ("learned deferral + re-route next x2", rerouted(scored, 2, "next"))]
-    return [_row(label, name, gen, experts, general, policy, up, down) for name, policy in policies]
+    up, down = _bytes(experts)
+    return [_row(experts.label, name, gen, experts, general, policy, up, down) for name, policy in policies]
 
 
 def one_model_variants(gen: Outputs, model: ExpertSet, *, offload: float = 0.3, k: int = 3, fallback: str = "other",
                        learned: bool = True) -> list[VariantRow]:
     """A general model as the one expert under the variants that apply to one expert (the top-k rule, and
     the learned deferral rule fitted for it): the other design, each with its own best routing."""
-    n = gen.val_logits.shape[1]
-    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
-    base = RoutingPolicy(tau=tau_for_offload(validation_confidence(gen, t_gen, "max-prob"), offload), k=min(k, n),
-                         temperature=t_gen, fallback=fallback)
-    up, down = one_image_bytes(open_checkpoint(model.checkpoints[0]).meta.model.input)
-    policies = [(f"top-{base.k}", base)]
-    if learned:
-        rule, _ = fit_learned_deferral(gen, model, temperature=t_gen, k=base.k, fallback=fallback)
-        scored = replace(base, confidence="learned", deferral=rule, tau=1.0)
-        policies.append(("learned deferral", replace(scored, tau=tau_for_offload(
-            policy_scores(gen.val_logits, scored, model), offload))))
+    base, scored = _policies(gen, model, offload=offload, k=k, fallback=fallback, learned=learned)
+    policies = [(f"top-{base.k}", base)] + ([("learned deferral", scored)] if scored is not None else [])
+    up, down = _bytes(model)
     return [_row(model.label, name, gen, model, model, policy, up, down) for name, policy in policies]
 
 

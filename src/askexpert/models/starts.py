@@ -30,7 +30,6 @@ from askexpert.paths import user_cache_dir
 
 MANIFEST = "manifest.json"
 STORED_DTYPE = torch.float16
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def store_dir() -> Path:
@@ -112,8 +111,7 @@ def restored_file(record: StartRecord, root: Path | None = None) -> Path:
     """The start's float32 weights file (written once to the user cache), after checking the stored file's
     sha256 against the manifest and its tensors against the architecture the manifest names."""
     path = record.path(root)
-    remake = f"askexpert pretrain {record.model} --epochs {record.epochs} --lr {record.lr:g} --seed {record.seed} " \
-             "--fresh --commit"
+    remake = f"{record.command} --fresh"  # the manifest's own command, reusing nothing
     if not path.is_file():
         raise ModelError(f"the committed start {path} is missing",
                          fix=f"restore it (git checkout -- {path.name}) or remake it: {remake}")

@@ -197,19 +197,20 @@ class Router:
             part = np.argpartition(-p, kk - 1)[:kk]
             order = part[np.lexsort((part, -p[part]))]
         top_p = p[order]
+        mass = None
         if policy.deferral is None:
             conf = _confidence(p[None], top_p[None], policy.confidence)[0]
             offload = bool(conf < policy.tau)
-            expert = int((top_p[:k, None] * self.member_t[order[:k]]).sum(0).argmax()) if offload else -1
+            if offload or policy.reroute is not None:
+                mass = (top_p[:k, None] * self.member_t[order[:k]]).sum(0)
+            expert = int(mass.argmax()) if offload else -1
         else:
             mass = (top_p[:k, None] * self.member_t[order[:k]]).sum(0)
             best = int(mass.argmax())
             conf = policy.deferral.score_one(base_features(p, top_p, mass[best], k), best, int(order[0]))
             offload = bool(conf < policy.tau)
             expert = best if offload else -1
-        ranking = None
-        if policy.reroute is not None:
-            ranking = self._ranking(p[None], (top_p[:k, None] * self.member_t[order[:k]]).sum(0)[None])
+        ranking = self._ranking(p[None], mass[None]) if policy.reroute is not None else None
         return RouteDecision(np.array([offload]), np.array([expert], dtype=np.int64),
                              np.array([conf]), np.array([order[0]], dtype=np.int64), top_p[:1].copy(), ranking)
 
