@@ -175,8 +175,6 @@ def test_every_routing_variant_is_measured_and_re_routing_only_adds_coverage(tin
         assert r.test_offload_rate == top.test_offload_rate  # the same images offloaded
         assert r.coverage >= top.coverage and 1 <= r.expert_calls_per_offload <= r.reroute["tries"]
         assert r.up_bytes == top.up_bytes and r.down_bytes > top.down_bytes  # the tries travel back, nothing up
-    general = rows["re-route general"]  # re-asked images reach the general model, which holds every class
-    assert general.coverage > top.coverage or general.expert_calls_per_offload == 1
 
 
 def _synthetic(right: str):
