@@ -44,7 +44,7 @@ from askexpert.runtime.edge import (
     SampleTrace,
     summarize,
 )
-from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.link import Link
 from askexpert.runtime.onnx_model import OnnxGeneralist
 
 SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",
@@ -107,7 +107,7 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
 
 def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, experts: list[ExpertTarget],
                images: np.ndarray, labels: np.ndarray, url: str | None = None, local: LocalExperts | None = None,
-               link: LinkProfile | None = None, timeout_s: float = 10.0, link_sleep: bool = False,
+               link: Link | None = None, timeout_s: float = 10.0, link_sleep: bool = False,
                encoding: Encoding = RAW) -> list[SampleTrace]:
     """Traces of one system over ``images`` (one image at a time, as an edge device streams them).
 

@@ -131,8 +131,10 @@ def register(sub) -> None:
                    "(and 'labels'), or split:test|val|train of the generalist's dataset (full install)")
     p.add_argument("--limit", type=int, help="use at most this many inputs (a stratified subset when labelled)")
     p.add_argument("--batch-size", type=int, default=1, help="inputs processed together (1: a live stream)")
-    p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit; or a schedule, "
-                   "wifi@0,lte@500 (lte from image 500 on; SIGUSR1 to the edge moves to the next entry at once)")
+    p.add_argument("--link", help="emulated link: wifi, lte, 5g, ethernet or rtt=20ms,bw=20mbit; a recorded one, "
+                   "trace:UP,DOWN[,rtt=40ms] (Mahimahi trace files; trace:STEM reads STEM.up and "
+                   "STEM.down); or a schedule, wifi@0,lte@500 (lte from image 500 on; SIGUSR1 to the edge moves "
+                   "to the next entry at once)")
     p.add_argument("--encode", default="raw", metavar="FORM",
                    help="how offloaded images travel: raw (uint8 bytes, default), npy, png (lossless), jpeg:Q or "
                    "webp:Q (lossy at quality Q, 1..100); fewer bytes mean less link time and radio energy")

@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 from askexpert.contract.codecs import Encoding, pillow
 from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, TryResult, encode_images
 from askexpert.contract.reroute import settle
-from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.link import Link, LinkSchedule
 from askexpert.runtime.pacing import dilated
 from askexpert.security import tls_context
 
@@ -134,7 +134,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
 class HttpExpertClient:
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
-                 down_for_s: float = 1.0, link: LinkProfile | None = None, topk: int = 3,
+                 down_for_s: float = 1.0, link: Link | LinkSchedule | None = None, topk: int = 3,
                  link_sleep: bool = True, deadline_s: float | None = None, token: str | None = None,
                  ca_file: Path | None = None, system_id: str | None = None, encoding: Encoding = RAW) -> None:
         """``timeout_s`` bounds each network wait of an attempt; ``deadline_s`` (default
@@ -293,7 +293,8 @@ class HttpExpertClient:
         parsed = self._parse(f"expert {expert_id}'s answer", resp, InferResponse.model_validate_json)
         link_ms = 0.0
         if self.link is not None:
-            link_ms = self.link.delay_s(len(body), len(resp.content)) * 1000
+            link_ms = self.link.delay_s(len(body), len(resp.content), sent_s=t1, server_s=t2 - t1,
+                                        slept=self.link_sleep) * 1000
             if self.link_sleep:
                 time.sleep(link_ms / 1000)
         return _reply(parsed, round_trip_ms=(t2 - t1) * 1000, encode_ms=(t1 - t0) * 1000, link_ms=link_ms,

@@ -42,7 +42,7 @@ from askexpert.runtime.control import (
 )
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
-from askexpert.runtime.link import LinkProfile, LinkSchedule
+from askexpert.runtime.link import Link, LinkSchedule
 from askexpert.runtime.records import AnswerLog, resume, skip
 from askexpert.security import refuse_pin_without_bundle
 
@@ -63,7 +63,7 @@ class EdgeSettings:
     system: Path | System | GeneralistRun  # a bundle (path or opened), or a calibrated generalist run
     server: str | list[str] | None  # one expert server's URL, or several (each expert asked where it is)
     inputs: list[str] = field(default_factory=lambda: ["split:test"])
-    link: LinkProfile | LinkSchedule | None = None  # a schedule changes it during the run (and on SIGUSR1)
+    link: Link | LinkSchedule | None = None  # a schedule changes it during the run (and on SIGUSR1)
     corrupt: Corruption | None = None  # drifted inputs: a corruption applied to the stream
     tau: float | None = None  # overrides
     temperature: float | None = None
