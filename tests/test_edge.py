@@ -181,6 +181,7 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     report = tmp_path / "demo" / "report"
     text = (report / "report.md").read_text()
     assert "askexpert demo report" in text and "| metric | edge only | full offload | collaborative |" in text
+    assert "46% less energy than full offload, read two ways: total" in text and "; near-edge " in text
     assert text.count("emulated edge") == 1  # the placement described once, not twice
     assert len((report / "trace.jsonl").read_text().splitlines()) == 150
     again = run_demo(output_dir=tmp_path, limit=50, overrides=small, edge_device="host")  # reuses every model

@@ -20,6 +20,7 @@ from askexpert.cli import (
     load,
     models,
     partition,
+    plan,
     pretrain,
     serve,
     testbed,
@@ -35,6 +36,7 @@ examples:
   askexpert train generalist --epochs 3 --set data.train_subset=5000 --name quick
   askexpert eval runs/quick                          top-1/top-5, per-class accuracy, confusion matrix
   askexpert build-system runs/g runs/experts --out system    one deployable bundle (system.json + ONNX + experts)
+  askexpert plan system --edge-device rpi4 --link lte   which mode pays there: edge only, offload, collaborate
   askexpert serve system                             the bundle's experts over HTTP
   askexpert edge system --server http://127.0.0.1:8000 --input photos/    the edge (no torch needed)
   askexpert models                                   presets with parameters and FLOPs
@@ -43,8 +45,8 @@ examples:
 Errors are one line naming the fix; the exit status is 2 for a user error.
 """
 
-COMMANDS = (demo, train, testbed, partition, evaluate_system, build_system, serve, edge, export_onnx, bench, evaluate,
-            models, datasets, data, pretrain, load)
+COMMANDS = (demo, train, testbed, partition, evaluate_system, build_system, plan, serve, edge, export_onnx, bench,
+            evaluate, models, datasets, data, pretrain, load)
 
 FULL_INSTALL = {"torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx",
                 "onnxscript", "prometheus_client"}  # what only training, serving and the bench need

@@ -29,7 +29,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         table.add_row(label, *values)
     table_console().print(table)
     for line in reading(result):
-        table_console().print(f"collaborative {line}")
+        table_console().print(f"collaborative {line}" if line.startswith("against") else line)
     table_console().print(f"[bold]edge[/bold]: {result.placement.describe()}")
     table_console().print(f"energy, modelled: edge {result.energy.edge_energy_source}; "
                           f"server {result.energy.server_label}")

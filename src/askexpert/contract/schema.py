@@ -22,8 +22,9 @@ from askexpert.contract.labels import Confidence, Fallback
 from askexpert.contract.reroute import Reroute
 from askexpert.errors import ConfigError
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)  # what this code loads: 1 has no operating curve, 2 no learned deferral, 3 no reroute
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # what this code loads: 1 has no operating curve, 2 no learned deferral, 3 no
+# reroute, 4 no full-offload accuracy on its curve
 SYSTEM_FILE = "system.json"
 
 
@@ -148,6 +149,8 @@ class OperatingCurve(_Strict):
     points: list[CurvePoint]
     up_bytes: int = Field(description="request body of one offloaded image (bytes)")
     down_bytes: int = Field(description="response of one image, as the server sends it with topk 3 (bytes)")
+    general_accuracy: float | None = Field(default=None, description="full offload: the general model alone on "
+                                           "every validation image (%); none without a general model (schema 5 on)")
 
     def for_k(self, k: int) -> list[CurvePoint]:
         """The points of one k, by rising offload rate."""

@@ -72,6 +72,28 @@ def server_profile_for(on_gpu: bool) -> str:
     return GPU_SERVER if on_gpu else CPU_SERVER
 
 
+def radio_for(link_name: str | None) -> str:
+    """The radio a link's bytes are priced at: wifi's for wifi, ethernet and no link; cellular's for the
+    others (lte, 5g, a recorded cellular trace, a link spelled out)."""
+    return "wifi" if link_name is None or link_name in ("wifi", "ethernet") else "cellular"
+
+
+@dataclass(frozen=True)
+class ServerOverhead:
+    """The server software's time an offload beyond the model's compute (HTTP, parsing, batching, answer)."""
+
+    ms: float
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.ms:g} ms an offload ({self.source})"
+
+
+def server_overhead() -> ServerOverhead:
+    entry = _load()["server_software"]
+    return ServerOverhead(float(entry["overhead_ms"]), entry["source"])
+
+
 def device(name: str) -> DeviceProfile:
     return DeviceProfile(**_entry("devices", name, "device profile"))
 

@@ -169,6 +169,13 @@ class TraceLink:
         self._ahead_ms = 0.0
         self._up_free = self._down_free = 0
 
+    def __getstate__(self) -> dict:  # to an emulated edge's process: the queues and clock, not the lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def clock_ms(self, at_s: float) -> float:
         if self._origin is None:
             self._origin = at_s

@@ -154,7 +154,7 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
                                    fallback=fallback, offload=offload, accuracy=accuracy, tau=tau)
     ks = sorted({min(x, classes) for x in (curve_ks or [1, 2, 3]) + [k]})
     curve = operating_curve(gen, experts, temperature=t_gen, ks=ks, confidence=confidence, fallback=fallback,
-                            spec=gen_meta.model.input, deferral=rule)
+                            spec=gen_meta.model.input, deferral=rule, general=general_set)
 
     staging = out.with_name(f".{out.name}.building")
     if staging.exists():

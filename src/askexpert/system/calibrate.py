@@ -324,10 +324,12 @@ def one_image_bytes(spec: InputSpec, topk: int = 3) -> tuple[int, int]:
 
 def operating_curve(generalist: Outputs, experts: ExpertSet, *, temperature: float, ks: list[int],
                     confidence: str, fallback: str, spec: InputSpec,
-                    deferral: DeferralModel | None = None) -> OperatingCurve:
+                    deferral: DeferralModel | None = None, general: ExpertSet | None = None) -> OperatingCurve:
     """The system on validation over a grid of tau (:func:`curve_rates`) for every k in ``ks``: offload
     rate, accuracy, accuracy on the offloaded images and each expert's share, as the bundle carries it.
-    A learned rule (``deferral``) reads the top-k mass it was fitted at: its curve holds that k alone."""
+    A learned rule (``deferral``) reads the top-k mass it was fitted at: its curve holds that k alone.
+    ``general`` (the general model's answers): the curve records its accuracy on every validation image, full
+    offload's (what ``askexpert plan`` weighs collaboration against)."""
     n = generalist.val_logits.shape[1]
     membership = experts.membership(n)
     if deferral is not None:
@@ -346,4 +348,5 @@ def operating_curve(generalist: Outputs, experts: ExpertSet, *, temperature: flo
                 offloaded_accuracy=None if m.offloaded == 0 else m.offloaded_accuracy_system,
                 expert_share=(load / load.sum()).tolist() if load.sum() else [0.0] * len(load)))
     up, down = one_image_bytes(spec)
-    return OperatingCurve(points=points, up_bytes=up, down_bytes=down)
+    general_accuracy = None if general is None else share(general.val.pred[0] == generalist.val_labels)
+    return OperatingCurve(points=points, up_bytes=up, down_bytes=down, general_accuracy=general_accuracy)

@@ -40,7 +40,23 @@ REFERENCES = {
     # not in any published table: the paper's edge generalist and experts, predicted from the device models
     "deit_tiny": ("timm", "deit_tiny_patch16_224", 224),
     "deit_small": ("timm", "deit_small_patch16_224", 224),
+    # not in any published table either: the models of askexpert's own H100 batch curve (costs/profiles.yaml,
+    # server_devices.h100), timm's ViTs with the sizes the measurement used
+    "vit_small_32": ("timm", "vit_small_patch16_224", 32, {"img_size": 32, "patch_size": 4}),
+    "vit_d192x6_28": ("timm", "vit_tiny_patch16_224", 28,
+                      {"img_size": 28, "patch_size": 4, "in_chans": 1, "depth": 6, "num_classes": 10}),
 }
+
+
+def _spec(name: str) -> tuple[str, str, int, dict]:
+    """``REFERENCES[name]`` as (library, constructor, input size, constructor keywords)."""
+    library, constructor, size, *kwargs = REFERENCES[name]
+    return library, constructor, size, (kwargs[0] if kwargs else {})
+
+
+def input_shape(name: str) -> list[int]:
+    _, _, size, kwargs = _spec(name)
+    return [1, kwargs.get("in_chans", 3), size, size]
 
 
 def reference_path(name: str) -> Path:
@@ -48,7 +64,7 @@ def reference_path(name: str) -> Path:
 
 
 def _build(name: str):
-    library, constructor, size = REFERENCES[name]
+    library, constructor, size, kwargs = _spec(name)
     import torch
 
     torch.manual_seed(0)
@@ -57,7 +73,7 @@ def _build(name: str):
     if library == "timm":
         import timm
 
-        return timm.create_model(constructor, pretrained=False).eval(), size
+        return timm.create_model(constructor, pretrained=False, **kwargs).eval(), size
     import torchvision
 
     if library == "torchvision-vit":
@@ -131,14 +147,14 @@ def ensure_reference(name: str) -> Path:
                              f"({err})", fix="run once on a full install: pip install 'askexpert[all]' && "
                              "askexpert edge SYSTEM --device DEVICE (it caches the file), or copy the file there"
                              ) from err
-    model, size = _build(name)
+    model, _ = _build(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # attention as plain ops: the fused kernel has no ONNX form
     try:
         with torch.no_grad():
-            torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(tmp), input_names=["x"],
+            torch.onnx.export(model, (torch.randn(*input_shape(name)),), str(tmp), input_names=["x"],
                               output_names=["y"], dynamo=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -181,19 +197,23 @@ class ReferenceWorkload:
         return statistics.median(walls), statistics.median(cpus)
 
 
-def refresh_features(progress=None) -> Path:
-    """Export every published model (``REFERENCES``), read its op-class features and write them to
-    ``costs/reference_graphs.json`` (what a device model is fitted on without torch)."""
+def refresh_features(progress=None, names: list[str] | None = None) -> Path:
+    """Export every published model (``REFERENCES``, or ``names`` of them, the others kept as written), read its
+    op-class features and write them to ``costs/reference_graphs.json`` (what a device model is fitted on
+    without torch)."""
     import json
 
     from askexpert.costs.device_model import FEATURE_FILE, graph_features
 
-    models = {}
-    for name, (library, constructor, size) in REFERENCES.items():
+    models = json.loads(FEATURE_FILE.read_text())["models"] if names and FEATURE_FILE.is_file() else {}
+    for name in names or REFERENCES:
         if progress is not None:
             progress(name)
-        models[name] = {"built_as": f"{library}:{constructor}", "input": [1, 3, size, size],
+        library, constructor, _, kwargs = _spec(name)
+        built = f"{library}:{constructor}" + "".join(f",{k}={v}" for k, v in kwargs.items())
+        models[name] = {"built_as": built, "input": input_shape(name),
                         "features": graph_features(ensure_reference(name)).to_dict()}
+    models = {n: models[n] for n in REFERENCES if n in models}
     FEATURE_FILE.write_text(json.dumps({"note": "op-class work at batch 1 of each published model's graph, written "
                                         "by `askexpert testbed check --refresh` (askexpert.testbed.reference)",
                                         "models": models}, indent=1) + "\n")
