@@ -48,6 +48,7 @@ def main() -> None:
                     "latency_vs_edge_execution": q["latency_vs_edge_execution"],
                     "latency_vs_edge_general": q["latency_vs_edge_general"],
                     "energy_vs_full_offload": q["energy_vs_full_offload"],
+                    "near_edge_energy_vs_full_offload": q["near_edge_energy_vs_full_offload"],
                     "collaborative_ms": find(dev, "collaborative", link, 0.3).latency_ms.mean,
                     "edge_execution_ms": find(dev, "edge-execution", None, 0.3).latency_ms.mean,
                     "edge_only_ms": find(dev, "edge-only").latency_ms.mean,

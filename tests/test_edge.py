@@ -171,7 +171,12 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     assert result.report.backend == "onnx" and (result.bundle / "system.json").is_file()
     assert result.energy.edge_energy_kind == "modelled" and result.energy.total_mj_per_image > 0
     assert result.energy.edge_wait_mj_per_image > 0  # the demo counts the edge's idle wait (the bench's formula)
-    assert "compute time on this host's" in result.energy.server_label  # the server's energy says where it is from
+    assert "h100's batch model" in result.energy.server_label  # the server paced to the default device, priced by it
+    assert [g.link for g in result.regimes] == ["wifi", "lte"]  # today's regime, then one the map says favours collab
+    assert all(g.plan["recommended"] in ("edge only", "full offload", "collaborative", None) for g in result.regimes)
+    assert result.regimes[1].row("edge-only").summary == result.regimes[0].row("edge-only").summary  # not rerun
+    assert result.regimes[1].row("full-offload-general").energy.radio_mj_per_image > \
+        result.regimes[0].row("full-offload-general").energy.radio_mj_per_image  # lte's bytes priced at cellular
     only, offload, collab = (result.row(k) for k in ("edge-only", "full-offload-general", "collaborative"))
     assert only.summary.samples == offload.summary.samples == collab.summary.samples == 150  # the same images
     assert only.summary.offload_rate == 0 and only.energy.bytes_per_image == 0 and only.energy.server_mj_per_image == 0
@@ -182,9 +187,12 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     text = (report / "report.md").read_text()
     assert "askexpert demo report" in text and "| metric | edge only | full offload | collaborative |" in text
     assert "46% less energy than full offload, read two ways: total" in text and "; near-edge " in text
+    assert text.count("askexpert plan recommends") == 2 and "## lte: what collaboration buys" in text
     assert text.count("emulated edge") == 1  # the placement described once, not twice
     assert len((report / "trace.jsonl").read_text().splitlines()) == 150
-    again = run_demo(output_dir=tmp_path, limit=50, overrides=small, edge_device="host")  # reuses every model
+    again = run_demo(output_dir=tmp_path, limit=50, overrides=small, edge_device="host", server_device="host",
+                     second_link=None)  # reuses every model
+    assert "compute time on this host's" in again.energy.server_label and len(again.regimes) == 1
     assert again.models.reused == ["generalist", "general", "progressive"]
     recorded = json.loads((again.models.experts["progressive"] / "experts.json").read_text())["experts"]
     assert again.models.seconds["progressive"] == sum(e["train_seconds"] for e in recorded) > 0  # not the reuse's 0 s

@@ -131,6 +131,19 @@ def test_bad_server_devices_are_refused(monkeypatch):
         server_device.server_device.cache_clear()
 
 
+def test_a_device_without_a_figure_for_an_op_class_is_refused():
+    """A table of CNNs alone, fitted without a prior, has no figure for a ViT's attention: pricing one is refused
+    in one line naming the fix, where a prediction would leave that work out."""
+    from askexpert.costs.device_model import fit, reference_features, require_covered
+
+    feats = reference_features()
+    cnns = fit("cnn-only", feats, {"resnet18": 30.0, "alexnet": 40.0, "vgg16": 170.0, "googlenet": 45.0})
+    require_covered(cnns, feats["resnet50"], "resnet50")  # convolutions: covered
+    with pytest.raises(ConfigError, match="no figure for deit's attention") as err:
+        require_covered(cnns, feats["deit_small"], "deit")
+    assert "costs/profiles.yaml" in err.value.fix
+
+
 def test_plan_command_on_a_real_bundle(tiny_system, capsys):
     """The command on the tiny system's bundle: the three modes from its curve (edge only at its nothing-offloaded
     point, full offload at the general model's validation accuracy), JSON that reads back, and a bad link refused

@@ -19,20 +19,24 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from askexpert.bench.baselines import SystemRow, measure, run_on_edge
+from askexpert.bench.plan import server_pacing
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel, Energy
+from askexpert.costs.modes import Goals
 from askexpert.costs.profiles import device, network, radio_for, server_profile_for
+from askexpert.costs.server_device import DEFAULT_SERVER_DEVICE
+from askexpert.costs.server_device import server_device as server_device_model
 from askexpert.devices import on_gpu, where
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
-from askexpert.runtime.link import PRESETS, LinkProfile
+from askexpert.runtime.link import PRESETS, Link
 from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, run_edge
 from askexpert.system.build import build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
@@ -40,7 +44,8 @@ from askexpert.testbed.placement import EmulatedEdge, Mode, Placement
 from askexpert.testbed.server import ServerProcess
 
 EDGE_DEVICE = "raspberry-pi-4"  # the energy profile when the edge is not emulated (costs/profiles.yaml)
-DEFAULT_LINK = PRESETS["wifi"]
+DEFAULT_LINK = PRESETS["wifi"]  # regime 1: a 784-byte picture over wifi (the plan recommends full offload)
+SECOND_LINK = PRESETS["lte"]  # regime 2: the same over lte, where the decision map recommends collaboration
 
 
 def demo_pipeline(overrides: list[str] | None = None) -> PipelineSpec:
@@ -57,68 +62,121 @@ class DemoResult:
     report_dir: Path
     placement: Placement
     systems: list[SystemRow]  # edge only, full offload, collaborative: the same images, edge and link
+    regimes: list[Regime] = field(default_factory=list)  # every link the modes ran over (the first: systems)
+    server_device: str = "host"
 
     def row(self, kind: str) -> SystemRow:
         return next(r for r in self.systems if r.kind == kind)
 
 
+@dataclass
+class Regime:
+    """One setting the demo runs the three modes in: its link, what ``askexpert plan`` recommends there (on
+    validation) and what the three modes measured (on the test images)."""
+
+    link: str
+    systems: list[SystemRow]
+    plan: dict  # the plan's recommendation: mode, reasons, each mode's predicted option (askexpert.costs.modes)
+    report: EdgeReport  # the collaborative run
+
+    def row(self, kind: str) -> SystemRow:
+        return next(r for r in self.systems if r.kind == kind)
+
+
+def demo_plan(bundle, edge_device: str, server_device: str, link: Link | None) -> dict:
+    """``askexpert plan`` for one regime: the floor halfway between edge only's and full offload's validation
+    accuracy, the least total energy meeting it."""
+    from askexpert.bench.plan import ImageForm, plan
+
+    curve = bundle.manifest.curve
+    nothing = min(curve.points, key=lambda p: p.offload_rate)
+    full = curve.general_accuracy if curve.general_accuracy is not None else nothing.accuracy
+    goals = Goals(min_accuracy=round((nothing.accuracy + full) / 2, 2))
+    return plan(bundle, goals, edge_device=edge_device, server_device_name=server_device, link=link,
+                image=ImageForm()).to_dict()
+
+
+def _run_regime(edge: EmulatedEdge, built, settings: EdgeSettings, link: Link | None, images, labels, *,
+                console: Console, trace: Path, edge_only=None) -> tuple[EdgeReport, dict]:
+    """Collaborative, full offload and (unless given) edge only on the same images over ``link``."""
+    settings = replace(settings, link=link, trace=trace)
+    console.log(f"streaming {len(images)} test images over {link.describe() if link else 'no link'} ...")
+    if edge.profile is None:
+        with progress_bar(console, transient=True) as progress:
+            report = run_edge(settings, progress=progress)
+    else:
+        report = edge.call(run_edge, s=settings)
+    policy = RoutingPolicy.from_spec(built.manifest.routing)
+    experts = [ExpertTarget(e.id, list(e.classes)) for e in built.manifest.experts]
+    baselines = {"edge-only": edge_only}
+    for kind in ("edge-only", "full-offload-general") if edge_only is None else ("full-offload-general",):
+        edge.recalibrate(kind)
+        baselines[kind] = edge.call(run_on_edge, kind=kind, generalist_onnx=built.generalist_onnx, threads=1,
+                                    policy=policy, experts=experts, images=images, labels=labels,
+                                    url=None if kind == "edge-only" else settings.server, link=link)
+    return report, baselines
+
+
 def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int | None = 2000,
-             link: LinkProfile | None = DEFAULT_LINK, console: Console | None = None,
+             link: Link | None = DEFAULT_LINK, second_link: Link | None = SECOND_LINK,
+             server_device: str = DEFAULT_SERVER_DEVICE, console: Console | None = None,
              overrides: list[str] | None = None, edge_device: str = "rpi4", edge_mode: Mode = "auto") -> DemoResult:
     """Run the demo; ``overrides`` (``section.key=value``) apply to all three demo configs. ``edge_device``
     emulates that device's speed on one core (:mod:`askexpert.testbed.placement`), the server pinned
-    to the others; ``host``: the edge unthrottled in this process."""
+    to the others and paced to ``server_device`` (``host``: this host's speed); ``host``: the edge unthrottled
+    in this process. The three modes run over ``link``, then (unless None) over ``second_link``."""
     base = Path(output_dir) / "demo"
     if fresh and base.exists():
         shutil.rmtree(base)
     console = console or Console(stderr=True)
     console.rule("1/5 models: generalist, general model, progressive experts (reused when already trained)")
     models = train_system(demo_pipeline(overrides), base, console=console)
-    console.rule("2/5 bundle: calibrate on validation, export the generalist to ONNX")
+    console.rule("2/5 bundle: calibrate on validation, export the generalist to ONNX; askexpert plan for each link")
     built = build_system(models.generalist, models.experts["progressive"], base / "system", offload=0.3, k=3,
                          overwrite=True)
-    bundle = built.root
-    console.log(f"bundle written to {bundle}")
-    report_dir = base / "report"
+    bundle, report_dir = built.root, base / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    console.rule("3/5 expert server: askexpert serve BUNDLE on a free loopback port")
+    console.log(f"bundle written to {bundle}")
+    links = [link] + ([second_link] if second_link is not None else [])
+    plans = [demo_plan(built, edge_device, server_device, lk) for lk in links]
+    for lk, pl in zip(links, plans, strict=True):
+        console.log(f"askexpert plan, {lk.name if lk else 'no link'}: {pl['recommended'] or 'nothing meets the goals'}"
+                    f" ({pl['reasons'][0]})")
+    # the edge reads a file of the test images, as a deployed edge would (no dataset); the baselines too
+    settings = freeze_split(EdgeSettings(system=built, server=None, inputs=["split:test"], limit=limit, threads=1),
+                            report_dir / "test-images.npz")
+    frozen = np.load(report_dir / "test-images.npz")
+    images, labels = frozen["images"], frozen["labels"]
+    paced, features = server_pacing(built, server_device, report_dir / "test-images.npz")
+    console.rule(f"3/5 expert server: askexpert serve BUNDLE on a free loopback port, paced to {server_device}")
     with EmulatedEdge(edge_device, mode=edge_mode) as edge, \
-            ServerProcess(bundle, threads=1, log_path=report_dir / "server.log", cpus=edge.server_cores) as url:
+            ServerProcess(bundle, threads=1, log_path=report_dir / "server.log", cpus=edge.server_cores,
+                          extra_args=paced) as url:
         console.log(f"expert server up at {url}")
         console.log(edge.placement.describe())
-        console.rule(f"4/5 collaborative: the ONNX generalist on the {edge.placement.label}, unsure images to the "
-                     "experts over HTTP")
-        settings = EdgeSettings(system=built, server=url, inputs=["split:test"], limit=limit, link=link, threads=1,
-                                trace=report_dir / "trace.jsonl")
-        # the edge reads a file of the test images, as a deployed edge would (no dataset); the baselines too
-        settings = freeze_split(settings, report_dir / "test-images.npz")
-        frozen = np.load(report_dir / "test-images.npz")
-        images, labels = frozen["images"], frozen["labels"]
-        console.log(f"streaming {len(images)} test images ...")
-        if edge.profile is None:
-            with progress_bar(console, transient=True) as progress:
-                report = run_edge(settings, progress=progress)
-        else:
-            report = edge.call(run_edge, s=settings)
-        console.rule("5/5 the same images: the generalist alone (edge only), every image to the server (full offload)")
-        r = built.manifest.routing
-        policy = RoutingPolicy.from_spec(r)
-        experts = [ExpertTarget(e.id, list(e.classes)) for e in built.manifest.experts]
-        baselines = {}
-        for kind in ("edge-only", "full-offload-general"):
-            edge.recalibrate(kind)
-            baselines[kind] = edge.call(run_on_edge, kind=kind, generalist_onnx=built.generalist_onnx, threads=1,
-                                        policy=policy, experts=experts, images=images, labels=labels,
-                                        url=None if kind == "edge-only" else url, link=link)
-    costs = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(server_profile_for(on_gpu())),
-                      network(radio_for(link.name if link else None)), server_where=where())
-    energy = costs.energy(report.traces)
-    systems = [measure("edge only", "edge-only", baselines["edge-only"], costs),
-               measure("full offload", "full-offload-general", baselines["full-offload-general"], costs),
-               SystemRow("collaborative", "collaborative", report.summary, energy, "progressive",
-                         link.name if link else None, k=report.policy.k, tau=report.policy.tau)]
-    result = DemoResult(report, energy, models, bundle, report_dir, edge.placement, systems)
-    (report_dir / "summary.json").write_text(json.dumps(_summary(result, settings), indent=1))
+        console.rule(f"4/5 on the {edge.placement.label}: collaborative, edge only and full offload, the same images")
+        settings = replace(settings, server=url)
+        runs = []
+        for i, lk in enumerate(links):
+            runs.append(_run_regime(edge, built, settings, lk, images, labels, console=console,
+                                    trace=report_dir / ("trace.jsonl" if i == 0 else f"trace-{lk.name}.jsonl"),
+                                    edge_only=runs[0][1]["edge-only"] if runs else None))
+    console.rule("5/5 the modes side by side, for each link")
+    regimes = []
+    for lk, pl, (report, baselines) in zip(links, plans, runs, strict=True):
+        costs = CostModel(device(edge.energy_profile(EDGE_DEVICE)), device(server_profile_for(on_gpu())),
+                          network(radio_for(lk.name if lk else None)), server_where=where(),
+                          server_device=server_device_model(server_device), server_features=features)
+        energy = costs.energy(report.traces)
+        systems = [measure("edge only", "edge-only", baselines["edge-only"], costs),
+                   measure("full offload", "full-offload-general", baselines["full-offload-general"], costs),
+                   SystemRow("collaborative", "collaborative", report.summary, energy, "progressive",
+                             lk.name if lk else None, k=report.policy.k, tau=report.policy.tau)]
+        regimes.append(Regime(lk.name if lk else "none", systems, pl, report))
+    first = regimes[0]
+    result = DemoResult(first.report, first.row("collaborative").energy, models, bundle, report_dir, edge.placement,
+                        first.systems, regimes, server_device)
+    (report_dir / "summary.json").write_text(json.dumps(_summary(result, replace(settings, link=link)), indent=1))
     (report_dir / "report.md").write_text(markdown(result))
     return result
 
@@ -134,7 +192,9 @@ def _summary(result: DemoResult, settings: EdgeSettings) -> dict:
         "models": {"generalist": str(models.generalist), "general": str(models.general),
                    "experts": str(models.experts["progressive"]),
                    "partition": json.loads(models.partition.read_text())["experts"]},
-        "settings": settings.described()}
+        "settings": settings.described(), "server_device": result.server_device,
+        "regimes": [{"link": g.link, "plan": g.plan, "systems": [x.to_dict() for x in g.systems]}
+                    for g in result.regimes]}
 
 
 COMPARISON = (  # (label, value of a SystemRow, format)
@@ -149,9 +209,22 @@ COMPARISON = (  # (label, value of a SystemRow, format)
 )
 
 
-def comparison(result: DemoResult) -> list[tuple[str, list[str]]]:
+def comparison(result: DemoResult | Regime) -> list[tuple[str, list[str]]]:
     """The three systems' figures, a row a metric (what the CLI and the report print)."""
     return [(label, [fmt.format(get(r)) for r in result.systems]) for label, get, fmt in COMPARISON]
+
+
+def plan_line(regime: Regime) -> str:
+    """What ``askexpert plan`` predicted for the regime, and whether the measured modes agree."""
+    pl = regime.plan
+    measured = min(regime.systems, key=lambda r: r.energy.total_mj_per_image
+                   if r.summary.accuracy >= pl["goals"]["min_accuracy"] else float("inf"))
+    meets = [r for r in regime.systems if r.summary.accuracy >= pl["goals"]["min_accuracy"]]
+    agree = ("the measured modes agree" if meets and measured.name == pl["recommended"] else
+             "no measured mode meets the floor on the test images" if not meets else
+             f"on the test images {measured.name} measured the least total energy meeting the floor")
+    return (f"{regime.link}: askexpert plan recommends {pl['recommended'] or 'nothing'} for an accuracy floor of "
+            f"{pl['goals']['min_accuracy']:g}% on validation at the least total energy ({pl['reasons'][0]}); {agree}")
 
 
 PAPER_ENERGY_CUT = 46.0  # % less energy than full offload (Liu and Fahmy, arXiv:2602.13334, abstract)
@@ -165,11 +238,12 @@ def energy_claim(c: Energy, full: Energy) -> str:
                                ("near-edge", c.server_mj_per_image, full.server_mj_per_image)):
         cut = 100 * (1 - mine / theirs) if theirs else float("nan")
         verdict = "met" if cut >= PAPER_ENERGY_CUT else "missed"
-        parts.append(f"{name} {mine:.2f} vs {theirs:.2f} mJ ({cut:+.0f}% less: {verdict})")
+        change = f"{cut:.0f}% less" if cut >= 0 else f"{-cut:.0f}% more"
+        parts.append(f"{name} {mine:.2f} vs {theirs:.2f} mJ ({change}: {verdict})")
     return f"the paper's 46% less energy than full offload, read two ways: {'; '.join(parts)}"
 
 
-def reading(result: DemoResult) -> list[str]:
+def reading(result: DemoResult | Regime) -> list[str]:
     """What collaboration bought against each alternative, in words, from this run's figures."""
     c = result.row("collaborative")
     out = []
@@ -188,6 +262,13 @@ def reading(result: DemoResult) -> list[str]:
     return out
 
 
+def _regime_section(g: Regime) -> list[str]:
+    return [f"## {g.link}: what collaboration buys (the same images and edge)", "", f"- {plan_line(g)}.", "",
+            "| metric | " + " | ".join(x.name for x in g.systems) + " |", "|---|" + "---|" * len(g.systems),
+            *(f"| {label} | " + " | ".join(values) + " |" for label, values in comparison(g)), "",
+            *(f"- {'Collaborative ' if line.startswith('against') else ''}{line}." for line in reading(g)), ""]
+
+
 def markdown(r: DemoResult) -> str:
     s, e, p = r.report.summary, r.energy, r.report.policy
     b = s.breakdown_ms_offloaded
@@ -196,10 +277,10 @@ def markdown(r: DemoResult) -> str:
         f"{s.samples} images of {r.report.input}, edge backend {r.report.backend} (bundle {r.bundle}), link "
         f"{r.report.link}, tau {p.tau:.3f} (chosen on validation at build time), k {p.k}.", "",
         f"**Edge:** {r.placement.describe()}", "",
-        "## What collaboration buys (the same images, edge and link)", "",
-        "| metric | " + " | ".join(x.name for x in r.systems) + " |", "|---|" + "---|" * len(r.systems),
-        *(f"| {label} | " + " | ".join(values) + " |" for label, values in comparison(r)), "",
-        *(f"- {'Collaborative ' if line.startswith('against') else ''}{line}." for line in reading(r)), "",
+        f"**Server:** paced to {r.server_device}" + (" (answers to the test images computed ahead, each batch served "
+                                                     "at the device's time; docs/testbed.md)"
+                                                     if r.server_device != "host" else " (this host's speed)"), "",
+        *(line for g in r.regimes for line in _regime_section(g)),
         "On the 28x28 miniature an image is 784 bytes and the generalist costs the edge more than sending it "
         "does; what collaboration buys grows with the image and the radio's cost "
         "(benchmarks/topics/paper-scale.md).", "",

@@ -21,14 +21,12 @@ import numpy as np
 
 from askexpert.contract.bundle import System, open_system
 from askexpert.contract.codecs import Encoding, compress
-from askexpert.contract.labels import GENERAL
 from askexpert.contract.schema import OperatingCurve
-from askexpert.costs.device_model import graph_features
+from askexpert.costs.device_model import graph_features, require_covered
 from askexpert.costs.modes import Goals, ModeParts, Recommendation, options, recommend
 from askexpert.costs.profiles import CPU_SERVER, device, edge_speed, network, radio_for, server_overhead
 from askexpert.costs.server_device import HOST, server_device
 from askexpert.errors import ConfigError
-from askexpert.paths import user_cache_dir
 from askexpert.runtime.link import LinkProfile, TraceLink, parse_link
 
 
@@ -106,14 +104,13 @@ class ModelGraphs:
 
 
 def bundle_graphs(bundle: System) -> ModelGraphs:
-    """The bundle's own models (experts and general model exported once with torch, cached)."""
-    from askexpert.bench.local_experts import export_edge_models
+    """The bundle's own models (experts and general model exported once with torch, cached by their weights)."""
+    from askexpert.models.onnx_export import cached_onnx
 
-    specs = export_edge_models(bundle, user_cache_dir() / "plan-graphs")
     m = bundle.manifest
-    return ModelGraphs(bundle.generalist_onnx, tuple(s.onnx for s in specs if s.key != GENERAL),
-                       next((s.onnx for s in specs if s.key == GENERAL), None), m.input.channels, m.input.size,
-                       f"the bundle's models ({m.input.size} px)")
+    general = cached_onnx(bundle.path(m.general.checkpoint)) if m.general is not None else None
+    return ModelGraphs(bundle.generalist_onnx, tuple(cached_onnx(bundle.path(e.checkpoint)) for e in m.experts),
+                       general, m.input.channels, m.input.size, f"the bundle's models ({m.input.size} px)")
 
 
 def paper_graphs() -> ModelGraphs:
@@ -136,6 +133,8 @@ def server_costs(graphs: ModelGraphs, name: str, batch: int) -> tuple[float, flo
             ms = host_ms(path)
             return ms, device(CPU_SERVER).energy_j(ms / 1000) * 1000
         f = graph_features(path)
+        if dev.batch1 is not None:
+            require_covered(dev.batch1, f, f"the server model {path.name}")
         return dev.image_ms(f, batch), dev.image_mj(f, batch)
 
     pairs = [cost(p) for p in graphs.experts]
@@ -151,7 +150,9 @@ def edge_costs(onnx: Path, name: str):
     if name == HOST:
         return host_ms(onnx), None, "timed on this host (ONNX Runtime, 1 thread); edge energy not modelled"
     speed = edge_speed(name)
-    ms = speed.device_model().predict_ms(graph_features(onnx))
+    model, features = speed.device_model(), graph_features(onnx)
+    require_covered(model, features, f"the edge model {Path(onnx).name}")
+    ms = model.predict_ms(features)
     power = device(speed.energy_profile) if speed.energy_profile else None
     note = f"{name}'s device model" + (f" ({speed.caveat})" if speed.caveat else "")
     if power is None:
@@ -184,8 +185,8 @@ class Plan:
 
 
 def mode_parts(curve: OperatingCurve | None, graphs: ModelGraphs, *, edge_device: str, server_device_name: str,
-               link: str | None, image: ImageForm, images: np.ndarray | None = None, server_batch: int = 1,
-               source: str = "") -> ModeParts:
+               link: str | LinkProfile | TraceLink | None, image: ImageForm, images: np.ndarray | None = None,
+               server_batch: int = 1, source: str = "") -> ModeParts:
     """Everything :func:`askexpert.costs.modes.options` needs in one setting: the models' costs from ``graphs``,
     the accuracy from ``curve`` (the caller's: the bundle's own)."""
     if curve is None:
@@ -193,7 +194,7 @@ def mode_parts(curve: OperatingCurve | None, graphs: ModelGraphs, *, edge_device
                           fix="rebuild it with this askexpert: askexpert build-system ...")
     if server_batch < 1:
         raise ConfigError(f"a server batch of {server_batch} images", fix="use --server-batch 1 or more")
-    parsed = parse_link(link)
+    parsed = parse_link(link) if link is None or isinstance(link, str) else link
     up, how_bytes = image_bytes(image, graphs.channels, graphs.size, images)
     down = curve.down_bytes
     edge_ms, power, edge_note = edge_costs(graphs.edge, edge_device)
@@ -219,3 +220,41 @@ def plan(bundle_path: Path | System, goals: Goals, *, scale: str = "bundle", **s
     graphs = paper_graphs() if scale == "paper" else bundle_graphs(bundle)
     parts = mode_parts(bundle.manifest.curve, graphs, source=str(bundle.root), **setting)
     return Plan(parts, recommend(options(bundle.manifest.curve, parts), goals), str(bundle.root))
+
+
+def sample_images(spec: str | None) -> np.ndarray | None:
+    """The images a compressed form's size is measured on: ``photos`` (16 seeded crops of a photograph,
+    224 px), or an ``.npz`` file's ``images`` array (``uint8 [N, C, H, W]``); None: none given."""
+    if spec is None:
+        return None
+    if spec == "photos":
+        from askexpert.bench.scale import photo_crops
+
+        return photo_crops(16)
+    path = Path(spec)
+    try:
+        with np.load(path) as data:
+            images = data["images"]
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(f"cannot read sample images from {path}: {err}", fix="pass an .npz file with an 'images' "
+                          "array (uint8 [N, C, H, W]), or --images photos") from err
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"{path}'s images are {images.dtype} {list(images.shape)}",
+                          fix="save them as uint8 [N, C, H, W] with C 1 or 3")
+    return images
+
+
+def server_pacing(bundle: System, server_device_name: str, known: Path) -> tuple[list[str], dict | None]:
+    """``askexpert serve``'s flags that pace a bundle's server to a near-edge device (the images in ``known``
+    answered ahead), and each served model's graph features by expert id, what its energy is priced from
+    (``[]`` and None for ``host``)."""
+    if server_device_name == HOST:
+        return [], None
+    from askexpert.contract.labels import GENERAL
+    from askexpert.models.onnx_export import cached_onnx
+
+    m = bundle.manifest
+    features = {e.id: graph_features(cached_onnx(bundle.path(e.checkpoint))) for e in m.experts}
+    if m.general is not None:
+        features[GENERAL] = graph_features(cached_onnx(bundle.path(m.general.checkpoint)))
+    return ["--server-device", server_device_name, "--known-images", str(known)], features

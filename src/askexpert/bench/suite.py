@@ -15,7 +15,7 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -208,11 +208,12 @@ class _Bench:
     costs: CostModel
     meter: object = None
     servers: dict = field(default_factory=dict)
+    server_args: list[str] = field(default_factory=list)  # a server device's pacing (askexpert serve flags)
 
     def url(self, experts: str) -> str:
         if experts not in self.servers:
             self.servers[experts] = ServerProcess(Path(self.models[f"bundle-{experts}"]), threads=1,
-                                                  cpus=self.edge.server_cores)
+                                                  cpus=self.edge.server_cores, extra_args=self.server_args)
             self.servers[experts].start()
         return self.servers[experts].url
 
@@ -252,14 +253,17 @@ class _Bench:
         if meter is not None:
             meter.start()
         row = asyncio.run(_concurrency(url, self.images, "0", clients, self.profile.concurrency_seconds))
-        modelled = 1000 * self.costs.server.energy_j(row["server_ms_per_image"] / 1000)
+        c = self.costs
+        modelled = (1000 * c.server.energy_j(row["server_ms_per_image"] / 1000) if c.server_device is None else
+                    c.server_device.share_mj(c.server_features["0"], row["server_ms_per_image"]))
         if meter is not None:  # the GPU's whole energy over the window (static power included) per image
             reading = meter.stop()
             return ClientsRow(**row, server_mj_per_image=1000 * reading.joules / max(row["requests"], 1),
                               server_mj_per_image_modelled=modelled, server_energy_kind="measured",
                               server_energy_source=meter.source, server_watts=reading.watts)
         source = (f"{self.costs.server.name} ({self.costs.server.active_w:g} W) x compute share per image on "
-                  f"{self.costs.server_where}")
+                  f"{self.costs.server_where}" if self.costs.server_device is None else
+                  f"{self.costs.server_device.name}'s batch model (server paced to it)")
         return ClientsRow(**row, server_mj_per_image=modelled, server_mj_per_image_modelled=modelled,
                           server_energy_kind="modelled", server_energy_source=source)
 
@@ -267,16 +271,18 @@ class _Bench:
 def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path("runs"),
               results_dir: Path = Path("results"), fresh: bool = False, edge_profile: str | None = None,
               server_profile: str | None = None, radio: str = "wifi", edge_device: str = "host",
-              edge_mode: Mode = "auto", console: Console | None = None) -> BenchResult:
+              edge_mode: Mode = "auto", server_device: str = "host", console: Console | None = None) -> BenchResult:
     """Run (or resume) the bench. ``edge_device`` (a speed profile, or ``host``) emulates the edge
     device on one core of this host (:mod:`askexpert.testbed.placement`); its energy profile is the
-    device's own unless ``edge_profile`` names another."""
+    device's own unless ``edge_profile`` names another. ``server_device`` paces the expert servers to a
+    near-edge device (the test images' answers computed ahead) and prices their energy by its model."""
     import torch
 
     profile = profile_name if isinstance(profile_name, Profile) else PROFILES[profile_name]
     console = console or Console(stderr=True)
     work = Path(output_dir) / f"bench-{profile.name}"
-    cells = Cells(work / ("cells" if edge_device == "host" else f"cells-{edge_device}"))
+    cells = Cells(work / ("cells" + ("" if edge_device == "host" else f"-{edge_device}")
+                          + ("" if server_device == "host" else f"-server-{server_device}")))
     if fresh and cells.root.exists():
         shutil.rmtree(cells.root)
     torch.set_num_threads(profile.threads)
@@ -298,13 +304,14 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     meter, meter_notes = measured_meter()
     console.log("edge models: the bundle's experts and general model in ONNX, for the edge-execution baselines")
     local_models = export_edge_models(bundle, work / "edge-onnx")
+    server_args, costs = _pace_servers(bundle, server_device, images, work, costs)
     cells_plan = plan(profile)
     with edge:
         placement = edge.placement
         console.log(placement.describe())
         bench = _Bench(profile, models, edge, bundle.generalist_onnx, local_models, policy,
                        [ExpertTarget(e.id, list(e.classes)) for e in bundle.manifest.experts], images, labels, sweep,
-                       costs, meter)
+                       costs, meter, server_args=server_args)
         with progress_bar(console) as progress:
             task = progress.add_task(f"bench {profile.name} ({placement.label})", total=len(cells_plan), info="")
             try:
@@ -319,8 +326,23 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     result = _result(profile, models, policy, costs, meter, meter_notes, images, sweep, placement,
                      {c.name: row_from_dict(cells.get(c.name)) for c in cells_plan}, time.perf_counter() - started)
     _write(result, Path(results_dir), f"{result.date}-{result.host}-{profile.name}"
-           + ("" if edge_device == "host" else f"-{edge_device}"))
+           + ("" if edge_device == "host" else f"-{edge_device}")
+           + ("" if server_device == "host" else f"-server-{server_device}"))
     return result
+
+
+def _pace_servers(bundle, server_device: str, images: np.ndarray, work: Path,
+                  costs: CostModel) -> tuple[list[str], CostModel]:
+    """The servers' flags for a server device (the test images answered ahead) and the costs priced by it."""
+    if server_device == "host":
+        return [], costs
+    from askexpert.bench.plan import server_pacing
+    from askexpert.costs.server_device import server_device as device_named
+
+    known = work / "known-images.npz"
+    np.savez(known, images=images)
+    args, features = server_pacing(bundle, server_device, known)
+    return args, replace(costs, server_device=device_named(server_device), server_features=features)
 
 
 def _result(profile: Profile, models: dict, policy: RoutingPolicy, costs: CostModel, meter, meter_notes: list[str],

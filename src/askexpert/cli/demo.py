@@ -11,25 +11,28 @@ from askexpert.cli._common import add_edge_device_flags, log_console, print_edge
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from askexpert.demo import comparison, reading, run_demo
+    from askexpert.demo import comparison, plan_line, reading, run_demo
     from askexpert.runtime.link import parse_link
 
     console = log_console()
     console.rule("askexpert demo: collaborative inference on Fashion-MNIST, offline")
     result = run_demo(output_dir=Path(args.output_dir), fresh=args.fresh, limit=args.limit,
-                      link=parse_link(args.link), edge_device=args.edge_device, edge_mode=args.edge_mode,
+                      link=parse_link(args.link), second_link=parse_link(args.second_link),
+                      server_device=args.server_device, edge_device=args.edge_device, edge_mode=args.edge_mode,
                       console=console)
     print_edge_summary(result.report, title="askexpert demo: collaborative", energy=result.energy)
-    table = Table(title=f"what collaboration buys: the same {result.report.summary.samples} images on the "
-                        f"{result.placement.label}, link {result.report.link}")
-    table.add_column("metric")
-    for row in result.systems:
-        table.add_column(row.name, justify="right")
-    for label, values in comparison(result):
-        table.add_row(label, *values)
-    table_console().print(table)
-    for line in reading(result):
-        table_console().print(f"collaborative {line}" if line.startswith("against") else line)
+    for regime in result.regimes:
+        table = Table(title=f"{regime.link}: the same {result.report.summary.samples} images on the "
+                            f"{result.placement.label}, server paced to {result.server_device}")
+        table.add_column("metric")
+        for row in regime.systems:
+            table.add_column(row.name, justify="right")
+        for label, values in comparison(regime):
+            table.add_row(label, *values)
+        table_console().print(table)
+        table_console().print(f"[bold]{plan_line(regime)}[/bold]")
+        for line in reading(regime):
+            table_console().print(f"collaborative {line}" if line.startswith("against") else line)
     table_console().print(f"[bold]edge[/bold]: {result.placement.describe()}")
     table_console().print(f"energy, modelled: edge {result.energy.edge_energy_source}; "
                           f"server {result.energy.server_label}")
@@ -49,6 +52,11 @@ def register(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="retrain instead of reusing the demo's models")
     p.add_argument("--limit", type=int, default=2000, help="test images to stream (default 2000)")
     p.add_argument("--link", default="wifi",
-                   help="emulate a link on every offload: wifi (default), lte, 5g, none or rtt=20ms,bw=20mbit")
+                   help="emulate a link on every offload: wifi (default), lte, 5g, none, rtt=20ms,bw=20mbit or a "
+                   "recorded trace:UP,DOWN")
+    p.add_argument("--second-link", default="lte", help="the second regime's link (default lte, where the decision "
+                   "map recommends collaboration; none: one regime)")
+    p.add_argument("--server-device", default="h100", help="pace the expert server to h100 (default), "
+                   "jetson-agx-orin or host (this host's speed, priced as one EPYC core)")
     add_edge_device_flags(p, "--edge-device", default="rpi4")
     p.set_defaults(func=cmd_demo)

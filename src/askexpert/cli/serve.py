@@ -35,6 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     only = args.experts.split(",") if args.experts else None
     scheme = "https" if args.ssl_certfile else "http"
     if args.backend == "ray":
+        if args.server_device != "host" or args.known_images:
+            raise ConfigError("--server-device and --known-images pace the uvicorn backend's pool only",
+                              fix="leave them out with --backend ray, or serve with --backend uvicorn")
         if args.inline_max is not None:
             raise ConfigError("--inline-max is for the uvicorn backend (Ray Serve batches in its replicas)",
                               fix="leave --inline-max out with --backend ray")
@@ -51,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0002)
     pool = ExpertPool(args.source, device=args.device, include_general=not args.no_general, trace=not args.eager,
                       expect_system_id=args.expect_system_id, only=only)
+    pacer = _pace(pool, args)
     app = create_app(LocalExperts(pool, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                   inline_max=INLINE_MAX if args.inline_max is None else args.inline_max),
                      limits=limits, token=token)
@@ -62,7 +66,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 limit_concurrency=2 * args.max_in_flight + 16)  # a backstop on connections; the guard answers first
+    if pacer is not None:
+        log_console().log(f"paced to {args.server_device}: {pacer.stats.describe()}")
     return 0
+
+
+def _pace(pool, args: argparse.Namespace):
+    """``--server-device``: each batch lasting that device's time, known images answered ahead (or None)."""
+    from askexpert.serving.device_pace import pace_pool, read_known_images
+
+    if args.known_images and args.server_device == "host":
+        raise ConfigError("--known-images answers ahead for a paced server", fix="add --server-device h100 (or "
+                          "jetson-agx-orin), or leave --known-images out")
+    known = read_known_images(args.known_images) if args.known_images else None
+    pacer = pace_pool(pool, args.server_device, known)
+    if pacer is not None:
+        log_console().log(f"each batch lasts {pacer.device.describe()}'s time for it"
+                          + (f"; the answers to {len(known)} known images computed ahead" if known is not None else
+                             "; no known images: an image computed here that takes longer is counted"))
+    return pacer
 
 
 def _serve_on_ray(args: argparse.Namespace, limits, token: str | None, only: list[str] | None, scheme: str) -> None:
@@ -117,6 +139,10 @@ def register(sub) -> None:
     p.add_argument("--experts", metavar="IDS", help="serve only these experts, e.g. 0,1 or 2,general (the others "
                    "on another server: askexpert edge --server URL1 URL2 finds each where it is)")
     p.add_argument("--eager", action="store_true", help="run the models eagerly (no TorchScript trace)")
+    p.add_argument("--server-device", default="host", help="pace every batch to a near-edge device's time: h100, "
+                   "jetson-agx-orin (costs/profiles.yaml, server_devices); host (default): this host's own speed")
+    p.add_argument("--known-images", type=Path, metavar="NPZ", help="with --server-device: images the edge will "
+                   "send (an .npz 'images' array), answered ahead so a device faster than this host is met")
     p.add_argument("--log-level", default="warning")
     ray_group = p.add_argument_group("Ray Serve backend (pip install 'askexpert[ray]'; docs/scale-out.md)")
     ray_group.add_argument("--backend", choices=["uvicorn", "ray"], default="uvicorn",

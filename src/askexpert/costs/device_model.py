@@ -248,3 +248,17 @@ def reference_features() -> dict[str, GraphFeatures]:
         return {}
     raw = json.loads(FEATURE_FILE.read_text())
     return {name: GraphFeatures(entry["features"]) for name, entry in raw["models"].items()}
+
+
+def require_covered(model: DeviceModel, features: GraphFeatures, what: str) -> None:
+    """Refuse to price ``what`` on ``model``'s device where the graph does work of an op class that no model of
+    the device's table does and the fit left at no cost (a prediction would silently leave that work out)."""
+    refs = reference_features()
+    seen = {c for n in model.fitted_on if n in refs for c in OP_CLASSES if refs[n].values.get(c, 0.0) > 0}
+    missing = [c for c in OP_CLASSES if features.values.get(c, 0.0) > 0 and c not in seen
+               and model.coef.get(c, 0.0) == 0]
+    if missing:
+        work = ", ".join(f"{c} ({features.values[c]:.1f} {UNITS[c]})" for c in missing)
+        raise ConfigError(f"device {model.device} has no figure for {what}'s {work}: none of its published models "
+                          "does that work", fix="add a sourced figure of a model that does it to the device's table "
+                          "in costs/profiles.yaml, or choose another device")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from askexpert.costs.device_model import GraphFeatures
 from askexpert.costs.profiles import DeviceProfile, NetworkProfile
+from askexpert.costs.server_device import ServerDevice
 
 
 @dataclass
@@ -72,17 +74,39 @@ def edge_mj_per_image(traces, edge: DeviceProfile, radio: NetworkProfile) -> flo
 @dataclass
 class CostModel:
     """``server_where``: where the server's compute times were measured (``this host's CPU (AMD EPYC)``),
-    named in every server figure's label."""
+    named in every server figure's label. ``server_device``: the server was paced to that near-edge device
+    (``askexpert serve --server-device``): each offloaded image is priced by its batch model from its share of
+    the batch's (paced) time and its expert's graph (``server_features``, by expert id), not at ``server``'s
+    power."""
 
     edge: DeviceProfile
     server: DeviceProfile
     radio: NetworkProfile
     server_where: str = "this host"
+    server_device: ServerDevice | None = None
+    server_features: dict[str, GraphFeatures] | None = None
+
+    def _server_modelled(self, traces) -> tuple[float, str, str]:
+        """The server's joules over ``traces``, its short label and its source."""
+        busy = [t for t in traces if not t.expert_on_edge and t.expert_share_ms > 0]
+        if self.server_device is None:
+            server_j = self.server.energy_j(sum(t.expert_share_ms for t in busy) / 1000)
+            label = f"{self.server.name}'s {self.server.active_w:g} W x compute time on {self.server_where}"
+            return server_j, label, (f"{self.server.name} ({self.server.description}; {self.server.active_w:g} W) x "
+                                     f"each image's share of its server batch's compute time, measured on "
+                                     f"{self.server_where}")
+        d, feats = self.server_device, self.server_features or {}
+        missing = sorted({t.expert for t in busy} - set(feats))
+        if missing:
+            raise ValueError(f"no graph features for expert(s) {', '.join(map(str, missing))}")
+        server_j = sum(d.share_mj(feats[t.expert], t.expert_share_ms) for t in busy) / 1000
+        return server_j, f"{d.name}'s batch model (server paced to it)", (
+            f"{d.describe()}: each image's share of its paced batch time at the device's static power, plus its "
+            f"own work ({d.source})")
 
     def energy(self, traces, server_measured_j: float | None = None, server_meter: str | None = None) -> Energy:
         """Energy per image of ``traces`` (:class:`~askexpert.runtime.edge.SampleTrace`)."""
         n = max(len(traces), 1)
-        server_busy_s = sum(0.0 if t.expert_on_edge else t.expert_share_ms for t in traces) / 1000
         edge_busy_s, edge_wait_s, moved = edge_times(traces)
         edge_compute, edge_wait, radio = edge_energy_j(self.edge, self.radio, edge_busy_s, edge_wait_s, moved)
         wait_text = (f"{self.edge.idle_w} W idle x time waiting for offloads" if self.edge.idle_w
@@ -91,10 +115,8 @@ class CostModel:
             server_j, kind, source = server_measured_j, "measured", server_meter or "meter"
             label = source
         else:
-            server_j, kind = self.server.energy_j(server_busy_s), "modelled"
-            label = f"{self.server.name}'s {self.server.active_w:g} W x compute time on {self.server_where}"
-            source = (f"{self.server.name} ({self.server.description}; {self.server.active_w:g} W) x each image's "
-                      f"share of its server batch's compute time, measured on {self.server_where}")
+            kind = "modelled"
+            server_j, label, source = self._server_modelled(traces)
         offloaded = sum(t.route.offloaded and not t.expert_on_edge for t in traces)
         edge_total = edge_compute + edge_wait + radio
         return Energy(

@@ -100,6 +100,15 @@ class ServerDevice:
         p, e, f = self.energy_coef
         return p * t + n * (e * m + f * layers)
 
+    def share_mj(self, features: GraphFeatures, share_ms: float) -> float:
+        """One image's energy (mJ) from its share of its batch's time on the device (``batch_ms / n``): the
+        same batch model read per image (the static power over the share, then the image's own work)."""
+        if self.batch1 is not None:
+            return (self.power_w or 0.0) * share_ms
+        m, layers = _terms(features)
+        p, e, f = self.energy_coef
+        return p * share_ms + e * m + f * layers
+
     def image_ms(self, features: GraphFeatures, n: int = 1) -> float:
         return self.batch_ms(features, n) / n
 

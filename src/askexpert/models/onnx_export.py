@@ -68,3 +68,21 @@ def export_onnx(checkpoint: Path | StoredCheckpoint, out: Path, *, opset: int = 
     return {"path": str(out), "max_abs_diff": max_diff, "export_seconds": seconds, "opset": opset}
 
 
+
+
+def cached_onnx(checkpoint: Path | StoredCheckpoint) -> Path:
+    """The checkpoint's ONNX graph, exported once and kept in the user cache by its weights' sha256 (what the
+    device models read: ``askexpert plan`` and a server paced to a device share it)."""
+    import hashlib
+
+    from askexpert.models.checkpoint import open_checkpoint
+    from askexpert.paths import user_cache_dir
+
+    stored = open_checkpoint(checkpoint)
+    digest = hashlib.sha256(Path(f"{stored.stem}.safetensors").read_bytes()).hexdigest()[:24]
+    out = user_cache_dir() / "graphs" / f"{digest}.onnx"
+    if not out.is_file():
+        tmp = out.with_name(f".{out.stem}.{time.time_ns()}.onnx")
+        export_onnx(stored, tmp)
+        tmp.replace(out)
+    return out

@@ -123,7 +123,9 @@ class DynamicBatcher:
         the model thread count as the request's queue time, not as compute)."""
         started = time.perf_counter()
         output = self.run(images)
-        return output, time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        paced = getattr(output, "device_s", None)  # a pool paced to a server device reports the device's time
+        return output, elapsed if paced is None else paced
 
     async def _next(self, deadline: float | None) -> _Pending | None:
         """The next live request (one whose caller still waits), or None when none comes by ``deadline``

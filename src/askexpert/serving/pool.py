@@ -59,6 +59,7 @@ class ExpertOutput:
 
     probs: torch.Tensor  # [N, outputs] float32 on the CPU
     output_ids: list[int]  # global class id of each output, -1 for "other"
+    device_s: float | None = None  # a paced pool: the server device's time for the batch (the host's if longer)
 
     def result_dicts(self, topk: int) -> list[dict]:
         """Per image: the fields of :class:`ImageResult`, as plain values (the server's fast path; built by
@@ -187,6 +188,7 @@ class ExpertPool:
         general model). ``verify``: check every file of a bundle against its sha256 (off only where the
         bundle was just checked)."""
         self.device = resolve_device(device)
+        self.pacer = None  # a serving.device_pace.ServerPacer: each batch lasts a near-edge device's time
         cuda = self.device.type == "cuda"
         self.half = cuda
         self.dtype = torch.float16 if self.half else torch.float32
@@ -255,9 +257,16 @@ class ExpertPool:
             for n in sizes:
                 self.infer(served.key, np.zeros((n, c, s, s), dtype=np.uint8))
 
-    @torch.no_grad()
     def infer(self, key: str, images: np.ndarray | torch.Tensor) -> ExpertOutput:
-        """Probabilities of expert ``key`` for a ``uint8 [N, C, H, W]`` batch."""
+        """Probabilities of expert ``key`` for a ``uint8 [N, C, H, W]`` batch (lasting the server device's time
+        for it where the pool is paced: :mod:`askexpert.serving.device_pace`)."""
+        if self.pacer is None:
+            return self._infer(key, images)
+        probs, seconds = self.pacer.run(key, np.asarray(images), lambda x: self._infer(key, x).probs.numpy())
+        return ExpertOutput(torch.from_numpy(probs), self.get(key).output_ids, device_s=seconds)
+
+    @torch.no_grad()
+    def _infer(self, key: str, images: np.ndarray | torch.Tensor) -> ExpertOutput:
         served = self.get(key)
         if isinstance(images, np.ndarray) and not images.flags.writeable:  # a request body's buffer
             images = images.copy()
