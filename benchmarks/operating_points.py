@@ -13,7 +13,11 @@ to the expert server (the other cores), each repeat runs, over the same stratifi
   bundle's fixed tau first, then ``--slo-p95`` set midway between the fixed run's p95 on wifi and on lte;
 * **(b) load**: the same with ``--clients - 1`` competing clients on the server (16 edges sharing it);
 * **(c) drift**: the test images corrupted from the first third on (``--corruption``, default
-  gaussian_noise:5): the fixed tau against ``--target-offload`` (the bundle's validation offload).
+  gaussian_noise:5): the fixed tau against ``--target-offload`` (the bundle's validation offload);
+* **(d) trace** (``--scenarios trace``): a recorded cellular link for the whole run (``--trace-links``, Mahimahi
+  files under ``--traces``, default ../shared/traces; cellular radio): the fixed tau, then the SLO controller
+  held at the fixed run's median 100-image-window p95, then the energy controller held at its median window's
+  edge energy: the share of windows within each, fixed tau beside it.
 
 Each run's traces are kept in ``--out/repeat-R/*.json`` (per image: route, tau, latency, link); the
 summary reads them all: the share of 100-image windows within the SLO after the change, realised
@@ -64,17 +68,19 @@ def test_images(bundle_root: Path, n: int, path: Path) -> Path:
     return path
 
 
-def record(report, **extra) -> dict:
-    """What the summary needs of one run: per image (route, tau, latency, link, right), the summary, the
-    controller's report."""
+def record(report, radio: str = "wifi", **extra) -> dict:
+    """What the summary needs of one run: per image (route, tau, latency, link, right, edge energy), the summary,
+    the controller's report."""
     t = report.traces
+    edge, net = device("raspberry-pi-4"), network(radio)
     return {**extra, "summary": asdict(report.summary),
             "control": asdict(report.control) if report.control else None,
             "tau": report.policy.tau,
             "images": {"total_ms": [round(x.total_ms, 3) for x in t], "offloaded": [x.route.offloaded for x in t],
                        "tau": [round(x.tau, 6) for x in t], "link": [x.link for x in t],
-                       "correct": [x.pred == x.label for x in t], "degraded": [x.degraded for x in t]},
-            "edge_mj": edge_mj_per_image(t, device("raspberry-pi-4"), network("wifi"))}
+                       "correct": [x.pred == x.label for x in t], "degraded": [x.degraded for x in t],
+                       "edge_mj": [round(edge_mj_per_image([x], edge, net), 4) for x in t]},
+            "edge_mj": edge_mj_per_image(t, edge, net), "radio": radio}
 
 
 def windows(values: list[float], start: int, end: int | None = None) -> list[list[float]]:
@@ -172,6 +178,64 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
                 f"({load.stats.rate:.0f}/s, {load.stats.failures} failed)")
 
 
+def trace_runs(args, bundle: Path, images: Path, out: Path, say) -> None:
+    """Scenario (d): each recorded link for the whole run; fixed tau, then the SLO and the energy controller
+    held at the fixed run's median window (a run already saved is kept)."""
+    from askexpert.costs.profiles import edge_speed
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = EdgeSettings(system=bundle, server=None, inputs=[str(images)], batch_size=1, timeout_s=5.0,
+                        threads=edge_speed(args.device).threads, radio="cellular")
+    with EmulatedEdge(args.device) as edge, ServerProcess(bundle, threads=1, cpus=edge.server_cores,
+                                                          extra_args=["--no-general"]) as url:
+        say(edge.placement.describe())
+        for name in args.trace_links:
+            link = parse_link(f"trace:{args.traces / name}")
+
+            def run(kind: str, settings: EdgeSettings, _name=name, _link=link, **extra) -> dict:
+                path = out / f"trace-{_name}-{kind}.json"
+                if path.is_file():
+                    return json.loads(path.read_text())
+                edge.recalibrate(f"{_name} {kind}")
+                fresh = parse_link(f"trace:{args.traces / _name}")  # each run from the trace's start, empty queues
+                rep = edge.call(run_edge, s=replace(settings, server=url, link=fresh))
+                row = record(rep, radio="cellular", kind=kind, trace=_link.describe(), **extra)
+                path.write_text(json.dumps(row))
+                say(f"{_name} {kind}: accuracy {rep.summary.accuracy:.2f}%, offload {rep.summary.offload_rate:.1f}%, "
+                    f"p95 {rep.summary.latency_ms.p95:.1f} ms, edge {row['edge_mj']:.1f} mJ an image")
+                return row
+
+            fixed = run("fixed", base)
+            slo = round(statistics.median(p95s(fixed, 0)), 1)
+            budget = round(statistics.median(float(np.mean(w)) for w in windows(fixed["images"]["edge_mj"], 0)), 2)
+            run("slo", replace(base, slo_p95_ms=slo), slo=slo)
+            run("energy", replace(base, energy_budget_mj=budget), budget=budget)
+
+
+def summarize_traces(out: Path) -> str:
+    """Scenario (d)'s table: windows within the SLO and within the energy budget, each controller beside fixed tau."""
+    files = sorted(out.glob("repeat-*/trace-*-fixed.json"))
+    if not files:
+        return ""
+    lines = ["", "| recorded link | edge | SLO ms | windows within the SLO | energy budget mJ | windows within the "
+             "budget | offload % | accuracy % | p95 ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for fixed_path in files:
+        name = fixed_path.name[len("trace-"):-len("-fixed.json")]
+        rows = {k: json.loads((fixed_path.parent / f"trace-{name}-{k}.json").read_text())
+                for k in ("fixed", "slo", "energy") if (fixed_path.parent / f"trace-{name}-{k}.json").is_file()}
+        slo = rows.get("slo", {}).get("slo")
+        budget = rows.get("energy", {}).get("budget")
+        for kind, row in rows.items():
+            w_p95 = p95s(row, 0)
+            w_mj = [float(np.mean(w)) for w in windows(row["images"]["edge_mj"], 0)]
+            within_slo = f"{100 * np.mean([v <= slo for v in w_p95]):.0f}%" if slo else "-"
+            within_mj = f"{100 * np.mean([v <= budget for v in w_mj]):.0f}%" if budget else "-"
+            s = row["summary"]
+            lines.append(f"| {name} | {kind} | {slo or '-'} | {within_slo} | {budget or '-'} | {within_mj} | "
+                         f"{s['offload_rate']:.1f} | {s['accuracy']:.2f} | {s['latency_ms']['p95']:.1f} |")
+    return "\n".join(lines)
+
+
 def summarize(out: Path, images: int) -> str:
     third = images // 3
     repeats = sorted(p for p in out.glob("repeat-*") if p.is_dir())
@@ -229,7 +293,7 @@ def summarize(out: Path, images: int) -> str:
                          f"{100 * (row['edge_mj'] / pred['edge_mj'] - 1):+.1f}% |")
     for r, run in enumerate(runs):  # every repeat's: SCENARIO-repeat-R.png
         plots(run, out, third, f"-repeat-{r}")
-    return "\n".join(lines)
+    return "\n".join(lines) + summarize_traces(out)
 
 
 def _chunks(values: list, n: int) -> list[list]:
@@ -299,12 +363,15 @@ def main() -> None:
     ap.add_argument("--corruption", default="gaussian_noise:5")
     ap.add_argument("--budgets", type=float, nargs="+", default=[25.0, 40.0], help="p95 budgets (ms) on wifi to plan")
     ap.add_argument("--scenarios", nargs="+", default=["plan", "link", "drift", "load"],
-                    choices=["plan", "link", "drift", "load"],
+                    choices=["plan", "link", "drift", "load", "trace"],
                     help="what each repeat runs (a run already saved is kept)")
     ap.add_argument("--out", type=Path, default=OUT, help="the runs' JSON, the summary and the plots")
     ap.add_argument("--work", type=Path, default=Path("runs/operating-points"),
                     help="the bundles and the test images (not committed)")
     ap.add_argument("--summary", action="store_true", help="only summarise the saved repeats")
+    ap.add_argument("--traces", type=Path, default=Path(__file__).parents[2] / "shared" / "traces",
+                    help="the recorded links' folder (Mahimahi files)")
+    ap.add_argument("--trace-links", nargs="+", default=["Verizon-LTE-short", "ATT-LTE-driving-2016"])
     args = ap.parse_args()
     console = stdout_console()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -322,6 +389,8 @@ def main() -> None:
         console.log(f"{describe(info)}; {args.repeats} repeats of {args.images} images on {args.device}")
         for r in range(args.repeats):
             one_repeat(args, r, bundle, images, args.out / f"repeat-{r}", args.work, console.log)
+            if "trace" in args.scenarios:
+                trace_runs(args, bundle, images, args.out / f"repeat-{r}", console.log)
     text = summarize(args.out, args.images)
     (args.out / "summary.md").write_text(text + "\n")
     print(text)

@@ -152,7 +152,8 @@ class BudgetController:
             sent = LatencyMix(self.edge_ms, [self.offload_ms], [1.0], 1.0, offload_weights=[w]).exceed(self.slo)
             return window_breach((1 - r) * kept + r * sent, self.window)
         finite = [v for v in self.offload_ms if math.isfinite(v)]
-        wait = float(np.median(finite)) if finite else 0.0
+        # energy is a mean: the mean wait, not the median (a recorded link's queue puts its cost in the tail)
+        wait = float(np.mean(finite)) if finite else 0.0
         moved = float(np.mean(self.moved)) if self.moved else 0.0
         edge_ms = float(np.mean(self.edge_ms))
         return np.array([expected_edge_mj(self.edge, self.radio, edge_ms=edge_ms, rate=x, wait_ms=wait,
