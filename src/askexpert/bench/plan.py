@@ -217,6 +217,10 @@ def plan(bundle_path: Path | System, goals: Goals, *, scale: str = "bundle", **s
     ``scale``: ``bundle`` prices the bundle's own models; ``paper`` prices the paper's DeiT-Tiny / DeiT-Small at
     224 px with the bundle's accuracy curve (a what-if: the accuracy stays the bundle's)."""
     bundle = open_system(bundle_path)
+    if bundle.manifest.data.name == "cost-only":
+        raise ConfigError(f"{bundle.root} is a cost-only bundle (untrained weights): it has no accuracy to weigh the "
+                          "modes by", fix="plan a trained bundle; --scale paper prices the paper's DeiT-Tiny / "
+                          "DeiT-Small with that bundle's accuracy curve")
     graphs = paper_graphs() if scale == "paper" else bundle_graphs(bundle)
     parts = mode_parts(bundle.manifest.curve, graphs, source=str(bundle.root), **setting)
     return Plan(parts, recommend(options(bundle.manifest.curve, parts), goals), str(bundle.root))
