@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.bench.machine import machine_info
-from askexpert.bench.plan import ImageForm, bundle_graphs, mode_parts, paper_graphs, sample_images, server_pacing
+from askexpert.bench.plan import ImageForm, bundle_graphs, mode_parts, paper_graphs, sample_images
 from askexpert.contract.bundle import open_system
 from askexpert.costs.modes import COLLABORATIVE, EDGE_ONLY, FULL_OFFLOAD, Goals, options, recommend
 from askexpert.errors import AskExpertError
@@ -157,7 +157,7 @@ def direct_check(bundle, graphs, edge_device: str, link: str, image: int, server
     from askexpert.runtime.link import parse_link
     from askexpert.runtime.session import EdgeSettings, freeze_split
     from askexpert.testbed.placement import EmulatedEdge
-    from askexpert.testbed.server import ServerProcess
+    from askexpert.testbed.server import ServerProcess, server_pacing
 
     c = cell(bundle, graphs, None, edge_device, link, image, server)
     o = c["chosen"]

@@ -67,7 +67,7 @@ def test_a_damaged_or_foreign_bundle_is_refused(tiny_system, tmp_path):
         open_system(copy)
     manifest = json.loads((tiny_system["bundle"] / SYSTEM_FILE).read_text())
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(CheckpointError, match="schema version 99.*reads versions 1, 2, 3, 4 .it writes 4"):
+    with pytest.raises(CheckpointError, match="schema version 99.*reads versions 1, 2, 3, 4, 5 .it writes 5"):
         open_system(copy)
     (copy / SYSTEM_FILE).write_text(json.dumps({**manifest, "routing": {**manifest["routing"], "k": 0}}))
     with pytest.raises(CheckpointError, match="routing.k"):

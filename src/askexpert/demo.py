@@ -26,7 +26,6 @@ import numpy as np
 from rich.console import Console
 
 from askexpert.bench.baselines import SystemRow, measure, run_on_edge
-from askexpert.bench.plan import server_pacing
 from askexpert.console import progress_bar
 from askexpert.costs.energy import CostModel, Energy
 from askexpert.costs.modes import Goals
@@ -41,7 +40,7 @@ from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, ru
 from askexpert.system.build import build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
 from askexpert.testbed.placement import EmulatedEdge, Mode, Placement
-from askexpert.testbed.server import ServerProcess
+from askexpert.testbed.server import ServerProcess, server_pacing
 
 EDGE_DEVICE = "raspberry-pi-4"  # the energy profile when the edge is not emulated (costs/profiles.yaml)
 DEFAULT_LINK = PRESETS["wifi"]  # regime 1: a 784-byte picture over wifi (the plan recommends full offload)

@@ -247,18 +247,3 @@ def sample_images(spec: str | None) -> np.ndarray | None:
                           fix="save them as uint8 [N, C, H, W] with C 1 or 3")
     return images
 
-
-def server_pacing(bundle: System, server_device_name: str, known: Path) -> tuple[list[str], dict | None]:
-    """``askexpert serve``'s flags that pace a bundle's server to a near-edge device (the images in ``known``
-    answered ahead), and each served model's graph features by expert id, what its energy is priced from
-    (``[]`` and None for ``host``)."""
-    if server_device_name == HOST:
-        return [], None
-    from askexpert.contract.labels import GENERAL
-    from askexpert.models.onnx_export import cached_onnx
-
-    m = bundle.manifest
-    features = {e.id: graph_features(cached_onnx(bundle.path(e.checkpoint))) for e in m.experts}
-    if m.general is not None:
-        features[GENERAL] = graph_features(cached_onnx(bundle.path(m.general.checkpoint)))
-    return ["--server-device", server_device_name, "--known-images", str(known)], features

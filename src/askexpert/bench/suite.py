@@ -45,7 +45,7 @@ from askexpert.system.build import build_system
 from askexpert.system.calibrate import generalist_policy
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 from askexpert.testbed.placement import EmulatedEdge, Mode
-from askexpert.testbed.server import ServerProcess
+from askexpert.testbed.server import ServerProcess, server_pacing
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,6 @@ def _pace_servers(bundle, server_device: str, images: np.ndarray, work: Path,
     """The servers' flags for a server device (the test images answered ahead) and the costs priced by it."""
     if server_device == "host":
         return [], costs
-    from askexpert.bench.plan import server_pacing
     from askexpert.costs.server_device import server_device as device_named
 
     known = work / "known-images.npz"
