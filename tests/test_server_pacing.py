@@ -109,5 +109,7 @@ def test_a_paced_server_answers_as_the_unpaced_one_at_the_devices_time(tiny_syst
             HttpExpertClient(url) as paced:
         replies = [paced.infer("0", images[i:i + 1]) for i in range(len(images))]
     assert [r.pred[0] for r in replies] == expected
-    assert all(r.compute_ms == pytest.approx(device_ms, rel=1e-6) for r in replies)  # reported: the device's time
+    # reported: the device's time, or the host's where a loaded host took longer (never less); the fake-clock
+    # tests above pin the exact value
+    assert all(r.compute_ms >= device_ms * (1 - 1e-6) for r in replies)
     assert all(r.round_trip_ms >= device_ms for r in replies)  # and the batch lasted it
