@@ -22,7 +22,7 @@ import numpy as np
 from askexpert.contract.bundle import System, open_system
 from askexpert.contract.codecs import Encoding, compress
 from askexpert.contract.schema import OperatingCurve
-from askexpert.costs.device_model import graph_features, require_covered
+from askexpert.costs.device_model import cached_features, require_covered
 from askexpert.costs.modes import Goals, ModeParts, Recommendation, options, recommend
 from askexpert.costs.profiles import CPU_SERVER, device, edge_speed, network, radio_for, server_overhead
 from askexpert.costs.server_device import HOST, server_device
@@ -132,7 +132,7 @@ def server_costs(graphs: ModelGraphs, name: str, batch: int) -> tuple[float, flo
         if dev is None:
             ms = host_ms(path)
             return ms, device(CPU_SERVER).energy_j(ms / 1000) * 1000
-        f = graph_features(path)
+        f = cached_features(path)
         if dev.batch1 is not None:
             require_covered(dev.batch1, f, f"the server model {path.name}")
         return dev.image_ms(f, batch), dev.image_mj(f, batch)
@@ -150,7 +150,7 @@ def edge_costs(onnx: Path, name: str):
     if name == HOST:
         return host_ms(onnx), None, "timed on this host (ONNX Runtime, 1 thread); edge energy not modelled"
     speed = edge_speed(name)
-    model, features = speed.device_model(), graph_features(onnx)
+    model, features = speed.device_model(), cached_features(onnx)
     require_covered(model, features, f"the edge model {Path(onnx).name}")
     ms = model.predict_ms(features)
     power = device(speed.energy_profile) if speed.energy_profile else None

@@ -138,6 +138,18 @@ def graph_features(path: Path | str) -> GraphFeatures:
     return GraphFeatures(out)
 
 
+@cache
+def _features_at(path: str, mtime_ns: int, size: int) -> GraphFeatures:
+    return graph_features(path)
+
+
+def cached_features(path: Path | str) -> GraphFeatures:
+    """:func:`graph_features`, read once a process for a file as it stands (its path, size and modification
+    time): the pacing of every model call, each setting of ``askexpert plan`` and the decision map ask again."""
+    st = Path(path).stat()
+    return _features_at(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
 POINTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Exp", "Erf", "Tanh",
              "Sigmoid", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Min", "Max"}
 
