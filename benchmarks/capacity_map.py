@@ -157,8 +157,6 @@ def run_unit(setting: Setting, width: str, seed: int, starts: dict[str, str], ou
         fourx = fourx.headline["general model as the expert"]
     ones = {GENERAL_ONE: trained.general, **({NEXT_ONE: trained.other_generals[FOURX]} if fourx else {})}
     routing = routing_variants(trained.generalist, trained.general, trained.experts, one_models=ones)
-    restricted = restricted_name("", None)  # the partitions differ (overlap): the static experts' one
-    restricted = restricted if restricted in report.controls else restricted_name("", "static")
     return {
         "task": "han100", "width": width, "seed": seed, "setting": asdict(setting), "starts": starts,
         "partition": json.loads(trained.partition.read_text())["experts"],
@@ -167,6 +165,16 @@ def run_unit(setting: Setting, width: str, seed: int, starts: dict[str, str], ou
                                                     *trained.other_generals.items()) if k != PER_EXPERT},
         "experts": {label: _expert_record(label, run, report, trained) for label, run in trained.experts.items()},
         "routing": [r.to_json() for r in routing],
+        **system_record(report, trained, fourx, t0, started),
+    }
+
+
+def system_record(report, trained, fourx, t0: float, started: float) -> dict:
+    """A unit's controls (the one-expert designs, the restricted general model, each model alone), timings and
+    reused runs; ``fourx``: the next width's headline as the one expert (None: not in this unit)."""
+    restricted = restricted_name("", None)  # the partitions differ (overlap): the static experts' one
+    restricted = restricted if restricted in report.controls else restricted_name("", "static")
+    return {
         "controls": {
             "general_as_expert_system_accuracy": report.headline["general model as the expert"].test.accuracy,
             "general_as_expert_val_accuracy": report.headline["general model as the expert"].val.accuracy,
