@@ -43,6 +43,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         energy_budget_mj=args.energy_budget, target_offload=args.target_offload,
         target_accuracy=args.target_accuracy, probe=args.probe, radio=args.radio,
         energy_profile=args.edge_profile or _edge_energy_profile(args.device), encoding=_encoding(args.encode),
+        server_protocol=args.server_protocol, trust_unpinned=args.trust_unpinned_server,
     )
     placement = None
     if args.device == "host":
@@ -126,6 +127,12 @@ def register(sub) -> None:
     p.add_argument("--server", nargs="+", metavar="URL",
                    help="expert server URL, e.g. http://127.0.0.1:8000, or several (each expert is asked on a "
                    "server that lists it; a dead server degrades only its experts); none: generalist only")
+    p.add_argument("--server-protocol", choices=("v1", "v2"), default="v1",
+                   help="v1: askexpert's own server (default); v2: the Open Inference Protocol (Triton, KServe, "
+                   "MLServer, or askexpert serve's /v2), the experts named expert-<id>, version 1")
+    p.add_argument("--trust-unpinned-server", action="store_true",
+                   help="with --server-protocol v2: use a server whose models do not name this bundle's system id "
+                   "(askexpert export triton writes it into each model's configuration)")
     p.add_argument("--input", nargs="+", default=["split:test"],
                    help="image files, an image folder (one sub-folder per class: labelled), a .npz with 'images' "
                    "(and 'labels'), or split:test|val|train of the generalist's dataset (full install)")

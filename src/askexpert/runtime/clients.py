@@ -291,14 +291,18 @@ class HttpExpertClient:
         resp = dilated(lambda: self._request("POST", url, content=body, headers=headers))
         t2 = time.perf_counter()
         parsed = self._parse(f"expert {expert_id}'s answer", resp, InferResponse.model_validate_json)
-        link_ms = 0.0
-        if self.link is not None:
-            link_ms = self.link.delay_s(len(body), len(resp.content), sent_s=t1, server_s=t2 - t1,
-                                        slept=self.link_sleep) * 1000
-            if self.link_sleep:
-                time.sleep(link_ms / 1000)
-        return _reply(parsed, round_trip_ms=(t2 - t1) * 1000, encode_ms=(t1 - t0) * 1000, link_ms=link_ms,
-                      up_bytes=len(body), down_bytes=len(resp.content), server=self.base_url)
+        return _reply(parsed, round_trip_ms=(t2 - t1) * 1000, encode_ms=(t1 - t0) * 1000,
+                      link_ms=self._link_ms(len(body), len(resp.content), t1, t2), up_bytes=len(body),
+                      down_bytes=len(resp.content), server=self.base_url)
+
+    def _link_ms(self, up: int, down: int, sent: float, answered: float) -> float:
+        """The emulated link's delay of one offload (0 without one), slept here unless only accounted."""
+        if self.link is None:
+            return 0.0
+        link_ms = self.link.delay_s(up, down, sent_s=sent, server_s=answered - sent, slept=self.link_sleep) * 1000
+        if self.link_sleep:
+            time.sleep(link_ms / 1000)
+        return link_ms
 
 
 _EXPERT_LIST = TypeAdapter(list[ExpertInfo])

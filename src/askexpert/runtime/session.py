@@ -43,6 +43,7 @@ from askexpert.runtime.control import (
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import Link, LinkSchedule
+from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
 from askexpert.runtime.records import AnswerLog, resume, skip
 from askexpert.security import refuse_pin_without_bundle
 
@@ -90,6 +91,8 @@ class EdgeSettings:
     energy_profile: str = "raspberry-pi-4"  # the edge's power (costs/profiles.yaml) for --energy-budget
     radio: str = "wifi"
     encoding: Encoding = RAW  # how offloaded images travel (raw, npy, png, jpeg:Q, webp:Q)
+    server_protocol: str = "v1"  # "v1": askexpert's server; "v2": any Open Inference Protocol server (a bundle's)
+    trust_unpinned: bool = False  # v2: use a server whose models do not name this bundle's system id
 
     def described(self) -> dict[str, str]:
         """Every setting as text, for a summary: the system named by its directory, the token never written."""
@@ -109,6 +112,7 @@ class EdgeSystem:
     system_id: str | None  # sha256 of system.json (None: a run directory)
     source: str
     curve: OperatingCurve | None = None  # the bundle's operating curve (none: schema 1, a run directory)
+    bundle: System | None = None  # the opened bundle (None: a run directory)
 
 
 @dataclass
@@ -152,7 +156,30 @@ def edge_system(s: EdgeSettings) -> EdgeSystem:
                           "cannot read: build the bundle again with it") from err
     experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
     return EdgeSystem(OnnxGeneralist(system.generalist_onnx, threads=s.threads), policy, experts,
-                      dict(m.data.config), system.system_id, f"bundle {system.root}", m.curve)
+                      dict(m.data.config), system.system_id, f"bundle {system.root}", m.curve, system)
+
+
+def _clients(s: EdgeSettings, system: EdgeSystem, urls: list[str]) -> list[HttpExpertClient]:
+    """One client a server: askexpert's ``/v1``, or (``server_protocol`` v2, a bundle's edge) the Open Inference
+    Protocol's, which reads what the experts are from the bundle."""
+    kw = dict(timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s, token=s.token,
+              ca_file=s.ca_file, system_id=system.system_id)
+    if s.server_protocol == "v1":
+        return [HttpExpertClient(url, encoding=s.encoding, **kw) for url in urls]
+    if s.server_protocol != "v2":
+        raise ConfigError(f"unknown server protocol {s.server_protocol!r}", fix="--server-protocol v1 or v2")
+    if urls and system.bundle is None:
+        raise ConfigError("--server-protocol v2 needs a bundle: what the experts are (classes, temperature) comes "
+                          "from it", fix="build one: askexpert build-system GENERALIST_RUN EXPERTS_RUN --out DIR")
+    if urls and system.policy.reroute is not None:
+        raise ConfigError(f"this bundle re-routes on the server (at most {system.policy.reroute.tries} experts an "
+                          "offload), which only askexpert's own /v1 protocol can ask for",
+                          fix="--server-protocol v1 with askexpert serve BUNDLE, or a bundle built without --reroute")
+    if urls and s.encoding != RAW:
+        raise ConfigError(f"--encode {s.encoding}: the Open Inference Protocol sends raw UINT8 tensors",
+                          fix="leave --encode out with --server-protocol v2")
+    infos = bundle_experts(system.bundle) if system.bundle is not None else []
+    return [OipExpertClient(url, infos, trust_unpinned=s.trust_unpinned, **kw) for url in urls]
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
@@ -245,9 +272,7 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
         log.info("resuming after %d answers already in %s", len(restored),
                  " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
     urls = [s.server] if isinstance(s.server, str) else list(s.server or [])
-    clients = [HttpExpertClient(url, timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s,
-                                token=s.token, ca_file=s.ca_file, system_id=system.system_id, encoding=s.encoding)
-               for url in urls]
+    clients = _clients(s, system, urls)
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
     control = controller_for(s, system)
     try:

@@ -5,15 +5,15 @@ backend: :mod:`.local` (this process, served by uvicorn) or :mod:`.ray_app` (Ray
     GET  /v1/experts                 every expert: id, classes, model, input shape
     POST /v1/experts/{id}/infer      a batch of images -> answers + server timings (see contract.protocol)
     GET  /metrics                    Prometheus text: requests, errors, queue depth, batch sizes, latencies
+    /v2/...                          the same experts over the Open Inference Protocol (:mod:`.oip`)
 
 Every request passes :class:`Guard` first (bearer token, a cap on requests in flight); the infer
 endpoint then reads its body under a size limit and a time limit before decoding it. Every error,
-the client's or the server's, is the documented JSON ``{"detail": ...}``.
+the client's or the server's, is the documented JSON ``{"detail": ...}`` (``{"error": ...}`` under ``/v2``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
@@ -48,6 +48,10 @@ from askexpert.contract.protocol import (
 )
 from askexpert.contract.reroute import Reroute, RerouteError, parse_next, settle
 from askexpert.serving.batcher import BatchTimings
+from askexpert.serving.http_body import Refusal, error_response, read_body
+from askexpert.serving.oip import INFER_PATH as OIP_INFER_PATH
+from askexpert.serving.oip import OipInfer, OipModels
+from askexpert.serving.oip import add_routes as add_oip_routes
 from askexpert.serving.pool import ExpertOutput
 
 log = logging.getLogger("askexpert.server")
@@ -127,14 +131,10 @@ def _ERROR_DOC(description: str) -> dict:  # noqa: N802 (reads as a constant in 
         "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
 
 
+_PROTOCOL_STATUS = {"content_type": 415, "bad_body": 400}
 _GUARD_RESPONSES = {"401": _ERROR_DOC("no bearer token (the server was started with one)"),
                     "403": _ERROR_DOC("wrong bearer token"),
                     "503": _ERROR_DOC("too many requests in flight: retry after the Retry-After header's seconds")}
-
-
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps({"detail": detail}), status_code=status, media_type="application/json",
-                    headers=headers)
 
 
 @dataclass(frozen=True)
@@ -147,55 +147,6 @@ class ServerLimits:
     body_timeout_s: float = 10.0  # a body must arrive whole within this (slow or half-sent bodies: 408)
     max_in_flight: int = 256  # requests being read, queued or computed; beyond: 503 + Retry-After
     retry_after_s: int = 1
-
-
-class Refusal(Exception):
-    """The infer endpoint's answer instead of the expert's: the HTTP status, the reason it is counted under
-    in ``askexpert_errors_total`` (None: not counted), the detail the client reads, and extra headers."""
-
-    def __init__(self, status: int, reason: str | None, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
-
-
-_CLOSE = {"Connection": "close"}  # a body refused before it was read whole: the connection cannot be reused
-_PROTOCOL_STATUS = {"content_type": 415, "bad_body": 400}
-
-
-async def _read_body(receive, declared: str | None, limit: int, timeout_s: float) -> bytes:
-    """The request's body, refused as soon as it is known to be over ``limit`` bytes (from Content-Length
-    ``declared`` before reading, else while it streams) or when it has not arrived whole within ``timeout_s``;
-    :class:`ClientDisconnect` when the client goes away before it has sent it."""
-    if declared is not None:
-        if not declared.isdigit():
-            raise Refusal(400, "bad_body", f"Content-Length must be a non-negative integer, got {declared[:40]!r}",
-                          _CLOSE)
-        if int(declared) > limit:
-            raise Refusal(413, "too_large", f"a body of {declared} bytes is over this expert's limit of {limit} "
-                          "bytes: send fewer images a request", _CLOSE)
-
-    async def collect() -> bytes:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise Refusal(413, "too_large", f"the body is over this expert's limit of {limit} bytes: send fewer "
-                              "images a request", _CLOSE)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    try:
-        if hasattr(asyncio, "timeout"):  # Python 3.11+: a deadline on this task, no task of its own
-            async with asyncio.timeout(timeout_s):
-                return await collect()
-        return await asyncio.wait_for(collect(), timeout_s)
-    except asyncio.TimeoutError:
-        raise Refusal(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s", _CLOSE) from None
 
 
 class Guard:
@@ -214,23 +165,24 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        key = "error" if scope["path"].startswith("/v2") else "detail"  # OIP's error body, or askexpert's
         if self.expected is not None:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             if given is None:
                 self.on_refusal("unauthorized")
-                await _error(401, "this server needs a bearer token: send 'Authorization: Bearer TOKEN' "
+                await error_response(401, "this server needs a bearer token: send 'Authorization: Bearer TOKEN' "
                              "(askexpert edge --token-file FILE, or ASKEXPERT_TOKEN)",
-                             {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                             {"WWW-Authenticate": "Bearer"}, key=key)(scope, receive, send)
                 return
             if not hmac.compare_digest(given, self.expected):
                 self.on_refusal("forbidden")
-                await _error(403, "wrong bearer token",
-                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})(scope, receive, send)
+                await error_response(403, "wrong bearer token",
+                             {"WWW-Authenticate": 'Bearer error="invalid_token"'}, key=key)(scope, receive, send)
                 return
         if self.in_flight >= self.max_in_flight:
             self.on_refusal("overloaded")
-            await _error(503, f"the server has {self.in_flight} requests in flight, its limit: retry later",
-                         {"Retry-After": str(self.retry_after_s), "Connection": "close"})(scope, receive, send)
+            await error_response(503, f"the server has {self.in_flight} requests in flight, its limit: retry later",
+                         {"Retry-After": str(self.retry_after_s), "Connection": "close"}, key=key)(scope, receive, send)
             return
         self.in_flight += 1
         started = False
@@ -246,7 +198,7 @@ class Guard:
             log.exception("request %s %s failed", scope.get("method"), scope.get("path"))
             self.on_refusal("internal")
             if not started:
-                await _error(500, f"internal error: {type(err).__name__}: {err}")(scope, receive, send)
+                await error_response(500, f"internal error: {type(err).__name__}: {err}", key=key)(scope, receive, send)
         finally:
             self.in_flight -= 1
 
@@ -350,7 +302,10 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
 
     app.state.experts = experts
     app.state.metrics = metrics
-    guard = Guard(InferFastPath(app, infer), token=token, max_in_flight=limits.max_in_flight,
+    models = OipModels(experts)
+    add_oip_routes(app, models)
+    oip_infer = OipInfer(models, infer.answer, per_expert, metrics, body_limits, limits)
+    guard = Guard(InferFastPath(app, infer, oip_infer), token=token, max_in_flight=limits.max_in_flight,
                   retry_after_s=limits.retry_after_s,
                   on_refusal=lambda reason: metrics.errors.labels("-", reason).inc())
     return guard
@@ -383,7 +338,7 @@ class InferEndpoint:
             if not 1 <= topk <= 1000:
                 raise Refusal(422, None, "topk must be an integer from 1 to 1000")
             images = await self._images(scope, receive, expert_id, m)
-            output, timings = await self._answer(expert_id, images, m)
+            output, timings = await self.answer(expert_id, images, m)
             results = output.result_dicts(topk)
             if ranking is not None and self.reroute is not None:
                 results = await self._rerouted(expert_id, ranking, images, results, timings, topk)
@@ -391,7 +346,7 @@ class InferEndpoint:
             if refusal.reason is not None:
                 self.metrics.errors.labels(expert_id if expert_id in self.per_expert else "unknown",
                                            refusal.reason).inc()
-            await _error(refusal.status, refusal.detail, refusal.headers)(scope, receive, send)
+            await error_response(refusal.status, refusal.detail, refusal.headers)(scope, receive, send)
             return
         except ClientDisconnect:  # the client went away mid-body: nobody to answer
             self.metrics.errors.labels(expert_id, "disconnect").inc()
@@ -427,7 +382,7 @@ class InferEndpoint:
             if not pending:
                 break
             self.metrics.reroutes.labels(expert_id, nxt).inc(len(pending))
-            output, t = await self._answer(nxt, images[pending], self.per_expert[nxt])
+            output, t = await self.answer(nxt, images[pending], self.per_expert[nxt])
             still = []
             for i, r in zip(pending, output.result_dicts(topk), strict=True):
                 answers[i].append(r)
@@ -461,7 +416,7 @@ class InferEndpoint:
                 shape = value.decode("latin-1")
         m.requests.inc()
         # a refused body is answered at once: the rest of it is not read, and the connection closes
-        body = await _read_body(receive, declared, self.body_limits[expert_id], self.limits.body_timeout_s)
+        body = await read_body(receive, declared, self.body_limits[expert_id], self.limits.body_timeout_s)
         expected = self.experts.infos[expert_id].input_shape
         try:
             images = decode_images(body, content_type, shape, max_images=self.limits.max_images, expect=expected)
@@ -472,7 +427,7 @@ class InferEndpoint:
                           f"got {list(images.shape[1:])}")
         return images
 
-    async def _answer(self, expert_id: str, images: np.ndarray, m: _ExpertMetrics) -> tuple[ExpertOutput, BatchTimings]:
+    async def answer(self, expert_id: str, images: np.ndarray, m: _ExpertMetrics) -> tuple[ExpertOutput, BatchTimings]:
         """The expert's output for ``images`` (queued into its batches), refused when the model fails."""
         experts = self.experts
         m.queue_depth.set(experts.depth(expert_id) + len(images))
@@ -515,16 +470,17 @@ _INFER_PATH = re.compile(r"^/v1/experts/(?P<expert_id>[^/]+)/infer$")
 
 
 class InferFastPath:
-    """The ASGI app ``askexpert serve`` runs: ``POST /v1/experts/{id}/infer`` goes straight to its
-    endpoint, everything else (health, experts, metrics, docs, lifespan) to the FastAPI app.
+    """The ASGI app ``askexpert serve`` runs: ``POST /v1/experts/{id}/infer`` and the OIP's
+    ``POST /v2/models/{name}[/versions/{v}]/infer`` go straight to their endpoints, everything else (health,
+    experts, metadata, metrics, docs, lifespan) to the FastAPI app.
 
-    The infer request is the hot path, and its endpoint (:class:`InferEndpoint`) needs none of FastAPI's
-    middleware layers (exception, body-limit, telemetry, exit-stack): it answers every failure itself as
-    the documented JSON (benchmarks/topics/serving.md, "The offload hot path").
+    The infer request is the hot path, and its endpoints (:class:`InferEndpoint`, :class:`~.oip.OipInfer`)
+    need none of FastAPI's middleware layers (exception, body-limit, telemetry, exit-stack): they answer every
+    failure themselves as their protocol's JSON (benchmarks/topics/serving.md, "The offload hot path").
     """
 
-    def __init__(self, app: FastAPI, infer: Callable) -> None:
-        self.app, self.infer = app, infer
+    def __init__(self, app: FastAPI, infer: Callable, oip_infer: Callable | None = None) -> None:
+        self.app, self.infer, self.oip_infer = app, infer, oip_infer
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -532,5 +488,10 @@ class InferFastPath:
             if match is not None:
                 scope["path_params"] = match.groupdict()
                 await self.infer(scope, receive, send)
+                return
+            match = OIP_INFER_PATH.match(scope["path"]) if self.oip_infer is not None else None
+            if match is not None:
+                scope["path_params"] = match.groupdict()
+                await self.oip_infer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
