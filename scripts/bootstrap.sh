@@ -19,6 +19,21 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
   touch "$VENV/.installed"
 fi
 
+# serve --backend triton: PyTriton's wheel bundles a real Triton (x86-64 glibc Linux) and pins numpy < 2, so it
+# gets an environment of its own (the Triton tests use it; without it they are skipped, saying why).
+TRITON_VENV=${TRITON_VENV:-.venv-triton}
+if [ "$(uname -m)" = x86_64 ] && ldd --version 2>&1 | grep -qi -E "glibc|gnu libc"; then
+  if [ ! -f "$TRITON_VENV/.installed" ] || [ pyproject.toml -nt "$TRITON_VENV/.installed" ]; then
+    echo "[bootstrap] installing askexpert[triton] (PyTriton and its Triton) in $TRITON_VENV"
+    [ -x "$TRITON_VENV/bin/python" ] || "$VENV/bin/python" -m venv "$TRITON_VENV"
+    if "$TRITON_VENV/bin/python" -m pip install --quiet -e '.[triton]'; then
+      touch "$TRITON_VENV/.installed"
+    else
+      echo "[bootstrap] askexpert[triton] did not install: the Triton tests will be skipped, saying so"
+    fi
+  fi
+fi
+
 have_fmnist() {
   for d in "${ASKEXPERT_DATA:-/nonexistent}/fashion-mnist" "${XDG_CACHE_HOME:-$HOME/.cache}/askexpert/fashion-mnist" \
            /usr/share/datasets/fashion-mnist; do

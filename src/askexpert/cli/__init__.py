@@ -16,6 +16,7 @@ from askexpert.cli import (
     edge,
     evaluate,
     evaluate_system,
+    export,
     export_onnx,
     load,
     models,
@@ -37,7 +38,8 @@ examples:
   askexpert eval runs/quick                          top-1/top-5, per-class accuracy, confusion matrix
   askexpert build-system runs/g runs/experts --out system    one deployable bundle (system.json + ONNX + experts)
   askexpert plan system --edge-device rpi4 --link lte   which mode pays there: edge only, offload, collaborate
-  askexpert serve system                             the bundle's experts over HTTP
+  askexpert serve system                             the bundle's experts over HTTP (/v1 and the OIP's /v2)
+  askexpert export triton system --out repo          the experts as a Triton model repository
   askexpert edge system --server http://127.0.0.1:8000 --input photos/    the edge (no torch needed)
   askexpert models                                   presets with parameters and FLOPs
   askexpert datasets                                 which datasets are available here
@@ -45,8 +47,8 @@ examples:
 Errors are one line naming the fix; the exit status is 2 for a user error.
 """
 
-COMMANDS = (demo, train, testbed, partition, evaluate_system, build_system, plan, serve, edge, export_onnx, bench,
-            evaluate, models, datasets, data, pretrain, load)
+COMMANDS = (demo, train, testbed, partition, evaluate_system, build_system, plan, serve, edge, export, export_onnx,
+            bench, evaluate, models, datasets, data, pretrain, load)
 
 FULL_INSTALL = {"torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx",
                 "onnxscript", "prometheus_client"}  # what only training, serving and the bench need

@@ -13,6 +13,8 @@ from askexpert.security import TOKEN_ENV, is_loopback
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.backend == "triton":
+        return _serve_on_triton(args)
     import uvicorn
 
     from askexpert.security import check_exposure, read_token
@@ -68,6 +70,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 limit_concurrency=2 * args.max_in_flight + 16)  # a backstop on connections; the guard answers first
     if pacer is not None:
         log_console().log(f"paced to {args.server_device}: {pacer.stats.describe()}")
+    return 0
+
+
+def _serve_on_triton(args: argparse.Namespace) -> int:
+    """``serve --backend triton``: a real Triton (PyTriton's) on an exported repository, or on a bundle exported
+    first (that needs the full install's torch)."""
+    from askexpert.contract.bundle import is_bundle
+    from askexpert.serving.triton_backend import require_pytriton, serve_triton
+
+    unsupported = [flag for flag, on in (("--token-file", args.token_file), ("--ssl-certfile", args.ssl_certfile),
+                                         ("--server-device", args.server_device != "host"),
+                                         ("--experts", args.experts), ("--address", args.address)) if on]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)} are not offered with --backend triton (Triton's own options "
+                          "apply there)", fix="leave them out, or serve with --backend uvicorn")
+    require_pytriton()
+    repo = args.source
+    if is_bundle(repo):
+        from askexpert.paths import user_cache_dir
+        from askexpert.system.export_triton import TritonBatching, export_triton
+
+        repo = user_cache_dir() / "triton" / args.source.resolve().name
+        export_triton(args.source, repo, TritonBatching(args.max_batch, round(args.max_wait_ms * 1000)),
+                      include_general=not args.no_general)
+    serve_triton(repo, host=args.host, port=args.port, threads=args.threads,
+                 on_ready=lambda names: log_console().log(
+                     f"serving {', '.join(names)} of {repo} on Triton at http://{args.host}:{args.port} (Open "
+                     f"Inference Protocol; gRPC {args.port + 1}, metrics {args.port + 2}); Ctrl-C stops"))
     return 0
 
 
@@ -145,9 +175,12 @@ def register(sub) -> None:
                    "send (an .npz 'images' array), answered ahead so a device faster than this host is met")
     p.add_argument("--log-level", default="warning")
     ray_group = p.add_argument_group("Ray Serve backend (pip install 'askexpert[ray]'; docs/scale-out.md)")
-    ray_group.add_argument("--backend", choices=["uvicorn", "ray"], default="uvicorn",
+    ray_group.add_argument("--backend", choices=["uvicorn", "ray", "triton"], default="uvicorn",
                            help="uvicorn: one process; ray: each expert a Ray Serve deployment (replicas, "
-                           "autoscaling, GPU fractions, several machines), same HTTP contract")
+                           "autoscaling, GPU fractions, several machines), same HTTP contract; triton: a real Triton "
+                           "Inference Server through PyTriton on a repository from askexpert export triton (or a "
+                           "bundle, exported first), Open Inference Protocol only (askexpert[triton], its own "
+                           "environment; docs/triton.md)")
     ray_group.add_argument("--address", help="join this Ray cluster (auto: the one `ray start --head` runs here); "
                            "default: start a local one for this server")
     ray_group.add_argument("--ray-config", type=Path, metavar="FILE",

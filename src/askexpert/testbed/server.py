@@ -33,6 +33,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerProcess:
     """``with ServerProcess(bundle_or_run) as url:`` starts the expert server and waits until it answers."""
 
+    ready_path = "/v1/health"
+
     def __init__(self, source: Path, *, port: int | None = None, host: str = "127.0.0.1", threads: int | None = 1,
                  extra_args: list[str] | None = None, startup_timeout_s: float = 120.0,
                  log_path: Path | None = None, cpus: list[int] | None = None, token: str | None = None,
@@ -53,16 +55,19 @@ class ServerProcess:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def start(self) -> str:
-        args = [sys.executable, "-m", "askexpert.cli", "serve", str(self.source), "--host", self.host,
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "askexpert.cli", "serve", str(self.source), "--host", self.host,
                 "--port", str(self.port), *self.extra_args]
+
+    def start(self) -> str:
+        args = self.command()
         env = dict(os.environ)
         if self.threads:
             args += ["--threads", str(self.threads)]
             env["OMP_NUM_THREADS"] = str(self.threads)
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (kept open)
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT if self.log_path else subprocess.PIPE,
-                                     env=env)
+                                     env=env, start_new_session=self.own_group)
         if self.cpus:  # before the interpreter starts its threads: they inherit the mask
             os.sched_setaffinity(self.proc.pid, set(self.cpus))
         deadline = time.monotonic() + self.startup_timeout_s
@@ -73,9 +78,7 @@ class ServerProcess:
                 raise AskExpertError(f"the expert server exited with status {self.proc.returncode}: {last}",
                                      fix=f"run it by hand to see why: askexpert serve {self.source}")
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1.0, verify=tls_context(self.ca_file),
-                             headers={"Authorization": f"Bearer {self.token}"} if self.token else None
-                             ).status_code == 200:
+                if self.is_ready():
                     return self.url
             except httpx.TransportError:
                 pass
@@ -84,10 +87,20 @@ class ServerProcess:
         raise AskExpertError(f"the expert server did not answer within {self.startup_timeout_s:.0f} s",
                              fix=f"run it by hand to see why: askexpert serve {self.source}")
 
+    def is_ready(self) -> bool:
+        return httpx.get(f"{self.url}{self.ready_path}", timeout=1.0, verify=tls_context(self.ca_file),
+                         headers={"Authorization": f"Bearer {self.token}"} if self.token else None).status_code == 200
+
+    own_group = False  # a server whose children must go with it (Triton's) runs in a process group of its own
+
     def stop(self, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        if self.own_group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout=30)  # a Ray Serve backend takes its cluster down first
         except subprocess.TimeoutExpired:
@@ -99,6 +112,58 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def triton_python() -> str | None:
+    """An interpreter that can run ``serve --backend triton`` (PyTriton installed): ``ASKEXPERT_TRITON_PYTHON``,
+    this one, or the repository's ``.venv-triton`` (scripts/bootstrap.sh makes it); None: none here."""
+    import importlib.util
+
+    given = os.environ.get("ASKEXPERT_TRITON_PYTHON")
+    if given:
+        return given
+    if importlib.util.find_spec("pytriton") is not None:
+        return sys.executable
+    local = Path(__file__).resolve().parents[3] / ".venv-triton" / "bin" / "python"
+    return str(local) if local.is_file() else None
+
+
+class TritonProcess(ServerProcess):
+    """``askexpert serve --backend triton REPO`` (a real Triton through PyTriton) as a child process group:
+    ready when Triton's ``/v2/health/ready`` says so; stopping it stops tritonserver too."""
+
+    ready_path = "/v2/health/ready"
+    own_group = True
+
+    def is_ready(self) -> bool:
+        """Triton is up and every model of the repository is loaded (Triton says ready before it loads them)."""
+        from askexpert.contract.triton_repo import read_manifest
+
+        return super().is_ready() and all(
+            httpx.get(f"{self.url}/v2/models/{m.name}/ready", timeout=1.0).status_code == 200
+            for m in read_manifest(self.source)[1])
+
+    def __init__(self, repo: Path, *, python: str, **kw) -> None:
+        kw.setdefault("port", free_port_run(3))
+        super().__init__(repo, **kw)
+        self.python = python
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "askexpert.cli", "serve", "--backend", "triton", str(self.source),
+                "--host", self.host, "--port", str(self.port), *self.extra_args]
+
+
+def free_port_run(n: int, host: str = "127.0.0.1") -> int:
+    """The first of ``n`` consecutive ports free on ``host`` now (Triton's HTTP, gRPC and metrics ports)."""
+    while True:
+        first = free_port(host)
+        try:
+            for port in range(first + 1, first + n):
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return first
 
 
 def server_pacing(bundle, server_device_name: str, known: Path) -> tuple[list[str], dict | None]:
