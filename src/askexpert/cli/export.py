@@ -11,7 +11,7 @@ from askexpert.cli._common import table_console
 def cmd_export_triton(args: argparse.Namespace) -> int:
     from askexpert.system.export_triton import TritonBatching, export_triton
 
-    batching = TritonBatching(args.max_batch, round(args.max_wait_ms * 1000), args.instances)
+    batching = TritonBatching(args.max_batch, round(args.max_wait_ms * 1000), args.instances, args.max_queue)
     models = export_triton(args.bundle, args.out, batching, include_general=not args.no_general)
     console = table_console()
     console.print(f"wrote a Triton model repository to {args.out}: {', '.join(m.name for m in models)} (ONNX, "
@@ -35,5 +35,7 @@ def register(sub) -> None:
     t.add_argument("--max-batch", type=int, default=64, help="Triton's max_batch_size (askexpert serve's default)")
     t.add_argument("--max-wait-ms", type=float, default=0.0, help="dynamic batching's queue delay")
     t.add_argument("--instances", type=int, default=1, help="model instances on the CPU")
+    t.add_argument("--max-queue", type=int, default=0, help="requests waiting for a batch beyond this are refused at "
+                   "once (Triton's queue policy; 0: no bound)")
     t.add_argument("--no-general", action="store_true", help="leave the general model out")
     t.set_defaults(func=cmd_export_triton)

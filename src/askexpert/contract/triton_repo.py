@@ -32,6 +32,7 @@ class RepoModel:
     max_batch_size: int = 64
     max_queue_delay_us: int = 0  # dynamic batching: how long a batch waits for more requests
     instances: int = 1
+    max_queue_size: int = 0  # requests waiting for a batch beyond this are refused at once (0: no bound)
 
     def onnx(self, repo: Path) -> Path:
         return repo / self.name / VERSION / MODEL_FILE
@@ -40,6 +41,8 @@ class RepoModel:
 def config_pbtxt(model: RepoModel, system_id: str) -> str:
     """Triton's model configuration (protobuf text format) of ``model``."""
     c, h, w = model.input_shape
+    queue = (f"\n  default_queue_policy {{ max_queue_size: {model.max_queue_size} timeout_action: REJECT }}"
+             if model.max_queue_size else "")
     return f"""name: "{model.name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {model.max_batch_size}
@@ -51,7 +54,7 @@ output [
   {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {model.outputs} ] }}
 ]
 dynamic_batching {{
-  max_queue_delay_microseconds: {model.max_queue_delay_us}
+  max_queue_delay_microseconds: {model.max_queue_delay_us}{queue}
 }}
 instance_group [
   {{ count: {model.instances} kind: KIND_CPU }}

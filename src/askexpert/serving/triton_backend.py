@@ -78,14 +78,18 @@ def _session(path: Path, threads: int | None):
 
 
 def _bind(triton, model: RepoModel, repo: Path, system_id: str, threads: int | None) -> None:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
 
     sessions = [_session(model.onnx(repo), threads) for _ in range(model.instances)]
     triton.bind(model_name=model.name, infer_func=[_infer_fn(s, model.name) for s in sessions],
                 inputs=[Tensor(name=INPUT, dtype=np.uint8, shape=model.input_shape)],
                 outputs=[Tensor(name=OUTPUT, dtype=np.float32, shape=(model.outputs,))],
                 config=ModelConfig(max_batch_size=model.max_batch_size,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=model.max_queue_delay_us)))
+                                   batcher=DynamicBatcher(
+                                       max_queue_delay_microseconds=model.max_queue_delay_us,
+                                       default_queue_policy=QueuePolicy(max_queue_size=model.max_queue_size,
+                                                                        timeout_action=TimeoutAction.REJECT)
+                                       if model.max_queue_size else None)))
     _pin(triton, model.name, system_id)
 
 

@@ -22,6 +22,7 @@ class TritonBatching:
     max_batch_size: int = 64
     max_queue_delay_us: int = 0
     instances: int = 1
+    max_queue_size: int = 0  # requests queued beyond this are refused at once (0: no bound)
 
 
 def parse_config(text: str):
@@ -38,9 +39,10 @@ def parse_config(text: str):
 def export_triton(bundle: Path, out: Path, batching: TritonBatching = TritonBatching(), *,
                   include_general: bool = True) -> list[RepoModel]:
     """Write the repository of ``bundle``'s experts into ``out`` (module docstring); returns its models."""
-    if batching.max_batch_size < 1 or batching.instances < 1 or batching.max_queue_delay_us < 0:
+    if batching.max_batch_size < 1 or batching.instances < 1 or min(batching.max_queue_delay_us,
+                                                                        batching.max_queue_size) < 0:
         raise ConfigError(f"Triton batching {batching} is not one Triton takes",
-                          fix="--max-batch and --instances 1 or more, --max-wait-ms 0 or more")
+                          fix="--max-batch and --instances 1 or more, --max-wait-ms and --max-queue 0 or more")
     system = open_system(bundle)
     m = system.manifest
     entries = [(e.id, e.checkpoint, len(e.classes) + (1 if e.has_other else 0)) for e in m.experts]
@@ -50,7 +52,8 @@ def export_triton(bundle: Path, out: Path, batching: TritonBatching = TritonBatc
     models = []
     for key, checkpoint, outputs in entries:
         model = RepoModel(model_name(key), _input_shape(system, checkpoint), outputs,
-                          batching.max_batch_size, batching.max_queue_delay_us, batching.instances)
+                          batching.max_batch_size, batching.max_queue_delay_us, batching.instances,
+                          batching.max_queue_size)
         export_onnx(system.path(checkpoint), model.onnx(out))
         text = config_pbtxt(model, system.system_id)
         parse_config(text)
