@@ -5,6 +5,7 @@ pinned system refused elsewhere, and the native path's hostile-input probes repe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -139,6 +140,24 @@ def test_hostile_oip_requests_get_json_4xx_and_the_server_lives_on(bundle_server
         assert c.post(url, content=body, headers=headers).status_code == 200  # still answering
     metrics = httpx.get(f"{bundle_server}/metrics").text
     assert 'askexpert_errors_total{expert="expert-0",reason="bad_body"}' in metrics or 'reason="bad_body"' in metrics
+
+
+def test_an_oversized_oip_body_is_refused_unread_and_memory_stays_flat(bundle_server_process):
+    url = f"{bundle_server_process.url}/v2/models/expert-0/infer"
+    pid = bundle_server_process.proc.pid
+
+    def rss_mb() -> float:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    def chunks():  # no Content-Length: the limit holds while the body streams
+        for _ in range(256):
+            yield b"\0" * (1 << 20)
+
+    before = rss_mb()
+    r = httpx.post(url, content=chunks(), headers={"Content-Type": oip.BINARY, oip.HEADER_LENGTH: "10"})
+    assert r.status_code == 413 and r.json()["error"]
+    assert rss_mb() - before < 50  # 256 MiB were never held
 
 
 def test_the_edge_over_oip_answers_as_over_v1(tiny_system, bundle_server):
