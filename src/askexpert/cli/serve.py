@@ -149,11 +149,13 @@ def register(sub) -> None:
                        description="Load every expert of a system bundle (with its calibrated temperature) or of an "
                        "expert run directory, and the general model (as expert 'general'), and serve them: GET "
                        "/v1/health (with the bundle's system id), GET /v1/experts, POST /v1/experts/{id}/infer, GET "
-                       "/metrics (Prometheus). Requests to one expert are batched dynamically. Wire format: "
+                       "/metrics (Prometheus), and the same experts over the Open Inference Protocol under /v2 (models "
+                       "expert-<id>, general). Requests to one expert are batched dynamically. Wire format: "
                        "docs/protocol.md; OpenAPI at /openapi.json.",
                        epilog="examples:\n  askexpert serve system --port 8000\n"
                        "  askexpert serve runs/experts-progressive-fmnist --port 8000")
-    p.add_argument("source", type=Path, help="a bundle (askexpert build-system) or an expert run directory")
+    p.add_argument("source", type=Path, help="a bundle (askexpert build-system) or an expert run directory; with "
+                   "--backend triton, a repository from askexpert export triton (or a bundle, exported first)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
