@@ -55,7 +55,8 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
     """Per-expert deployments (expert 0 with 2 replicas), then one multiplexed deployment holding one
     expert a replica (every switch evicts and loads): the same answers as the uvicorn server's
     application to batches of 1, 7 and 150 images, the same expert list, OpenAPI schema and metric
-    names, the token enforced; an edge run over the Ray server equals one with the experts in process."""
+    names, the token enforced; an edge run over the Ray server, over /v1 and over the Open Inference Protocol,
+    equals one with the experts in process."""
     from starlette.testclient import TestClient
 
     from askexpert.runtime.clients import InProcessExpertClient
@@ -102,6 +103,9 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
         assert bad.status_code == 404 and "0, 1, 2, general" in bad.json()["detail"]
         settings = EdgeSettings(system=bundle, server=url, inputs=[str(tmp_path / "in.npz")], token=TOKEN)
         assert [t.pred for t in run_edge(settings).traces] == local_edge
+        v2 = EdgeSettings(system=bundle, server=url, inputs=[str(tmp_path / "in.npz")], token=TOKEN,
+                          server_protocol="v2")  # the same app: the Open Inference Protocol on Ray Serve too
+        assert [t.pred for t in run_edge(v2).traces] == local_edge
     assert server.proc.returncode == 0, (tmp_path / "ray.log").read_text()[-2000:]
 
     # alternating experts 0 and 1: with one expert a replica, every request switches (evicts and loads)
