@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from server_under_load import demo_bundle
 
 from askexpert.bench.machine import describe, machine_info
 from askexpert.testbed.open_loop import Sender, open_loop, reference_answers
@@ -44,36 +45,42 @@ QUEUE_BOUND = 32  # requests a server holds before it sheds; the load's clients 
 CLIENT_SLOTS = 4 * QUEUE_BOUND
 
 
-def group_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of every live process in ``pid``'s process group (or of ``pid`` alone)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    pgid = os.getpgid(pid)
-    total = 0.0
+def _group(pid: int):
+    """Each live process of ``pid``'s process group (``pid`` alone where that group is this benchmark's own) as
+    its /proc directory."""
+    pgid, own = os.getpgid(pid), os.getpgid(os.getpid())
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+        if entry.name.isdigit() and (entry.name == str(pid) if pgid == own else _pgid(entry) == pgid):
+            yield entry
+
+
+def _pgid(entry: Path) -> int | None:
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def group_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server's processes (:func:`_group`)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for entry in _group(pid):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and (pgid != os.getpgid(os.getpid()) or int(entry.name) == pid):
-            total += (int(fields[11]) + int(fields[12])) / tick
+        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
 def group_rss_mb(pid: int) -> float:
-    pgid = os.getpgid(pid)
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry in _group(pid):
         try:
-            if os.getpgid(int(entry.name)) != pgid or (pgid == os.getpgid(os.getpid()) and int(entry.name) != pid):
-                continue
-            line = next(x for x in (entry / "status").read_text().splitlines() if x.startswith("VmRSS"))
-        except (OSError, StopIteration, ProcessLookupError):
+            total += int(next(x for x in (entry / "status").read_text().splitlines() if x.startswith("VmRSS"))
+                         .split()[1])
+        except (OSError, StopIteration):
             continue
-        total += int(line.split()[1])
     return total / 1024
 
 
@@ -153,12 +160,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=2.0, help="a request's deadline (s)")
     ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
-    if args.system is None:
-        args.system = Path("runs/demo/system")
-        if not (args.system / "system.json").is_file():
-            from askexpert.demo import run_demo
-
-            run_demo(limit=10)
+    args.system = args.system or demo_bundle()
     python = triton_python()
     info = machine_info()
     rows = []

@@ -43,6 +43,16 @@ BATCHES = (1, 1, 1, 1, 2, 4, 8, 32)  # drawn uniformly: half the requests are ba
 POOL_IMAGES = 2048
 
 
+def demo_bundle() -> Path:
+    """The demo's bundle (runs/demo/system), made by the demo first where it is missing."""
+    path = Path("runs/demo/system")
+    if not (path / "system.json").is_file():
+        from askexpert.demo import run_demo
+
+        run_demo(limit=10)
+    return path
+
+
 def rss_mb(pid: int) -> float:
     line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
     return int(line.split()[1]) / 1024
@@ -145,12 +155,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
-    if args.system is None:
-        from askexpert.demo import run_demo
-
-        args.system = Path("runs/demo/system")
-        if not (args.system / "system.json").is_file():
-            run_demo(limit=10)
+    args.system = args.system or demo_bundle()
     experts = args.experts.split(",")
     info = machine_info()
     rng = np.random.default_rng(0)
