@@ -83,8 +83,8 @@ def _serve_on_triton(args: argparse.Namespace) -> int:
                                          ("--server-device", args.server_device != "host"),
                                          ("--experts", args.experts), ("--address", args.address)) if on]
     if unsupported:
-        raise ConfigError(f"{', '.join(unsupported)} are not offered with --backend triton (Triton's own options "
-                          "apply there)", fix="leave them out, or serve with --backend uvicorn")
+        raise ConfigError(f"not offered with --backend triton (Triton's own options apply there): "
+                          f"{', '.join(unsupported)}", fix="leave them out, or serve with --backend uvicorn")
     require_pytriton()
     repo = args.source
     if is_bundle(repo):

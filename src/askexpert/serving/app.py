@@ -120,21 +120,22 @@ def _with_infer_docs(schema: dict) -> dict:
                       "413": _ERROR_DOC("body larger than the most images a request may carry"),
                       "415": _ERROR_DOC("unsupported content type"), "422": _ERROR_DOC("invalid topk"),
                       "500": _ERROR_DOC("the expert failed")}}}
-    for path in schema["paths"].values():  # every route: the guard's answers
+    for name, path in schema["paths"].items():  # every route: the guard's answers (OIP's error body under /v2)
         for op in path.values():
-            op.setdefault("responses", {}).update(_GUARD_RESPONSES)
+            op.setdefault("responses", {}).update(_OIP_GUARD_RESPONSES if name.startswith("/v2") else _GUARD_RESPONSES)
     return schema
 
 
-def _ERROR_DOC(description: str) -> dict:  # noqa: N802 (reads as a constant in the schema above)
+def _ERROR_DOC(description: str, key: str = "detail") -> dict:  # noqa: N802 (reads as a constant in the schema)
     return {"description": description, "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+        "type": "object", "properties": {key: {"type": "string"}}, "required": [key]}}}}
 
 
 _PROTOCOL_STATUS = {"content_type": 415, "bad_body": 400}
-_GUARD_RESPONSES = {"401": _ERROR_DOC("no bearer token (the server was started with one)"),
-                    "403": _ERROR_DOC("wrong bearer token"),
-                    "503": _ERROR_DOC("too many requests in flight: retry after the Retry-After header's seconds")}
+_GUARD = {"401": "no bearer token (the server was started with one)", "403": "wrong bearer token",
+          "503": "too many requests in flight: retry after the Retry-After header's seconds"}
+_GUARD_RESPONSES = {status: _ERROR_DOC(text) for status, text in _GUARD.items()}
+_OIP_GUARD_RESPONSES = {status: _ERROR_DOC(text, "error") for status, text in _GUARD.items()}
 
 
 @dataclass(frozen=True)

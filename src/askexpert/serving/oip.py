@@ -59,6 +59,10 @@ class OipModels:
                                   system_id=self.experts.system_id)
 
 
+_NOT_FOUND = {"description": "no such model, or no such version of it", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+
+
 def add_routes(app: FastAPI, models: OipModels) -> None:
     """The OIP's health and metadata routes on ``app`` (inference goes through :class:`OipInfer`)."""
 
@@ -70,12 +74,12 @@ def add_routes(app: FastAPI, models: OipModels) -> None:
         return {"name": "askexpert", "version": __version__, "extensions": _EXTENSIONS}
 
     @app.get("/v2/health/live", summary="Open Inference Protocol: the server is live")
-    def live() -> Response:
-        return Response(status_code=200)
+    def live() -> dict:
+        return {"live": True}
 
     @app.get("/v2/health/ready", summary="Open Inference Protocol: the server is ready")
-    def ready() -> Response:
-        return Response(status_code=200)
+    def ready() -> dict:
+        return {"ready": True}
 
     def model(name: str, version: str | None = None):
         try:
@@ -83,20 +87,19 @@ def add_routes(app: FastAPI, models: OipModels) -> None:
         except Refusal as err:
             return refused(err)
 
-    def model_ready(name: str, version: str | None = None) -> Response:
+    def model_ready(name: str, version: str | None = None):
         try:
             models.key(name, version)
         except Refusal as err:
             return refused(err)
-        return Response(status_code=200)
+        return {"name": name, "ready": True}
 
-    app.add_api_route("/v2/models/{name}", model, methods=["GET"], summary="Open Inference Protocol: model metadata")
-    app.add_api_route("/v2/models/{name}/versions/{version}", model, methods=["GET"],
-                      summary="Open Inference Protocol: model metadata")
-    app.add_api_route("/v2/models/{name}/ready", model_ready, methods=["GET"],
-                      summary="Open Inference Protocol: the model is ready")
-    app.add_api_route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"],
-                      summary="Open Inference Protocol: the model is ready")
+    for path, endpoint, summary in (("/v2/models/{name}", model, "model metadata"),
+                                    ("/v2/models/{name}/versions/{version}", model, "model metadata"),
+                                    ("/v2/models/{name}/ready", model_ready, "the model is ready"),
+                                    ("/v2/models/{name}/versions/{version}/ready", model_ready, "the model is ready")):
+        app.add_api_route(path, endpoint, methods=["GET"], summary=f"Open Inference Protocol: {summary}",
+                          responses={404: _NOT_FOUND})
 
 
 class OipInfer:
