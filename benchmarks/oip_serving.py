@@ -169,9 +169,8 @@ def main() -> None:
         from askexpert.system.export_triton import TritonBatching, export_triton
 
         system = open_system(args.system)
-        shape = system.manifest.experts[0].model["input"]
         images = np.random.default_rng(0).integers(
-            0, 256, (IMAGES, shape["channels"], shape["size"], shape["size"]), dtype=np.uint8)
+            0, 256, (IMAGES, *system.manifest.experts[0].input_shape), dtype=np.uint8)
         native = ServerProcess(args.system, threads=1, log_path=Path(tmp) / "native.log",
                                extra_args=["--no-general", "--max-in-flight", str(QUEUE_BOUND)])
         with native as url:

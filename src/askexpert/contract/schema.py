@@ -219,6 +219,12 @@ class ModelEntry(_Strict):
     source: str = Field(description="where it was trained (run directory at build time)")
     weights_sha256: str
 
+    @property
+    def input_shape(self) -> list[int]:
+        """[C, H, W] of the uint8 images the model takes (its spec's input)."""
+        spec = self.model["input"]
+        return [spec["channels"], spec["size"], spec["size"]]
+
 
 class ExpertEntry(ModelEntry):
     id: str

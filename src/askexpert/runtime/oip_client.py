@@ -39,15 +39,10 @@ def _json_object(raw: bytes) -> dict:
 
 def bundle_experts(system: System) -> list[ExpertInfo]:
     """The experts as the bundle records them (what an OIP server cannot say: classes, temperature)."""
-    infos = []
-    for e in system.manifest.experts:
-        spec = e.model.get("input", {})
-        infos.append(ExpertInfo(id=e.id, classes=list(e.classes), class_names=list(e.class_names),
-                                has_other=e.has_other, model=str(e.model.get("name", "")),
-                                timm_name=str(e.model.get("timm_name", "")), parameters=e.parameters,
-                                input_shape=[spec.get("channels", 1), spec.get("size", 0), spec.get("size", 0)],
-                                temperature=e.temperature))
-    return infos
+    return [ExpertInfo(id=e.id, classes=list(e.classes), class_names=list(e.class_names), has_other=e.has_other,
+                       model=str(e.model.get("name", "")), timm_name=str(e.model.get("timm_name", "")),
+                       parameters=e.parameters, input_shape=e.input_shape, temperature=e.temperature)
+            for e in system.manifest.experts]
 
 
 class OipExpertClient(HttpExpertClient):

@@ -45,16 +45,16 @@ def export_triton(bundle: Path, out: Path, batching: TritonBatching = TritonBatc
                           fix="--max-batch and --instances 1 or more, --max-wait-ms and --max-queue 0 or more")
     system = open_system(bundle)
     m = system.manifest
-    entries = [(e.id, e.checkpoint, len(e.classes) + (1 if e.has_other else 0)) for e in m.experts]
+    entries = [(e.id, e, len(e.classes) + (1 if e.has_other else 0)) for e in m.experts]
     if include_general and m.general is not None:
-        entries.append(("general", m.general.checkpoint, len(m.classes)))
+        entries.append(("general", m.general, len(m.classes)))
     out.mkdir(parents=True, exist_ok=True)
     models = []
-    for key, checkpoint, outputs in entries:
-        model = RepoModel(model_name(key), _input_shape(system, checkpoint), outputs,
+    for key, entry, outputs in entries:
+        model = RepoModel(model_name(key), tuple(entry.input_shape), outputs,
                           batching.max_batch_size, batching.max_queue_delay_us, batching.instances,
                           batching.max_queue_size)
-        export_onnx(system.path(checkpoint), model.onnx(out))
+        export_onnx(system.path(entry.checkpoint), model.onnx(out))
         text = config_pbtxt(model, system.system_id)
         parse_config(text)
         (out / model.name / "config.pbtxt").write_text(text)
@@ -62,13 +62,6 @@ def export_triton(bundle: Path, out: Path, batching: TritonBatching = TritonBatc
     write_manifest(out, system.system_id, models, str(system.root))
     (out / "README.md").write_text(_readme(system.root, system.system_id, models))
     return models
-
-
-def _input_shape(system, checkpoint: str) -> tuple[int, int, int]:
-    from askexpert.models import open_checkpoint
-
-    inp = open_checkpoint(system.path(checkpoint)).meta.model.input
-    return (inp.channels, inp.size, inp.size)
 
 
 def _readme(bundle: Path, system_id: str, models: list[RepoModel]) -> str:

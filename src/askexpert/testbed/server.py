@@ -135,18 +135,18 @@ class TritonProcess(ServerProcess):
     ready_path = "/v2/health/ready"
     own_group = True
 
-    def is_ready(self) -> bool:
-        """Triton is up and every model of the repository is loaded (Triton says ready before it loads them)."""
+    def __init__(self, repo: Path, *, python: str, **kw) -> None:
         from askexpert.contract.triton_repo import read_manifest
 
-        return super().is_ready() and all(
-            httpx.get(f"{self.url}/v2/models/{m.name}/ready", timeout=1.0).status_code == 200
-            for m in read_manifest(self.source)[1])
-
-    def __init__(self, repo: Path, *, python: str, **kw) -> None:
         kw.setdefault("port", free_port_run(3))
         super().__init__(repo, **kw)
         self.python = python
+        self.models = [m.name for m in read_manifest(repo)[1]]  # read once, not at every readiness poll
+
+    def is_ready(self) -> bool:
+        """Triton is up and every model of the repository is loaded (Triton says ready before it loads them)."""
+        return super().is_ready() and all(
+            httpx.get(f"{self.url}/v2/models/{name}/ready", timeout=1.0).status_code == 200 for name in self.models)
 
     def command(self) -> list[str]:
         return [self.python, "-m", "askexpert.cli", "serve", "--backend", "triton", str(self.source),
