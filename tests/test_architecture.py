@@ -145,6 +145,36 @@ def test_runtime_and_serving_stand_side_by_side():
         assert not {t for t in GRAPH[m] if _part(t) == other}, f"{m} imports {other}"
 
 
+RUN_TIME = ("contract", "routing", "runtime", "serving")
+
+
+def _module_state(tree: ast.Module) -> list[str]:
+    """What a module keeps as state at run time: ``global`` statements, and (at its top level) names bound to
+    an empty dict, list or set, a container to be filled as it runs."""
+    found = [f"global {', '.join(n.names)} (line {n.lineno})" for n in ast.walk(tree) if isinstance(n, ast.Global)]
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        empty = (isinstance(value, ast.Dict | ast.List | ast.Set) and not getattr(value, "keys", getattr(value, "elts",
+                                                                                                         None))
+                 or isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                 and value.func.id in ("dict", "list", "set") and not value.args)
+        if empty:
+            found.append(f"an empty container at line {node.lineno}")
+    return found
+
+
+def test_run_time_keeps_no_module_state():
+    """The deployed edge and server hold no state in their modules (an emulated edge's pacing is an object
+    passed to the model and the client, not a module's setting); no module anywhere rebinds a global."""
+    for m, path in MODULES.items():
+        state = _module_state(ast.parse(path.read_text()))
+        if _part(m) not in RUN_TIME:
+            state = [s for s in state if s.startswith("global")]
+        assert not state, f"{m}: {state}"
+    assert _module_state(ast.parse("_f = 1.0\n_d: dict = {}\ndef set_f(x):\n    global _f\n    _f = x\n")) == [
+        "global _f (line 4)", "an empty container at line 2"]
+
+
 def test_every_package_has_an_init():
     """Every folder of askexpert's code is a package, with a docstring that says what it holds."""
     for folder in (p for p in SRC.rglob("*") if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))):

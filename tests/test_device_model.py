@@ -3,15 +3,19 @@ a model call paced to its prediction, and the refusal of a profile with no figur
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import numpy as np
 import pytest
 
+from askexpert.contract.bundle import open_system
 from askexpert.costs.device_model import OP_CLASSES, DeviceModel, GraphFeatures, fit, graph_features, validate
 from askexpert.costs.profiles import SpeedProfile, edge_speed, edge_speed_names
 from askexpert.errors import ConfigError
-from askexpert.runtime import pacing
+from askexpert.runtime.onnx_model import OnnxGeneralist
+from askexpert.runtime.pacing import NO_PACING
+from askexpert.testbed.pacing import DevicePacer, RatioPacer
 
 
 def _graph(path):
@@ -85,51 +89,81 @@ def test_leave_one_out_refits_without_the_model():
     assert abs(rows["e"].loo_error_pct) > abs(rows["e"].error_pct)  # held out, it is predicted worse
 
 
+class FakeClock:
+    def __init__(self):
+        self.now, self.slept = 0.0, []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, s):
+        self.slept.append(s)
+        self.now += s
+
+    def call(self, ms):
+        self.now += ms / 1000
+        return "answer"
+
+
 def test_a_model_call_lasts_its_prediction_on_a_fake_clock(tmp_path):
     path = _graph(tmp_path / "g.onnx")
     feats = graph_features(path)
     model = DeviceModel("hand", {c: 1.0 for c in OP_CLASSES}, ("a",))
-    now, slept = [0.0], []
+    fake = FakeClock()
+    pacer = DevicePacer(model, clock=fake.clock, sleep=fake.sleep)
+    predicted = model.predict_ms(feats)
+    assert pacer.paced(lambda: fake.call(2.0), path, 3) == "answer"  # three images: three batch-1 calls
+    assert sum(fake.slept) == pytest.approx((3 * predicted - 2.0) / 1000)
+    assert pacer.device_ms(path, 3) == pytest.approx(3 * predicted)
+    fake.slept.clear()
+    pacer.paced(lambda: fake.call(3 * predicted + 5), path, 3)  # the host slower than the device: no sleep
+    assert fake.slept == []
+    DevicePacer(None, clock=fake.clock, sleep=fake.sleep).paced(lambda: fake.call(1.0), path)
+    assert fake.slept == []  # no device model: the call runs as it is
+    assert NO_PACING.paced(lambda: fake.call(1.0), path, 3) == "answer" and fake.slept == []
 
-    def sleep(s):
-        slept.append(s)
-        now[0] += s
 
-    pacing.use_clock(lambda: now[0], sleep)
-    try:
-        pacing.set_device(model)
-        predicted = model.predict_ms(feats)
-
-        def call(ms):
-            now[0] += ms / 1000
-            return "answer"
-
-        assert pacing.paced(lambda: call(2.0), path, 3) == "answer"  # three images: three batch-1 calls
-        assert sum(slept) == pytest.approx((3 * predicted - 2.0) / 1000)
-        assert pacing.device_ms(path, 3) == pytest.approx(3 * predicted)
-        slept.clear()
-        pacing.paced(lambda: call(3 * predicted + 5), path, 3)  # the host slower than the device: no sleep
-        assert slept == []
-        pacing.set_device(None)
-        pacing.paced(lambda: call(1.0), path)
-        assert slept == []  # no device model: the call runs as it is
-    finally:
-        pacing.set_device(None)
-        pacing.use_clock(time.perf_counter, time.sleep)
+def test_two_edges_in_one_process_are_paced_each_by_its_own_device(tiny_system):
+    """No module state: two generalists of the same graph, each with its own pacer (device and clock), and a
+    third unpaced, answer alike and each call sleeps only its own device's time."""
+    graph = open_system(tiny_system["bundle"]).generalist_onnx
+    slow, fast = (DeviceModel(name, {c: unit for c in OP_CLASSES}, ("a",)) for name, unit in (("slow", 4.0),
+                                                                                                ("fast", 1.0)))
+    clocks = {"slow": FakeClock(), "fast": FakeClock()}
+    models = {name: OnnxGeneralist(graph, threads=1, pacer=DevicePacer(dm, clock=clocks[name].clock,
+                                                                        sleep=clocks[name].sleep))
+              for name, dm in (("slow", slow), ("fast", fast))}
+    plain = OnnxGeneralist(graph, threads=1)
+    images = np.random.default_rng(0).integers(0, 256, (2, plain.input.channels, plain.input.size,
+                                                        plain.input.size), dtype=np.uint8)
+    answers = {name: m.logits(images) for name, m in models.items()}
+    np.testing.assert_array_equal(answers["slow"], plain.logits(images))
+    np.testing.assert_array_equal(answers["fast"], answers["slow"])
+    assert sum(clocks["slow"].slept) == pytest.approx(2 * slow.predict_ms(graph_features(graph)) / 1000)
+    assert sum(clocks["fast"].slept) == pytest.approx(2 * fast.predict_ms(graph_features(graph)) / 1000)
+    assert sum(clocks["slow"].slept) == pytest.approx(4 * sum(clocks["fast"].slept))
 
 
 def test_other_work_is_dilated_by_its_cpu_time():
     slept = []
-    pacing.use_clock(time.perf_counter, slept.append)
-    try:
-        pacing.set_device(None, scalar_ratio=3.0)
-        c0 = time.process_time()
-        pacing.dilated(lambda: sum(i * i for i in range(300_000)))
-        used = time.process_time() - c0
-        assert len(slept) == 1 and 0 < slept[0] <= 2.0 * used + 1e-9
-    finally:
-        pacing.set_device(None)
-        pacing.use_clock(time.perf_counter, time.sleep)
+    pacer = DevicePacer(None, scalar_ratio=3.0, sleep=slept.append)
+    c0 = time.process_time()
+    pacer.dilated(lambda: sum(i * i for i in range(300_000)))
+    used = time.process_time() - c0
+    assert len(slept) == 1 and 0 < slept[0] <= 2.0 * used + 1e-9
+    assert DevicePacer(None, sleep=slept.append).dilated(lambda: 7) == 7 and len(slept) == 1  # ratio 1: no sleep
+
+
+def test_a_pacer_travels_to_the_edge_process_whole():
+    """The bench sends the pacer with every call to the edge's process: it pickles with its model."""
+    model = DeviceModel("hand", {c: 1.0 for c in OP_CLASSES}, ("a",))
+    back = pickle.loads(pickle.dumps(DevicePacer(model, scalar_ratio=2.5)))
+    assert back.model == model and back.scalar_ratio == 2.5
+    assert pickle.loads(pickle.dumps(RatioPacer(3.0))) == RatioPacer(3.0)
+    with pytest.raises(ValueError, match="slows the edge down"):
+        RatioPacer(0.5)
+    with pytest.raises(ValueError, match="slows the edge down"):
+        DevicePacer(model, scalar_ratio=0.5)
 
 
 def test_a_profile_without_published_figures_is_refused_with_its_fix():

@@ -17,6 +17,7 @@ import pytest
 from askexpert.costs.profiles import SpeedProfile, edge_speed, edge_speed_names
 from askexpert.errors import ConfigError
 from askexpert.testbed.cgroups import find_controller
+from askexpert.testbed.pacing import DevicePacer
 from askexpert.testbed.placement import DeviceTooFast, EmulatedEdge
 from askexpert.testbed.reference import ReferenceWorkload, ensure_reference
 
@@ -170,7 +171,8 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
     with ServerProcess(tiny_system["bundle"]) as url:
         out = subprocess.run([sys.executable, "-m", "askexpert.cli", "edge", str(tiny_system["bundle"]), "--device",
                               "rpi4", "--server", url, "--input", str(tmp_path / "in.npz"), "--summary",
-                              str(tmp_path / "s.json")], capture_output=True, text=True, timeout=300)
+                              str(tmp_path / "s.json"), "--trace", str(tmp_path / "t.jsonl")],
+                             capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "s.json").read_text())
     p = summary["placement"]
@@ -179,6 +181,10 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
     assert len(p["device_model"]["fitted_on"]) == len(edge_speed("rpi4").published_ms)
     # slowed towards the device (how close is the calibration tests' subject; this VM drifts +-20%)
     assert p["achieved_ms"] > 1.5 * p["host_ms"] and p["checks"] and "ncnn" in p["source"]
+    # the edge's pacer reached its generalist in the edge's process: no call shorter than the device's time
+    predicted = DevicePacer(p["device_model"]).device_ms(bundle.generalist_onnx)
+    edge_ms = [json.loads(line)["edge_ms"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(edge_ms) == 40 and min(edge_ms) >= predicted, (min(edge_ms), predicted)
 
 
 def test_local_experts_answer_as_the_server(tiny_system, tmp_path):

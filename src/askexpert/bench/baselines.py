@@ -46,6 +46,7 @@ from askexpert.runtime.edge import (
 )
 from askexpert.runtime.link import Link
 from askexpert.runtime.onnx_model import OnnxGeneralist
+from askexpert.runtime.pacing import NO_PACING, Pacer
 
 SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",
            "collaborative")
@@ -108,13 +109,14 @@ def full_offload_general(client: HttpExpertClient, batches, start_index: int = 0
 def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, experts: list[ExpertTarget],
                images: np.ndarray, labels: np.ndarray, url: str | None = None, local: LocalExperts | None = None,
                link: Link | None = None, timeout_s: float = 10.0, link_sleep: bool = False,
-               encoding: Encoding = RAW) -> list[SampleTrace]:
+               encoding: Encoding = RAW, pacer: Pacer = NO_PACING) -> list[SampleTrace]:
     """Traces of one system over ``images`` (one image at a time, as an edge device streams them).
 
     One edge device streams its images one after another, so the emulated link's delay is added to
     each trace (``link_ms``, part of ``total_ms``) without sleeping through it unless ``link_sleep``:
     the latencies are the same and a sweep over slow links does not take minutes of idle waiting.
-    ``encoding``: how offloaded images travel (raw bytes by default; PNG, JPEG, WebP).
+    ``encoding``: how offloaded images travel (raw bytes by default; PNG, JPEG, WebP). ``pacer``: the
+    emulated edge's, for the client's encoding and exchange (the models carry it already).
     """
     batches = ((images[i:i + 1], labels[i:i + 1]) for i in range(len(images)))
     if kind in ("edge-only", "edge-general"):  # one model on the edge for every image, nothing offloaded
@@ -128,7 +130,8 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
     if kind == "edge-execution":
         runner = EdgeRunner(generalist, policy, local, experts, experts_on_edge=True)
         return list(runner.run(batches))
-    with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep, encoding=encoding) as client:
+    with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep, encoding=encoding,
+                          pacer=pacer) as client:
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
         if kind == "full-offload-expert":
@@ -143,18 +146,19 @@ _loaded: dict = {}  # models of this process (the edge's), loaded once
 
 
 def run_on_edge(kind: str, *, generalist_onnx: Path, local_models: list[LocalModelSpec] | None = None,
-                threads: int = 1, **kwargs) -> list[SampleTrace]:
-    """:func:`run_system` from model files, where the edge runs (its models loaded once per process)."""
-    key = ("generalist", str(generalist_onnx), threads)
+                threads: int = 1, pacer: Pacer = NO_PACING, **kwargs) -> list[SampleTrace]:
+    """:func:`run_system` from model files, where the edge runs (its models loaded once per process),
+    paced by ``pacer`` (an emulated edge's; :meth:`askexpert.testbed.placement.EmulatedEdge.call` passes it)."""
+    key = ("generalist", str(generalist_onnx), threads, repr(pacer))
     if key not in _loaded:
-        _loaded[key] = OnnxGeneralist(generalist_onnx, threads=threads)
+        _loaded[key] = OnnxGeneralist(generalist_onnx, threads=threads, pacer=pacer)
     local = None
     if kind in WITH_LOCAL_MODELS:
-        lkey = ("local", tuple(local_models or ()), threads)
+        lkey = ("local", tuple(local_models or ()), threads, repr(pacer))
         if lkey not in _loaded:
-            _loaded[lkey] = LocalExperts(list(local_models or ()), threads=threads)
+            _loaded[lkey] = LocalExperts(list(local_models or ()), threads=threads, pacer=pacer)
         local = _loaded[lkey]
-    return run_system(kind, generalist=_loaded[key], local=local, **kwargs)
+    return run_system(kind, generalist=_loaded[key], local=local, pacer=pacer, **kwargs)
 
 
 def measure(name: str, kind: str, traces: list[SampleTrace], costs: CostModel, **extra) -> SystemRow:

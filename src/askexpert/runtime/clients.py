@@ -29,7 +29,7 @@ from askexpert.contract.codecs import Encoding, pillow
 from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, TryResult, encode_images
 from askexpert.contract.reroute import settle
 from askexpert.runtime.link import Link, LinkSchedule
-from askexpert.runtime.pacing import dilated
+from askexpert.runtime.pacing import NO_PACING, Pacer
 from askexpert.security import tls_context
 
 
@@ -136,7 +136,8 @@ class HttpExpertClient:
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
                  down_for_s: float = 1.0, link: Link | LinkSchedule | None = None, topk: int = 3,
                  link_sleep: bool = True, deadline_s: float | None = None, token: str | None = None,
-                 ca_file: Path | None = None, system_id: str | None = None, encoding: Encoding = RAW) -> None:
+                 ca_file: Path | None = None, system_id: str | None = None, encoding: Encoding = RAW,
+                 pacer: Pacer = NO_PACING) -> None:
         """``timeout_s`` bounds each network wait of an attempt; ``deadline_s`` (default
         ``(retries + 1) * timeout_s``) bounds a whole offload, its retries included. ``token``: the
         server's bearer token. ``ca_file``: the authority that signed an https server's certificate.
@@ -144,8 +145,9 @@ class HttpExpertClient:
         ``link`` adds an emulated link's delay to every offload: slept (``link_sleep``, the default:
         the edge really waits, as on that link) or only accounted in ``link_ms`` (a benchmark's
         sequential stream, where waiting would change nothing but the wall time). ``encoding``: how the
-        images travel (raw bytes, .npy, PNG, JPEG or WebP at a quality); its bytes set the link's time."""
-        self.encoding = encoding
+        images travel (raw bytes, .npy, PNG, JPEG or WebP at a quality); its bytes set the link's time.
+        ``pacer``: an emulated edge's pace for the encoding and the exchange (:mod:`askexpert.runtime.pacing`)."""
+        self.encoding, self.pacer = encoding, pacer
         if encoding.content_type is not None:
             pillow()  # the codec's import now, not inside the first offload's timing
         self.base_url = base_url.rstrip("/")
@@ -281,14 +283,14 @@ class HttpExpertClient:
         server that re-routes (its answers then name who answered and every try)."""
         self._ensure_trusted()
         t0 = time.perf_counter()
-        body, headers = dilated(lambda: encode_images(images, self.encoding))
+        body, headers = self.pacer.dilated(lambda: encode_images(images, self.encoding))
         t1 = time.perf_counter()
         key = expert_id if ranking is None else (expert_id, *ranking)
         url = self._urls.get(key)
         if url is None:
             url = self._urls[key] = httpx.URL(f"{self.base_url}/v1/experts/{expert_id}/infer?topk={self.topk}"
                                               + _next_query(ranking))
-        resp = dilated(lambda: self._request("POST", url, content=body, headers=headers))
+        resp = self.pacer.dilated(lambda: self._request("POST", url, content=body, headers=headers))
         t2 = time.perf_counter()
         parsed = self._parse(f"expert {expert_id}'s answer", resp, InferResponse.model_validate_json)
         return _reply(parsed, round_trip_ms=(t2 - t1) * 1000, encode_ms=(t1 - t0) * 1000,

@@ -27,7 +27,6 @@ from askexpert.contract.bundle import System
 from askexpert.contract.labels import OTHER
 from askexpert.contract.protocol import ExpertInfo, HealthResponse, image_results
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable, HttpExpertClient
-from askexpert.runtime.pacing import dilated
 
 
 def _json_object(raw: bytes) -> dict:
@@ -111,13 +110,13 @@ class OipExpertClient(HttpExpertClient):
         if info is None:
             raise ExpertUnavailable(f"expert {expert_id} is not in this bundle", status=404, server=self.base_url)
         t0 = time.perf_counter()
-        body, headers = dilated(lambda: oip.infer_request(np.asarray(images)))
+        body, headers = self.pacer.dilated(lambda: oip.infer_request(np.asarray(images)))
         t1 = time.perf_counter()
         url = self._urls.get(expert_id)
         if url is None:
             url = self._urls[expert_id] = httpx.URL(
                 f"{self.base_url}/v2/models/{oip.model_name(expert_id)}/versions/{oip.VERSION}/infer")
-        resp = dilated(lambda: self._request("POST", url, content=body, headers=headers))
+        resp = self.pacer.dilated(lambda: self._request("POST", url, content=body, headers=headers))
         t2 = time.perf_counter()
         outputs, params = self._parse(f"expert {expert_id}'s answer", resp, lambda raw: oip.read_response(
             raw, resp.headers.get(oip.HEADER_LENGTH)))

@@ -12,7 +12,7 @@ import numpy as np
 
 from askexpert.contract.onnx import read_metadata
 from askexpert.errors import CheckpointError
-from askexpert.runtime.pacing import paced
+from askexpert.runtime.pacing import NO_PACING, Pacer
 
 
 class OnnxGeneralist:
@@ -20,10 +20,11 @@ class OnnxGeneralist:
 
     backend = "onnx"
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, pacer: Pacer = NO_PACING) -> None:
         import onnxruntime as ort
 
         path = self.path = Path(path)
+        self.pacer = pacer  # an emulated edge's pace (runtime.pacing); the real one runs at its own speed
         if not path.is_file():
             raise CheckpointError(f"no ONNX model at {path}", fix="create it with: askexpert export-onnx CHECKPOINT")
         options = ort.SessionOptions()
@@ -42,4 +43,4 @@ class OnnxGeneralist:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images)
-        return paced(lambda: self.session.run(None, {"images": x})[0], self.path, len(x))
+        return self.pacer.paced(lambda: self.session.run(None, {"images": x})[0], self.path, len(x))

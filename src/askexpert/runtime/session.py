@@ -44,6 +44,7 @@ from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTar
 from askexpert.runtime.inputs import open_input
 from askexpert.runtime.link import Link, LinkSchedule
 from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
+from askexpert.runtime.pacing import NO_PACING, Pacer
 from askexpert.runtime.records import AnswerLog, resume, skip
 from askexpert.security import refuse_pin_without_bundle
 
@@ -133,7 +134,7 @@ class EdgeReport:
     encoding: str | None = None  # how offloaded images travelled (None: nothing was sent)
 
 
-def edge_system(s: EdgeSettings) -> EdgeSystem:
+def edge_system(s: EdgeSettings, pacer: Pacer = NO_PACING) -> EdgeSystem:
     """What the edge runs: the opened system's ONNX generalist and routing (the settings' overrides applied),
     or a calibrated generalist run's checkpoint in torch."""
     if isinstance(s.system, GeneralistRun):
@@ -155,15 +156,15 @@ def edge_system(s: EdgeSettings) -> EdgeSystem:
                           "max-prob (or margin, entropy) to use a confidence rule instead; a rule this askexpert "
                           "cannot read: build the bundle again with it") from err
     experts = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
-    return EdgeSystem(OnnxGeneralist(system.generalist_onnx, threads=s.threads), policy, experts,
+    return EdgeSystem(OnnxGeneralist(system.generalist_onnx, threads=s.threads, pacer=pacer), policy, experts,
                       dict(m.data.config), system.system_id, f"bundle {system.root}", m.curve, system)
 
 
-def _clients(s: EdgeSettings, system: EdgeSystem, urls: list[str]) -> list[HttpExpertClient]:
+def _clients(s: EdgeSettings, system: EdgeSystem, urls: list[str], pacer: Pacer) -> list[HttpExpertClient]:
     """One client a server: askexpert's ``/v1``, or (``server_protocol`` v2, a bundle's edge) the Open Inference
     Protocol's, which reads what the experts are from the bundle."""
     kw = dict(timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s, token=s.token,
-              ca_file=s.ca_file, system_id=system.system_id)
+              ca_file=s.ca_file, system_id=system.system_id, pacer=pacer)
     if s.server_protocol == "v1":
         return [HttpExpertClient(url, encoding=s.encoding, **kw) for url in urls]
     if s.server_protocol != "v2":
@@ -260,10 +261,11 @@ def _corrupted(batches, corruption: Corruption | None, first: int):
         index += len(images)
 
 
-def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
+def run_edge(s: EdgeSettings, *, progress=None, pacer: Pacer = NO_PACING) -> EdgeReport:
     """Answer every input, each batch's answers written (flushed) to ``s.predictions`` / ``s.trace`` as
-    soon as it is made; with ``s.resume``, go on after the answers those files already hold."""
-    system = edge_system(s)
+    soon as it is made; with ``s.resume``, go on after the answers those files already hold. ``pacer``: an
+    emulated edge's (:mod:`askexpert.runtime.pacing`); the real edge runs at its own speed."""
+    system = edge_system(s, pacer)
     model = system.model
     source = open_input(s.inputs, input_spec=model.input, class_names=model.class_names, data=system.data,
                         batch_size=s.batch_size, limit=s.limit)
@@ -272,7 +274,7 @@ def run_edge(s: EdgeSettings, *, progress=None) -> EdgeReport:
         log.info("resuming after %d answers already in %s", len(restored),
                  " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
     urls = [s.server] if isinstance(s.server, str) else list(s.server or [])
-    clients = _clients(s, system, urls)
+    clients = _clients(s, system, urls, pacer)
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
     control = controller_for(s, system)
     try:

@@ -31,6 +31,7 @@ from askexpert.costs.profiles import device as device_profile
 from askexpert.costs.profiles import network
 from askexpert.errors import AskExpertError, ConfigError
 from askexpert.runtime.link import LinkProfile
+from askexpert.runtime.pacing import NO_PACING, Pacer
 from askexpert.testbed.competing import CompetingLoad
 from askexpert.testbed.placement import EmulatedEdge, Placement
 from askexpert.testbed.server import ServerProcess
@@ -39,7 +40,8 @@ RADIO_OF_LINK = {"wifi": "wifi", "lte": "cellular", "5g": "cellular"}  # the rad
 
 
 def _time_on_edge(system: System, url: str, images: np.ndarray, tau: float, threads: int | None,
-                  token: str | None, link: LinkProfile | None = None, min_offloads: int = 30) -> dict:
+                  token: str | None, link: LinkProfile | None = None, min_offloads: int = 30,
+                  pacer: Pacer = NO_PACING) -> dict:
     """In the edge's process, the real edge runner over ``images`` at ``tau``, its client waiting out the
     ``link`` as a run does: every image's generalist time and every offload's (without the link's share,
     which the cost model adds), per expert; when fewer than ``min_offloads`` were offloaded, as many more
@@ -51,7 +53,7 @@ def _time_on_edge(system: System, url: str, images: np.ndarray, tau: float, thre
 
     b = system  # opened once, in the bench's process
     m, r = b.manifest, b.manifest.routing
-    model = OnnxGeneralist(b.generalist_onnx, threads=threads)
+    model = OnnxGeneralist(b.generalist_onnx, threads=threads, pacer=pacer)
     targets = [ExpertTarget(e.id, list(e.classes)) for e in m.experts]
     batches = [(images[i:i + 1], None) for i in range(len(images))]
 
@@ -60,7 +62,8 @@ def _time_on_edge(system: System, url: str, images: np.ndarray, tau: float, thre
     def runner(at: float, client) -> EdgeRunner:
         return EdgeRunner(model, replace(policy, tau=at), client, targets)
 
-    with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id, link=link) as client:
+    with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id, link=link,
+                          pacer=pacer) as client:
         list(runner(ALL, client).run(batches[:10]))  # warm: the session, the connection, the experts' batchers
         traces = list(runner(tau, client).run(batches))
         sent = [t for t in traces if t.route.offloaded]

@@ -7,12 +7,12 @@ the process to the device (:class:`Placement` records how, with target vs achiev
 (:class:`askexpert.testbed.server.ServerProcess` ``cpus=``).
 
 Modes. ``model`` (``auto``'s choice): the profile's device model (:mod:`askexpert.costs.device_model`,
-fitted to its published table) is sent to the process, where every model call lasts its prediction and
-other work is dilated by the device's sysbench figure against the host's (:mod:`askexpert.runtime.pacing`).
-The older one-ratio emulation: ``kernel`` puts the process under a CPU quota (cgroup v2 or v1) so the
-reference runs as fast as the device's figure, with each model call floored at its CPU time x that
-ratio; ``paced`` keeps the floor alone (no writable controller needed). ``"host"``: the edge in the
-calling process, unthrottled.
+fitted to its published table) becomes the edge's pacer (:class:`askexpert.testbed.pacing.DevicePacer`),
+passed with every call: every model call lasts its prediction and other work is dilated by the device's
+sysbench figure against the host's. The older one-ratio emulation: ``kernel`` puts the process under a
+CPU quota (cgroup v2 or v1) so the reference runs as fast as the device's figure, with each model call
+floored at its CPU time x that ratio (:class:`~askexpert.testbed.pacing.RatioPacer`); ``paced`` keeps the
+floor alone (no writable controller needed). ``"host"``: the edge in the calling process, unthrottled.
 
 Any cgroup is removed, and the edge process stopped, on normal exit, on an exception and on
 SIGINT/SIGTERM (the handler turns SIGTERM into ``SystemExit`` while the placement is open)."""
@@ -20,6 +20,7 @@ SIGINT/SIGTERM (the handler turns SIGTERM into ``SystemExit`` while the placemen
 from __future__ import annotations
 
 import atexit
+import inspect
 import math
 import os
 import signal
@@ -34,7 +35,9 @@ from typing import Any, Literal
 
 from askexpert.costs.profiles import SpeedProfile, edge_speed
 from askexpert.errors import AskExpertError
+from askexpert.runtime.pacing import NO_PACING, Pacer
 from askexpert.testbed.cgroups import CpuCgroup, find_controller, remove_stale
+from askexpert.testbed.pacing import DevicePacer, RatioPacer
 from askexpert.testbed.reference import ensure_reference
 
 Mode = Literal["auto", "model", "kernel", "paced"]
@@ -164,6 +167,7 @@ class EmulatedEdge:
                                               else (cores, cores))
         self.placement = Placement(device, "host", self.edge_cores, self.server_cores)
         self.cgroup: CpuCgroup | None = None
+        self.pacer: Pacer = NO_PACING  # set by calibration: the device's pace, sent with every call
         self._process = None
         self._conn = None
         self._previous_sigterm = None
@@ -264,7 +268,10 @@ class EmulatedEdge:
         return rest[0]
 
     def call(self, fn: Callable[..., Any], **kwargs) -> Any:
-        """``fn(**kwargs)`` on the edge (its process when emulated; here for ``host``)."""
+        """``fn(**kwargs)`` on the edge (its process when emulated; here for ``host``), with ``pacer=`` this
+        edge's pacer when ``fn`` takes one (every function that runs the edge's models does)."""
+        if "pacer" in inspect.signature(fn).parameters:
+            kwargs = {"pacer": self.pacer, **kwargs}
         if self.profile is None:
             return fn(**kwargs)
         return self._request("call", fn, kwargs)
@@ -280,7 +287,7 @@ class EmulatedEdge:
     def graph_times(self, path, runs: int | None = None) -> tuple[float, float]:
         """Median wall-clock and CPU milliseconds of one batch-1 call of the ONNX graph at ``path`` on the edge
         (random input, after two warm-up calls)."""
-        return self._request("reference", path, runs or self.runs)
+        return self._request("reference", path, runs or self.runs, self.pacer)
 
     # ---- calibration --------------------------------------------------------------------------
     def _calibrate(self) -> None:
@@ -322,11 +329,11 @@ class EmulatedEdge:
         if profile.scalar:
             p.scalar_host_eps = sysbench_events_per_s(self.edge_cores)
             p.scalar_ratio = max(p.scalar_host_eps / float(profile.scalar["events_per_s"]), 1.0)
-        self._request("device", p.device_model, p.scalar_ratio)
+        self.pacer = DevicePacer(model, p.scalar_ratio)
 
     def _set_pace(self, factor: float) -> None:
         self.placement.pace_factor = factor
-        self._request("pace", factor)
+        self.pacer = RatioPacer(factor)
 
     def recalibrate(self, at: str) -> float | None:
         """Measure the reference on the edge as placed now and bring it back to the device's figure.

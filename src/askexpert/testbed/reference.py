@@ -16,7 +16,7 @@ import numpy as np
 
 from askexpert.errors import AskExpertError
 from askexpert.paths import user_cache_dir
-from askexpert.runtime.pacing import paced
+from askexpert.runtime.pacing import NO_PACING, Pacer
 
 # The published models, by the name the device tables use (Tencent ncnn's benchmark), each built here with
 # random weights as the closest public definition: (library, constructor, input size). ncnn's graphs come
@@ -179,21 +179,21 @@ class ReferenceWorkload:
         self.x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in inp.shape],
                                                           dtype=np.float32)
 
-    def run_once(self) -> tuple[float, float]:
-        """Wall-clock and CPU milliseconds of one batch-1 inference."""
+    def run_once(self, pacer: Pacer = NO_PACING) -> tuple[float, float]:
+        """Wall-clock and CPU milliseconds of one batch-1 inference (paced by ``pacer``: an emulated edge's)."""
         t0, c0 = time.perf_counter(), time.process_time()
-        paced(lambda: self.session.run(None, {self.name: self.x}), self.path)
+        pacer.paced(lambda: self.session.run(None, {self.name: self.x}), self.path)
         return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
 
-    def time_ms(self, runs: int = 7, warmup: int = 2) -> float:
+    def time_ms(self, runs: int = 7, warmup: int = 2, pacer: Pacer = NO_PACING) -> float:
         """Median wall-clock milliseconds of one batch-1 inference."""
-        return self.times_ms(runs, warmup)[0]
+        return self.times_ms(runs, warmup, pacer)[0]
 
-    def times_ms(self, runs: int = 7, warmup: int = 2) -> tuple[float, float]:
+    def times_ms(self, runs: int = 7, warmup: int = 2, pacer: Pacer = NO_PACING) -> tuple[float, float]:
         """Median wall-clock and median CPU milliseconds of one batch-1 inference."""
         for _ in range(warmup):
-            self.run_once()
-        walls, cpus = zip(*(self.run_once() for _ in range(runs)), strict=True)
+            self.run_once(pacer)
+        walls, cpus = zip(*(self.run_once(pacer) for _ in range(runs)), strict=True)
         return statistics.median(walls), statistics.median(cpus)
 
 

@@ -1,8 +1,8 @@
 """The edge's own process: pinned to the edge core, running whatever the placement sends it.
 
-It answers four requests over a pipe: time the reference workload, set the pace factor or the device
-model, and call a
-module-level function with keyword arguments (the edge runner, a bench system). Exceptions come
+It answers two requests over a pipe: time the reference workload under a pacer, and call a module-level
+function with keyword arguments (the edge runner, a bench system; the placement passes its pacer,
+:mod:`askexpert.testbed.pacing`, as one of them). The process keeps no pacing state of its own. Exceptions come
 back as they are (pickled), so the caller sees the edge's own error. Torch-free by construction:
 the edge imports what the deployed edge imports.
 """
@@ -34,20 +34,10 @@ def worker_main(conn, cores: list[int]) -> None:
             if kind == "reference":
                 from askexpert.testbed.reference import ReferenceWorkload
 
-                path, runs = request[1], request[2]
+                path, runs, pacer = request[1], request[2], request[3]
                 if path not in references:
                     references[path] = ReferenceWorkload(path)
-                result = references[path].times_ms(runs=runs)
-            elif kind == "pace":
-                from askexpert.runtime.pacing import set_pace
-
-                set_pace(request[1])
-                result = None
-            elif kind == "device":
-                from askexpert.runtime.pacing import set_device
-
-                set_device(request[1], request[2])
-                result = None
+                result = references[path].times_ms(runs=runs, pacer=pacer)
             elif kind == "call":
                 fn, kwargs = request[1], request[2]
                 result = fn(**kwargs)
