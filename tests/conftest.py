@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Fashion-MNIST files, and writers of the exact on-disk dataset formats."""
+"""Shared fixtures: the real Fashion-MNIST files, writers of the exact on-disk dataset formats, the tiny trained
+system and its servers, and :func:`provided` (what the test install provides fails when missing, never skips)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ import numpy as np
 import pytest
 
 from askexpert.data import fashion_mnist
+
+DEV_INSTALL = "scripts/bootstrap.sh (or pip install -e '.[dev]'), which make test runs first"
+
+
+def provided(module: str, install: str = DEV_INSTALL):
+    """Import ``module``, which the test install provides: missing, the test fails and names the install.
+    Never a skip: a skip stays only where the machine cannot have the thing (root, a cgroup controller, a
+    GPU, an energy counter, x86-64 glibc), and pytest's -ra names each one in the run's log."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        pytest.fail(f"{module} is not installed ({err}); the test install provides it: {install}", pytrace=False)
+
 
 # a token in the developer's environment would make every test server demand it: tests pass tokens explicitly
 os.environ.pop("ASKEXPERT_TOKEN", None)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -26,6 +28,7 @@ from askexpert.contract.bundle import open_system
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
+from askexpert.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,6 +45,7 @@ class FakeServer:
         self.mode = "ok"
         self.health = "ok"  # what GET /v1/health answers: ok, html, other-json, no-id, other-id, 404
         self.infer_calls = 0
+        self.fail_next: list[tuple[int, dict[str, str]]] = []  # statuses (and headers) for the next infer requests
         self.block_after: int | None = None  # calls beyond this many wait for ``release``
         self.release = threading.Event()
         fake = self
@@ -58,8 +62,11 @@ class FakeServer:
             def log_message(self, *a) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+            def _send(self, status: int, body: bytes, ctype: str = "application/json",
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -87,6 +94,10 @@ class FakeServer:
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers["Content-Length"]))
                 fake.infer_calls += 1
+                if fake.fail_next:
+                    status, headers = fake.fail_next.pop(0)
+                    self._send(status, json.dumps({"detail": f"told to fail with {status}"}).encode(), headers=headers)
+                    return
                 if fake.block_after is not None and fake.infer_calls > fake.block_after:
                     fake.release.wait()
                 n = int(self.headers["X-Shape"].split(",")[0])
@@ -237,60 +248,104 @@ def test_a_killed_edge_loses_no_answer_and_resumes(tiny_system, fake, tmp_path):
     assert bad.returncode == 2 and "same --input" in bad.stderr
 
 
-def test_summary_of_resumed_answers_counts_timings_only_where_known(tiny_system, fake, tmp_path):
+def test_summary_of_resumed_answers_counts_timings_only_where_known(tiny_system, bundle_server, tmp_path):
     images, labels = _images(tiny_system, 24)
     inputs = tmp_path / "in.npz"
     np.savez(inputs, images=images, labels=labels)
     p = tmp_path / "p.csv"
-    first = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
+    first = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, inputs=[str(inputs)],
                                   predictions=p, limit=None))
+    assert first.summary.offload_rate > 0 and first.summary.degraded == 0
     lines = p.read_text().splitlines()
     p.write_text("\n".join(lines[:11]) + "\n" + lines[11][:5])  # 10 whole rows and a torn one
-    again = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
+    again = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, inputs=[str(inputs)],
                                   predictions=p, resume=True))
     assert again.resumed == 10 and p.read_text().splitlines() == lines
     assert [t.pred for t in again.traces] == [t.pred for t in first.traces]
     assert math.isnan(again.traces[0].total_ms) and math.isfinite(summarize(again.traces).latency_ms.p50)
 
 
-def test_the_edge_sends_its_token_and_never_writes_it_down(tiny_system, fake, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def token_server(tiny_system, tmp_path_factory):
+    """A real server (``askexpert serve --token-file``) over the tiny bundle."""
+    tmp = tmp_path_factory.mktemp("token-server")
+    (tmp / "token").write_text("tok-123\n")
+    (tmp / "wrong").write_text("not-the-token\n")
+    with ServerProcess(tiny_system["bundle"], threads=1, token="tok-123",
+                       extra_args=["--token-file", str(tmp / "token")]) as url:
+        yield {"url": url, "token_file": tmp / "token", "wrong_file": tmp / "wrong"}
+
+
+def test_the_edge_sends_its_token_and_never_writes_it_down(tiny_system, token_server, tmp_path, capsys,
+                                                           monkeypatch):
+    """Against a real server with a token: the edge CLI given it by --token-file, and by ASKEXPERT_TOKEN,
+    offloads with nothing degraded, and the token is in no file and no output. Without a token (a real 401)
+    or with another (a real 403) the edge refuses at the start, naming the fix, and answers nothing."""
     from askexpert.cli import main
 
-    seen = []
-    handler = fake.httpd.RequestHandlerClass
-    original = handler.do_POST
+    inputs = _npz(tiny_system, tmp_path, 30)
+    base = ["edge", str(tiny_system["bundle"]), "--server", token_server["url"], "--input", str(inputs)]
+    monkeypatch.delenv("ASKEXPERT_TOKEN", raising=False)
+    for how, extra in (("file", ["--token-file", str(token_server["token_file"])]), ("env", [])):
+        if how == "env":
+            monkeypatch.setenv("ASKEXPERT_TOKEN", "tok-123")
+        summary = tmp_path / f"s-{how}.json"
+        assert main([*base, *extra, "--summary", str(summary), "--trace", str(tmp_path / f"t-{how}.jsonl")]) == 0
+        s = json.loads(summary.read_text())
+        assert s["samples"] == 30 and s["offload_rate"] > 0 and s["degraded"] == 0, (how, s)
+        for written in (summary, tmp_path / f"t-{how}.jsonl"):
+            assert "tok-123" not in written.read_text()
+    out = capsys.readouterr()
+    assert "tok-123" not in out.out + out.err
+    monkeypatch.delenv("ASKEXPERT_TOKEN")
+    for extra, status, why in (([], 401, "no token sent"),
+                               (["--token-file", str(token_server["wrong_file"])], 403, "wrong token")):
+        predictions = tmp_path / f"p-{status}.csv"
+        assert main([*base, *extra, "--predictions", str(predictions)]) == 2
+        err = capsys.readouterr().err
+        assert f"refuses this edge (HTTP {status}: {why})" in err and "--token-file" in err and "ASKEXPERT_TOKEN" in err
+        assert not predictions.exists() or len(predictions.read_text().splitlines()) <= 1  # no answer written
 
-    def spy(self):
-        seen.append(self.headers.get("Authorization"))
-        original(self)
 
-    handler.do_POST = spy
-    images, labels = _images(tiny_system, 30)
-    np.savez(tmp_path / "in.npz", images=images, labels=labels)
-    (tmp_path / "token").write_text("tok-123\n")
-    assert main(["edge", str(tiny_system["bundle"]), "--server", fake.url, "--input", str(tmp_path / "in.npz"),
-                 "--token-file", str(tmp_path / "token"), "--summary", str(tmp_path / "s.json")]) == 0
-    assert seen and set(seen) == {"Bearer tok-123"}
-    assert "tok-123" not in (tmp_path / "s.json").read_text() and "tok-123" not in capsys.readouterr().out
+def _requests(url: str, expert: str) -> float:
+    """The server's own count of infer requests for ``expert`` (its /metrics)."""
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(x.split()[-1]) for x in text.splitlines()
+               if x.startswith(f'askexpert_requests_total{{expert="{expert}"}}'))
 
 
-def test_an_expert_held_by_two_servers_survives_one_of_them(tiny_system):
-    from askexpert.runtime.clients import ServerSet
+def test_a_server_set_learns_a_late_server_survives_a_dead_one_and_raises_a_4xx_at_once(tiny_system):
+    """Two real servers holding the same experts; the second is down when the experts are listed. Once it is
+    up and the first is killed, the set learns it and it answers (a prediction that survives a dead server).
+    A request the server refuses (4xx) is raised at once, not tried on the next holder. With both gone the
+    expert fails alone, saying why."""
+    from askexpert.runtime.clients import ExpertUnavailable, ServerSet
+    from askexpert.testbed.server import free_port
 
-    first, second = FakeServer(tiny_system["bundle"]), FakeServer(tiny_system["bundle"])
-    servers = ServerSet([HttpExpertClient(first.url, retries=0), HttpExpertClient(second.url, retries=0)])
-    try:
-        assert [e.id for e in servers.experts()] == ["0", "1", "2"] and len(servers.where["0"]) == 2
-        images = np.zeros((2, 1, 28, 28), np.uint8)
-        assert len(servers.infer("0", images).pred) == 2 and first.infer_calls == 1
-        first.close()
-        assert len(servers.infer("0", images).pred) == 2 and second.infer_calls == 1  # the other one answered
-        second.close()
-        with pytest.raises(Exception, match="expert 0:") as err:
-            servers.infer("0", images)
-        assert type(err.value).__name__ == "ExpertUnavailable"
-    finally:
-        servers.close()
+    late_port = free_port("127.0.0.1")
+    first = ServerProcess(tiny_system["bundle"], threads=1)
+    late = ServerProcess(tiny_system["bundle"], threads=1, port=late_port)
+    images = np.zeros((2, 1, 28, 28), np.uint8)
+    with first as url:
+        servers = ServerSet([HttpExpertClient(url, retries=0, down_for_s=0),
+                             HttpExpertClient(late.url, retries=0, down_for_s=0)], relearn_s=0.0)
+        try:
+            assert [e.id for e in servers.experts()][:3] == ["0", "1", "2"]
+            assert [c.base_url for c in servers.where["0"]] == [url]  # the late one was not there to ask
+            assert len(servers.infer("0", images).pred) == 2 and _requests(url, "0") == 1
+            with late as late_url:
+                first.stop(kill=True)
+                reply = servers.infer("0", images)  # the first fails, the late one is learned and answers
+                assert len(reply.pred) == 2 and reply.server == late_url and _requests(late_url, "0") == 1
+                assert [c.base_url for c in servers.where["0"]] == [url, late_url]
+                with pytest.raises(ExpertUnavailable) as refused:
+                    servers.infer("0", np.zeros((2, 3, 28, 28), np.uint8))  # the wrong shape for this expert
+                assert refused.value.status == 400 and "HTTP 400" in str(refused.value)
+            with pytest.raises(ExpertUnavailable, match="expert 0:") as gone:
+                servers.infer("0", images)
+            assert gone.value.status is None
+        finally:
+            servers.close()
 
 
 def _npz(tiny_system, tmp_path, n: int) -> Path:
@@ -348,33 +403,99 @@ def test_a_server_is_asked_again_and_trusted_once_its_health_names_the_system(ti
     client.close()
 
 
-def test_the_right_id_is_used_and_another_id_is_refused_at_the_start(tiny_system, fake, tmp_path):
+def test_the_right_id_is_used_and_another_id_is_refused_at_the_start(tiny_system, bundle_server, tmp_path):
+    """Real servers: the bundle's own answers with nothing degraded; a server of another system (the same
+    files, another operating point in system.json, so another id) is refused before any image is sent."""
+    from askexpert.contract.schema import SYSTEM_FILE
     from askexpert.errors import AskExpertError
 
     inputs = _npz(tiny_system, tmp_path, 40)
-    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)]))
-    assert fake.infer_calls > 0 and report.summary.degraded == 0
-    fake.health = "other-id"
-    with pytest.raises(AskExpertError, match="serves another system"):
-        run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)]))
+    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, inputs=[str(inputs)]))
+    assert report.summary.offload_rate > 0 and report.summary.degraded == 0
+    other = tmp_path / "other"
+    shutil.copytree(tiny_system["bundle"], other)
+    raw = json.loads((other / SYSTEM_FILE).read_text())
+    raw["routing"]["tau"] = raw["routing"]["tau"] / 2
+    (other / SYSTEM_FILE).write_text(json.dumps(raw, indent=1))
+    assert open_system(other).system_id != open_system(tiny_system["bundle"]).system_id
+    with ServerProcess(other, threads=1) as url:
+        with pytest.raises(AskExpertError, match="serves another system") as err:
+            run_edge(EdgeSettings(system=tiny_system["bundle"], server=url, inputs=[str(inputs)]))
+        assert "askexpert serve BUNDLE" in err.value.fix
+        assert all(_requests(url, e) == 0 for e in ("0", "1", "2"))
 
 
-def test_a_server_set_trusts_each_server_on_its_own(tiny_system):
+def test_a_server_set_trusts_each_server_on_its_own(tiny_system, bundle_server):
     """Of two servers holding the same experts, the one whose health is a maintenance page gets no image;
-    the other answers every request."""
+    the other (a real server) answers every request."""
     from askexpert.runtime.clients import ServerSet
 
-    bad, good = FakeServer(tiny_system["bundle"]), FakeServer(tiny_system["bundle"])
+    bad = FakeServer(tiny_system["bundle"])  # a maintenance page where the health should be: only a fake does that
     bad.health = "html"
     system_id = open_system(tiny_system["bundle"]).system_id
-    servers = ServerSet([HttpExpertClient(u, retries=0, system_id=system_id) for u in (bad.url, good.url)])
+    servers = ServerSet([HttpExpertClient(u, retries=0, system_id=system_id) for u in (bad.url, bundle_server)])
+    before = _requests(bundle_server, "1")
     try:
         images = np.zeros((2, 1, 28, 28), np.uint8)
         for _ in range(3):
             assert len(servers.infer("1", images).pred) == 2
-        assert bad.infer_calls == 0 and good.infer_calls == 3
+        assert bad.infer_calls == 0 and _requests(bundle_server, "1") == before + 3
         assert servers.clients[0].is_down and not servers.clients[1].is_down
     finally:
         servers.close()
         bad.close()
-        good.close()
+
+
+def test_the_client_retries_a_5xx_and_a_429_and_gives_up_past_its_retries(fake):
+    """A 500, then a 429: with two retries the third attempt answers; with none the first failure is the
+    answer, saying the status, and the server is marked down."""
+    from askexpert.runtime.clients import ExpertUnavailable
+
+    images = np.zeros((2, 1, 28, 28), np.uint8)
+    fake.fail_next = [(500, {}), (429, {})]
+    with HttpExpertClient(fake.url, retries=2, backoff_s=0.01, timeout_s=5) as client:
+        assert len(client.infer("0", images).pred) == 2 and fake.infer_calls == 3 and not client.is_down
+    fake.fail_next = [(503, {})]
+    with HttpExpertClient(fake.url, retries=0, down_for_s=30) as client:
+        with pytest.raises(ExpertUnavailable, match="HTTP 503") as err:
+            client.infer("0", images)
+        assert err.value.status is None and client.is_down and fake.infer_calls == 4
+
+
+def test_a_503s_retry_after_is_waited_within_the_deadline_and_kept_as_down_time_beyond_it(fake):
+    """The server's Retry-After is its word on when to come back: within the offload's deadline the client
+    waits that long (not its own 50 ms backoff) and retries; beyond it the client gives up at once and asks
+    nothing of that server until the pause has passed."""
+    from askexpert.runtime.clients import ExpertUnavailable
+
+    images = np.zeros((2, 1, 28, 28), np.uint8)
+    fake.fail_next = [(503, {"Retry-After": "0.4"})]
+    with HttpExpertClient(fake.url, retries=1, timeout_s=5) as client:
+        t0 = time.monotonic()
+        assert len(client.infer("0", images).pred) == 2
+        assert time.monotonic() - t0 >= 0.4 and fake.infer_calls == 2
+    fake.fail_next = [(503, {"Retry-After": "30"})]
+    with HttpExpertClient(fake.url, retries=3, timeout_s=1, down_for_s=0.1) as client:
+        with pytest.raises(ExpertUnavailable, match="asked for 30 s .*Retry-After"):
+            client.infer("0", images)
+        assert fake.infer_calls == 3  # one attempt: no retry inside the 30 s it asked for
+        assert client._down_until - time.monotonic() > 20  # down for the server's 30 s, not its own 0.1 s
+        with pytest.raises(ExpertUnavailable, match="marked down"):
+            client.infer("0", images)
+        assert fake.infer_calls == 3
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    import email.utils
+
+    import httpx as h
+
+    from askexpert.runtime.clients import retry_after_s
+
+    def resp(value):
+        return h.Response(503, headers={} if value is None else {"Retry-After": value})
+
+    assert retry_after_s(resp("2")) == 2.0 and retry_after_s(resp(None)) is None
+    assert retry_after_s(resp("soon")) is None and retry_after_s(resp("-5")) == 0.0
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 < retry_after_s(resp(later)) <= 60

@@ -19,12 +19,19 @@ from askexpert.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-try:
-    han_fonts.require_installed()
-    FONTS = None
-except DatasetError as err:  # scripts/bootstrap.sh installs them wherever apt-get is usable (CI does)
-    FONTS = str(err)
-needs_fonts = pytest.mark.skipif(FONTS is not None, reason=f"fonts missing: {FONTS}")
+
+
+@pytest.fixture
+def fonts():
+    """The han100 fonts, which the test install provides (scripts/bootstrap.sh installs them wherever apt-get
+    is usable, CI included): missing, the test fails with the fix, never a skip."""
+    try:
+        han_fonts.require_installed()
+    except DatasetError as err:
+        pytest.fail(f"the han100 fonts are missing: {err} (scripts/bootstrap.sh installs them)", pytrace=False)
+
+
+needs_fonts = pytest.mark.usefixtures("fonts")
 
 
 @pytest.fixture(scope="module")

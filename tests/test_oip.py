@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import provided
 
 from askexpert.contract import oip
 from askexpert.contract.bundle import open_system
@@ -86,8 +87,7 @@ def test_oip_answers_equal_v1s_image_by_image(bundle_server, bundle):
 
 
 def test_tritonclient_asks_askexpert_like_a_triton(bundle_server, bundle):
-    triton = pytest.importorskip("tritonclient.http", reason="tritonclient is in askexpert[dev] (pip install "
-                                 "'tritonclient[http]')")
+    triton = provided("tritonclient.http")
     client = triton.InferenceServerClient(bundle_server.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("expert-1")
     assert client.get_model_metadata("expert-1")["inputs"][0]["datatype"] == "UINT8"

@@ -112,18 +112,43 @@ def test_the_edge_holds_its_slo_when_the_link_changes(tiny_system, bundle_server
 
 
 def test_the_edge_keeps_an_energy_budget(tiny_system, bundle_server):
-    """--energy-budget: the windows are judged by the edge's energy (the one formula, a Pi 4's power)."""
+    """--energy-budget moves tau along the bundle's curve by the edge's energy (the one formula, a Pi 4's
+    power): a budget no point keeps takes it down, step by step, and the images after the last step are
+    offloaded less than the bundle's point would have, at less energy; under a budget every point keeps,
+    every move is to a more accurate point. The windows are judged by the same formula."""
     from askexpert.costs.energy import edge_mj_per_image
     from askexpert.costs.profiles import device, network
 
-    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, limit=200, threads=1,
-                                   energy_budget_mj=1.0))
-    c = report.control
-    assert c.mode == "energy-budget" and c.windows == 2
-    spent = [edge_mj_per_image(report.traces[i:i + 100], device("raspberry-pi-4"), network("wifi")) for i in (0, 100)]
-    assert c.windows_within == sum(v <= 1.0 for v in spent)
-    assert all(ch.why for ch in c.changes) and all(t.tau_why for t in report.traces)
+    def run(budget):
+        report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, limit=300, threads=1,
+                                       energy_budget_mj=budget))
+        assert report.control.mode == "energy-budget" and report.control.windows == 3
+        assert report.summary.degraded == 0 and all(t.tau_why for t in report.traces)
+        return report
 
+    curve = open_system(tiny_system["bundle"]).manifest.curve.for_k(3)
+    pi4, wifi = device("raspberry-pi-4"), network("wifi")
+    tight = run(0.01)
+    c, traces = tight.control, tight.traces
+    start, last = c.changes[0], c.changes[-1]
+    assert len(c.changes) > 1 and all(ch.why.startswith("down: edge energy 0.01 mJ") for ch in c.changes[1:])
+    assert [ch.tau for ch in c.changes] == sorted((ch.tau for ch in c.changes), reverse=True)
+    assert last.tau < start.tau and last.val_offload_rate < start.val_offload_rate
+    after = traces[last.image:]
+    assert len(after) >= 100 and {t.tau for t in after} == {last.tau}
+    conf = np.array([t.confidence for t in after], np.float32)
+    sent = sum(t.route.offloaded for t in after)
+    assert sent == int((conf < np.float32(last.tau)).sum()) < int((conf < np.float32(start.tau)).sum())
+    before = traces[:c.changes[1].image]
+    assert edge_mj_per_image(after, pi4, wifi) < edge_mj_per_image(before, pi4, wifi)
+    assert c.windows_within == 0  # no window of real work costs 0.01 mJ
+    loose = run(1e6).control
+    accuracy = {p.tau: p.accuracy for p in curve}
+    assert loose.windows_within == 3
+    # every move is to a more accurate point of the curve (up or down in offload: whichever is better here)
+    walk = [accuracy[ch.tau] for ch in loose.changes]
+    assert all(b > a for a, b in zip(walk, walk[1:], strict=False))
+    assert len(walk) > 1 or walk[0] == max(accuracy[p.tau] for p in curve if p.offload_rate >= 1.0), walk
 
 def test_build_system_chooses_from_a_measured_latency_budget(tiny_system, tmp_path, capsys):
     """The parts measured here (host, a real server with a competing client), the most accurate point within

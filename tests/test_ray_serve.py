@@ -9,6 +9,7 @@ import re
 import httpx
 import numpy as np
 import pytest
+from conftest import provided
 
 from askexpert.contract.protocol import encode_images
 from askexpert.testbed.server import ServerProcess
@@ -53,20 +54,16 @@ def _metric_names(text: str) -> set[str]:
 @pytest.mark.timeout(600)
 def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
     """Per-expert deployments (expert 0 with 2 replicas), then one multiplexed deployment holding one
-    expert a replica (every switch evicts and loads): the same answers as the uvicorn server's
-    application to batches of 1, 7 and 150 images, the same expert list, OpenAPI schema and metric
+    expert a replica (every switch evicts and loads): the same answers as a real uvicorn server's
+    to batches of 1, 7 and 150 images, the same expert list, OpenAPI schema and metric
     names, the token enforced; an edge run over the Ray server, over /v1 and over the Open Inference Protocol,
     equals one with the experts in process."""
-    from starlette.testclient import TestClient
-
     from askexpert.runtime.clients import InProcessExpertClient
     from askexpert.runtime.edge import EdgeRunner
     from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
-    from askexpert.serving.app import create_app
-    from askexpert.serving.local import LocalExperts
     from askexpert.serving.pool import ExpertPool
 
-    pytest.importorskip("ray.serve", reason="the Ray Serve backend needs askexpert[ray]")
+    provided("ray.serve")
     bundle = tiny_system["bundle"]
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -75,17 +72,18 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
     images = requests[-1][1]
     np.savez(tmp_path / "in.npz", images=images, labels=np.zeros(len(images), np.int64))
 
-    pool = ExpertPool(bundle)  # the uvicorn server's application, in process
-    with TestClient(create_app(LocalExperts(pool, max_batch=64), token=TOKEN), headers=auth) as local:
+    common = ["--max-batch", "64", "--token-file", str(token_file)]
+    uvicorn = ServerProcess(bundle, extra_args=common, token=TOKEN, log_path=tmp_path / "uvicorn.log")
+    with uvicorn as url, httpx.Client(base_url=url, headers=auth, timeout=120) as local:  # the real uvicorn server
         expected = _answers(local, requests)
         experts = local.get("/v1/experts").json()
         schema = local.get("/openapi.json").json()
         metrics = _metric_names(local.get("/metrics").text)
     system = edge_system(EdgeSettings(system=bundle, server=None))
-    in_process = EdgeRunner(system.model, system.policy, InProcessExpertClient(pool), system.experts)
+    in_process = EdgeRunner(system.model, system.policy, InProcessExpertClient(ExpertPool(bundle)), system.experts)
     local_edge = [t.pred for t in in_process.run([(images, np.zeros(len(images), np.int64))])]
 
-    common = ["--max-batch", "64", "--token-file", str(token_file), "--backend", "ray"]
+    common = [*common, "--backend", "ray"]
     server = ServerProcess(bundle, extra_args=[*common, "--ray-set", 'per_expert={"0": {"replicas": 2}}'],
                            token=TOKEN, log_path=tmp_path / "ray.log")
     with server as url, httpx.Client(base_url=url, headers=auth, timeout=120) as client:
@@ -130,7 +128,7 @@ def test_without_ray_the_flag_names_the_install(tiny_system, monkeypatch, capsys
 
 
 def test_ray_settings_are_checked_before_anything_starts(tiny_system, capsys):
-    pytest.importorskip("ray.serve", reason="the Ray Serve backend needs askexpert[ray]")
+    provided("ray.serve")
     from askexpert.cli import main
     from askexpert.serving.ray_app import load_ray_settings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -321,29 +322,112 @@ def test_dynamic_batcher_splits_an_oversized_request_and_serves_others_between_i
     assert big_t.batch_size == 64 and big_t.compute_ms > 3 * 45
 
 
-def test_server_survives_a_request_flood_during_shutdown(tiny_system):
-    server = ServerProcess(tiny_system["experts"], threads=1)
+def _echo_model(calls: list[int], poison: int | None = None):
+    """A stand-in for a model: records each batch's size, answers each image's first two bytes as its
+    probabilities, and raises on a batch holding an image whose first byte is ``poison``."""
+    def model(images):
+        calls.append(len(images))
+        if poison is not None and (images[:, 0, 0, 0] == poison).any():
+            raise RuntimeError("the model failed on this batch")
+        return ExpertOutput(torch.from_numpy(images[:, 0, 0, :2].astype(np.float32)), [7, -1])
+    return model
+
+
+def test_a_positive_max_wait_holds_the_batch_open_for_requests_that_follow():
+    """--max-wait-ms > 0: a request that arrives 50 ms after the first (well inside a 2 s window) joins its
+    batch; a lone request waits out the whole window before it runs (a lower bound: no speed assumed)."""
+    calls = []
+
+    async def main():
+        batcher = DynamicBatcher(_echo_model(calls), executor=ThreadPoolExecutor(1), max_batch=8, max_wait_ms=2000)
+        first = asyncio.create_task(batcher.submit(np.full((1, 1, 1, 2), 1, np.uint8)))
+        await asyncio.sleep(0.05)
+        second = await batcher.submit(np.full((1, 1, 1, 2), 2, np.uint8))
+        joined = (await first, second)
+        await batcher.stop()
+        short = DynamicBatcher(_echo_model(calls), executor=ThreadPoolExecutor(1), max_batch=8, max_wait_ms=300)
+        t0 = time.perf_counter()
+        lone = await short.submit(np.full((1, 1, 1, 2), 3, np.uint8))
+        waited = time.perf_counter() - t0
+        await short.stop()
+        return joined, lone, waited
+
+    ((a, a_t), (b, b_t)), (lone, lone_t), waited = asyncio.run(main())
+    assert calls == [2, 1] and a_t.batch_size == b_t.batch_size == 2
+    assert float(a.probs[0, 0]) == 1 and float(b.probs[0, 0]) == 2  # each its own slice of the batch
+    assert lone_t.batch_size == 1 and waited >= 0.3 and lone_t.queue_ms >= 299 and float(lone.probs[0, 0]) == 3
+
+
+def test_a_model_that_raises_fails_every_request_of_its_batch_and_the_batcher_keeps_serving():
+    """Three requests in one batch, one of them the image the model fails on: all three get the model's
+    error (none hangs, none gets another's answer); a split request whose part fails runs no further part;
+    the next request is answered as if nothing happened."""
+    calls = []
+
+    async def main():
+        batcher = DynamicBatcher(_echo_model(calls, poison=255), executor=ThreadPoolExecutor(1), max_batch=8,
+                                 max_wait_ms=0)
+        queued = [asyncio.create_task(batcher.submit(np.full((1, 1, 1, 2), v, np.uint8))) for v in (1, 255, 2)]
+        together = await asyncio.gather(*queued, return_exceptions=True)
+        big = np.full((20, 1, 1, 2), 5, np.uint8)
+        big[3] = 255  # in the first part of three
+        split = await asyncio.gather(batcher.submit(big), return_exceptions=True)
+        after = await batcher.submit(np.full((2, 1, 1, 2), 9, np.uint8))
+        await batcher.stop()
+        return together, split[0], after
+
+    together, split, (after, after_t) = asyncio.run(main())
+    assert calls == [3, 8, 2]  # one batch of three; the split request's first part only; then the next request
+    assert all(isinstance(r, RuntimeError) and "failed on this batch" in str(r) for r in together)
+    assert isinstance(split, RuntimeError)
+    assert after_t.batch_size == 2 and after.probs[:, 0].tolist() == [9.0, 9.0]
+
+
+def test_server_survives_a_request_flood_during_shutdown(tiny_system, tmp_path):
+    """Four clients hammer the server; SIGTERM comes once they have answers. Every call returns, answered or
+    told why not (unreachable or an HTTP status); each client meets the stop; the server's shutdown runs to
+    its end (its log says so, with no traceback)."""
+    log = tmp_path / "server.log"
+    server = ServerProcess(tiny_system["experts"], threads=1, log_path=log, extra_args=["--log-level", "info"])
     url = server.start()
     images = np.zeros((1, 1, 28, 28), dtype=np.uint8)
-    errors = []
+    answered, errors, lock = [], [], threading.Lock()
+    warm, stopped = threading.Event(), threading.Event()
 
     def hammer():
+        failed_after_stop = False
+        deadline = time.monotonic() + 60
         with HttpExpertClient(url, timeout_s=2, retries=0, down_for_s=0) as c:
-            for _ in range(30):
+            while not failed_after_stop and time.monotonic() < deadline:
                 try:
-                    c.infer("1", images)
+                    reply = c.infer("1", images)
+                    with lock:
+                        answered.append(len(reply.pred))
+                        if len(answered) >= 8:
+                            warm.set()
                 except ExpertUnavailable as err:
-                    errors.append(str(err))
+                    with lock:
+                        errors.append(str(err))
+                    failed_after_stop = stopped.is_set()
+        return failed_after_stop
 
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(hammer())) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    assert warm.wait(timeout=60), "no answers before the stop"
+    stopped.set()
     server.stop()
     for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)  # every client returned: answered or told why not
-    assert all("unreachable" in e or "HTTP" in e for e in errors)
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads)  # every client returned
+    assert results == [True] * 4  # each met the stopped server and was told so, none hung
+    assert len(answered) >= 8 and set(answered) == {1}
+    assert errors and all("unreachable" in e or "HTTP" in e for e in errors), errors[:3]
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught: the app's shutdown ran to its end
+    assert server.proc.returncode == -signal.SIGTERM
+    text = log.read_text()
+    assert "stopped: every expert's queue answered or refused" in text and "Traceback" not in text, text[-2000:]
 
 
 @pytest.mark.slow

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from askexpert.cli._common import log_console, require_positive
+from askexpert.console import logs_on
 from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.errors import ConfigError
 from askexpert.security import TOKEN_ENV, is_loopback
@@ -65,9 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       + ("; bearer token required" if token else ""))
     if token and scheme == "http" and not is_loopback(args.host):
         log_console().log("[yellow]the token travels in clear text over plain HTTP: add --ssl-certfile/--ssl-keyfile")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                limit_concurrency=2 * args.max_in_flight + 16)  # a backstop on connections; the guard answers first
+    with logs_on(log_console(), getattr(logging, args.log_level.upper())):  # askexpert's records as uvicorn's
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                    limit_concurrency=2 * args.max_in_flight + 16)  # a backstop on connections; the guard first
     if pacer is not None:
         log_console().log(f"paced to {args.server_device}: {pacer.stats.describe()}")
     return 0
@@ -175,7 +178,8 @@ def register(sub) -> None:
                    "jetson-agx-orin (costs/profiles.yaml, server_devices); host (default): this host's own speed")
     p.add_argument("--known-images", type=Path, metavar="NPZ", help="with --server-device: images the edge will "
                    "send (an .npz 'images' array), answered ahead so a device faster than this host is met")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's and the server's own records at this level and above (info: start, shutdown)")
     ray_group = p.add_argument_group("Ray Serve backend (pip install 'askexpert[ray]'; docs/scale-out.md)")
     ray_group.add_argument("--backend", choices=["uvicorn", "ray", "triton"], default="uvicorn",
                            help="uvicorn: one process; ray: each expert a Ray Serve deployment (replicas, "

@@ -3,9 +3,11 @@ in-process (for tests and the everything-local comparison). Both answer with an 
 
 Whatever goes wrong with the server (refused, timed out, an error status, a reply that is not the
 protocol's JSON), the HTTP client raises :class:`ExpertUnavailable` and never anything else, so the
-edge keeps its own answer for those samples (the edge runner checks what the answers say). After a
-failure it stays "down" for ``down_for_s`` before it tries again, so a dead server costs one
-deadline, not one per sample.
+edge keeps its own answer for those samples (the edge runner checks what the answers say). A 5xx or
+429 is retried (``retries``) after a short backoff, or after the pause the server's ``Retry-After`` asks
+for when that fits in the deadline. After a failure it stays "down" for ``down_for_s`` (or the
+server's Retry-After, if longer) before it tries again, so a dead server costs one deadline, not one per
+sample.
 
 Each offload has one total ``deadline_s``, retries included: every socket operation (connect, TLS,
 each write and read) is bounded by the time left to it, so a server that trickles one byte at a
@@ -14,6 +16,8 @@ time cannot hold the edge past it (per-phase timeouts alone would let it).
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import ssl
 import threading
 import time
@@ -132,6 +136,25 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self.inner.sleep(seconds)
 
 
+def retry_after_s(resp: httpx.Response) -> float | None:
+    """A 503's or 429's ``Retry-After`` in seconds (delay-seconds or an HTTP date; RFC 9110 10.2.3), None when
+    absent or unreadable."""
+    value = resp.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max((when - datetime.datetime.now(datetime.timezone.utc)).total_seconds(), 0.0)
+
+
 class HttpExpertClient:
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
                  down_for_s: float = 1.0, link: Link | LinkSchedule | None = None, topk: int = 3,
@@ -192,12 +215,12 @@ class HttpExpertClient:
                                     server=self.base_url)
         start = time.monotonic()
         deadline = start + self.deadline_s
-        last = "no attempt"
+        last, asked_pause = "no attempt", None
         self._backend.local.deadline = deadline
         try:
             for attempt in range(self.retries + 1):
                 if attempt:
-                    pause = self.backoff_s * attempt
+                    pause = self.backoff_s * attempt if asked_pause is None else asked_pause
                     if time.monotonic() + pause >= deadline:
                         break
                     time.sleep(pause)
@@ -211,6 +234,7 @@ class HttpExpertClient:
                     continue
                 if resp.status_code >= 500 or resp.status_code == 429:
                     last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    asked_pause = retry_after_s(resp)  # the server's own word on when to come back
                     continue
                 if resp.status_code in (401, 403):
                     raise ExpertUnavailable(f"{method} {path} refused with HTTP {resp.status_code}: {resp.text[:200]} "
@@ -225,12 +249,15 @@ class HttpExpertClient:
             self._backend.local.deadline = None
         why = (f"{self.base_url}{path} unreachable after {attempt + 1} attempts in "
                f"{time.monotonic() - start:.2f} s ({last})")
-        self._mark_down(why)
+        if asked_pause is not None:
+            why += f"; it asked for {asked_pause:g} s before another request (Retry-After)"
+        self._mark_down(why, asked_pause or 0.0)
         raise ExpertUnavailable(why, server=self.base_url)
 
-    def _mark_down(self, why: str) -> None:
-        """No request for ``down_for_s``; whoever answers after that must show its system again."""
-        self._down_until, self._down_why = time.monotonic() + self.down_for_s, why
+    def _mark_down(self, why: str, at_least_s: float = 0.0) -> None:
+        """No request for ``down_for_s`` (or the server's Retry-After, if longer); whoever answers after that
+        must show its system again."""
+        self._down_until, self._down_why = time.monotonic() + max(self.down_for_s, at_least_s), why
         self._trusted = self.system_id is None
 
     def _distrust(self, health: HealthResponse) -> str | None:
@@ -315,7 +342,8 @@ class ServerSet:
     from every server's ``GET /v1/experts``; an expert several servers hold is tried on the next when one
     fails). An expert whose servers are all down fails alone, like a single dead server: the others keep
     answering. Servers unreachable when the experts were listed are asked again at most every
-    ``relearn_s`` seconds, so experts appear when their server comes up."""
+    ``relearn_s`` seconds, when an expert no server lists is asked for or every server holding one has
+    failed, so experts appear when their server comes up."""
 
     def __init__(self, clients: list[HttpExpertClient], *, relearn_s: float = 1.0) -> None:
         self.clients, self.relearn_s = clients, relearn_s
@@ -353,20 +381,23 @@ class ServerSet:
     def infer(self, expert_id: str, images: np.ndarray, ranking: list[str] | None = None) -> ExpertReply:
         if expert_id not in self.where:
             self._learn()
-        holders = self.where.get(expert_id)
-        if not holders:
+        if not self.where.get(expert_id):
             raise ExpertUnavailable(f"no reachable server lists expert {expert_id} (servers: "
                                     f"{', '.join(c.base_url for c in self.clients)})")
-        failures = []
-        for client in sorted(holders, key=lambda c: c.is_down):  # servers not marked down first
-            try:
-                return client.infer(expert_id, images, ranking)
-            except ExpertUnavailable as err:
-                if err.status is not None and 400 <= err.status < 500:
-                    raise  # our request is wrong: another server would say the same
-                failures.append(str(err))
+        failures: list[str] = []
+        asked: list[HttpExpertClient] = []
+        while fresh := [c for c in self.where[expert_id] if c not in asked]:
+            for client in sorted(fresh, key=lambda c: c.is_down):  # servers not marked down first
+                asked.append(client)
+                try:
+                    return client.infer(expert_id, images, ranking)
+                except ExpertUnavailable as err:
+                    if err.status is not None and 400 <= err.status < 500:
+                        raise  # our request is wrong: another server would say the same
+                    failures.append(str(err))
+            self._learn()  # every holder failed: a server down when the experts were listed may hold it now
         raise ExpertUnavailable(f"expert {expert_id}: " + "; ".join(failures),
-                                server=holders[0].base_url if len(holders) == 1 else None)
+                                server=asked[0].base_url if len(asked) == 1 else None)
 
     def close(self) -> None:
         for client in self.clients:

@@ -268,6 +268,7 @@ def create_app(experts: Experts, *, limits: ServerLimits | None = None, token: s
         await experts.start()
         yield
         await experts.stop()
+        log.info("stopped: every expert's queue answered or refused, the workers shut down")
 
     app = FastAPI(title="askexpert expert server", version="1", lifespan=lifespan,
                   description="Near-edge experts for collaborative ViT inference. Wire format: see "
