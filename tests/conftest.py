@@ -182,8 +182,9 @@ def http_server():
 @pytest.fixture(scope="session")
 def tiny_system(tmp_path_factory, fmnist_dir):
     """A real, quickly trained system on 2,000 Fashion-MNIST images (the one pipeline): a one-block
-    generalist, a one-block general model (3 epochs each), a 3-expert confusion partition, static experts
-    (about 30 s on 2 cores), and its deployable bundle."""
+    generalist, a one-block general model (3 epochs each), a 3-expert confusion partition, static and
+    progressive experts (one pass each; about 40 s on 2 cores in bf16), and the static experts' deployable
+    bundle. Shared by every test that needs trained models: the bench's, the training checks', the servers'."""
     from askexpert.system.build import build_system
     from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
@@ -191,12 +192,16 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     common = ("data.train_subset=2000", "data.val_subset=600", "data.test_subset=600", "model.kwargs.depth=1",
               "train.epochs=3", "train.lr=0.003")
     spec = PipelineSpec(None, None, (ExpertsStep("static", None, ("name=experts", "experts.strategy=static",
-                                                                  "experts.passes=1")),),
+                                                                  "experts.passes=1")),
+                                     ExpertsStep("progressive", None, ("name=experts-progressive",
+                                                                       "experts.strategy=progressive",
+                                                                       "experts.passes=1"))),
                         common=common, generalist_overrides=("name=generalist", "model.name=vit-edge-28"),
                         general_overrides=("name=general", "model.name=vit-expert-28", "experts.strategy=general"))
     trained = train_system(spec, out)
     bundle = build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
     return {"generalist": trained.generalist, "general": trained.general, "experts": trained.experts["static"],
+            "progressive": trained.experts["progressive"],
             "partition": trained.partition, "bundle": bundle.root, "root": out}
 
 

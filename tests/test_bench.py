@@ -21,9 +21,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory, fmnist_dir):
+def bench(tmp_path_factory, tiny_system):
+    """The bench on the session's tiny system (its generalist, general model, static and progressive
+    experts): the bench's own training is the pipeline's, tested with tiny_system."""
     out = tmp_path_factory.mktemp("bench")
-    return out, run_bench(TINY, output_dir=out / "runs", results_dir=out / "results")
+    models = {"generalist": tiny_system["generalist"], "general": tiny_system["general"],
+              "progressive": tiny_system["progressive"], "static": tiny_system["experts"],
+              "partition": json.loads(tiny_system["partition"].read_text())["experts"]}
+    return out, run_bench(TINY, output_dir=out / "runs", results_dir=out / "results", models=models)
 
 
 def test_every_baseline_runs_on_the_same_images(bench):

@@ -18,29 +18,28 @@ from askexpert.data import load_dataset
 from askexpert.errors import ConfigError
 from askexpert.models import load_checkpoint
 from askexpert.training import predict_logits, train_generalist
+from askexpert.training.generalist import TrainedModel
 
 pytestmark = [pytest.mark.usefixtures("fmnist_dir"), pytest.mark.slow]  # every test here trains
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The 28x28 generalist preset trained on 2,000 real images for 4 epochs (31 s on 2 cores in bf16, 44 s
-    in fp32, measured 2026-12-02)."""
-    out = tmp_path_factory.mktemp("runs")
-    cfg = load_run_config(None, [
-        "name=short", f"output_dir={out}", "model.name=vit-edge-28", "data.train_subset=2000",
-        "data.val_subset=1000", "data.test_subset=2000", "train.epochs=4", "train.batch_size=64",
-        "train.lr=0.003", "train.warmup_epochs=0.5",
-    ])
-    return cfg, train_generalist(cfg)
+def trained(tiny_system):
+    """The session's tiny generalist (vit-edge-28 with one block, 3 epochs on 2,000 real images, trained by
+    the pipeline's train_generalist): its run's own config and what training returned. Shared, not trained
+    again here (it was this module's own 4-epoch run: 31 s in bf16, 69 s in float32 on 2 cores)."""
+    run = tiny_system["generalist"]
+    cfg = load_run_config(str(run / "config.yaml"))
+    return cfg, TrainedModel(run, run / "model", json.loads((run / "metrics.json").read_text()))
 
 
 def test_short_training_is_far_above_chance(trained, floor):
     cfg, result = trained
-    assert result.metrics["test"]["samples"] == 2000
-    floor("vit-edge-28, 4 epochs on 2,000 images: test accuracy", result.metrics["test"]["top1"], 55)
+    assert cfg.train.epochs == 3 and cfg.data.train_subset == 2000
+    assert result.metrics["test"]["samples"] == cfg.data.test_subset == 600
+    floor("vit-edge-28 (one block), 3 epochs on 2,000 images: test accuracy", result.metrics["test"]["top1"], 40)
     history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     for name in ("config.yaml", "train.log", "metrics.json", "model.safetensors", "model.json",
                  "eval/test.json", "eval/test-confusion.png", "eval/val.json"):

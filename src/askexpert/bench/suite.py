@@ -271,11 +271,14 @@ class _Bench:
 def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path("runs"),
               results_dir: Path = Path("results"), fresh: bool = False, edge_profile: str | None = None,
               server_profile: str | None = None, radio: str = "wifi", edge_device: str = "host",
-              edge_mode: Mode = "auto", server_device: str = "host", console: Console | None = None) -> BenchResult:
+              edge_mode: Mode = "auto", server_device: str = "host", console: Console | None = None,
+              models: dict | None = None) -> BenchResult:
     """Run (or resume) the bench. ``edge_device`` (a speed profile, or ``host``) emulates the edge
     device on one core of this host (:mod:`askexpert.testbed.placement`); its energy profile is the
     device's own unless ``edge_profile`` names another. ``server_device`` paces the expert servers to a
-    near-edge device (the test images' answers computed ahead) and prices their energy by its model."""
+    near-edge device (the test images' answers computed ahead) and prices their energy by its model.
+    ``models``: runs trained elsewhere (``generalist``, ``general``, ``progressive``, ``static`` run
+    directories and the ``partition``'s expert classes), benched instead of training the profile's."""
     import torch
 
     profile = profile_name if isinstance(profile_name, Profile) else PROFILES[profile_name]
@@ -293,7 +296,8 @@ def run_bench(profile_name: str | Profile = "quick", *, output_dir: Path = Path(
     started = time.perf_counter()
 
     console.rule(f"bench {profile.name}: models and bundles")
-    models = cells.get("models") or (Cells(work / "cells").get("models") if edge_device != "host" else None)
+    models = ({k: v if k == "partition" else str(v) for k, v in models.items()} if models is not None else
+              cells.get("models") or (Cells(work / "cells").get("models") if edge_device != "host" else None))
     models = _bundles(models or _models(profile, work, console), profile, work)
     cells.put("models", models)
     bundle = open_system(Path(models["bundle-progressive"]))
