@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from askexpert.cli import main
-from askexpert.contract.codecs import Encoding
+from askexpert.contract.codecs import CODECS, Encoding, spellings
 from askexpert.contract.protocol import ProtocolError, decode_images, encode_images
 from askexpert.data.fashion_mnist import read_idx
 from askexpert.runtime.clients import HttpExpertClient
@@ -47,6 +47,25 @@ def test_lossy_forms_keep_the_shape_and_stay_close(test_images):
         out = decode_images(body, headers["Content-Type"], None, expect=[1, 28, 28])  # one image: no X-Shape needed
         assert out.shape == (1, 1, 28, 28) and out.dtype == np.uint8
         assert np.abs(out.astype(int) - test_images[:1]).mean() < 20  # a lossy copy, not noise
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_every_registered_codec_parses_travels_and_is_named_in_the_refusals(name, test_images):
+    """A form is one entry of ``CODECS``: it parses (with a quality where it takes one), its body carries its
+    content type and decodes to the images (equal where lossless), and the refusal's list of forms names it."""
+    codec = CODECS[name]
+    encoding = Encoding.parse(f"{name}:70" if codec.lossy else name)
+    assert encoding.codec is codec and encoding.lossless is not codec.lossy
+    for images in (test_images[:3], np.repeat(test_images[:2], 3, axis=1)):  # grey and three-channel
+        body, headers = encode_images(images, encoding)
+        assert codec.content_type is None or headers["Content-Type"] == codec.content_type
+        out = decode_images(body, headers["Content-Type"], headers.get("X-Shape"), expect=list(images.shape[1:]))
+        assert out.shape == images.shape
+        if not codec.lossy:
+            assert np.array_equal(out, images)
+    with pytest.raises(ValueError) as err:
+        Encoding.parse("gif")
+    assert (f"{name}:Q" if codec.lossy else name) in str(err.value) and spellings() in str(err.value)
 
 
 def test_encoding_specs_parse_and_refuse_clearly():

@@ -79,12 +79,12 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def _encoding(text: str):
-    from askexpert.contract.codecs import Encoding
+    from askexpert.contract.codecs import Encoding, spellings
 
     try:
         return Encoding.parse(text)
     except ValueError as err:
-        raise ConfigError(str(err), fix="give --encode raw, npy, png, jpeg:Q or webp:Q with Q in 1..100") from err
+        raise ConfigError(str(err), fix=f"give --encode {spellings()} with Q in 1..100") from err
 
 
 def _system(args: argparse.Namespace):

@@ -27,11 +27,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PNG, JPEG, WEBP = "image/png", "image/jpeg", "image/webp"
-FORMATS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WEBP"}  # content type -> Pillow's format name
-LOSSY = {"jpeg": JPEG, "webp": WEBP}
 DEFAULT_QUALITY = 85
-_SPEC = re.compile(r"^(raw|npy|png|jpeg|webp)(?::(\d{1,3}))?$")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One way images travel: its name on the command line, its content type, and (for a picture format)
+    Pillow's format name and save arguments. A new form is one entry of :data:`CODECS`."""
+
+    name: str
+    content_type: str | None  # None: raw and npy, which the protocol writes itself
+    pillow: str | None = None  # Pillow's format name (compressed forms)
+    lossy: bool = False  # takes a quality, 1..100
+    save: tuple[tuple[str, object], ...] = ()  # Pillow's save arguments besides the quality
+    grey: bool = True  # has a one-channel mode (WebP has none: grey travels as RGB)
+
+
+CODECS = {c.name: c for c in (
+    Codec("raw", None),
+    Codec("npy", None),
+    Codec("png", "image/png", "PNG", save=(("compress_level", 6),)),
+    Codec("jpeg", "image/jpeg", "JPEG", lossy=True),
+    Codec("webp", "image/webp", "WEBP", lossy=True, save=(("method", 4),), grey=False),
+)}
+PNG, JPEG, WEBP = (CODECS[n].content_type for n in ("png", "jpeg", "webp"))
+FORMATS = {c.content_type: c.pillow for c in CODECS.values() if c.pillow}  # content type -> Pillow's format
+BY_CONTENT_TYPE = {c.content_type: c for c in CODECS.values() if c.content_type}
+
+
+def spellings() -> str:
+    """Every form as the command line takes it: ``raw, npy, png, jpeg:Q or webp:Q``."""
+    names = [f"{c.name}:Q" if c.lossy else c.name for c in CODECS.values()]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def pillow():
@@ -58,25 +85,31 @@ class Encoding:
     @classmethod
     def parse(cls, text: str) -> Encoding:
         """``raw``, ``npy``, ``png``, ``jpeg[:Q]`` or ``webp[:Q]`` (Q 1..100, default 85)."""
-        m = _SPEC.match(text.strip().lower())
+        m = re.match(rf"^({'|'.join(map(re.escape, CODECS))})(?::(\d{{1,3}}))?$", text.strip().lower())
         if not m:
-            raise ValueError(f"unknown image encoding {text!r}: use raw, npy, png, jpeg:Q or webp:Q (Q 1..100)")
+            raise ValueError(f"unknown image encoding {text!r}: use {spellings()} (Q 1..100)")
         form, q = m.group(1), m.group(2)
-        if q is not None and form not in LOSSY:
-            raise ValueError(f"{form} takes no quality (only jpeg:Q and webp:Q do), got {text!r}")
-        quality = int(q) if q is not None else (DEFAULT_QUALITY if form in LOSSY else None)
+        lossy = CODECS[form].lossy
+        if q is not None and not lossy:
+            takes = " and ".join(f"{c.name}:Q" for c in CODECS.values() if c.lossy)
+            raise ValueError(f"{form} takes no quality (only {takes} do), got {text!r}")
+        quality = int(q) if q is not None else (DEFAULT_QUALITY if lossy else None)
         if quality is not None and not 1 <= quality <= 100:
             raise ValueError(f"quality must be 1..100, got {quality} in {text!r}")
         return cls(form, quality)
 
     @property
+    def codec(self) -> Codec:
+        return CODECS[self.form]
+
+    @property
     def content_type(self) -> str | None:
         """The content type of a compressed form (None for raw and npy, which the protocol writes itself)."""
-        return PNG if self.form == "png" else LOSSY.get(self.form)
+        return self.codec.content_type
 
     @property
     def lossless(self) -> bool:
-        return self.form in ("raw", "npy", "png")
+        return not self.codec.lossy
 
     def __str__(self) -> str:
         return f"{self.form}:{self.quality}" if self.quality is not None else self.form
@@ -84,23 +117,19 @@ class Encoding:
 
 def compress(images: np.ndarray, encoding: Encoding) -> bytes:
     """The picture of a ``uint8 [N, C, H, W]`` batch (C 1 or 3) in ``encoding``'s compressed form."""
+    codec = encoding.codec
+    if codec.pillow is None:
+        raise CodecError(f"{encoding} is not a compressed form")
     Image = pillow()  # noqa: N806 (Pillow's module)
     n, c, h, w = images.shape
     if c not in (1, 3):
         raise CodecError(f"compressed forms carry 1 or 3 channels, got {c}: send raw or npy")
     tall = np.ascontiguousarray(images.transpose(0, 2, 3, 1).reshape(n * h, w, c))
     picture = Image.fromarray(tall[..., 0] if c == 1 else tall, "L" if c == 1 else "RGB")
-    if encoding.form == "webp" and c == 1:
+    if c == 1 and not codec.grey:
         picture = picture.convert("RGB")
     out = io.BytesIO()
-    if encoding.form == "png":
-        picture.save(out, "PNG", compress_level=6)
-    elif encoding.form == "jpeg":
-        picture.save(out, "JPEG", quality=encoding.quality)
-    elif encoding.form == "webp":
-        picture.save(out, "WEBP", quality=encoding.quality, method=4)
-    else:
-        raise CodecError(f"{encoding} is not a compressed form")
+    picture.save(out, codec.pillow, **dict(codec.save), **({"quality": encoding.quality} if codec.lossy else {}))
     return out.getvalue()
 
 
@@ -148,7 +177,8 @@ def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int])
     picture's header before it is decoded: a decompression bomb is refused without its pixels)."""
     Image = pillow()  # noqa: N806 (Pillow's module)
     n, c, h, w = shape
-    fmt = FORMATS[content_type]
+    codec = BY_CONTENT_TYPE[content_type]
+    fmt = codec.pillow
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -170,8 +200,8 @@ def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int])
     if picture.mode == "P":
         picture = picture.convert("RGB")
     if modes[picture.mode] != c:
-        if fmt == "PNG":
-            raise CodecError(f"the PNG picture has {modes[picture.mode]} channel(s) but the request declares {c}")
+        if not codec.lossy:
+            raise CodecError(f"the {fmt} picture has {modes[picture.mode]} channel(s) but the request declares {c}")
         picture = picture.convert("L" if c == 1 else "RGB")  # lossy forms: WebP has no grey mode
     arr = np.asarray(picture, dtype=np.uint8).reshape(n * h, w, c)
     return np.ascontiguousarray(arr.reshape(n, h, w, c).transpose(0, 3, 1, 2))
