@@ -20,13 +20,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     console = table_console()
     if args.name:
-        bundle = load_dataset(DataConfig(name=args.name, root=args.data_root, download=not args.no_download))
-        summary = bundle.summary()
+        splits = load_dataset(DataConfig(name=args.name, root=args.data_root, download=not args.no_download))
+        summary = splits.summary()
         summary.pop("decoded_as", None)  # decoded at a default size here; the presets' inputs follow
-        console.print_json(json.dumps({**summary, "class_names": bundle.class_names,
-                                       "coarse_names": bundle.coarse_names}))
-        if bundle.files is not None:
-            _print_preset_inputs(bundle.files, console)
+        console.print_json(json.dumps({**summary, "class_names": splits.class_names,
+                                       "coarse_names": splits.coarse_names}))
+        if splits.files is not None:
+            _print_preset_inputs(splits.files, console)
         return 0
     table = Table(title="datasets (askexpert datasets NAME loads one and shows its splits)")
     table.add_column("name")

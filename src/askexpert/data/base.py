@@ -1,4 +1,4 @@
-"""Image splits and the bundle a dataset loader returns.
+"""Image splits, and the three of them a dataset loader returns (:class:`DatasetSplits`).
 
 Every split yields batches of ``uint8`` images shaped ``[N, C, H, W]`` plus ``int64`` labels; the
 conversion to float, augmentation, resizing and normalisation happen later, on the training device
@@ -108,7 +108,7 @@ def iter_batches(
 
 
 @dataclass
-class DatasetBundle:
+class DatasetSplits:
     """Train / validation / test splits of one dataset, with what a model needs to know about it."""
 
     name: str

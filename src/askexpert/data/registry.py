@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from askexpert.config import DataConfig
 from askexpert.data import cifar, fashion_mnist, han, imagefolder
-from askexpert.data.base import ArraySplit, DatasetBundle, ImageSplit
+from askexpert.data.base import ArraySplit, DatasetSplits, ImageSplit
 from askexpert.errors import DatasetError
 from askexpert.splits import stratified_split, stratified_subset
 
@@ -45,7 +45,7 @@ def _han_split(directory, part: str, split: str) -> ArraySplit:
     return ArraySplit(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]), coarse)
 
 
-def _han(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
+def _han(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetSplits:
     """The Han character task (``han100``) or its pretraining pool (``han100-pool``): the splits as built,
     each in its own fonts, so no validation split is carved (``data.val_fraction`` does not apply)."""
     manifest = han.read_manifest(directory)
@@ -60,24 +60,24 @@ def _han(cfg: DataConfig, directory, image_size: int | None, channels: int | Non
     augment = "crop-flip" if flip else "crop"
     why = "shifts (pad and crop)" + (", mirrored half the time (data.flip)" if flip else
                                      "; never mirrored (a mirrored character is another glyph)")
-    return DatasetBundle(cfg.name, names, train, val, test, 1, manifest["spec"]["size"], (manifest["mean"],),
+    return DatasetSplits(cfg.name, names, train, val, test, 1, manifest["spec"]["size"], (manifest["mean"],),
                          (manifest["std"],), str(directory), coarse_names=coarse, default_augment=augment,
                          augment_reason=why)
 
 
-def _fashion_mnist(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
+def _fashion_mnist(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetSplits:
     train_all = ArraySplit(*fashion_mnist.load_split(directory, "train"))
     test = ArraySplit(*fashion_mnist.load_split(directory, "test"))
     train, val, test = _carve(cfg, train_all, test)
     # Centred, upright garments: shifts cost a small ViT more than they teach it (BENCHMARKS.md)
     augment = "flip" if cfg.flip is not False else "none"
-    return DatasetBundle(cfg.name, list(fashion_mnist.CLASS_NAMES), train, val, test, 1, 28,
+    return DatasetSplits(cfg.name, list(fashion_mnist.CLASS_NAMES), train, val, test, 1, 28,
                          fashion_mnist.MEAN, fashion_mnist.STD, str(directory), default_augment=augment,
                          augment_reason="mirrored half the time, no shifts: centred, upright garments"
                          if augment == "flip" else "data.flip=false")
 
 
-def _cifar(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetBundle:
+def _cifar(cfg: DataConfig, directory, image_size: int | None, channels: int | None) -> DatasetSplits:
     fmt = cifar.FORMATS[cfg.name]
     class_names, coarse_names = cifar.load_meta(directory, fmt)
     train_all = ArraySplit(*cifar.load_split(directory, fmt, "train"))
@@ -86,18 +86,18 @@ def _cifar(cfg: DataConfig, directory, image_size: int | None, channels: int | N
     flip = cfg.flip is not False  # 50,000 natural images: shifts and mirrors, the standard CIFAR recipe
     augment = "crop-flip" if flip else "crop"
     why = "shifts (pad and crop)" + (", mirrored half the time" if flip else ", never mirrored (data.flip)")
-    return DatasetBundle(cfg.name, class_names, train, val, test, 3, 32, fmt.mean, fmt.std,
+    return DatasetSplits(cfg.name, class_names, train, val, test, 3, 32, fmt.mean, fmt.std,
                          str(directory), coarse_names=coarse_names, default_augment=augment, augment_reason=why)
 
 
-def _imagefolder(cfg: DataConfig, path, image_size: int | None, channels: int | None) -> DatasetBundle:
+def _imagefolder(cfg: DataConfig, path, image_size: int | None, channels: int | None) -> DatasetSplits:
     train_all, test, classes = imagefolder.load(path, size=image_size or 224, channels=channels or 3,
                                                 test_fraction=cfg.test_fraction, seed=cfg.split_seed)
     files = imagefolder.survey(train_all.paths + test.paths)
     train, val, test = _carve(cfg, train_all, test)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if (channels or 3) == 3 else ((0.5,), (0.25,))
     augment, why = imagefolder.default_augment(files.side, bool(cfg.flip))
-    return DatasetBundle(cfg.name, classes, train, val, test, channels or 3, image_size or 224, mean, std,
+    return DatasetSplits(cfg.name, classes, train, val, test, channels or 3, image_size or 224, mean, std,
                          path, default_augment=augment, augment_reason=why, files=files)
 
 
@@ -109,7 +109,7 @@ class DatasetEntry:
     name: str  # the exact name, or for a prefix entry the prefix followed by what it takes (imagefolder:PATH)
     description: str
     locate: Callable[[DataConfig], object]
-    load: Callable[[DataConfig, object, int | None, int | None], DatasetBundle]
+    load: Callable[[DataConfig, object, int | None, int | None], DatasetSplits]
     prefix: str | None = None  # names starting with this belong to the entry
 
     def matches(self, name: str) -> bool:
@@ -156,7 +156,7 @@ def locate_dataset(cfg: DataConfig):
     return dataset_entry(cfg.name).locate(cfg)
 
 
-def load_dataset(cfg: DataConfig, *, image_size: int | None = None, channels: int | None = None) -> DatasetBundle:
+def load_dataset(cfg: DataConfig, *, image_size: int | None = None, channels: int | None = None) -> DatasetSplits:
     """Load the dataset ``cfg.name``. ``image_size``/``channels`` only matter for image folders."""
     entry = dataset_entry(cfg.name)
     return entry.load(cfg, entry.locate(cfg), image_size, channels)

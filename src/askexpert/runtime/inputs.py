@@ -51,12 +51,12 @@ def _split(name: str, data: dict, spec: InputSpec, limit: int | None, seed: int,
     except ImportError as err:  # the slim edge install has no torch
         raise DatasetError(f"split:{name} reads the dataset, which needs the full install ({err})",
                            fix="pass image files, a folder or a .npz; or: pip install 'askexpert[all]'") from err
-    bundle = load_dataset(DataConfig(**data), image_size=spec.size, channels=spec.channels)
-    split = bundle.split(name)
+    splits = load_dataset(DataConfig(**data), image_size=spec.size, channels=spec.channels)
+    split = splits.split(name)
     if limit and limit < len(split):
         split = split.take(stratified_subset(split.labels, limit, seed))
     batches = ((images.numpy(), labels.numpy()) for images, labels in iter_batches(split, batch_size))
-    return InputSource(batches, len(split), f"{bundle.name} {name} split")  # decoded batch by batch, as streamed
+    return InputSource(batches, len(split), f"{splits.name} {name} split")  # decoded batch by batch, as streamed
 
 
 def open_input(spec: str | list[str], *, input_spec: InputSpec, class_names: list[str], data: dict | None,

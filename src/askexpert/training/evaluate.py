@@ -189,32 +189,32 @@ def evaluate_checkpoint(checkpoint, *, split: str = "test", data: str | None = N
         data_cfg = data_cfg.model_copy(update={"name": data})
     if data_root is not None:
         data_cfg = data_cfg.model_copy(update={"root": data_root})
-    bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
+    splits = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
     subset = meta.extra.get("subset") if meta.kind == "expert" else None
     trained_on = (meta.dataset.class_names or meta.class_names) if subset is not None else meta.class_names
-    if bundle.class_names != trained_on:
+    if splits.class_names != trained_on:
         raise DatasetError(
-            f"{bundle.name} has classes {bundle.class_names[:4]}... but the model was trained on "
+            f"{splits.name} has classes {splits.class_names[:4]}... but the model was trained on "
             f"{trained_on[:4]}...",
             fix="evaluate on a dataset with the model's classes, in the same order (leave out --data to use "
             "the model's own)",
         )
-    target = bundle.split(split)
+    target = splits.split(split)
     with progress_bar(console, transient=True) as progress:
         logits = predict_logits(ckpt.model, target, meta.model.input, batch_size=batch_size, device=dev,
                                 progress=progress)
     labels, expert = target.labels, None
     if subset is not None:  # an expert: its classes, every other image as "other"
-        labels = subset_targets(target.labels, subset, bundle.num_classes)
+        labels = subset_targets(target.labels, subset, splits.num_classes)
         expert = {"expert": meta.extra.get("expert_id"), "classes": meta.class_names[:-1],
                   **subset_metrics(logits, labels, len(subset)).to_json()}
     metrics = classification_metrics(logits, labels, meta.class_names)
     if expert is not None:
         metrics["expert"] = expert
     out_dir = Path(out_dir) if out_dir is not None else ckpt.path.parent / "eval"
-    write_report(metrics, meta.class_names, out_dir, split, f"{meta.model.name} on {bundle.name} {split}")
+    write_report(metrics, meta.class_names, out_dir, split, f"{meta.model.name} on {splits.name} {split}")
     if save_logits:
         safetensors.torch.save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
                                     str(out_dir / f"{split}-logits.safetensors"))
-    return EvalReport(meta.model.name, bundle.name, metrics, out_dir, expert)
+    return EvalReport(meta.model.name, splits.name, metrics, out_dir, expert)
 

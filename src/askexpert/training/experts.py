@@ -47,7 +47,7 @@ from rich.console import Console
 from askexpert.config import ExpertsConfig, RunConfig
 from askexpert.console import stderr_console
 from askexpert.contract.labels import OTHER_NAME
-from askexpert.data import ArraySplit, DatasetBundle, FileSplit, ImageSplit, load_dataset
+from askexpert.data import ArraySplit, DatasetSplits, FileSplit, ImageSplit, load_dataset
 from askexpert.devices import resolve_device
 from askexpert.errors import ConfigError
 from askexpert.models import (
@@ -125,7 +125,7 @@ def experts_run_config(path: Path | None, overrides: list[str], base: dict | Non
 
 
 def _check_inputs(cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition, general: Checkpoint,
-                  bundle: DatasetBundle) -> None:
+                  splits: DatasetSplits) -> None:
     """The partition, the general model and the data must agree on the classes; say which to change."""
     init_data = general.meta.dataset.config.get("name")
     if init_data and init_data != cfg.data.name:
@@ -134,17 +134,17 @@ def _check_inputs(cfg: RunConfig, ecfg: ExpertsConfig, partition: Partition, gen
             f"{init_data}",
             fix=f"leave out --data (experts train on the general model's data), or pass --init a general model "
             f"trained on {cfg.data.name}")
-    if general.meta.class_names != bundle.class_names:
+    if general.meta.class_names != splits.class_names:
         raise ConfigError(
             f"the general model {ecfg.init} predicts {len(general.meta.class_names)} classes "
-            f"({', '.join(general.meta.class_names[:3])}, ...) but {bundle.name} has {bundle.num_classes} "
-            f"({', '.join(bundle.class_names[:3])}, ...)",
+            f"({', '.join(general.meta.class_names[:3])}, ...) but {splits.name} has {splits.num_classes} "
+            f"({', '.join(splits.class_names[:3])}, ...)",
             fix="leave out --data, or pass --init a general model trained on this data")
-    if partition.class_names != bundle.class_names:
+    if partition.class_names != splits.class_names:
         source = partition.details.get("generalist", "another model")
         raise ConfigError(
             f"the partition {ecfg.partition} groups the classes of {source} "
-            f"({', '.join(partition.class_names[:3])}, ...), not those of {bundle.name}",
+            f"({', '.join(partition.class_names[:3])}, ...), not those of {splits.name}",
             fix=f"build it from the generalist of this data: askexpert partition GENERALIST_RUN, then pass "
             f"--partition GENERALIST_RUN/partition-confusion-{len(partition.experts)}.json")
 
@@ -188,28 +188,28 @@ def train_experts(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fal
     partition = Partition.load(ecfg.partition)
     general = load_checkpoint(ecfg.init)
     meta = general.meta
-    bundle = load_dataset(cfg.data, image_size=meta.model.input.size, channels=meta.model.input.channels)
-    _check_inputs(cfg, ecfg, partition, general, bundle)
+    splits = load_dataset(cfg.data, image_size=meta.model.input.size, channels=meta.model.input.channels)
+    _check_inputs(cfg, ecfg, partition, general, splits)
     run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     partition.save(run_dir / "partition.json")
     device = resolve_device(cfg.train.device)
-    start = starting_model(ecfg, cfg, general, bundle)
-    console.log(f"experts on {bundle.name} ({len(bundle.train)} train / {len(bundle.val)} val images), from "
+    start = starting_model(ecfg, cfg, general, splits)
+    console.log(f"experts on {splits.name} ({len(splits.train)} train / {len(splits.val)} val images), from "
                 f"{start.source}, architecture of {ecfg.init}")
     reference = _generalist_val(partition, cfg, device)
     if reference is not None:
         source, gen_logits, gen_labels = reference
     if reference is not None and ecfg.init_from == "general":
         gen_acc = accuracy(gen_logits, gen_labels)
-        general_logits, _ = cached_logits(general.stored, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
+        general_logits, _ = cached_logits(general.stored, "val", data_cfg=cfg.data, splits=splits, device=str(device),
                                           batch_size=cfg.train.eval_batch_size)  # the same images as the generalist's
         general_acc = accuracy(general_logits, gen_labels)
         note = weaker_than_generalist(f"the general model {ecfg.init}", general_acc, gen_acc, source, "top-1")
         if note:
             console.log(f"[yellow]warning:[/yellow] {note}")
-    steering = draw_steering(general, ecfg, bundle, cfg, device)
+    steering = draw_steering(general, ecfg, splits, cfg, device)
 
-    job = ExpertJob(cfg, ecfg, partition, general, start, bundle, run_dir, steering, device, resume, console)
+    job = ExpertJob(cfg, ecfg, partition, general, start, splits, run_dir, steering, device, resume, console)
     summaries = []
     for e, subset in enumerate(partition.experts):
         summary = _train_one(job, e)
@@ -281,7 +281,7 @@ class ExpertJob:
     partition: Partition
     general: Checkpoint
     start: Start
-    bundle: DatasetBundle
+    splits: DatasetSplits
     run_dir: Path
     steering: Steering
     device: torch.device
@@ -299,8 +299,8 @@ class ExpertJob:
 
 def _expert_plan(job: ExpertJob, e: int, subset: list[int]) -> MixturePlan:
     """The batches of expert ``e``: every epoch's draws from its subset and from outside it, by stage."""
-    train = job.bundle.train
-    targets = subset_targets(train.labels, subset, job.bundle.num_classes)
+    train = job.splits.train
+    targets = subset_targets(train.labels, subset, job.splits.num_classes)
     in_subset = torch.nonzero(targets < len(subset)).flatten()
     out_subset = torch.nonzero(targets == len(subset)).flatten()
     steering = job.steering
@@ -345,7 +345,7 @@ def _all_class_phase(job: ExpertJob, e: int, phase: _Phase, val_in: torch.Tensor
         full.load_state_dict(safetensors.torch.load_file(str(done)))
         return full, []
     wide_dir.mkdir(exist_ok=True)
-    result = fit(full, plan=phase.plan, val=job.bundle.val.take(val_in), spec=phase.spec.input, cfg=job.cfg.train,
+    result = fit(full, plan=phase.plan, val=job.splits.val.take(val_in), spec=phase.spec.input, cfg=job.cfg.train,
                  augment=phase.augment, run_dir=wide_dir, resume=job.resume, console=job.console,
                  label=f"expert {e} (all classes)", window=(1, wide), val_epochs=phase.stage_ends)
     set_frozen(full)
@@ -355,7 +355,7 @@ def _all_class_phase(job: ExpertJob, e: int, phase: _Phase, val_in: torch.Tensor
 
 def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
     subset = job.partition.experts[e]
-    cfg, ecfg, bundle, console = job.cfg, job.ecfg, job.bundle, job.console
+    cfg, ecfg, splits, console = job.cfg, job.ecfg, job.splits, job.console
     expert_dir = job.run_dir / f"expert-{e}"
     names = job.partition.names(e)
     if checkpoint_stem(expert_dir).with_suffix(".json").is_file():
@@ -365,11 +365,11 @@ def _train_one(job: ExpertJob, e: int) -> ExpertSummary:
     plan = _expert_plan(job, e, subset)
     torch.manual_seed(cfg.train.seed + 1000 * (e + 1))
     teacher = _frozen(copy.deepcopy(job.general.model).to(job.device)) if job.distill > 0 else None
-    val_targets = subset_targets(bundle.val.labels, subset, bundle.num_classes)
+    val_targets = subset_targets(splits.val.labels, subset, splits.num_classes)
     val_in = torch.nonzero(val_targets < len(subset)).flatten()
-    val = _with_labels(bundle.val, val_in, val_targets[val_in])
+    val = _with_labels(splits.val, val_in, val_targets[val_in])
     spec = job.start.spec.model_copy(update={"kwargs": {**job.start.spec.kwargs, "num_classes": len(subset) + 1}})
-    augment, why = bundle.augment_for(cfg.train.augment)
+    augment, why = splits.augment_for(cfg.train.augment)
     wide = plan.wide_epochs()
     console.log(f"expert {e}: {', '.join(names)} ({ecfg.strategy} from {job.start.source}; {len(plan.in_subset)} "
                 f"images in the subset, {plan.epochs} x {plan.steps_per_epoch} steps of {cfg.train.batch_size}"
@@ -423,23 +423,23 @@ def _finish(job: ExpertJob, e: int, model: torch.nn.Module, spec: ModelSpec, res
             budget: Budget) -> ExpertSummary:
     """Expert ``e``'s figures on validation and test, its checkpoint, its logits (for the system's
     evaluation) and its ``metrics.json``."""
-    subset, bundle, cfg, ecfg = job.partition.experts[e], job.bundle, job.cfg, job.ecfg
+    subset, splits, cfg, ecfg = job.partition.experts[e], job.splits, job.cfg, job.ecfg
     stem = checkpoint_stem(job.run_dir / f"expert-{e}")
-    logits = {split: predict_logits(model, bundle.split(split), spec.input, batch_size=cfg.train.eval_batch_size,
+    logits = {split: predict_logits(model, splits.split(split), spec.input, batch_size=cfg.train.eval_batch_size,
                                     device=job.device) for split in ("val", "test")}
-    figures = {split: subset_metrics(z, subset_targets(bundle.split(split).labels, subset, bundle.num_classes),
+    figures = {split: subset_metrics(z, subset_targets(splits.split(split).labels, subset, splits.num_classes),
                                      len(subset)) for split, z in logits.items()}
     summary = ExpertSummary(e, subset, job.partition.names(e), ecfg.strategy, ecfg.init_from, job.start.sha256, budget,
                             sum(r.seconds for r in results), images_per_second(results), results[-1].precision,
                             figures["val"], figures["test"])
     metrics = summary.to_json()
     save_checkpoint(stem, model, spec=spec, kind="expert", class_names=summary.names + [OTHER_NAME],
-                    dataset=dataset_record(cfg, bundle), training=cfg.model_dump(mode="json"),
+                    dataset=dataset_record(cfg, splits), training=cfg.model_dump(mode="json"),
                     metrics=metrics, extra={"expert_id": e, "subset": subset, "strategy": ecfg.strategy,
                                             "init_from": ecfg.init_from, "init_sha256": job.start.sha256})
     stored = open_checkpoint(stem)
     for split, z in logits.items():  # the system evaluation reads these instead of predicting again
-        store_logits(stored, split, cfg.data, z, bundle.split(split).labels)
+        store_logits(stored, split, cfg.data, z, splits.split(split).labels)
     (stem.parent / "metrics.json").write_text(json.dumps(metrics, indent=1))
     job.console.log(f"expert {e}: {summary.val.subset_accuracy:.2f}% on its subset (val), "
                     f"'other' recall {summary.val.other_recall or 0:.1f}%")

@@ -14,7 +14,7 @@ import safetensors.torch
 import torch
 
 from askexpert.config import DataConfig
-from askexpert.data import DatasetBundle, load_dataset
+from askexpert.data import DatasetSplits, load_dataset
 from askexpert.devices import resolve_device
 from askexpert.errors import DatasetError
 from askexpert.models import StoredCheckpoint, load_checkpoint
@@ -27,11 +27,11 @@ def data_config_of(checkpoint: StoredCheckpoint) -> DataConfig:
 
 
 def cached_logits(checkpoint: StoredCheckpoint, split: str, *, data_cfg: DataConfig | None = None,
-                  bundle: DatasetBundle | None = None, device: str = "auto",
+                  splits: DatasetSplits | None = None, device: str = "auto",
                   batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits [N, outputs], labels [N])`` of ``checkpoint`` on ``split``.
 
-    The dataset is ``data_cfg`` (default: the checkpoint's own); ``bundle``, when given, must be that
+    The dataset is ``data_cfg`` (default: the checkpoint's own); ``splits``, when given, must be that
     dataset already loaded.
     """
     stem, meta = checkpoint.stem, checkpoint.meta
@@ -41,13 +41,13 @@ def cached_logits(checkpoint: StoredCheckpoint, split: str, *, data_cfg: DataCon
         with safetensors.safe_open(str(cache), "pt") as f:
             if f.metadata() == key:
                 return f.get_tensor("logits"), f.get_tensor("labels")
-    if bundle is None:
-        bundle = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
-    if bundle.class_names != (meta.dataset.class_names or bundle.class_names):
-        raise DatasetError(f"{stem} was trained on other classes than {bundle.name} has",
+    if splits is None:
+        splits = load_dataset(data_cfg, image_size=meta.model.input.size, channels=meta.model.input.channels)
+    if splits.class_names != (meta.dataset.class_names or splits.class_names):
+        raise DatasetError(f"{stem} was trained on other classes than {splits.name} has",
                            fix="evaluate it on the dataset it was trained on")
     ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
-    data = bundle.split(split)
+    data = splits.split(split)
     logits = predict_logits(ckpt.model, data, meta.model.input, batch_size=batch_size,
                             device=resolve_device(device))
     store_logits(checkpoint, split, data_cfg, logits, data.labels)

@@ -249,18 +249,18 @@ def make_partition(generalist: Path, n_experts: int, *, method: str = "confusion
         part = partition_from_confusion(confusion, names, n_experts, max_size=max_size, min_size=min_size,
                                         overlap=overlap, holders=holders)
     elif method == "coarse":
-        bundle = load_dataset(data_config_of(gen), image_size=meta.model.input.size,
+        splits = load_dataset(data_config_of(gen), image_size=meta.model.input.size,
                               channels=meta.model.input.channels)
-        if not bundle.coarse_names or bundle.train.coarse_labels is None:
-            raise ConfigError(f"{bundle.name} has no coarse labels", fix="use --method confusion or --method file")
-        fine = torch.cat([s.labels for s in (bundle.train, bundle.val, bundle.test)])
-        coarse = torch.cat([s.coarse_labels for s in (bundle.train, bundle.val, bundle.test)])
+        if not splits.coarse_names or splits.train.coarse_labels is None:
+            raise ConfigError(f"{splits.name} has no coarse labels", fix="use --method confusion or --method file")
+        fine = torch.cat([s.labels for s in (splits.train, splits.val, splits.test)])
+        coarse = torch.cat([s.coarse_labels for s in (splits.train, splits.val, splits.test)])
         absent = [names[c] for c in range(n) if not (fine == c).any()]
         if absent:
             raise ConfigError(f"classes {absent[:5]} have no images, so their superclass is unknown",
                               fix="use the full dataset, or --method file")
         coarse_of_class = [int(torch.mode(coarse[fine == c]).values) for c in range(n)]
-        part = partition_from_coarse(coarse_of_class, bundle.coarse_names, names, n_experts, confusion=confusion,
+        part = partition_from_coarse(coarse_of_class, splits.coarse_names, names, n_experts, confusion=confusion,
                                      max_size=max_size, overlap=overlap)
     else:
         raise ConfigError(f"unknown partition method {method!r}", fix="use confusion, coarse, random or file")

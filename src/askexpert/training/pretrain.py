@@ -85,10 +85,10 @@ def _stored_accuracy(checkpoint: Path, pool_cfg) -> float:
     rounded = stored_tensors(checkpoint.with_suffix(".safetensors"))
     ckpt.model.load_state_dict({k: v.float() for k, v in rounded.items()})
     spec = ckpt.meta.model
-    bundle = load_dataset(pool_cfg.data, image_size=spec.input.size, channels=spec.input.channels)
-    logits = predict_logits(ckpt.model, bundle.val, spec.input, batch_size=pool_cfg.train.eval_batch_size,
+    splits = load_dataset(pool_cfg.data, image_size=spec.input.size, channels=spec.input.channels)
+    logits = predict_logits(ckpt.model, splits.val, spec.input, batch_size=pool_cfg.train.eval_batch_size,
                             device=resolve_device(pool_cfg.train.device))
-    return accuracy(logits, bundle.val.labels)
+    return accuracy(logits, splits.val.labels)
 
 
 def pretrain(model: str, *, pool: str = POOL, epochs: int = DEFAULT_EPOCHS, lr: float = 1e-3, seed: int = 0,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from askexpert.config import ExpertsConfig, ModelConfig, RunConfig, StageConfig
-from askexpert.data import DatasetBundle
+from askexpert.data import DatasetSplits
 from askexpert.errors import ConfigError
 from askexpert.models import (
     Checkpoint,
@@ -50,39 +50,39 @@ class Steering:
         return self.class_affinity[labels[out_subset]][:, subset].sum(1)
 
 
-def draw_steering(general: Checkpoint, ecfg: ExpertsConfig, bundle: DatasetBundle, cfg: RunConfig, device) -> Steering:
+def draw_steering(general: Checkpoint, ecfg: ExpertsConfig, splits: DatasetSplits, cfg: RunConfig, device) -> Steering:
     focus = any(s.focus > 0 for s in strategy_stages(ecfg))
     if ecfg.strategy == "progressive" and ecfg.router is not None:
         if not checkpoint_stem(ecfg.router).with_suffix(".json").is_file():
             raise ConfigError(f"experts.router {ecfg.router} holds no trained model",
                               fix="pass the edge generalist's run directory (askexpert train generalist)")
         router = open_checkpoint(ecfg.router)
-        if router.meta.class_names != bundle.class_names:
-            raise ConfigError(f"the router {ecfg.router} predicts other classes than {bundle.name} has",
+        if router.meta.class_names != splits.class_names:
+            raise ConfigError(f"the router {ecfg.router} predicts other classes than {splits.name} has",
                               fix="pass the generalist trained on the dataset of this run")
         logits, _ = cached_logits(router, "train", data_cfg=cfg.data, device=str(device),
                                   batch_size=cfg.train.eval_batch_size)
         probs = torch.softmax(logits, 1)
         used = focus or ecfg.hard_negatives > 0
-        return Steering(1 - probs.max(1).values if focus else None, None, probs, len(bundle.train) if used else 0)
+        return Steering(1 - probs.max(1).values if focus else None, None, probs, len(splits.train) if used else 0)
     negatives = ecfg.strategy == "progressive" and ecfg.hard_negatives > 0
-    return Steering(_general_hardness(general, bundle, cfg, device) if focus else None,
-                    _general_confusion(general, bundle, cfg, device), None,
-                    len(bundle.train) * focus + len(bundle.val) * negatives)
+    return Steering(_general_hardness(general, splits, cfg, device) if focus else None,
+                    _general_confusion(general, splits, cfg, device), None,
+                    len(splits.train) * focus + len(splits.val) * negatives)
 
 
-def _general_confusion(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
+def _general_confusion(general: Checkpoint, splits: DatasetSplits, cfg: RunConfig, device) -> torch.Tensor:
     """Affinity between classes from the general model's validation confusion (for hard negatives)."""
-    logits, labels = cached_logits(general.stored, "val", data_cfg=cfg.data, bundle=bundle, device=str(device),
+    logits, labels = cached_logits(general.stored, "val", data_cfg=cfg.data, splits=splits, device=str(device),
                                    batch_size=cfg.train.eval_batch_size)
-    n = bundle.num_classes
+    n = splits.num_classes
     confusion = torch.bincount(labels * n + logits.argmax(1), minlength=n * n).reshape(n, n)
     return confusion_affinity(confusion)
 
 
-def _general_hardness(general: Checkpoint, bundle: DatasetBundle, cfg: RunConfig, device) -> torch.Tensor:
+def _general_hardness(general: Checkpoint, splits: DatasetSplits, cfg: RunConfig, device) -> torch.Tensor:
     """1 - the general model's probability of the true class, for every training image."""
-    logits, labels = cached_logits(general.stored, "train", data_cfg=cfg.data, bundle=bundle, device=str(device),
+    logits, labels = cached_logits(general.stored, "train", data_cfg=cfg.data, splits=splits, device=str(device),
                                    batch_size=cfg.train.eval_batch_size)
     p_true = torch.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1)
     return 1 - p_true
@@ -108,7 +108,7 @@ class Start:
     sha256: str
 
 
-def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bundle: DatasetBundle) -> Start:
+def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, splits: DatasetSplits) -> Start:
     """The all-class model every expert of this run starts from (``experts.init_from``)."""
     spec = general.meta.model
     if ecfg.init_from == "general":
@@ -122,7 +122,7 @@ def starting_model(ecfg: ExpertsConfig, cfg: RunConfig, general: Checkpoint, bun
     kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
     file = cfg.model.pretrained_file or committed_weights(spec.name, cfg.data.name)  # else timm's published weights
     mcfg = ModelConfig(name=spec.timm_name, kwargs=kwargs, pretrained=True, pretrained_file=str(file) if file else None)
-    pspec, _ = resolve_spec(mcfg, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
+    pspec, _ = resolve_spec(mcfg, num_classes=splits.num_classes, mean=splits.mean, std=splits.std)
     if pspec.input.size != spec.input.size or pspec.input.channels != spec.input.channels:
         raise ConfigError(f"pretrained {pspec.timm_name} expects {pspec.input.channels}x{pspec.input.size}^2 "
                           f"images, the general model {spec.input.channels}x{spec.input.size}^2",
