@@ -34,6 +34,7 @@ from askexpert.bench.plan import ImageForm, bundle_graphs, mode_parts, paper_gra
 from askexpert.contract.bundle import open_system
 from askexpert.costs.modes import COLLABORATIVE, EDGE_ONLY, FULL_OFFLOAD, Goals, options, recommend
 from askexpert.errors import AskExpertError
+from askexpert.runtime.settings import Connection, Inputs
 
 ROOT = Path(__file__).parents[1]
 TRACES = ROOT.parent / "shared" / "traces"
@@ -165,7 +166,8 @@ def direct_check(bundle, graphs, edge_device: str, link: str, image: int, server
         raise AskExpertError(f"cell {c['edge']} / {c['link']} recommends nothing to check", fix="choose another cell")
     m = bundle.manifest
     frozen = ROOT / "runs" / "decision-map" / f"test-{n}.npz"
-    freeze_split(EdgeSettings(system=bundle, server=None, inputs=["split:test"], limit=n), frozen)
+    freeze_split(EdgeSettings(system=bundle, connection=Connection(server=None),
+                              inputs=Inputs(sources=["split:test"], limit=n)), frozen)
     with np.load(frozen) as data:
         images, labels = data["images"], data["labels"]
     kind = {EDGE_ONLY: "edge-only", FULL_OFFLOAD: "full-offload-general", COLLABORATIVE: "collaborative"}[o["mode"]]

@@ -49,6 +49,7 @@ from askexpert.corruptions import parse_corruption
 from askexpert.routing.thresholds import ALL, tau_for_offload
 from askexpert.runtime.control import ACCURACY_WINDOW, AccuracyKeeper, Observation, OffloadTracker
 from askexpert.runtime.edge import EdgeRunner
+from askexpert.runtime.settings import Connection
 
 RESULTS = Path(__file__).parents[1] / "results" / "deferral"
 DRIFT = "gaussian_noise:5@1000"
@@ -89,7 +90,7 @@ class Edge:
         from askexpert.runtime.session import EdgeSettings, edge_system
         from askexpert.serving.pool import ExpertPool
 
-        self.system = edge_system(EdgeSettings(system=bundle, server=None, threads=1))
+        self.system = edge_system(EdgeSettings(system=bundle, threads=1, connection=Connection(server=None)))
         self.experts = InProcessExpertClient(ExpertPool(bundle, device="cpu", include_general=False))
 
     def run(self, images: np.ndarray, labels: np.ndarray, *, tau: float | None = None, controller=None) -> list:

@@ -23,6 +23,7 @@ from askexpert.costs.energy import edge_mj_per_image
 from askexpert.costs.profiles import device, edge_speed, network
 from askexpert.runtime.link import parse_link
 from askexpert.runtime.session import EdgeSettings, run_edge
+from askexpert.runtime.settings import Connection, Inputs
 from askexpert.testbed.placement import EmulatedEdge
 from askexpert.testbed.server import ServerProcess
 
@@ -43,8 +44,9 @@ def main() -> None:
     rows = []
     with EmulatedEdge(args.device, mode=args.edge_mode) as edge, \
             ServerProcess(args.bundle, threads=1, cpus=edge.server_cores, extra_args=["--no-general"]) as url:
-        s = EdgeSettings(system=args.bundle, server=url, inputs=[str(images)], limit=args.images,
-                         threads=edge_speed(args.device).threads, link=parse_link(args.link))
+        s = EdgeSettings(system=args.bundle, threads=edge_speed(args.device).threads,
+                         connection=Connection(server=url, link=parse_link(args.link)),
+                         inputs=Inputs(sources=[str(images)], limit=args.images))
         for i in range(args.runs):
             ref = edge.reference_ms()
             rep = edge.call(run_edge, s=s)

@@ -28,6 +28,7 @@ from askexpert.console import stdout_console
 from askexpert.contract.codecs import Encoding
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.session import EdgeSettings, run_edge
+from askexpert.runtime.settings import Connection, Inputs
 from askexpert.system.build import build_system
 from askexpert.testbed.server import ServerProcess
 
@@ -50,8 +51,10 @@ def measure(seed: int, images: int, work: Path) -> dict:
     rows = {}
     with ServerProcess(bundle, threads=1) as url:
         for form in FORMS:
-            report = run_edge(EdgeSettings(system=bundle, server=url, inputs=["split:test"], limit=images, threads=1,
-                                           encoding=Encoding.parse(form), timeout_s=10.0))
+            report = run_edge(EdgeSettings(system=bundle, threads=1,
+                                           connection=Connection(server=url, encoding=Encoding.parse(form),
+                                                                 timeout_s=10.0),
+                                           inputs=Inputs(sources=["split:test"], limit=images)))
             t = report.traces
             off = [x for x in t if x.route.offloaded]
             rows[form] = {

@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from askexpert.costs.energy import edge_mj_per_image
 from askexpert.costs.profiles import device, network
 from askexpert.runtime.link import parse_link, parse_link_arg
 from askexpert.runtime.session import EdgeSettings, run_edge
+from askexpert.runtime.settings import Connection, Control, Inputs
 from askexpert.testbed.competing import CompetingLoad
 from askexpert.testbed.measure import plan_bundle
 from askexpert.testbed.placement import EmulatedEdge
@@ -106,8 +107,9 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
     out.mkdir(parents=True, exist_ok=True)
     from askexpert.costs.profiles import edge_speed
 
-    base = EdgeSettings(system=bundle, server=None, inputs=[str(images)], batch_size=1, timeout_s=2.0,
-                        threads=edge_speed(args.device).threads)  # the device's threads on its one core
+    base = EdgeSettings(system=bundle, threads=edge_speed(args.device).threads,
+                        connection=Connection(server=None, timeout_s=2.0),
+                        inputs=Inputs(sources=[str(images)], batch_size=1))  # the device's threads on its one core
     wifi = parse_link("wifi")
     # plan: build-system --p95-latency on wifi, then the edge at the chosen point, in the same placement (a new
     # placement moves the emulated device's speed by itself: docs/testbed.md)
@@ -125,7 +127,7 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
                                                             edge=edge)
             with ServerProcess(planned.root, threads=1, cpus=edge.server_cores, extra_args=["--no-general"]) as url:
                 edge.recalibrate(f"plan {budget} run")  # as before every measurement: the host's speed drifts
-                rep = edge.call(run_edge, s=replace(base, system=planned.root, server=url, link=wifi, limit=None))
+                rep = edge.call(run_edge, s=base.with_(system=planned.root, server=url, link=wifi, limit=None))
             row = record(rep, kind="plan", budget=budget, predicted=choice.prediction.model_dump(),
                          point=choice.point.model_dump(), placement=placement.to_dict(),
                          parts={"edge_ms": list(parts.edge_ms), "offload_ms": [list(o) for o in parts.offload_ms]})
@@ -140,7 +142,7 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
     with EmulatedEdge(args.device) as edge, ServerProcess(bundle, threads=1, cpus=edge.server_cores,
                                                           extra_args=["--no-general"]) as url:
         say(f"repeat {r}: {edge.placement.describe()}")
-        base = replace(base, server=url)
+        base = base.with_(server=url)
 
         def run(name: str, settings: EdgeSettings, **extra) -> dict:
             path = out / f"{name}.json"
@@ -157,17 +159,17 @@ def one_repeat(args, r: int, bundle: Path, images: Path, out: Path, work: Path, 
             return row
 
         def slo_pair(prefix: str, **extra) -> None:
-            fixed = run(f"{prefix}-fixed", replace(base, link=schedule), **extra)
+            fixed = run(f"{prefix}-fixed", base.with_(link=schedule), **extra)
             before, after = p95s(fixed, 0, third), p95s(fixed, third)
             slo = round((statistics.median(before) + statistics.median(after)) / 2, 1)
-            run(f"{prefix}-adaptive", replace(base, link=schedule, slo_p95_ms=slo), slo=slo, **extra)
+            run(f"{prefix}-adaptive", base.with_(link=schedule, slo_p95_ms=slo), slo=slo, **extra)
 
         if "link" in args.scenarios:
             slo_pair("link")
         rate = m.routing.operating_point.val_offload_rate / 100
         if "drift" in args.scenarios:
-            run("drift-fixed", replace(base, link=wifi, corrupt=drift), corruption=drift.describe())
-            run("drift-tracked", replace(base, link=wifi, corrupt=drift, target_offload=rate),
+            run("drift-fixed", base.with_(link=wifi, corrupt=drift), corruption=drift.describe())
+            run("drift-tracked", base.with_(link=wifi, corrupt=drift, target_offload=rate),
                 corruption=drift.describe(), target=rate)
         shape = (m.input.channels, m.input.size, m.input.size)
         if args.clients > 1 and "load" in args.scenarios:
@@ -184,8 +186,9 @@ def trace_runs(args, bundle: Path, images: Path, out: Path, say) -> None:
     from askexpert.costs.profiles import edge_speed
 
     out.mkdir(parents=True, exist_ok=True)
-    base = EdgeSettings(system=bundle, server=None, inputs=[str(images)], batch_size=1, timeout_s=5.0,
-                        threads=edge_speed(args.device).threads, radio="cellular")
+    base = EdgeSettings(system=bundle, threads=edge_speed(args.device).threads,
+                        connection=Connection(server=None, timeout_s=5.0),
+                        inputs=Inputs(sources=[str(images)], batch_size=1), control=Control(radio="cellular"))
     with EmulatedEdge(args.device) as edge, ServerProcess(bundle, threads=1, cpus=edge.server_cores,
                                                           extra_args=["--no-general"]) as url:
         say(edge.placement.describe())
@@ -198,7 +201,7 @@ def trace_runs(args, bundle: Path, images: Path, out: Path, say) -> None:
                     return json.loads(path.read_text())
                 edge.recalibrate(f"{_name} {kind}")
                 fresh = parse_link(f"trace:{args.traces / _name}")  # each run from the trace's start, empty queues
-                rep = edge.call(run_edge, s=replace(settings, server=url, link=fresh))
+                rep = edge.call(run_edge, s=settings.with_(server=url, link=fresh))
                 row = record(rep, radio="cellular", kind=kind, trace=_link.describe(), **extra)
                 path.write_text(json.dumps(row))
                 say(f"{_name} {kind}: accuracy {rep.summary.accuracy:.2f}%, offload {rep.summary.offload_rate:.1f}%, "
@@ -208,8 +211,8 @@ def trace_runs(args, bundle: Path, images: Path, out: Path, say) -> None:
             fixed = run("fixed", base)
             slo = round(statistics.median(p95s(fixed, 0)), 1)
             budget = round(statistics.median(float(np.mean(w)) for w in windows(fixed["images"]["edge_mj"], 0)), 2)
-            run("slo", replace(base, slo_p95_ms=slo), slo=slo)
-            run("energy", replace(base, energy_budget_mj=budget), budget=budget)
+            run("slo", base.with_(slo_p95_ms=slo), slo=slo)
+            run("energy", base.with_(energy_budget_mj=budget), budget=budget)
 
 
 def summarize_traces(out: Path) -> str:

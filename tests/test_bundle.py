@@ -24,6 +24,7 @@ from askexpert.routing import RoutingPolicy, finalize, membership_matrix, route
 from askexpert.runtime.clients import HttpExpertClient, InProcessExpertClient
 from askexpert.runtime.edge import EdgeRunner, ExpertTarget, Route, summarize
 from askexpert.runtime.onnx_model import OnnxGeneralist
+from askexpert.runtime.settings import Connection, Control, Inputs
 from askexpert.serving.pool import ExpertPool
 from askexpert.testbed.server import ServerProcess
 
@@ -251,16 +252,18 @@ def test_a_learned_deferral_bundle_answers_live_as_offline(tiny_system, bundle_s
     from askexpert.runtime.session import EdgeSettings, run_edge
 
     with ServerProcess(out, threads=1) as url:
-        report = run_edge(EdgeSettings(system=out, server=url, limit=60, threads=1))
+        report = run_edge(EdgeSettings(system=out, threads=1, connection=Connection(server=url),
+                                       inputs=Inputs(limit=60)))
         assert report.summary.degraded == 0 and report.policy.confidence == "learned"
         with pytest.raises(ConfigError, match="fitted at k 3, not k 2.*--confidence max-prob"):
-            run_edge(EdgeSettings(system=out, server=url, limit=10, threads=1, k=2))
+            run_edge(EdgeSettings(system=out, threads=1, connection=Connection(server=url), inputs=Inputs(limit=10),
+                                  control=Control(k=2)))
     # a rule on features this code does not compute (another askexpert's) is refused, naming the fixes
     raw = json.loads((out / SYSTEM_FILE).read_text())
     raw["routing"]["deferral"]["features"][0] = "p1 from elsewhere"
     (out / SYSTEM_FILE).write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match="other features than this version computes.*build the bundle again"):
-        run_edge(EdgeSettings(system=out, server=None, limit=1, threads=1))
+        run_edge(EdgeSettings(system=out, threads=1, connection=Connection(server=None), inputs=Inputs(limit=1)))
 
 
 @pytest.mark.timeout(300)

@@ -13,6 +13,7 @@ from askexpert.costs.plan import CostParts, LatencyMix, choose, window_breach
 from askexpert.costs.profiles import device, network
 from askexpert.errors import ConfigError
 from askexpert.runtime.control import BudgetController, Observation, OffloadTracker, control_report
+from askexpert.runtime.settings import Connection, Control, Inputs, Security
 
 
 def curve(k: int = 3) -> list[CurvePoint]:
@@ -292,8 +293,8 @@ def test_the_edge_settings_choose_one_controller_and_refuse_what_conflicts():
                         OperatingCurve(points=curve(), up_bytes=784, down_bytes=250))
     run_dir = EdgeSystem(None, RoutingPolicy(tau=0.3, k=3), None, None, None, "run r")
 
-    def settings(**kw) -> EdgeSettings:
-        return EdgeSettings(system="b", server=None, **kw)
+    def settings(**kw) -> Control:
+        return EdgeSettings(system="b").with_(**kw).control
 
     mode, target, keeper = controller_for(settings(target_accuracy=0.9, probe=0.1), run_dir)
     assert (mode, target) == ("target-accuracy", 0.9) and isinstance(keeper, AccuracyKeeper)
@@ -317,10 +318,28 @@ def test_the_settings_as_a_summary_writes_them_name_the_system_by_its_directory_
     from askexpert.runtime.session import EdgeSettings, GeneralistRun
 
     run = GeneralistRun(tmp_path / "generalist", RoutingPolicy(tau=0.3, k=3), None)
-    described = EdgeSettings(system=run, server="http://127.0.0.1:1", token="secret").described()
+    described = EdgeSettings(system=run, connection=Connection(server="http://127.0.0.1:1"),
+                             security=Security(token="secret")).described()
     assert described["system"] == str(tmp_path / "generalist") and described["token"] == "(set)"
     assert "secret" not in str(described)
-    assert EdgeSettings(system=tmp_path / "b", server=None).described()["token"] == "None"
+    assert EdgeSettings(system=tmp_path / "b", connection=Connection(server=None)).described()["token"] == "None"
+    # the summary's keys are the flat names it always had, one a setting
+    assert {"server", "server_protocol", "inputs", "limit", "slo_p95_ms", "trace", "threads"} <= set(described)
+
+
+def test_settings_change_by_name_each_in_its_group_and_an_unknown_name_is_refused(tmp_path):
+    """``with_`` routes a field to its group and leaves the others as they were (the same objects); a name no
+    group holds is refused, listing the names there are."""
+    from askexpert.runtime.session import EdgeSettings
+
+    base = EdgeSettings(tmp_path / "b", Connection(server="http://a", retries=3), inputs=Inputs(limit=5))
+    changed = base.with_(server="http://b", limit=None, slo_p95_ms=40.0, threads=2)
+    assert changed.connection == Connection(server="http://b", retries=3)  # retries kept
+    assert changed.inputs.limit is None and changed.control.slo_p95_ms == 40.0 and changed.threads == 2
+    assert changed.security is base.security and changed.outputs is base.outputs
+    assert base.connection.server == "http://a"  # the original is untouched (frozen groups)
+    with pytest.raises(TypeError, match="no edge setting 'sever'.*server"):
+        base.with_(sever="http://c")
 
 
 def test_a_published_id_is_refused_on_run_directories_with_the_bundle_named_as_the_fix(tmp_path):
@@ -333,7 +352,8 @@ def test_a_published_id_is_refused_on_run_directories_with_the_bundle_named_as_t
 
     run = GeneralistRun(tmp_path / "generalist", RoutingPolicy(tau=0.3, k=3), None)
     with pytest.raises(ConfigError, match="is a generalist's run directory") as err:
-        edge_system(EdgeSettings(system=run, server=None, expect_system_id="0" * 64))
+        edge_system(EdgeSettings(system=run, connection=Connection(server=None),
+                                 security=Security(expect_system_id="0" * 64)))
     assert err.value.fix.startswith("run the bundle")
     with pytest.raises(ConfigError, match="is an expert run directory") as err:
         open_source(tmp_path / "experts", expect_system_id="0" * 64)

@@ -28,6 +28,7 @@ from askexpert.contract.bundle import open_system
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
+from askexpert.runtime.settings import Connection, Inputs, Outputs
 from askexpert.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(240)
@@ -166,7 +167,7 @@ def _images(tiny_system, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _runner(tiny_system, url: str, *, from_server: bool, **client_kw) -> EdgeRunner:
-    system = edge_system(EdgeSettings(system=tiny_system["bundle"], server=None))
+    system = edge_system(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=None)))
     client = HttpExpertClient(url, down_for_s=0.0, **client_kw)
     return EdgeRunner(system.model, system.policy, client, None if from_server else system.experts)
 
@@ -213,8 +214,8 @@ def test_a_killed_edge_loses_no_answer_and_resumes(tiny_system, fake, tmp_path):
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, images=images, labels=labels)
     reference = tmp_path / "reference.csv"
-    run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
-                          predictions=reference))
+    run_edge(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=fake.url),
+                          inputs=Inputs(sources=[str(inputs)]), outputs=Outputs(predictions=reference)))
     calls = fake.infer_calls
     fake.block_after = calls + 3  # the server holds the 4th offload: the edge is mid-run when killed
     predictions, trace = tmp_path / "p.csv", tmp_path / "t.jsonl"
@@ -253,13 +254,13 @@ def test_summary_of_resumed_answers_counts_timings_only_where_known(tiny_system,
     inputs = tmp_path / "in.npz"
     np.savez(inputs, images=images, labels=labels)
     p = tmp_path / "p.csv"
-    first = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, inputs=[str(inputs)],
-                                  predictions=p, limit=None))
+    first = run_edge(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=bundle_server),
+                                  inputs=Inputs(sources=[str(inputs)], limit=None), outputs=Outputs(predictions=p)))
     assert first.summary.offload_rate > 0 and first.summary.degraded == 0
     lines = p.read_text().splitlines()
     p.write_text("\n".join(lines[:11]) + "\n" + lines[11][:5])  # 10 whole rows and a torn one
-    again = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, inputs=[str(inputs)],
-                                  predictions=p, resume=True))
+    again = run_edge(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=bundle_server),
+                                  inputs=Inputs(sources=[str(inputs)]), outputs=Outputs(predictions=p, resume=True)))
     assert again.resumed == 10 and p.read_text().splitlines() == lines
     assert [t.pred for t in again.traces] == [t.pred for t in first.traces]
     assert math.isnan(again.traces[0].total_ms) and math.isfinite(summarize(again.traces).latency_ms.p50)
@@ -362,8 +363,8 @@ def test_a_bundles_edge_sends_nothing_to_a_server_that_does_not_name_its_system(
     image: every offloaded sample keeps the generalist's answer, flagged, and the edge says why once."""
     fake.health = health
     inputs = _npz(tiny_system, tmp_path, 80)
-    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=fake.url, inputs=[str(inputs)],
-                                   batch_size=4))
+    report = run_edge(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=fake.url),
+                                   inputs=Inputs(sources=[str(inputs)], batch_size=4)))
     offloaded = [t for t in report.traces if t.route.offloaded]
     assert offloaded and fake.infer_calls == 0  # not one image was sent there
     assert all(t.degraded and t.route is Route.DEGRADED and t.pred == t.local_pred for t in offloaded)
@@ -380,7 +381,7 @@ def test_a_bundles_edge_sends_nothing_to_a_server_that_does_not_name_its_system(
 def test_a_server_is_asked_again_and_trusted_once_its_health_names_the_system(tiny_system, fake):
     """Distrust is an outage, not a verdict: after ``down_for_s`` the health is asked again; once it names
     the bundle's system the answers are used, and after a failure the server must show it again."""
-    system = edge_system(EdgeSettings(system=tiny_system["bundle"], server=None))
+    system = edge_system(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=None)))
     client = HttpExpertClient(fake.url, down_for_s=0.0, system_id=system.system_id)
     runner = EdgeRunner(system.model, system.policy, client, system.experts)
     images, labels = _images(tiny_system, 80)
@@ -410,7 +411,8 @@ def test_the_right_id_is_used_and_another_id_is_refused_at_the_start(tiny_system
     from askexpert.errors import AskExpertError
 
     inputs = _npz(tiny_system, tmp_path, 40)
-    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, inputs=[str(inputs)]))
+    report = run_edge(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=bundle_server),
+                                   inputs=Inputs(sources=[str(inputs)])))
     assert report.summary.offload_rate > 0 and report.summary.degraded == 0
     other = tmp_path / "other"
     shutil.copytree(tiny_system["bundle"], other)
@@ -420,7 +422,8 @@ def test_the_right_id_is_used_and_another_id_is_refused_at_the_start(tiny_system
     assert open_system(other).system_id != open_system(tiny_system["bundle"]).system_id
     with ServerProcess(other, threads=1) as url:
         with pytest.raises(AskExpertError, match="serves another system") as err:
-            run_edge(EdgeSettings(system=tiny_system["bundle"], server=url, inputs=[str(inputs)]))
+            run_edge(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=url),
+                                  inputs=Inputs(sources=[str(inputs)])))
         assert "askexpert serve BUNDLE" in err.value.fix
         assert all(_requests(url, e) == 0 for e in ("0", "1", "2"))
 

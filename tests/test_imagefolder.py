@@ -19,6 +19,7 @@ from askexpert.cli import main
 from askexpert.contract.schema import Partition
 from askexpert.data import fashion_mnist
 from askexpert.data.fashion_mnist import load_split
+from askexpert.runtime.settings import Connection
 from askexpert.testbed.server import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -74,7 +75,7 @@ def _in_process_answers(bundle, folder):
     from askexpert.runtime.session import EdgeSettings, edge_system
     from askexpert.serving.pool import ExpertPool
 
-    system = edge_system(EdgeSettings(system=bundle, server=None, threads=1))
+    system = edge_system(EdgeSettings(system=bundle, threads=1, connection=Connection(server=None)))
     source = open_input([str(folder)], input_spec=system.model.input, class_names=system.model.class_names,
                         data=system.data, batch_size=1)
     client = InProcessExpertClient(ExpertPool(bundle, device="cpu", include_general=False), topk=3)

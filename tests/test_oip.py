@@ -17,6 +17,7 @@ from askexpert.contract.bundle import open_system
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
 from askexpert.runtime.session import EdgeSettings, run_edge
+from askexpert.runtime.settings import Connection, Inputs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -161,9 +162,10 @@ def test_an_oversized_oip_body_is_refused_unread_and_memory_stays_flat(bundle_se
 
 
 def test_the_edge_over_oip_answers_as_over_v1(tiny_system, bundle_server):
-    common = dict(system=tiny_system["bundle"], server=bundle_server, limit=80, threads=1)
-    v1 = run_edge(EdgeSettings(**common))
-    v2 = run_edge(EdgeSettings(**common, server_protocol="v2"))
+    v1 = run_edge(EdgeSettings(tiny_system["bundle"], Connection(server=bundle_server), inputs=Inputs(limit=80),
+                               threads=1))
+    v2 = run_edge(EdgeSettings(tiny_system["bundle"], Connection(server=bundle_server, protocol="v2"),
+                               inputs=Inputs(limit=80), threads=1))
     assert [t.pred for t in v1.traces] == [t.pred for t in v2.traces]
     assert [t.expert for t in v1.traces] == [t.expert for t in v2.traces]
     assert sum(t.expert is not None for t in v2.traces) > 0 and not any(t.degraded for t in v2.traces)

@@ -20,6 +20,7 @@ from askexpert.errors import ConfigError
 from askexpert.routing import RoutingPolicy
 from askexpert.runtime.link import LinkSchedule, parse_link, parse_link_arg, parse_schedule
 from askexpert.runtime.session import EdgeSettings, _link_signal, run_edge
+from askexpert.runtime.settings import Connection, Control, Inputs
 from askexpert.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)  # real servers
@@ -79,10 +80,13 @@ def test_a_version_1_bundle_still_loads_and_runs(tiny_system, bundle_server, tmp
     m = open_system(old).manifest
     assert m.schema_version == 1 and m.curve is None
     with ServerProcess(old, threads=1) as url:
-        then = run_edge(EdgeSettings(system=old, server=url, limit=120, threads=1))
+        then = run_edge(EdgeSettings(system=old, threads=1, connection=Connection(server=url),
+                                     inputs=Inputs(limit=120)))
         with pytest.raises(ConfigError, match="has none .a schema-1 bundle.*askexpert build-system"):
-            run_edge(EdgeSettings(system=old, server=url, limit=10, threads=1, slo_p95_ms=50.0))
-    now = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, limit=120, threads=1))
+            run_edge(EdgeSettings(system=old, threads=1, connection=Connection(server=url), inputs=Inputs(limit=10),
+                                  control=Control(slo_p95_ms=50.0)))
+    now = run_edge(EdgeSettings(system=tiny_system["bundle"], threads=1, connection=Connection(server=bundle_server),
+                                inputs=Inputs(limit=120)))
     assert then.summary.degraded == 0 and then.summary.offload_rate > 0
     assert [t.pred for t in then.traces] == [t.pred for t in now.traces]
     assert [t.route for t in then.traces] == [t.route for t in now.traces]
@@ -93,8 +97,9 @@ def test_the_edge_holds_its_slo_when_the_link_changes(tiny_system, bundle_server
     one whose 60 ms round trip alone breaks a 30 ms SLO: the controller moves tau down the curve; every image's
     trace says the tau and link in force and why tau last changed."""
     schedule = parse_link_arg("rtt=0.5ms,bw=1000mbit@0,rtt=60ms,bw=10mbit@20")
-    report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, limit=300, threads=1,
-                                   link=schedule, slo_p95_ms=30.0))
+    report = run_edge(EdgeSettings(system=tiny_system["bundle"], threads=1,
+                                   connection=Connection(server=bundle_server, link=schedule), inputs=Inputs(limit=300),
+                                   control=Control(slo_p95_ms=30.0)))
     traces = report.traces
     assert [t.link for t in traces] == ["rtt=0.5ms,bw=1000mbit"] * 20 + ["rtt=60ms,bw=10mbit"] * 280
     # every image went where the tau in force sends it (the router compares in float32)
@@ -120,8 +125,9 @@ def test_the_edge_keeps_an_energy_budget(tiny_system, bundle_server):
     from askexpert.costs.profiles import device, network
 
     def run(budget):
-        report = run_edge(EdgeSettings(system=tiny_system["bundle"], server=bundle_server, limit=300, threads=1,
-                                       energy_budget_mj=budget))
+        report = run_edge(EdgeSettings(system=tiny_system["bundle"], threads=1,
+                                       connection=Connection(server=bundle_server), inputs=Inputs(limit=300),
+                                       control=Control(energy_budget_mj=budget)))
         assert report.control.mode == "energy-budget" and report.control.windows == 3
         assert report.summary.degraded == 0 and all(t.tau_why for t in report.traces)
         return report

@@ -12,6 +12,7 @@ import pytest
 from conftest import provided
 
 from askexpert.contract.protocol import encode_images
+from askexpert.runtime.settings import Connection, Inputs, Security
 from askexpert.testbed.server import ServerProcess
 
 TOKEN = "ray-test-token"
@@ -79,7 +80,7 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
         experts = local.get("/v1/experts").json()
         schema = local.get("/openapi.json").json()
         metrics = _metric_names(local.get("/metrics").text)
-    system = edge_system(EdgeSettings(system=bundle, server=None))
+    system = edge_system(EdgeSettings(system=bundle, connection=Connection(server=None)))
     in_process = EdgeRunner(system.model, system.policy, InProcessExpertClient(ExpertPool(bundle)), system.experts)
     local_edge = [t.pred for t in in_process.run([(images, np.zeros(len(images), np.int64))])]
 
@@ -99,10 +100,12 @@ def test_ray_serve_answers_as_the_uvicorn_server_does(tiny_system, tmp_path):
         body, h = encode_images(images[:1])
         bad = client.post("/v1/experts/9/infer", content=body, headers=h)
         assert bad.status_code == 404 and "0, 1, 2, general" in bad.json()["detail"]
-        settings = EdgeSettings(system=bundle, server=url, inputs=[str(tmp_path / "in.npz")], token=TOKEN)
+        settings = EdgeSettings(system=bundle, connection=Connection(server=url),
+                                inputs=Inputs(sources=[str(tmp_path / "in.npz")]), security=Security(token=TOKEN))
         assert [t.pred for t in run_edge(settings).traces] == local_edge
-        v2 = EdgeSettings(system=bundle, server=url, inputs=[str(tmp_path / "in.npz")], token=TOKEN,
-                          server_protocol="v2")  # the same app: the Open Inference Protocol on Ray Serve too
+        v2 = EdgeSettings(system=bundle, connection=Connection(server=url, protocol="v2"),
+                          inputs=Inputs(sources=[str(tmp_path / "in.npz")]),
+                          security=Security(token=TOKEN))  # the same app: the Open Inference Protocol on Ray Serve too
         assert [t.pred for t in run_edge(v2).traces] == local_edge
     assert server.proc.returncode == 0, (tmp_path / "ray.log").read_text()[-2000:]
 

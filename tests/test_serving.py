@@ -20,6 +20,7 @@ from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient, InPro
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.inputs import open_input
+from askexpert.runtime.settings import Connection, Inputs
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
 from askexpert.system.calibrate import generalist_policy
@@ -438,7 +439,7 @@ def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny
     from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
 
     bundle = tiny_system["bundle"]
-    system = edge_system(EdgeSettings(system=bundle, server=None))
+    system = edge_system(EdgeSettings(system=bundle, connection=Connection(server=None)))
     local = EdgeRunner(system.model, system.policy, InProcessExpertClient(ExpertPool(bundle)), system.experts)
     images, labels = _test_images(tiny_system, 600)
     routed = [t.expert for t in local.run([(images, labels)])]
@@ -454,7 +455,8 @@ def test_two_servers_share_the_experts_and_a_dead_one_degrades_only_its_own(tiny
     second = ServerProcess(bundle, threads=1, extra_args=["--experts", lone, "--no-general"])
     with first as url_a, second as url_b:
         assert [e["id"] for e in httpx.get(f"{url_b}/v1/experts").json()] == [lone]
-        settings = EdgeSettings(system=bundle, server=[url_a, url_b], inputs=[str(tmp_path / "in.npz")])
+        settings = EdgeSettings(system=bundle, connection=Connection(server=[url_a, url_b]),
+                                inputs=Inputs(sources=[str(tmp_path / "in.npz")]))
         both = run_edge(settings)
         assert both.summary.degraded == 0 and [t.pred for t in both.traces] == expected
         assert {t.expert for t in both.traces if t.expert} == set(used)

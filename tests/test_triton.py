@@ -22,6 +22,7 @@ from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.link import parse_link_arg
 from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
 from askexpert.runtime.session import EdgeSettings, run_edge
+from askexpert.runtime.settings import Connection, Inputs, Outputs
 from askexpert.system.export_triton import export_triton, parse_config
 from askexpert.testbed.server import TritonProcess, triton_python
 
@@ -87,9 +88,9 @@ def test_triton_answers_as_askexpert_serves(triton, bundle_server, tiny_system):
 
 
 def test_the_edge_over_triton_answers_as_over_v1(triton, bundle_server, tiny_system):
-    common = dict(system=tiny_system["bundle"], limit=80, threads=1)
-    v1 = run_edge(EdgeSettings(**common, server=bundle_server))
-    on_triton = run_edge(EdgeSettings(**common, server=triton["url"], server_protocol="v2"))
+    base = EdgeSettings(tiny_system["bundle"], inputs=Inputs(limit=80), threads=1)
+    v1 = run_edge(base.with_(server=bundle_server))
+    on_triton = run_edge(base.with_(server=triton["url"], protocol="v2"))
     assert [t.pred for t in v1.traces] == [t.pred for t in on_triton.traces]
     assert not any(t.degraded for t in on_triton.traces)
 
@@ -99,9 +100,11 @@ def test_a_triton_killed_mid_run_loses_nothing(repo, tiny_system, tmp_path):
                            startup_timeout_s=180)
     url = server.start()
     predictions = tmp_path / "answers.csv"
-    settings = EdgeSettings(system=tiny_system["bundle"], server=url, server_protocol="v2", limit=400, threads=1,
-                            timeout_s=0.5, retries=0, predictions=predictions,
-                            link=parse_link_arg("rtt=20ms,bw=100mbit"))  # each offload lasts 20 ms or more
+    settings = EdgeSettings(system=tiny_system["bundle"], threads=1,
+                            connection=Connection(server=url, protocol="v2", timeout_s=0.5, retries=0,
+                                                  link=parse_link_arg("rtt=20ms,bw=100mbit")),
+                            inputs=Inputs(limit=400),
+                            outputs=Outputs(predictions=predictions))  # each offload lasts 20 ms or more
     result = {}
     edge = threading.Thread(target=lambda: result.setdefault("report", run_edge(settings)))
     edge.start()

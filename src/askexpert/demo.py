@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS, Link
 from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, run_edge
+from askexpert.runtime.settings import Connection, Inputs
 from askexpert.system.build import build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
 from askexpert.testbed.placement import EmulatedEdge, Mode, Placement
@@ -98,7 +99,7 @@ def demo_plan(bundle, edge_device: str, server_device: str, link: Link | None) -
 def _run_regime(edge: EmulatedEdge, built, settings: EdgeSettings, link: Link | None, images, labels, *,
                 console: Console, trace: Path, edge_only=None) -> tuple[EdgeReport, dict]:
     """Collaborative, full offload and (unless given) edge only on the same images over ``link``."""
-    settings = replace(settings, link=link, trace=trace)
+    settings = settings.with_(link=link, trace=trace)
     console.log(f"streaming {len(images)} test images over {link.describe() if link else 'no link'} ...")
     if edge.profile is None:
         with progress_bar(console, transient=True) as progress:
@@ -112,7 +113,7 @@ def _run_regime(edge: EmulatedEdge, built, settings: EdgeSettings, link: Link | 
         edge.recalibrate(kind)
         baselines[kind] = edge.call(run_on_edge, kind=kind, generalist_onnx=built.generalist_onnx, threads=1,
                                     policy=policy, experts=experts, images=images, labels=labels,
-                                    url=None if kind == "edge-only" else settings.server, link=link)
+                                    url=None if kind == "edge-only" else settings.connection.server, link=link)
     return report, baselines
 
 
@@ -142,7 +143,8 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
         console.log(f"askexpert plan, {lk.name if lk else 'no link'}: {pl['recommended'] or 'nothing meets the goals'}"
                     f" ({pl['reasons'][0]})")
     # the edge reads a file of the test images, as a deployed edge would (no dataset); the baselines too
-    settings = freeze_split(EdgeSettings(system=built, server=None, inputs=["split:test"], limit=limit, threads=1),
+    settings = freeze_split(EdgeSettings(system=built, threads=1, connection=Connection(server=None),
+                                         inputs=Inputs(sources=["split:test"], limit=limit)),
                             report_dir / "test-images.npz")
     frozen = np.load(report_dir / "test-images.npz")
     images, labels = frozen["images"], frozen["labels"]
@@ -154,7 +156,7 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
         console.log(f"expert server up at {url}")
         console.log(edge.placement.describe())
         console.rule(f"4/5 on the {edge.placement.label}: collaborative, edge only and full offload, the same images")
-        settings = replace(settings, server=url)
+        settings = settings.with_(server=url)
         runs = []
         for i, lk in enumerate(links):
             runs.append(_run_regime(edge, built, settings, lk, images, labels, console=console,
@@ -175,7 +177,7 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
     first = regimes[0]
     result = DemoResult(first.report, first.row("collaborative").energy, models, bundle, report_dir, edge.placement,
                         first.systems, regimes, server_device)
-    (report_dir / "summary.json").write_text(json.dumps(_summary(result, replace(settings, link=link)), indent=1))
+    (report_dir / "summary.json").write_text(json.dumps(_summary(result, settings.with_(link=link)), indent=1))
     (report_dir / "report.md").write_text(markdown(result))
     return result
 

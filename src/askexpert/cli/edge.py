@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from askexpert.cli._common import (
     add_edge_device_flags,
@@ -17,34 +18,22 @@ from askexpert.cli._common import (
 from askexpert.errors import ConfigError
 from askexpert.security import TOKEN_ENV, refuse_pin_without_bundle
 
+if TYPE_CHECKING:
+    from askexpert.runtime.settings import Connection, Control, Inputs, Outputs, Security
+
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from askexpert.console import logs_on, progress_bar
-    from askexpert.corruptions import parse_corruption
-    from askexpert.runtime.link import parse_link_arg
     from askexpert.runtime.session import EdgeSettings, run_edge
-    from askexpert.security import read_token
 
     require_positive(("--timeout", args.timeout), ("--deadline", args.deadline), ("--slo-p95", args.slo_p95),
                      ("--energy-budget", args.energy_budget))
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}", fix="give --retries 0, 1, 2, ...")
-    settings = EdgeSettings(
-        system=_system(args), server=args.server[0] if args.server and len(args.server) == 1 else args.server,
-        inputs=args.input, link=parse_link_arg(args.link),
-        corrupt=parse_corruption(args.corrupt) if args.corrupt else None,
-        tau=args.tau, temperature=args.temperature, k=args.k,
-        confidence=args.confidence, fallback=args.fallback, batch_size=args.batch_size, limit=args.limit,
-        threads=args.threads, timeout_s=args.timeout, retries=args.retries, deadline_s=args.deadline,
-        trace=args.trace, predictions=args.predictions, resume=args.resume, token=read_token(args.token_file),
-        ca_file=args.ca_file, expect_system_id=args.expect_system_id, slo_p95_ms=args.slo_p95,
-        energy_budget_mj=args.energy_budget, target_offload=args.target_offload,
-        target_accuracy=args.target_accuracy, probe=args.probe, radio=args.radio,
-        energy_profile=args.edge_profile or _edge_energy_profile(args.device), encoding=_encoding(args.encode),
-        server_protocol=args.server_protocol, trust_unpinned=args.trust_unpinned_server,
-    )
+    settings = EdgeSettings(_system(args), _connection(args), _security(args), _control(args), _inputs(args),
+                            _outputs(args), threads=args.threads)
     placement = None
     if args.device == "host":
         console = log_console()
@@ -60,8 +49,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
             log_console().log(edge.placement.describe())
             settings = freeze_split(settings, Path(tmp) / "inputs.npz")  # the throttled edge reads no dataset
             if settings.threads is None:  # one thread on the one edge core, not the host's count
-                settings = replace(settings, threads=edge.threads)
-            log_console().log(f"streaming {' '.join(settings.inputs)} through the {edge.placement.label} ...")
+                settings = settings.with_(threads=edge.threads)
+            log_console().log(f"streaming {' '.join(settings.inputs.sources)} through the {edge.placement.label} ...")
             report = edge.call(run_edge, s=settings)
         placement = edge.placement
         table_console().print(f"[bold]edge[/bold]: {placement.describe()}")
@@ -76,6 +65,46 @@ def cmd_edge(args: argparse.Namespace) -> int:
                                             "settings": settings.described()}, indent=1))
     print_edge_summary(report)
     return 0
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    from askexpert.runtime.link import parse_link_arg
+    from askexpert.runtime.settings import Connection
+
+    return Connection(server=args.server[0] if args.server and len(args.server) == 1 else args.server,
+                      protocol=args.server_protocol, timeout_s=args.timeout, retries=args.retries,
+                      deadline_s=args.deadline, link=parse_link_arg(args.link), encoding=_encoding(args.encode))
+
+
+def _security(args: argparse.Namespace) -> Security:
+    from askexpert.runtime.settings import Security
+    from askexpert.security import read_token
+
+    return Security(token=read_token(args.token_file), ca_file=args.ca_file,
+                    expect_system_id=args.expect_system_id, trust_unpinned=args.trust_unpinned_server)
+
+
+def _control(args: argparse.Namespace) -> Control:
+    from askexpert.runtime.settings import Control
+
+    return Control(tau=args.tau, temperature=args.temperature, k=args.k, confidence=args.confidence,
+                   fallback=args.fallback, slo_p95_ms=args.slo_p95, energy_budget_mj=args.energy_budget,
+                   target_offload=args.target_offload, target_accuracy=args.target_accuracy, probe=args.probe,
+                   energy_profile=args.edge_profile or _edge_energy_profile(args.device), radio=args.radio)
+
+
+def _inputs(args: argparse.Namespace) -> Inputs:
+    from askexpert.corruptions import parse_corruption
+    from askexpert.runtime.settings import Inputs
+
+    return Inputs(sources=args.input, corrupt=parse_corruption(args.corrupt) if args.corrupt else None,
+                  batch_size=args.batch_size, limit=args.limit)
+
+
+def _outputs(args: argparse.Namespace) -> Outputs:
+    from askexpert.runtime.settings import Outputs
+
+    return Outputs(trace=args.trace, predictions=args.predictions, resume=args.resume)
 
 
 def _encoding(text: str):

@@ -15,13 +15,12 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from askexpert.contract.bundle import System, open_system
-from askexpert.contract.codecs import Encoding
 from askexpert.contract.protocol import RAW
 from askexpert.contract.schema import OperatingCurve
 from askexpert.corruptions import Corruption
@@ -42,10 +41,11 @@ from askexpert.runtime.control import (
 )
 from askexpert.runtime.edge import EdgeModel, EdgeRunner, EdgeSummary, ExpertTarget, SampleTrace, summarize
 from askexpert.runtime.inputs import open_input
-from askexpert.runtime.link import Link, LinkSchedule
+from askexpert.runtime.link import LinkSchedule
 from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
 from askexpert.runtime.pacing import NO_PACING, Pacer
 from askexpert.runtime.records import AnswerLog, resume, skip
+from askexpert.runtime.settings import Connection, Control, EdgeSettings, Security
 from askexpert.security import refuse_pin_without_bundle
 
 log = logging.getLogger("askexpert.edge")
@@ -58,48 +58,6 @@ class GeneralistRun:
     run_dir: Path
     policy: RoutingPolicy
     data: dict | None  # the generalist's dataset config (for split: inputs)
-
-
-@dataclass
-class EdgeSettings:
-    system: Path | System | GeneralistRun  # a bundle (path or opened), or a calibrated generalist run
-    server: str | list[str] | None  # one expert server's URL, or several (each expert asked where it is)
-    inputs: list[str] = field(default_factory=lambda: ["split:test"])
-    link: Link | LinkSchedule | None = None  # a schedule changes it during the run (and on SIGUSR1)
-    corrupt: Corruption | None = None  # drifted inputs: a corruption applied to the stream
-    tau: float | None = None  # overrides
-    temperature: float | None = None
-    k: int | None = None
-    confidence: str | None = None
-    fallback: str | None = None
-    batch_size: int = 1
-    limit: int | None = None
-    threads: int | None = None
-    timeout_s: float = 2.0
-    retries: int = 1
-    deadline_s: float | None = None  # one offload, retries included (None: (retries + 1) * timeout_s)
-    trace: Path | None = None
-    predictions: Path | None = None
-    resume: bool = False  # go on from the answers already in predictions / trace
-    token: str | None = field(default=None, repr=False)  # the server's bearer token (never printed)
-    ca_file: Path | None = None  # the authority of an https server's certificate
-    expect_system_id: str | None = None  # the published sha256 of the bundle's system.json
-    slo_p95_ms: float | None = None  # hold a p95 latency: tau moves along the bundle's curve
-    energy_budget_mj: float | None = None  # hold an edge energy an image (with energy_profile and radio)
-    target_offload: float | None = None  # hold the offload share (0..1), label-free
-    target_accuracy: float | None = None  # hold the kept answers' accuracy (0..1), from the experts' answers
-    probe: float = 0.05  # with target_accuracy: the share of kept images offloaded anyway, to check them
-    energy_profile: str = "raspberry-pi-4"  # the edge's power (costs/profiles.yaml) for --energy-budget
-    radio: str = "wifi"
-    encoding: Encoding = RAW  # how offloaded images travel (raw, npy, png, jpeg:Q, webp:Q)
-    server_protocol: str = "v1"  # "v1": askexpert's server; "v2": any Open Inference Protocol server (a bundle's)
-    trust_unpinned: bool = False  # v2: use a server whose models do not name this bundle's system id
-
-    def described(self) -> dict[str, str]:
-        """Every setting as text, for a summary: the system named by its directory, the token never written."""
-        system = getattr(self.system, "root", getattr(self.system, "run_dir", self.system))
-        return {k: ("(set)" if v else "None") if k == "token" else str(v)
-                for k, v in asdict(replace(self, system=system)).items()}
 
 
 @dataclass
@@ -138,7 +96,7 @@ def edge_system(s: EdgeSettings, pacer: Pacer = NO_PACING) -> EdgeSystem:
     """What the edge runs: the opened system's ONNX generalist and routing (the settings' overrides applied),
     or a calibrated generalist run's checkpoint in torch."""
     if isinstance(s.system, GeneralistRun):
-        refuse_pin_without_bundle(s.expect_system_id, s.system.run_dir, "a generalist's run directory", "run")
+        refuse_pin_without_bundle(s.security.expect_system_id, s.system.run_dir, "a generalist's run directory", "run")
         from askexpert.runtime.edge_models import TorchGeneralist  # a run directory: the torch path
 
         run = s.system
@@ -146,11 +104,12 @@ def edge_system(s: EdgeSettings, pacer: Pacer = NO_PACING) -> EdgeSystem:
                           f"run {run.run_dir}")
     from askexpert.runtime.onnx_model import OnnxGeneralist
 
-    system = open_system(s.system, expect_id=s.expect_system_id)
+    system = open_system(s.system, expect_id=s.security.expect_system_id)
     m, r = system.manifest, system.manifest.routing
+    c = s.control
     try:
-        policy = RoutingPolicy.from_spec(r, tau=s.tau, k=s.k, temperature=s.temperature, confidence=s.confidence,
-                                         fallback=s.fallback)
+        policy = RoutingPolicy.from_spec(r, tau=c.tau, k=c.k, temperature=c.temperature, confidence=c.confidence,
+                                         fallback=c.fallback)
     except ValueError as err:
         raise ConfigError(f"bundle {system.root}: {err}", fix="run at the bundle's k, or pass --confidence "
                           "max-prob (or margin, entropy) to use a confidence rule instead; a rule this askexpert "
@@ -160,15 +119,16 @@ def edge_system(s: EdgeSettings, pacer: Pacer = NO_PACING) -> EdgeSystem:
                       dict(m.data.config), system.system_id, f"bundle {system.root}", m.curve, system)
 
 
-def _clients(s: EdgeSettings, system: EdgeSystem, urls: list[str], pacer: Pacer) -> list[HttpExpertClient]:
-    """One client a server: askexpert's ``/v1``, or (``server_protocol`` v2, a bundle's edge) the Open Inference
+def _clients(conn: Connection, security: Security, system: EdgeSystem, pacer: Pacer) -> list[HttpExpertClient]:
+    """One client a server: askexpert's ``/v1``, or (``protocol`` v2, a bundle's edge) the Open Inference
     Protocol's, which reads what the experts are from the bundle."""
-    kw = dict(timeout_s=s.timeout_s, retries=s.retries, link=s.link, deadline_s=s.deadline_s, token=s.token,
-              ca_file=s.ca_file, system_id=system.system_id, pacer=pacer)
-    if s.server_protocol == "v1":
-        return [HttpExpertClient(url, encoding=s.encoding, **kw) for url in urls]
-    if s.server_protocol != "v2":
-        raise ConfigError(f"unknown server protocol {s.server_protocol!r}", fix="--server-protocol v1 or v2")
+    urls = conn.urls
+    kw = dict(timeout_s=conn.timeout_s, retries=conn.retries, link=conn.link, deadline_s=conn.deadline_s,
+              token=security.token, ca_file=security.ca_file, system_id=system.system_id, pacer=pacer)
+    if conn.protocol == "v1":
+        return [HttpExpertClient(url, encoding=conn.encoding, **kw) for url in urls]
+    if conn.protocol != "v2":
+        raise ConfigError(f"unknown server protocol {conn.protocol!r}", fix="--server-protocol v1 or v2")
     if urls and system.bundle is None:
         raise ConfigError("--server-protocol v2 needs a bundle: what the experts are (classes, temperature) comes "
                           "from it", fix="build one: askexpert build-system GENERALIST_RUN EXPERTS_RUN --out DIR")
@@ -176,11 +136,11 @@ def _clients(s: EdgeSettings, system: EdgeSystem, urls: list[str], pacer: Pacer)
         raise ConfigError(f"this bundle re-routes on the server (at most {system.policy.reroute.tries} experts an "
                           "offload), which only askexpert's own /v1 protocol can ask for",
                           fix="--server-protocol v1 with askexpert serve BUNDLE, or a bundle built without --reroute")
-    if urls and s.encoding != RAW:
-        raise ConfigError(f"--encode {s.encoding}: the Open Inference Protocol sends raw UINT8 tensors",
+    if urls and conn.encoding != RAW:
+        raise ConfigError(f"--encode {conn.encoding}: the Open Inference Protocol sends raw UINT8 tensors",
                           fix="leave --encode out with --server-protocol v2")
     infos = bundle_experts(system.bundle) if system.bundle is not None else []
-    return [OipExpertClient(url, infos, trust_unpinned=s.trust_unpinned, **kw) for url in urls]
+    return [OipExpertClient(url, infos, trust_unpinned=security.trust_unpinned, **kw) for url in urls]
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
@@ -201,7 +161,7 @@ def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:
                                  fix="serve this bundle: askexpert serve BUNDLE")
 
 
-def controller_for(s: EdgeSettings, system: EdgeSystem) -> tuple[str, float, Controller] | None:
+def controller_for(s: Control, system: EdgeSystem) -> tuple[str, float, Controller] | None:
     """The controller the settings ask for (mode, target, controller), or None for a fixed tau.
     --target-accuracy may go with one budget (--slo-p95 or --energy-budget), which caps it."""
     asked = [(flag, v) for flag, v in (("--slo-p95", s.slo_p95_ms), ("--energy-budget", s.energy_budget_mj),
@@ -262,31 +222,31 @@ def _corrupted(batches, corruption: Corruption | None, first: int):
 
 
 def run_edge(s: EdgeSettings, *, progress=None, pacer: Pacer = NO_PACING) -> EdgeReport:
-    """Answer every input, each batch's answers written (flushed) to ``s.predictions`` / ``s.trace`` as
-    soon as it is made; with ``s.resume``, go on after the answers those files already hold. ``pacer``: an
+    """Answer every input, each batch's answers written (flushed) to ``s.outputs``' predictions / trace as
+    soon as it is made; with ``resume``, go on after the answers those files already hold. ``pacer``: an
     emulated edge's (:mod:`askexpert.runtime.pacing`); the real edge runs at its own speed."""
     system = edge_system(s, pacer)
-    model = system.model
-    source = open_input(s.inputs, input_spec=model.input, class_names=model.class_names, data=system.data,
-                        batch_size=s.batch_size, limit=s.limit)
-    restored = resume(s.predictions, s.trace, files=source.files, count=source.count) if s.resume else []
+    model, conn, ins, out = system.model, s.connection, s.inputs, s.outputs
+    source = open_input(ins.sources, input_spec=model.input, class_names=model.class_names, data=system.data,
+                        batch_size=ins.batch_size, limit=ins.limit)
+    restored = resume(out.predictions, out.trace, files=source.files, count=source.count) if out.resume else []
     if restored:
         log.info("resuming after %d answers already in %s", len(restored),
-                 " and ".join(str(p) for p in (s.predictions, s.trace) if p is not None))
-    urls = [s.server] if isinstance(s.server, str) else list(s.server or [])
-    clients = _clients(s, system, urls, pacer)
+                 " and ".join(str(p) for p in (out.predictions, out.trace) if p is not None))
+    urls = conn.urls
+    clients = _clients(conn, s.security, system, pacer)
     client = clients[0] if len(clients) == 1 else ServerSet(clients) if clients else None
-    control = controller_for(s, system)
+    control = controller_for(s.control, system)
     try:
         _check_servers(clients, system)
         runner = EdgeRunner(model, system.policy, client, system.experts,
                             controller=control[2] if control else None,
-                            link=s.link if isinstance(s.link, LinkSchedule) else None)
+                            link=conn.link if isinstance(conn.link, LinkSchedule) else None)
         task = progress.add_task(f"edge ({model.backend})", total=source.count, completed=len(restored),
                                  info=source.description) if progress else None
-        batches = _corrupted(skip(source.batches, len(restored)), s.corrupt, len(restored))
-        with AnswerLog(s.predictions, s.trace, class_names=list(model.class_names), files=source.files,
-                       append=bool(restored)) as answers, _link_signal(s.link):
+        batches = _corrupted(skip(source.batches, len(restored)), ins.corrupt, len(restored))
+        with AnswerLog(out.predictions, out.trace, class_names=list(model.class_names), files=source.files,
+                       append=bool(restored)) as answers, _link_signal(conn.link):
             traces = restored + list(runner.run(batches, start_index=len(restored), on_batch=answers.write,
                                                 progress=progress, task=task))
     finally:
@@ -295,27 +255,28 @@ def run_edge(s: EdgeSettings, *, progress=None, pacer: Pacer = NO_PACING) -> Edg
     report = None
     if control is not None:
         mode, target, controller = control
-        energy = ((lambda chunk: edge_mj_per_image(chunk, device(s.energy_profile), network(s.radio)))
+        energy = ((lambda chunk: edge_mj_per_image(chunk, device(s.control.energy_profile), network(s.control.radio)))
                   if mode == "energy-budget" else None)
         accuracy = mode == "target-accuracy"
         report = control_report(mode, target, controller.changes, traces[len(restored):], energy_mj=energy,
                                 window=ACCURACY_WINDOW if accuracy else WINDOW,
                                 kept_estimate=controller.kept_estimate if accuracy else None)
     return EdgeReport(summarize(traces), traces, runner.policy, model.backend, source.description,
-                      s.link.describe() if s.link else "loopback (none)", ", ".join(urls) or None, system.source,
-                      list(model.class_names), source.files, len(restored), report,
-                      s.corrupt.describe() if s.corrupt else None, str(s.encoding) if urls else None)
+                      conn.link.describe() if conn.link else "loopback (none)", ", ".join(urls) or None,
+                      system.source, list(model.class_names), source.files, len(restored), report,
+                      ins.corrupt.describe() if ins.corrupt else None, str(conn.encoding) if urls else None)
 
 
 def freeze_split(s: EdgeSettings, out: Path) -> EdgeSettings:
     """The same settings reading a ``.npz`` of the images a ``split:`` input would stream (the same
     stratified subset): what an emulated edge reads, as a deployed one would (no dataset, no torch)."""
-    if not (len(s.inputs) == 1 and s.inputs[0].startswith("split:")):
+    sources = s.inputs.sources
+    if not (len(sources) == 1 and sources[0].startswith("split:")):
         return s
     system = edge_system(s)
-    source = open_input(s.inputs, input_spec=system.model.input, class_names=system.model.class_names,
-                        data=system.data, batch_size=256, limit=s.limit)
+    source = open_input(sources, input_spec=system.model.input, class_names=system.model.class_names,
+                        data=system.data, batch_size=256, limit=s.inputs.limit)
     images, labels = zip(*source.batches, strict=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, images=np.concatenate(images), labels=np.concatenate(labels))
-    return replace(s, inputs=[str(out)], limit=None)
+    return s.with_(sources=[str(out)], limit=None)
