@@ -12,13 +12,11 @@ from askexpert.cli._common import add_edge_device_flags, add_rule_flags, log_con
 
 def _plan_bundle(bundle, args: argparse.Namespace):
     """Point a freshly built bundle at the most accurate operating point within --p95-latency or
-    --edge-energy on --edge-device over --link; the bundle is removed when no point fits (nothing half-made
-    stays at --out)."""
-    import shutil
-
+    --edge-energy on --edge-device over --link (:func:`askexpert.testbed.emulated_run.plan_new_bundle`: the
+    bundle is removed when no point fits, archived after with --archive), and say what was measured."""
     from askexpert.console import logs_on
     from askexpert.runtime.link import parse_link
-    from askexpert.testbed.measure import plan_bundle, validation_images
+    from askexpert.testbed.emulated_run import plan_new_bundle
 
     require_positive(("--p95-latency", args.p95_latency), ("--edge-energy", args.edge_energy),
                      ("--plan-images", args.plan_images))
@@ -26,16 +24,11 @@ def _plan_bundle(bundle, args: argparse.Namespace):
     console = log_console()
     console.log(f"measuring the cost model's parts on {args.edge_device} over "
                 f"{link.describe() if link else 'loopback'} with {args.server_load} competing clients ...")
-    try:
-        with logs_on(console):
-            bundle, choice, parts, placement = plan_bundle(
-                bundle, p95_ms=args.p95_latency, edge_mj=args.edge_energy, device=args.edge_device, link=link,
-                k=args.k, load=args.server_load, mode=args.edge_mode,
-                edge_profile=args.edge_profile, radio=args.radio, say=console.log,
-                images=validation_images(bundle, args.plan_images))
-    except BaseException:
-        shutil.rmtree(bundle.root, ignore_errors=True)
-        raise
+    with logs_on(console):
+        bundle, choice, parts, placement = plan_new_bundle(
+            bundle, images=args.plan_images, archive=args.archive, p95_ms=args.p95_latency, edge_mj=args.edge_energy,
+            device=args.edge_device, link=link, k=args.k, load=args.server_load, mode=args.edge_mode,
+            edge_profile=args.edge_profile, radio=args.radio, say=console.log)
     console.log(placement.describe())
     x = choice.prediction
     console.log(f"measured: the generalist {x.edge_ms:.2f} ms an image (median), an offload {x.offload_ms:.2f} ms "
@@ -46,7 +39,7 @@ def _plan_bundle(bundle, args: argparse.Namespace):
 
 def cmd_build_system(args: argparse.Namespace) -> int:
     from askexpert.routing import DEFAULT_K
-    from askexpert.system.build import archive_bundle, build_system
+    from askexpert.system.build import build_system
 
     budget = args.p95_latency is not None or args.edge_energy is not None
     bundle = build_system(args.generalist, args.experts, args.out, offload=args.offload, accuracy=args.accuracy,
@@ -57,8 +50,6 @@ def cmd_build_system(args: argparse.Namespace) -> int:
                           reroute_below=args.reroute_below, server=args.server)
     if budget:
         bundle = _plan_bundle(bundle, args)
-        if args.archive:
-            archive_bundle(bundle.root)
     m = bundle.manifest
     r = m.routing
     table = Table(title=f"system bundle {bundle.root} (schema {m.schema_version})")

@@ -40,19 +40,9 @@ def cmd_edge(args: argparse.Namespace) -> int:
         with logs_on(console), progress_bar(console, transient=True) as progress:
             report = run_edge(settings, progress=progress)
     else:
-        import tempfile
+        from askexpert.testbed.emulated_run import run_edge_emulated
 
-        from askexpert.runtime.session import freeze_split
-        from askexpert.testbed.placement import EmulatedEdge
-
-        with EmulatedEdge(args.device, mode=args.edge_mode) as edge, tempfile.TemporaryDirectory() as tmp:
-            log_console().log(edge.placement.describe())
-            settings = freeze_split(settings, Path(tmp) / "inputs.npz")  # the throttled edge reads no dataset
-            if settings.threads is None:  # one thread on the one edge core, not the host's count
-                settings = settings.with_(threads=edge.threads)
-            log_console().log(f"streaming {' '.join(settings.inputs.sources)} through the {edge.placement.label} ...")
-            report = edge.call(run_edge, s=settings)
-        placement = edge.placement
+        report, placement = run_edge_emulated(settings, args.device, args.edge_mode, say=log_console().log)
         table_console().print(f"[bold]edge[/bold]: {placement.describe()}")
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
