@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import json
 import os
 import pickle
+import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -52,7 +54,6 @@ def floor():
     """``floor(what, value, minimum)``: assert that a trained model clears a floor well above chance, and,
     where ``$ASKEXPERT_FLOOR_LOG`` names a file, append what was measured to it (one JSON line, with the
     training precision), which is how the margins in docs/testing.md were measured on both precision paths."""
-    import json
 
     import torch
 
@@ -179,30 +180,81 @@ def http_server():
         server.server_close()
 
 
-@pytest.fixture(scope="session")
-def tiny_system(tmp_path_factory, fmnist_dir):
-    """A real, quickly trained system on 2,000 Fashion-MNIST images (the one pipeline): a one-block
-    generalist, a one-block general model (3 epochs each), a 3-expert confusion partition, static and
-    progressive experts (one pass each; about 40 s on 2 cores in bf16), and the static experts' deployable
-    bundle. Shared by every test that needs trained models: the bench's, the training checks', the servers'."""
-    from askexpert.system.build import build_system
-    from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
+TINY_COMMON = ("data.train_subset=2000", "data.val_subset=600", "data.test_subset=600", "model.kwargs.depth=1",
+               "train.epochs=3", "train.lr=0.003")
 
-    out = tmp_path_factory.mktemp("system")
-    common = ("data.train_subset=2000", "data.val_subset=600", "data.test_subset=600", "model.kwargs.depth=1",
-              "train.epochs=3", "train.lr=0.003")
-    spec = PipelineSpec(None, None, (ExpertsStep("static", None, ("name=experts", "experts.strategy=static",
+
+def _tiny_spec():
+    from askexpert.system.pipeline import ExpertsStep, PipelineSpec
+
+    return PipelineSpec(None, None, (ExpertsStep("static", None, ("name=experts", "experts.strategy=static",
                                                                   "experts.passes=1")),
                                      ExpertsStep("progressive", None, ("name=experts-progressive",
                                                                        "experts.strategy=progressive",
                                                                        "experts.passes=1"))),
-                        common=common, generalist_overrides=("name=generalist", "model.name=vit-edge-28"),
+                        common=TINY_COMMON, generalist_overrides=("name=generalist", "model.name=vit-edge-28"),
                         general_overrides=("name=general", "model.name=vit-expert-28", "experts.strategy=general"))
-    trained = train_system(spec, out)
-    bundle = build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
+
+
+def _content_key(recipe: str) -> str:
+    """What the tiny system is made from: the recipe, every file of askexpert's source and configs, the
+    training precision and seed, torch's version. Any change of them makes another key (a rebuild)."""
+    import hashlib
+
+    import torch
+
+    from askexpert.config import SEED_ENV
+    from askexpert.training.engine import training_precision
+
+    h = hashlib.sha256(recipe.encode())
+    src = Path(__file__).resolve().parents[1] / "src" / "askexpert"
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    h.update(f"{training_precision(torch.device('cpu'), True)} {os.environ.get(SEED_ENV)} {torch.__version__}".encode())
+    return h.hexdigest()[:20]
+
+
+def _intact(root: Path) -> bool:
+    """Whether every file recorded when ``root`` was built is there with its sha256 (files added since, such as
+    a logits cache, do not matter)."""
+    from askexpert.contract.bundle import sha256_file
+
+    manifest = root / "tiny-system.json"
+    if not manifest.is_file():
+        return False
+    recorded = json.loads(manifest.read_text())["files"]
+    return all((root / f).is_file() and sha256_file(root / f) == digest for f, digest in recorded.items())
+
+
+@pytest.fixture(scope="session")
+def tiny_system(tmp_path_factory, fmnist_dir):
+    """A real, quickly trained system on 2,000 Fashion-MNIST images (the one pipeline): a one-block
+    generalist, a one-block general model (3 epochs each), a 3-expert confusion partition, static and
+    progressive experts (one pass each; about 40 s on 2 cores in bf16, 45 in float32), and the static
+    experts' deployable bundle. Shared by every test that needs trained models.
+
+    Built once a session and kept content-addressed (``ASKEXPERT_TEST_CACHE``, default
+    ``~/.cache/askexpert/test-systems``): the next session on this machine reuses it when its key (the recipe,
+    askexpert's source, precision, seed, torch) is the same and every file it was built with is intact, and
+    builds it again otherwise. A fresh machine (CI) always builds it."""
+    from askexpert.contract.bundle import sha256_file
+    from askexpert.system.build import build_system
+    from askexpert.system.pipeline import train_system
+
+    spec = _tiny_spec()
+    cache = Path(os.environ.get("ASKEXPERT_TEST_CACHE") or Path.home() / ".cache" / "askexpert" / "test-systems")
+    out = cache / _content_key(repr(spec) + " bundle offload=0.3 k=3")
+    if not _intact(out):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        trained = train_system(spec, out)
+        build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
+        files = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
+        (out / "tiny-system.json").write_text(json.dumps({"recipe": repr(spec), "files": files}, indent=1))
+    trained = train_system(spec, out)  # every step finished: read back, nothing trained
     return {"generalist": trained.generalist, "general": trained.general, "experts": trained.experts["static"],
             "progressive": trained.experts["progressive"],
-            "partition": trained.partition, "bundle": bundle.root, "root": out}
+            "partition": trained.partition, "bundle": out / "bundle"}
 
 
 @pytest.fixture(scope="session")
