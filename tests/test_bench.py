@@ -98,3 +98,19 @@ def test_an_interrupted_bench_resumes_where_it_stopped(bench):
     for name, row in result.cells.items():
         if name != "tau-0.4-k3":
             assert again.cells[name] == row
+
+
+def test_a_profile_trains_its_progressive_and_static_experts_from_packaged_configs():
+    """What run_bench trains when no models are given (the bench's own tests bench the session's tiny system):
+    every profile's pipeline names progressive and static experts, from configs that ship with askexpert, with
+    the profile's overrides on every step."""
+    from askexpert.bench.suite import PROFILES
+    from askexpert.config import PACKAGED_CONFIGS
+
+    shipped = {p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")}
+    for profile in (*PROFILES.values(), TINY):
+        spec = profile.pipeline()
+        assert [s.label for s in spec.experts] == ["progressive", "static"] and spec.common == profile.overrides
+        assert {spec.generalist, spec.general, *(s.config for s in spec.experts)} <= shipped, profile.name
+        static = spec.experts[1]
+        assert static.config == profile.static or "experts.strategy=static" in static.overrides
