@@ -50,9 +50,7 @@ CODECS = {c.name: c for c in (
     Codec("jpeg", "image/jpeg", "JPEG", lossy=True),
     Codec("webp", "image/webp", "WEBP", lossy=True, save=(("method", 4),), grey=False),
 )}
-PNG, JPEG, WEBP = (CODECS[n].content_type for n in ("png", "jpeg", "webp"))
-FORMATS = {c.content_type: c.pillow for c in CODECS.values() if c.pillow}  # content type -> Pillow's format
-BY_CONTENT_TYPE = {c.content_type: c for c in CODECS.values() if c.content_type}
+FORMATS = {c.content_type: c for c in CODECS.values() if c.pillow}  # a compressed form's content type -> its codec
 
 
 def spellings() -> str:
@@ -177,7 +175,7 @@ def decompress(body: bytes, content_type: str, shape: tuple[int, int, int, int])
     picture's header before it is decoded: a decompression bomb is refused without its pixels)."""
     Image = pillow()  # noqa: N806 (Pillow's module)
     n, c, h, w = shape
-    codec = BY_CONTENT_TYPE[content_type]
+    codec = FORMATS[content_type]
     fmt = codec.pillow
     try:
         with warnings.catch_warnings():
