@@ -148,17 +148,22 @@ _loaded: dict = {}  # models of this process (the edge's), loaded once
 def run_on_edge(kind: str, *, generalist_onnx: Path, local_models: list[LocalModelSpec] | None = None,
                 threads: int = 1, pacer: Pacer = NO_PACING, **kwargs) -> list[SampleTrace]:
     """:func:`run_system` from model files, where the edge runs (its models loaded once per process),
-    paced by ``pacer`` (an emulated edge's; :meth:`askexpert.testbed.placement.EmulatedEdge.call` passes it)."""
-    key = ("generalist", str(generalist_onnx), threads, repr(pacer))
+    paced by this call's ``pacer`` (an emulated edge's, which recalibration may change between calls;
+    :meth:`askexpert.testbed.placement.EmulatedEdge.call` passes it)."""
+    key = ("generalist", str(generalist_onnx), threads)
     if key not in _loaded:
-        _loaded[key] = OnnxGeneralist(generalist_onnx, threads=threads, pacer=pacer)
+        _loaded[key] = OnnxGeneralist(generalist_onnx, threads=threads)
+    generalist = _loaded[key]
+    generalist.pacer = pacer
     local = None
     if kind in WITH_LOCAL_MODELS:
-        lkey = ("local", tuple(local_models or ()), threads, repr(pacer))
+        lkey = ("local", tuple(local_models or ()), threads)
         if lkey not in _loaded:
-            _loaded[lkey] = LocalExperts(list(local_models or ()), threads=threads, pacer=pacer)
+            _loaded[lkey] = LocalExperts(list(local_models or ()), threads=threads)
         local = _loaded[lkey]
-    return run_system(kind, generalist=_loaded[key], local=local, pacer=pacer, **kwargs)
+        for model in local.models.values():
+            model.pacer = pacer
+    return run_system(kind, generalist=generalist, local=local, pacer=pacer, **kwargs)
 
 
 def measure(name: str, kind: str, traces: list[SampleTrace], costs: CostModel, **extra) -> SystemRow:

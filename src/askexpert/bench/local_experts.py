@@ -20,7 +20,6 @@ from askexpert.contract.protocol import ExpertInfo, image_results
 from askexpert.routing import softmax
 from askexpert.runtime.clients import ExpertReply
 from askexpert.runtime.onnx_model import OnnxGeneralist
-from askexpert.runtime.pacing import NO_PACING, Pacer
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,9 @@ def export_edge_models(bundle: System, out_dir: Path) -> list[LocalModelSpec]:
 class LocalExperts:
     """The experts on the edge's own CPU, answering like the server (an ``ExpertClient``)."""
 
-    def __init__(self, specs: list[LocalModelSpec], *, threads: int | None = 1, topk: int = 3,
-                 pacer: Pacer = NO_PACING) -> None:
+    def __init__(self, specs: list[LocalModelSpec], *, threads: int | None = 1, topk: int = 3) -> None:
         self.specs = {s.key: s for s in specs}
-        self.models = {s.key: OnnxGeneralist(s.onnx, threads=threads, pacer=pacer) for s in specs}
+        self.models = {s.key: OnnxGeneralist(s.onnx, threads=threads) for s in specs}  # paced by run_on_edge
         self.topk = topk
 
     def model(self, key: str) -> OnnxGeneralist:
