@@ -34,6 +34,15 @@ def provided(module: str, install: str = DEV_INSTALL):
         pytest.fail(f"{module} is not installed ({err}); the test install provides it: {install}", pytrace=False)
 
 
+def metric(server, line_start: str) -> float:
+    """The sum of the server's own Prometheus samples whose line starts with ``line_start`` (its /metrics;
+    ``server`` an ``httpx.Client`` on it, carrying any token, or its URL)."""
+    import httpx
+
+    text = (server.get("/metrics") if isinstance(server, httpx.Client) else httpx.get(f"{server}/metrics")).text
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line_start))
+
+
 # a token in the developer's environment would make every test server demand it: tests pass tokens explicitly
 os.environ.pop("ASKEXPERT_TOKEN", None)
 

@@ -20,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
+from conftest import metric
 
 from askexpert.contract.bundle import open_system
 from askexpert.runtime.clients import HttpExpertClient
@@ -309,10 +309,8 @@ def test_the_edge_sends_its_token_and_never_writes_it_down(tiny_system, token_se
 
 
 def _requests(url: str, expert: str) -> float:
-    """The server's own count of infer requests for ``expert`` (its /metrics)."""
-    text = httpx.get(f"{url}/metrics").text
-    return sum(float(x.split()[-1]) for x in text.splitlines()
-               if x.startswith(f'askexpert_requests_total{{expert="{expert}"}}'))
+    """The server's own count of infer requests for ``expert``."""
+    return metric(url, f'askexpert_requests_total{{expert="{expert}"}}')
 
 
 def test_a_server_set_learns_a_late_server_survives_a_dead_one_and_raises_a_4xx_at_once(tiny_system):

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import provided
+from conftest import metric, provided
 
 from askexpert.cli import main
 from askexpert.contract.bundle import open_system, sha256_file
@@ -161,9 +161,7 @@ def test_hostile_shapes_get_json_4xx_and_the_connection_lives_on(guarded):
 def _queued(client: httpx.Client, expert: str) -> float:
     """The server's ``askexpert_queue_depth`` for ``expert`` (set when a request is queued and when it is
     answered: non-zero while one is in flight)."""
-    text = client.get("/metrics").text
-    line = next(x for x in text.splitlines() if x.startswith(f'askexpert_queue_depth{{expert="{expert}"}}'))
-    return float(line.split()[-1])
+    return metric(client, f'askexpert_queue_depth{{expert="{expert}"}}')
 
 
 def test_an_oversized_request_runs_split_and_another_expert_is_not_held_up(guarded, tiny_system):
@@ -243,10 +241,6 @@ def test_tokens_401_403_and_a_client_that_sends_one(guarded):
     assert err.value.status == 403 and not bad.is_down  # a refusal is not an outage
 
 
-def _counter(client: httpx.Client, line_start: str) -> float:
-    return sum(float(x.split()[-1]) for x in client.get("/metrics").text.splitlines() if x.startswith(line_start))
-
-
 def test_a_client_that_goes_away_mid_body_is_not_an_error_in_the_log(guarded):
     """One client goes away while sending its body, another while its 1,024 images are computed. The log is
     read once the server has dealt with both (its own metrics say so), not after a guess of a sleep: the first
@@ -254,7 +248,7 @@ def test_a_client_that_goes_away_mid_body_is_not_an_error_in_the_log(guarded):
     gone = 'askexpert_errors_total{expert="0",reason="disconnect"}'
     answered = 'askexpert_images_total{expert="2"}'
     with httpx.Client(base_url=guarded["url"], headers=AUTH) as metrics:
-        gone0, answered0 = _counter(metrics, gone), _counter(metrics, answered)
+        gone0, answered0 = metric(metrics, gone), metric(metrics, answered)
         s = _half_request(guarded["port"])  # gone while sending its body
         time.sleep(0.2)
         s.close()
@@ -265,10 +259,10 @@ def test_a_client_that_goes_away_mid_body_is_not_an_error_in_the_log(guarded):
                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
         s.close()
         deadline = time.monotonic() + 60
-        while (_counter(metrics, gone) < gone0 + 1 or _counter(metrics, answered) < answered0 + 1024) \
+        while (metric(metrics, gone) < gone0 + 1 or metric(metrics, answered) < answered0 + 1024) \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _counter(metrics, gone) == gone0 + 1 and _counter(metrics, answered) == answered0 + 1024
+        assert metric(metrics, gone) == gone0 + 1 and metric(metrics, answered) == answered0 + 1024
     log = guarded["log"].read_text()
     assert "a client disconnected while sending a request to expert 0" in log
     assert "Traceback" not in log and "ERROR" not in log

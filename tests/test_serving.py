@@ -269,14 +269,21 @@ def test_client_fails_fast_on_a_dead_port_and_marks_the_server_down():
     client.close()
 
 
-def test_dynamic_batcher_groups_concurrent_requests_and_slices_answers():
-    calls = []
-
+def _echo_model(calls: list[int], poison: int | None = None, sleep_s: float = 0.0):
+    """A stand-in for a model: records each batch's size, takes ``sleep_s``, answers each image's first two
+    bytes as its probabilities, and raises on a batch holding an image whose first byte is ``poison``."""
     def model(images):
         calls.append(len(images))
-        time.sleep(0.05)
-        probs = torch.from_numpy(images[:, 0, 0, :2].astype(np.float32))
-        return ExpertOutput(probs, [7, -1])
+        time.sleep(sleep_s)
+        if poison is not None and (images[:, 0, 0, 0] == poison).any():
+            raise RuntimeError("the model failed on this batch")
+        return ExpertOutput(torch.from_numpy(images[:, 0, 0, :2].astype(np.float32)), [7, -1])
+    return model
+
+
+def test_dynamic_batcher_groups_concurrent_requests_and_slices_answers():
+    calls = []
+    model = _echo_model(calls, sleep_s=0.05)
 
     async def main():
         batcher = DynamicBatcher(model, executor=ThreadPoolExecutor(1), max_batch=64, max_wait_ms=0)
@@ -299,11 +306,7 @@ def test_dynamic_batcher_splits_an_oversized_request_and_serves_others_between_i
     """150 images at max_batch 64 run as 64 + 64 + 22; a request arriving meanwhile runs between the
     parts, in a batch of its own."""
     calls = []
-
-    def model(images):
-        calls.append(len(images))
-        time.sleep(0.05)
-        return ExpertOutput(torch.from_numpy(images[:, 0, 0, :2].astype(np.float32)), [7, -1])
+    model = _echo_model(calls, sleep_s=0.05)
 
     async def main():
         batcher = DynamicBatcher(model, executor=ThreadPoolExecutor(1), max_batch=64, max_wait_ms=0)
@@ -321,17 +324,6 @@ def test_dynamic_batcher_splits_an_oversized_request_and_serves_others_between_i
     assert torch.equal(big_out.probs[:, 0], torch.arange(150, dtype=torch.float32))  # parts back in order
     assert float(small_out.probs[0, 0]) == 200 and small_t.batch_size == 1
     assert big_t.batch_size == 64 and big_t.compute_ms > 3 * 45
-
-
-def _echo_model(calls: list[int], poison: int | None = None):
-    """A stand-in for a model: records each batch's size, answers each image's first two bytes as its
-    probabilities, and raises on a batch holding an image whose first byte is ``poison``."""
-    def model(images):
-        calls.append(len(images))
-        if poison is not None and (images[:, 0, 0, 0] == poison).any():
-            raise RuntimeError("the model failed on this batch")
-        return ExpertOutput(torch.from_numpy(images[:, 0, 0, :2].astype(np.float32)), [7, -1])
-    return model
 
 
 def test_a_positive_max_wait_holds_the_batch_open_for_requests_that_follow():
