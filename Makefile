@@ -18,7 +18,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q --durations=25 -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src lab tests benchmarks
 
 bench-generalist: setup
 	$(BIN)/python benchmarks/train_generalist.py

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from serving import _closed_loop_raw, overhead  # noqa: E402 (the same measurements as serving.py)
 
-from askexpert.bench.machine import describe, machine_info  # noqa: E402
-from askexpert.testbed.server import ServerProcess  # noqa: E402
+from askexpert_lab.bench.machine import describe, machine_info  # noqa: E402
+from askexpert_lab.testbed.server import ServerProcess  # noqa: E402
 
 
 def main() -> None:

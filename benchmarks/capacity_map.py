@@ -25,7 +25,7 @@ Per unit (width W: d32 = the edge generalist's size, d64, d128; the generalist i
 - experts of width W from W's start, at the system budget: ``static``, ``progressive`` (the reviewed
   progressive-third recipe), and ``static-overlap`` (static on the overlapping partition: more classes an
   expert, so more images at the same passes; its cost is recorded);
-- every routing variant of each expert set (:mod:`askexpert.bench.routing`: top-3, whole mass, re-routing to
+- every routing variant of each expert set (:mod:`askexpert_lab.bench.routing`: top-3, whole mass, re-routing to
   the next expert or the general model, the learned deferral rule, combinations), tau on validation for 30%
   offload, with coverage, expert calls an offload and bytes.
 
@@ -47,11 +47,11 @@ from pathlib import Path
 from experts_table import _model_record, git_commit
 from specialist_recipes import PER_EXPERT, SETTINGS, Setting, recipe_overrides
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.offline import evaluate_system, restricted_name
-from askexpert.bench.routing import routing_variants
-from askexpert.bench.stats import paired
+from askexpert.system.offline import evaluate_system, restricted_name
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.bench.routing import routing_variants
+from askexpert_lab.bench.stats import paired
 
 RESULTS = Path(__file__).parents[1] / "results" / "han100"
 EDGE = "vit-micro-edge-32g"
@@ -199,10 +199,10 @@ def run_units(args, command: str) -> None:
     out = args.output_dir or Path(f"runs/map-{setting.regime}")
     data_root = None
     if args.profile == "smoke":
-        from askexpert.data import han
+        from askexpert_lab.han import build as han_build
 
         data_root = out / "data"
-        han.build(data_root, spec=han.TINY, workers=2)
+        han_build.build(data_root, spec=han_build.TINY, workers=2)
     for width in args.widths:
         for seed in args.seeds:
             path = unit_path(args.results, width, seed)

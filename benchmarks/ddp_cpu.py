@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from askexpert.bench.machine import describe, machine_info
+from askexpert_lab.bench.machine import describe, machine_info
 
 
 def run(cmd: list[str], threads: int) -> None:

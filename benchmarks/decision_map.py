@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.bench.machine import machine_info
-from askexpert.bench.plan import ImageForm, bundle_graphs, mode_parts, paper_graphs, sample_images
 from askexpert.contract.bundle import open_system
 from askexpert.costs.modes import COLLABORATIVE, EDGE_ONLY, FULL_OFFLOAD, Goals, options, recommend
 from askexpert.errors import AskExpertError
 from askexpert.runtime.settings import Connection, Inputs
+from askexpert.system.plan import ImageForm, bundle_graphs, mode_parts, paper_graphs, sample_images
+from askexpert_lab.bench.machine import machine_info
 
 ROOT = Path(__file__).parents[1]
 TRACES = ROOT.parent / "shared" / "traces"
@@ -148,7 +148,6 @@ def markdown(summary: dict) -> str:
 
 def direct_check(bundle, graphs, edge_device: str, link: str, image: int, server: str, n: int) -> dict:
     """Run the cell's recommended option on the testbed and compare with the plan's prediction."""
-    from askexpert.bench.baselines import run_on_edge
     from askexpert.costs.energy import CostModel
     from askexpert.costs.profiles import CPU_SERVER, device, edge_speed, network, radio_for
     from askexpert.costs.server_device import server_device
@@ -157,8 +156,9 @@ def direct_check(bundle, graphs, edge_device: str, link: str, image: int, server
     from askexpert.runtime.edge import ExpertTarget, summarize
     from askexpert.runtime.link import parse_link
     from askexpert.runtime.session import EdgeSettings, freeze_split
-    from askexpert.testbed.placement import EmulatedEdge
-    from askexpert.testbed.server import ServerProcess, server_pacing
+    from askexpert_lab.bench.baselines import run_on_edge
+    from askexpert_lab.testbed.placement import EmulatedEdge
+    from askexpert_lab.testbed.server import ServerProcess, server_pacing
 
     c = cell(bundle, graphs, None, edge_device, link, image, server)
     o = c["chosen"]

@@ -7,7 +7,7 @@ on the same images, at offload shares 5-50%.
     python benchmarks/deferral.py --profile smoke --seeds 0     # the test suite's version
 
 Per seed, through the real code path: the demo's generalist, general model and progressive experts
-(``askexpert.demo.demo_pipeline``, the seed in ``train.seed`` and ``data.split_seed``), evaluated on the
+(``askexpert_lab.demo.demo_pipeline``, the seed in ``train.seed`` and ``data.split_seed``), evaluated on the
 whole validation split (6,000 images) and test set (10,000). Then, with the generalist's temperature
 fitted on validation and k = 3 (the edge's default):
 
@@ -36,8 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.stats import paired
 from askexpert.models import open_checkpoint
 from askexpert.models.runs import open_expert_run
 from askexpert.routing import ALL, RoutingPolicy, fit_temperature
@@ -51,6 +49,8 @@ from askexpert.system.calibrate import (
     routed_outcomes,
     scaled_confidence,
 )
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.bench.stats import paired
 
 RESULTS = Path(__file__).parents[1] / "results" / "deferral"
 SHARES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
@@ -105,8 +105,8 @@ def evaluate(generalist: Path, experts_run: Path, *, k: int = K, fallback: str =
 
 
 def run_seed(seed: int, profile: str, out: Path) -> dict:
-    from askexpert.demo import demo_pipeline
     from askexpert.system.pipeline import train_system
+    from askexpert_lab.demo import demo_pipeline
 
     started = time.perf_counter()
     spec = replace(demo_pipeline([f"train.seed={seed}", f"data.split_seed={seed}", *PROFILES[profile]]),

@@ -43,13 +43,13 @@ from statistics import NormalDist
 
 import numpy as np
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.stats import paired
 from askexpert.corruptions import parse_corruption
 from askexpert.routing.thresholds import ALL, tau_for_offload
 from askexpert.runtime.control import ACCURACY_WINDOW, AccuracyKeeper, Observation, OffloadTracker
 from askexpert.runtime.edge import EdgeRunner
 from askexpert.runtime.settings import Connection
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.bench.stats import paired
 
 RESULTS = Path(__file__).parents[1] / "results" / "deferral"
 DRIFT = "gaussian_noise:5@1000"

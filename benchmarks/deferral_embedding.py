@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from askexpert.bench.machine import machine_info
 from askexpert.data import load_dataset
 from askexpert.models import load_checkpoint, open_checkpoint
 from askexpert.models.runs import open_expert_run
@@ -29,6 +28,7 @@ from askexpert.routing.thresholds import tau_for_offload
 from askexpert.system.calibrate import load_experts, outputs_of, routed_outcomes, scaled_confidence
 from askexpert.training.evaluate import predict_logits
 from askexpert.training.logits import data_config_of
+from askexpert_lab.bench.machine import machine_info
 
 OUT = Path(__file__).parents[1] / "results" / "deferral" / "embedding.json"
 SHARES = (0.1, 0.3)

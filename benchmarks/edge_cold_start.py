@@ -79,13 +79,13 @@ def main() -> None:
     launcher = Launcher()  # before torch is imported
     from PIL import Image
 
-    from askexpert.bench.machine import describe, machine_info
     from askexpert.system.build import build_system
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.bench.machine import describe, machine_info
+    from askexpert_lab.testbed.server import ServerProcess
 
     if args.generalist is None or args.experts is None:
-        from askexpert.demo import demo_pipeline
         from askexpert.system.pipeline import train_system
+        from askexpert_lab.demo import demo_pipeline
 
         trained = train_system(demo_pipeline(), Path("runs/demo"))
         args.generalist, args.experts = trained.generalist, trained.experts["progressive"]

@@ -24,8 +24,8 @@ from askexpert.costs.profiles import device, edge_speed, network
 from askexpert.runtime.link import parse_link
 from askexpert.runtime.session import EdgeSettings, run_edge
 from askexpert.runtime.settings import Connection, Inputs
-from askexpert.testbed.placement import EmulatedEdge
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.placement import EmulatedEdge
+from askexpert_lab.testbed.server import ServerProcess
 
 
 def main() -> None:

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.console import stdout_console
 from askexpert.contract.codecs import Encoding
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.session import EdgeSettings, run_edge
 from askexpert.runtime.settings import Connection, Inputs
 from askexpert.system.build import build_system
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.testbed.server import ServerProcess
 
 RUNS = Path("runs/specialists-full")
 OUT = Path(__file__).parents[1] / "results" / "encodings"

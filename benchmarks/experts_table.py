@@ -33,9 +33,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.offline import evaluate_system
+from askexpert.system.offline import evaluate_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
+from askexpert_lab.bench.machine import describe, machine_info
 
 _SMALL = ["data.train_subset=400", "data.val_subset=200", "data.test_subset=200"]
 PROFILES = {

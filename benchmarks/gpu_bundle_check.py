@@ -57,7 +57,7 @@ def check(args: argparse.Namespace) -> None:
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget, summarize
     from askexpert.runtime.onnx_model import OnnxGeneralist
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     bundle = open_system(args.dir / "system")
     m = bundle.manifest

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.config import load_run_config
 from askexpert.console import stderr_console
 from askexpert.data import fashion_mnist
 from askexpert.training import train_generalist
+from askexpert_lab.bench.machine import describe, machine_info
 
 AUGMENTS = ("none", "crop", "crop-flip", "rrc-flip")
 

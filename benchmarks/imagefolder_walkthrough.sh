@@ -24,7 +24,7 @@ for split, folder, n in (("train", "photos", 140), ("test", "new-photos", 100)):
             tinted = (gray[..., None] * np.array([1.0, 0.8, 0.55])).astype(np.uint8)
             (Image.fromarray(gray) if j % 2 == 0 else Image.fromarray(tinted, "RGB")).save(d / f"{j:04d}.png")
 PY
-PORT=$(python -c "from askexpert.testbed.server import free_port; print(free_port())")
+PORT=$(python -c "from askexpert_lab.testbed.server import free_port; print(free_port())")
 {
 set -x
 askexpert datasets imagefolder:photos

@@ -24,10 +24,10 @@ import json
 import sys
 from pathlib import Path
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.config import load_run_config
 from askexpert.models.presets import PRESETS
 from askexpert.training import train_generalist
+from askexpert_lab.bench.machine import describe, machine_info
 
 _SCRATCH = {"class_token": False, "global_pool": "avg", "img_size": 28, "in_chans": 1}
 _EDGE = dict(_SCRATCH, embed_dim=128, depth=4, num_heads=4)

@@ -11,7 +11,7 @@ One server runs at a time, on the same cores.
 1. **Closed loop**: ``--clients`` threads, each sending one image at a time to expert 0 for ``--seconds``:
    p50 / p99 latency, images a second, and the server's CPU a request (user + system time of its whole process
    group over the run, divided by the requests answered).
-2. **Open loop** (MLPerf's server scenario, :mod:`askexpert.testbed.open_loop`): Poisson arrivals at 0.5x, 1x,
+2. **Open loop** (MLPerf's server scenario, :mod:`askexpert_lab.testbed.open_loop`): Poisson arrivals at 0.5x, 1x,
    1.5x and 2x the capacity the closed loop measured for that server, ``--open-seconds`` each: p50 / p99 from
    each request's scheduled arrival, the share shed (429 / 503), failures (timeouts, others), answers checked
    against single sends of the same images, and the server's RSS before and after.
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from server_under_load import demo_bundle
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.testbed.open_loop import Sender, open_loop, reference_answers
-from askexpert.testbed.server import ServerProcess, TritonProcess, triton_python
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.testbed.open_loop import Sender, open_loop, reference_answers
+from askexpert_lab.testbed.server import ServerProcess, TritonProcess, triton_python
 
 IMAGES = 256
 LOADS = (0.5, 1.0, 1.5, 2.0)

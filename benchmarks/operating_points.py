@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.console import stdout_console
 from askexpert.contract.bundle import open_system
 from askexpert.corruptions import parse_corruption
@@ -47,10 +46,11 @@ from askexpert.costs.profiles import device, network
 from askexpert.runtime.link import parse_link, parse_link_arg
 from askexpert.runtime.session import EdgeSettings, run_edge
 from askexpert.runtime.settings import Connection, Control, Inputs
-from askexpert.testbed.competing import CompetingLoad
-from askexpert.testbed.measure import plan_bundle
-from askexpert.testbed.placement import EmulatedEdge
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.testbed.competing import CompetingLoad
+from askexpert_lab.testbed.measure import plan_bundle
+from askexpert_lab.testbed.placement import EmulatedEdge
+from askexpert_lab.testbed.server import ServerProcess
 
 WINDOW = 100
 OUT = Path(__file__).parents[1] / "results" / "operating-points"

@@ -3,7 +3,7 @@
     python benchmarks/paper_scale_repeats.py [--repeats 3] [--images 60] [--edge-mode model]
                                              [--out results/paper-scale-repeats]
 
-Each repeat is a fresh run of the paper-scale bench (askexpert.bench.scale: DeiT-Tiny on the edge,
+Each repeat is a fresh run of the paper-scale bench (askexpert_lab.bench.scale: DeiT-Tiny on the edge,
 DeiT-Small experts, 224x224 photo crops, untrained weights) at the headline offload rate only (30%, raw
 images): edge only, the medium model on the edge, routed edge execution, full offload and collaborative,
 on both devices, priced on wifi, lte and 5g. Prints and writes each repeat's ratios (collaborative
@@ -19,8 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from askexpert.bench.scale import ScaleProfile, run_paper_scale
-from askexpert.bench.scale_report import ratios
+from askexpert_lab.bench.scale import ScaleProfile, run_paper_scale
+from askexpert_lab.bench.scale_report import ratios
 
 
 def main() -> None:

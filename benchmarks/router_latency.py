@@ -7,7 +7,7 @@ confidence; fitted here on random outcomes: its cost does not depend on its weig
     python benchmarks/router_latency.py --device rpi4   # also batch 1 on the emulated edge device
 
 Goal: < 50 microseconds a sample. With ``--device``, batch 1 is also timed as a mean over 20,000 calls
-in this process and on the emulated device (``askexpert.testbed.placement``: one core under the CPU
+in this process and on the emulated device (``askexpert_lab.testbed.placement``: one core under the CPU
 quota that makes the device's reference model run at its published speed). Prints a Markdown table and writes
 results/<date>-<host>-router-latency.json.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.router_cost import route_cost_us
 from askexpert.routing import OTHER, Router, RoutingPolicy, finalize, membership_matrix
 from askexpert.routing.deferral import fit_deferral
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.bench.router_cost import route_cost_us
 
 CASES = [  # (classes, experts, k)
     (10, 3, 3),
@@ -78,7 +78,7 @@ def main() -> None:
                                   (g.standard_normal((256, classes)) * 3).astype(np.float32)))
     device = None
     if args.device:
-        from askexpert.testbed.placement import EmulatedEdge
+        from askexpert_lab.testbed.placement import EmulatedEdge
 
         with EmulatedEdge(args.device) as edge:
             device = edge.placement.describe()

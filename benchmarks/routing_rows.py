@@ -13,7 +13,7 @@ general model's architecture from random weights at equal budget), with three ex
 - ``static-overlap``: static on an overlapping partition, each class held by up to two of the three experts
   (chosen from the generalist's validation confusions), its larger training cost recorded;
 
-then every routing variant of each set (:mod:`askexpert.bench.routing`: top-3, whole mass, re-routing on the
+then every routing variant of each set (:mod:`askexpert_lab.bench.routing`: top-3, whole mass, re-routing on the
 server to the next expert or the general model, the learned deferral rule, combinations) at 30% offload with
 tau on validation, against the general model as the one expert under its own best routing. The han100
 capacity map (``capacity_map.py``) runs the same variants; here the task is small enough that a seed is a
@@ -36,10 +36,10 @@ from capacity_map import table as map_table
 from experts_table import _model_record, git_commit
 from specialist_recipes import PER_EXPERT, SETTINGS, Setting, Starts, pipeline
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.offline import evaluate_system
-from askexpert.bench.routing import routing_variants
+from askexpert.system.offline import evaluate_system
 from askexpert.system.pipeline import ExpertsStep, train_system
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.bench.routing import routing_variants
 
 RESULTS = Path(__file__).parents[1] / "results" / "specialists"
 REGIME = "500fix"

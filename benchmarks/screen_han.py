@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.config import load_run_config
 from askexpert.models import open_checkpoint
 from askexpert.training.generalist import train_generalist
 from askexpert.training.logits import cached_logits
 from askexpert.training.partition import partition_from_confusion
+from askexpert_lab.bench.machine import describe, machine_info
 
 RESULTS = Path(__file__).parents[1] / "results" / "han100"
 MODELS = {  # run name -> (preset, peak lr)

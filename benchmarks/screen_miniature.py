@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from askexpert.bench.machine import describe, machine_info
+from askexpert_lab.bench.machine import describe, machine_info
 
 FULL = ["data.split_seed=0"]
 EDGE = "generalist-fmnist"
@@ -147,7 +147,7 @@ def pair_report(edge: Path, medium: Path, rate: float) -> dict:
 
 
 def experts_report(args) -> list[dict]:
-    from askexpert.bench.offline import evaluate_system
+    from askexpert.system.offline import evaluate_system
 
     out = Path(args.output_dir)
     runs = {label: out / f"experts-{i}" for i, label in enumerate(EXPERTS)

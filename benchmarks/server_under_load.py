@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.serving.pool import ExpertPool
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.testbed.server import ServerProcess
 
 BATCHES = (1, 1, 1, 1, 2, 4, 8, 32)  # drawn uniformly: half the requests are batch 1
 POOL_IMAGES = 2048
@@ -47,7 +47,7 @@ def demo_bundle() -> Path:
     """The demo's bundle (runs/demo/system), made by the demo first where it is missing."""
     path = Path("runs/demo/system")
     if not (path / "system.json").is_file():
-        from askexpert.demo import run_demo
+        from askexpert_lab.demo import run_demo
 
         run_demo(limit=10)
     return path

@@ -36,14 +36,14 @@ import httpx
 import numpy as np
 import torch
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.contract.protocol import InferResponse, encode_images
 from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.serving.pool import ExpertPool
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.testbed.server import ServerProcess
 
 
 def percentile(values, q):
@@ -113,7 +113,7 @@ def floor(source: Path, expert: str, images: np.ndarray, n: int, variant: str, w
     busy-loops ``wait_ms`` instead): time minus its compute (or wait)."""
     import subprocess
 
-    from askexpert.testbed.server import free_port
+    from askexpert_lab.testbed.server import free_port
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -310,7 +310,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path(__file__).parents[1] / "results")
     args = ap.parse_args()
     if args.experts is None or args.generalist is None:
-        from askexpert.demo import run_demo
+        from askexpert_lab.demo import run_demo
 
         demo = run_demo(limit=10)
         args.experts = args.experts or demo.models.experts["progressive"]

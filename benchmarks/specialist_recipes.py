@@ -34,7 +34,7 @@ from pathlib import Path
 
 from experts_table import _model_record
 
-from askexpert.bench.offline import evaluate_system, restricted_name
+from askexpert.system.offline import evaluate_system, restricted_name
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 
 PER_EXPERT = "per-expert budget"

@@ -53,10 +53,10 @@ from experts_table import _model_record, git_commit
 from specialist_recipes import SETTINGS, UNSCREENED, make_starts, run_seed_v2, screen_v2
 from specialist_recipes import SMOKE as V2_SMOKE
 
-from askexpert.bench.machine import describe, machine_info
-from askexpert.bench.offline import evaluate_system
-from askexpert.bench.stats import paired
+from askexpert.system.offline import evaluate_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
+from askexpert_lab.bench.machine import describe, machine_info
+from askexpert_lab.bench.stats import paired
 
 RESULTS = Path(__file__).parents[1] / "results" / "specialists"
 STATIC_CFG = "experts-static-fmnist-cpu"
@@ -533,10 +533,10 @@ def main_v2(args, command: str) -> None:
     out = args.output_dir or Path(f"runs/specialists-{setting.regime}")
     data_root = None
     if args.profile == "smoke" and setting.task == "han100":
-        from askexpert.data import han
+        from askexpert_lab.han import build as han_build
 
         data_root = out / "data"
-        han.build(data_root, spec=han.TINY, workers=2)
+        han_build.build(data_root, spec=han_build.TINY, workers=2)
     directory = args.results
     screen_file = directory / f"{setting.regime}-screen.json"
     starts = make_starts(setting, data_root, out if args.profile == "smoke" else None)

@@ -62,8 +62,8 @@ def run(precision: str, seed: int, tests: list[str], console: Console) -> tuple[
 
 
 def main() -> int:
-    from askexpert.bench.machine import machine_info
     from askexpert.training.engine import cpu_has_native_bf16
+    from askexpert_lab.bench.machine import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: only tabulate --merge logs")

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.config import load_run_config
 from askexpert.training import train_generalist
+from askexpert_lab.bench.machine import describe, machine_info
 
 
 def main() -> None:

@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from askexpert.bench.machine import describe, machine_info
 from askexpert.config import DataConfig, ModelConfig, TrainConfig
 from askexpert.data import load_dataset, to_model_input
 from askexpert.models import build_model, explicit_attention, resolve_spec
 from askexpert.training.engine import fit
 from askexpert.training.plans import SplitPlan
+from askexpert_lab.bench.machine import describe, machine_info
 
 
 def _model(preset: str):

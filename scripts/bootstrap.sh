@@ -12,10 +12,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[bootstrap] creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-  echo "[bootstrap] installing askexpert with everything (askexpert[all]: torch, torchvision, timm, ...) and the dev tools"
+if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] || [ lab/pyproject.toml -nt "$VENV/.installed" ]; then
+  echo "[bootstrap] installing askexpert with everything (askexpert[all]: torch, torchvision, timm, ...), the lab (lab/: askexpert-lab) and the dev tools"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev]' -e lab
   touch "$VENV/.installed"
 fi
 
@@ -57,7 +57,7 @@ fi
 # The han100 task (askexpert data build han100) renders Han characters from Debian's font packages and
 # reads the Unicode Han database (unicode-data); the package list is the font catalogue's own.
 # sysbench: the emulated edge's scalar-code benchmark (costs/profiles.yaml edge_speeds.*.scalar).
-HAN_PACKAGES="$("$VENV/bin/python" -c 'from askexpert.data.han_fonts import packages; print(" ".join(packages()))') unicode-data sysbench"
+HAN_PACKAGES="$("$VENV/bin/python" -c 'from askexpert_lab.han.fonts import packages; print(" ".join(packages()))') unicode-data sysbench"
 MISSING=""
 for p in $HAN_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || MISSING="$MISSING $p"

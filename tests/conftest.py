@@ -272,7 +272,7 @@ def tiny_system(tmp_path_factory, fmnist_dir):
 def bundle_server_process(tiny_system):
     """One real server (a child process on a loopback port) over the tiny system's bundle, shared by the
     tests that only send it requests: each start costs seconds (torch, the models, TorchScript)."""
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     server = ServerProcess(tiny_system["bundle"], threads=1)
     with server:
@@ -288,7 +288,7 @@ def bundle_server(bundle_server_process):
 @pytest.fixture(scope="session")
 def experts_server(tiny_system):
     """The same over the tiny system's expert run directory (no system id)."""
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     with ServerProcess(tiny_system["experts"], threads=1) as url:
         yield url

@@ -1,18 +1,20 @@
 """The architecture's rules, read from the code's own imports (every import, at the top of a module or
-inside a function): the layers of docs/design.md, the torch-free contract, run time apart from build
-time, and no import circle among askexpert's modules."""
+inside a function): the layers of docs/design.md, the product (askexpert) apart from the lab (askexpert_lab),
+the torch-free contract, run time apart from build time, and no import circle among the modules of either."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "askexpert"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "askexpert"  # the product: what `pip install askexpert` installs
+LAB = ROOT / "lab" / "src" / "askexpert_lab"  # the lab: what measures it (askexpert-lab)
 
 # docs/design.md, "Layers": a module imports from its own layer or the ones below, never from above
 LAYERS = [
     {"askexpert", "errors", "paths", "splits", "console", "devices"},
-    {"security", "imageio", "corruptions"},
+    {"security", "imageio", "corruptions", "extensions"},
     {"contract"},
     {"routing", "config", "costs"},
     {"data"},
@@ -20,9 +22,13 @@ LAYERS = [
     {"runtime", "serving"},  # run time sits below build time: nothing it imports can reach training
     {"training"},
     {"system"},
-    {"testbed"},
-    {"bench", "demo"},
     {"cli", "__main__"},
+    # the lab, above the whole product: it imports the product, never the reverse
+    {"lab", "lab.han", "lab.server_pacing"},
+    {"lab.testbed"},
+    {"lab.bench"},
+    {"lab.demo"},
+    {"lab.cli"},
 ]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 HEAVY = {"torch", "torchvision", "timm", "safetensors", "fastapi", "starlette", "uvicorn", "ray"}
@@ -30,8 +36,9 @@ HEAVY = {"torch", "torchvision", "timm", "safetensors", "fastapi", "starlette", 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for path in SRC.rglob("*.py"):
-        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    for path in [*SRC.rglob("*.py"), *LAB.rglob("*.py")]:
+        top = SRC if path.is_relative_to(SRC) else LAB
+        parts = list(path.relative_to(top.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
         mods[".".join(parts)] = path
@@ -54,12 +61,28 @@ def _imported(path: Path) -> set[str]:
 
 
 def _part(module: str) -> str:
-    """The package (or top-level module) of ``askexpert.<part>...``; ``askexpert`` itself for the package."""
+    """The package (or top-level module) of ``askexpert.<part>...``; ``askexpert`` itself for the package;
+    ``lab.<part>`` for ``askexpert_lab.<part>...`` and ``lab`` for the lab's package."""
     parts = module.split(".")
+    if parts[0] == "askexpert_lab":
+        return "lab" if len(parts) == 1 else f"lab.{parts[1]}"
     return parts[1] if len(parts) > 1 else parts[0]
 
 
+def _product(module: str) -> bool:
+    return module.split(".")[0] == "askexpert"
+
+
 GRAPH = {m: {t for t in _imported(p) if t in MODULES and t != m} for m, p in MODULES.items()}
+
+
+def test_the_product_never_imports_the_lab():
+    """No module of the product imports the lab, at its top or inside a function (what a lab flag needs it
+    finds through an entry point, askexpert.extensions); so `pip install askexpert` works without the lab."""
+    product = [m for m in MODULES if _product(m)]
+    assert len(product) > 100 and len(MODULES) - len(product) > 30  # both packages were found
+    bad = sorted(f"{m} -> {t}" for m in product for t in _imported(MODULES[m]) if t.split(".")[0] == "askexpert_lab")
+    assert not bad, bad
 
 
 def test_every_module_has_a_layer():
@@ -127,7 +150,7 @@ def reaches(module: str) -> set[str]:
     return seen
 
 
-BUILD_TIME = {"training", "system", "bench", "testbed", "demo", "cli"}
+BUILD_TIME = {"training", "system", "cli"} | {p for layer in LAYERS for p in layer if p.startswith("lab")}
 
 
 def test_run_time_never_reaches_build_time():
@@ -177,7 +200,8 @@ def test_run_time_keeps_no_module_state():
 
 def test_every_package_has_an_init():
     """Every folder of askexpert's code is a package, with a docstring that says what it holds."""
-    for folder in (p for p in SRC.rglob("*") if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))):
+    folders = [*SRC.rglob("*"), *LAB.rglob("*"), LAB]
+    for folder in (p for p in folders if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))):
         init = folder / "__init__.py"
         assert init.is_file(), f"{folder} has no __init__.py"
         assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
@@ -192,3 +216,5 @@ def test_the_rule_checks_see_a_violation(tmp_path):
     assert RANK[_part("askexpert.training.engine")] > RANK[_part("askexpert.contract.schema")]
     chain = reaches("askexpert.system.build")
     assert "askexpert.models.checkpoint" in chain and "askexpert.errors" in chain  # through calibrate and models
+    bad.write_text("def f():\n    from askexpert_lab.testbed.pacing import DevicePacer\n")
+    assert "askexpert_lab.testbed.pacing" in _imported(bad)  # what the product-never-imports-the-lab check reads

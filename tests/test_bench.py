@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from askexpert.bench.report import BASELINES, goals
-from askexpert.bench.results import BenchResult
-from askexpert.bench.suite import Profile, run_bench
+from askexpert_lab.bench.report import BASELINES, goals
+from askexpert_lab.bench.results import BenchResult
+from askexpert_lab.bench.suite import Profile, run_bench
 
 TINY = Profile("tiny", "demo-generalist", "demo-general", "demo-experts", None,
                ("data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
@@ -104,8 +104,8 @@ def test_a_profile_trains_its_progressive_and_static_experts_from_packaged_confi
     """What run_bench trains when no models are given (the bench's own tests bench the session's tiny system):
     every profile's pipeline names progressive and static experts, from configs that ship with askexpert, with
     the profile's overrides on every step."""
-    from askexpert.bench.suite import PROFILES
     from askexpert.config import PACKAGED_CONFIGS
+    from askexpert_lab.bench.suite import PROFILES
 
     shipped = {p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")}
     for profile in (*PROFILES.values(), TINY):

@@ -26,9 +26,10 @@ from askexpert.runtime.edge import EdgeRunner, ExpertTarget, Route, summarize
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.runtime.settings import Connection, Control, Inputs
 from askexpert.serving.pool import ExpertPool
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.server import ServerProcess
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "askexpert"
+LAB = Path(__file__).resolve().parents[1] / "lab" / "src" / "askexpert_lab"
 HEAVY = ("torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx")
 
 
@@ -126,23 +127,23 @@ def test_import_rules():
     routing and the contract import no torch (tests/test_architecture.py checks the layers)."""
     for package in ("serving", "runtime", "routing"):
         for f in (SRC / package).glob("*.py"):
-            bad = {n for n in _imports(f) if n.startswith(("askexpert.training", "askexpert.bench"))}
+            bad = {n for n in _imports(f) if n.startswith(("askexpert.training", "askexpert_lab.bench"))}
             assert not bad, f"{f.relative_to(SRC)} imports {bad}"
     for f in [*(SRC / "routing").glob("*.py"), *(SRC / "contract").glob("*.py"),
               SRC / "runtime" / "edge.py", SRC / "runtime" / "onnx_model.py", SRC / "runtime" / "session.py",
               SRC / "runtime" / "clients.py", SRC / "runtime" / "inputs.py",
               SRC / "costs" / "energy.py", SRC / "imageio.py", SRC / "splits.py", SRC / "paths.py",
-              SRC / "runtime" / "pacing.py", SRC / "bench" / "local_experts.py", SRC / "runtime" / "records.py",
+              SRC / "runtime" / "pacing.py", LAB / "bench" / "local_experts.py", SRC / "runtime" / "records.py",
               SRC / "security.py", SRC / "corruptions.py", SRC / "runtime" / "control.py",
               SRC / "runtime" / "link.py", SRC / "costs" / "plan.py",
-              *(f for f in (SRC / "testbed").glob("*.py") if f.name != "reference.py")]:  # exports it with torch once
+              *(LAB / "testbed").glob("*.py")]:  # costs.references exports a reference model with torch, once
         heavy = {n for n in _imports(f) if n.split(".")[0] in HEAVY}
-        assert not heavy, f"{f.relative_to(SRC)} imports {heavy}"
+        assert not heavy, f"{f} imports {heavy}"
     # and at run time: importing the edge's modules loads no heavy package
     code = ("import sys; import askexpert.cli, askexpert.runtime.session, askexpert.runtime.onnx_model, "
-            "askexpert.routing, askexpert.costs.energy, askexpert.testbed.placement, askexpert.testbed.worker, "
-            "askexpert.bench.local_experts, askexpert.runtime.control, askexpert.costs.plan, "
-            "askexpert.corruptions, askexpert.testbed.measure, askexpert.testbed.competing; "
+            "askexpert.routing, askexpert.costs.energy, askexpert_lab.testbed.placement, askexpert_lab.testbed.worker, "
+            "askexpert_lab.bench.local_experts, askexpert.runtime.control, askexpert.costs.plan, "
+            "askexpert.corruptions, askexpert_lab.testbed.measure, askexpert_lab.testbed.competing; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
             "or m.startswith('askexpert.training')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -139,10 +139,10 @@ def test_the_benchmark_scores_every_rule_on_the_same_images_and_pairs_the_seeds(
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import deferral as bench
 
-    from askexpert.bench.machine import machine_info
     from askexpert.models import open_checkpoint
     from askexpert.models.runs import open_expert_run
     from askexpert.system.calibrate import load_experts, outputs_of, routed_outcomes
+    from askexpert_lab.bench.machine import machine_info
 
     result = bench.evaluate(tiny_system["generalist"], tiny_system["experts"])
     assert result["test_images"] == 600 and result["val_images"] == 600

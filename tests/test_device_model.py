@@ -15,7 +15,7 @@ from askexpert.costs.profiles import SpeedProfile, edge_speed, edge_speed_names
 from askexpert.errors import ConfigError
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.runtime.pacing import NO_PACING
-from askexpert.testbed.pacing import DevicePacer, RatioPacer
+from askexpert_lab.testbed.pacing import DevicePacer, RatioPacer
 
 
 def _graph(path):
@@ -217,7 +217,7 @@ def test_an_emulated_edge_without_sysbench_says_how_to_get_it(monkeypatch):
     import shutil
 
     from askexpert.errors import AskExpertError
-    from askexpert.testbed.placement import sysbench_events_per_s
+    from askexpert_lab.testbed.placement import sysbench_events_per_s
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(AskExpertError, match="sysbench is not installed") as err:

@@ -16,7 +16,7 @@ from askexpert.errors import CheckpointError
 from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
-from askexpert.testbed.server import free_port
+from askexpert_lab.testbed.server import free_port
 
 
 def test_onnx_export_matches_torch_and_carries_class_names(tiny_system, tmp_path):
@@ -160,7 +160,7 @@ def test_edge_on_image_files(tiny_system, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
-    from askexpert.demo import run_demo
+    from askexpert_lab.demo import run_demo
 
     small = ["data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
              "model.kwargs.depth=1", "train.threads=2"]

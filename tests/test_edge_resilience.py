@@ -29,7 +29,7 @@ from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge import EdgeRunner, Route, summarize
 from askexpert.runtime.session import EdgeSettings, edge_system, run_edge
 from askexpert.runtime.settings import Connection, Inputs, Outputs
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -319,7 +319,7 @@ def test_a_server_set_learns_a_late_server_survives_a_dead_one_and_raises_a_4xx_
     A request the server refuses (4xx) is raised at once, not tried on the next holder. With both gone the
     expert fails alone, saying why."""
     from askexpert.runtime.clients import ExpertUnavailable, ServerSet
-    from askexpert.testbed.server import free_port
+    from askexpert_lab.testbed.server import free_port
 
     late_port = free_port("127.0.0.1")
     first = ServerProcess(tiny_system["bundle"], threads=1)

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from askexpert.config import DataConfig
-from askexpert.data import han, han_fonts, load_dataset
+from askexpert.data import han, load_dataset
 from askexpert.errors import DatasetError
+from askexpert_lab.han import build as han_build
+from askexpert_lab.han import fonts as han_fonts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,7 @@ needs_fonts = pytest.mark.usefixtures("fonts")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("han")
-    han.build(root, spec=han.TINY, workers=2)
+    han_build.build(root, spec=han_build.TINY, workers=2)
     return root
 
 
@@ -52,13 +54,13 @@ def _arrays(directory: Path) -> dict[str, np.ndarray]:
 
 @needs_fonts
 def test_the_build_is_deterministic_whatever_the_worker_count(tiny, tmp_path):
-    again = han.build(tmp_path, spec=han.TINY, workers=1)
+    again = han_build.build(tmp_path, spec=han_build.TINY, workers=1)
     first, second = _arrays(tiny / "han100"), _arrays(again)
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[k], second[k]) for k in first)
     a, b = (han.read_manifest(d) for d in (tiny / "han100", again))
     assert a["classes"] == b["classes"] and a["pool_classes"] == b["pool_classes"] and a["designs"] == b["designs"]
-    other = han.build(tmp_path / "seed1", seed=1, spec=han.TINY, workers=2)
+    other = han_build.build(tmp_path / "seed1", seed=1, spec=han_build.TINY, workers=2)
     assert not np.array_equal(_arrays(other)["task-train-images"], first["task-train-images"])
 
 

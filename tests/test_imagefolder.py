@@ -20,7 +20,7 @@ from askexpert.contract.schema import Partition
 from askexpert.data import fashion_mnist
 from askexpert.data.fashion_mnist import load_split
 from askexpert.runtime.settings import Connection
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.server import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
-from askexpert.testbed.open_loop import Sender, open_loop, reference_answers
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.open_loop import Sender, open_loop, reference_answers
+from askexpert_lab.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,7 +21,7 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.link import LinkSchedule, parse_link, parse_link_arg, parse_schedule
 from askexpert.runtime.session import EdgeSettings, _link_signal, run_edge
 from askexpert.runtime.settings import Connection, Control, Inputs
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)  # real servers
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from askexpert.bench.cost_bundle import COST_ONLY, CostSystem
-from askexpert.bench.scale import ScaleProfile, on_link, photo_crops, run_paper_scale
-from askexpert.bench.scale_report import ratios
 from askexpert.contract.bundle import open_system
 from askexpert.routing.thresholds import tau_for_offload
 from askexpert.runtime.edge import Route, SampleTrace
 from askexpert.runtime.link import PRESETS
+from askexpert.system.plan import photo_crops
+from askexpert_lab.bench.cost_bundle import COST_ONLY, CostSystem
+from askexpert_lab.bench.scale import ScaleProfile, on_link, run_paper_scale
+from askexpert_lab.bench.scale_report import ratios
 
 pytestmark = pytest.mark.timeout(600)
 SMALL = CostSystem(generalist="vit-edge-32", expert="vit-edge-32", classes=6, experts=2)

@@ -13,7 +13,7 @@ from conftest import provided
 
 from askexpert.contract.protocol import encode_images
 from askexpert.runtime.settings import Connection, Inputs, Security
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.server import ServerProcess
 
 TOKEN = "ray-test-token"
 

@@ -103,7 +103,7 @@ def test_a_rerouting_bundle_answers_live_as_offline(tiny_system, tmp_path, capsy
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget, summarize
     from askexpert.runtime.onnx_model import OnnxGeneralist
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     probe = tmp_path / "probe"
     assert main(["build-system", "--server", "experts",
@@ -163,7 +163,7 @@ def test_build_system_refuses_a_reroute_cap_below_one(tiny_system, tmp_path, cap
 def test_every_routing_variant_is_measured_and_re_routing_only_adds_coverage(tiny_system):
     """The routing study on the tiny system: every variant at the same offload share; re-routing asks the
     routed expert first and more after it, so its coverage is never under top-k's, and it costs calls."""
-    from askexpert.bench.routing import routing_variants
+    from askexpert_lab.bench.routing import routing_variants
 
     rows = {r.variant: r for r in routing_variants(tiny_system["generalist"], tiny_system["general"],
                                                    {"static": tiny_system["experts"]})}
@@ -236,7 +236,7 @@ def test_a_general_model_bundle_serves_it_as_the_one_expert(tiny_system, tmp_pat
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget
     from askexpert.runtime.onnx_model import OnnxGeneralist
     from askexpert.system.calibrate import general_as_expert, outputs_of
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     out = tmp_path / "general"
     assert main(["build-system", str(tiny_system["generalist"]), str(tiny_system["experts"]), "--out", str(out),

@@ -27,7 +27,7 @@ from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.serving.pool import ExpertPool
-from askexpert.testbed.server import ServerProcess
+from askexpert_lab.testbed.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "s3cret-token-for-tests"

@@ -9,7 +9,7 @@ import pytest
 from askexpert.costs.device_model import reference_features
 from askexpert.costs.server_device import server_device
 from askexpert.errors import ConfigError
-from askexpert.serving.device_pace import ServerPacer, read_known_images
+from askexpert_lab.server_pacing import ServerPacer, read_known_images
 
 
 class FakeClock:
@@ -89,7 +89,7 @@ def test_a_paced_server_answers_as_the_unpaced_one_at_the_devices_time(tiny_syst
     from askexpert.costs.device_model import graph_features
     from askexpert.models.onnx_export import export_onnx
     from askexpert.runtime.clients import HttpExpertClient
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     bundle = tiny_system["bundle"]
     rng = np.random.default_rng(1)

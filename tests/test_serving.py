@@ -24,7 +24,7 @@ from askexpert.runtime.settings import Connection, Inputs
 from askexpert.serving.batcher import DynamicBatcher
 from askexpert.serving.pool import ExpertOutput, ExpertPool
 from askexpert.system.calibrate import generalist_policy
-from askexpert.testbed.server import ServerProcess, free_port
+from askexpert_lab.testbed.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(300)  # every test here talks to a real server
 

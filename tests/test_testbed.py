@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from askexpert.costs.profiles import SpeedProfile, edge_speed, edge_speed_names
+from askexpert.costs.references import ensure_reference
 from askexpert.errors import ConfigError
-from askexpert.testbed.cgroups import find_controller
-from askexpert.testbed.pacing import DevicePacer
-from askexpert.testbed.placement import DeviceTooFast, EmulatedEdge
-from askexpert.testbed.reference import ReferenceWorkload, ensure_reference
+from askexpert_lab.testbed.cgroups import find_controller
+from askexpert_lab.testbed.pacing import DevicePacer
+from askexpert_lab.testbed.placement import DeviceTooFast, EmulatedEdge
+from askexpert_lab.testbed.reference import ReferenceWorkload
 
 pytestmark = [pytest.mark.timeout(600)]
 
@@ -32,7 +33,8 @@ def host_reference_ms() -> float:
     """The reference workload's time at full speed on one core of this host (no placement), measured
     afresh for each test: this VM's core speed drifts by up to 2x over minutes."""
     path = ensure_reference("resnet18")
-    code = ("import os,sys; os.sched_setaffinity(0,{0}); from askexpert.testbed.reference import ReferenceWorkload; "
+    code = ("import os,sys; os.sched_setaffinity(0,{0}); "
+            "from askexpert_lab.testbed.reference import ReferenceWorkload; "
             "print(ReferenceWorkload(sys.argv[1]).time_ms(runs=7))")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
@@ -124,7 +126,7 @@ def test_cgroups_are_gone_after_sigterm(tmp_path, host_reference_ms):
     script.write_text(
         "import json, sys, time\n"
         "from askexpert.costs.profiles import SpeedProfile\n"
-        "from askexpert.testbed.placement import EmulatedEdge\n"
+        "from askexpert_lab.testbed.placement import EmulatedEdge\n"
         f"d = SpeedProfile('t', 't', 'resnet18', reference_ms={3 * host_reference_ms}, threads=1, source='test')\n"
         "with EmulatedEdge(d, mode='kernel', calibration_runs=3) as e:\n"
         "    print(json.dumps({'cgroup': str(e.cgroup.path), 'worker': e.pid}), flush=True)\n"
@@ -143,7 +145,7 @@ def test_cgroups_are_gone_after_sigterm(tmp_path, host_reference_ms):
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: edge and server share it (said in the placement)")
 def test_edge_and_server_run_on_different_cores(tiny_system, host_reference_ms):
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     with EmulatedEdge(slower_device(host_reference_ms), mode="paced", calibration_runs=3) as edge:
         server = ServerProcess(tiny_system["bundle"], cpus=edge.server_cores)
@@ -161,7 +163,7 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
     """``askexpert edge BUNDLE --device rpi4``: the bundle's edge in its own process, paced by the device model,
     answering over real HTTP, with the placement in the summary."""
     from askexpert.contract.bundle import open_system
-    from askexpert.testbed.server import ServerProcess
+    from askexpert_lab.testbed.server import ServerProcess
 
     bundle = open_system(tiny_system["bundle"])
     rng = np.random.default_rng(0)
@@ -190,12 +192,12 @@ def test_the_edge_cli_on_an_emulated_device_reports_its_placement(tiny_system, t
 def test_local_experts_answer_as_the_server(tiny_system, tmp_path):
     """The edge-execution baselines run the bundle's experts in ONNX on the edge: same answers as the
     server's torch models (one expert and the general model here; the bench exports them all)."""
-    from askexpert.bench.local_experts import LocalExperts, LocalModelSpec
     from askexpert.contract.bundle import open_system
     from askexpert.contract.labels import GENERAL, OTHER
     from askexpert.models.onnx_export import export_onnx
     from askexpert.runtime.clients import InProcessExpertClient
     from askexpert.serving.pool import ExpertPool
+    from askexpert_lab.bench.local_experts import LocalExperts, LocalModelSpec
 
     bundle = open_system(tiny_system["bundle"])
     m = bundle.manifest

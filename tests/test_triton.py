@@ -24,7 +24,7 @@ from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
 from askexpert.runtime.session import EdgeSettings, run_edge
 from askexpert.runtime.settings import Connection, Inputs, Outputs
 from askexpert.system.export_triton import export_triton, parse_config
-from askexpert.testbed.server import TritonProcess, triton_python
+from askexpert_lab.testbed.server import TritonProcess, triton_python
 
 pytestmark = pytest.mark.timeout(600)
 

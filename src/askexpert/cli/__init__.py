@@ -8,27 +8,23 @@ import sys
 
 import askexpert
 from askexpert.cli import (
-    bench,
     build_system,
-    data,
     datasets,
-    demo,
     edge,
     evaluate,
     evaluate_system,
     export,
     export_onnx,
-    load,
     models,
     partition,
     plan,
     pretrain,
     serve,
-    testbed,
     train,
 )
 from askexpert.cli._common import exact_parser
 from askexpert.errors import AskExpertError
+from askexpert.extensions import LAB_INSTALL, lab_commands
 
 EPILOG = """\
 examples:
@@ -47,8 +43,10 @@ examples:
 Errors are one line naming the fix; the exit status is 2 for a user error.
 """
 
-COMMANDS = (demo, train, testbed, partition, evaluate_system, build_system, plan, serve, edge, export, export_onnx,
-            bench, evaluate, models, datasets, data, pretrain, load)
+# Help lists the commands in this order; a name is the product's module, or a command the lab adds (its entry
+# point in askexpert.extensions.COMMANDS), which without the lab says how to install it.
+COMMANDS = ("demo", train, "testbed", partition, evaluate_system, build_system, plan, serve, edge, export, export_onnx,
+            "bench", evaluate, models, datasets, "data", pretrain, "load")
 
 FULL_INSTALL = {"torch", "torchvision", "timm", "safetensors", "fastapi", "uvicorn", "matplotlib", "onnx",
                 "onnxscript", "prometheus_client"}  # what only training, serving and the bench need
@@ -62,9 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"askexpert {askexpert.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=exact_parser)
+    lab = lab_commands()
     for command in COMMANDS:
-        command.register(sub)
+        if not isinstance(command, str):
+            command.register(sub)
+        elif command in lab:
+            lab[command].register(sub)
+        else:
+            _lab_missing(sub, command)
     return parser
+
+
+def _lab_missing(sub, name: str) -> None:
+    """A lab command on an install without the lab: listed, and saying how to get it."""
+    p = sub.add_parser(name, help=f"(the lab's: {LAB_INSTALL})", add_help=False, prefix_chars="\x01")
+    p.add_argument("rest", nargs="*")  # whatever follows, options included: the command is not here to read it
+
+    def missing(args: argparse.Namespace) -> int:
+        raise AskExpertError(f"'askexpert {name}' is the lab's (askexpert-lab), which this install leaves out",
+                             fix=LAB_INSTALL)
+    p.set_defaults(func=missing)
 
 
 def main(argv: list[str] | None = None) -> int:

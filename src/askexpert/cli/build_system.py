@@ -8,16 +8,17 @@ from pathlib import Path
 from rich.table import Table
 
 from askexpert.cli._common import add_edge_device_flags, add_rule_flags, log_console, require_positive, table_console
+from askexpert.extensions import lab_hook
 
 
 def _plan_bundle(bundle, args: argparse.Namespace):
     """Point a freshly built bundle at the most accurate operating point within --p95-latency or
-    --edge-energy on --edge-device over --link (:func:`askexpert.testbed.emulated_run.plan_new_bundle`: the
+    --edge-energy on --edge-device over --link (the lab's ``plan_new_bundle``: the
     bundle is removed when no point fits, archived after with --archive), and say what was measured."""
     from askexpert.console import logs_on
     from askexpert.runtime.link import parse_link
-    from askexpert.testbed.emulated_run import plan_new_bundle
 
+    plan_new_bundle = lab_hook("plan_new_bundle", "--p95-latency / --edge-energy (measured on an emulated edge)")
     require_positive(("--p95-latency", args.p95_latency), ("--edge-energy", args.edge_energy),
                      ("--plan-images", args.plan_images))
     link = parse_link(args.link)

@@ -16,6 +16,7 @@ from askexpert.cli._common import (
     table_console,
 )
 from askexpert.errors import ConfigError
+from askexpert.extensions import lab_hook
 from askexpert.security import TOKEN_ENV, refuse_pin_without_bundle
 
 if TYPE_CHECKING:
@@ -40,8 +41,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         with logs_on(console), progress_bar(console, transient=True) as progress:
             report = run_edge(settings, progress=progress)
     else:
-        from askexpert.testbed.emulated_run import run_edge_emulated
-
+        run_edge_emulated = lab_hook("run_edge_emulated", f"--device {args.device} (an emulated edge)")
         report, placement = run_edge_emulated(settings, args.device, args.edge_mode, say=log_console().log)
         table_console().print(f"[bold]edge[/bold]: {placement.describe()}")
     if args.summary:

@@ -50,7 +50,7 @@ def _subset_table(report) -> Table:
 def cmd_evaluate_system(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from askexpert.bench.offline import GENERAL_AS_EXPERT, evaluate_system
+    from askexpert.system.offline import GENERAL_AS_EXPERT, evaluate_system
 
     runs = {}
     for item in args.experts:

@@ -17,8 +17,8 @@ def _cell(value: float | None, fmt: str) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from askexpert.bench.plan import ImageForm, plan, sample_images
     from askexpert.costs.modes import Goals
+    from askexpert.system.plan import ImageForm, plan, sample_images
 
     goals = Goals(min_accuracy=args.min_accuracy, p95_ms=args.p95_ms, energy_mj=args.energy_budget,
                   energy=args.energy, minimise=args.minimise)

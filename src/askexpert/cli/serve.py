@@ -11,6 +11,7 @@ from askexpert.cli._common import log_console, require_positive
 from askexpert.console import logs_on
 from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.errors import ConfigError
+from askexpert.extensions import lab_hook
 from askexpert.security import TOKEN_ENV, is_loopback
 
 
@@ -106,12 +107,12 @@ def _serve_on_triton(args: argparse.Namespace) -> int:
 
 def _pace(pool, args: argparse.Namespace):
     """``--server-device``: each batch lasting that device's time, known images answered ahead (or None)."""
-    from askexpert.serving.device_pace import pace_pool, read_known_images
-
     if args.known_images and args.server_device == "host":
         raise ConfigError("--known-images answers ahead for a paced server", fix="add --server-device h100 (or "
                           "jetson-agx-orin), or leave --known-images out")
+    read_known_images = lab_hook("read_known_images", "--known-images")
     known = read_known_images(args.known_images) if args.known_images else None
+    pace_pool = lab_hook("pace_pool", f"--server-device {args.server_device} (a paced server)")
     pacer = pace_pool(pool, args.server_device, known)
     if pacer is not None:
         log_console().log(f"each batch lasts {pacer.device.describe()}'s time for it"

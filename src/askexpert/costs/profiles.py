@@ -108,7 +108,7 @@ class SpeedProfile:
 
     name: str
     description: str
-    reference: str  # the reference model (askexpert.testbed.reference.REFERENCES)
+    reference: str  # the reference model (askexpert.costs.references.REFERENCES)
     reference_ms: float | None  # its published batch-1 latency on the device
     threads: int
     source: str | None

@@ -4,7 +4,7 @@ from the project's own measurements or a published table, each figure with its s
 Two kinds (``costs/profiles.yaml``, ``server_devices``):
 
 - **measured** (the H100): rows of a batch curve measured on the device, whole batches of named models
-  (:data:`askexpert.testbed.reference.REFERENCES`, whose graphs' op classes are kept in
+  (:data:`askexpert.costs.references.REFERENCES`, whose graphs' op classes are kept in
   ``reference_graphs.json``). A batch of ``n`` images of a graph with ``M`` million multiply-accumulates and
   ``L`` computing ops takes ``a L + n (b M + c L)`` ms (a launch floor a kernel, then each image's work), and
   costs ``p t + n (e M + f L)`` mJ (the static power over the batch's time, then each image's work); the six

@@ -1,7 +1,7 @@
 """How the edge's work is paced: an object handed to the model and the client it paces.
 
 The deployed edge runs at its own speed: :data:`NO_PACING` (the default everywhere) calls straight
-through. An emulated edge (the lab's :mod:`askexpert.testbed.pacing`: a device model's time for each
+through. An emulated edge (the lab's :mod:`askexpert_lab.testbed.pacing`: a device model's time for each
 model call, other work dilated by the device's scalar slowdown) passes its own :class:`Pacer` to
 :class:`~askexpert.runtime.onnx_model.OnnxGeneralist`, the expert clients and
 :func:`~askexpert.runtime.session.run_edge`. Nothing here is module state: two edges in one process can

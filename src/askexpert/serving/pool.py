@@ -188,7 +188,7 @@ class ExpertPool:
         general model). ``verify``: check every file of a bundle against its sha256 (off only where the
         bundle was just checked)."""
         self.device = resolve_device(device)
-        self.pacer = None  # a serving.device_pace.ServerPacer: each batch lasts a near-edge device's time
+        self.pacer = None  # the lab's ServerPacer (askexpert_lab.server_pacing): each batch lasts a device's time
         cuda = self.device.type == "cuda"
         self.half = cuda
         self.dtype = torch.float16 if self.half else torch.float32
@@ -259,7 +259,7 @@ class ExpertPool:
 
     def infer(self, key: str, images: np.ndarray | torch.Tensor) -> ExpertOutput:
         """Probabilities of expert ``key`` for a ``uint8 [N, C, H, W]`` batch (lasting the server device's time
-        for it where the pool is paced: :mod:`askexpert.serving.device_pace`)."""
+        for it where the pool is paced: :mod:`askexpert_lab.server_pacing`)."""
         if self.pacer is None:
             return self._infer(key, images)
         probs, seconds = self.pacer.run(key, np.asarray(images), lambda x: self._infer(key, x).probs.numpy())

@@ -1,1 +1,0 @@
-"""An emulated edge device next to a pinned server on one host (see :mod:`askexpert.testbed.placement`)."""
