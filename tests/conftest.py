@@ -46,6 +46,12 @@ def metric(server, line_start: str) -> float:
 # a token in the developer's environment would make every test server demand it: tests pass tokens explicitly
 os.environ.pop("ASKEXPERT_TOKEN", None)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs the suite in one worker a core (pytest-xdist): each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # worker's torch, and the servers it starts, on one thread, so
+    import torch  # two workers do not oversubscribe the cores
+
+    torch.set_num_threads(1)
+
 
 def pytest_report_header(config) -> str:
     """Which arithmetic the suite's training runs use: the suite must pass on both (README, 'Development')."""
@@ -247,6 +253,8 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     ``~/.cache/askexpert/test-systems``): the next session on this machine reuses it when its key (the recipe,
     askexpert's source, precision, seed, torch) is the same and every file it was built with is intact, and
     builds it again otherwise. A fresh machine (CI) always builds it."""
+    from filelock import FileLock
+
     from askexpert.contract.bundle import sha256_file
     from askexpert.system.build import build_system
     from askexpert.system.pipeline import train_system
@@ -254,15 +262,17 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     spec = _tiny_spec()
     cache = Path(os.environ.get("ASKEXPERT_TEST_CACHE") or Path.home() / ".cache" / "askexpert" / "test-systems")
     out = cache / _content_key(repr(spec) + " bundle offload=0.3 k=3")
-    if not _intact(out):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        trained = train_system(spec, out)
-        build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
-        files = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*"))
-                 if p.is_file() and "logits" not in p.relative_to(out).parts}  # logits: a cache keyed on its own
-        (out / "tiny-system.json").write_text(json.dumps({"recipe": repr(spec), "files": files}, indent=1))
-    trained = train_system(spec, out)  # every step finished: read back, nothing trained
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):  # the suite's workers (make test: two) build it once, the others wait
+        if not _intact(out):
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            trained = train_system(spec, out)
+            build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
+            files = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*"))
+                     if p.is_file() and "logits" not in p.relative_to(out).parts}  # logits: keyed on their own
+            (out / "tiny-system.json").write_text(json.dumps({"recipe": repr(spec), "files": files}, indent=1))
+        trained = train_system(spec, out)  # every step finished: read back, nothing trained
     return {"generalist": trained.generalist, "general": trained.general, "experts": trained.experts["static"],
             "progressive": trained.experts["progressive"],
             "partition": trained.partition, "bundle": out / "bundle"}

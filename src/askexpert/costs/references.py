@@ -8,6 +8,7 @@ ONNX Runtime alone and the device model reads its op classes (:func:`refresh_fea
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from askexpert.errors import AskExpertError
@@ -144,7 +145,7 @@ def ensure_reference(name: str) -> Path:
                              ) from err
     model, _ = _build(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one writer's own: two processes may export it at once
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # attention as plain ops: the fused kernel has no ONNX form
     try:

@@ -130,7 +130,7 @@ def restored_file(record: StartRecord, root: Path | None = None) -> Path:
                          "classes (its tensors' names or shapes differ)",
                          fix=f"name the model it was made for, or remake it: {remake}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # one writer's own: two processes may unpack it at once
     safetensors.torch.save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, out)
     return out

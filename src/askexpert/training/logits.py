@@ -7,6 +7,7 @@ sha256 of the weights and the dataset config, so a retrained model or another da
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import safetensors
@@ -66,5 +67,7 @@ def store_logits(checkpoint: StoredCheckpoint, split: str, data_cfg: DataConfig,
     """Cache logits computed elsewhere (by the training run, on the saved weights) for ``cached_logits``."""
     cache, key = _cache(checkpoint, split, data_cfg)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({"logits": logits.contiguous(), "labels": labels.contiguous()}, str(cache),
-                                metadata=key)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # written whole, then renamed: a process reading the
+    safetensors.torch.save_file({"logits": logits.contiguous(), "labels": labels.contiguous()}, str(tmp),
+                                metadata=key)  # cache meanwhile sees the old file or the new, never half of one
+    os.replace(tmp, cache)
