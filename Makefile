@@ -2,6 +2,8 @@
 # machine first (virtual environment, dependencies, offline dataset) via scripts/bootstrap.sh.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# make test runs the suite in this many workers (pytest-xdist; tests/conftest.py says how they share it)
+WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench-generalist clean
 
@@ -12,7 +14,7 @@ demo: setup
 	$(BIN)/askexpert demo
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n $(WORKERS) --dist loadgroup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q --durations=25 -m "not slow"

@@ -59,11 +59,11 @@ SETTINGS = {"probe": 0.05, "prior": 1000.0}  # the estimator's, chosen on the va
 
 def bundle_for(runs: Path, seed: int) -> Path:
     """The demo system of ``seed`` (trained by benchmarks/deferral.py) as a bundle at 30% offload."""
-    from askexpert.system.build import build_system
+    from askexpert.system.build import Operating, build_system
 
     root = runs / f"bundle-seed{seed}"
     if not (root / "system.json").is_file():
-        build_system(runs / f"generalist-seed{seed}", runs / f"experts-seed{seed}", root, offload=0.3)
+        build_system(runs / f"generalist-seed{seed}", runs / f"experts-seed{seed}", root, Operating(offload=0.3))
     return root
 
 

@@ -79,7 +79,7 @@ def main() -> None:
     launcher = Launcher()  # before torch is imported
     from PIL import Image
 
-    from askexpert.system.build import build_system
+    from askexpert.system.build import Operating, build_system
     from askexpert_lab.bench.machine import describe, machine_info
     from askexpert_lab.testbed.server import ServerProcess
 
@@ -103,7 +103,8 @@ def main() -> None:
             rows["bundle, slim edge install (no torch)"] = []
         learned = None
         if args.learned:
-            learned = build_system(args.generalist, args.experts, Path(tmp) / "learned", deferral="learned").root
+            learned = build_system(args.generalist, args.experts, Path(tmp) / "learned",
+                                   Operating(deferral="learned")).root
             rows["bundle, learned deferral (ONNX Runtime)"] = []
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(ServerProcess(bundle, threads=1))

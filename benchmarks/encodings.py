@@ -28,7 +28,7 @@ from askexpert.contract.codecs import Encoding
 from askexpert.runtime.link import PRESETS
 from askexpert.runtime.session import EdgeSettings, run_edge
 from askexpert.runtime.settings import Connection, Inputs
-from askexpert.system.build import build_system
+from askexpert.system.build import Operating, build_system
 from askexpert_lab.bench.machine import describe, machine_info
 from askexpert_lab.testbed.server import ServerProcess
 
@@ -42,7 +42,7 @@ def bundle_for(seed: int, work: Path) -> Path:
     root = work / f"bundle-seed{seed}"
     if not (root / "system.json").is_file():
         build_system(RUNS / f"generalist-fmnist-cpu-seed{seed}", RUNS / f"progressive-plain-seed{seed}", root,
-                     offload=0.3, k=3, overwrite=True)
+                     Operating(offload=0.3, k=3), overwrite=True)
     return root
 
 

@@ -57,6 +57,7 @@ def check(args: argparse.Namespace) -> None:
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget, summarize
     from askexpert.runtime.onnx_model import OnnxGeneralist
+    from askexpert.runtime.settings import Connection
     from askexpert_lab.testbed.server import ServerProcess
 
     bundle = open_system(args.dir / "system")
@@ -77,7 +78,7 @@ def check(args: argparse.Namespace) -> None:
             except MeterUnavailable as err:
                 meter, out["meter"] = None, str(err)
             t0 = time.perf_counter()
-            with HttpExpertClient(url, timeout_s=10) as client:
+            with HttpExpertClient(url, Connection(timeout_s=10)) as client:
                 runner = EdgeRunner(OnnxGeneralist(bundle.generalist_onnx, threads=1), policy, client, experts)
                 traces = list(runner.run((images[i:i + 1], labels[i:i + 1]) for i in range(len(images))))
             seconds = time.perf_counter() - t0

@@ -381,11 +381,11 @@ def main() -> None:
     if not args.summary:
         if args.generalist is None or args.experts is None:
             ap.error("--generalist and --experts name the runs to build the bundle from (or pass --summary)")
-        from askexpert.system.build import build_system
+        from askexpert.system.build import Operating, build_system
 
         bundle = args.work / "bundle"
         if not (bundle / "system.json").is_file():
-            build_system(args.generalist, args.experts, bundle, offload=0.3, overwrite=True)
+            build_system(args.generalist, args.experts, bundle, Operating(offload=0.3), overwrite=True)
         images = test_images(bundle, args.images, args.work / "test.npz")
         info = machine_info()
         (args.out / "machine.json").write_text(json.dumps({"machine": info, "command": " ".join(sys.argv)}, indent=1))

@@ -35,6 +35,7 @@ import numpy as np
 
 from askexpert.contract.protocol import MAX_IMAGES
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+from askexpert.runtime.settings import Connection, Security
 from askexpert.serving.pool import ExpertPool
 from askexpert_lab.bench.machine import describe, machine_info
 from askexpert_lab.testbed.server import ServerProcess
@@ -77,7 +78,7 @@ def client_loop(args) -> dict:
     rng = np.random.default_rng(seed)
     lat = {b: [] for b in set(BATCHES)}
     lost = mismatched = checked = 0
-    with HttpExpertClient(url, timeout_s=30, retries=0, down_for_s=0, token=token) as client:
+    with HttpExpertClient(url, Connection(timeout_s=30, retries=0), Security(token=token), down_for_s=0) as client:
         for i in range(n):
             expert = experts[i % 2]
             size = int(rng.choice(BATCHES))
@@ -101,7 +102,7 @@ def client_loop(args) -> dict:
 
 def small_requests(url: str, token: str, expert: str, images: np.ndarray, n: int) -> list[float]:
     out = []
-    with HttpExpertClient(url, timeout_s=60, retries=0, token=token) as client:
+    with HttpExpertClient(url, Connection(timeout_s=60, retries=0), Security(token=token)) as client:
         for i in range(n):
             t0 = time.perf_counter()
             client.infer(expert, images[i % len(images):i % len(images) + 1])
@@ -117,7 +118,7 @@ def beside_maximal(url: str, token: str, small_expert: str, big_expert: str, ima
     sent = [0]
 
     def flood() -> None:
-        with HttpExpertClient(url, timeout_s=300, retries=0, token=token) as client:
+        with HttpExpertClient(url, Connection(timeout_s=300, retries=0), Security(token=token)) as client:
             while not stop.is_set():
                 client.infer(big_expert, big)
                 sent[0] += 1
@@ -173,7 +174,7 @@ def main() -> None:
         with server as url:
             pid = server.proc.pid
             rss_cold = rss_mb(pid)
-            with HttpExpertClient(url, timeout_s=60, token=token) as warm:
+            with HttpExpertClient(url, Connection(timeout_s=60), Security(token=token)) as warm:
                 for size in range(1, 65):  # every batch size up to --max-batch (merged requests reach them all)
                     for expert in experts:
                         warm.infer(expert, images[:size])

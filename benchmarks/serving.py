@@ -41,6 +41,7 @@ from askexpert.models.onnx_export import export_onnx
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.edge_models import TorchGeneralist
 from askexpert.runtime.onnx_model import OnnxGeneralist
+from askexpert.runtime.settings import Connection
 from askexpert.serving.pool import ExpertPool
 from askexpert_lab.bench.machine import describe, machine_info
 from askexpert_lab.testbed.server import ServerProcess
@@ -53,7 +54,7 @@ def percentile(values, q):
 def overhead(url: str, images: np.ndarray, expert: str, n: int) -> dict:
     """Sequential batch-1 requests: client end-to-end time minus the server's compute time."""
     over, e2e, compute = [], [], []
-    with HttpExpertClient(url, timeout_s=10) as client:
+    with HttpExpertClient(url, Connection(timeout_s=10)) as client:
         for _ in range(50):
             client.infer(expert, images[:1])
         for i in range(n):

@@ -53,6 +53,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs the suite in one wor
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """How `make test`'s workers (pytest-xdist, ``--dist loadgroup``) share the suite: a test that uses a
+    module-scoped fixture (a trained run, a server) is grouped with its module, so the fixture is built once;
+    every other test goes where a worker is free. The slow tests come first, so the long ones start at once on
+    both workers and the short ones fill in at the end (a sequential run only changes its order)."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for fixture in (defs.name2fixturedefs.values() if defs else ()) for d in fixture}
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order within each part
+
+
 def pytest_report_header(config) -> str:
     """Which arithmetic the suite's training runs use: the suite must pass on both (README, 'Development')."""
     import torch
@@ -256,7 +269,7 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     from filelock import FileLock
 
     from askexpert.contract.bundle import sha256_file
-    from askexpert.system.build import build_system
+    from askexpert.system.build import Operating, build_system
     from askexpert.system.pipeline import train_system
 
     spec = _tiny_spec()
@@ -268,7 +281,7 @@ def tiny_system(tmp_path_factory, fmnist_dir):
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             trained = train_system(spec, out)
-            build_system(trained.generalist, trained.experts["static"], out / "bundle", offload=0.3, k=3)
+            build_system(trained.generalist, trained.experts["static"], out / "bundle", Operating(offload=0.3, k=3))
             files = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*"))
                      if p.is_file() and "logits" not in p.relative_to(out).parts}  # logits: keyed on their own
             (out / "tiny-system.json").write_text(json.dumps({"recipe": repr(spec), "files": files}, indent=1))

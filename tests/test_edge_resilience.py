@@ -166,9 +166,9 @@ def _images(tiny_system, n: int) -> tuple[np.ndarray, np.ndarray]:
     return test.images[:n].numpy(), test.labels[:n].numpy()
 
 
-def _runner(tiny_system, url: str, *, from_server: bool, **client_kw) -> EdgeRunner:
+def _runner(tiny_system, url: str, *, from_server: bool) -> EdgeRunner:
     system = edge_system(EdgeSettings(system=tiny_system["bundle"], connection=Connection(server=None)))
-    client = HttpExpertClient(url, down_for_s=0.0, **client_kw)
+    client = HttpExpertClient(url, down_for_s=0.0)
     return EdgeRunner(system.model, system.policy, client, None if from_server else system.experts)
 
 
@@ -199,7 +199,7 @@ def test_every_server_misbehaviour_degrades_instead_of_crashing(tiny_system, fak
 def test_one_deadline_bounds_an_offload_even_against_a_trickling_server(tiny_system, fake):
     fake.mode = "trickle"
     images, _ = _images(tiny_system, 1)
-    client = HttpExpertClient(fake.url, timeout_s=2.0, retries=3, deadline_s=1.0)
+    client = HttpExpertClient(fake.url, Connection(timeout_s=2.0, retries=3, deadline_s=1.0))
     t0 = time.perf_counter()
     with pytest.raises(Exception, match="deadline") as err:
         client.infer("0", images)
@@ -326,8 +326,8 @@ def test_a_server_set_learns_a_late_server_survives_a_dead_one_and_raises_a_4xx_
     late = ServerProcess(tiny_system["bundle"], threads=1, port=late_port)
     images = np.zeros((2, 1, 28, 28), np.uint8)
     with first as url:
-        servers = ServerSet([HttpExpertClient(url, retries=0, down_for_s=0),
-                             HttpExpertClient(late.url, retries=0, down_for_s=0)], relearn_s=0.0)
+        servers = ServerSet([HttpExpertClient(url, Connection(retries=0), down_for_s=0),
+                             HttpExpertClient(late.url, Connection(retries=0), down_for_s=0)], relearn_s=0.0)
         try:
             assert [e.id for e in servers.experts()][:3] == ["0", "1", "2"]
             assert [c.base_url for c in servers.where["0"]] == [url]  # the late one was not there to ask
@@ -434,7 +434,8 @@ def test_a_server_set_trusts_each_server_on_its_own(tiny_system, bundle_server):
     bad = FakeServer(tiny_system["bundle"])  # a maintenance page where the health should be: only a fake does that
     bad.health = "html"
     system_id = open_system(tiny_system["bundle"]).system_id
-    servers = ServerSet([HttpExpertClient(u, retries=0, system_id=system_id) for u in (bad.url, bundle_server)])
+    servers = ServerSet([HttpExpertClient(u, Connection(retries=0), system_id=system_id)
+                         for u in (bad.url, bundle_server)])
     before = _requests(bundle_server, "1")
     try:
         images = np.zeros((2, 1, 28, 28), np.uint8)
@@ -454,10 +455,10 @@ def test_the_client_retries_a_5xx_and_a_429_and_gives_up_past_its_retries(fake):
 
     images = np.zeros((2, 1, 28, 28), np.uint8)
     fake.fail_next = [(500, {}), (429, {})]
-    with HttpExpertClient(fake.url, retries=2, backoff_s=0.01, timeout_s=5) as client:
+    with HttpExpertClient(fake.url, Connection(retries=2, timeout_s=5), backoff_s=0.01) as client:
         assert len(client.infer("0", images).pred) == 2 and fake.infer_calls == 3 and not client.is_down
     fake.fail_next = [(503, {})]
-    with HttpExpertClient(fake.url, retries=0, down_for_s=30) as client:
+    with HttpExpertClient(fake.url, Connection(retries=0), down_for_s=30) as client:
         with pytest.raises(ExpertUnavailable, match="HTTP 503") as err:
             client.infer("0", images)
         assert err.value.status is None and client.is_down and fake.infer_calls == 4
@@ -471,12 +472,12 @@ def test_a_503s_retry_after_is_waited_within_the_deadline_and_kept_as_down_time_
 
     images = np.zeros((2, 1, 28, 28), np.uint8)
     fake.fail_next = [(503, {"Retry-After": "0.4"})]
-    with HttpExpertClient(fake.url, retries=1, timeout_s=5) as client:
+    with HttpExpertClient(fake.url, Connection(retries=1, timeout_s=5)) as client:
         t0 = time.monotonic()
         assert len(client.infer("0", images).pred) == 2
         assert time.monotonic() - t0 >= 0.4 and fake.infer_calls == 2
     fake.fail_next = [(503, {"Retry-After": "30"})]
-    with HttpExpertClient(fake.url, retries=3, timeout_s=1, down_for_s=0.1) as client:
+    with HttpExpertClient(fake.url, Connection(retries=3, timeout_s=1), down_for_s=0.1) as client:
         with pytest.raises(ExpertUnavailable, match="asked for 30 s .*Retry-After"):
             client.infer("0", images)
         assert fake.infer_calls == 3  # one attempt: no retry inside the 30 s it asked for

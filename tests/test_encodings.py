@@ -20,6 +20,7 @@ from askexpert.contract.codecs import CODECS, Encoding, spellings
 from askexpert.contract.protocol import ProtocolError, decode_images, encode_images
 from askexpert.data.fashion_mnist import read_idx
 from askexpert.runtime.clients import HttpExpertClient
+from askexpert.runtime.settings import Connection
 
 pytestmark = pytest.mark.timeout(300)
 FORMS = ("raw", "npy", "png", "jpeg:95", "jpeg:75", "webp:85")
@@ -151,7 +152,7 @@ def test_a_decompression_bomb_is_refused_with_a_4xx_and_costs_no_memory(bundle_s
 def test_lossless_answers_equal_raw_answers_from_a_real_server(tiny_system, bundle_server, test_images):
     replies = {}
     for form in ("raw", "npy", "png"):
-        with HttpExpertClient(bundle_server, encoding=Encoding.parse(form)) as client:
+        with HttpExpertClient(bundle_server, Connection(encoding=Encoding.parse(form))) as client:
             replies[form] = [client.infer(e, test_images[i:i + 1]) for e in ("0", "1") for i in range(8)]
     for form in ("npy", "png"):
         for a, b in zip(replies["raw"], replies[form], strict=True):

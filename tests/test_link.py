@@ -14,6 +14,7 @@ import pytest
 from askexpert.errors import ConfigError
 from askexpert.runtime.clients import HttpExpertClient
 from askexpert.runtime.link import PRESETS, LinkProfile, parse_link, parse_link_arg
+from askexpert.runtime.settings import Connection
 
 pytestmark = pytest.mark.timeout(300)  # real servers and network namespaces
 
@@ -36,7 +37,7 @@ def test_bad_links_are_clear_errors(text):
 def test_emulated_link_delays_real_requests(experts_server):
     images = np.zeros((64, 1, 28, 28), dtype=np.uint8)
     link = LinkProfile("slow", rtt_ms=30, bandwidth_mbit=10)
-    with HttpExpertClient(experts_server) as plain, HttpExpertClient(experts_server, link=link) as shaped:
+    with HttpExpertClient(experts_server) as plain, HttpExpertClient(experts_server, Connection(link=link)) as shaped:
         plain.infer("0", images)
         t0 = time.perf_counter()
         reply = shaped.infer("0", images)
@@ -50,7 +51,7 @@ def test_a_benchmark_stream_accounts_the_link_without_sleeping(experts_server):
     """With link_sleep off the delay is reported (and counted in the trace) but not waited out."""
     images = np.zeros((1, 1, 28, 28), dtype=np.uint8)
     link = LinkProfile("far", rtt_ms=3000, bandwidth_mbit=10)  # a 3 s round trip: sleeping would show
-    with HttpExpertClient(experts_server, link=link, link_sleep=False, timeout_s=10) as client:
+    with HttpExpertClient(experts_server, Connection(link=link, timeout_s=10), link_sleep=False) as client:
         client.infer("0", images)
         t0 = time.perf_counter()
         reply = client.infer("0", images)
@@ -126,7 +127,7 @@ def test_emulated_link_matches_a_tbf_shaped_link(tiny_system):
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
         url = f"http://{veth.ns_ip}:{port}"
         emulated = LinkProfile("tbf-20", rtt_ms=0, bandwidth_mbit=20)
-        with HttpExpertClient(url, timeout_s=30, retries=40, backoff_s=0.25) as client:
+        with HttpExpertClient(url, Connection(timeout_s=30, retries=40), backoff_s=0.25) as client:
             client.experts()  # waits (with retries) until the server is up
             rows = []
             for n in (256, 1024):  # 2,048 added ~30 s of compute and no new evidence
@@ -227,7 +228,7 @@ def test_the_client_sends_over_a_trace_link_as_computed(experts_server, tmp_path
     images = np.zeros((16, 1, 28, 28), dtype=np.uint8)
     with HttpExpertClient(experts_server) as plain:
         plain.infer("0", images)  # the model's first call, outside the timing
-    with HttpExpertClient(experts_server, link=link) as client:
+    with HttpExpertClient(experts_server, Connection(link=link)) as client:
         t0 = time.perf_counter()
         reply = client.infer("0", images)
         elapsed = time.perf_counter() - t0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+from askexpert.runtime.settings import Connection
 from askexpert_lab.testbed.open_loop import Sender, open_loop, reference_answers
 from askexpert_lab.testbed.server import ServerProcess
 
@@ -51,7 +52,7 @@ def test_the_edge_takes_a_shed_request_as_unavailable(tight_server):
     flooding.start()
     outcomes = []
     try:
-        with HttpExpertClient(tight_server, timeout_s=1.0, retries=0, down_for_s=0.0) as client:
+        with HttpExpertClient(tight_server, Connection(timeout_s=1.0, retries=0), down_for_s=0.0) as client:
             for _ in range(60):
                 try:
                     client.infer("0", images)

@@ -124,6 +124,33 @@ def test_confidence_scores_are_in_unit_range_and_ordered():
         assert c[0] == pytest.approx(1.0) and c[1] < c[2] < c[0] and (c >= -1e-6).all()
 
 
+def test_the_confidence_registry_is_what_every_side_reads():
+    """One registry (contract.confidence.RULES): system.json accepts its names and no other, --confidence offers
+    its scored rules, the policy scores with each and refuses a fitted rule without its parameters."""
+    from typing import get_args
+
+    from askexpert.cli import build_parser
+    from askexpert.contract.confidence import CONFIDENCE_RULES, RULES, rule
+    from askexpert.contract.schema import RoutingSpec
+
+    assert get_args(RoutingSpec.model_fields["confidence"].annotation) == tuple(RULES)
+    assert CONFIDENCE_RULES == ("max-prob", "margin", "entropy")
+    assert [n for n in RULES if RULES[n].fitted] == ["learned"]
+    edge = build_parser().parse_args(["edge", "system", "--confidence", "entropy"])
+    assert edge.confidence == "entropy"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edge", "system", "--confidence", "learned"])  # a fitted rule comes in its bundle
+    probs = np.array([[0.6, 0.3, 0.1]])
+    for name in CONFIDENCE_RULES:
+        assert confidence_scores(probs, name)[0] == pytest.approx(RULES[name].score(probs, probs[:, :2])[0])
+    with pytest.raises(ValueError, match="unknown confidence 'nope': use max-prob, margin, entropy"):
+        rule("nope")
+    with pytest.raises(ValueError, match="fitted rule"):
+        RoutingPolicy(tau=0.5, confidence="learned")
+    with pytest.raises(ValueError, match="needs its fitted rule"):
+        confidence_scores(probs, "learned")
+
+
 def test_tau_for_offload_hits_the_rate():
     conf = np.random.default_rng(0).random(1000).astype(np.float32)
     for rate in (0.0, 0.1, 0.3, 0.77, 1.0):

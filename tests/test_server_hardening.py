@@ -26,6 +26,7 @@ from askexpert.contract.protocol import ProtocolError, decode_images, encode_ima
 from askexpert.contract.schema import SYSTEM_FILE
 from askexpert.errors import CheckpointError, ConfigError
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+from askexpert.runtime.settings import Connection, Security
 from askexpert.serving.pool import ExpertPool
 from askexpert_lab.testbed.server import ServerProcess
 
@@ -173,7 +174,7 @@ def test_an_oversized_request_runs_split_and_another_expert_is_not_held_up(guard
     done = {}
 
     def big(i):
-        with HttpExpertClient(guarded["url"], timeout_s=120, token=TOKEN) as c:
+        with HttpExpertClient(guarded["url"], Connection(timeout_s=120), Security(token=TOKEN)) as c:
             reply = c.infer("0", images)
             done[i] = (reply, time.perf_counter())
 
@@ -184,7 +185,7 @@ def test_an_oversized_request_runs_split_and_another_expert_is_not_held_up(guard
         while _queued(metrics, "0") < 1024 and any(t.is_alive() for t in threads):
             time.sleep(0.002)
         seen = any(t.is_alive() for t in threads)
-    with HttpExpertClient(guarded["url"], timeout_s=60, token=TOKEN) as c:
+    with HttpExpertClient(guarded["url"], Connection(timeout_s=60), Security(token=TOKEN)) as c:
         small = c.infer("1", images[:1])
         small_t = time.perf_counter()
     for t in threads:
@@ -234,9 +235,10 @@ def test_tokens_401_403_and_a_client_that_sends_one(guarded):
     assert "--token-file" in missing.json()["detail"]
     assert httpx.get(f"{url}/docs").status_code == 401
     assert httpx.get(f"{url}/v1/experts", headers={"Authorization": "Bearer nope"}).status_code == 403
-    with HttpExpertClient(url, token=TOKEN) as ok:
+    with HttpExpertClient(url, security=Security(token=TOKEN)) as ok:
         assert [e.id for e in ok.experts()][:3] == ["0", "1", "2"]
-    with HttpExpertClient(url, token="wrong") as bad, pytest.raises(ExpertUnavailable, match="403") as err:
+    with HttpExpertClient(url, security=Security(token="wrong")) as bad, \
+            pytest.raises(ExpertUnavailable, match="403") as err:
         bad.infer("0", np.zeros((1, 1, 28, 28), np.uint8))
     assert err.value.status == 403 and not bad.is_down  # a refusal is not an outage
 
@@ -302,12 +304,13 @@ def test_tls_with_a_private_authority(tiny_system, tmp_path):
                                        "--ssl-keyfile", str(tmp_path / "key.pem")])
     with server as url:
         assert url.startswith("https://")
-        with HttpExpertClient(url, ca_file=tmp_path / "ca.pem") as c:
+        with HttpExpertClient(url, security=Security(ca_file=tmp_path / "ca.pem")) as c:
             assert len(c.infer("2", np.zeros((2, 1, 28, 28), np.uint8)).pred) == 2
-        with HttpExpertClient(url, retries=0) as untrusting, pytest.raises(ExpertUnavailable, match="CERTIFICATE"):
+        with HttpExpertClient(url, Connection(retries=0)) as untrusting, \
+                pytest.raises(ExpertUnavailable, match="CERTIFICATE"):
             untrusting.infer("2", np.zeros((1, 1, 28, 28), np.uint8))
         plain = url.replace("https://", "http://")
-        with HttpExpertClient(plain, retries=0) as c, pytest.raises(ExpertUnavailable):
+        with HttpExpertClient(plain, Connection(retries=0)) as c, pytest.raises(ExpertUnavailable):
             c.infer("2", np.zeros((1, 1, 28, 28), np.uint8))
 
 

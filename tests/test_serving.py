@@ -94,7 +94,7 @@ def test_eight_concurrent_clients_all_get_answers(server, tiny_system):
 
     def client_run(part):
         got = []
-        with HttpExpertClient(server, timeout_s=30) as client:
+        with HttpExpertClient(server, Connection(timeout_s=30)) as client:
             for expert, n in part:
                 reply = client.infer(expert, images[:n])
                 got.append((len(reply.pred), n, reply.batch_size))
@@ -228,7 +228,7 @@ def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_syst
     port = free_port()
     server = ServerProcess(tiny_system["experts"], port=port, threads=1)
     server.start()
-    client = HttpExpertClient(server.url, timeout_s=2.0, retries=1, down_for_s=0.3)
+    client = HttpExpertClient(server.url, Connection(timeout_s=2.0, retries=1), down_for_s=0.3)
     runner = EdgeRunner(gen, policy, client)
     batches, n, _, _ = open_input("split:test", input_spec=gen.input, class_names=gen.class_names,
                                data=gen.meta.dataset.config, batch_size=1, limit=300)
@@ -258,7 +258,7 @@ def test_server_stopped_mid_run_loses_no_sample_and_offloading_resumes(tiny_syst
 
 
 def test_client_fails_fast_on_a_dead_port_and_marks_the_server_down():
-    client = HttpExpertClient(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=2, backoff_s=0.01,
+    client = HttpExpertClient(f"http://127.0.0.1:{free_port()}", Connection(timeout_s=1.0, retries=2), backoff_s=0.01,
                               down_for_s=5.0)
     t0 = time.perf_counter()
     with pytest.raises(ExpertUnavailable, match="unreachable after 3 attempts"):
@@ -390,7 +390,7 @@ def test_server_survives_a_request_flood_during_shutdown(tiny_system, tmp_path):
     def hammer():
         failed_after_stop = False
         deadline = time.monotonic() + 60
-        with HttpExpertClient(url, timeout_s=2, retries=0, down_for_s=0) as c:
+        with HttpExpertClient(url, Connection(timeout_s=2, retries=0), down_for_s=0) as c:
             while not failed_after_stop and time.monotonic() < deadline:
                 try:
                     reply = c.infer("1", images)

@@ -37,7 +37,7 @@ from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS, Link
 from askexpert.runtime.session import EdgeReport, EdgeSettings, freeze_split, run_edge
 from askexpert.runtime.settings import Connection, Inputs
-from askexpert.system.build import build_system
+from askexpert.system.build import Operating, build_system
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, TrainedSystem, train_system
 from askexpert_lab.bench.baselines import SystemRow, measure, run_on_edge
 from askexpert_lab.testbed.placement import EmulatedEdge, Mode, Placement
@@ -132,8 +132,8 @@ def run_demo(*, output_dir: Path = Path("runs"), fresh: bool = False, limit: int
     console.rule("1/5 models: generalist, general model, progressive experts (reused when already trained)")
     models = train_system(demo_pipeline(overrides), base, console=console)
     console.rule("2/5 bundle: calibrate on validation, export the generalist to ONNX; askexpert plan for each link")
-    built = build_system(models.generalist, models.experts["progressive"], base / "system", offload=0.3, k=3,
-                         overwrite=True)
+    built = build_system(models.generalist, models.experts["progressive"], base / "system",
+                         Operating(offload=0.3, k=3), overwrite=True)
     bundle, report_dir = built.root, base / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     console.log(f"bundle written to {bundle}")

@@ -106,7 +106,8 @@ def add_rule_flags(p: argparse.ArgumentParser, default_from: str | None = None) 
     ``default_from`` the flags default to None (the caller's own value wins, e.g. a bundle's)."""
     from typing import get_args
 
-    from askexpert.contract.labels import CONFIDENCE_RULES, Fallback
+    from askexpert.contract.confidence import CONFIDENCE_RULES
+    from askexpert.contract.labels import Fallback
 
     for flag, choices, what in (("--confidence", CONFIDENCE_RULES, "confidence score (a bundle built with "
                                  "--deferral learned scores with its learned rule unless this is given)"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from askexpert.cli._common import add_edge_device_flags, add_rule_flags, log_console, require_positive, table_console
+from askexpert.contract.confidence import FITTED_RULE
 from askexpert.extensions import lab_hook
 
 
@@ -40,15 +41,17 @@ def _plan_bundle(bundle, args: argparse.Namespace):
 
 def cmd_build_system(args: argparse.Namespace) -> int:
     from askexpert.routing import DEFAULT_K
-    from askexpert.system.build import build_system
+    from askexpert.system.build import Operating, ServerChoice, build_system
 
     budget = args.p95_latency is not None or args.edge_energy is not None
-    bundle = build_system(args.generalist, args.experts, args.out, offload=args.offload, accuracy=args.accuracy,
-                          tau=args.tau, k=args.k or DEFAULT_K, confidence=args.confidence, fallback=args.fallback,
-                          include_general=not args.no_general, archive=args.archive and not budget, name=args.name,
-                          device=args.device, overwrite=args.overwrite, curve_ks=args.curve_k,
-                          deferral=args.deferral, reroute=args.reroute, reroute_tries=args.reroute_tries,
-                          reroute_below=args.reroute_below, server=args.server)
+    operating = Operating(offload=args.offload, accuracy=args.accuracy, tau=args.tau, k=args.k or DEFAULT_K,
+                          confidence=args.confidence, fallback=args.fallback, deferral=args.deferral,
+                          curve_ks=tuple(args.curve_k) if args.curve_k else None)
+    server = ServerChoice(server=args.server, include_general=not args.no_general, reroute=args.reroute,
+                          reroute_tries=args.reroute_tries, reroute_below=args.reroute_below)
+    bundle = build_system(args.generalist, args.experts, args.out, operating, server,
+                          archive=args.archive and not budget, name=args.name, device=args.device,
+                          overwrite=args.overwrite)
     if budget:
         bundle = _plan_bundle(bundle, args)
     m = bundle.manifest
@@ -139,7 +142,7 @@ def register(sub) -> None:
                    "raspberry-pi-4)")
     p.add_argument("--radio", help="the radio's energy profile (default: wifi for wifi, cellular for lte and 5g)")
     add_rule_flags(p)
-    p.add_argument("--deferral", choices=("confidence", "learned"), default="confidence",
+    p.add_argument("--deferral", choices=("confidence", FITTED_RULE), default="confidence",
                    help="which images to offload: those whose --confidence is under tau (the paper's rule, the "
                    "default), or 'learned': a rule fitted on validation to offload the images the routed expert "
                    "gets right and the generalist wrong (tau applies to its score; the bundle carries it)")

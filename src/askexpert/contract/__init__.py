@@ -4,6 +4,7 @@ Torch-free (pydantic and NumPy only), and below every other package but :mod:`as
 :mod:`askexpert.security`: the edge device, the expert server and the training code read the same
 definitions, and nothing here knows how a model is trained or served.
 
+* :mod:`.confidence`: the confidence rules (one registry: ``RULES``).
 * :mod:`.labels`: the ids every side agrees on (``OTHER``: an expert's "not one of my classes";
   ``GENERAL``: the general model served as an expert).
 * :mod:`.schema`: ``system.json`` (:class:`~.schema.SystemManifest`), the partition, a model's input spec.

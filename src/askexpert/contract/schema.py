@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from askexpert.contract.labels import Confidence, Fallback
+from askexpert.contract.confidence import Confidence, rule
+from askexpert.contract.labels import Fallback
 from askexpert.contract.reroute import Reroute
 from askexpert.errors import ConfigError
 
@@ -203,8 +204,9 @@ class RoutingSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RoutingSpec:
-        if (self.confidence == "learned") != (self.deferral is not None):
-            raise ValueError("confidence 'learned' needs its fitted rule (routing.deferral), and only it carries one")
+        if rule(self.confidence).fitted != (self.deferral is not None):
+            raise ValueError(f"confidence {self.confidence!r}: a fitted rule needs its parameters (routing.deferral), "
+                             "and only a fitted rule carries them")
         if self.deferral is not None and self.deferral.k != self.k:
             raise ValueError(f"the learned rule was fitted at k {self.deferral.k}, the routing says k {self.k}")
         return self

@@ -19,24 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from askexpert.contract.labels import OTHER, Confidence, Fallback
+from askexpert.contract.confidence import Confidence, rule
+from askexpert.contract.labels import OTHER, Fallback
 from askexpert.contract.reroute import Reroute
 from askexpert.routing.deferral import DeferralModel, base_features, deferral_features
 
 
 def _confidence(p: np.ndarray, top_p: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "max-prob":
-        return top_p[:, 0]
-    if kind == "margin":
-        second = top_p[:, 1] if top_p.shape[1] > 1 else np.sort(p, 1)[:, -2]
-        return top_p[:, 0] - second
-    if kind == "entropy":
-        ent = -(p * np.log(np.maximum(p, 1e-12))).sum(1)
-        return 1.0 - ent / np.log(p.shape[1])
-    if kind == "learned":
-        raise ValueError("the learned deferral score needs its fitted rule and the experts: route with a "
+    r = rule(kind)  # contract.confidence.RULES
+    if r.fitted:
+        raise ValueError(f"the {kind} deferral score needs its fitted rule and the experts: route with a "
                          "RoutingPolicy that carries the rule (deferral=...)")
-    raise ValueError(f"unknown confidence {kind!r}: use max-prob, margin or entropy")
+    return r.score(p, top_p)
 
 
 def confidence_scores(probs, kind: Confidence = "max-prob") -> np.ndarray:
@@ -64,12 +58,13 @@ class RoutingPolicy:
     temperature: float = 1.0
     confidence: Confidence = "max-prob"
     fallback: Fallback = "other"
-    deferral: DeferralModel | None = None  # the fitted rule behind confidence "learned" (routing.deferral)
+    deferral: DeferralModel | None = None  # a fitted confidence rule's parameters (routing.deferral)
     reroute: Reroute | None = None  # re-routing on the server (contract.reroute): the decision carries a ranking
 
     def __post_init__(self) -> None:
-        if (self.confidence == "learned") != (self.deferral is not None):
-            raise ValueError("confidence 'learned' and a fitted deferral rule go together: pass both or neither")
+        if rule(self.confidence).fitted != (self.deferral is not None):
+            raise ValueError(f"confidence {self.confidence!r} and a fitted deferral rule: a fitted rule's confidence "
+                             "and its parameters go together, pass both or neither")
 
     @classmethod
     def from_spec(cls, spec, *, tau: float | None = None, k: int | None = None, temperature: float | None = None,
@@ -79,7 +74,7 @@ class RoutingPolicy:
         mass it was fitted at, so it refuses another k."""
         confidence = confidence or spec.confidence
         deferral = None
-        if confidence == "learned":
+        if rule(confidence).fitted:
             if spec.deferral is None:
                 raise ValueError("this bundle carries no learned deferral rule: build it with --deferral learned")
             deferral = DeferralModel.from_dict(spec.deferral.model_dump())

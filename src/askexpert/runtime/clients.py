@@ -22,18 +22,17 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpcore
 import httpx
 import numpy as np
 from pydantic import TypeAdapter
 
-from askexpert.contract.codecs import Encoding, pillow
-from askexpert.contract.protocol import RAW, ExpertInfo, HealthResponse, InferResponse, TryResult, encode_images
+from askexpert.contract.codecs import pillow
+from askexpert.contract.protocol import ExpertInfo, HealthResponse, InferResponse, TryResult, encode_images
 from askexpert.contract.reroute import settle
-from askexpert.runtime.link import Link, LinkSchedule
 from askexpert.runtime.pacing import NO_PACING, Pacer
+from askexpert.runtime.settings import Connection, Security
 from askexpert.security import tls_context
 
 
@@ -156,41 +155,41 @@ def retry_after_s(resp: httpx.Response) -> float | None:
 
 
 class HttpExpertClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 2.0, retries: int = 1, backoff_s: float = 0.05,
-                 down_for_s: float = 1.0, link: Link | LinkSchedule | None = None, topk: int = 3,
-                 link_sleep: bool = True, deadline_s: float | None = None, token: str | None = None,
-                 ca_file: Path | None = None, system_id: str | None = None, encoding: Encoding = RAW,
-                 pacer: Pacer = NO_PACING) -> None:
-        """``timeout_s`` bounds each network wait of an attempt; ``deadline_s`` (default
-        ``(retries + 1) * timeout_s``) bounds a whole offload, its retries included. ``token``: the
-        server's bearer token. ``ca_file``: the authority that signed an https server's certificate.
-        ``system_id``: the bundle's; images go only to a server whose health names it (module docstring).
-        ``link`` adds an emulated link's delay to every offload: slept (``link_sleep``, the default:
-        the edge really waits, as on that link) or only accounted in ``link_ms`` (a benchmark's
-        sequential stream, where waiting would change nothing but the wall time). ``encoding``: how the
-        images travel (raw bytes, .npy, PNG, JPEG or WebP at a quality); its bytes set the link's time.
-        ``pacer``: an emulated edge's pace for the encoding and the exchange (:mod:`askexpert.runtime.pacing`)."""
-        self.encoding, self.pacer = encoding, pacer
-        if encoding.content_type is not None:
+    def __init__(self, base_url: str, connection: Connection = Connection(), security: Security = Security(), *,
+                 system_id: str | None = None, topk: int = 3, link_sleep: bool = True, backoff_s: float = 0.05,
+                 down_for_s: float = 1.0, pacer: Pacer = NO_PACING) -> None:
+        """``connection`` (the edge's settings group; its server and protocol are the caller's): ``timeout_s``
+        bounds each network wait of an attempt; ``deadline_s`` (default ``(retries + 1) * timeout_s``) bounds a
+        whole offload, its retries included; ``link`` adds an emulated link's delay to every offload: slept
+        (``link_sleep``, the default: the edge really waits, as on that link) or only accounted in ``link_ms``
+        (a benchmark's sequential stream, where waiting would change nothing but the wall time); ``encoding``:
+        how the images travel (raw bytes, .npy, PNG, JPEG or WebP at a quality); its bytes set the link's time.
+        ``security``: the server's bearer ``token``, and ``ca_file``, the authority that signed an https
+        server's certificate. ``system_id``: the bundle's; images go only to a server whose health names it
+        (module docstring). ``pacer``: an emulated edge's pace for the encoding and the exchange
+        (:mod:`askexpert.runtime.pacing`)."""
+        c = connection
+        self.encoding, self.pacer = c.encoding, pacer
+        if c.encoding.content_type is not None:
             pillow()  # the codec's import now, not inside the first offload's timing
         self.base_url = base_url.rstrip("/")
-        self.retries, self.backoff_s, self.down_for_s = retries, backoff_s, down_for_s
-        self.deadline_s = deadline_s if deadline_s is not None else (retries + 1) * timeout_s
-        self.link, self.topk, self.link_sleep = link, topk, link_sleep
+        self.retries, self.backoff_s, self.down_for_s = c.retries, backoff_s, down_for_s
+        self.deadline_s = c.deadline_s if c.deadline_s is not None else (c.retries + 1) * c.timeout_s
+        self.link, self.topk, self.link_sleep = c.link, topk, link_sleep
         self._down_until, self._down_why = 0.0, ""
         self.system_id = system_id
         self._trusted = system_id is None  # a bundle's client trusts a server once its health names the system
         self._backend = _DeadlineBackend()
         limits = httpx.Limits(max_keepalive_connections=4, keepalive_expiry=60)
-        context = tls_context(ca_file)
+        context = tls_context(security.ca_file)
         transport = httpx.HTTPTransport(verify=context, limits=limits)
         # the same pool httpx builds, on the deadline-bounded backend (httpx does not take a backend itself)
         transport._pool = httpcore.ConnectionPool(ssl_context=context, max_connections=limits.max_connections,
                                                   max_keepalive_connections=limits.max_keepalive_connections,
                                                   keepalive_expiry=limits.keepalive_expiry,
                                                   network_backend=self._backend)
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s), transport=transport,
+        headers = {"Authorization": f"Bearer {security.token}"} if security.token else None
+        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(c.timeout_s), transport=transport,
                                  headers=headers)
         self._urls: dict = {}  # parsed once per expert (and ranking): URL parsing is a real cost per request
 

@@ -88,17 +88,32 @@ class Controller(Protocol):
     def observe(self, o: Observation) -> None: ...
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """How a :class:`BudgetController` watches and moves: the windows it judges on, how cautious a move is."""
+
+    window: int = WINDOW  # the images a p95 window holds (the SLO's breach chance is over these)
+    edge_window: int = 200  # the last generalist times kept
+    offload_window: int = 10  # the last offloads' times kept (weighted by recency)
+    recency: float = 0.75  # each older offload's weight, relative to the next
+    breach: float = 0.01  # the window-breach chance an SLO tolerates
+    hysteresis: float = 0.5  # how far under the budget a climb back must stay (a share of the margin)
+    max_step: float = 15.0  # the most offload (points of %) one move changes
+    cooldown_down: int = 3  # images after a move before the next move down
+    cooldown_up: int = 25  # ... before a move up
+    cooldown_s: float = 0.0  # seconds after a move before the next
+    every: int = 10  # images between two looks when nothing new arrived
+    min_offload: float = 1.0  # the lowest point kept still offloads this much (%): costs stay seen
+
+
 class BudgetController:
     """Moves tau along ``points`` (one k's curve, by rising offload) to keep a p95 latency SLO
     (``slo_p95_ms``) or an edge energy budget (``energy_mj``, with the device's ``edge`` and ``radio``
-    profiles)."""
+    profiles), as ``tuning`` says."""
 
     def __init__(self, points: list[CurvePoint], start_tau: float, *, slo_p95_ms: float | None = None,
                  energy_mj: float | None = None, edge: DeviceProfile | None = None,
-                 radio: NetworkProfile | None = None, window: int = WINDOW, edge_window: int = 200,
-                 offload_window: int = 10, recency: float = 0.75, breach: float = 0.01, hysteresis: float = 0.5,
-                 max_step: float = 15.0, cooldown_down: int = 3, cooldown_up: int = 25, cooldown_s: float = 0.0,
-                 every: int = 10, min_offload: float = 1.0,
+                 radio: NetworkProfile | None = None, tuning: Tuning = Tuning(),
                  clock: Clock = time.monotonic) -> None:
         if (slo_p95_ms is None) == (energy_mj is None):
             raise ConfigError("a budget controller keeps one budget", fix="pass one of --slo-p95 or --energy-budget")
@@ -112,15 +127,16 @@ class BudgetController:
             raise ConfigError("the bundle has no operating curve to move along (a schema-1 bundle)",
                               fix="build the bundle again with this askexpert (build-system writes the curve)")
         # the lowest point still offloads a little: the controller keeps seeing what an offload costs
-        usable = [p for p in points if p.offload_rate >= min_offload] or points[-1:]
+        t = tuning
+        usable = [p for p in points if p.offload_rate >= t.min_offload] or points[-1:]
         self.points = usable
         self.slo, self.energy, self.edge, self.radio = slo_p95_ms, energy_mj, edge, radio
-        self.window, self.breach, self.hysteresis, self.max_step = window, breach, hysteresis, max_step
-        self.cooldown_down, self.cooldown_up, self.cooldown_s = cooldown_down, cooldown_up, cooldown_s
-        self.every, self.clock, self.recency = every, clock, recency
-        self.edge_ms: deque[float] = deque(maxlen=edge_window)
-        self.offload_ms: deque[float] = deque(maxlen=offload_window)
-        self.moved: deque[float] = deque(maxlen=offload_window)
+        self.window, self.breach, self.hysteresis, self.max_step = t.window, t.breach, t.hysteresis, t.max_step
+        self.cooldown_down, self.cooldown_up, self.cooldown_s = t.cooldown_down, t.cooldown_up, t.cooldown_s
+        self.every, self.clock, self.recency = t.every, clock, t.recency
+        self.edge_ms: deque[float] = deque(maxlen=t.edge_window)
+        self.offload_ms: deque[float] = deque(maxlen=t.offload_window)
+        self.moved: deque[float] = deque(maxlen=t.offload_window)
         self.index = int(np.argmin([abs(p.tau - start_tau) for p in usable]))
         self.t0 = clock()
         self.images = 0

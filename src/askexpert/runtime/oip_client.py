@@ -27,6 +27,7 @@ from askexpert.contract.bundle import System
 from askexpert.contract.labels import OTHER
 from askexpert.contract.protocol import ExpertInfo, HealthResponse, image_results
 from askexpert.runtime.clients import ExpertReply, ExpertUnavailable, HttpExpertClient
+from askexpert.runtime.settings import Connection, Security
 
 
 def _json_object(raw: bytes) -> dict:
@@ -47,8 +48,9 @@ def bundle_experts(system: System) -> list[ExpertInfo]:
 class OipExpertClient(HttpExpertClient):
     """The experts of a bundle on an OIP server (module docstring); the ``/v1`` client's keywords apply."""
 
-    def __init__(self, base_url: str, experts: list[ExpertInfo], *, trust_unpinned: bool = False, **kw) -> None:
-        super().__init__(base_url, **kw)
+    def __init__(self, base_url: str, experts: list[ExpertInfo], connection: Connection = Connection(),
+                 security: Security = Security(), *, trust_unpinned: bool = False, **kw) -> None:
+        super().__init__(base_url, connection, security, **kw)
         self.infos = {e.id: e for e in experts}
         self.output_ids = {e.id: [*e.classes, *([OTHER] if e.has_other else [])] for e in experts}
         self.trust_unpinned = trust_unpinned

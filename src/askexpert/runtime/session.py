@@ -123,10 +123,9 @@ def _clients(conn: Connection, security: Security, system: EdgeSystem, pacer: Pa
     """One client a server: askexpert's ``/v1``, or (``protocol`` v2, a bundle's edge) the Open Inference
     Protocol's, which reads what the experts are from the bundle."""
     urls = conn.urls
-    kw = dict(timeout_s=conn.timeout_s, retries=conn.retries, link=conn.link, deadline_s=conn.deadline_s,
-              token=security.token, ca_file=security.ca_file, system_id=system.system_id, pacer=pacer)
+    kw = dict(system_id=system.system_id, pacer=pacer)
     if conn.protocol == "v1":
-        return [HttpExpertClient(url, encoding=conn.encoding, **kw) for url in urls]
+        return [HttpExpertClient(url, conn, security, **kw) for url in urls]
     if conn.protocol != "v2":
         raise ConfigError(f"unknown server protocol {conn.protocol!r}", fix="--server-protocol v1 or v2")
     if urls and system.bundle is None:
@@ -140,7 +139,7 @@ def _clients(conn: Connection, security: Security, system: EdgeSystem, pacer: Pa
         raise ConfigError(f"--encode {conn.encoding}: the Open Inference Protocol sends raw UINT8 tensors",
                           fix="leave --encode out with --server-protocol v2")
     infos = bundle_experts(system.bundle) if system.bundle is not None else []
-    return [OipExpertClient(url, infos, trust_unpinned=security.trust_unpinned, **kw) for url in urls]
+    return [OipExpertClient(url, infos, conn, security, trust_unpinned=security.trust_unpinned, **kw) for url in urls]
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import shutil
 import tarfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import askexpert
 from askexpert.contract.bundle import System, sha256_file
+from askexpert.contract.confidence import FITTED_RULE
+from askexpert.contract.confidence import rule as confidence_rule
 from askexpert.contract.reroute import Reroute
 from askexpert.contract.schema import (
     SCHEMA_VERSION,
@@ -87,13 +89,40 @@ def _runs(generalist: Path, experts_run: Path) -> tuple[StoredCheckpoint, Expert
     return gen, run
 
 
-def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: float | None = None,
-                 accuracy: float | None = None, tau: float | None = None, k: int = 3,
-                 confidence: str = "max-prob", fallback: str = "other", include_general: bool = True,
-                 archive: bool = False, name: str | None = None, device: str = "auto",
-                 overwrite: bool = False, curve_ks: list[int] | None = None, deferral: str = "confidence",
-                 reroute: str = "none", reroute_tries: int = 2, reroute_below: float | None = None,
-                 server: str = "experts") -> System:
+DEFERRALS = ("confidence", FITTED_RULE)  # scored by the confidence rule, or by a rule fitted on validation
+
+
+@dataclass(frozen=True)
+class Operating:
+    """Where a bundle starts on its curve and how its edge decides: the point (one of ``offload``, ``accuracy``,
+    ``tau``; none: 30% offload), ``k``, the ``confidence`` and ``fallback`` rules, the ``deferral`` rule and the
+    curve's ks."""
+
+    offload: float | None = None
+    accuracy: float | None = None
+    tau: float | None = None
+    k: int = 3
+    confidence: str = "max-prob"
+    fallback: str = "other"
+    deferral: str = "confidence"  # or "learned": a rule fitted on validation (DEFERRALS)
+    curve_ks: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """What the server holds and does with an offload: its design (``server``), whether the general model goes
+    in the bundle, and re-routing (``reroute``, at most ``reroute_tries`` experts, under ``reroute_below``)."""
+
+    server: str = "experts"  # or "general", "auto"
+    include_general: bool = True
+    reroute: str = "none"  # or "next", "general"
+    reroute_tries: int = 2
+    reroute_below: float | None = None
+
+
+def build_system(generalist: Path, experts_run: Path, out: Path, operating: Operating = Operating(),
+                 server: ServerChoice = ServerChoice(), *, archive: bool = False, name: str | None = None,
+                 device: str = "auto", overwrite: bool = False) -> System:
     """Write the bundle of (generalist, experts of ``experts_run``) at one operating point into ``out``, with
     its operating curve over ``curve_ks`` (default: 1, 2, 3 and ``k``, within the number of classes).
 
@@ -111,66 +140,36 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     experts on a tie); ``experts`` or ``general`` builds that design. The bundle records both figures and
     the reason (``design``). A general-model bundle serves it as its one expert (no "other", no re-routing),
     its operating point chosen again with it (max-prob where the experts' rule was learned)."""
-    if server not in ("auto", "experts", "general"):
-        raise ConfigError(f"unknown server design {server!r}", fix="use --server auto, experts or general")
-    if deferral not in ("confidence", "learned"):
-        raise ConfigError(f"unknown deferral {deferral!r}", fix="use --deferral confidence or --deferral learned")
-    if reroute not in ("none", "next", "general"):
-        raise ConfigError(f"unknown re-routing {reroute!r}", fix="use --reroute none, next or general")
-    if reroute != "none":
-        Reroute(reroute_tries, reroute, reroute_below or 0.0)  # a bad rule is refused before any work
-    if offload is None and accuracy is None and tau is None:
-        offload = 0.3
+    o, sv = _checked(operating, server)
     out = _fresh_out(Path(out), overwrite)
     gen_ckpt, run = _runs(generalist, experts_run)
-    gen_meta, partition = gen_ckpt.meta, run.partition
     gen = outputs_of(gen_ckpt, "the generalist", device)
     experts = load_experts(run, str(experts_run), gen, device)
-    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
-    classes = len(gen_meta.class_names)
-    rule, rule_spec = None, None
-    if deferral == "learned":
-        rule, fitted_on = fit_learned_deferral(gen, experts, temperature=t_gen, k=min(k, classes), fallback=fallback)
-        rule_spec = DeferralSpec(**rule.to_dict(), fitted_on=fitted_on)
-    policy, point = choose_tau(gen, experts, temperature=t_gen, k=min(k, classes), confidence=confidence,
-                               fallback=fallback, offload=offload, accuracy=accuracy, tau=tau, deferral=rule)
     general_set = None
-    if include_general and run.init is not None:
+    if sv.include_general and run.init is not None:
         general_out = outputs_of(open_checkpoint(run.init), "the general model", device)
         require_same_images(gen, general_out)
         general_set = general_as_expert(general_out, fit_temperature(general_out.val_logits, general_out.val_labels),
-                                        classes)
-    reroute_spec = None
-    if reroute != "none":
-        reroute_spec = choose_reroute(gen, experts, policy, tries=reroute_tries, to=reroute, general=general_set,
-                                      below=reroute_below)
-    design = choose_design(server, gen, experts, general_set, replace(
-        policy, reroute=reroute_spec.rule() if reroute_spec is not None else None))
-    if design.server == "general":
-        experts, partition, reroute_spec, rule, rule_spec = general_set, general_partition(gen_meta.class_names), \
-            None, None, None
-        confidence = "max-prob" if confidence == "learned" else confidence
-        policy, point = choose_tau(gen, experts, temperature=t_gen, k=min(k, classes), confidence=confidence,
-                                   fallback=fallback, offload=offload, accuracy=accuracy, tau=tau)
-    ks = sorted({min(x, classes) for x in (curve_ks or [1, 2, 3]) + [k]})
-    curve = operating_curve(gen, experts, temperature=t_gen, ks=ks, confidence=confidence, fallback=fallback,
-                            spec=gen_meta.model.input, deferral=rule, general=general_set)
-
+                                        len(gen_ckpt.meta.class_names))
+    c = _choose(o, sv, gen, experts, general_set, run.partition, gen_ckpt.meta.class_names)
+    curve = operating_curve(gen, c.experts, temperature=c.policy.temperature, ks=c.ks, confidence=c.confidence,
+                            fallback=o.fallback, spec=gen_ckpt.meta.model.input, deferral=c.rule, general=general_set)
     staging = out.with_name(f".{out.name}.building")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    gen_entry, expert_entries, general_entry = _model_entries(staging, gen_ckpt, partition, experts,
-                                                              general_set if include_general else None,
-                                                              has_other=design.server == "experts")
+    gen_entry, expert_entries, general_entry = _model_entries(staging, gen_ckpt, c.partition, c.experts,
+                                                              general_set if sv.include_general else None,
+                                                              has_other=c.design.server == "experts")
     files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+    gen_meta, policy = gen_ckpt.meta, c.policy
     manifest = SystemManifest(
         schema_version=SCHEMA_VERSION, name=name or out.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), askexpert_version=askexpert.__version__,
-        classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=partition,
+        classes=gen_meta.class_names, input=gen_meta.model.input, data=data_identity(gen), partition=c.partition,
         routing=RoutingSpec(temperature=policy.temperature, tau=policy.tau, k=policy.k, confidence=policy.confidence,
-                            fallback=fallback, operating_point=point, deferral=rule_spec, reroute=reroute_spec),
-        generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, design=design,
+                            fallback=o.fallback, operating_point=c.point, deferral=c.rule_spec, reroute=c.reroute),
+        generalist=gen_entry, experts=expert_entries, general=general_entry, curve=curve, design=c.design,
         files=files,
     )
     (staging / SYSTEM_FILE).write_text(manifest.model_dump_json(indent=1) + "\n")
@@ -179,6 +178,64 @@ def build_system(generalist: Path, experts_run: Path, out: Path, *, offload: flo
     if archive:
         archive_bundle(out)
     return System(out, manifest, sha256_file(out / SYSTEM_FILE))  # its files were hashed above
+
+
+def _checked(o: Operating, sv: ServerChoice) -> tuple[Operating, ServerChoice]:
+    """The groups, refused before any work where a rule is unknown; no point named: 30% offload."""
+    if sv.server not in ("auto", "experts", "general"):
+        raise ConfigError(f"unknown server design {sv.server!r}", fix="use --server auto, experts or general")
+    if o.deferral not in DEFERRALS:
+        raise ConfigError(f"unknown deferral {o.deferral!r}", fix="use --deferral confidence or --deferral learned")
+    if sv.reroute not in ("none", "next", "general"):
+        raise ConfigError(f"unknown re-routing {sv.reroute!r}", fix="use --reroute none, next or general")
+    if sv.reroute != "none":
+        Reroute(sv.reroute_tries, sv.reroute, sv.reroute_below or 0.0)
+    if o.offload is None and o.accuracy is None and o.tau is None:
+        o = replace(o, offload=0.3)
+    return o, sv
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What build_system chose on validation: the design, its experts and partition, the policy at the point,
+    the deferral rule (and its spec), re-routing, the curve's ks."""
+
+    design: object
+    experts: ExpertSet
+    partition: Partition
+    policy: object
+    point: object
+    rule: object
+    rule_spec: DeferralSpec | None
+    reroute: object
+    ks: list[int]
+    confidence: str  # the confidence rule the curve is drawn with (max-prob where a general design replaced learned)
+
+
+def _choose(o: Operating, sv: ServerChoice, gen, experts: ExpertSet, general_set: ExpertSet | None,
+            partition: Partition, class_names: list[str]) -> _Choice:
+    """The operating point, the deferral rule, re-routing and the server's design, each chosen on validation."""
+    t_gen = fit_temperature(gen.val_logits, gen.val_labels)
+    k = min(o.k, len(class_names))
+    rule, rule_spec = None, None
+    if o.deferral == FITTED_RULE:
+        rule, fitted_on = fit_learned_deferral(gen, experts, temperature=t_gen, k=k, fallback=o.fallback)
+        rule_spec = DeferralSpec(**rule.to_dict(), fitted_on=fitted_on)
+    point_of = dict(temperature=t_gen, k=k, fallback=o.fallback, offload=o.offload, accuracy=o.accuracy, tau=o.tau)
+    confidence = o.confidence
+    policy, point = choose_tau(gen, experts, confidence=confidence, deferral=rule, **point_of)
+    reroute = None
+    if sv.reroute != "none":
+        reroute = choose_reroute(gen, experts, policy, tries=sv.reroute_tries, to=sv.reroute, general=general_set,
+                                 below=sv.reroute_below)
+    design = choose_design(sv.server, gen, experts, general_set, replace(
+        policy, reroute=reroute.rule() if reroute is not None else None))
+    if design.server == "general":
+        experts, partition, reroute, rule, rule_spec = general_set, general_partition(class_names), None, None, None
+        confidence = "max-prob" if confidence_rule(confidence).fitted else confidence
+        policy, point = choose_tau(gen, experts, confidence=confidence, **point_of)
+    ks = sorted({min(x, len(class_names)) for x in (*(o.curve_ks or (1, 2, 3)), o.k)})
+    return _Choice(design, experts, partition, policy, point, rule, rule_spec, reroute, ks, confidence)
 
 
 def _fresh_out(out: Path, overwrite: bool) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from askexpert.contract.confidence import FITTED_RULE
 from askexpert.contract.protocol import infer_response
 from askexpert.contract.reroute import Reroute
 from askexpert.contract.schema import (
@@ -185,7 +186,7 @@ def fit_learned_deferral(generalist: Outputs, experts: ExpertSet, *, temperature
 
 def _base_policy(temperature: float, k: int, confidence: str, fallback: str,
                  deferral: DeferralModel | None) -> RoutingPolicy:
-    return RoutingPolicy(tau=ALL, k=k, temperature=temperature, confidence="learned" if deferral else confidence,
+    return RoutingPolicy(tau=ALL, k=k, temperature=temperature, confidence=FITTED_RULE if deferral else confidence,
                          fallback=fallback, deferral=deferral)
 
 

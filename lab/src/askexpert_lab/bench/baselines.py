@@ -46,6 +46,7 @@ from askexpert.runtime.edge import (
 from askexpert.runtime.link import Link
 from askexpert.runtime.onnx_model import OnnxGeneralist
 from askexpert.runtime.pacing import NO_PACING, Pacer
+from askexpert.runtime.settings import Connection
 from askexpert_lab.bench.local_experts import LocalExperts, LocalModelSpec
 
 SYSTEMS = ("edge-only", "edge-execution", "edge-general", "full-offload-general", "full-offload-expert",
@@ -130,8 +131,8 @@ def run_system(kind: str, *, generalist: EdgeModel, policy: RoutingPolicy, exper
     if kind == "edge-execution":
         runner = EdgeRunner(generalist, policy, local, experts, experts_on_edge=True)
         return list(runner.run(batches))
-    with HttpExpertClient(url, timeout_s=timeout_s, link=link, link_sleep=link_sleep, encoding=encoding,
-                          pacer=pacer) as client:
+    connection = Connection(timeout_s=timeout_s, link=link, encoding=encoding)
+    with HttpExpertClient(url, connection, link_sleep=link_sleep, pacer=pacer) as client:
         if kind == "full-offload-general":
             return full_offload_general(client, batches)
         if kind == "full-offload-expert":

@@ -36,7 +36,7 @@ from askexpert.routing import RoutingPolicy
 from askexpert.runtime.edge import ExpertTarget
 from askexpert.runtime.link import PRESETS
 from askexpert.splits import stratified_subset
-from askexpert.system.build import build_system
+from askexpert.system.build import Operating, build_system
 from askexpert.system.calibrate import generalist_policy
 from askexpert.system.pipeline import ExpertsStep, PipelineSpec, train_system
 from askexpert_lab.bench.baselines import ON_EDGE, measure, run_on_edge
@@ -145,7 +145,7 @@ def _bundles(models: dict, profile: Profile, work: Path) -> dict:
         if f"bundle-{label}" not in models:
             models[f"bundle-{label}"] = str(build_system(
                 Path(models["generalist"]), Path(models[label]), work / f"system-{label}",
-                offload=profile.headline_rate, k=profile.headline_k, overwrite=True).root)
+                Operating(offload=profile.headline_rate, k=profile.headline_k), overwrite=True).root)
     return models
 
 

@@ -15,13 +15,15 @@ def cmd_load(args: argparse.Namespace) -> int:
     import time
 
     from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+    from askexpert.runtime.settings import Connection, Security
     from askexpert.security import read_token
     from askexpert_lab.testbed.competing import CompetingLoad
 
     require_positive(("--clients", args.clients), ("--seconds", args.seconds))
     token = read_token(args.token_file)
     try:
-        with HttpExpertClient(args.server, token=token, ca_file=args.ca_file, timeout_s=5) as client:
+        security = Security(token=token, ca_file=args.ca_file)
+        with HttpExpertClient(args.server, Connection(timeout_s=5), security) as client:
             infos = [x for x in client.experts() if args.experts is None or x.id in args.experts.split(",")]
     except ExpertUnavailable as err:
         raise AskExpertError(f"cannot list the experts of {args.server} ({err})",

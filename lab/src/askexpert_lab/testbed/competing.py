@@ -87,14 +87,15 @@ def _client(url: str, experts: list[str], shape: tuple[int, ...], think_ms: floa
     import numpy as np
 
     from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
+    from askexpert.runtime.settings import Connection, Security
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (64, 1, *shape), dtype=np.uint8)
     requests = failures = 0
-    with HttpExpertClient(url, timeout_s=10, retries=0, down_for_s=0.2, token=os.environ.get("ASKEXPERT_LOAD_TOKEN"),
-                          ca_file=Path(ca_file) if ca_file else None) as client:
+    security = Security(token=os.environ.get("ASKEXPERT_LOAD_TOKEN"), ca_file=Path(ca_file) if ca_file else None)
+    with HttpExpertClient(url, Connection(timeout_s=10, retries=0), security, down_for_s=0.2) as client:
         while not stop:
             try:
                 client.infer(str(rng.choice(experts)), images[int(rng.integers(len(images)))])

@@ -50,6 +50,7 @@ def _time_on_edge(system: System, url: str, images: np.ndarray, tau: float, thre
     from askexpert.runtime.clients import HttpExpertClient
     from askexpert.runtime.edge import EdgeRunner, ExpertTarget
     from askexpert.runtime.onnx_model import OnnxGeneralist
+    from askexpert.runtime.settings import Connection, Security
 
     b = system  # opened once, in the bench's process
     m, r = b.manifest, b.manifest.routing
@@ -62,8 +63,8 @@ def _time_on_edge(system: System, url: str, images: np.ndarray, tau: float, thre
     def runner(at: float, client) -> EdgeRunner:
         return EdgeRunner(model, replace(policy, tau=at), client, targets)
 
-    with HttpExpertClient(url, timeout_s=10, retries=0, token=token, system_id=b.system_id, link=link,
-                          pacer=pacer) as client:
+    with HttpExpertClient(url, Connection(timeout_s=10, retries=0, link=link), Security(token=token),
+                          system_id=b.system_id, pacer=pacer) as client:
         list(runner(ALL, client).run(batches[:10]))  # warm: the session, the connection, the experts' batchers
         traces = list(runner(tau, client).run(batches))
         sent = [t for t in traces if t.route.offloaded]
