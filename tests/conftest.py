@@ -46,9 +46,11 @@ def metric(server, line_start: str) -> float:
 # a token in the developer's environment would make every test server demand it: tests pass tokens explicitly
 os.environ.pop("ASKEXPERT_TOKEN", None)
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs the suite in one worker a core (pytest-xdist): each
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # worker's torch, and the servers it starts, on one thread, so
-    import torch  # two workers do not oversubscribe the cores
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # make test runs the suite in one worker a core (pytest-xdist)
+TRAIN_THREADS = 1 if WORKER else 2  # what a test's training asks for: a worker's one core, or both alone
+if WORKER:  # each worker's torch, and the servers and runs it starts, on one thread: two workers do not
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # oversubscribe the cores
+    import torch
 
     torch.set_num_threads(1)
 
@@ -56,14 +58,75 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs the suite in one wor
 def pytest_collection_modifyitems(config, items) -> None:
     """How `make test`'s workers (pytest-xdist, ``--dist loadgroup``) share the suite: a test that uses a
     module-scoped fixture (a trained run, a server) is grouped with its module, so the fixture is built once;
-    every other test goes where a worker is free. The slow tests come first, so the long ones start at once on
-    both workers and the short ones fill in at the end (a sequential run only changes its order)."""
+    the tests that time themselves against this host (marked ``alone``, or using ``host_reference_ms``) form
+    one group, run last, each while no other test runs (:func:`pytest_runtest_protocol`); every other test
+    goes where a worker is free. The slow tests come first, so the long ones start at once on both workers and
+    the short ones fill in at the end (a sequential run only changes its order)."""
     for item in items:
         defs = getattr(item, "_fixtureinfo", None)
+        item.user_properties.append(("tiny", "tiny_system" in getattr(item, "fixturenames", ())))
         scopes = {d.scope for fixture in (defs.name2fixturedefs.values() if defs else ()) for d in fixture}
-        if "module" in scopes:
+        if "host_reference_ms" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.alone)
+        if item.get_closest_marker("alone"):
+            item.add_marker(pytest.mark.xdist_group("alone"))
+        elif "module" in scopes:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order within each part
+    def order(item) -> tuple:
+        tiny = dict(item.user_properties)["tiny"]
+        return item.get_closest_marker("alone") is not None, item.get_closest_marker("slow") is None, tiny
+
+    items.sort(key=order)  # stable within each part
+    first = next((i for i, item in enumerate(items) if dict(item.user_properties)["tiny"]
+                  and item.get_closest_marker("slow") and not item.get_closest_marker("alone")), None)
+    if first is not None:  # one worker starts by building the tiny system while the other takes the long tests
+        items.insert(0, items.pop(first))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's group scheduling, handing the groups out in the order above (xdist's own puts the largest
+    groups first, whatever they cost)."""
+    from xdist.scheduler import LoadGroupScheduling
+
+    class InOrder(LoadGroupScheduling):
+        def _assign_work_unit(self, node) -> None:
+            if not getattr(self, "_in_order", False):
+                first: dict[str, int] = {}
+                for i, nodeid in enumerate(self.collection):
+                    first.setdefault(self._split_scope(nodeid), i)
+                for scope in sorted(self.workqueue, key=first.__getitem__):
+                    self.workqueue.move_to_end(scope)
+                self._in_order = True
+            super()._assign_work_unit(node)
+
+    return InOrder(config, log) if config.getoption("dist") == "loadgroup" else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under make test's workers, every test holds a shared lock for its setup, run and teardown, and an
+    ``alone`` test the exclusive one: it waits for the other workers' current tests, and a turnstile keeps
+    them from starting new ones meanwhile. A sequential run takes no lock."""
+    workerinput = getattr(item.config, "workerinput", None)
+    if workerinput is None:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"askexpert-suite-{workerinput['testrunuid']}"
+    folder.mkdir(exist_ok=True)
+    alone = item.get_closest_marker("alone") is not None
+    with open(folder / "turnstile", "a") as turnstile, open(folder / "tests", "a") as tests:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(tests, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(tests, fcntl.LOCK_UN)
 
 
 def pytest_report_header(config) -> str:
@@ -273,7 +336,9 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     from askexpert.system.pipeline import train_system
 
     spec = _tiny_spec()
-    cache = Path(os.environ.get("ASKEXPERT_TEST_CACHE") or Path.home() / ".cache" / "askexpert" / "test-systems")
+    from askexpert.paths import user_cache_dir
+
+    cache = Path(os.environ.get("ASKEXPERT_TEST_CACHE") or user_cache_dir() / "test-systems")
     out = cache / _content_key(repr(spec) + " bundle offload=0.3 k=3")
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):  # the suite's workers (make test: two) build it once, the others wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TRAIN_THREADS
 
 from askexpert_lab.bench.report import BASELINES, goals
 from askexpert_lab.bench.results import BenchResult
@@ -12,7 +13,7 @@ from askexpert_lab.bench.suite import Profile, run_bench
 
 TINY = Profile("tiny", "demo-generalist", "demo-general", "demo-experts", None,
                ("data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
-                "model.kwargs.depth=1", "train.threads=2"),
+                "model.kwargs.depth=1", f"train.threads={TRAIN_THREADS}"),
                test_images=150, sweep_images=80, rates=(0.2, 0.4), ks=(1, 3), links=("wifi", "lte"),
                clients=(1, 4), concurrency_seconds=1.5)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import TRAIN_THREADS
 
 from askexpert.cli import main
 from askexpert.errors import CheckpointError
@@ -163,7 +164,7 @@ def test_demo_end_to_end_on_a_small_budget(tmp_path, fmnist_dir):
     from askexpert_lab.demo import run_demo
 
     small = ["data.train_subset=1500", "data.val_subset=400", "data.test_subset=400", "train.epochs=1",
-             "model.kwargs.depth=1", "train.threads=2"]
+             "model.kwargs.depth=1", f"train.threads={TRAIN_THREADS}"]
     result = run_demo(output_dir=tmp_path, limit=150, overrides=small)  # the default edge: an emulated Pi 4
     s = result.report.summary
     assert s.samples == 150 and s.degraded == 0 and 10 < s.offload_rate < 60

@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TRAIN_THREADS
 from PIL import Image
 
 from askexpert.cli import main
@@ -85,7 +86,7 @@ def _in_process_answers(bundle, folder):
 def test_image_folder_from_zero_to_a_served_system(folders, tmp_path, capsys, floor):
     photos, runs = folders / "photos", tmp_path / "runs"
     data = f"imagefolder:{photos}"
-    small = ["--output-dir", str(runs), "--batch-size", "64", "--threads", "2"]
+    small = ["--output-dir", str(runs), "--batch-size", "64", "--threads", str(TRAIN_THREADS)]
 
     # what the files are, and what each model input makes of them
     assert main(["datasets", data]) == 0

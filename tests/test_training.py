@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TRAIN_THREADS
 
 from askexpert.config import load_run_config
 from askexpert.data import load_dataset
@@ -71,7 +72,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     """Interrupt a real CLI training run after its first epoch, resume it, and compare with a run
     that was never interrupted: the final weights must be identical."""
     base = ["data.train_subset=600", "data.val_subset=200", "data.test_subset=200", "train.batch_size=100",
-            f"output_dir={tmp_path}", "model.kwargs.depth=1", "train.epochs=3", "train.threads=2"]
+            f"output_dir={tmp_path}", "model.kwargs.depth=1", "train.epochs=3", f"train.threads={TRAIN_THREADS}"]
     straight = train_generalist(load_run_config(None, base + ["name=straight"]))
 
     args = [sys.executable, "-m", "askexpert.cli", "train", "generalist", "--name", "stopped"]

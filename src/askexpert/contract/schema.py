@@ -205,8 +205,8 @@ class RoutingSpec(_Strict):
     @model_validator(mode="after")
     def _check(self) -> RoutingSpec:
         if rule(self.confidence).fitted != (self.deferral is not None):
-            raise ValueError(f"confidence {self.confidence!r}: a fitted rule needs its parameters (routing.deferral), "
-                             "and only a fitted rule carries them")
+            raise ValueError(f"confidence {self.confidence!r} needs its fitted rule (routing.deferral) where the rule "
+                             "is fitted, and only a fitted rule carries one")
         if self.deferral is not None and self.deferral.k != self.k:
             raise ValueError(f"the learned rule was fitted at k {self.deferral.k}, the routing says k {self.k}")
         return self
