@@ -60,11 +60,11 @@ def pytest_collection_modifyitems(config, items) -> None:
     module-scoped fixture (a trained run, a server) is grouped with its module, so the fixture is built once;
     the tests that time themselves against this host (marked ``alone``, or using ``host_reference_ms``) form
     one group, run last, each while no other test runs (:func:`pytest_runtest_protocol`); every other test
-    goes where a worker is free. The slow tests come first, so the long ones start at once on both workers and
-    the short ones fill in at the end (a sequential run only changes its order)."""
+    goes where a worker is free. The slow tests come first (those that need the tiny system after those that do
+    not, but one of them at the very start, so one worker builds it while the other takes the long smoke
+    profiles) and the short ones fill in at the end (a sequential run only changes its order)."""
     for item in items:
         defs = getattr(item, "_fixtureinfo", None)
-        item.user_properties.append(("tiny", "tiny_system" in getattr(item, "fixturenames", ())))
         scopes = {d.scope for fixture in (defs.name2fixturedefs.values() if defs else ()) for d in fixture}
         if "host_reference_ms" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.alone)
@@ -72,14 +72,13 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.xdist_group("alone"))
         elif "module" in scopes:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    def order(item) -> tuple:
-        tiny = dict(item.user_properties)["tiny"]
+    def order(item) -> tuple[bool, bool, bool]:
+        tiny = "tiny_system" in getattr(item, "fixturenames", ())
         return item.get_closest_marker("alone") is not None, item.get_closest_marker("slow") is None, tiny
 
     items.sort(key=order)  # stable within each part
-    first = next((i for i, item in enumerate(items) if dict(item.user_properties)["tiny"]
-                  and item.get_closest_marker("slow") and not item.get_closest_marker("alone")), None)
-    if first is not None:  # one worker starts by building the tiny system while the other takes the long tests
+    first = next((i for i, item in enumerate(items) if order(item) == (False, False, True)), None)
+    if first is not None:  # the first slow test that needs the tiny system: one worker starts by building it
         items.insert(0, items.pop(first))
 
 
@@ -326,18 +325,18 @@ def tiny_system(tmp_path_factory, fmnist_dir):
     experts' deployable bundle. Shared by every test that needs trained models.
 
     Built once a session and kept content-addressed (``ASKEXPERT_TEST_CACHE``, default
-    ``~/.cache/askexpert/test-systems``): the next session on this machine reuses it when its key (the recipe,
+    ``$XDG_CACHE_HOME/askexpert/test-systems``, ``~/.cache`` without it), under a file lock (make test's
+    workers build it once): the next session on this machine reuses it when its key (the recipe,
     askexpert's source, precision, seed, torch) is the same and every file it was built with is intact, and
     builds it again otherwise. A fresh machine (CI) always builds it."""
     from filelock import FileLock
 
     from askexpert.contract.bundle import sha256_file
+    from askexpert.paths import user_cache_dir
     from askexpert.system.build import Operating, build_system
     from askexpert.system.pipeline import train_system
 
     spec = _tiny_spec()
-    from askexpert.paths import user_cache_dir
-
     cache = Path(os.environ.get("ASKEXPERT_TEST_CACHE") or user_cache_dir() / "test-systems")
     out = cache / _content_key(repr(spec) + " bundle offload=0.3 k=3")
     cache.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from askexpert.contract.bundle import open_system
 from askexpert.runtime.clients import ExpertUnavailable, HttpExpertClient
 from askexpert.runtime.oip_client import OipExpertClient, bundle_experts
 from askexpert.runtime.session import EdgeSettings, run_edge
-from askexpert.runtime.settings import Connection, Inputs
+from askexpert.runtime.settings import Connection, Inputs, Security
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -177,7 +177,8 @@ def test_a_server_that_cannot_show_the_bundle_is_refused_unless_trusted(experts_
     with OipExpertClient(experts_server, infos, system_id=bundle.system_id) as client, \
             pytest.raises(ExpertUnavailable, match="names no system"):
         client.infer(infos[0].id, _images(1))
-    with OipExpertClient(experts_server, infos, system_id=bundle.system_id, trust_unpinned=True) as client:
+    with OipExpertClient(experts_server, infos, security=Security(trust_unpinned=True),
+                         system_id=bundle.system_id) as client:
         assert len(client.infer(infos[0].id, _images(2)).pred) == 2
     with OipExpertClient(experts_server, infos, system_id="f" * 64) as client, \
             pytest.raises(ExpertUnavailable, match="not this system's OIP server"):

@@ -204,9 +204,12 @@ class RoutingSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RoutingSpec:
-        if rule(self.confidence).fitted != (self.deferral is not None):
-            raise ValueError(f"confidence {self.confidence!r} needs its fitted rule (routing.deferral) where the rule "
-                             "is fitted, and only a fitted rule carries one")
+        fitted = rule(self.confidence).fitted
+        if fitted and self.deferral is None:
+            raise ValueError(f"confidence {self.confidence!r} needs its fitted rule (routing.deferral)")
+        if self.deferral is not None and not fitted:
+            raise ValueError(f"routing.deferral is a fitted rule's, and confidence {self.confidence!r} is not fitted: "
+                             "only a fitted rule carries one")
         if self.deferral is not None and self.deferral.k != self.k:
             raise ValueError(f"the learned rule was fitted at k {self.deferral.k}, the routing says k {self.k}")
         return self

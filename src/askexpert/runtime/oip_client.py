@@ -10,8 +10,9 @@ experts are (classes, temperature, input) comes from the bundle, not the server.
 Pinning: before any image is sent, every expert's model must name this bundle's system id, in its metadata's
 ``parameters`` (askexpert's server) or its model configuration's (``GET /v2/models/{name}/config``: a Triton
 serving ``askexpert export triton``'s repository). A server that cannot show it is refused unless the edge is
-told to trust it (``trust_unpinned``). Deadlines, retries, "marked down" and degradation are the ``/v1``
-client's (:class:`~askexpert.runtime.clients.HttpExpertClient`). Re-routing on the server is ``/v1``'s alone.
+told to trust it (the security group's ``trust_unpinned``). Deadlines, retries, "marked down" and degradation
+are the ``/v1`` client's (:class:`~askexpert.runtime.clients.HttpExpertClient`). Re-routing on the server is
+``/v1``'s alone.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ class OipExpertClient(HttpExpertClient):
     """The experts of a bundle on an OIP server (module docstring); the ``/v1`` client's keywords apply."""
 
     def __init__(self, base_url: str, experts: list[ExpertInfo], connection: Connection = Connection(),
-                 security: Security = Security(), *, trust_unpinned: bool = False, **kw) -> None:
+                 security: Security = Security(), **kw) -> None:
         super().__init__(base_url, connection, security, **kw)
         self.infos = {e.id: e for e in experts}
         self.output_ids = {e.id: [*e.classes, *([OTHER] if e.has_other else [])] for e in experts}
-        self.trust_unpinned = trust_unpinned
+        self.trust_unpinned = security.trust_unpinned
 
     def experts(self) -> list[ExpertInfo]:
         """The bundle's experts whose models the server holds and says are ready."""

@@ -139,7 +139,7 @@ def _clients(conn: Connection, security: Security, system: EdgeSystem, pacer: Pa
         raise ConfigError(f"--encode {conn.encoding}: the Open Inference Protocol sends raw UINT8 tensors",
                           fix="leave --encode out with --server-protocol v2")
     infos = bundle_experts(system.bundle) if system.bundle is not None else []
-    return [OipExpertClient(url, infos, conn, security, trust_unpinned=security.trust_unpinned, **kw) for url in urls]
+    return [OipExpertClient(url, infos, conn, security, **kw) for url in urls]
 
 
 def _check_servers(clients: list[HttpExpertClient], system: EdgeSystem) -> None:

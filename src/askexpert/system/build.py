@@ -29,17 +29,21 @@ from askexpert.contract.schema import (
     SCHEMA_VERSION,
     SYSTEM_FILE,
     DeferralSpec,
+    DesignChoice,
     ExpertEntry,
     GeneralEntry,
     GeneralistEntry,
+    OperatingPoint,
     Partition,
+    RerouteSpec,
     RoutingSpec,
     SystemManifest,
 )
 from askexpert.errors import ConfigError
 from askexpert.models import StoredCheckpoint, open_checkpoint
 from askexpert.models.runs import ExpertRun, open_expert_run
-from askexpert.routing import fit_temperature
+from askexpert.routing import RoutingPolicy, fit_temperature
+from askexpert.routing.deferral import DeferralModel
 from askexpert.system.calibrate import (
     ExpertSet,
     choose_design,
@@ -200,14 +204,14 @@ class _Choice:
     """What build_system chose on validation: the design, its experts and partition, the policy at the point,
     the deferral rule (and its spec), re-routing, the curve's ks."""
 
-    design: object
+    design: DesignChoice
     experts: ExpertSet
     partition: Partition
-    policy: object
-    point: object
-    rule: object
+    policy: RoutingPolicy
+    point: OperatingPoint
+    rule: DeferralModel | None
     rule_spec: DeferralSpec | None
-    reroute: object
+    reroute: RerouteSpec | None
     ks: list[int]
     confidence: str  # the confidence rule the curve is drawn with (max-prob where a general design replaced learned)
 
