@@ -76,6 +76,7 @@ class Setting:
     lrs: tuple[float, ...] = (5e-4, 1e-3, 2e-3)
     lr: float = 1e-3
     variants: tuple[str, ...] = tuple(VARIANTS)
+    model: tuple[str, ...] = ()  # overrides of every model's architecture, the pool's starts included
 
 
 SETTINGS = {
@@ -95,7 +96,8 @@ SMOKE = {  # the test suite's versions: tiny budgets, a tiny build of the task
                       general_b_epochs=1, passes=3, shared_passes=2, original_passes=2, n_experts=2,
                       partition={"max_size": 5, "min_size": 5}, random_partition=True,
                       pretrain=("vit-micro-edge-32g", "vit-mini-expert-32g", 1),
-                      sweep=(2,), lrs=(1e-3,), variants=("progressive-third", "progressive-half")),
+                      sweep=(2,), lrs=(1e-3,), variants=("progressive-third", "progressive-half"),
+                      model=("model.kwargs.depth=1",)),  # one block: what the suite asserts is the plumbing
 }
 
 
@@ -116,7 +118,7 @@ def make_starts(setting: Setting, data_root: Path | None, out: Path | None) -> S
     from askexpert.training.pretrain import pretrain
 
     edge, expert, epochs = setting.pretrain
-    extra = [f"data.root={data_root}"] if data_root else []
+    extra = [*([f"data.root={data_root}"] if data_root else []), *setting.model]
     done = [pretrain(m, epochs=epochs, out=(out / f"pretrained-{m}") if out else None, overrides=extra)
             for m in (edge, expert)]
     records = tuple({"model": p.model, "pool": p.pool, "epochs": p.epochs, "weights": str(p.weights),
@@ -164,7 +166,7 @@ def recipe_overrides(setting: Setting, starts: Starts, recipe: str, *, passes: f
 def pipeline(setting: Setting, seed: int, starts: Starts, steps: list[tuple[str, str]],
              data_root: Path | None) -> PipelineSpec:
     """The seed's runs; each step is (label, recipe or variant[@lr][:passes])."""
-    common = [f"train.seed={seed}", f"data.split_seed={seed}", *setting.data]
+    common = [f"train.seed={seed}", f"data.split_seed={seed}", *setting.data, *setting.model]
     if data_root is not None:
         common.append(f"data.root={data_root}")
     experts = []

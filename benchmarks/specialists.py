@@ -75,7 +75,8 @@ GPU_REGIMES = {  # the same recipes at longer budgets, for an accelerator (bench
     "500": {"data": ("data.train_subset=5000",), "generalist_epochs": 60, "general_epochs": 60, "passes": 60},
     "full": {"data": (), "generalist_epochs": 30, "general_epochs": 30, "passes": 10},
 }
-SMOKE = {"data": ("data.train_subset=600", "data.val_subset=200", "data.test_subset=200"), "generalist_epochs": 2,
+SMOKE = {"data": ("data.train_subset=600", "data.val_subset=200", "data.test_subset=200", "model.kwargs.depth=1"),
+         "generalist_epochs": 2,
          "general_epochs": 2, "passes": 3}
 PAPER = {"subset": 4.12, "overall": 2.76}
 

@@ -55,6 +55,7 @@ if WORKER:  # each worker's torch, and the servers and runs it starts, on one th
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook turns them into node ids)
 def pytest_collection_modifyitems(config, items) -> None:
     """How `make test`'s workers (pytest-xdist, ``--dist loadgroup``) share the suite: a test that uses a
     module-scoped fixture (a trained run, a server) is grouped with its module, so the fixture is built once;
@@ -80,6 +81,32 @@ def pytest_collection_modifyitems(config, items) -> None:
     first = next((i for i, item in enumerate(items) if order(item) == (False, False, True)), None)
     if first is not None:  # the first slow test that needs the tiny system: one worker starts by building it
         items.insert(0, items.pop(first))
+
+
+def pytest_configure(config) -> None:
+    """make test's grouping needs a pytest that lets pytest-xdist mark groups in node ids (below)."""
+    if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        import xdist
+        from packaging.version import Version
+
+        if Version(pytest.__version__) >= Version("9.2") and Version(xdist.__version__) <= Version("3.8.0"):
+            pytest.exit(f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__}: --dist loadgroup would "
+                        "not group the tests (pytest-dev/pytest-xdist#1386), so every worker would build every "
+                        "module's fixture; fix: pip install 'pytest<9.2' (pyproject.toml's dev extra pins it)",
+                        returncode=3)
+
+
+def pytest_collection_finish(session) -> None:
+    """A worker whose groups did not reach the scheduler stops the run: pytest-xdist marks a group in the test's
+    node id, which pytest 9.2 no longer lets it change (pytest-dev/pytest-xdist#1386), and then every worker
+    builds every module's fixture (a trained run, a server) for itself, silently."""
+    if not getattr(session.config, "workerinput", None) or not session.config.getvalue("loadgroup"):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        pytest.exit(f"pytest-xdist did not group {len(lost)} tests (the first: {lost[0]}): this pytest drops the "
+                    "group from the node id (pytest-dev/pytest-xdist#1386); fix: pip install 'pytest<9.2' "
+                    "(pyproject.toml's dev extra pins it)", returncode=3)
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -111,9 +138,9 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     import fcntl
-    import tempfile
 
-    folder = Path(tempfile.gettempdir()) / f"askexpert-suite-{workerinput['testrunuid']}"
+    # beside the workers' own temporary folders (xdist puts them in the run's): pytest deletes it with them
+    folder = item.config._tmp_path_factory.getbasetemp().parent / f"suite-locks-{workerinput['testrunuid']}"
     folder.mkdir(exist_ok=True)
     alone = item.get_closest_marker("alone") is not None
     with open(folder / "turnstile", "a") as turnstile, open(folder / "tests", "a") as tests:
