@@ -96,17 +96,24 @@ def pytest_configure(config) -> None:
                         returncode=3)
 
 
+LOST_GROUPS = pytest.StashKey[set]()
+
+
 def pytest_collection_finish(session) -> None:
-    """A worker whose groups did not reach the scheduler stops the run: pytest-xdist marks a group in the test's
-    node id, which pytest 9.2 no longer lets it change (pytest-dev/pytest-xdist#1386), and then every worker
-    builds every module's fixture (a trained run, a server) for itself, silently."""
-    if not getattr(session.config, "workerinput", None) or not session.config.getvalue("loadgroup"):
-        return
-    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
-    if lost:
-        pytest.exit(f"pytest-xdist did not group {len(lost)} tests (the first: {lost[0]}): this pytest drops the "
-                    "group from the node id (pytest-dev/pytest-xdist#1386); fix: pip install 'pytest<9.2' "
-                    "(pyproject.toml's dev extra pins it)", returncode=3)
+    """A worker notes the grouped tests whose group did not reach the scheduler (pytest-xdist marks a group in the
+    test's node id, which pytest 9.2 no longer lets it change: pytest-dev/pytest-xdist#1386); each of them then fails
+    before its fixtures are built (below), rather than every worker silently building every module's fixture."""
+    if getattr(session.config, "workerinput", None) and session.config.getvalue("loadgroup"):
+        session.config.stash[LOST_GROUPS] = {item.nodeid for item in session.items
+                                             if item.get_closest_marker("xdist_group") and "@" not in item.nodeid}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    if item.nodeid in item.config.stash.get(LOST_GROUPS, set()):
+        pytest.fail(f"pytest {pytest.__version__} dropped this test's xdist group from its node id "
+                    "(pytest-dev/pytest-xdist#1386), so the workers would each build its module's fixture; fix: pip "
+                    "install 'pytest<9.2' (pyproject.toml's dev extra pins it)", pytrace=False)
 
 
 def pytest_xdist_make_scheduler(config, log):
