@@ -83,6 +83,10 @@ def pytest_collection_modifyitems(config, items) -> None:
         items.insert(0, items.pop(first))
 
 
+GROUPS_LOST = ("pytest 9.2 no longer lets pytest-xdist 3.8 write a group into a node id "
+               "(pytest-dev/pytest-xdist#1386); fix: pip install 'pytest<9.2' (pyproject.toml's dev extra pins it)")
+
+
 def pytest_configure(config) -> None:
     """make test's grouping needs a pytest that lets pytest-xdist mark groups in node ids (below)."""
     if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
@@ -91,8 +95,7 @@ def pytest_configure(config) -> None:
 
         if Version(pytest.__version__) >= Version("9.2") and Version(xdist.__version__) <= Version("3.8.0"):
             pytest.exit(f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__}: --dist loadgroup would "
-                        "not group the tests (pytest-dev/pytest-xdist#1386), so every worker would build every "
-                        "module's fixture; fix: pip install 'pytest<9.2' (pyproject.toml's dev extra pins it)",
+                        f"not group the tests, so every worker would build every module's fixture. {GROUPS_LOST}",
                         returncode=3)
 
 
@@ -111,9 +114,8 @@ def pytest_collection_finish(session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
     if item.nodeid in item.config.stash.get(LOST_GROUPS, set()):
-        pytest.fail(f"pytest {pytest.__version__} dropped this test's xdist group from its node id "
-                    "(pytest-dev/pytest-xdist#1386), so the workers would each build its module's fixture; fix: pip "
-                    "install 'pytest<9.2' (pyproject.toml's dev extra pins it)", pytrace=False)
+        pytest.fail(f"pytest {pytest.__version__} dropped this test's xdist group from its node id, so the workers "
+                    f"would each build its module's fixture. {GROUPS_LOST}", pytrace=False)
 
 
 def pytest_xdist_make_scheduler(config, log):
